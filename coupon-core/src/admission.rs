@@ -1,0 +1,265 @@
+//! Redis side of issuance: the atomic admission script, its undo, the per-coupon keys, the policy
+//! copy kept in Redis and the cache-invalidation channel.
+//!
+//! Key layout (`P` is [`crate::config::StoreConfig::redis_key_prefix`]):
+//! - `P coupon:{id}:issued` — set of admitted user ids (the admission set);
+//! - `P coupon:{id}:stock`  — the stock bound, `total_quantity` or `-1` for unlimited;
+//! - `P coupon:{id}:policy` — the policy as JSON, the layer between the local cache and MySQL;
+//! - `P coupon:invalidation` — pub/sub channel of [`Invalidation`] messages.
+//!
+//! The `{id}` hash tag keeps each coupon's keys in one Redis Cluster slot, which a multi-key
+//! script requires (<https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#hash-tags>).
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{CouponId, CouponPolicy, UserId};
+
+/// Builds the Redis key names of this deployment.
+#[derive(Debug, Clone)]
+pub struct RedisKeys {
+    prefix: String,
+}
+
+impl RedisKeys {
+    /// Keys under `prefix` (may be empty).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    /// The admission set of `coupon`.
+    pub fn issued(&self, coupon: CouponId) -> String {
+        format!("{}coupon:{{{coupon}}}:issued", self.prefix)
+    }
+
+    /// The stock bound of `coupon`.
+    pub fn stock(&self, coupon: CouponId) -> String {
+        format!("{}coupon:{{{coupon}}}:stock", self.prefix)
+    }
+
+    /// The JSON copy of `coupon`'s policy.
+    pub fn policy(&self, coupon: CouponId) -> String {
+        format!("{}coupon:{{{coupon}}}:policy", self.prefix)
+    }
+
+    /// The invalidation channel every API instance subscribes to.
+    pub fn invalidation_channel(&self) -> String {
+        format!("{}coupon:invalidation", self.prefix)
+    }
+}
+
+/// What the admission script decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmitOutcome {
+    /// The user was added to the admission set; an issue message must follow.
+    Admitted,
+    /// The user was already in the set.
+    AlreadyIssued,
+    /// The set already holds `total_quantity` members.
+    SoldOut,
+    /// The coupon has no stock key in Redis: its state was never prepared or was lost.
+    NotPrepared,
+}
+
+/// Why API instances must drop what they cached of a coupon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InvalidationReason {
+    /// MySQL holds `total_quantity` rows: the coupon can never be issued again.
+    SoldOut,
+    /// The policy row changed: reload it.
+    PolicyChanged,
+}
+
+/// A cache-invalidation broadcast, sent as JSON on [`RedisKeys::invalidation_channel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invalidation {
+    /// The coupon concerned.
+    pub coupon_id: CouponId,
+    /// What happened.
+    pub reason: InvalidationReason,
+}
+
+/// Handle on the Redis admission state; cheap to clone (one multiplexed connection).
+#[derive(Clone)]
+pub struct AdmissionStore {
+    conn: ConnectionManager,
+    keys: RedisKeys,
+    admit: Script,
+    undo: Script,
+}
+
+/// Opens a multiplexed, self-reconnecting Redis connection whose every command is bounded by
+/// `timeout`, so an unreachable Redis fails requests quickly instead of hanging them.
+///
+/// # Errors
+/// The URL is malformed or the first connection fails.
+pub async fn connect(url: &str, timeout: Duration) -> redis::RedisResult<ConnectionManager> {
+    let client = redis::Client::open(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1);
+    ConnectionManager::new_with_config(client, config).await
+}
+
+impl AdmissionStore {
+    /// Wraps a connection; `keys` names this deployment's keys.
+    pub fn new(conn: ConnectionManager, keys: RedisKeys) -> Self {
+        Self {
+            conn,
+            keys,
+            admit: Script::new(include_str!("admission/admit.lua")),
+            undo: Script::new(include_str!("admission/undo.lua")),
+        }
+    }
+
+    /// The key names in use.
+    pub fn keys(&self) -> &RedisKeys {
+        &self.keys
+    }
+
+    /// Runs the atomic admission script (`admission/admit.lua`): duplicate check, stock check,
+    /// then `SADD`, all in one script execution. The script is sent by `EVALSHA` and re-sent
+    /// by `EVAL` when Redis answers `NOSCRIPT`.
+    ///
+    /// # Errors
+    /// Redis is unreachable, timed out, or answered something the script never returns.
+    pub async fn admit(&self, coupon: CouponId, user: UserId) -> redis::RedisResult<AdmitOutcome> {
+        let code: i64 = self
+            .admit
+            .key(self.keys.issued(coupon))
+            .key(self.keys.stock(coupon))
+            .arg(user.get())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        match code {
+            1 => Ok(AdmitOutcome::Admitted),
+            -1 => Ok(AdmitOutcome::AlreadyIssued),
+            -2 => Ok(AdmitOutcome::SoldOut),
+            -3 => Ok(AdmitOutcome::NotPrepared),
+            other => Err(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "admission script returned an unknown code",
+                other.to_string(),
+            ))),
+        }
+    }
+
+    /// Removes exactly `user` from `coupon`'s admission set (`admission/undo.lua`), returning
+    /// whether it was there. Used when the issue message could not be published.
+    ///
+    /// # Errors
+    /// Redis is unreachable or timed out.
+    pub async fn undo(&self, coupon: CouponId, user: UserId) -> redis::RedisResult<bool> {
+        let removed: i64 = self
+            .undo
+            .key(self.keys.issued(coupon))
+            .arg(user.get())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(removed == 1)
+    }
+
+    /// Prepares a new coupon's Redis state: its stock bound (only when absent, so an existing
+    /// coupon's bound is never overwritten) and its policy copy.
+    ///
+    /// # Errors
+    /// Redis is unreachable, timed out, or the policy does not serialise.
+    pub async fn prepare(&self, policy: &CouponPolicy) -> redis::RedisResult<()> {
+        let json = serde_json::to_string(policy).map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Client, "policy JSON", e.to_string()))
+        })?;
+        redis::pipe()
+            .atomic()
+            .set_nx(self.keys.stock(policy.id), policy.stock_bound())
+            .ignore()
+            .set(self.keys.policy(policy.id), json)
+            .ignore()
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+    }
+
+    /// The policy copy kept in Redis, if any (a copy that no longer parses counts as absent).
+    ///
+    /// # Errors
+    /// Redis is unreachable or timed out.
+    pub async fn policy(&self, coupon: CouponId) -> redis::RedisResult<Option<CouponPolicy>> {
+        let json: Option<String> = self.conn.clone().get(self.keys.policy(coupon)).await?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    /// Stores the policy copy (after a MySQL read filled the gap).
+    ///
+    /// # Errors
+    /// Redis is unreachable, timed out, or the policy does not serialise.
+    pub async fn store_policy(&self, policy: &CouponPolicy) -> redis::RedisResult<()> {
+        let json = serde_json::to_string(policy).map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Client, "policy JSON", e.to_string()))
+        })?;
+        self.conn.clone().set(self.keys.policy(policy.id), json).await
+    }
+
+    /// Whether `user` is in `coupon`'s admission set.
+    ///
+    /// # Errors
+    /// Redis is unreachable or timed out.
+    pub async fn is_admitted(&self, coupon: CouponId, user: UserId) -> redis::RedisResult<bool> {
+        self.conn.clone().sismember(self.keys.issued(coupon), user.get()).await
+    }
+
+    /// Size of `coupon`'s admission set (`SCARD`, count).
+    ///
+    /// # Errors
+    /// Redis is unreachable or timed out.
+    pub async fn admitted_count(&self, coupon: CouponId) -> redis::RedisResult<i64> {
+        self.conn.clone().scard(self.keys.issued(coupon)).await
+    }
+
+    /// Broadcasts `invalidation` to every subscribed API instance; returns how many received it.
+    ///
+    /// # Errors
+    /// Redis is unreachable or timed out.
+    pub async fn publish_invalidation(&self, invalidation: Invalidation) -> redis::RedisResult<i64> {
+        let json = serde_json::to_string(&invalidation).map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Client, "invalidation JSON", e.to_string()))
+        })?;
+        self.conn.clone().publish(self.keys.invalidation_channel(), json).await
+    }
+
+    /// `PING`, for readiness checks.
+    ///
+    /// # Errors
+    /// Redis is unreachable or timed out.
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        redis::cmd("PING").query_async::<String>(&mut self.conn.clone()).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_coupon_hash_tag() {
+        let keys = RedisKeys::new("t1:");
+        let c = CouponId::parse(42).unwrap();
+        assert_eq!(keys.issued(c), "t1:coupon:{42}:issued");
+        assert_eq!(keys.stock(c), "t1:coupon:{42}:stock");
+        assert_eq!(keys.policy(c), "t1:coupon:{42}:policy");
+    }
+
+    #[test]
+    fn invalidations_are_json() {
+        let inv = Invalidation {
+            coupon_id: CouponId::parse(7).unwrap(),
+            reason: InvalidationReason::SoldOut,
+        };
+        let json = serde_json::to_string(&inv).unwrap();
+        assert_eq!(json, r#"{"coupon_id":7,"reason":"SOLD_OUT"}"#);
+        assert_eq!(serde_json::from_str::<Invalidation>(&json).unwrap(), inv);
+    }
+}

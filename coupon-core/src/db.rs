@@ -1,0 +1,69 @@
+//! MySQL/MariaDB connection pool and schema migrations.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::{ConnectOptions, Connection};
+
+/// The embedded migrations of `coupon-core/migrations`, applied in order and recorded in
+/// `_sqlx_migrations`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Creates the URL's database when it is missing. The name must be a plain identifier
+/// (letters, digits, `_`), since it is spliced into `CREATE DATABASE`.
+///
+/// # Errors
+/// The URL does not parse, names no database or an unsafe one, or the server refuses.
+pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
+    let options = MySqlConnectOptions::from_str(url).context("parsing DATABASE_URL")?;
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        bail!("DATABASE_URL names no database");
+    };
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        bail!("database name `{name}` must be letters, digits and underscores");
+    }
+    let mut conn = options
+        .database("")
+        .connect()
+        .await
+        .context("connecting to MySQL without a database")?;
+    sqlx::query(&format!(
+        "CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+    ))
+    .execute(&mut conn)
+    .await
+    .with_context(|| format!("creating database `{name}`"))?;
+    conn.close().await.ok();
+    Ok(())
+}
+
+/// Opens a pool of at most `max_connections` whose acquisition gives up after 3 s, so a
+/// saturated or unreachable database fails requests instead of queueing them forever.
+///
+/// # Errors
+/// The URL does not parse or the first connection fails.
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<MySqlPool> {
+    let options = MySqlConnectOptions::from_str(url)
+        .context("parsing DATABASE_URL")?
+        .log_statements(tracing::log::LevelFilter::Trace);
+    MySqlPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_with(options)
+        .await
+        .context("connecting to MySQL")
+}
+
+/// Creates the database when missing, connects, and applies pending migrations: what both
+/// services do on start-up and what `coupon-api migrate` does alone.
+///
+/// # Errors
+/// Any of the three steps fails; the error says which.
+pub async fn prepare(url: &str, max_connections: u32) -> anyhow::Result<MySqlPool> {
+    create_database_if_missing(url).await?;
+    let pool = connect(url, max_connections).await?;
+    MIGRATOR.run(&pool).await.context("applying migrations")?;
+    Ok(pool)
+}

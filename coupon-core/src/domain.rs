@@ -1,0 +1,434 @@
+//! Domain types: identifiers, the coupon policy and its validation.
+//!
+//! Types here are built by a `parse`/`validate` that returns `Result`; once built they are valid.
+//! Amounts are integers in the smallest currency unit (KRW has no minor unit, so 1 = ₩1).
+
+use std::fmt;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Why a value was refused; the text is safe to show to a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ValidationError(pub String);
+
+macro_rules! positive_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "i64", into = "i64")]
+        pub struct $name(i64);
+
+        impl $name {
+            /// Accepts a strictly positive integer.
+            ///
+            /// # Errors
+            /// [`ValidationError`] when `raw <= 0`.
+            pub fn parse(raw: i64) -> Result<Self, ValidationError> {
+                if raw > 0 {
+                    Ok(Self(raw))
+                } else {
+                    Err(ValidationError(format!("{} must be a positive integer", $what)))
+                }
+            }
+
+            /// The raw value, as stored in MySQL (`BIGINT`).
+            pub fn get(self) -> i64 {
+                self.0
+            }
+        }
+
+        impl TryFrom<i64> for $name {
+            type Error = ValidationError;
+            fn try_from(raw: i64) -> Result<Self, Self::Error> {
+                Self::parse(raw)
+            }
+        }
+
+        impl From<$name> for i64 {
+            fn from(id: $name) -> i64 {
+                id.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+positive_id!(
+    /// Identifier of a coupon policy (`coupons.id`), always > 0.
+    CouponId,
+    "coupon_id"
+);
+positive_id!(
+    /// Identifier of a user of the shop, always > 0. Issued by the shop's account system.
+    UserId,
+    "user_id"
+);
+
+/// How a policy's stock is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CouponType {
+    /// A fixed stock (`total_quantity`) handed out first come, first served.
+    FirstComeFirstServed,
+    /// No stock bound; each user may still hold one.
+    Unlimited,
+}
+
+/// How the discount is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DiscountType {
+    /// `discount_value` is an amount in the smallest currency unit.
+    Fixed,
+    /// `discount_value` is a percentage (1–100), capped by `max_discount_amount` when given.
+    Percentage,
+}
+
+/// Lifecycle state of a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CouponStatus {
+    /// Issuable inside its issue window.
+    Active,
+    /// Withdrawn by an operator: no further issues.
+    Suspended,
+}
+
+macro_rules! sql_enum {
+    ($ty:ty { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The stored (and JSON) spelling.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+
+            /// Reads the stored spelling back.
+            ///
+            /// # Errors
+            /// [`ValidationError`] for any other text.
+            pub fn parse(text: &str) -> Result<Self, ValidationError> {
+                match text {
+                    $($text => Ok(Self::$variant),)+
+                    other => Err(ValidationError(format!("unknown {} `{other}`", stringify!($ty)))),
+                }
+            }
+        }
+    };
+}
+
+sql_enum!(CouponType { FirstComeFirstServed => "FIRST_COME_FIRST_SERVED", Unlimited => "UNLIMITED" });
+sql_enum!(DiscountType { Fixed => "FIXED", Percentage => "PERCENTAGE" });
+sql_enum!(CouponStatus { Active => "ACTIVE", Suspended => "SUSPENDED" });
+
+/// A request to create a coupon policy, as the API receives it (`POST /api/v1/coupons`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewCouponPolicy {
+    /// Shown to users; 1–200 characters.
+    pub title: String,
+    /// Stock model.
+    pub coupon_type: CouponType,
+    /// Stock (count); required and > 0 for first-come-first-served, absent for unlimited.
+    #[serde(default)]
+    pub total_quantity: Option<i64>,
+    /// Discount model.
+    pub discount_type: DiscountType,
+    /// Amount (smallest currency unit) for `FIXED`, percent 1–100 for `PERCENTAGE`.
+    pub discount_value: i64,
+    /// Cap of a percentage discount (smallest currency unit); only for `PERCENTAGE`.
+    #[serde(default)]
+    pub max_discount_amount: Option<i64>,
+    /// Smallest order the coupon applies to (smallest currency unit); 0 by default.
+    #[serde(default)]
+    pub min_order_amount: i64,
+    /// First instant issue requests are accepted (inclusive).
+    pub issue_starts_at: DateTime<Utc>,
+    /// Instant issue requests stop being accepted (exclusive).
+    pub issue_ends_at: DateTime<Utc>,
+    /// An issued coupon can be used for this many days after its issue (count of days).
+    #[serde(default)]
+    pub valid_days: Option<i32>,
+    /// An issued coupon can be used until this instant, whatever `valid_days` says.
+    #[serde(default)]
+    pub valid_until: Option<DateTime<Utc>>,
+}
+
+impl NewCouponPolicy {
+    /// Checks every rule a policy must satisfy before it is stored.
+    ///
+    /// # Errors
+    /// [`ValidationError`] naming the first field that breaks a rule.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let fail = |msg: &str| Err(ValidationError(msg.to_owned()));
+        let title_len = self.title.trim().chars().count();
+        if title_len == 0 || self.title.chars().count() > 200 {
+            return fail("title must have 1 to 200 characters");
+        }
+        match (self.coupon_type, self.total_quantity) {
+            (CouponType::FirstComeFirstServed, Some(n)) if n > 0 => {}
+            (CouponType::FirstComeFirstServed, _) => {
+                return fail("total_quantity must be a positive integer for FIRST_COME_FIRST_SERVED")
+            }
+            (CouponType::Unlimited, None) => {}
+            (CouponType::Unlimited, Some(_)) => {
+                return fail("total_quantity must be absent for UNLIMITED coupons")
+            }
+        }
+        match self.discount_type {
+            DiscountType::Fixed => {
+                if self.discount_value <= 0 {
+                    return fail("discount_value must be a positive amount for FIXED discounts");
+                }
+                if self.max_discount_amount.is_some() {
+                    return fail("max_discount_amount applies to PERCENTAGE discounts only");
+                }
+            }
+            DiscountType::Percentage => {
+                if !(1..=100).contains(&self.discount_value) {
+                    return fail("discount_value must be a percentage from 1 to 100");
+                }
+                if self.max_discount_amount.is_some_and(|cap| cap <= 0) {
+                    return fail("max_discount_amount must be positive");
+                }
+            }
+        }
+        if self.min_order_amount < 0 {
+            return fail("min_order_amount must not be negative");
+        }
+        if self.issue_starts_at >= self.issue_ends_at {
+            return fail("issue_starts_at must be before issue_ends_at");
+        }
+        if self.valid_days.is_none() && self.valid_until.is_none() {
+            return fail("give valid_days, valid_until or both");
+        }
+        if self.valid_days.is_some_and(|d| d <= 0) {
+            return fail("valid_days must be a positive number of days");
+        }
+        if self.valid_until.is_some_and(|until| until <= self.issue_starts_at) {
+            return fail("valid_until must be after issue_starts_at");
+        }
+        Ok(())
+    }
+}
+
+/// A stored coupon policy (`coupons` row), as cached and served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CouponPolicy {
+    /// Primary key.
+    pub id: CouponId,
+    /// Shown to users.
+    pub title: String,
+    /// Stock model.
+    pub coupon_type: CouponType,
+    /// Stock (count); `None` for unlimited.
+    pub total_quantity: Option<i64>,
+    /// Rows persisted so far (count), as of the read.
+    pub issued_quantity: i64,
+    /// Discount model.
+    pub discount_type: DiscountType,
+    /// Amount or percent, per `discount_type`.
+    pub discount_value: i64,
+    /// Cap of a percentage discount (smallest currency unit).
+    pub max_discount_amount: Option<i64>,
+    /// Smallest order the coupon applies to (smallest currency unit).
+    pub min_order_amount: i64,
+    /// Issue window start (inclusive).
+    pub issue_starts_at: DateTime<Utc>,
+    /// Issue window end (exclusive).
+    pub issue_ends_at: DateTime<Utc>,
+    /// Days an issued coupon stays usable.
+    pub valid_days: Option<i32>,
+    /// Absolute end of use.
+    pub valid_until: Option<DateTime<Utc>>,
+    /// Lifecycle state.
+    pub status: CouponStatus,
+    /// Row creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last row change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Where an instant falls relative to a policy's issue window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssueWindow {
+    /// Before `issue_starts_at`.
+    NotStarted,
+    /// In `[issue_starts_at, issue_ends_at)`.
+    Open,
+    /// At or after `issue_ends_at`.
+    Ended,
+}
+
+impl CouponPolicy {
+    /// Places `now` relative to the half-open issue window `[issue_starts_at, issue_ends_at)`.
+    pub fn issue_window(&self, now: DateTime<Utc>) -> IssueWindow {
+        if now < self.issue_starts_at {
+            IssueWindow::NotStarted
+        } else if now < self.issue_ends_at {
+            IssueWindow::Open
+        } else {
+            IssueWindow::Ended
+        }
+    }
+
+    /// Stock bound used by the admission script: the total, or `-1` for unlimited.
+    pub fn stock_bound(&self) -> i64 {
+        self.total_quantity.unwrap_or(-1)
+    }
+
+    /// When a coupon issued at `issued_at` stops being usable: the earlier of
+    /// `issued_at + valid_days` and `valid_until`, or `None` when neither is set.
+    pub fn expires_at(&self, issued_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        expiry(self.valid_days, self.valid_until, issued_at)
+    }
+}
+
+/// The earlier of `issued_at + valid_days` and `valid_until`.
+pub fn expiry(
+    valid_days: Option<i32>,
+    valid_until: Option<DateTime<Utc>>,
+    issued_at: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let by_days = valid_days.map(|d| issued_at + Duration::days(i64::from(d)));
+    match (by_days, valid_until) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Where one user's issue of one coupon stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum IssueState {
+    /// Admitted in Redis and published to Kafka, not yet persisted in MySQL.
+    Pending,
+    /// A `coupon_issues` row exists.
+    Issued,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn new_policy() -> NewCouponPolicy {
+        NewCouponPolicy {
+            title: "spring drop".into(),
+            coupon_type: CouponType::FirstComeFirstServed,
+            total_quantity: Some(500),
+            discount_type: DiscountType::Fixed,
+            discount_value: 3000,
+            max_discount_amount: None,
+            min_order_amount: 10_000,
+            issue_starts_at: Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap(),
+            issue_ends_at: Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 0).unwrap(),
+            valid_days: Some(7),
+            valid_until: None,
+        }
+    }
+
+    fn stored(p: &NewCouponPolicy) -> CouponPolicy {
+        CouponPolicy {
+            id: CouponId::parse(1).unwrap(),
+            title: p.title.clone(),
+            coupon_type: p.coupon_type,
+            total_quantity: p.total_quantity,
+            issued_quantity: 0,
+            discount_type: p.discount_type,
+            discount_value: p.discount_value,
+            max_discount_amount: p.max_discount_amount,
+            min_order_amount: p.min_order_amount,
+            issue_starts_at: p.issue_starts_at,
+            issue_ends_at: p.issue_ends_at,
+            valid_days: p.valid_days,
+            valid_until: p.valid_until,
+            status: CouponStatus::Active,
+            created_at: p.issue_starts_at,
+            updated_at: p.issue_starts_at,
+        }
+    }
+
+    #[test]
+    fn ids_must_be_positive() {
+        assert!(UserId::parse(0).is_err());
+        assert!(UserId::parse(-3).is_err());
+        assert_eq!(UserId::parse(7).unwrap().get(), 7);
+        assert!(serde_json::from_str::<UserId>("0").is_err());
+        assert!(serde_json::from_str::<UserId>("\"7\"").is_err());
+        assert_eq!(serde_json::from_str::<CouponId>("42").unwrap().get(), 42);
+    }
+
+    #[test]
+    fn a_sound_policy_validates() {
+        assert_eq!(new_policy().validate(), Ok(()));
+    }
+
+    #[test]
+    fn broken_policies_are_refused() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut NewCouponPolicy)>)> = vec![
+            ("title", Box::new(|p| p.title = "  ".into())),
+            ("total_quantity", Box::new(|p| p.total_quantity = None)),
+            ("total_quantity", Box::new(|p| p.total_quantity = Some(0))),
+            ("total_quantity", Box::new(|p| p.coupon_type = CouponType::Unlimited)),
+            ("discount_value", Box::new(|p| p.discount_value = 0)),
+            ("max_discount_amount", Box::new(|p| p.max_discount_amount = Some(5))),
+            (
+                "percentage",
+                Box::new(|p| {
+                    p.discount_type = DiscountType::Percentage;
+                    p.discount_value = 101;
+                }),
+            ),
+            ("min_order_amount", Box::new(|p| p.min_order_amount = -1)),
+            ("issue_starts_at", Box::new(|p| p.issue_ends_at = p.issue_starts_at)),
+            ("valid_days", Box::new(|p| p.valid_days = None)),
+            ("valid_days", Box::new(|p| p.valid_days = Some(0))),
+            ("valid_until", Box::new(|p| p.valid_until = Some(p.issue_starts_at))),
+        ];
+        for (field, break_it) in cases {
+            let mut p = new_policy();
+            break_it(&mut p);
+            let err = p.validate().expect_err(field);
+            assert!(err.0.contains(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn issue_window_is_half_open() {
+        let p = stored(&new_policy());
+        let second = Duration::seconds(1);
+        assert_eq!(p.issue_window(p.issue_starts_at - second), IssueWindow::NotStarted);
+        assert_eq!(p.issue_window(p.issue_starts_at), IssueWindow::Open);
+        assert_eq!(p.issue_window(p.issue_ends_at - second), IssueWindow::Open);
+        assert_eq!(p.issue_window(p.issue_ends_at), IssueWindow::Ended);
+    }
+
+    #[test]
+    fn expiry_is_the_earlier_of_days_and_until() {
+        let at = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
+        let until = Utc.with_ymd_and_hms(2026, 3, 3, 0, 0, 0).unwrap();
+        assert_eq!(expiry(Some(7), Some(until), at), Some(until));
+        assert_eq!(expiry(Some(1), Some(until), at), Some(at + Duration::days(1)));
+        assert_eq!(expiry(None, None, at), None);
+        assert_eq!(expiry(None, Some(until), at), Some(until));
+    }
+
+    #[test]
+    fn enums_round_trip_their_stored_spelling() {
+        for t in [CouponType::FirstComeFirstServed, CouponType::Unlimited] {
+            assert_eq!(CouponType::parse(t.as_str()), Ok(t));
+        }
+        assert!(DiscountType::parse("HALF").is_err());
+        assert_eq!(
+            serde_json::to_string(&CouponType::FirstComeFirstServed).unwrap(),
+            "\"FIRST_COME_FIRST_SERVED\""
+        );
+    }
+}

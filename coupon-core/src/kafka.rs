@@ -1,0 +1,126 @@
+//! Kafka clients shared by both services: the idempotent producer, topic set-up and the issue
+//! publisher.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::ClientConfig;
+
+use crate::config::StoreConfig;
+use crate::message::IssueMessage;
+
+/// Client settings of an idempotent, `acks=all` producer.
+///
+/// - `enable.idempotence=true`: the broker de-duplicates librdkafka's internal retries, so a
+///   retried send does not write the message twice
+///   (<https://kafka.apache.org/documentation/#producerconfigs_enable.idempotence>);
+/// - `acks=all`: the delivery report arrives only once every in-sync replica has the message;
+/// - `message.timeout.ms`: the bound (ms) on one send, retries included, after which the
+///   delivery future fails and the caller undoes the admission.
+pub fn producer_config(brokers: &str, message_timeout: Duration) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", message_timeout.as_millis().to_string())
+        .set("socket.connection.setup.timeout.ms", "3000");
+    config
+}
+
+/// Creates the issue and dead-letter topics when they are missing (topic already exists is not
+/// an error). Some brokers (tansu, Kafka with `auto.create.topics.enable=false`) create no topic
+/// on first use.
+///
+/// # Errors
+/// The broker is unreachable, or refused a creation for a reason other than existence.
+pub async fn ensure_topics(stores: &StoreConfig) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &stores.kafka_brokers)
+        .create()?;
+    let topics = [
+        NewTopic::new(
+            &stores.kafka_issue_topic,
+            stores.kafka_issue_partitions,
+            TopicReplication::Fixed(1),
+        ),
+        NewTopic::new(&stores.kafka_dead_letter_topic, 1, TopicReplication::Fixed(1)),
+    ];
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&topics, &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                    tracing::error!(%topic, ?code, "topic creation failed");
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Publishes issue messages and waits for the broker's acknowledgement.
+///
+/// Cloning is cheap (the producer is reference-counted); concurrent `publish` calls pipeline
+/// over the same connections, so the hot path never waits on another request's send.
+#[derive(Clone)]
+pub struct IssuePublisher {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl IssuePublisher {
+    /// Builds the idempotent producer of [`producer_config`] for `topic`.
+    ///
+    /// # Errors
+    /// librdkafka refused the configuration.
+    pub fn new(brokers: &str, topic: &str, message_timeout: Duration) -> Result<Self, KafkaError> {
+        Ok(Self {
+            producer: producer_config(brokers, message_timeout).create()?,
+            topic: topic.to_owned(),
+        })
+    }
+
+    /// Sends `message` keyed by [`IssueMessage::key`] and resolves once the broker acknowledged
+    /// it (`acks=all`), or failed to within `message.timeout.ms`.
+    ///
+    /// # Errors
+    /// The message was not acknowledged: the caller must treat it as not sent.
+    pub async fn publish(&self, message: &IssueMessage) -> Result<(), KafkaError> {
+        let key = message.key();
+        let payload = message.to_json();
+        let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
+        self.producer
+            .send(record, Timeout::Never)
+            .await
+            .map(drop)
+            .map_err(|(err, _)| err)
+    }
+
+    /// Asks the broker for the topic's metadata, for readiness checks.
+    ///
+    /// # Errors
+    /// The broker did not answer within `timeout`.
+    pub async fn check_broker(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(Some(&topic), timeout).map(drop)
+        })
+        .await
+        .map_err(|_| KafkaError::Canceled)?
+    }
+
+    /// Waits up to `timeout` for messages still in flight, at shutdown.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(err) = self.producer.flush(timeout) {
+            tracing::warn!(%err, "producer flush at shutdown did not complete");
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! `coupon-core`: what coupon-api and coupon-consumer share.
+//!
+//! - [`domain`]: identifiers, the coupon policy and its validation;
+//! - [`admission`]: the atomic Redis admission script and the per-coupon Redis keys;
+//! - [`message`]: the issue message carried by Kafka;
+//! - [`kafka`]: the idempotent producer and topic set-up;
+//! - [`db`] and [`repository`]: the MySQL pool, migrations and queries;
+//! - [`config`] and [`telemetry`]: typed configuration, tracing and metrics.
+//!
+//! This crate knows nothing of HTTP or of the consumer loop.
+
+pub mod admission;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod kafka;
+pub mod message;
+pub mod repository;
+pub mod telemetry;

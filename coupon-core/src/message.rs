@@ -1,0 +1,71 @@
+//! The issue message that travels from coupon-api to coupon-consumer over Kafka.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::{CouponId, UserId};
+
+/// One admitted issue request, published as JSON after the admission script said yes.
+///
+/// Shape: `{"coupon_id": 42, "user_id": 7, "request_id": "0193…", "admitted_at": "2026-…Z"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssueMessage {
+    /// The coupon policy.
+    pub coupon_id: CouponId,
+    /// The admitted user.
+    pub user_id: UserId,
+    /// Idempotency handle of the request (UUIDv7), answered to the client and stored in the row.
+    pub request_id: Uuid,
+    /// When the admission script admitted the user; becomes `coupon_issues.issued_at`.
+    pub admitted_at: DateTime<Utc>,
+}
+
+impl IssueMessage {
+    /// The Kafka message key: `"{coupon_id}:{user_id}"`.
+    ///
+    /// Keying by coupon alone would hash every request of a hot coupon to one partition, and so
+    /// to one consumer of the group. Keying by (coupon, user) spreads a drop over all partitions
+    /// while a user's retries for one coupon still land on one partition. No ordering across
+    /// users is needed: each message is an independent, idempotent insert.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.coupon_id, self.user_id)
+    }
+
+    /// JSON bytes of the message.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain integers, a UUID and a timestamp cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses a message payload.
+    ///
+    /// # Errors
+    /// The payload is not JSON of this shape (such a message is dead-lettered).
+    pub fn from_json(payload: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_json() {
+        let msg = IssueMessage {
+            coupon_id: CouponId::parse(42).unwrap(),
+            user_id: UserId::parse(7).unwrap(),
+            request_id: Uuid::now_v7(),
+            admitted_at: Utc::now(),
+        };
+        assert_eq!(IssueMessage::from_json(&msg.to_json()).unwrap(), msg);
+        assert_eq!(msg.key(), "42:7");
+    }
+
+    #[test]
+    fn malformed_payloads_are_refused() {
+        assert!(IssueMessage::from_json(b"not json").is_err());
+        assert!(IssueMessage::from_json(br#"{"coupon_id":0,"user_id":1}"#).is_err());
+    }
+}

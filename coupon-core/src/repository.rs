@@ -1,0 +1,237 @@
+//! MySQL repositories: coupon policies and issued coupons.
+//!
+//! Queries are checked at run time (`sqlx::query`), so building needs no database.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::mysql::{MySqlPool, MySqlRow};
+use sqlx::{Connection, MySql, QueryBuilder, Row, Transaction};
+
+use crate::domain::{
+    CouponId, CouponPolicy, CouponStatus, CouponType, DiscountType, NewCouponPolicy, UserId,
+};
+use crate::message::IssueMessage;
+
+const POLICY_COLUMNS: &str = "id, title, coupon_type, total_quantity, issued_quantity, \
+     discount_type, discount_value, max_discount_amount, min_order_amount, issue_starts_at, \
+     issue_ends_at, valid_days, valid_until, status, created_at, updated_at";
+
+fn policy_from_row(row: &MySqlRow) -> Result<CouponPolicy, sqlx::Error> {
+    let decode = |column: &str, e: crate::domain::ValidationError| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: Box::new(e),
+    };
+    Ok(CouponPolicy {
+        id: CouponId::parse(row.try_get("id")?).map_err(|e| decode("id", e))?,
+        title: row.try_get("title")?,
+        coupon_type: CouponType::parse(row.try_get("coupon_type")?)
+            .map_err(|e| decode("coupon_type", e))?,
+        total_quantity: row.try_get("total_quantity")?,
+        issued_quantity: row.try_get("issued_quantity")?,
+        discount_type: DiscountType::parse(row.try_get("discount_type")?)
+            .map_err(|e| decode("discount_type", e))?,
+        discount_value: row.try_get("discount_value")?,
+        max_discount_amount: row.try_get("max_discount_amount")?,
+        min_order_amount: row.try_get("min_order_amount")?,
+        issue_starts_at: row.try_get("issue_starts_at")?,
+        issue_ends_at: row.try_get("issue_ends_at")?,
+        valid_days: row.try_get("valid_days")?,
+        valid_until: row.try_get("valid_until")?,
+        status: CouponStatus::parse(row.try_get("status")?).map_err(|e| decode("status", e))?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// Inserts a validated policy inside `tx` and reads it back.
+///
+/// The caller prepares the coupon's Redis state before committing `tx`, so a committed policy
+/// always has its stock bound in Redis.
+///
+/// # Errors
+/// Any database error.
+pub async fn insert_policy(
+    tx: &mut Transaction<'_, MySql>,
+    new: &NewCouponPolicy,
+) -> Result<CouponPolicy, sqlx::Error> {
+    let id = sqlx::query(
+        "INSERT INTO coupons (title, coupon_type, total_quantity, discount_type, discount_value, \
+         max_discount_amount, min_order_amount, issue_starts_at, issue_ends_at, valid_days, \
+         valid_until, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'ACTIVE')",
+    )
+    .bind(new.title.trim())
+    .bind(new.coupon_type.as_str())
+    .bind(new.total_quantity)
+    .bind(new.discount_type.as_str())
+    .bind(new.discount_value)
+    .bind(new.max_discount_amount)
+    .bind(new.min_order_amount)
+    .bind(new.issue_starts_at)
+    .bind(new.issue_ends_at)
+    .bind(new.valid_days)
+    .bind(new.valid_until)
+    .execute(&mut **tx)
+    .await?
+    .last_insert_id();
+    let row = sqlx::query(&format!("SELECT {POLICY_COLUMNS} FROM coupons WHERE id = ?"))
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?;
+    policy_from_row(&row)
+}
+
+/// Reads one policy, or `None` when no row has that id.
+///
+/// # Errors
+/// Any database error.
+pub async fn find_policy(pool: &MySqlPool, id: CouponId) -> Result<Option<CouponPolicy>, sqlx::Error> {
+    sqlx::query(&format!("SELECT {POLICY_COLUMNS} FROM coupons WHERE id = ?"))
+        .bind(id.get())
+        .fetch_optional(pool)
+        .await?
+        .as_ref()
+        .map(policy_from_row)
+        .transpose()
+}
+
+/// Whether `(coupon, user)` has a `coupon_issues` row.
+///
+/// # Errors
+/// Any database error.
+pub async fn issue_exists(pool: &MySqlPool, coupon: CouponId, user: UserId) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query("SELECT 1 FROM coupon_issues WHERE coupon_id = ? AND user_id = ?")
+        .bind(coupon.get())
+        .bind(user.get())
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Why a message of a batch can never be persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// No `coupons` row has the message's coupon id.
+    UnknownCoupon,
+    /// Persisting the coupon's group would push `issued_quantity` past `total_quantity`: the
+    /// admission set and MySQL disagree (invariant 1), which needs an operator.
+    StockExceeded,
+}
+
+impl Rejection {
+    /// Stable label, used as the dead-letter reason and the metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownCoupon => "unknown_coupon",
+            Self::StockExceeded => "stock_exceeded",
+        }
+    }
+}
+
+/// What [`persist_batch`] did, per coupon.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PersistReport {
+    /// Rows actually inserted, per coupon (redelivered messages insert nothing).
+    pub inserted: BTreeMap<CouponId, u64>,
+    /// Messages skipped because their row was already present (count).
+    pub duplicates: u64,
+    /// Indexes (into the batch) of messages that can never be persisted, with the reason.
+    pub rejected: Vec<(usize, Rejection)>,
+    /// Coupons whose `issued_quantity` reached `total_quantity` in this batch.
+    pub sold_out: Vec<CouponId>,
+}
+
+/// Persists a batch of issue messages in ONE transaction: per coupon (ascending ids, so
+/// concurrent consumers lock coupons in the same order and cannot deadlock on them), one
+/// multi-row `INSERT IGNORE` that skips rows already present under
+/// `UNIQUE (coupon_id, user_id)`, then `issued_quantity += rows actually inserted`.
+///
+/// At-least-once delivery plus the unique key make each issue persist exactly once: a batch
+/// delivered twice inserts and counts nothing the second time. Each coupon's group runs in a
+/// savepoint, so a group that would exceed the stock is rolled back and reported as
+/// [`Rejection::StockExceeded`] without failing the rest.
+///
+/// # Errors
+/// Any database error; the transaction is rolled back and nothing of the batch is persisted, so
+/// the caller may retry the whole batch.
+pub async fn persist_batch(pool: &MySqlPool, batch: &[IssueMessage]) -> Result<PersistReport, sqlx::Error> {
+    let mut report = PersistReport::default();
+    if batch.is_empty() {
+        return Ok(report);
+    }
+    let mut groups: BTreeMap<CouponId, Vec<usize>> = BTreeMap::new();
+    for (i, msg) in batch.iter().enumerate() {
+        groups.entry(msg.coupon_id).or_default().push(i);
+    }
+
+    let mut tx = pool.begin().await?;
+    let mut lock = QueryBuilder::<MySql>::new(
+        "SELECT id, total_quantity, issued_quantity, valid_days, valid_until FROM coupons WHERE id IN (",
+    );
+    let mut ids = lock.separated(", ");
+    for id in groups.keys() {
+        ids.push_bind(id.get());
+    }
+    lock.push(") ORDER BY id FOR UPDATE");
+    let mut coupons = BTreeMap::new();
+    for row in lock.build().fetch_all(&mut *tx).await? {
+        let id: i64 = row.try_get("id")?;
+        let total: Option<i64> = row.try_get("total_quantity")?;
+        let issued: i64 = row.try_get("issued_quantity")?;
+        let valid_days: Option<i32> = row.try_get("valid_days")?;
+        let valid_until: Option<DateTime<Utc>> = row.try_get("valid_until")?;
+        coupons.insert(id, (total, issued, valid_days, valid_until));
+    }
+
+    for (coupon, indexes) in &groups {
+        let Some(&(total, issued, valid_days, valid_until)) = coupons.get(&coupon.get()) else {
+            report
+                .rejected
+                .extend(indexes.iter().map(|&i| (i, Rejection::UnknownCoupon)));
+            continue;
+        };
+        let mut savepoint = Connection::begin(&mut *tx).await?;
+        let mut insert = QueryBuilder::<MySql>::new(
+            "INSERT IGNORE INTO coupon_issues (coupon_id, user_id, issued_at, expires_at, status, request_id) ",
+        );
+        insert.push_values(indexes, |mut row, &i| {
+            let msg = &batch[i];
+            row.push_bind(msg.coupon_id.get())
+                .push_bind(msg.user_id.get())
+                .push_bind(msg.admitted_at)
+                .push_bind(crate::domain::expiry(valid_days, valid_until, msg.admitted_at))
+                .push_bind("ISSUED")
+                .push_bind(msg.request_id.to_string());
+        });
+        let inserted = insert.build().execute(&mut *savepoint).await?.rows_affected();
+        let now_issued = issued + i64::try_from(inserted).unwrap_or(i64::MAX);
+        if total.is_some_and(|total| now_issued > total) {
+            savepoint.rollback().await?;
+            tracing::error!(
+                coupon_id = %coupon, issued, inserted, ?total,
+                "persisting would exceed the stock; group dead-lettered"
+            );
+            report
+                .rejected
+                .extend(indexes.iter().map(|&i| (i, Rejection::StockExceeded)));
+            continue;
+        }
+        if inserted > 0 {
+            sqlx::query("UPDATE coupons SET issued_quantity = issued_quantity + ? WHERE id = ?")
+                .bind(inserted)
+                .bind(coupon.get())
+                .execute(&mut *savepoint)
+                .await?;
+        }
+        savepoint.commit().await?;
+        report.duplicates += indexes.len() as u64 - inserted;
+        if inserted > 0 {
+            report.inserted.insert(*coupon, inserted);
+            if total == Some(now_issued) {
+                report.sold_out.push(*coupon);
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(report)
+}
