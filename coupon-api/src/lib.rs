@@ -1,1 +1,15 @@
-//! placeholder
+//! `coupon-api`: the HTTP front of couponrush.
+//!
+//! Coupon policies (`POST /api/v1/coupons`, `GET /api/v1/coupons/{coupon_id}`) and the FCFS
+//! issue path (`POST /api/v1/coupons/{coupon_id}/issues`): local policy cache → one atomic Redis
+//! Lua script → Kafka publish acknowledged by the broker → `202 Accepted`. See
+//! [`routes::issues`] for the steps and [`startup::Application`] to run it.
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod invalidation;
+pub mod routes;
+pub mod startup;
+pub mod state;

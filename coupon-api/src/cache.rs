@@ -1,0 +1,95 @@
+//! The local policy cache in front of Redis and MySQL, and the sold-out marks set by the
+//! consumer's invalidation broadcasts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use coupon_core::admission::{AdmissionStore, Invalidation, InvalidationReason};
+use coupon_core::domain::{CouponId, CouponPolicy};
+use coupon_core::repository;
+use moka::future::Cache;
+use sqlx::MySqlPool;
+
+use crate::error::ApiError;
+
+/// How long a sold-out mark is kept (a sold-out coupon stays sold out; the bound only frees
+/// memory).
+const SOLD_OUT_TTL: Duration = Duration::from_secs(3600);
+
+/// Bounded, TTL-limited cache of coupon policies: moka first, then the Redis policy copy, then
+/// MySQL (which refills Redis). Only found policies are cached.
+#[derive(Clone)]
+pub struct PolicyCache {
+    policies: Cache<CouponId, Arc<CouponPolicy>>,
+    sold_out: Cache<CouponId, ()>,
+    redis: AdmissionStore,
+    pool: MySqlPool,
+}
+
+impl PolicyCache {
+    /// A cache of at most `capacity` policies, each trusted for `ttl`.
+    pub fn new(capacity: u64, ttl: Duration, redis: AdmissionStore, pool: MySqlPool) -> Self {
+        Self {
+            policies: Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
+            sold_out: Cache::builder().max_capacity(capacity).time_to_live(SOLD_OUT_TTL).build(),
+            redis,
+            pool,
+        }
+    }
+
+    /// The policy of `coupon`. Concurrent misses for one coupon share one load (moka's
+    /// `try_get_with`), so a drop's first second does not stampede MySQL.
+    ///
+    /// # Errors
+    /// [`ApiError::CouponNotFound`] when no policy has this id; [`ApiError::Unavailable`] when
+    /// neither Redis nor MySQL can answer.
+    pub async fn get(&self, coupon: CouponId) -> Result<Arc<CouponPolicy>, ApiError> {
+        self.policies
+            .try_get_with(coupon, self.load(coupon))
+            .await
+            .map_err(|err| match Arc::try_unwrap(err) {
+                Ok(err) => err,
+                Err(shared) => match &*shared {
+                    ApiError::CouponNotFound => ApiError::CouponNotFound,
+                    other => ApiError::unavailable(anyhow::anyhow!("policy load failed: {other:?}")),
+                },
+            })
+    }
+
+    async fn load(&self, coupon: CouponId) -> Result<Arc<CouponPolicy>, ApiError> {
+        match self.redis.policy(coupon).await {
+            Ok(Some(policy)) => return Ok(Arc::new(policy)),
+            Ok(None) => {}
+            Err(err) => tracing::warn!(%err, coupon_id = %coupon, "Redis policy read failed; asking MySQL"),
+        }
+        let policy = repository::find_policy(&self.pool, coupon)
+            .await?
+            .ok_or(ApiError::CouponNotFound)?;
+        if let Err(err) = self.redis.store_policy(&policy).await {
+            tracing::warn!(%err, coupon_id = %coupon, "could not refill the Redis policy copy");
+        }
+        Ok(Arc::new(policy))
+    }
+
+    /// Whether the consumer announced that `coupon` sold out.
+    pub async fn is_sold_out(&self, coupon: CouponId) -> bool {
+        self.sold_out.contains_key(&coupon)
+    }
+
+    /// Applies one invalidation broadcast.
+    pub async fn apply(&self, invalidation: Invalidation) {
+        match invalidation.reason {
+            InvalidationReason::SoldOut => self.sold_out.insert(invalidation.coupon_id, ()).await,
+            InvalidationReason::PolicyChanged => {
+                self.policies.invalidate(&invalidation.coupon_id).await;
+                self.sold_out.invalidate(&invalidation.coupon_id).await;
+            }
+        }
+    }
+
+    /// Drops every cached policy (after a gap in the invalidation subscription, when
+    /// broadcasts may have been missed). Sold-out marks stay: they never go stale.
+    pub fn invalidate_all(&self) {
+        self.policies.invalidate_all();
+    }
+}

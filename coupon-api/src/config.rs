@@ -1,0 +1,50 @@
+//! coupon-api configuration: the shared store settings plus the HTTP server's own.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use coupon_core::config::{MetricsConfig, StoreConfig};
+
+/// Everything coupon-api reads at start-up (flags or environment variables).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiConfig {
+    /// MySQL, Redis and Kafka settings.
+    #[command(flatten)]
+    pub stores: StoreConfig,
+
+    /// Prometheus exporter settings.
+    #[command(flatten)]
+    pub metrics: MetricsConfig,
+
+    /// Address of the public HTTP API. Port 0 picks a free port (tests).
+    #[arg(long, env = "API_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Most policies kept in the local cache (count).
+    #[arg(long, env = "POLICY_CACHE_CAPACITY", default_value_t = 10_000)]
+    pub policy_cache_capacity: u64,
+
+    /// How long (ms) a cached policy is trusted without an invalidation.
+    #[arg(long, env = "POLICY_CACHE_TTL_MS", default_value_t = 30_000)]
+    pub policy_cache_ttl_ms: u64,
+
+    /// Largest request body accepted (bytes); a larger one is refused with VALIDATION_FAILED.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Longest wait (ms) for in-flight requests to finish after SIGTERM/Ctrl-C.
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+impl ApiConfig {
+    /// [`Self::policy_cache_ttl_ms`] as a [`Duration`].
+    pub fn policy_cache_ttl(&self) -> Duration {
+        Duration::from_millis(self.policy_cache_ttl_ms)
+    }
+
+    /// [`Self::shutdown_grace_ms`] as a [`Duration`].
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}

@@ -1,0 +1,136 @@
+//! The API's one error type and its JSON form.
+//!
+//! Every error reaches the client as `{"code": "...", "message": "..."}` with a stable `code`.
+//! Internal detail (SQL, Redis, Kafka text) is never sent: it travels in a response extension
+//! to the logging middleware ([`crate::startup`]), which logs it with its cause chain.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use coupon_core::domain::ValidationError;
+use serde::Serialize;
+
+/// Seconds a client is asked to wait (`Retry-After`) after a 503.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+/// Why a request failed. Each variant names its status and code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 409 `ALREADY_ISSUED`: this user already holds (or is being issued) this coupon.
+    #[error("this user has already been issued this coupon")]
+    AlreadyIssued,
+    /// 409 `SOLD_OUT`: the stock is exhausted.
+    #[error("the coupon is sold out")]
+    SoldOut,
+    /// 409 `ISSUE_WINDOW_CLOSED`: outside `[issue_starts_at, issue_ends_at)` or not active.
+    #[error("{0}")]
+    IssueWindowClosed(&'static str),
+    /// 404 `COUPON_NOT_FOUND`: no policy has this id.
+    #[error("no coupon policy has this id")]
+    CouponNotFound,
+    /// 404 `ISSUE_NOT_FOUND`: this user holds no issue of this coupon.
+    #[error("this user has no issue of this coupon")]
+    IssueNotFound,
+    /// 404 `NOT_FOUND`: no route matches.
+    #[error("no such resource")]
+    RouteNotFound,
+    /// 400 `VALIDATION_FAILED`: the body or path could not be read (malformed JSON, wrong
+    /// content type, too large, a path segment that is not a number).
+    #[error("{0}")]
+    BadRequest(String),
+    /// 422 `VALIDATION_FAILED`: well-formed input that breaks a rule (missing or wrong-typed
+    /// field, non-positive id, inconsistent policy).
+    #[error("{0}")]
+    Validation(String),
+    /// 503 `UNAVAILABLE` with `Retry-After`: Redis, Kafka or MySQL cannot serve now; nothing
+    /// was admitted.
+    #[error("the service is temporarily unavailable; retry shortly")]
+    Unavailable(#[source] anyhow::Error),
+    /// 500 `INTERNAL`: a fault of ours; detail is logged, never sent.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// Wraps a dependency failure as [`ApiError::Unavailable`].
+    pub fn unavailable(err: impl Into<anyhow::Error>) -> Self {
+        Self::Unavailable(err.into())
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::AlreadyIssued | Self::SoldOut | Self::IssueWindowClosed(_) => StatusCode::CONFLICT,
+            Self::CouponNotFound | Self::IssueNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::AlreadyIssued => "ALREADY_ISSUED",
+            Self::SoldOut => "SOLD_OUT",
+            Self::IssueWindowClosed(_) => "ISSUE_WINDOW_CLOSED",
+            Self::CouponNotFound => "COUPON_NOT_FOUND",
+            Self::IssueNotFound => "ISSUE_NOT_FOUND",
+            Self::RouteNotFound => "NOT_FOUND",
+            Self::BadRequest(_) | Self::Validation(_) => "VALIDATION_FAILED",
+            Self::Unavailable(_) => "UNAVAILABLE",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(err: ValidationError) -> Self {
+        Self::Validation(err.0)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    /// Connectivity trouble is a 503 (retry helps); anything else is our fault.
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(err.into()),
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+/// Error body: `{"code": "SOLD_OUT", "message": "the coupon is sold out"}`.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    /// Stable code.
+    pub code: &'static str,
+    /// Human-readable explanation, safe to show.
+    pub message: String,
+}
+
+/// The logged detail of a 5xx, carried from [`ApiError::into_response`] to the logging
+/// middleware as a response extension.
+#[derive(Debug, Clone)]
+pub struct ErrorDetail(pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = ErrorBody { code: self.code(), message: self.to_string() };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        if let Self::Unavailable(cause) | Self::Internal(cause) = &self {
+            response.extensions_mut().insert(ErrorDetail(format!("{cause:?}")));
+        }
+        response
+    }
+}

@@ -1,0 +1,68 @@
+//! Subscription to the consumer's cache-invalidation broadcasts (Redis pub/sub).
+//!
+//! Redis pub/sub is fire-and-forget: a message published while this instance is disconnected
+//! is lost (<https://redis.io/docs/latest/develop/interactive/pubsub/#delivery-semantics>).
+//! So after every (re)subscription the policy cache is emptied, and the cache TTL bounds how
+//! stale an entry can get in any case.
+
+use std::time::Duration;
+
+use coupon_core::admission::Invalidation;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::PolicyCache;
+
+/// Pause before resubscribing after the connection dropped.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+
+/// Applies invalidations from `channel` to `cache` until `shutdown` fires, resubscribing after
+/// any failure. `subscribed` is cancelled once the first subscription is active (tests wait on it).
+pub async fn run(
+    redis_url: String,
+    channel: String,
+    cache: PolicyCache,
+    shutdown: CancellationToken,
+    subscribed: CancellationToken,
+) {
+    loop {
+        let session = subscribe_and_apply(&redis_url, &channel, &cache, &subscribed);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = session => {
+                if let Err(err) = result {
+                    tracing::warn!(error = %err, "invalidation subscription dropped; resubscribing");
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(RESUBSCRIBE_DELAY) => {}
+        }
+    }
+}
+
+async fn subscribe_and_apply(
+    redis_url: &str,
+    channel: &str,
+    cache: &PolicyCache,
+    subscribed: &CancellationToken,
+) -> redis::RedisResult<()> {
+    let client = redis::Client::open(redis_url)?;
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    cache.invalidate_all();
+    subscribed.cancel();
+    let mut messages = pubsub.on_message();
+    while let Some(msg) = messages.next().await {
+        let payload: Vec<u8> = msg.get_payload()?;
+        match serde_json::from_slice::<Invalidation>(&payload) {
+            Ok(invalidation) => {
+                tracing::debug!(?invalidation, "cache invalidation");
+                cache.apply(invalidation).await;
+            }
+            Err(err) => tracing::warn!(%err, "ignoring a malformed invalidation message"),
+        }
+    }
+    Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connection closed")))
+}

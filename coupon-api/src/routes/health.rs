@@ -1,0 +1,55 @@
+//! `GET /health` (the process is up) and `GET /ready` (MySQL, Redis and Kafka answer).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::state::AppState;
+
+/// How long each dependency gets to answer a readiness probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/health", get(health)).route("/ready", get(ready))
+}
+
+/// Liveness: `200 {"status":"UP"}` while the process serves HTTP.
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "UP"}))
+}
+
+/// Readiness report: each dependency `true` when it answered in time.
+#[derive(Debug, Serialize)]
+struct Readiness {
+    mysql: bool,
+    redis: bool,
+    kafka: bool,
+}
+
+/// Readiness: 200 when MySQL, Redis and Kafka all answered within 2 s, else 503 with the
+/// per-dependency report.
+async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let mysql = async {
+        tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&state.pool))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    };
+    let redis = async {
+        tokio::time::timeout(PROBE_TIMEOUT, state.admission.ping())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    };
+    let kafka = async { state.publisher.check_broker(PROBE_TIMEOUT).await.is_ok() };
+    let (mysql, redis, kafka) = tokio::join!(mysql, redis, kafka);
+    let status = if mysql && redis && kafka {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(Readiness { mysql, redis, kafka }))
+}

@@ -1,0 +1,161 @@
+//! The FCFS issue path: `POST /api/v1/coupons/{coupon_id}/issues` and the issue status
+//! `GET /api/v1/coupons/{coupon_id}/issues/{user_id}`.
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use coupon_core::admission::AdmitOutcome;
+use coupon_core::domain::{CouponId, CouponStatus, IssueState, IssueWindow, UserId};
+use coupon_core::message::IssueMessage;
+use coupon_core::repository;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::extract::{Caller, CouponPath, CouponUserPath};
+use crate::state::AppState;
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/coupons/{coupon_id}/issues", post(issue_coupon))
+        .route("/api/v1/coupons/{coupon_id}/issues/{user_id}", get(issue_status))
+}
+
+/// Body of a `202 Accepted`: `{"request_id": "0193…", "status": "PENDING"}`.
+#[derive(Debug, Serialize)]
+pub struct IssueAccepted {
+    /// Id of this issue request (UUIDv7); stored with the row.
+    pub request_id: Uuid,
+    /// Always `PENDING`: the row is written by coupon-consumer shortly after.
+    pub status: IssueState,
+}
+
+/// Handles one FCFS issue request:
+/// 1. the policy from the local cache (Redis, then MySQL, behind it): 404 if absent;
+/// 2. the issue window and status: 409 `ISSUE_WINDOW_CLOSED`;
+/// 3. a sold-out mark broadcast by the consumer: 409 `SOLD_OUT` without touching Redis;
+/// 4. the atomic admission script: 409 `ALREADY_ISSUED` / `SOLD_OUT`;
+/// 5. the issue message, published and acknowledged by Kafka: 202.
+///
+/// If the publish fails, the admission is undone and the client gets 503 with `Retry-After`.
+#[tracing::instrument(name = "issue_coupon", skip_all, fields(coupon_id = %coupon, user_id = %caller.user_id))]
+async fn issue_coupon(
+    State(state): State<AppState>,
+    CouponPath(coupon): CouponPath,
+    caller: Caller,
+) -> Result<(StatusCode, Json<IssueAccepted>), ApiError> {
+    let result = admit_and_publish(state, coupon, caller.user_id).await;
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(ApiError::AlreadyIssued) => "already_issued",
+        Err(ApiError::SoldOut) => "sold_out",
+        Err(ApiError::IssueWindowClosed(_)) => "window_closed",
+        Err(ApiError::CouponNotFound) => "not_found",
+        Err(ApiError::Unavailable(_)) => "unavailable",
+        Err(_) => "error",
+    };
+    metrics::counter!("coupon_issue_requests_total", "outcome" => outcome).increment(1);
+    let request_id = result?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(IssueAccepted { request_id, status: IssueState::Pending }),
+    ))
+}
+
+async fn admit_and_publish(state: AppState, coupon: CouponId, user: UserId) -> Result<Uuid, ApiError> {
+    let policy = state.cache.get(coupon).await?;
+    if policy.status != CouponStatus::Active {
+        return Err(ApiError::IssueWindowClosed("the coupon is not active"));
+    }
+    match policy.issue_window(Utc::now()) {
+        IssueWindow::NotStarted => return Err(ApiError::IssueWindowClosed("the issue window has not opened yet")),
+        IssueWindow::Ended => return Err(ApiError::IssueWindowClosed("the issue window has closed")),
+        IssueWindow::Open => {}
+    }
+    if state.cache.is_sold_out(coupon).await {
+        return Err(ApiError::SoldOut);
+    }
+    // From the admission on, the request must run to its end even if the client goes away
+    // (axum drops a handler's future on disconnect): an admitted user must get either a
+    // published message or an undone admission. A spawned task is not dropped with the handler.
+    tokio::spawn(async move {
+        match state.admission.admit(coupon, user).await.map_err(ApiError::unavailable)? {
+            AdmitOutcome::Admitted => {}
+            AdmitOutcome::AlreadyIssued => return Err(ApiError::AlreadyIssued),
+            AdmitOutcome::SoldOut => return Err(ApiError::SoldOut),
+            AdmitOutcome::NotPrepared => {
+                return Err(ApiError::unavailable(anyhow::anyhow!(
+                    "coupon {coupon} has no stock bound in Redis; its admission state must be rebuilt"
+                )))
+            }
+        }
+        let message = IssueMessage {
+            coupon_id: coupon,
+            user_id: user,
+            request_id: Uuid::now_v7(),
+            admitted_at: Utc::now(),
+        };
+        let started = Instant::now();
+        let published = state.publisher.publish(&message).await;
+        metrics::histogram!("coupon_issue_publish_duration_seconds").record(started.elapsed());
+        match published {
+            Ok(()) => Ok(message.request_id),
+            Err(publish_err) => {
+                metrics::counter!("coupon_issue_admission_rollbacks_total").increment(1);
+                let undo = state.admission.undo(coupon, user).await;
+                if let Err(undo_err) = &undo {
+                    tracing::error!(
+                        %undo_err, coupon_id = %coupon, user_id = %user,
+                        "publish failed AND the admission could not be undone: the slot is held \
+                         without a message until the admission set is reconciled"
+                    );
+                }
+                Err(ApiError::unavailable(
+                    anyhow::Error::new(publish_err).context("publishing the issue message failed"),
+                ))
+            }
+        }
+    })
+    .await
+    .map_err(|join_err| ApiError::Internal(join_err.into()))?
+}
+
+/// Body of the issue status: `{"coupon_id": 42, "user_id": 7, "status": "ISSUED"}`.
+#[derive(Debug, Serialize)]
+pub struct IssueStatusView {
+    /// The coupon policy.
+    pub coupon_id: CouponId,
+    /// The user.
+    pub user_id: UserId,
+    /// `PENDING` (admitted, not yet persisted) or `ISSUED` (row in MySQL).
+    pub status: IssueState,
+}
+
+/// Where `user_id`'s issue of `coupon_id` stands: `ISSUED` when MySQL has the row, `PENDING`
+/// when only the admission set has the user, else 404 `ISSUE_NOT_FOUND` (404
+/// `COUPON_NOT_FOUND` when the coupon itself is unknown).
+#[tracing::instrument(name = "issue_status", skip_all, fields(coupon_id = %coupon, user_id = %user))]
+async fn issue_status(
+    State(state): State<AppState>,
+    CouponUserPath(coupon, user): CouponUserPath,
+) -> Result<Json<IssueStatusView>, ApiError> {
+    state.cache.get(coupon).await?;
+    let status = if repository::issue_exists(&state.pool, coupon, user).await? {
+        IssueState::Issued
+    } else if state
+        .admission
+        .is_admitted(coupon, user)
+        .await
+        .map_err(ApiError::unavailable)?
+    {
+        IssueState::Pending
+    } else {
+        return Err(ApiError::IssueNotFound);
+    };
+    Ok(Json(IssueStatusView { coupon_id: coupon, user_id: user, status }))
+}

@@ -1,0 +1,19 @@
+//! HTTP routes, one module per resource; [`router`] merges them.
+
+pub mod coupons;
+pub mod health;
+pub mod issues;
+
+use axum::Router;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Every public route, with a JSON 404 for anything else.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(coupons::router())
+        .merge(issues::router())
+        .merge(health::router())
+        .fallback(|| async { ApiError::RouteNotFound })
+}

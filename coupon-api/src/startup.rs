@@ -1,0 +1,199 @@
+//! Building and running the API: a type tests can drive (bind port 0, read the port, stop it).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use coupon_core::admission::{self, AdmissionStore, RedisKeys};
+use coupon_core::kafka::{self, IssuePublisher};
+use coupon_core::{db, telemetry};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+use crate::cache::PolicyCache;
+use crate::config::ApiConfig;
+use crate::error::ErrorDetail;
+use crate::invalidation;
+use crate::routes;
+use crate::state::AppState;
+
+/// The whole app with `state`: routes, body limit of `max_body_bytes`, request metrics and
+/// error logging. Tests can drive it with `tower::ServiceExt::oneshot`, no socket needed.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    routes::router()
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(observe))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Records `http_requests_total` and `http_request_duration_seconds` labelled by method,
+/// matched route and status, and logs the detail of every 5xx (never sent to the client).
+async fn observe(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status();
+    if let Some(ErrorDetail(detail)) = response.extensions().get::<ErrorDetail>() {
+        tracing::error!(%method, %route, status = status.as_u16(), error = %detail, "request failed");
+    }
+    let labels = [
+        ("method", method),
+        ("route", route),
+        ("status", status.as_u16().to_string()),
+    ];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed());
+    response
+}
+
+/// A built, bound, not yet running API server.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+    background: CancellationToken,
+    invalidations_ready: CancellationToken,
+    grace: Duration,
+}
+
+impl Application {
+    /// Connects to MySQL (creating the database and applying migrations), Redis and Kafka
+    /// (creating topics when configured to), starts the invalidation subscriber and binds the
+    /// listener.
+    ///
+    /// # Errors
+    /// A store is unreachable at start-up or the address cannot be bound.
+    pub async fn build(config: ApiConfig) -> anyhow::Result<Self> {
+        let stores = &config.stores;
+        telemetry::install_metrics(config.metrics.metrics_listen)?;
+        let pool = db::prepare(stores.database_url(), stores.database_max_connections).await?;
+        let redis = admission::connect(stores.redis_url(), stores.redis_timeout())
+            .await
+            .context("connecting to Redis")?;
+        if stores.kafka_create_topics {
+            kafka::ensure_topics(stores).await.context("creating Kafka topics")?;
+        }
+        let publisher = IssuePublisher::new(
+            &stores.kafka_brokers,
+            &stores.kafka_issue_topic,
+            stores.kafka_message_timeout(),
+        )
+        .context("creating the Kafka producer")?;
+        let keys = RedisKeys::new(stores.redis_key_prefix.clone());
+        let admission = AdmissionStore::new(redis, keys.clone());
+        let cache = PolicyCache::new(
+            config.policy_cache_capacity,
+            config.policy_cache_ttl(),
+            admission.clone(),
+            pool.clone(),
+        );
+        let state = AppState { pool, admission, publisher, cache: cache.clone() };
+
+        let background = CancellationToken::new();
+        let invalidations_ready = CancellationToken::new();
+        tokio::spawn(invalidation::run(
+            stores.redis_url().to_owned(),
+            keys.invalidation_channel(),
+            cache,
+            background.clone(),
+            invalidations_ready.clone(),
+        ));
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        Ok(Self {
+            listener,
+            router: router(state.clone(), config.max_body_bytes),
+            state,
+            background,
+            invalidations_ready,
+            grace: config.shutdown_grace(),
+        })
+    }
+
+    /// The bound address (port 0 in the config becomes the real port here).
+    ///
+    /// # Errors
+    /// The socket has no local address (cannot happen once bound).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Handles on the shared state, for tests that inspect the cache or stores.
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Resolves once the invalidation subscription is active.
+    pub async fn invalidations_subscribed(&self) {
+        self.invalidations_ready.cancelled().await;
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, drains in-flight requests for at
+    /// most the configured grace, stops the subscriber and flushes the producer.
+    ///
+    /// # Errors
+    /// The server failed while serving.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let stopping = CancellationToken::new();
+        let signal = {
+            let stopping = stopping.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: draining in-flight requests");
+                stopping.cancel();
+            }
+        };
+        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
+        let grace = self.grace;
+        tokio::select! {
+            result = server => result.context("serving HTTP")?,
+            () = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(?grace, "in-flight requests did not drain in time; stopping anyway");
+            }
+        }
+        self.background.cancel();
+        self.state.publisher.flush(Duration::from_secs(5));
+        Ok(())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(%err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
