@@ -2,7 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use coupon_api::config::ApiConfig;
-use coupon_api::startup::{shutdown_signal, Application};
+use coupon_api::startup::Application;
+use coupon_core::shutdown::shutdown_signal;
 
 /// couponrush HTTP API.
 #[derive(Debug, Parser)]

@@ -1,1 +1,328 @@
-//! placeholder
+//! `coupon-consumer`: the Kafka consumer group member that persists issue messages to MySQL.
+//!
+//! Each loop takes a batch bounded by size and time, persists it in one MySQL transaction
+//! ([`coupon_core::repository::persist_batch`]), dead-letters what can never be persisted, and
+//! only then commits the batch's offsets. At-least-once delivery plus the unique key
+//! `(coupon_id, user_id)` make every acknowledged issue message end as exactly one row.
+
+pub mod config;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use backon::{ExponentialBuilder, Retryable};
+use coupon_core::admission::{self, AdmissionStore, Invalidation, InvalidationReason, RedisKeys};
+use coupon_core::kafka::{self, producer_config};
+use coupon_core::message::IssueMessage;
+use coupon_core::repository::{self, PersistReport};
+use coupon_core::{db, telemetry};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use sqlx::MySqlPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ConsumerConfig;
+
+/// Counters of what the consumer has done, readable while it runs (tests wait on them; the
+/// same figures go to Prometheus).
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    /// Messages whose batch was persisted and whose offsets were committed (count).
+    pub messages_committed: AtomicU64,
+    /// Batches committed (count).
+    pub batches_committed: AtomicU64,
+    /// Messages sent to the dead-letter topic (count).
+    pub dead_lettered: AtomicU64,
+    /// Failed attempts at persisting a batch or dead-lettering its rejects (count).
+    pub failed_attempts: AtomicU64,
+}
+
+/// Connection handles and settings of a running consumer.
+pub struct IssueConsumer {
+    consumer: StreamConsumer,
+    pool: MySqlPool,
+    dead_letters: FutureProducer,
+    dead_letter_topic: String,
+    admission: AdmissionStore,
+    batch_max_messages: usize,
+    batch_max_wait: Duration,
+    retry: ExponentialBuilder,
+    stats: Arc<ConsumerStats>,
+}
+
+/// Client settings of the group member: offsets are committed by hand, only after the batch is
+/// durable (`enable.auto.commit=false`), and a new group starts from the earliest offset so no
+/// message published before the first consumer joined is skipped.
+pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("fetch.wait.max.ms", "100")
+        .set("socket.connection.setup.timeout.ms", "3000");
+    config
+}
+
+/// Why a message goes to the dead-letter topic.
+struct DeadLetter<'a> {
+    message: &'a OwnedMessage,
+    reason: &'static str,
+    detail: String,
+}
+
+impl IssueConsumer {
+    /// Connects to MySQL (creating the database and applying migrations), Redis and Kafka
+    /// (creating topics when configured to) and joins the consumer group.
+    ///
+    /// # Errors
+    /// A store is unreachable or a client configuration is refused.
+    pub async fn build(config: &ConsumerConfig) -> anyhow::Result<Self> {
+        let stores = &config.stores;
+        telemetry::install_metrics(config.metrics.metrics_listen)?;
+        let pool = db::prepare(stores.database_url(), stores.database_max_connections).await?;
+        let redis = admission::connect(stores.redis_url(), stores.redis_timeout())
+            .await
+            .context("connecting to Redis")?;
+        if stores.kafka_create_topics {
+            kafka::ensure_topics(stores).await.context("creating Kafka topics")?;
+        }
+        let consumer: StreamConsumer = consumer_config(&stores.kafka_brokers, &config.group_id)
+            .create()
+            .context("creating the Kafka consumer")?;
+        consumer
+            .subscribe(&[&stores.kafka_issue_topic])
+            .context("subscribing to the issue topic")?;
+        let dead_letters = producer_config(&stores.kafka_brokers, stores.kafka_message_timeout())
+            .create()
+            .context("creating the dead-letter producer")?;
+        Ok(Self {
+            consumer,
+            pool,
+            dead_letters,
+            dead_letter_topic: stores.kafka_dead_letter_topic.clone(),
+            admission: AdmissionStore::new(redis, RedisKeys::new(stores.redis_key_prefix.clone())),
+            batch_max_messages: config.batch_max_messages.max(1),
+            batch_max_wait: config.batch_max_wait(),
+            retry: ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(config.retry_max_delay())
+                .with_jitter()
+                .without_max_times(),
+            stats: Arc::default(),
+        })
+    }
+
+    /// Live counters of this consumer.
+    pub fn stats(&self) -> Arc<ConsumerStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Consumes until `shutdown` fires. A batch being collected when it fires is still
+    /// persisted and committed; a batch stuck retrying is abandoned uncommitted (it will be
+    /// redelivered). Then the consumer leaves the group.
+    ///
+    /// # Errors
+    /// Only set-up failures; message-level failures are retried or dead-lettered.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let token = CancellationToken::new();
+        let stop = {
+            let token = token.clone();
+            async move {
+                shutdown.await;
+                token.cancel();
+            }
+        };
+        tokio::select! {
+            () = self.consume(&token) => {}
+            () = async { stop.await; std::future::pending::<()>().await } => {}
+        }
+        tracing::info!("consumer stopped; leaving the group");
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    async fn consume(&self, shutdown: &CancellationToken) {
+        loop {
+            let batch = self.next_batch(shutdown).await;
+            if !batch.is_empty() {
+                if self.handle(&batch, shutdown).await.is_none() {
+                    tracing::warn!(size = batch.len(), "shutdown while retrying: batch left uncommitted");
+                    return;
+                }
+            }
+            if shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    /// Waits for a first message, then collects until the batch is full or `batch_max_wait`
+    /// passed. Returns early (possibly empty) on shutdown.
+    async fn next_batch(&self, shutdown: &CancellationToken) -> Vec<OwnedMessage> {
+        let mut batch = Vec::with_capacity(self.batch_max_messages);
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return batch,
+            received = self.consumer.recv() => received,
+        };
+        match first {
+            Ok(message) => batch.push(message.detach()),
+            Err(err) => {
+                tracing::warn!(%err, "Kafka receive failed");
+                return batch;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.batch_max_wait;
+        while batch.len() < self.batch_max_messages {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                received = tokio::time::timeout_at(deadline, self.consumer.recv()) => match received {
+                    Ok(Ok(message)) => batch.push(message.detach()),
+                    Ok(Err(err)) => tracing::warn!(%err, "Kafka receive failed"),
+                    Err(_elapsed) => break,
+                },
+            }
+        }
+        batch
+    }
+
+    /// Persists, dead-letters, broadcasts and commits one batch. `None` when shutdown came
+    /// while a step was still failing (nothing committed).
+    async fn handle(&self, batch: &[OwnedMessage], shutdown: &CancellationToken) -> Option<()> {
+        let started = Instant::now();
+        let mut issues = Vec::with_capacity(batch.len());
+        let mut sources = Vec::with_capacity(batch.len());
+        let mut dead = Vec::new();
+        for message in batch {
+            match IssueMessage::from_json(message.payload().unwrap_or_default()) {
+                Ok(issue) => {
+                    issues.push(issue);
+                    sources.push(message);
+                }
+                Err(err) => dead.push(DeadLetter {
+                    message,
+                    reason: "malformed",
+                    detail: err.to_string(),
+                }),
+            }
+        }
+
+        let persist = || repository::persist_batch(&self.pool, &issues);
+        let report: PersistReport = self.retrying("persisting the batch", persist, shutdown).await?;
+        for &(index, rejection) in &report.rejected {
+            let issue = &issues[index];
+            dead.push(DeadLetter {
+                message: sources[index],
+                reason: rejection.as_str(),
+                detail: format!("coupon {} user {}", issue.coupon_id, issue.user_id),
+            });
+        }
+        if !dead.is_empty() {
+            let send = || self.dead_letter(&dead);
+            self.retrying("dead-lettering", send, shutdown).await?;
+        }
+
+        for &coupon_id in &report.sold_out {
+            let invalidation = Invalidation { coupon_id, reason: InvalidationReason::SoldOut };
+            if let Err(err) = self.admission.publish_invalidation(invalidation).await {
+                tracing::warn!(%err, %coupon_id, "sold-out broadcast failed; caches expire by TTL");
+            }
+        }
+
+        // The batch is durable: a failed commit only means redelivery, which the unique key
+        // absorbs, so a few tries suffice (a revoked partition never accepts the commit).
+        let commit = || async { self.commit(batch) };
+        if let Err(err) = commit.retry(self.retry.with_max_times(3)).await {
+            tracing::warn!(%err, "offset commit failed; the batch will be redelivered and skipped");
+        }
+
+        let inserted: u64 = report.inserted.values().sum();
+        metrics::counter!("coupon_consumer_batches_total").increment(1);
+        metrics::counter!("coupon_consumer_messages_total").increment(batch.len() as u64);
+        metrics::counter!("coupon_consumer_rows_inserted_total").increment(inserted);
+        metrics::counter!("coupon_consumer_duplicates_skipped_total").increment(report.duplicates);
+        metrics::histogram!("coupon_consumer_batch_size").record(batch.len() as f64);
+        metrics::histogram!("coupon_consumer_batch_duration_seconds").record(started.elapsed());
+        self.stats.dead_lettered.fetch_add(dead.len() as u64, Ordering::Relaxed);
+        self.stats.messages_committed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.stats.batches_committed.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            size = batch.len(), inserted, duplicates = report.duplicates, dead = dead.len(),
+            "batch committed"
+        );
+        Some(())
+    }
+
+    /// Runs `attempt` until it succeeds, backing off exponentially; `None` if `shutdown` fires
+    /// first.
+    async fn retrying<T, E, F, Fut>(&self, what: &str, attempt: F, shutdown: &CancellationToken) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let retried = attempt.retry(self.retry).notify(|err: &E, pause: Duration| {
+            self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            let step = what.to_owned();
+            metrics::counter!("coupon_consumer_mysql_retries_total", "step" => step).increment(1);
+            tracing::warn!(error = %err, ?pause, "{what} failed; retrying");
+        });
+        tokio::select! {
+            () = shutdown.cancelled() => None,
+            result = retried => result.ok(),
+        }
+    }
+
+    /// Sends every dead letter, waiting for all acknowledgements.
+    async fn dead_letter(&self, dead: &[DeadLetter<'_>]) -> Result<(), rdkafka::error::KafkaError> {
+        let sends = dead.iter().map(|letter| {
+            let partition = letter.message.partition().to_string();
+            let offset = letter.message.offset().to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "x-dead-letter-reason", value: Some(letter.reason) })
+                .insert(Header { key: "x-dead-letter-detail", value: Some(&letter.detail) })
+                .insert(Header { key: "x-source-topic", value: Some(letter.message.topic()) })
+                .insert(Header { key: "x-source-partition", value: Some(&partition) })
+                .insert(Header { key: "x-source-offset", value: Some(&offset) });
+            let mut record = FutureRecord::<[u8], [u8]>::to(&self.dead_letter_topic)
+                .payload(letter.message.payload().unwrap_or_default())
+                .headers(headers);
+            if let Some(key) = letter.message.key() {
+                record = record.key(key);
+            }
+            metrics::counter!("coupon_consumer_dead_letters_total", "reason" => letter.reason).increment(1);
+            tracing::warn!(reason = letter.reason, detail = %letter.detail, "dead-lettering an issue message");
+            self.dead_letters.send(record, Timeout::Never)
+        });
+        for result in futures::future::join_all(sends).await {
+            result.map_err(|(err, _)| err)?;
+        }
+        Ok(())
+    }
+
+    /// Commits, per partition, the offset after the batch's last message there. Offsets inside
+    /// a partition arrive in order, so the whole batch being durable means everything below
+    /// that offset is too.
+    fn commit(&self, batch: &[OwnedMessage]) -> Result<(), rdkafka::error::KafkaError> {
+        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+        for message in batch {
+            let slot = next.entry((message.topic(), message.partition())).or_insert(0);
+            *slot = (*slot).max(message.offset() + 1);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            offsets.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        }
+        self.consumer.commit(&offsets, CommitMode::Sync)
+    }
+}

@@ -5,7 +5,8 @@
 //! - [`message`]: the issue message carried by Kafka;
 //! - [`kafka`]: the idempotent producer and topic set-up;
 //! - [`db`] and [`repository`]: the MySQL pool, migrations and queries;
-//! - [`config`] and [`telemetry`]: typed configuration, tracing and metrics.
+//! - [`config`], [`telemetry`] and [`shutdown`]: typed configuration, tracing, metrics and
+//!   the shutdown signal.
 //!
 //! This crate knows nothing of HTTP or of the consumer loop.
 
@@ -16,4 +17,5 @@ pub mod domain;
 pub mod kafka;
 pub mod message;
 pub mod repository;
+pub mod shutdown;
 pub mod telemetry;

@@ -1,0 +1,45 @@
+//! coupon-consumer configuration: the shared store settings plus batching and the group.
+
+use std::time::Duration;
+
+use coupon_core::config::{MetricsConfig, StoreConfig};
+
+/// Everything coupon-consumer reads at start-up (flags or environment variables).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConsumerConfig {
+    /// MySQL, Redis and Kafka settings.
+    #[command(flatten)]
+    pub stores: StoreConfig,
+
+    /// Prometheus exporter settings.
+    #[command(flatten)]
+    pub metrics: MetricsConfig,
+
+    /// Kafka consumer group id; every instance of the group shares the issue topic's partitions.
+    #[arg(long, env = "KAFKA_CONSUMER_GROUP", default_value = "coupon-consumer")]
+    pub group_id: String,
+
+    /// Most messages persisted in one MySQL transaction (count).
+    #[arg(long, env = "BATCH_MAX_MESSAGES", default_value_t = 500)]
+    pub batch_max_messages: usize,
+
+    /// Longest wait (ms) for a batch to fill once its first message arrived.
+    #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 50)]
+    pub batch_max_wait_ms: u64,
+
+    /// Longest pause (ms) between retries of a batch that failed on a MySQL or Kafka error.
+    #[arg(long, env = "RETRY_MAX_DELAY_MS", default_value_t = 5_000)]
+    pub retry_max_delay_ms: u64,
+}
+
+impl ConsumerConfig {
+    /// [`Self::batch_max_wait_ms`] as a [`Duration`].
+    pub fn batch_max_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_max_wait_ms)
+    }
+
+    /// [`Self::retry_max_delay_ms`] as a [`Duration`].
+    pub fn retry_max_delay(&self) -> Duration {
+        Duration::from_millis(self.retry_max_delay_ms)
+    }
+}

@@ -1,0 +1,23 @@
+//! `coupon-consumer` binary: joins the consumer group and persists issue messages until
+//! SIGTERM/Ctrl-C.
+
+use clap::Parser;
+use coupon_consumer::config::ConsumerConfig;
+use coupon_consumer::IssueConsumer;
+
+/// couponrush issue consumer.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    config: ConsumerConfig,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    coupon_core::telemetry::init_tracing();
+    let cli = Cli::parse();
+    let consumer = IssueConsumer::build(&cli.config).await?;
+    tracing::info!(group = %cli.config.group_id, topic = %cli.config.stores.kafka_issue_topic, "coupon-consumer running");
+    consumer.run_until_stopped(coupon_core::shutdown::shutdown_signal()).await
+}
