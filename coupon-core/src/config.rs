@@ -87,14 +87,18 @@ impl StoreConfig {
 pub struct MetricsConfig {
     /// Address of the Prometheus `/metrics` endpoint, apart from public traffic. `off` disables it.
     #[arg(long, env = "METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_optional_addr)]
-    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_listen: OptionalAddr,
 }
+
+/// A socket address or none (`off`). An alias, so clap parses the `Option` as one value
+/// instead of treating the flag as optional.
+pub type OptionalAddr = Option<SocketAddr>;
 
 /// Parses a socket address, or `off` for none.
 ///
 /// # Errors
 /// The text is neither `off` nor a `host:port` socket address.
-pub fn parse_optional_addr(text: &str) -> Result<Option<SocketAddr>, String> {
+pub fn parse_optional_addr(text: &str) -> Result<OptionalAddr, String> {
     if text.eq_ignore_ascii_case("off") || text.is_empty() {
         return Ok(None);
     }

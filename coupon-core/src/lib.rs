@@ -19,3 +19,5 @@ pub mod message;
 pub mod repository;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;

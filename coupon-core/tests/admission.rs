@@ -1,0 +1,135 @@
+//! The admission scripts against a real Redis.
+
+use std::time::Duration;
+
+use coupon_core::admission::{self, AdmissionStore, AdmitOutcome, RedisKeys};
+use coupon_core::domain::{CouponId, CouponPolicy, CouponStatus, UserId};
+use coupon_core::testing;
+
+async fn store() -> AdmissionStore {
+    let stores = testing::isolated_stores();
+    let conn = admission::connect(stores.redis_url(), Duration::from_secs(2))
+        .await
+        .expect("Redis must run on REDIS_URL (make up)");
+    AdmissionStore::new(conn, RedisKeys::new(stores.redis_key_prefix))
+}
+
+fn policy(id: i64, total: Option<i64>) -> CouponPolicy {
+    let new = testing::open_policy(1);
+    CouponPolicy {
+        id: CouponId::parse(id).unwrap(),
+        title: new.title,
+        coupon_type: if total.is_some() { new.coupon_type } else { coupon_core::domain::CouponType::Unlimited },
+        total_quantity: total,
+        issued_quantity: 0,
+        discount_type: new.discount_type,
+        discount_value: new.discount_value,
+        max_discount_amount: None,
+        min_order_amount: 0,
+        issue_starts_at: new.issue_starts_at,
+        issue_ends_at: new.issue_ends_at,
+        valid_days: new.valid_days,
+        valid_until: None,
+        status: CouponStatus::Active,
+        created_at: new.issue_starts_at,
+        updated_at: new.issue_starts_at,
+    }
+}
+
+fn user(id: i64) -> UserId {
+    UserId::parse(id).unwrap()
+}
+
+#[tokio::test]
+async fn a_user_is_admitted_once_and_then_told_already_issued() {
+    let store = store().await;
+    let p = policy(1, Some(10));
+    store.prepare(&p).await.unwrap();
+
+    assert_eq!(store.admit(p.id, user(7)).await.unwrap(), AdmitOutcome::Admitted);
+    assert_eq!(store.admit(p.id, user(7)).await.unwrap(), AdmitOutcome::AlreadyIssued);
+    assert_eq!(store.admitted_count(p.id).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn the_last_unit_goes_to_exactly_one_user_and_then_it_is_sold_out() {
+    let store = store().await;
+    let p = policy(2, Some(2));
+    store.prepare(&p).await.unwrap();
+
+    assert_eq!(store.admit(p.id, user(1)).await.unwrap(), AdmitOutcome::Admitted);
+    assert_eq!(store.admit(p.id, user(2)).await.unwrap(), AdmitOutcome::Admitted, "last unit");
+    assert_eq!(store.admit(p.id, user(3)).await.unwrap(), AdmitOutcome::SoldOut);
+    // A holder asking again hears "already issued", not "sold out": duplicates are checked first.
+    assert_eq!(store.admit(p.id, user(1)).await.unwrap(), AdmitOutcome::AlreadyIssued);
+    assert_eq!(store.admitted_count(p.id).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_admissions_never_exceed_the_stock() {
+    let store = store().await;
+    let p = policy(3, Some(25));
+    store.prepare(&p).await.unwrap();
+
+    let attempts = (1..=400).map(|u| {
+        let store = store.clone();
+        // Users 1..=200 each try twice.
+        async move { store.admit(p.id, user((u - 1) % 200 + 1)).await.unwrap() }
+    });
+    let outcomes = futures::future::join_all(attempts).await;
+
+    let admitted = outcomes.iter().filter(|o| **o == AdmitOutcome::Admitted).count();
+    assert_eq!(admitted, 25);
+    assert_eq!(store.admitted_count(p.id).await.unwrap(), 25);
+}
+
+#[tokio::test]
+async fn unlimited_coupons_admit_everyone_once() {
+    let store = store().await;
+    let p = policy(4, None);
+    store.prepare(&p).await.unwrap();
+
+    for u in 1..=300 {
+        assert_eq!(store.admit(p.id, user(u)).await.unwrap(), AdmitOutcome::Admitted);
+    }
+    assert_eq!(store.admit(p.id, user(300)).await.unwrap(), AdmitOutcome::AlreadyIssued);
+    assert_eq!(store.admitted_count(p.id).await.unwrap(), 300);
+}
+
+#[tokio::test]
+async fn a_coupon_without_redis_state_is_not_admitted() {
+    let store = store().await;
+    let id = CouponId::parse(5).unwrap();
+
+    assert_eq!(store.admit(id, user(1)).await.unwrap(), AdmitOutcome::NotPrepared);
+    assert_eq!(store.admitted_count(id).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn undo_removes_exactly_that_member_and_frees_its_unit() {
+    let store = store().await;
+    let p = policy(6, Some(2));
+    store.prepare(&p).await.unwrap();
+    store.admit(p.id, user(1)).await.unwrap();
+    store.admit(p.id, user(2)).await.unwrap();
+
+    assert!(store.undo(p.id, user(2)).await.unwrap());
+    assert!(!store.undo(p.id, user(2)).await.unwrap(), "a second undo finds nothing");
+
+    assert!(store.is_admitted(p.id, user(1)).await.unwrap());
+    assert!(!store.is_admitted(p.id, user(2)).await.unwrap());
+    assert_eq!(store.admit(p.id, user(3)).await.unwrap(), AdmitOutcome::Admitted);
+}
+
+#[tokio::test]
+async fn preparing_again_never_overwrites_the_stock_bound() {
+    let store = store().await;
+    let mut p = policy(7, Some(1));
+    store.prepare(&p).await.unwrap();
+    p.total_quantity = Some(100);
+    store.prepare(&p).await.unwrap();
+
+    store.admit(p.id, user(1)).await.unwrap();
+    assert_eq!(store.admit(p.id, user(2)).await.unwrap(), AdmitOutcome::SoldOut);
+    assert_eq!(store.policy(p.id).await.unwrap().unwrap().total_quantity, Some(100));
+}

@@ -1,0 +1,135 @@
+//! Batch persistence against a real MySQL/MariaDB, each test in its own database.
+
+use chrono::Utc;
+use coupon_core::domain::{CouponId, CouponPolicy, UserId};
+use coupon_core::message::IssueMessage;
+use coupon_core::repository::{self, Rejection};
+use coupon_core::{db, testing};
+use sqlx::MySqlPool;
+use uuid::Uuid;
+
+async fn pool() -> MySqlPool {
+    let stores = testing::isolated_stores();
+    db::prepare(stores.database_url(), 4)
+        .await
+        .expect("MySQL/MariaDB must run on DATABASE_URL (make up)")
+}
+
+async fn create(pool: &MySqlPool, total: Option<i64>) -> CouponPolicy {
+    let mut new = testing::open_policy(1);
+    new.total_quantity = total;
+    if total.is_none() {
+        new.coupon_type = coupon_core::domain::CouponType::Unlimited;
+    }
+    let mut tx = pool.begin().await.unwrap();
+    let policy = repository::insert_policy(&mut tx, &new).await.unwrap();
+    tx.commit().await.unwrap();
+    policy
+}
+
+fn issue(coupon: CouponId, user: i64) -> IssueMessage {
+    IssueMessage {
+        coupon_id: coupon,
+        user_id: UserId::parse(user).unwrap(),
+        request_id: Uuid::now_v7(),
+        admitted_at: Utc::now(),
+    }
+}
+
+async fn issued_quantity(pool: &MySqlPool, coupon: CouponId) -> i64 {
+    repository::find_policy(pool, coupon).await.unwrap().unwrap().issued_quantity
+}
+
+#[tokio::test]
+async fn a_batch_delivered_twice_persists_once_and_counts_once() {
+    let pool = pool().await;
+    let coupon = create(&pool, Some(100)).await;
+    let batch: Vec<_> = (1..=20).map(|u| issue(coupon.id, u)).collect();
+
+    let first = repository::persist_batch(&pool, &batch).await.unwrap();
+    let second = repository::persist_batch(&pool, &batch).await.unwrap();
+
+    assert_eq!(first.inserted.get(&coupon.id), Some(&20));
+    assert_eq!(first.duplicates, 0);
+    assert!(second.inserted.is_empty());
+    assert_eq!(second.duplicates, 20);
+    assert_eq!(testing::count_rows(&pool, coupon.id.get()).await, 20);
+    assert_eq!(issued_quantity(&pool, coupon.id).await, 20);
+}
+
+#[tokio::test]
+async fn duplicates_inside_one_batch_count_once() {
+    let pool = pool().await;
+    let coupon = create(&pool, None).await;
+    let batch = vec![issue(coupon.id, 1), issue(coupon.id, 1), issue(coupon.id, 2)];
+
+    let report = repository::persist_batch(&pool, &batch).await.unwrap();
+
+    assert_eq!(report.inserted.get(&coupon.id), Some(&2));
+    assert_eq!(report.duplicates, 1);
+    assert_eq!(issued_quantity(&pool, coupon.id).await, 2);
+}
+
+#[tokio::test]
+async fn messages_of_an_unknown_coupon_are_rejected_and_the_rest_persist() {
+    let pool = pool().await;
+    let coupon = create(&pool, Some(10)).await;
+    let unknown = CouponId::parse(coupon.id.get() + 1000).unwrap();
+    let batch = vec![issue(coupon.id, 1), issue(unknown, 1), issue(coupon.id, 2)];
+
+    let report = repository::persist_batch(&pool, &batch).await.unwrap();
+
+    assert_eq!(report.rejected, vec![(1, Rejection::UnknownCoupon)]);
+    assert_eq!(report.inserted.get(&coupon.id), Some(&2));
+}
+
+#[tokio::test]
+async fn a_group_that_would_exceed_the_stock_is_rejected_whole() {
+    let pool = pool().await;
+    let coupon = create(&pool, Some(2)).await;
+    let batch: Vec<_> = (1..=3).map(|u| issue(coupon.id, u)).collect();
+
+    let report = repository::persist_batch(&pool, &batch).await.unwrap();
+
+    assert_eq!(report.rejected.len(), 3);
+    assert!(report.rejected.iter().all(|(_, r)| *r == Rejection::StockExceeded));
+    assert_eq!(testing::count_rows(&pool, coupon.id.get()).await, 0);
+    assert_eq!(issued_quantity(&pool, coupon.id).await, 0);
+}
+
+#[tokio::test]
+async fn reaching_the_stock_reports_the_coupon_sold_out_once() {
+    let pool = pool().await;
+    let coupon = create(&pool, Some(3)).await;
+    let first = repository::persist_batch(&pool, &[issue(coupon.id, 1), issue(coupon.id, 2)])
+        .await
+        .unwrap();
+    let last = repository::persist_batch(&pool, &[issue(coupon.id, 3)]).await.unwrap();
+    let again = repository::persist_batch(&pool, &[issue(coupon.id, 3)]).await.unwrap();
+
+    assert!(first.sold_out.is_empty());
+    assert_eq!(last.sold_out, vec![coupon.id]);
+    assert!(again.sold_out.is_empty(), "a redelivery inserts nothing and announces nothing");
+}
+
+#[tokio::test]
+async fn rows_carry_the_request_id_and_expiry() {
+    let pool = pool().await;
+    let coupon = create(&pool, Some(5)).await;
+    let msg = issue(coupon.id, 9);
+
+    repository::persist_batch(&pool, std::slice::from_ref(&msg)).await.unwrap();
+
+    let (request_id, expires_at): (String, Option<chrono::DateTime<Utc>>) = sqlx::query_as(
+        "SELECT request_id, expires_at FROM coupon_issues WHERE coupon_id = ? AND user_id = 9",
+    )
+    .bind(coupon.id.get())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(request_id, msg.request_id.to_string());
+    let expected = msg.admitted_at + chrono::Duration::days(30);
+    let drift = (expires_at.unwrap() - expected).num_milliseconds().abs();
+    assert!(drift < 1, "expires_at {expires_at:?} vs {expected}");
+    assert!(repository::issue_exists(&pool, coupon.id, msg.user_id).await.unwrap());
+}

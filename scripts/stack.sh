@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# The local stack without Docker: MariaDB, Redis and a Kafka-protocol broker (tansu) on
+# 127.0.0.1. Idempotent: safe to run twice, and safe where the services already run.
+#
+#   scripts/stack.sh up     install what is missing (Debian packages, tansu), start, create the DB
+#   scripts/stack.sh down   stop what `up` started (services found already running are left alone)
+#   scripts/stack.sh status
+#
+# Settings (env): DB_NAME (coupon), KAFKA_PORT (9092), STACK_DIR (.local/ in the repo).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STACK_DIR="${STACK_DIR:-$here/.local}"
+DB_NAME="${DB_NAME:-coupon}"
+KAFKA_PORT="${KAFKA_PORT:-9092}"
+mkdir -p "$STACK_DIR"
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port name seconds
+  local i
+  for ((i = 0; i < $3 * 10; i++)); do
+    port_open "$1" && return 0
+    sleep 0.1
+  done
+  log "$2 did not open port $1 within $3 s"
+  return 1
+}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    as_root apt-get update -qq
+    apt_updated=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+mysql_tcp() { mariadb -h127.0.0.1 -P3306 -uroot --connect-timeout=2 "$@"; }
+
+mariadb_up() {
+  if ! port_open 3306; then
+    command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || { log "installing MariaDB"; apt_install mariadb-server mariadb-client; }
+    log "starting MariaDB"
+    as_root mkdir -p /run/mysqld
+    as_root chown mysql:mysql /run/mysqld 2>/dev/null || true
+    as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql
+    wait_port 3306 MariaDB 60
+    echo mariadb >>"$STACK_DIR/started"
+  fi
+  # A fresh Debian install lets root in through the Unix socket only; the services connect over
+  # TCP as root without a password, as the README's default DATABASE_URL says.
+  if ! mysql_tcp -e 'SELECT 1' >/dev/null 2>&1; then
+    log "allowing root@127.0.0.1 without a password (local development only)"
+    as_root mariadb -e "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY '';
+      GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION; FLUSH PRIVILEGES;"
+  fi
+  mysql_tcp -e "CREATE DATABASE IF NOT EXISTS \`$DB_NAME\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+}
+
+redis_up() {
+  if ! port_open 6379; then
+    command -v redis-server >/dev/null || { log "installing Redis"; apt_install redis-server; }
+    log "starting Redis"
+    as_root mkdir -p /var/lib/redis /var/log/redis
+    # Persistence off, as on the development machines; see README "What exactness relies on".
+    as_root redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+      --dir /var/lib/redis --logfile /var/log/redis/couponrush.log
+    wait_port 6379 Redis 30
+    echo redis >>"$STACK_DIR/started"
+  fi
+}
+
+kafka_up() {
+  if port_open "$KAFKA_PORT"; then
+    return 0
+  fi
+  local tansu
+  tansu="$("$here/scripts/install-tansu.sh")"
+  mkdir -p "$STACK_DIR/kafka"
+  log "starting tansu (Kafka protocol) on 127.0.0.1:$KAFKA_PORT"
+  # SQLite storage: tansu's default in-memory storage does not serve fetches past offset 0.
+  nohup "$tansu" broker \
+    --storage-engine "sqlite://$STACK_DIR/kafka/tansu.db" \
+    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    >"$STACK_DIR/kafka/tansu.log" 2>&1 &
+  echo $! >"$STACK_DIR/kafka/tansu.pid"
+  wait_port "$KAFKA_PORT" tansu 60 || { tail -20 "$STACK_DIR/kafka/tansu.log" >&2; return 1; }
+}
+
+kafka_down() {
+  local pidfile="$STACK_DIR/kafka/tansu.pid"
+  if [ -f "$pidfile" ]; then
+    local pid
+    pid="$(cat "$pidfile")"
+    if kill "$pid" 2>/dev/null; then
+      log "stopping tansu ($pid)"
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -f "$pidfile"
+  fi
+}
+
+case "${1:-}" in
+  up)
+    command -v mariadb >/dev/null || { log "installing the MariaDB client"; apt_install mariadb-client; }
+    mariadb_up
+    redis_up
+    kafka_up
+    log "up: MariaDB 127.0.0.1:3306 (database $DB_NAME), Redis 127.0.0.1:6379, Kafka 127.0.0.1:$KAFKA_PORT"
+    ;;
+  down)
+    kafka_down
+    if [ -f "$STACK_DIR/started" ]; then
+      if grep -qx redis "$STACK_DIR/started"; then log "stopping Redis"; redis-cli -p 6379 shutdown nosave >/dev/null 2>&1 || true; fi
+      if grep -qx mariadb "$STACK_DIR/started"; then log "stopping MariaDB"; as_root mariadb-admin shutdown >/dev/null 2>&1 || true; fi
+      rm -f "$STACK_DIR/started"
+    fi
+    log "down"
+    ;;
+  status)
+    for p in 3306 6379 "$KAFKA_PORT"; do
+      if port_open "$p"; then echo "127.0.0.1:$p open"; else echo "127.0.0.1:$p closed"; fi
+    done
+    ;;
+  *)
+    echo "usage: $0 up|down|status" >&2
+    exit 2
+    ;;
+esac
