@@ -84,11 +84,12 @@ kafka_up() {
   mkdir -p "$STACK_DIR/kafka"
   log "starting tansu (Kafka protocol) on 127.0.0.1:$KAFKA_PORT"
   # SQLite storage: tansu's default in-memory storage does not serve fetches past offset 0.
-  nohup "$tansu" broker \
-    --storage-engine "sqlite://$STACK_DIR/kafka/tansu.db" \
+  # tansu reads the path of a sqlite:// URL relative to its working directory.
+  (cd "$STACK_DIR/kafka" && exec nohup "$tansu" broker \
+    --storage-engine "sqlite://tansu.db" \
     --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    >"$STACK_DIR/kafka/tansu.log" 2>&1 &
+    >"$STACK_DIR/kafka/tansu.log" 2>&1) &
   echo $! >"$STACK_DIR/kafka/tansu.pid"
   wait_port "$KAFKA_PORT" tansu 60 || { tail -20 "$STACK_DIR/kafka/tansu.log" >&2; return 1; }
 }

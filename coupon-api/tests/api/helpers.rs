@@ -1,0 +1,101 @@
+//! Spawns a real coupon-api (port 0) against the local MySQL, Redis and Kafka, isolated per test.
+
+use std::time::Duration;
+
+use clap::Parser;
+use coupon_api::config::ApiConfig;
+use coupon_api::startup::Application;
+use coupon_api::state::AppState;
+use coupon_core::config::StoreConfig;
+use coupon_core::domain::NewCouponPolicy;
+use coupon_core::testing;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    api: ApiConfig,
+}
+
+/// A running API and a client pointed at it.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub stores: StoreConfig,
+    stop: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// An API on fresh stores.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// An API on fresh stores, after `adjust` changed its configuration.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut ApiConfig)) -> TestApp {
+    let mut config = Cli::parse_from(["coupon-api", "--listen", "127.0.0.1:0", "--metrics-listen", "off"]).api;
+    config.stores = testing::isolated_stores();
+    adjust(&mut config);
+    let stores = config.stores.clone();
+    let app = Application::build(config).await.expect("building coupon-api (is `make up` running?)");
+    let base = format!("http://{}", app.local_addr().unwrap());
+    let state = app.state();
+    tokio::time::timeout(Duration::from_secs(10), app.invalidations_subscribed())
+        .await
+        .expect("invalidation subscription");
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(app.run_until_stopped(async move { stopped.cancelled().await }));
+    TestApp { base, client: reqwest::Client::new(), state, stores, stop }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn create_policy(&self, policy: &NewCouponPolicy) -> Value {
+        let response = self.client.post(self.url("/api/v1/coupons")).json(policy).send().await.unwrap();
+        assert_eq!(response.status(), 201, "creating a policy");
+        response.json().await.unwrap()
+    }
+
+    /// Creates an open first-come-first-served policy with `total` in stock; returns its id.
+    pub async fn open_coupon(&self, total: i64) -> i64 {
+        self.create_policy(&testing::open_policy(total)).await["id"].as_i64().unwrap()
+    }
+
+    pub async fn issue(&self, coupon: i64, user: i64) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/api/v1/coupons/{coupon}/issues")))
+            .json(&serde_json::json!({ "user_id": user }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn issue_status(&self, coupon: i64, user: i64) -> reqwest::Response {
+        self.client
+            .get(self.url(&format!("/api/v1/coupons/{coupon}/issues/{user}")))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// Asserts `response` is an API error with `status` and `code`; returns its message.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> String {
+    assert_eq!(response.status().as_u16(), status, "status for {code}");
+    let body: Value = response.json().await.expect("error bodies are JSON");
+    assert_eq!(body["code"], code, "body: {body}");
+    let message = body["message"].as_str().expect("a message").to_owned();
+    assert!(!message.is_empty());
+    message
+}

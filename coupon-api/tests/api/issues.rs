@@ -1,0 +1,177 @@
+use std::time::Duration;
+
+use chrono::{Duration as Span, Utc};
+use coupon_core::admission::{Invalidation, InvalidationReason};
+use coupon_core::domain::{CouponId, UserId};
+use coupon_core::message::IssueMessage;
+use coupon_core::testing;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message};
+
+use crate::helpers::{assert_error, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn an_issue_is_answered_202_only_after_its_message_is_on_the_topic() {
+    let app = spawn_app().await;
+    let id = app.open_coupon(5).await;
+
+    let response = app.issue(id, 42).await;
+
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "PENDING");
+    let request_id = body["request_id"].as_str().unwrap().to_owned();
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &app.stores.kafka_brokers)
+        .set("group.id", format!("reader-{request_id}"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&app.stores.kafka_issue_topic]).unwrap();
+    let received = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("the issue message on the topic")
+        .unwrap();
+    let message = IssueMessage::from_json(received.payload().unwrap()).unwrap();
+    assert_eq!(message.request_id.to_string(), request_id);
+    assert_eq!(message.user_id.get(), 42);
+    assert_eq!(received.key(), Some(format!("{id}:42").as_bytes()));
+}
+
+#[tokio::test]
+async fn a_second_request_from_the_same_user_is_409_already_issued() {
+    let app = spawn_app().await;
+    let id = app.open_coupon(5).await;
+    assert_eq!(app.issue(id, 7).await.status(), 202);
+
+    assert_error(app.issue(id, 7).await, 409, "ALREADY_ISSUED").await;
+}
+
+#[tokio::test]
+async fn requests_past_the_stock_are_409_sold_out() {
+    let app = spawn_app().await;
+    let id = app.open_coupon(2).await;
+    assert_eq!(app.issue(id, 1).await.status(), 202);
+    assert_eq!(app.issue(id, 2).await.status(), 202);
+
+    assert_error(app.issue(id, 3).await, 409, "SOLD_OUT").await;
+    assert_error(app.issue(id, 1).await, 409, "ALREADY_ISSUED").await;
+}
+
+#[tokio::test]
+async fn requests_outside_the_issue_window_are_409_issue_window_closed() {
+    let app = spawn_app().await;
+    let now = Utc::now();
+    let future = testing::policy_with_window(Some(5), now + Span::hours(1), now + Span::hours(2));
+    let past = testing::policy_with_window(Some(5), now - Span::hours(2), now - Span::seconds(1));
+    let not_yet = app.create_policy(&future).await["id"].as_i64().unwrap();
+    let over = app.create_policy(&past).await["id"].as_i64().unwrap();
+
+    assert_error(app.issue(not_yet, 1).await, 409, "ISSUE_WINDOW_CLOSED").await;
+    assert_error(app.issue(over, 1).await, 409, "ISSUE_WINDOW_CLOSED").await;
+    assert_eq!(app.state.admission.admitted_count(CouponId::parse(over).unwrap()).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn an_issue_of_an_unknown_coupon_is_404() {
+    let app = spawn_app().await;
+
+    assert_error(app.issue(424_242, 1).await, 404, "COUPON_NOT_FOUND").await;
+}
+
+#[tokio::test]
+async fn the_issue_status_is_pending_until_persisted_then_issued() {
+    let app = spawn_app().await;
+    let id = app.open_coupon(5).await;
+    assert_eq!(app.issue(id, 3).await.status(), 202);
+
+    let pending: serde_json::Value = app.issue_status(id, 3).await.json().await.unwrap();
+    assert_eq!(pending["status"], "PENDING");
+    assert_error(app.issue_status(id, 4).await, 404, "ISSUE_NOT_FOUND").await;
+    assert_error(app.issue_status(999_999, 3).await, 404, "COUPON_NOT_FOUND").await;
+
+    // What coupon-consumer does for the message (tested in coupon-consumer).
+    let message = IssueMessage {
+        coupon_id: CouponId::parse(id).unwrap(),
+        user_id: UserId::parse(3).unwrap(),
+        request_id: uuid::Uuid::now_v7(),
+        admitted_at: Utc::now(),
+    };
+    coupon_core::repository::persist_batch(&app.state.pool, &[message]).await.unwrap();
+    let issued: serde_json::Value = app.issue_status(id, 3).await.json().await.unwrap();
+    assert_eq!(issued["status"], "ISSUED");
+}
+
+#[tokio::test]
+async fn when_the_broker_is_down_the_answer_is_503_and_the_admission_is_undone() {
+    let app = spawn_app_with(|config| {
+        config.stores.kafka_create_topics = false;
+        config.stores.kafka_brokers = "127.0.0.1:1".into();
+        config.stores.kafka_message_timeout_ms = 1_000;
+    })
+    .await;
+    let id = app.open_coupon(1).await;
+
+    let response = app.issue(id, 5).await;
+
+    assert_eq!(response.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+    let message = assert_error(response, 503, "UNAVAILABLE").await;
+    assert!(!message.contains("127.0.0.1"), "no internal detail in the body: {message}");
+    let coupon = CouponId::parse(id).unwrap();
+    assert!(!app.state.admission.is_admitted(coupon, UserId::parse(5).unwrap()).await.unwrap());
+    assert_eq!(app.state.admission.admitted_count(coupon).await.unwrap(), 0, "the unit is back in stock");
+}
+
+#[tokio::test]
+async fn a_sold_out_broadcast_is_applied_by_the_api() {
+    let app = spawn_app().await;
+    let id = app.open_coupon(100).await;
+    let coupon = CouponId::parse(id).unwrap();
+    assert_eq!(app.issue(id, 1).await.status(), 202);
+
+    let receivers = app
+        .state
+        .admission
+        .publish_invalidation(Invalidation { coupon_id: coupon, reason: InvalidationReason::SoldOut })
+        .await
+        .unwrap();
+    assert!(receivers >= 1, "the API subscribes to the channel");
+    testing::eventually("the sold-out mark", Duration::from_secs(5), || async {
+        app.state.cache.is_sold_out(coupon).await.then_some(())
+    })
+    .await;
+
+    // Stock is left in Redis, but the API trusts the consumer's broadcast and stops early.
+    assert_error(app.issue(id, 2).await, 409, "SOLD_OUT").await;
+    assert_eq!(app.state.admission.admitted_count(coupon).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer_200_when_every_store_is_up() {
+    let app = spawn_app().await;
+
+    let health = app.client.get(app.url("/health")).send().await.unwrap();
+    let ready = app.client.get(app.url("/ready")).send().await.unwrap();
+
+    assert_eq!(health.status(), 200);
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"mysql": true, "redis": true, "kafka": true}));
+}
+
+#[tokio::test]
+async fn readiness_is_503_when_the_broker_is_unreachable() {
+    let app = spawn_app_with(|config| {
+        config.stores.kafka_create_topics = false;
+        config.stores.kafka_brokers = "127.0.0.1:1".into();
+    })
+    .await;
+
+    let ready = app.client.get(app.url("/ready")).send().await.unwrap();
+
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["kafka"], false);
+    assert_eq!(body["mysql"], true);
+}

@@ -1,0 +1,7 @@
+//! Black-box tests of coupon-api over HTTP, against real MySQL/MariaDB, Redis and a
+//! Kafka-protocol broker (`make up` starts them).
+
+mod coupons;
+mod errors;
+mod helpers;
+mod issues;
