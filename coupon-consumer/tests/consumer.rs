@@ -1,0 +1,234 @@
+//! coupon-consumer against a real Kafka-protocol broker, MySQL/MariaDB and Redis.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use clap::Parser;
+use coupon_consumer::config::ConsumerConfig;
+use coupon_consumer::{ConsumerStats, IssueConsumer};
+use coupon_core::admission::{Invalidation, InvalidationReason, RedisKeys};
+use coupon_core::config::StoreConfig;
+use coupon_core::domain::{CouponId, UserId};
+use coupon_core::kafka::producer_config;
+use coupon_core::message::IssueMessage;
+use coupon_core::{db, repository, testing};
+use futures::StreamExt;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use sqlx::MySqlPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    consumer: ConsumerConfig,
+}
+
+struct Running {
+    stores: StoreConfig,
+    group: String,
+    pool: MySqlPool,
+    producer: FutureProducer,
+    stats: Arc<ConsumerStats>,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start() -> Running {
+    let mut config = Cli::parse_from(["coupon-consumer", "--metrics-listen", "off"]).consumer;
+    config.stores = testing::isolated_stores();
+    config.group_id = format!("group-{}", Uuid::new_v4().simple());
+    config.retry_max_delay_ms = 200;
+    let consumer = IssueConsumer::build(&config).await.expect("building the consumer (is `make up` running?)");
+    let stats = consumer.stats();
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let task = tokio::spawn(consumer.run_until_stopped(async move { stopped.cancelled().await }));
+    let stores = config.stores.clone();
+    Running {
+        pool: db::connect(stores.database_url(), 4).await.unwrap(),
+        producer: producer_config(&stores.kafka_brokers, Duration::from_secs(10)).create().unwrap(),
+        group: config.group_id,
+        stores,
+        stats,
+        stop,
+        task,
+    }
+}
+
+impl Running {
+    async fn coupon(&self, total: i64) -> CouponId {
+        let mut tx = self.pool.begin().await.unwrap();
+        let policy = repository::insert_policy(&mut tx, &testing::open_policy(total)).await.unwrap();
+        tx.commit().await.unwrap();
+        policy.id
+    }
+
+    async fn send_raw(&self, key: &str, payload: &[u8]) {
+        let record = FutureRecord::to(&self.stores.kafka_issue_topic).key(key).payload(payload);
+        self.producer.send(record, Timeout::Never).await.map_err(|(e, _)| e).unwrap();
+    }
+
+    async fn send(&self, message: &IssueMessage) {
+        self.send_raw(&message.key(), &message.to_json()).await;
+    }
+
+    async fn wait_committed(&self, messages: u64) {
+        testing::eventually("messages committed", WAIT, || async {
+            (self.stats.messages_committed.load(Ordering::Relaxed) >= messages).then_some(())
+        })
+        .await;
+    }
+
+    /// Offsets the group committed on the issue topic, summed over partitions (0 if none).
+    fn committed_total(&self) -> i64 {
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.stores.kafka_brokers)
+            .set("group.id", &self.group)
+            .create()
+            .unwrap();
+        let mut partitions = TopicPartitionList::new();
+        for p in 0..self.stores.kafka_issue_partitions {
+            partitions.add_partition(&self.stores.kafka_issue_topic, p);
+        }
+        let committed = reader.committed_offsets(partitions, Duration::from_secs(10)).unwrap();
+        committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    async fn issued_quantity(&self, coupon: CouponId) -> i64 {
+        repository::find_policy(&self.pool, coupon).await.unwrap().unwrap().issued_quantity
+    }
+}
+
+fn issue(coupon: CouponId, user: i64) -> IssueMessage {
+    IssueMessage {
+        coupon_id: coupon,
+        user_id: UserId::parse(user).unwrap(),
+        request_id: Uuid::now_v7(),
+        admitted_at: Utc::now(),
+    }
+}
+
+#[tokio::test]
+async fn messages_delivered_twice_persist_once_and_count_once() {
+    let consumer = start().await;
+    let coupon = consumer.coupon(100).await;
+    let messages: Vec<_> = (1..=40).map(|u| issue(coupon, u)).collect();
+
+    for message in messages.iter().chain(messages.iter()) {
+        consumer.send(message).await;
+    }
+    consumer.wait_committed(80).await;
+
+    assert_eq!(testing::count_rows(&consumer.pool, coupon.get()).await, 40);
+    assert_eq!(consumer.issued_quantity(coupon).await, 40);
+    assert_eq!(consumer.committed_total(), 80, "every offset committed once durable");
+}
+
+#[tokio::test]
+async fn poison_messages_land_in_the_dead_letter_topic_with_their_reason() {
+    let consumer = start().await;
+    let coupon = consumer.coupon(10).await;
+    let unknown = issue(CouponId::parse(coupon.get() + 10_000).unwrap(), 1);
+
+    consumer.send_raw("junk", b"{not json").await;
+    consumer.send(&unknown).await;
+    consumer.send(&issue(coupon, 2)).await;
+    consumer.wait_committed(3).await;
+
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &consumer.stores.kafka_brokers)
+        .set("group.id", format!("dlq-reader-{}", Uuid::new_v4().simple()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[&consumer.stores.kafka_dead_letter_topic]).unwrap();
+    let mut reasons = Vec::new();
+    for _ in 0..2 {
+        let message = tokio::time::timeout(WAIT, reader.recv()).await.expect("a dead letter").unwrap();
+        let headers = message.headers().expect("dead letters carry headers");
+        let reason = headers
+            .iter()
+            .find(|h| h.key == "x-dead-letter-reason")
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .expect("a reason header");
+        reasons.push((reason, message.payload().unwrap().to_vec()));
+    }
+    reasons.sort();
+    assert_eq!(reasons[0], ("malformed".to_owned(), b"{not json".to_vec()));
+    assert_eq!(reasons[1], ("unknown_coupon".to_owned(), unknown.to_json()));
+    assert_eq!(testing::count_rows(&consumer.pool, coupon.get()).await, 1, "the good message persisted");
+    assert_eq!(consumer.committed_total(), 3);
+}
+
+#[tokio::test]
+async fn a_mysql_error_commits_no_offset_until_the_batch_persists() {
+    let consumer = start().await;
+    let coupon = consumer.coupon(10).await;
+    sqlx::query("RENAME TABLE coupon_issues TO coupon_issues_away").execute(&consumer.pool).await.unwrap();
+
+    consumer.send(&issue(coupon, 1)).await;
+    testing::eventually("failed attempts", WAIT, || async {
+        (consumer.stats.failed_attempts.load(Ordering::Relaxed) >= 3).then_some(())
+    })
+    .await;
+
+    assert_eq!(consumer.committed_total(), 0, "nothing committed while MySQL fails");
+    assert_eq!(consumer.stats.messages_committed.load(Ordering::Relaxed), 0);
+
+    sqlx::query("RENAME TABLE coupon_issues_away TO coupon_issues").execute(&consumer.pool).await.unwrap();
+    consumer.wait_committed(1).await;
+    assert_eq!(testing::count_rows(&consumer.pool, coupon.get()).await, 1);
+    assert_eq!(consumer.issued_quantity(coupon).await, 1);
+    assert_eq!(consumer.committed_total(), 1);
+}
+
+#[tokio::test]
+async fn selling_out_broadcasts_an_invalidation() {
+    let consumer = start().await;
+    let coupon = consumer.coupon(3).await;
+    let client = redis::Client::open(consumer.stores.redis_url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    let channel = RedisKeys::new(consumer.stores.redis_key_prefix.clone()).invalidation_channel();
+    pubsub.subscribe(&channel).await.unwrap();
+
+    for user in 1..=3 {
+        consumer.send(&issue(coupon, user)).await;
+    }
+
+    let mut messages = pubsub.on_message();
+    let message = tokio::time::timeout(WAIT, messages.next()).await.expect("a broadcast").unwrap();
+    let payload: String = message.get_payload().unwrap();
+    let invalidation: Invalidation = serde_json::from_str(&payload).unwrap();
+    assert_eq!(invalidation, Invalidation { coupon_id: coupon, reason: InvalidationReason::SoldOut });
+}
+
+#[tokio::test]
+async fn shutdown_finishes_and_leaves_the_group() {
+    let consumer = start().await;
+    let coupon = consumer.coupon(10).await;
+    consumer.send(&issue(coupon, 1)).await;
+    consumer.wait_committed(1).await;
+
+    consumer.stop.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(30), consumer.task).await;
+
+    assert!(result.expect("stops within 30 s").expect("task").is_ok());
+}
