@@ -164,8 +164,10 @@ impl AdmissionStore {
         Ok(removed == 1)
     }
 
-    /// Prepares a new coupon's Redis state: its stock bound (only when absent, so an existing
-    /// coupon's bound is never overwritten) and its policy copy.
+    /// Initialises a NEW coupon's Redis state: an empty admission set, its stock bound and its
+    /// policy copy, in one `MULTI`. Called before the policy's MySQL row commits, so nobody can
+    /// have been admitted yet; anything found under these keys is stale (left by an earlier
+    /// database that reused the id) and is cleared.
     ///
     /// # Errors
     /// Redis is unreachable, timed out, or the policy does not serialise.
@@ -175,7 +177,9 @@ impl AdmissionStore {
         })?;
         redis::pipe()
             .atomic()
-            .set_nx(self.keys.stock(policy.id), policy.stock_bound())
+            .del(self.keys.issued(policy.id))
+            .ignore()
+            .set(self.keys.stock(policy.id), policy.stock_bound())
             .ignore()
             .set(self.keys.policy(policy.id), json)
             .ignore()

@@ -122,14 +122,18 @@ async fn undo_removes_exactly_that_member_and_frees_its_unit() {
 }
 
 #[tokio::test]
-async fn preparing_again_never_overwrites_the_stock_bound() {
+async fn preparing_a_new_coupon_clears_state_left_under_its_id() {
     let store = store().await;
     let mut p = policy(7, Some(1));
     store.prepare(&p).await.unwrap();
-    p.total_quantity = Some(100);
+    store.admit(p.id, user(1)).await.unwrap();
+    p.total_quantity = Some(2);
+
     store.prepare(&p).await.unwrap();
 
-    store.admit(p.id, user(1)).await.unwrap();
-    assert_eq!(store.admit(p.id, user(2)).await.unwrap(), AdmitOutcome::SoldOut);
-    assert_eq!(store.policy(p.id).await.unwrap().unwrap().total_quantity, Some(100));
+    assert_eq!(store.admitted_count(p.id).await.unwrap(), 0);
+    assert_eq!(store.admit(p.id, user(1)).await.unwrap(), AdmitOutcome::Admitted);
+    assert_eq!(store.admit(p.id, user(2)).await.unwrap(), AdmitOutcome::Admitted);
+    assert_eq!(store.admit(p.id, user(3)).await.unwrap(), AdmitOutcome::SoldOut);
+    assert_eq!(store.policy(p.id).await.unwrap().unwrap().total_quantity, Some(2));
 }

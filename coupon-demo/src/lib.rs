@@ -1,1 +1,338 @@
-//! placeholder
+//! `coupon-demo`: the race load client and the end-to-end verification behind `make demo`
+//! and the end-to-end test.
+//!
+//! [`race`] fires issue requests through real HTTP, [`wait_until_drained`] waits for the
+//! consumer, and [`verify`] reads MySQL and Redis directly and checks that every count equals
+//! the stock and that exactly the users answered 202 hold a row.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use coupon_core::admission::AdmissionStore;
+use coupon_core::domain::CouponId;
+use futures::StreamExt;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+use sqlx::MySqlPool;
+
+/// Shape of a race: `requests` requests from `users` distinct users (ids `1..=users`, each at
+/// least once, the rest repeats drawn at random), `concurrency` in flight at once.
+#[derive(Debug, Clone, Copy)]
+pub struct RacePlan {
+    /// Requests fired (count); at least `users`.
+    pub requests: usize,
+    /// Distinct users (count).
+    pub users: usize,
+    /// Requests in flight at once (count).
+    pub concurrency: usize,
+    /// Seed of the order and of the repeats, so a run can be replayed.
+    pub seed: u64,
+}
+
+impl RacePlan {
+    /// The user id of every request, in firing order.
+    ///
+    /// # Errors
+    /// `requests < users` or `users == 0`.
+    pub fn user_ids(&self) -> anyhow::Result<Vec<i64>> {
+        if self.users == 0 || self.requests < self.users {
+            bail!("a race needs at least one user and at least as many requests as users");
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed);
+        let users = i64::try_from(self.users).context("too many users")?;
+        let mut ids: Vec<i64> = (1..=users).collect();
+        ids.extend((self.users..self.requests).map(|_| rng.random_range(1..=users)));
+        ids.shuffle(&mut rng);
+        Ok(ids)
+    }
+}
+
+/// What the race was answered.
+#[derive(Debug, Default)]
+pub struct RaceReport {
+    /// Users answered `202 Accepted`.
+    pub accepted: HashSet<i64>,
+    /// Answers counted by `"<status> <code>"`, e.g. `"409 SOLD_OUT"` (202s included).
+    pub answers: BTreeMap<String, usize>,
+    /// Requests fired (count).
+    pub requests: usize,
+    /// Wall time of the race.
+    pub elapsed: Duration,
+    /// Per-request latencies, sorted ascending.
+    pub latencies: Vec<Duration>,
+}
+
+impl RaceReport {
+    /// Answers with this `"<status> <code>"` label (count).
+    pub fn count(&self, label: &str) -> usize {
+        self.answers.get(label).copied().unwrap_or(0)
+    }
+
+    /// Answers that are none of 202, 409 `ALREADY_ISSUED`, 409 `SOLD_OUT` (count).
+    pub fn unexpected(&self) -> usize {
+        self.answers
+            .iter()
+            .filter(|(label, _)| !["202 ACCEPTED", "409 ALREADY_ISSUED", "409 SOLD_OUT"].contains(&label.as_str()))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Latency at quantile `q` (0.0–1.0), nearest rank.
+    pub fn latency(&self, q: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((q * self.latencies.len() as f64).ceil() as usize).clamp(1, self.latencies.len());
+        self.latencies[rank - 1]
+    }
+}
+
+#[derive(Deserialize)]
+struct Created {
+    id: i64,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    code: String,
+}
+
+/// Creates a first-come-first-served coupon with `stock` units, open from a minute ago for an
+/// hour, through `POST {base}/api/v1/coupons`; returns its id.
+///
+/// # Errors
+/// The API is unreachable or did not answer 201.
+pub async fn create_coupon(client: &reqwest::Client, base: &str, stock: i64) -> anyhow::Result<CouponId> {
+    let now = chrono::Utc::now();
+    let body = serde_json::json!({
+        "title": format!("couponrush demo: {stock} units"),
+        "coupon_type": "FIRST_COME_FIRST_SERVED",
+        "total_quantity": stock,
+        "discount_type": "FIXED",
+        "discount_value": 5000,
+        "min_order_amount": 30000,
+        "issue_starts_at": now - chrono::Duration::minutes(1),
+        "issue_ends_at": now + chrono::Duration::hours(1),
+        "valid_days": 7,
+    });
+    let response = client.post(format!("{base}/api/v1/coupons")).json(&body).send().await?;
+    let status = response.status();
+    if status != reqwest::StatusCode::CREATED {
+        bail!("creating the coupon answered {status}: {}", response.text().await.unwrap_or_default());
+    }
+    let created: Created = response.json().await?;
+    Ok(CouponId::parse(created.id)?)
+}
+
+/// Fires the race against `POST {base}/api/v1/coupons/{coupon}/issues` and tallies the answers.
+///
+/// # Errors
+/// The plan is inconsistent. Transport failures are tallied as `"000 TRANSPORT"`, not raised.
+pub async fn race(client: &reqwest::Client, base: &str, coupon: CouponId, plan: RacePlan) -> anyhow::Result<RaceReport> {
+    let ids = plan.user_ids()?;
+    let url = format!("{base}/api/v1/coupons/{coupon}/issues");
+    let started = Instant::now();
+    let answers: Vec<(i64, String, Duration)> = futures::stream::iter(ids)
+        .map(|user| {
+            let request = client.post(&url).json(&serde_json::json!({ "user_id": user }));
+            async move {
+                let sent = Instant::now();
+                let label = match request.send().await {
+                    Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => "202 ACCEPTED".to_owned(),
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let code = response.json::<ErrorBody>().await.map_or_else(|_| "?".to_owned(), |b| b.code);
+                        format!("{status} {code}")
+                    }
+                    Err(_) => "000 TRANSPORT".to_owned(),
+                };
+                (user, label, sent.elapsed())
+            }
+        })
+        .buffer_unordered(plan.concurrency.max(1))
+        .collect()
+        .await;
+    let mut report = RaceReport { requests: answers.len(), elapsed: started.elapsed(), ..RaceReport::default() };
+    for (user, label, latency) in answers {
+        if label == "202 ACCEPTED" {
+            report.accepted.insert(user);
+        }
+        *report.answers.entry(label).or_default() += 1;
+        report.latencies.push(latency);
+    }
+    report.latencies.sort_unstable();
+    Ok(report)
+}
+
+/// Rows of `coupon` in `coupon_issues` (count).
+///
+/// # Errors
+/// Any database error.
+pub async fn row_count(pool: &MySqlPool, coupon: CouponId) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM coupon_issues WHERE coupon_id = ?")
+        .bind(coupon.get())
+        .fetch_one(pool)
+        .await?)
+}
+
+/// Polls MySQL until `coupon` has `expected` rows and its `issued_quantity` says so too.
+///
+/// # Errors
+/// Not drained within `timeout` (the message says how far it got), or a database error.
+pub async fn wait_until_drained(pool: &MySqlPool, coupon: CouponId, expected: i64, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rows = row_count(pool, coupon).await?;
+        let issued: i64 = sqlx::query_scalar("SELECT issued_quantity FROM coupons WHERE id = ?")
+            .bind(coupon.get())
+            .fetch_one(pool)
+            .await?;
+        if rows >= expected && issued >= expected {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("not drained after {timeout:?}: {rows} rows, issued_quantity {issued}, expected {expected}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Everything [`verify`] read after the race.
+#[derive(Debug)]
+pub struct Verification {
+    /// The stock every count must equal.
+    pub stock: i64,
+    /// `202 Accepted` answers (count).
+    pub accepted: i64,
+    /// Rows in `coupon_issues` (count).
+    pub rows: i64,
+    /// Distinct users among the rows (count).
+    pub distinct_users: i64,
+    /// `coupons.issued_quantity`.
+    pub issued_quantity: i64,
+    /// `SCARD` of the Redis admission set.
+    pub admitted: i64,
+    /// Users answered 202 without a row (count; must be 0).
+    pub accepted_without_row: usize,
+    /// Users with a row who were not answered 202 (count; must be 0).
+    pub row_without_accept: usize,
+    /// `409 ALREADY_ISSUED` answers (count).
+    pub already_issued: usize,
+    /// `409 SOLD_OUT` answers (count).
+    pub sold_out: usize,
+    /// Any other answer (count; must be 0).
+    pub unexpected: usize,
+}
+
+impl Verification {
+    /// Whether every count equals the stock and the user sets match.
+    pub fn holds(&self) -> bool {
+        [self.accepted, self.rows, self.distinct_users, self.issued_quantity, self.admitted]
+            .iter()
+            .all(|&n| n == self.stock)
+            && self.accepted_without_row == 0
+            && self.row_without_accept == 0
+            && self.unexpected == 0
+    }
+}
+
+impl fmt::Display for Verification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mark = |ok: bool| if ok { "ok" } else { "MISMATCH" };
+        let row = |f: &mut fmt::Formatter<'_>, name: &str, value: i64, ok: bool| {
+            writeln!(f, "  {name:<34} {value:>7}  {}", mark(ok))
+        };
+        writeln!(f, "verification (stock {}):", self.stock)?;
+        row(f, "202 Accepted answers", self.accepted, self.accepted == self.stock)?;
+        row(f, "rows in coupon_issues", self.rows, self.rows == self.stock)?;
+        row(f, "distinct users in coupon_issues", self.distinct_users, self.distinct_users == self.stock)?;
+        row(f, "coupons.issued_quantity", self.issued_quantity, self.issued_quantity == self.stock)?;
+        row(f, "Redis SCARD of the admission set", self.admitted, self.admitted == self.stock)?;
+        row(f, "accepted users without a row", self.accepted_without_row as i64, self.accepted_without_row == 0)?;
+        row(f, "rows of users not accepted", self.row_without_accept as i64, self.row_without_accept == 0)?;
+        writeln!(f, "  {:<34} {:>7}", "409 ALREADY_ISSUED (duplicates)", self.already_issued)?;
+        writeln!(f, "  {:<34} {:>7}", "409 SOLD_OUT", self.sold_out)?;
+        row(f, "other answers", self.unexpected as i64, self.unexpected == 0)?;
+        write!(f, "result: {}", if self.holds() { "EXACT" } else { "FAILED" })
+    }
+}
+
+/// Reads MySQL and Redis after the race and compares them with what the race was answered.
+///
+/// # Errors
+/// A store cannot be read.
+pub async fn verify(
+    pool: &MySqlPool,
+    redis: &AdmissionStore,
+    coupon: CouponId,
+    stock: i64,
+    report: &RaceReport,
+) -> anyhow::Result<Verification> {
+    let users: Vec<i64> = sqlx::query_scalar("SELECT user_id FROM coupon_issues WHERE coupon_id = ?")
+        .bind(coupon.get())
+        .fetch_all(pool)
+        .await?;
+    let with_row: HashSet<i64> = users.iter().copied().collect();
+    let issued_quantity: i64 = sqlx::query_scalar("SELECT issued_quantity FROM coupons WHERE id = ?")
+        .bind(coupon.get())
+        .fetch_one(pool)
+        .await?;
+    Ok(Verification {
+        stock,
+        accepted: i64::try_from(report.accepted.len())?,
+        rows: i64::try_from(users.len())?,
+        distinct_users: i64::try_from(with_row.len())?,
+        issued_quantity,
+        admitted: redis.admitted_count(coupon).await?,
+        accepted_without_row: report.accepted.difference(&with_row).count(),
+        row_without_accept: with_row.difference(&report.accepted).count(),
+        already_issued: report.count("409 ALREADY_ISSUED"),
+        sold_out: report.count("409 SOLD_OUT"),
+        unexpected: report.unexpected(),
+    })
+}
+
+/// An HTTP client sized for `concurrency` requests in flight.
+///
+/// # Errors
+/// The TLS-less client could not be built (never expected).
+pub fn http_client(concurrency: usize) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_has_every_user_at_least_once_and_the_right_length() {
+        let plan = RacePlan { requests: 1_000, users: 400, concurrency: 1, seed: 7 };
+        let ids = plan.user_ids().unwrap();
+        assert_eq!(ids.len(), 1_000);
+        let distinct: HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), 400);
+        assert!(ids.iter().all(|&u| (1..=400).contains(&u)));
+    }
+
+    #[test]
+    fn a_plan_with_fewer_requests_than_users_is_refused() {
+        assert!(RacePlan { requests: 10, users: 20, concurrency: 1, seed: 0 }.user_ids().is_err());
+    }
+
+    #[test]
+    fn latency_quantiles_use_the_nearest_rank() {
+        let report = RaceReport {
+            latencies: (1..=100).map(Duration::from_millis).collect(),
+            ..RaceReport::default()
+        };
+        assert_eq!(report.latency(0.5), Duration::from_millis(50));
+        assert_eq!(report.latency(0.99), Duration::from_millis(99));
+        assert_eq!(report.latency(1.0), Duration::from_millis(100));
+    }
+}
