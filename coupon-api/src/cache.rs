@@ -30,8 +30,14 @@ impl PolicyCache {
     /// A cache of at most `capacity` policies, each trusted for `ttl`.
     pub fn new(capacity: u64, ttl: Duration, redis: AdmissionStore, pool: MySqlPool) -> Self {
         Self {
-            policies: Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
-            sold_out: Cache::builder().max_capacity(capacity).time_to_live(SOLD_OUT_TTL).build(),
+            policies: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+            sold_out: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(SOLD_OUT_TTL)
+                .build(),
             redis,
             pool,
         }
@@ -51,7 +57,9 @@ impl PolicyCache {
                 Ok(err) => err,
                 Err(shared) => match &*shared {
                     ApiError::CouponNotFound => ApiError::CouponNotFound,
-                    other => ApiError::unavailable(anyhow::anyhow!("policy load failed: {other:?}")),
+                    other => {
+                        ApiError::unavailable(anyhow::anyhow!("policy load failed: {other:?}"))
+                    }
                 },
             })
     }
@@ -60,7 +68,9 @@ impl PolicyCache {
         match self.redis.policy(coupon).await {
             Ok(Some(policy)) => return Ok(Arc::new(policy)),
             Ok(None) => {}
-            Err(err) => tracing::warn!(%err, coupon_id = %coupon, "Redis policy read failed; asking MySQL"),
+            Err(err) => {
+                tracing::warn!(%err, coupon_id = %coupon, "Redis policy read failed; asking MySQL")
+            }
         }
         let policy = repository::find_policy(&self.pool, coupon)
             .await?

@@ -60,8 +60,12 @@ impl ApiError {
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::AlreadyIssued | Self::SoldOut | Self::IssueWindowClosed(_) => StatusCode::CONFLICT,
-            Self::CouponNotFound | Self::IssueNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::AlreadyIssued | Self::SoldOut | Self::IssueWindowClosed(_) => {
+                StatusCode::CONFLICT
+            }
+            Self::CouponNotFound | Self::IssueNotFound | Self::RouteNotFound => {
+                StatusCode::NOT_FOUND
+            }
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -121,7 +125,10 @@ pub struct ErrorDetail(pub String);
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = ErrorBody { code: self.code(), message: self.to_string() };
+        let body = ErrorBody {
+            code: self.code(),
+            message: self.to_string(),
+        };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
@@ -129,7 +136,9 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         if let Self::Unavailable(cause) | Self::Internal(cause) = &self {
-            response.extensions_mut().insert(ErrorDetail(format!("{cause:?}")));
+            response
+                .extensions_mut()
+                .insert(ErrorDetail(format!("{cause:?}")));
         }
         response
     }

@@ -75,7 +75,10 @@ async fn first_path_param<S: Send + Sync>(parts: &mut Parts, state: &S) -> Resul
 }
 
 fn path_rejection(rejection: PathRejection) -> ApiError {
-    ApiError::BadRequest(format!("path parameters must be integers: {}", rejection.body_text()))
+    ApiError::BadRequest(format!(
+        "path parameters must be integers: {}",
+        rejection.body_text()
+    ))
 }
 
 /// Body of `POST /api/v1/coupons/{coupon_id}/issues`: `{"user_id": 7}`.
@@ -98,6 +101,8 @@ impl<S: Send + Sync> FromRequest<S> for Caller {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let ApiJson(body) = ApiJson::<IssueRequestBody>::from_request(req, state).await?;
-        Ok(Self { user_id: body.user_id })
+        Ok(Self {
+            user_id: body.user_id,
+        })
     }
 }

@@ -64,5 +64,8 @@ async fn subscribe_and_apply(
             Err(err) => tracing::warn!(%err, "ignoring a malformed invalidation message"),
         }
     }
-    Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connection closed")))
+    Err(redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "pub/sub connection closed",
+    )))
 }

@@ -82,7 +82,9 @@ impl Application {
             .await
             .context("connecting to Redis")?;
         if stores.kafka_create_topics {
-            kafka::ensure_topics(stores).await.context("creating Kafka topics")?;
+            kafka::ensure_topics(stores)
+                .await
+                .context("creating Kafka topics")?;
         }
         let publisher = IssuePublisher::new(
             &stores.kafka_brokers,
@@ -98,7 +100,12 @@ impl Application {
             admission.clone(),
             pool.clone(),
         );
-        let state = AppState { pool, admission, publisher, cache: cache.clone() };
+        let state = AppState {
+            pool,
+            admission,
+            publisher,
+            cache: cache.clone(),
+        };
 
         let background = CancellationToken::new();
         let invalidations_ready = CancellationToken::new();
@@ -146,7 +153,10 @@ impl Application {
     ///
     /// # Errors
     /// The server failed while serving.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let stopping = CancellationToken::new();
         let signal = {
             let stopping = stopping.clone();

@@ -95,7 +95,9 @@ impl IssueConsumer {
             .await
             .context("connecting to Redis")?;
         if stores.kafka_create_topics {
-            kafka::ensure_topics(stores).await.context("creating Kafka topics")?;
+            kafka::ensure_topics(stores)
+                .await
+                .context("creating Kafka topics")?;
         }
         let consumer: StreamConsumer = consumer_config(&stores.kafka_brokers, &config.group_id)
             .create()
@@ -134,7 +136,10 @@ impl IssueConsumer {
     ///
     /// # Errors
     /// Only set-up failures; message-level failures are retried or dead-lettered.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
         let token = CancellationToken::new();
         let stop = {
             let token = token.clone();
@@ -157,7 +162,10 @@ impl IssueConsumer {
             let batch = self.next_batch(shutdown).await;
             if !batch.is_empty() {
                 if self.handle(&batch, shutdown).await.is_none() {
-                    tracing::warn!(size = batch.len(), "shutdown while retrying: batch left uncommitted");
+                    tracing::warn!(
+                        size = batch.len(),
+                        "shutdown while retrying: batch left uncommitted"
+                    );
                     return;
                 }
             }
@@ -218,7 +226,9 @@ impl IssueConsumer {
         }
 
         let persist = || repository::persist_batch(&self.pool, &issues);
-        let report: PersistReport = self.retrying("persisting the batch", persist, shutdown).await?;
+        let report: PersistReport = self
+            .retrying("persisting the batch", persist, shutdown)
+            .await?;
         for &(index, rejection) in &report.rejected {
             let issue = &issues[index];
             dead.push(DeadLetter {
@@ -233,7 +243,10 @@ impl IssueConsumer {
         }
 
         for &coupon_id in &report.sold_out {
-            let invalidation = Invalidation { coupon_id, reason: InvalidationReason::SoldOut };
+            let invalidation = Invalidation {
+                coupon_id,
+                reason: InvalidationReason::SoldOut,
+            };
             if let Err(err) = self.admission.publish_invalidation(invalidation).await {
                 tracing::warn!(%err, %coupon_id, "sold-out broadcast failed; caches expire by TTL");
             }
@@ -253,11 +266,18 @@ impl IssueConsumer {
         metrics::counter!("coupon_consumer_duplicates_skipped_total").increment(report.duplicates);
         metrics::histogram!("coupon_consumer_batch_size").record(batch.len() as f64);
         metrics::histogram!("coupon_consumer_batch_duration_seconds").record(started.elapsed());
-        self.stats.dead_lettered.fetch_add(dead.len() as u64, Ordering::Relaxed);
-        self.stats.messages_committed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.stats
+            .dead_lettered
+            .fetch_add(dead.len() as u64, Ordering::Relaxed);
+        self.stats
+            .messages_committed
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.stats.batches_committed.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
-            size = batch.len(), inserted, duplicates = report.duplicates, dead = dead.len(),
+            size = batch.len(),
+            inserted,
+            duplicates = report.duplicates,
+            dead = dead.len(),
             "batch committed"
         );
         Some(())
@@ -265,18 +285,26 @@ impl IssueConsumer {
 
     /// Runs `attempt` until it succeeds, backing off exponentially; `None` if `shutdown` fires
     /// first.
-    async fn retrying<T, E, F, Fut>(&self, what: &str, attempt: F, shutdown: &CancellationToken) -> Option<T>
+    async fn retrying<T, E, F, Fut>(
+        &self,
+        what: &str,
+        attempt: F,
+        shutdown: &CancellationToken,
+    ) -> Option<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
-        let retried = attempt.retry(self.retry).notify(|err: &E, pause: Duration| {
-            self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-            let step = what.to_owned();
-            metrics::counter!("coupon_consumer_mysql_retries_total", "step" => step).increment(1);
-            tracing::warn!(error = %err, ?pause, "{what} failed; retrying");
-        });
+        let retried = attempt
+            .retry(self.retry)
+            .notify(|err: &E, pause: Duration| {
+                self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                let step = what.to_owned();
+                metrics::counter!("coupon_consumer_mysql_retries_total", "step" => step)
+                    .increment(1);
+                tracing::warn!(error = %err, ?pause, "{what} failed; retrying");
+            });
         tokio::select! {
             () = shutdown.cancelled() => None,
             result = retried => result.ok(),
@@ -316,7 +344,9 @@ impl IssueConsumer {
     fn commit(&self, batch: &[OwnedMessage]) -> Result<(), rdkafka::error::KafkaError> {
         let mut next: HashMap<(&str, i32), i64> = HashMap::new();
         for message in batch {
-            let slot = next.entry((message.topic(), message.partition())).or_insert(0);
+            let slot = next
+                .entry((message.topic(), message.partition()))
+                .or_insert(0);
             *slot = (*slot).max(message.offset() + 1);
         }
         let mut offsets = TopicPartitionList::new();

@@ -19,5 +19,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let consumer = IssueConsumer::build(&cli.config).await?;
     tracing::info!(group = %cli.config.group_id, topic = %cli.config.stores.kafka_issue_topic, "coupon-consumer running");
-    consumer.run_until_stopped(coupon_core::shutdown::shutdown_signal()).await
+    consumer
+        .run_until_stopped(coupon_core::shutdown::shutdown_signal())
+        .await
 }

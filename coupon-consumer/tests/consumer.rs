@@ -48,7 +48,9 @@ async fn start() -> Running {
     config.stores = testing::isolated_stores();
     config.group_id = format!("group-{}", Uuid::new_v4().simple());
     config.retry_max_delay_ms = 200;
-    let consumer = IssueConsumer::build(&config).await.expect("building the consumer (is `make up` running?)");
+    let consumer = IssueConsumer::build(&config)
+        .await
+        .expect("building the consumer (is `make up` running?)");
     let stats = consumer.stats();
     let stop = CancellationToken::new();
     let stopped = stop.clone();
@@ -56,7 +58,9 @@ async fn start() -> Running {
     let stores = config.stores.clone();
     Running {
         pool: db::connect(stores.database_url(), 4).await.unwrap(),
-        producer: producer_config(&stores.kafka_brokers, Duration::from_secs(10)).create().unwrap(),
+        producer: producer_config(&stores.kafka_brokers, Duration::from_secs(10))
+            .create()
+            .unwrap(),
         group: config.group_id,
         stores,
         stats,
@@ -68,14 +72,22 @@ async fn start() -> Running {
 impl Running {
     async fn coupon(&self, total: i64) -> CouponId {
         let mut tx = self.pool.begin().await.unwrap();
-        let policy = repository::insert_policy(&mut tx, &testing::open_policy(total)).await.unwrap();
+        let policy = repository::insert_policy(&mut tx, &testing::open_policy(total))
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
         policy.id
     }
 
     async fn send_raw(&self, key: &str, payload: &[u8]) {
-        let record = FutureRecord::to(&self.stores.kafka_issue_topic).key(key).payload(payload);
-        self.producer.send(record, Timeout::Never).await.map_err(|(e, _)| e).unwrap();
+        let record = FutureRecord::to(&self.stores.kafka_issue_topic)
+            .key(key)
+            .payload(payload);
+        self.producer
+            .send(record, Timeout::Never)
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
     }
 
     async fn send(&self, message: &IssueMessage) {
@@ -100,7 +112,9 @@ impl Running {
         for p in 0..self.stores.kafka_issue_partitions {
             partitions.add_partition(&self.stores.kafka_issue_topic, p);
         }
-        let committed = reader.committed_offsets(partitions, Duration::from_secs(10)).unwrap();
+        let committed = reader
+            .committed_offsets(partitions, Duration::from_secs(10))
+            .unwrap();
         committed
             .elements()
             .iter()
@@ -112,7 +126,11 @@ impl Running {
     }
 
     async fn issued_quantity(&self, coupon: CouponId) -> i64 {
-        repository::find_policy(&self.pool, coupon).await.unwrap().unwrap().issued_quantity
+        repository::find_policy(&self.pool, coupon)
+            .await
+            .unwrap()
+            .unwrap()
+            .issued_quantity
     }
 }
 
@@ -138,7 +156,11 @@ async fn messages_delivered_twice_persist_once_and_count_once() {
 
     assert_eq!(testing::count_rows(&consumer.pool, coupon.get()).await, 40);
     assert_eq!(consumer.issued_quantity(coupon).await, 40);
-    assert_eq!(consumer.committed_total(), 80, "every offset committed once durable");
+    assert_eq!(
+        consumer.committed_total(),
+        80,
+        "every offset committed once durable"
+    );
 }
 
 #[tokio::test]
@@ -154,14 +176,22 @@ async fn poison_messages_land_in_the_dead_letter_topic_with_their_reason() {
 
     let reader: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &consumer.stores.kafka_brokers)
-        .set("group.id", format!("dlq-reader-{}", Uuid::new_v4().simple()))
+        .set(
+            "group.id",
+            format!("dlq-reader-{}", Uuid::new_v4().simple()),
+        )
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
-    reader.subscribe(&[&consumer.stores.kafka_dead_letter_topic]).unwrap();
+    reader
+        .subscribe(&[&consumer.stores.kafka_dead_letter_topic])
+        .unwrap();
     let mut reasons = Vec::new();
     for _ in 0..2 {
-        let message = tokio::time::timeout(WAIT, reader.recv()).await.expect("a dead letter").unwrap();
+        let message = tokio::time::timeout(WAIT, reader.recv())
+            .await
+            .expect("a dead letter")
+            .unwrap();
         let headers = message.headers().expect("dead letters carry headers");
         let reason = headers
             .iter()
@@ -174,7 +204,11 @@ async fn poison_messages_land_in_the_dead_letter_topic_with_their_reason() {
     reasons.sort();
     assert_eq!(reasons[0], ("malformed".to_owned(), b"{not json".to_vec()));
     assert_eq!(reasons[1], ("unknown_coupon".to_owned(), unknown.to_json()));
-    assert_eq!(testing::count_rows(&consumer.pool, coupon.get()).await, 1, "the good message persisted");
+    assert_eq!(
+        testing::count_rows(&consumer.pool, coupon.get()).await,
+        1,
+        "the good message persisted"
+    );
     assert_eq!(consumer.committed_total(), 3);
 }
 
@@ -182,7 +216,10 @@ async fn poison_messages_land_in_the_dead_letter_topic_with_their_reason() {
 async fn a_mysql_error_commits_no_offset_until_the_batch_persists() {
     let consumer = start().await;
     let coupon = consumer.coupon(10).await;
-    sqlx::query("RENAME TABLE coupon_issues TO coupon_issues_away").execute(&consumer.pool).await.unwrap();
+    sqlx::query("RENAME TABLE coupon_issues TO coupon_issues_away")
+        .execute(&consumer.pool)
+        .await
+        .unwrap();
 
     consumer.send(&issue(coupon, 1)).await;
     testing::eventually("failed attempts", WAIT, || async {
@@ -190,10 +227,17 @@ async fn a_mysql_error_commits_no_offset_until_the_batch_persists() {
     })
     .await;
 
-    assert_eq!(consumer.committed_total(), 0, "nothing committed while MySQL fails");
+    assert_eq!(
+        consumer.committed_total(),
+        0,
+        "nothing committed while MySQL fails"
+    );
     assert_eq!(consumer.stats.messages_committed.load(Ordering::Relaxed), 0);
 
-    sqlx::query("RENAME TABLE coupon_issues_away TO coupon_issues").execute(&consumer.pool).await.unwrap();
+    sqlx::query("RENAME TABLE coupon_issues_away TO coupon_issues")
+        .execute(&consumer.pool)
+        .await
+        .unwrap();
     consumer.wait_committed(1).await;
     assert_eq!(testing::count_rows(&consumer.pool, coupon.get()).await, 1);
     assert_eq!(consumer.issued_quantity(coupon).await, 1);
@@ -214,10 +258,19 @@ async fn selling_out_broadcasts_an_invalidation() {
     }
 
     let mut messages = pubsub.on_message();
-    let message = tokio::time::timeout(WAIT, messages.next()).await.expect("a broadcast").unwrap();
+    let message = tokio::time::timeout(WAIT, messages.next())
+        .await
+        .expect("a broadcast")
+        .unwrap();
     let payload: String = message.get_payload().unwrap();
     let invalidation: Invalidation = serde_json::from_str(&payload).unwrap();
-    assert_eq!(invalidation, Invalidation { coupon_id: coupon, reason: InvalidationReason::SoldOut });
+    assert_eq!(
+        invalidation,
+        Invalidation {
+            coupon_id: coupon,
+            reason: InvalidationReason::SoldOut
+        }
+    );
 }
 
 #[tokio::test]

@@ -27,7 +27,9 @@ pub struct RedisKeys {
 impl RedisKeys {
     /// Keys under `prefix` (may be empty).
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        Self {
+            prefix: prefix.into(),
+        }
     }
 
     /// The admission set of `coupon`.
@@ -204,7 +206,10 @@ impl AdmissionStore {
         let json = serde_json::to_string(policy).map_err(|e| {
             redis::RedisError::from((redis::ErrorKind::Client, "policy JSON", e.to_string()))
         })?;
-        self.conn.clone().set(self.keys.policy(policy.id), json).await
+        self.conn
+            .clone()
+            .set(self.keys.policy(policy.id), json)
+            .await
     }
 
     /// Whether `user` is in `coupon`'s admission set.
@@ -212,7 +217,10 @@ impl AdmissionStore {
     /// # Errors
     /// Redis is unreachable or timed out.
     pub async fn is_admitted(&self, coupon: CouponId, user: UserId) -> redis::RedisResult<bool> {
-        self.conn.clone().sismember(self.keys.issued(coupon), user.get()).await
+        self.conn
+            .clone()
+            .sismember(self.keys.issued(coupon), user.get())
+            .await
     }
 
     /// Size of `coupon`'s admission set (`SCARD`, count).
@@ -227,11 +235,17 @@ impl AdmissionStore {
     ///
     /// # Errors
     /// Redis is unreachable or timed out.
-    pub async fn publish_invalidation(&self, invalidation: Invalidation) -> redis::RedisResult<i64> {
+    pub async fn publish_invalidation(
+        &self,
+        invalidation: Invalidation,
+    ) -> redis::RedisResult<i64> {
         let json = serde_json::to_string(&invalidation).map_err(|e| {
             redis::RedisError::from((redis::ErrorKind::Client, "invalidation JSON", e.to_string()))
         })?;
-        self.conn.clone().publish(self.keys.invalidation_channel(), json).await
+        self.conn
+            .clone()
+            .publish(self.keys.invalidation_channel(), json)
+            .await
     }
 
     /// `PING`, for readiness checks.
@@ -239,7 +253,10 @@ impl AdmissionStore {
     /// # Errors
     /// Redis is unreachable or timed out.
     pub async fn ping(&self) -> redis::RedisResult<()> {
-        redis::cmd("PING").query_async::<String>(&mut self.conn.clone()).await.map(drop)
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.conn.clone())
+            .await
+            .map(drop)
     }
 }
 

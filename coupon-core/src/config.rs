@@ -14,7 +14,11 @@ use secrecy::{ExposeSecret, SecretString};
 pub struct StoreConfig {
     /// MySQL/MariaDB URL, e.g. `mysql://user:password@host:3306/coupon`. The database is created
     /// on start-up when it does not exist. Kept secret: it may hold a password.
-    #[arg(long, env = "DATABASE_URL", default_value = "mysql://root@127.0.0.1:3306/coupon")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "mysql://root@127.0.0.1:3306/coupon"
+    )]
     pub database_url: SecretString,
 
     /// Largest number of pooled MySQL connections.
@@ -43,7 +47,11 @@ pub struct StoreConfig {
     pub kafka_issue_topic: String,
 
     /// Dead-letter topic for issue messages that can never be persisted.
-    #[arg(long, env = "KAFKA_DEAD_LETTER_TOPIC", default_value = "coupon-issues-dlq")]
+    #[arg(
+        long,
+        env = "KAFKA_DEAD_LETTER_TOPIC",
+        default_value = "coupon-issues-dlq"
+    )]
     pub kafka_dead_letter_topic: String,
 
     /// Partitions of the issue topic when a service has to create it (count).
@@ -122,8 +130,14 @@ mod tests {
     fn defaults_point_at_the_local_stack() {
         let cli = Cli::parse_from(["x"]);
         assert_eq!(cli.stores.kafka_brokers, "127.0.0.1:9092");
-        assert_eq!(cli.stores.database_url(), "mysql://root@127.0.0.1:3306/coupon");
-        assert_eq!(cli.metrics.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(
+            cli.stores.database_url(),
+            "mysql://root@127.0.0.1:3306/coupon"
+        );
+        assert_eq!(
+            cli.metrics.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
     }
 
     #[test]

@@ -174,7 +174,9 @@ impl NewCouponPolicy {
         match (self.coupon_type, self.total_quantity) {
             (CouponType::FirstComeFirstServed, Some(n)) if n > 0 => {}
             (CouponType::FirstComeFirstServed, _) => {
-                return fail("total_quantity must be a positive integer for FIRST_COME_FIRST_SERVED")
+                return fail(
+                    "total_quantity must be a positive integer for FIRST_COME_FIRST_SERVED",
+                )
             }
             (CouponType::Unlimited, None) => {}
             (CouponType::Unlimited, Some(_)) => {
@@ -211,7 +213,10 @@ impl NewCouponPolicy {
         if self.valid_days.is_some_and(|d| d <= 0) {
             return fail("valid_days must be a positive number of days");
         }
-        if self.valid_until.is_some_and(|until| until <= self.issue_starts_at) {
+        if self
+            .valid_until
+            .is_some_and(|until| until <= self.issue_starts_at)
+        {
             return fail("valid_until must be after issue_starts_at");
         }
         Ok(())
@@ -376,9 +381,15 @@ mod tests {
             ("title", Box::new(|p| p.title = "  ".into())),
             ("total_quantity", Box::new(|p| p.total_quantity = None)),
             ("total_quantity", Box::new(|p| p.total_quantity = Some(0))),
-            ("total_quantity", Box::new(|p| p.coupon_type = CouponType::Unlimited)),
+            (
+                "total_quantity",
+                Box::new(|p| p.coupon_type = CouponType::Unlimited),
+            ),
             ("discount_value", Box::new(|p| p.discount_value = 0)),
-            ("max_discount_amount", Box::new(|p| p.max_discount_amount = Some(5))),
+            (
+                "max_discount_amount",
+                Box::new(|p| p.max_discount_amount = Some(5)),
+            ),
             (
                 "percentage",
                 Box::new(|p| {
@@ -387,10 +398,16 @@ mod tests {
                 }),
             ),
             ("min_order_amount", Box::new(|p| p.min_order_amount = -1)),
-            ("issue_starts_at", Box::new(|p| p.issue_ends_at = p.issue_starts_at)),
+            (
+                "issue_starts_at",
+                Box::new(|p| p.issue_ends_at = p.issue_starts_at),
+            ),
             ("valid_days", Box::new(|p| p.valid_days = None)),
             ("valid_days", Box::new(|p| p.valid_days = Some(0))),
-            ("valid_until", Box::new(|p| p.valid_until = Some(p.issue_starts_at))),
+            (
+                "valid_until",
+                Box::new(|p| p.valid_until = Some(p.issue_starts_at)),
+            ),
         ];
         for (field, break_it) in cases {
             let mut p = new_policy();
@@ -404,7 +421,10 @@ mod tests {
     fn issue_window_is_half_open() {
         let p = stored(&new_policy());
         let second = Duration::seconds(1);
-        assert_eq!(p.issue_window(p.issue_starts_at - second), IssueWindow::NotStarted);
+        assert_eq!(
+            p.issue_window(p.issue_starts_at - second),
+            IssueWindow::NotStarted
+        );
         assert_eq!(p.issue_window(p.issue_starts_at), IssueWindow::Open);
         assert_eq!(p.issue_window(p.issue_ends_at - second), IssueWindow::Open);
         assert_eq!(p.issue_window(p.issue_ends_at), IssueWindow::Ended);
@@ -415,7 +435,10 @@ mod tests {
         let at = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
         let until = Utc.with_ymd_and_hms(2026, 3, 3, 0, 0, 0).unwrap();
         assert_eq!(expiry(Some(7), Some(until), at), Some(until));
-        assert_eq!(expiry(Some(1), Some(until), at), Some(at + Duration::days(1)));
+        assert_eq!(
+            expiry(Some(1), Some(until), at),
+            Some(at + Duration::days(1))
+        );
         assert_eq!(expiry(None, None, at), None);
         assert_eq!(expiry(None, Some(until), at), Some(until));
     }

@@ -28,7 +28,10 @@ pub fn producer_config(brokers: &str, message_timeout: Duration) -> ClientConfig
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "2")
-        .set("message.timeout.ms", message_timeout.as_millis().to_string())
+        .set(
+            "message.timeout.ms",
+            message_timeout.as_millis().to_string(),
+        )
         .set("socket.connection.setup.timeout.ms", "3000");
     config
 }
@@ -49,7 +52,11 @@ pub async fn ensure_topics(stores: &StoreConfig) -> Result<(), KafkaError> {
             stores.kafka_issue_partitions,
             TopicReplication::Fixed(1),
         ),
-        NewTopic::new(&stores.kafka_dead_letter_topic, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(
+            &stores.kafka_dead_letter_topic,
+            1,
+            TopicReplication::Fixed(1),
+        ),
     ];
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&topics, &options).await? {
@@ -111,7 +118,10 @@ impl IssuePublisher {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
-            producer.client().fetch_metadata(Some(&topic), timeout).map(drop)
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), timeout)
+                .map(drop)
         })
         .await
         .map_err(|_| KafkaError::Canceled)?

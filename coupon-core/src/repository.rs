@@ -74,10 +74,12 @@ pub async fn insert_policy(
     .execute(&mut **tx)
     .await?
     .last_insert_id();
-    let row = sqlx::query(&format!("SELECT {POLICY_COLUMNS} FROM coupons WHERE id = ?"))
-        .bind(id)
-        .fetch_one(&mut **tx)
-        .await?;
+    let row = sqlx::query(&format!(
+        "SELECT {POLICY_COLUMNS} FROM coupons WHERE id = ?"
+    ))
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?;
     policy_from_row(&row)
 }
 
@@ -85,21 +87,30 @@ pub async fn insert_policy(
 ///
 /// # Errors
 /// Any database error.
-pub async fn find_policy(pool: &MySqlPool, id: CouponId) -> Result<Option<CouponPolicy>, sqlx::Error> {
-    sqlx::query(&format!("SELECT {POLICY_COLUMNS} FROM coupons WHERE id = ?"))
-        .bind(id.get())
-        .fetch_optional(pool)
-        .await?
-        .as_ref()
-        .map(policy_from_row)
-        .transpose()
+pub async fn find_policy(
+    pool: &MySqlPool,
+    id: CouponId,
+) -> Result<Option<CouponPolicy>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {POLICY_COLUMNS} FROM coupons WHERE id = ?"
+    ))
+    .bind(id.get())
+    .fetch_optional(pool)
+    .await?
+    .as_ref()
+    .map(policy_from_row)
+    .transpose()
 }
 
 /// Whether `(coupon, user)` has a `coupon_issues` row.
 ///
 /// # Errors
 /// Any database error.
-pub async fn issue_exists(pool: &MySqlPool, coupon: CouponId, user: UserId) -> Result<bool, sqlx::Error> {
+pub async fn issue_exists(
+    pool: &MySqlPool,
+    coupon: CouponId,
+    user: UserId,
+) -> Result<bool, sqlx::Error> {
     let row = sqlx::query("SELECT 1 FROM coupon_issues WHERE coupon_id = ? AND user_id = ?")
         .bind(coupon.get())
         .bind(user.get())
@@ -154,7 +165,10 @@ pub struct PersistReport {
 /// # Errors
 /// Any database error; the transaction is rolled back and nothing of the batch is persisted, so
 /// the caller may retry the whole batch.
-pub async fn persist_batch(pool: &MySqlPool, batch: &[IssueMessage]) -> Result<PersistReport, sqlx::Error> {
+pub async fn persist_batch(
+    pool: &MySqlPool,
+    batch: &[IssueMessage],
+) -> Result<PersistReport, sqlx::Error> {
     let mut report = PersistReport::default();
     if batch.is_empty() {
         return Ok(report);
@@ -199,11 +213,19 @@ pub async fn persist_batch(pool: &MySqlPool, batch: &[IssueMessage]) -> Result<P
             row.push_bind(msg.coupon_id.get())
                 .push_bind(msg.user_id.get())
                 .push_bind(msg.admitted_at)
-                .push_bind(crate::domain::expiry(valid_days, valid_until, msg.admitted_at))
+                .push_bind(crate::domain::expiry(
+                    valid_days,
+                    valid_until,
+                    msg.admitted_at,
+                ))
                 .push_bind("ISSUED")
                 .push_bind(msg.request_id.to_string());
         });
-        let inserted = insert.build().execute(&mut *savepoint).await?.rows_affected();
+        let inserted = insert
+            .build()
+            .execute(&mut *savepoint)
+            .await?
+            .rows_affected();
         let now_issued = issued + i64::try_from(inserted).unwrap_or(i64::MAX);
         if total.is_some_and(|total| now_issued > total) {
             savepoint.rollback().await?;

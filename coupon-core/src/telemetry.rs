@@ -17,7 +17,9 @@ pub fn init_tracing() {
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = if json {
-        registry.with(tracing_subscriber::fmt::layer().json()).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().json())
+            .try_init()
     } else {
         registry.with(tracing_subscriber::fmt::layer()).try_init()
     };

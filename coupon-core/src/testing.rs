@@ -20,9 +20,13 @@ pub const TEST_DATABASE_PREFIX: &str = "coupon_test_";
 /// (3 partitions for the issue topic).
 pub fn isolated_stores() -> StoreConfig {
     let tag = uuid::Uuid::new_v4().simple().to_string();
-    let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    let env =
+        |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
     let server = env("DATABASE_URL", "mysql://root@127.0.0.1:3306/coupon");
-    let server = server.rsplit_once('/').map_or(server.as_str(), |(head, _)| head).to_owned();
+    let server = server
+        .rsplit_once('/')
+        .map_or(server.as_str(), |(head, _)| head)
+        .to_owned();
     StoreConfig {
         database_url: format!("{server}/{TEST_DATABASE_PREFIX}{tag}").into(),
         database_max_connections: 8,
@@ -42,14 +46,26 @@ pub fn isolated_stores() -> StoreConfig {
 /// a minute ago for an hour.
 pub fn open_policy(total: i64) -> NewCouponPolicy {
     let now = Utc::now();
-    policy_with_window(Some(total), now - chrono::Duration::minutes(1), now + chrono::Duration::hours(1))
+    policy_with_window(
+        Some(total),
+        now - chrono::Duration::minutes(1),
+        now + chrono::Duration::hours(1),
+    )
 }
 
 /// A policy with `total` in stock (`None`: unlimited) and the given issue window.
-pub fn policy_with_window(total: Option<i64>, starts: DateTime<Utc>, ends: DateTime<Utc>) -> NewCouponPolicy {
+pub fn policy_with_window(
+    total: Option<i64>,
+    starts: DateTime<Utc>,
+    ends: DateTime<Utc>,
+) -> NewCouponPolicy {
     NewCouponPolicy {
         title: "test drop".into(),
-        coupon_type: if total.is_some() { CouponType::FirstComeFirstServed } else { CouponType::Unlimited },
+        coupon_type: if total.is_some() {
+            CouponType::FirstComeFirstServed
+        } else {
+            CouponType::Unlimited
+        },
         total_quantity: total,
         discount_type: DiscountType::Fixed,
         discount_value: 1_000,
@@ -76,7 +92,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -19,7 +19,11 @@ fn policy(id: i64, total: Option<i64>) -> CouponPolicy {
     CouponPolicy {
         id: CouponId::parse(id).unwrap(),
         title: new.title,
-        coupon_type: if total.is_some() { new.coupon_type } else { coupon_core::domain::CouponType::Unlimited },
+        coupon_type: if total.is_some() {
+            new.coupon_type
+        } else {
+            coupon_core::domain::CouponType::Unlimited
+        },
         total_quantity: total,
         issued_quantity: 0,
         discount_type: new.discount_type,
@@ -46,8 +50,14 @@ async fn a_user_is_admitted_once_and_then_told_already_issued() {
     let p = policy(1, Some(10));
     store.prepare(&p).await.unwrap();
 
-    assert_eq!(store.admit(p.id, user(7)).await.unwrap(), AdmitOutcome::Admitted);
-    assert_eq!(store.admit(p.id, user(7)).await.unwrap(), AdmitOutcome::AlreadyIssued);
+    assert_eq!(
+        store.admit(p.id, user(7)).await.unwrap(),
+        AdmitOutcome::Admitted
+    );
+    assert_eq!(
+        store.admit(p.id, user(7)).await.unwrap(),
+        AdmitOutcome::AlreadyIssued
+    );
     assert_eq!(store.admitted_count(p.id).await.unwrap(), 1);
 }
 
@@ -57,11 +67,24 @@ async fn the_last_unit_goes_to_exactly_one_user_and_then_it_is_sold_out() {
     let p = policy(2, Some(2));
     store.prepare(&p).await.unwrap();
 
-    assert_eq!(store.admit(p.id, user(1)).await.unwrap(), AdmitOutcome::Admitted);
-    assert_eq!(store.admit(p.id, user(2)).await.unwrap(), AdmitOutcome::Admitted, "last unit");
-    assert_eq!(store.admit(p.id, user(3)).await.unwrap(), AdmitOutcome::SoldOut);
+    assert_eq!(
+        store.admit(p.id, user(1)).await.unwrap(),
+        AdmitOutcome::Admitted
+    );
+    assert_eq!(
+        store.admit(p.id, user(2)).await.unwrap(),
+        AdmitOutcome::Admitted,
+        "last unit"
+    );
+    assert_eq!(
+        store.admit(p.id, user(3)).await.unwrap(),
+        AdmitOutcome::SoldOut
+    );
     // A holder asking again hears "already issued", not "sold out": duplicates are checked first.
-    assert_eq!(store.admit(p.id, user(1)).await.unwrap(), AdmitOutcome::AlreadyIssued);
+    assert_eq!(
+        store.admit(p.id, user(1)).await.unwrap(),
+        AdmitOutcome::AlreadyIssued
+    );
     assert_eq!(store.admitted_count(p.id).await.unwrap(), 2);
 }
 
@@ -78,7 +101,10 @@ async fn concurrent_admissions_never_exceed_the_stock() {
     });
     let outcomes = futures::future::join_all(attempts).await;
 
-    let admitted = outcomes.iter().filter(|o| **o == AdmitOutcome::Admitted).count();
+    let admitted = outcomes
+        .iter()
+        .filter(|o| **o == AdmitOutcome::Admitted)
+        .count();
     assert_eq!(admitted, 25);
     assert_eq!(store.admitted_count(p.id).await.unwrap(), 25);
 }
@@ -90,9 +116,15 @@ async fn unlimited_coupons_admit_everyone_once() {
     store.prepare(&p).await.unwrap();
 
     for u in 1..=300 {
-        assert_eq!(store.admit(p.id, user(u)).await.unwrap(), AdmitOutcome::Admitted);
+        assert_eq!(
+            store.admit(p.id, user(u)).await.unwrap(),
+            AdmitOutcome::Admitted
+        );
     }
-    assert_eq!(store.admit(p.id, user(300)).await.unwrap(), AdmitOutcome::AlreadyIssued);
+    assert_eq!(
+        store.admit(p.id, user(300)).await.unwrap(),
+        AdmitOutcome::AlreadyIssued
+    );
     assert_eq!(store.admitted_count(p.id).await.unwrap(), 300);
 }
 
@@ -101,7 +133,10 @@ async fn a_coupon_without_redis_state_is_not_admitted() {
     let store = store().await;
     let id = CouponId::parse(5).unwrap();
 
-    assert_eq!(store.admit(id, user(1)).await.unwrap(), AdmitOutcome::NotPrepared);
+    assert_eq!(
+        store.admit(id, user(1)).await.unwrap(),
+        AdmitOutcome::NotPrepared
+    );
     assert_eq!(store.admitted_count(id).await.unwrap(), 0);
 }
 
@@ -114,11 +149,17 @@ async fn undo_removes_exactly_that_member_and_frees_its_unit() {
     store.admit(p.id, user(2)).await.unwrap();
 
     assert!(store.undo(p.id, user(2)).await.unwrap());
-    assert!(!store.undo(p.id, user(2)).await.unwrap(), "a second undo finds nothing");
+    assert!(
+        !store.undo(p.id, user(2)).await.unwrap(),
+        "a second undo finds nothing"
+    );
 
     assert!(store.is_admitted(p.id, user(1)).await.unwrap());
     assert!(!store.is_admitted(p.id, user(2)).await.unwrap());
-    assert_eq!(store.admit(p.id, user(3)).await.unwrap(), AdmitOutcome::Admitted);
+    assert_eq!(
+        store.admit(p.id, user(3)).await.unwrap(),
+        AdmitOutcome::Admitted
+    );
 }
 
 #[tokio::test]
@@ -132,8 +173,20 @@ async fn preparing_a_new_coupon_clears_state_left_under_its_id() {
     store.prepare(&p).await.unwrap();
 
     assert_eq!(store.admitted_count(p.id).await.unwrap(), 0);
-    assert_eq!(store.admit(p.id, user(1)).await.unwrap(), AdmitOutcome::Admitted);
-    assert_eq!(store.admit(p.id, user(2)).await.unwrap(), AdmitOutcome::Admitted);
-    assert_eq!(store.admit(p.id, user(3)).await.unwrap(), AdmitOutcome::SoldOut);
-    assert_eq!(store.policy(p.id).await.unwrap().unwrap().total_quantity, Some(2));
+    assert_eq!(
+        store.admit(p.id, user(1)).await.unwrap(),
+        AdmitOutcome::Admitted
+    );
+    assert_eq!(
+        store.admit(p.id, user(2)).await.unwrap(),
+        AdmitOutcome::Admitted
+    );
+    assert_eq!(
+        store.admit(p.id, user(3)).await.unwrap(),
+        AdmitOutcome::SoldOut
+    );
+    assert_eq!(
+        store.policy(p.id).await.unwrap().unwrap().total_quantity,
+        Some(2)
+    );
 }

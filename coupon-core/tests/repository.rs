@@ -37,7 +37,11 @@ fn issue(coupon: CouponId, user: i64) -> IssueMessage {
 }
 
 async fn issued_quantity(pool: &MySqlPool, coupon: CouponId) -> i64 {
-    repository::find_policy(pool, coupon).await.unwrap().unwrap().issued_quantity
+    repository::find_policy(pool, coupon)
+        .await
+        .unwrap()
+        .unwrap()
+        .issued_quantity
 }
 
 #[tokio::test]
@@ -61,7 +65,11 @@ async fn a_batch_delivered_twice_persists_once_and_counts_once() {
 async fn duplicates_inside_one_batch_count_once() {
     let pool = pool().await;
     let coupon = create(&pool, None).await;
-    let batch = vec![issue(coupon.id, 1), issue(coupon.id, 1), issue(coupon.id, 2)];
+    let batch = vec![
+        issue(coupon.id, 1),
+        issue(coupon.id, 1),
+        issue(coupon.id, 2),
+    ];
 
     let report = repository::persist_batch(&pool, &batch).await.unwrap();
 
@@ -92,7 +100,10 @@ async fn a_group_that_would_exceed_the_stock_is_rejected_whole() {
     let report = repository::persist_batch(&pool, &batch).await.unwrap();
 
     assert_eq!(report.rejected.len(), 3);
-    assert!(report.rejected.iter().all(|(_, r)| *r == Rejection::StockExceeded));
+    assert!(report
+        .rejected
+        .iter()
+        .all(|(_, r)| *r == Rejection::StockExceeded));
     assert_eq!(testing::count_rows(&pool, coupon.id.get()).await, 0);
     assert_eq!(issued_quantity(&pool, coupon.id).await, 0);
 }
@@ -104,12 +115,19 @@ async fn reaching_the_stock_reports_the_coupon_sold_out_once() {
     let first = repository::persist_batch(&pool, &[issue(coupon.id, 1), issue(coupon.id, 2)])
         .await
         .unwrap();
-    let last = repository::persist_batch(&pool, &[issue(coupon.id, 3)]).await.unwrap();
-    let again = repository::persist_batch(&pool, &[issue(coupon.id, 3)]).await.unwrap();
+    let last = repository::persist_batch(&pool, &[issue(coupon.id, 3)])
+        .await
+        .unwrap();
+    let again = repository::persist_batch(&pool, &[issue(coupon.id, 3)])
+        .await
+        .unwrap();
 
     assert!(first.sold_out.is_empty());
     assert_eq!(last.sold_out, vec![coupon.id]);
-    assert!(again.sold_out.is_empty(), "a redelivery inserts nothing and announces nothing");
+    assert!(
+        again.sold_out.is_empty(),
+        "a redelivery inserts nothing and announces nothing"
+    );
 }
 
 #[tokio::test]
@@ -118,7 +136,9 @@ async fn rows_carry_the_request_id_and_expiry() {
     let coupon = create(&pool, Some(5)).await;
     let msg = issue(coupon.id, 9);
 
-    repository::persist_batch(&pool, std::slice::from_ref(&msg)).await.unwrap();
+    repository::persist_batch(&pool, std::slice::from_ref(&msg))
+        .await
+        .unwrap();
 
     let (request_id, expires_at): (String, Option<chrono::DateTime<Utc>>) = sqlx::query_as(
         "SELECT request_id, expires_at FROM coupon_issues WHERE coupon_id = ? AND user_id = 9",
@@ -131,5 +151,7 @@ async fn rows_carry_the_request_id_and_expiry() {
     let expected = msg.admitted_at + chrono::Duration::days(30);
     let drift = (expires_at.unwrap() - expected).num_milliseconds().abs();
     assert!(drift < 1, "expires_at {expires_at:?} vs {expected}");
-    assert!(repository::issue_exists(&pool, coupon.id, msg.user_id).await.unwrap());
+    assert!(repository::issue_exists(&pool, coupon.id, msg.user_id)
+        .await
+        .unwrap());
 }

@@ -75,7 +75,9 @@ impl RaceReport {
     pub fn unexpected(&self) -> usize {
         self.answers
             .iter()
-            .filter(|(label, _)| !["202 ACCEPTED", "409 ALREADY_ISSUED", "409 SOLD_OUT"].contains(&label.as_str()))
+            .filter(|(label, _)| {
+                !["202 ACCEPTED", "409 ALREADY_ISSUED", "409 SOLD_OUT"].contains(&label.as_str())
+            })
             .map(|(_, n)| n)
             .sum()
     }
@@ -85,7 +87,8 @@ impl RaceReport {
         if self.latencies.is_empty() {
             return Duration::ZERO;
         }
-        let rank = ((q * self.latencies.len() as f64).ceil() as usize).clamp(1, self.latencies.len());
+        let rank =
+            ((q * self.latencies.len() as f64).ceil() as usize).clamp(1, self.latencies.len());
         self.latencies[rank - 1]
     }
 }
@@ -105,7 +108,11 @@ struct ErrorBody {
 ///
 /// # Errors
 /// The API is unreachable or did not answer 201.
-pub async fn create_coupon(client: &reqwest::Client, base: &str, stock: i64) -> anyhow::Result<CouponId> {
+pub async fn create_coupon(
+    client: &reqwest::Client,
+    base: &str,
+    stock: i64,
+) -> anyhow::Result<CouponId> {
     let now = chrono::Utc::now();
     let body = serde_json::json!({
         "title": format!("couponrush demo: {stock} units"),
@@ -118,10 +125,17 @@ pub async fn create_coupon(client: &reqwest::Client, base: &str, stock: i64) -> 
         "issue_ends_at": now + chrono::Duration::hours(1),
         "valid_days": 7,
     });
-    let response = client.post(format!("{base}/api/v1/coupons")).json(&body).send().await?;
+    let response = client
+        .post(format!("{base}/api/v1/coupons"))
+        .json(&body)
+        .send()
+        .await?;
     let status = response.status();
     if status != reqwest::StatusCode::CREATED {
-        bail!("creating the coupon answered {status}: {}", response.text().await.unwrap_or_default());
+        bail!(
+            "creating the coupon answered {status}: {}",
+            response.text().await.unwrap_or_default()
+        );
     }
     let created: Created = response.json().await?;
     Ok(CouponId::parse(created.id)?)
@@ -131,20 +145,32 @@ pub async fn create_coupon(client: &reqwest::Client, base: &str, stock: i64) -> 
 ///
 /// # Errors
 /// The plan is inconsistent. Transport failures are tallied as `"000 TRANSPORT"`, not raised.
-pub async fn race(client: &reqwest::Client, base: &str, coupon: CouponId, plan: RacePlan) -> anyhow::Result<RaceReport> {
+pub async fn race(
+    client: &reqwest::Client,
+    base: &str,
+    coupon: CouponId,
+    plan: RacePlan,
+) -> anyhow::Result<RaceReport> {
     let ids = plan.user_ids()?;
     let url = format!("{base}/api/v1/coupons/{coupon}/issues");
     let started = Instant::now();
     let answers: Vec<(i64, String, Duration)> = futures::stream::iter(ids)
         .map(|user| {
-            let request = client.post(&url).json(&serde_json::json!({ "user_id": user }));
+            let request = client
+                .post(&url)
+                .json(&serde_json::json!({ "user_id": user }));
             async move {
                 let sent = Instant::now();
                 let label = match request.send().await {
-                    Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => "202 ACCEPTED".to_owned(),
+                    Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
+                        "202 ACCEPTED".to_owned()
+                    }
                     Ok(response) => {
                         let status = response.status().as_u16();
-                        let code = response.json::<ErrorBody>().await.map_or_else(|_| "?".to_owned(), |b| b.code);
+                        let code = response
+                            .json::<ErrorBody>()
+                            .await
+                            .map_or_else(|_| "?".to_owned(), |b| b.code);
                         format!("{status} {code}")
                     }
                     Err(_) => "000 TRANSPORT".to_owned(),
@@ -155,7 +181,11 @@ pub async fn race(client: &reqwest::Client, base: &str, coupon: CouponId, plan: 
         .buffer_unordered(plan.concurrency.max(1))
         .collect()
         .await;
-    let mut report = RaceReport { requests: answers.len(), elapsed: started.elapsed(), ..RaceReport::default() };
+    let mut report = RaceReport {
+        requests: answers.len(),
+        elapsed: started.elapsed(),
+        ..RaceReport::default()
+    };
     for (user, label, latency) in answers {
         if label == "202 ACCEPTED" {
             report.accepted.insert(user);
@@ -172,17 +202,24 @@ pub async fn race(client: &reqwest::Client, base: &str, coupon: CouponId, plan: 
 /// # Errors
 /// Any database error.
 pub async fn row_count(pool: &MySqlPool, coupon: CouponId) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM coupon_issues WHERE coupon_id = ?")
-        .bind(coupon.get())
-        .fetch_one(pool)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM coupon_issues WHERE coupon_id = ?")
+            .bind(coupon.get())
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// Polls MySQL until `coupon` has `expected` rows and its `issued_quantity` says so too.
 ///
 /// # Errors
 /// Not drained within `timeout` (the message says how far it got), or a database error.
-pub async fn wait_until_drained(pool: &MySqlPool, coupon: CouponId, expected: i64, timeout: Duration) -> anyhow::Result<()> {
+pub async fn wait_until_drained(
+    pool: &MySqlPool,
+    coupon: CouponId,
+    expected: i64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let rows = row_count(pool, coupon).await?;
@@ -230,9 +267,15 @@ pub struct Verification {
 impl Verification {
     /// Whether every count equals the stock and the user sets match.
     pub fn holds(&self) -> bool {
-        [self.accepted, self.rows, self.distinct_users, self.issued_quantity, self.admitted]
-            .iter()
-            .all(|&n| n == self.stock)
+        [
+            self.accepted,
+            self.rows,
+            self.distinct_users,
+            self.issued_quantity,
+            self.admitted,
+        ]
+        .iter()
+        .all(|&n| n == self.stock)
             && self.accepted_without_row == 0
             && self.row_without_accept == 0
             && self.unexpected == 0
@@ -246,17 +289,65 @@ impl fmt::Display for Verification {
             writeln!(f, "  {name:<34} {value:>7}  {}", mark(ok))
         };
         writeln!(f, "verification (stock {}):", self.stock)?;
-        row(f, "202 Accepted answers", self.accepted, self.accepted == self.stock)?;
-        row(f, "rows in coupon_issues", self.rows, self.rows == self.stock)?;
-        row(f, "distinct users in coupon_issues", self.distinct_users, self.distinct_users == self.stock)?;
-        row(f, "coupons.issued_quantity", self.issued_quantity, self.issued_quantity == self.stock)?;
-        row(f, "Redis SCARD of the admission set", self.admitted, self.admitted == self.stock)?;
-        row(f, "accepted users without a row", self.accepted_without_row as i64, self.accepted_without_row == 0)?;
-        row(f, "rows of users not accepted", self.row_without_accept as i64, self.row_without_accept == 0)?;
-        writeln!(f, "  {:<34} {:>7}", "409 ALREADY_ISSUED (duplicates)", self.already_issued)?;
+        row(
+            f,
+            "202 Accepted answers",
+            self.accepted,
+            self.accepted == self.stock,
+        )?;
+        row(
+            f,
+            "rows in coupon_issues",
+            self.rows,
+            self.rows == self.stock,
+        )?;
+        row(
+            f,
+            "distinct users in coupon_issues",
+            self.distinct_users,
+            self.distinct_users == self.stock,
+        )?;
+        row(
+            f,
+            "coupons.issued_quantity",
+            self.issued_quantity,
+            self.issued_quantity == self.stock,
+        )?;
+        row(
+            f,
+            "Redis SCARD of the admission set",
+            self.admitted,
+            self.admitted == self.stock,
+        )?;
+        row(
+            f,
+            "accepted users without a row",
+            self.accepted_without_row as i64,
+            self.accepted_without_row == 0,
+        )?;
+        row(
+            f,
+            "rows of users not accepted",
+            self.row_without_accept as i64,
+            self.row_without_accept == 0,
+        )?;
+        writeln!(
+            f,
+            "  {:<34} {:>7}",
+            "409 ALREADY_ISSUED (duplicates)", self.already_issued
+        )?;
         writeln!(f, "  {:<34} {:>7}", "409 SOLD_OUT", self.sold_out)?;
-        row(f, "other answers", self.unexpected as i64, self.unexpected == 0)?;
-        write!(f, "result: {}", if self.holds() { "EXACT" } else { "FAILED" })
+        row(
+            f,
+            "other answers",
+            self.unexpected as i64,
+            self.unexpected == 0,
+        )?;
+        write!(
+            f,
+            "result: {}",
+            if self.holds() { "EXACT" } else { "FAILED" }
+        )
     }
 }
 
@@ -271,15 +362,17 @@ pub async fn verify(
     stock: i64,
     report: &RaceReport,
 ) -> anyhow::Result<Verification> {
-    let users: Vec<i64> = sqlx::query_scalar("SELECT user_id FROM coupon_issues WHERE coupon_id = ?")
-        .bind(coupon.get())
-        .fetch_all(pool)
-        .await?;
+    let users: Vec<i64> =
+        sqlx::query_scalar("SELECT user_id FROM coupon_issues WHERE coupon_id = ?")
+            .bind(coupon.get())
+            .fetch_all(pool)
+            .await?;
     let with_row: HashSet<i64> = users.iter().copied().collect();
-    let issued_quantity: i64 = sqlx::query_scalar("SELECT issued_quantity FROM coupons WHERE id = ?")
-        .bind(coupon.get())
-        .fetch_one(pool)
-        .await?;
+    let issued_quantity: i64 =
+        sqlx::query_scalar("SELECT issued_quantity FROM coupons WHERE id = ?")
+            .bind(coupon.get())
+            .fetch_one(pool)
+            .await?;
     Ok(Verification {
         stock,
         accepted: i64::try_from(report.accepted.len())?,
@@ -312,7 +405,12 @@ mod tests {
 
     #[test]
     fn a_plan_has_every_user_at_least_once_and_the_right_length() {
-        let plan = RacePlan { requests: 1_000, users: 400, concurrency: 1, seed: 7 };
+        let plan = RacePlan {
+            requests: 1_000,
+            users: 400,
+            concurrency: 1,
+            seed: 7,
+        };
         let ids = plan.user_ids().unwrap();
         assert_eq!(ids.len(), 1_000);
         let distinct: HashSet<_> = ids.iter().collect();
@@ -322,7 +420,14 @@ mod tests {
 
     #[test]
     fn a_plan_with_fewer_requests_than_users_is_refused() {
-        assert!(RacePlan { requests: 10, users: 20, concurrency: 1, seed: 0 }.user_ids().is_err());
+        assert!(RacePlan {
+            requests: 10,
+            users: 20,
+            concurrency: 1,
+            seed: 0
+        }
+        .user_ids()
+        .is_err());
     }
 
     #[test]

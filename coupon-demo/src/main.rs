@@ -42,14 +42,22 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let plan = RacePlan { requests: cli.requests, users: cli.users, concurrency: cli.concurrency, seed: cli.seed };
+    let plan = RacePlan {
+        requests: cli.requests,
+        users: cli.users,
+        concurrency: cli.concurrency,
+        seed: cli.seed,
+    };
     let client = coupon_demo::http_client(cli.concurrency)?;
     let pool = db::connect(cli.stores.database_url(), 4).await?;
     let redis = admission::connect(cli.stores.redis_url(), cli.stores.redis_timeout()).await?;
     let redis = AdmissionStore::new(redis, RedisKeys::new(cli.stores.redis_key_prefix.clone()));
 
     let coupon = coupon_demo::create_coupon(&client, &cli.base_url, cli.stock).await?;
-    println!("coupon {coupon}: {} units; firing {} requests from {} users, {} at a time", cli.stock, cli.requests, cli.users, cli.concurrency);
+    println!(
+        "coupon {coupon}: {} units; firing {} requests from {} users, {} at a time",
+        cli.stock, cli.requests, cli.users, cli.concurrency
+    );
     let report = coupon_demo::race(&client, &cli.base_url, coupon, plan).await?;
     println!(
         "race: {} requests in {:.2} s ({:.0} req/s), latency p50 {:.1} ms, p99 {:.1} ms",
@@ -63,7 +71,13 @@ async fn main() -> anyhow::Result<()> {
         println!("  {label:<24} {n:>7}");
     }
     let expected = i64::try_from(report.accepted.len())?;
-    coupon_demo::wait_until_drained(&pool, coupon, expected, Duration::from_secs(cli.drain_timeout_secs)).await?;
+    coupon_demo::wait_until_drained(
+        &pool,
+        coupon,
+        expected,
+        Duration::from_secs(cli.drain_timeout_secs),
+    )
+    .await?;
     let verification = coupon_demo::verify(&pool, &redis, coupon, cli.stock, &report).await?;
     println!("{verification}");
     if !verification.holds() {

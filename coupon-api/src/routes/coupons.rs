@@ -32,7 +32,11 @@ async fn create_policy(
     new.validate()?;
     let mut tx = state.pool.begin().await?;
     let policy = repository::insert_policy(&mut tx, &new).await?;
-    state.admission.prepare(&policy).await.map_err(ApiError::unavailable)?;
+    state
+        .admission
+        .prepare(&policy)
+        .await
+        .map_err(ApiError::unavailable)?;
     tx.commit().await?;
     tracing::info!(coupon_id = %policy.id, total = ?policy.total_quantity, "coupon policy created");
     Ok((StatusCode::CREATED, Json(policy)))

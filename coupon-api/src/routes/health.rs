@@ -15,7 +15,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Routes of this module.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/health", get(health)).route("/ready", get(ready))
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
 }
 
 /// Liveness: `200 {"status":"UP"}` while the process serves HTTP.
@@ -51,5 +53,12 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(Readiness { mysql, redis, kafka }))
+    (
+        status,
+        Json(Readiness {
+            mysql,
+            redis,
+            kafka,
+        }),
+    )
 }

@@ -23,7 +23,10 @@ use crate::state::AppState;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/coupons/{coupon_id}/issues", post(issue_coupon))
-        .route("/api/v1/coupons/{coupon_id}/issues/{user_id}", get(issue_status))
+        .route(
+            "/api/v1/coupons/{coupon_id}/issues/{user_id}",
+            get(issue_status),
+        )
 }
 
 /// Body of a `202 Accepted`: `{"request_id": "0193…", "status": "PENDING"}`.
@@ -63,18 +66,31 @@ async fn issue_coupon(
     let request_id = result?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(IssueAccepted { request_id, status: IssueState::Pending }),
+        Json(IssueAccepted {
+            request_id,
+            status: IssueState::Pending,
+        }),
     ))
 }
 
-async fn admit_and_publish(state: AppState, coupon: CouponId, user: UserId) -> Result<Uuid, ApiError> {
+async fn admit_and_publish(
+    state: AppState,
+    coupon: CouponId,
+    user: UserId,
+) -> Result<Uuid, ApiError> {
     let policy = state.cache.get(coupon).await?;
     if policy.status != CouponStatus::Active {
         return Err(ApiError::IssueWindowClosed("the coupon is not active"));
     }
     match policy.issue_window(Utc::now()) {
-        IssueWindow::NotStarted => return Err(ApiError::IssueWindowClosed("the issue window has not opened yet")),
-        IssueWindow::Ended => return Err(ApiError::IssueWindowClosed("the issue window has closed")),
+        IssueWindow::NotStarted => {
+            return Err(ApiError::IssueWindowClosed(
+                "the issue window has not opened yet",
+            ))
+        }
+        IssueWindow::Ended => {
+            return Err(ApiError::IssueWindowClosed("the issue window has closed"))
+        }
         IssueWindow::Open => {}
     }
     if state.cache.is_sold_out(coupon).await {
@@ -84,15 +100,18 @@ async fn admit_and_publish(state: AppState, coupon: CouponId, user: UserId) -> R
     // (axum drops a handler's future on disconnect): an admitted user must get either a
     // published message or an undone admission. A spawned task is not dropped with the handler.
     tokio::spawn(async move {
-        match state.admission.admit(coupon, user).await.map_err(ApiError::unavailable)? {
+        match state
+            .admission
+            .admit(coupon, user)
+            .await
+            .map_err(ApiError::unavailable)?
+        {
             AdmitOutcome::Admitted => {}
             AdmitOutcome::AlreadyIssued => return Err(ApiError::AlreadyIssued),
             AdmitOutcome::SoldOut => return Err(ApiError::SoldOut),
-            AdmitOutcome::NotPrepared => {
-                return Err(ApiError::unavailable(anyhow::anyhow!(
-                    "coupon {coupon} has no stock bound in Redis; its admission state must be rebuilt"
-                )))
-            }
+            AdmitOutcome::NotPrepared => return Err(ApiError::unavailable(anyhow::anyhow!(
+                "coupon {coupon} has no stock bound in Redis; its admission state must be rebuilt"
+            ))),
         }
         let message = IssueMessage {
             coupon_id: coupon,
@@ -157,5 +176,9 @@ async fn issue_status(
     } else {
         return Err(ApiError::IssueNotFound);
     };
-    Ok(Json(IssueStatusView { coupon_id: coupon, user_id: user, status }))
+    Ok(Json(IssueStatusView {
+        coupon_id: coupon,
+        user_id: user,
+        status,
+    }))
 }

@@ -15,7 +15,13 @@ async fn creating_a_policy_answers_201_and_prepares_its_redis_state() {
     assert_eq!(body["status"], "ACTIVE");
     assert_eq!(body["issued_quantity"], 0);
     let id = CouponId::parse(body["id"].as_i64().unwrap()).unwrap();
-    let copy = app.state.admission.policy(id).await.unwrap().expect("policy copy in Redis");
+    let copy = app
+        .state
+        .admission
+        .policy(id)
+        .await
+        .unwrap()
+        .expect("policy copy in Redis");
     assert_eq!(copy.total_quantity, Some(500));
 }
 
@@ -50,8 +56,15 @@ async fn unlimited_policies_have_no_remaining_count() {
     policy.total_quantity = None;
     let id = app.create_policy(&policy).await["id"].as_i64().unwrap();
 
-    let body: serde_json::Value =
-        app.client.get(app.url(&format!("/api/v1/coupons/{id}"))).send().await.unwrap().json().await.unwrap();
+    let body: serde_json::Value = app
+        .client
+        .get(app.url(&format!("/api/v1/coupons/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
 
     assert_eq!(body["remaining"], serde_json::Value::Null);
     assert_eq!(body["total_quantity"], serde_json::Value::Null);
@@ -61,7 +74,12 @@ async fn unlimited_policies_have_no_remaining_count() {
 async fn an_unknown_policy_is_404_coupon_not_found() {
     let app = spawn_app().await;
 
-    let response = app.client.get(app.url("/api/v1/coupons/987654")).send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url("/api/v1/coupons/987654"))
+        .send()
+        .await
+        .unwrap();
 
     assert_error(response, 404, "COUPON_NOT_FOUND").await;
 }
@@ -79,9 +97,18 @@ async fn policies_breaking_a_rule_are_422_and_store_nothing() {
     bad_type["coupon_type"] = json!("LOTTERY");
 
     for body in [zero_stock, backwards, typo, bad_type] {
-        let response = app.client.post(app.url("/api/v1/coupons")).json(&body).send().await.unwrap();
+        let response = app
+            .client
+            .post(app.url("/api/v1/coupons"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_error(response, 422, "VALIDATION_FAILED").await;
     }
-    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM coupons").fetch_one(&app.state.pool).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM coupons")
+        .fetch_one(&app.state.pool)
+        .await
+        .unwrap();
     assert_eq!(rows, 0);
 }

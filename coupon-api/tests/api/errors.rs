@@ -2,7 +2,12 @@
 
 use crate::helpers::{assert_error, spawn_app, TestApp};
 
-async fn post_raw(app: &TestApp, path: &str, content_type: Option<&str>, body: String) -> reqwest::Response {
+async fn post_raw(
+    app: &TestApp,
+    path: &str,
+    content_type: Option<&str>,
+    body: String,
+) -> reqwest::Response {
     let mut request = app.client.post(app.url(path)).body(body);
     if let Some(content_type) = content_type {
         request = request.header("content-type", content_type);
@@ -26,7 +31,11 @@ async fn malformed_issue_bodies_are_validation_failed() {
         (json, "{\"user_id\": 1.5}".into(), 422),
         (json, "{\"user_id\": 0}".into(), 422),
         (json, "{\"user_id\": -4}".into(), 422),
-        (json, format!("{{\"user_id\": 1, \"pad\": \"{}\"}}", "x".repeat(64 * 1024)), 400),
+        (
+            json,
+            format!("{{\"user_id\": 1, \"pad\": \"{}\"}}", "x".repeat(64 * 1024)),
+            400,
+        ),
     ];
     for (content_type, body, status) in cases {
         let shown = body.chars().take(40).collect::<String>();
@@ -34,7 +43,11 @@ async fn malformed_issue_bodies_are_validation_failed() {
         assert_eq!(response.status().as_u16(), status, "body {shown:?}");
         assert_error(response, status, "VALIDATION_FAILED").await;
     }
-    let admitted = app.state.admission.admitted_count(coupon_core::domain::CouponId::parse(id).unwrap()).await;
+    let admitted = app
+        .state
+        .admission
+        .admitted_count(coupon_core::domain::CouponId::parse(id).unwrap())
+        .await;
     assert_eq!(admitted.unwrap(), 0, "no malformed request admitted anyone");
 }
 
@@ -42,11 +55,34 @@ async fn malformed_issue_bodies_are_validation_failed() {
 async fn bad_path_ids_are_validation_failed() {
     let app = spawn_app().await;
 
-    assert_error(app.client.get(app.url("/api/v1/coupons/abc")).send().await.unwrap(), 400, "VALIDATION_FAILED").await;
-    assert_error(app.client.get(app.url("/api/v1/coupons/0")).send().await.unwrap(), 422, "VALIDATION_FAILED").await;
+    assert_error(
+        app.client
+            .get(app.url("/api/v1/coupons/abc"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "VALIDATION_FAILED",
+    )
+    .await;
+    assert_error(
+        app.client
+            .get(app.url("/api/v1/coupons/0"))
+            .send()
+            .await
+            .unwrap(),
+        422,
+        "VALIDATION_FAILED",
+    )
+    .await;
     assert_error(app.issue(-1, 1).await, 422, "VALIDATION_FAILED").await;
     let overflow = app.url("/api/v1/coupons/1/issues/99999999999999999999");
-    assert_error(app.client.get(overflow).send().await.unwrap(), 400, "VALIDATION_FAILED").await;
+    assert_error(
+        app.client.get(overflow).send().await.unwrap(),
+        400,
+        "VALIDATION_FAILED",
+    )
+    .await;
     assert_error(app.issue_status(1, 0).await, 422, "VALIDATION_FAILED").await;
 }
 
@@ -54,7 +90,12 @@ async fn bad_path_ids_are_validation_failed() {
 async fn unknown_routes_are_json_404() {
     let app = spawn_app().await;
 
-    let response = app.client.get(app.url("/api/v2/everything")).send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url("/api/v2/everything"))
+        .send()
+        .await
+        .unwrap();
 
     assert_error(response, 404, "NOT_FOUND").await;
 }

@@ -40,11 +40,20 @@ pub async fn spawn_app() -> TestApp {
 
 /// An API on fresh stores, after `adjust` changed its configuration.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut ApiConfig)) -> TestApp {
-    let mut config = Cli::parse_from(["coupon-api", "--listen", "127.0.0.1:0", "--metrics-listen", "off"]).api;
+    let mut config = Cli::parse_from([
+        "coupon-api",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "off",
+    ])
+    .api;
     config.stores = testing::isolated_stores();
     adjust(&mut config);
     let stores = config.stores.clone();
-    let app = Application::build(config).await.expect("building coupon-api (is `make up` running?)");
+    let app = Application::build(config)
+        .await
+        .expect("building coupon-api (is `make up` running?)");
     let base = format!("http://{}", app.local_addr().unwrap());
     let state = app.state();
     tokio::time::timeout(Duration::from_secs(10), app.invalidations_subscribed())
@@ -53,7 +62,13 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut ApiConfig)) -> TestApp {
     let stop = CancellationToken::new();
     let stopped = stop.clone();
     tokio::spawn(app.run_until_stopped(async move { stopped.cancelled().await }));
-    TestApp { base, client: reqwest::Client::new(), state, stores, stop }
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        state,
+        stores,
+        stop,
+    }
 }
 
 impl TestApp {
@@ -62,14 +77,22 @@ impl TestApp {
     }
 
     pub async fn create_policy(&self, policy: &NewCouponPolicy) -> Value {
-        let response = self.client.post(self.url("/api/v1/coupons")).json(policy).send().await.unwrap();
+        let response = self
+            .client
+            .post(self.url("/api/v1/coupons"))
+            .json(policy)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 201, "creating a policy");
         response.json().await.unwrap()
     }
 
     /// Creates an open first-come-first-served policy with `total` in stock; returns its id.
     pub async fn open_coupon(&self, total: i64) -> i64 {
-        self.create_policy(&testing::open_policy(total)).await["id"].as_i64().unwrap()
+        self.create_policy(&testing::open_policy(total)).await["id"]
+            .as_i64()
+            .unwrap()
     }
 
     pub async fn issue(&self, coupon: i64, user: i64) -> reqwest::Response {

@@ -28,7 +28,9 @@ async fn an_issue_is_answered_202_only_after_its_message_is_on_the_topic() {
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
-    consumer.subscribe(&[&app.stores.kafka_issue_topic]).unwrap();
+    consumer
+        .subscribe(&[&app.stores.kafka_issue_topic])
+        .unwrap();
     let received = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
         .await
         .expect("the issue message on the topic")
@@ -70,7 +72,14 @@ async fn requests_outside_the_issue_window_are_409_issue_window_closed() {
 
     assert_error(app.issue(not_yet, 1).await, 409, "ISSUE_WINDOW_CLOSED").await;
     assert_error(app.issue(over, 1).await, 409, "ISSUE_WINDOW_CLOSED").await;
-    assert_eq!(app.state.admission.admitted_count(CouponId::parse(over).unwrap()).await.unwrap(), 0);
+    assert_eq!(
+        app.state
+            .admission
+            .admitted_count(CouponId::parse(over).unwrap())
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -98,7 +107,9 @@ async fn the_issue_status_is_pending_until_persisted_then_issued() {
         request_id: uuid::Uuid::now_v7(),
         admitted_at: Utc::now(),
     };
-    coupon_core::repository::persist_batch(&app.state.pool, &[message]).await.unwrap();
+    coupon_core::repository::persist_batch(&app.state.pool, &[message])
+        .await
+        .unwrap();
     let issued: serde_json::Value = app.issue_status(id, 3).await.json().await.unwrap();
     assert_eq!(issued["status"], "ISSUED");
 }
@@ -115,12 +126,30 @@ async fn when_the_broker_is_down_the_answer_is_503_and_the_admission_is_undone()
 
     let response = app.issue(id, 5).await;
 
-    assert_eq!(response.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
     let message = assert_error(response, 503, "UNAVAILABLE").await;
-    assert!(!message.contains("127.0.0.1"), "no internal detail in the body: {message}");
+    assert!(
+        !message.contains("127.0.0.1"),
+        "no internal detail in the body: {message}"
+    );
     let coupon = CouponId::parse(id).unwrap();
-    assert!(!app.state.admission.is_admitted(coupon, UserId::parse(5).unwrap()).await.unwrap());
-    assert_eq!(app.state.admission.admitted_count(coupon).await.unwrap(), 0, "the unit is back in stock");
+    assert!(!app
+        .state
+        .admission
+        .is_admitted(coupon, UserId::parse(5).unwrap())
+        .await
+        .unwrap());
+    assert_eq!(
+        app.state.admission.admitted_count(coupon).await.unwrap(),
+        0,
+        "the unit is back in stock"
+    );
 }
 
 #[tokio::test]
@@ -133,7 +162,10 @@ async fn a_sold_out_broadcast_is_applied_by_the_api() {
     let receivers = app
         .state
         .admission
-        .publish_invalidation(Invalidation { coupon_id: coupon, reason: InvalidationReason::SoldOut })
+        .publish_invalidation(Invalidation {
+            coupon_id: coupon,
+            reason: InvalidationReason::SoldOut,
+        })
         .await
         .unwrap();
     assert!(receivers >= 1, "the API subscribes to the channel");
@@ -157,7 +189,10 @@ async fn health_and_readiness_answer_200_when_every_store_is_up() {
     assert_eq!(health.status(), 200);
     assert_eq!(ready.status(), 200);
     let body: serde_json::Value = ready.json().await.unwrap();
-    assert_eq!(body, serde_json::json!({"mysql": true, "redis": true, "kafka": true}));
+    assert_eq!(
+        body,
+        serde_json::json!({"mysql": true, "redis": true, "kafka": true})
+    );
 }
 
 #[tokio::test]

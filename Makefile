@@ -1,0 +1,39 @@
+# couponrush: the two commands are `make demo` (the main job) and `make test` (the suite).
+# Both bring the local stack up first; see scripts/stack.sh.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: up down status demo test build fmt lint migrate
+
+## up: install (where missing) and start MariaDB, Redis and the tansu Kafka broker
+up:
+	scripts/stack.sh up
+
+## down: stop what `make up` started
+down:
+	scripts/stack.sh down
+
+status:
+	scripts/stack.sh status
+
+## demo: build and start both services, race 10,000 requests for 500 coupons, verify
+demo: up
+	scripts/demo.sh
+
+## test: the whole test suite against the real local stack
+test: up
+	scripts/test.sh
+
+build:
+	$(CARGO) build --workspace --locked
+
+migrate: up
+	$(CARGO) run --locked -p coupon-api -- migrate
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
