@@ -35,15 +35,16 @@ ready() { # GET /ready over bash's /dev/tcp: no curl needed
   exec 3<&-
   [ "$status" = 200 ]
 }
-echo "[demo] waiting for coupon-api on 127.0.0.1:$API_PORT to be ready"
+consumer_running() { grep -q "coupon-consumer running" "$logs/coupon-consumer.log"; }
+echo "[demo] waiting for coupon-api (127.0.0.1:$API_PORT/ready) and coupon-consumer"
 for _ in $(seq 300); do
-  ready 2>/dev/null && break
+  ready 2>/dev/null && consumer_running && break
   for pid in "${pids[@]}"; do
     kill -0 "$pid" 2>/dev/null || { echo "[demo] a service exited; logs in $logs/" >&2; tail -20 "$logs"/*.log >&2; exit 1; }
   done
   sleep 0.2
 done
-ready || { echo "[demo] coupon-api not ready after 60 s; logs in $logs/" >&2; exit 1; }
+{ ready && consumer_running; } || { echo "[demo] services not ready after 60 s; logs in $logs/" >&2; exit 1; }
 
 # shellcheck disable=SC2086 # DEMO_ARGS is a list of flags
 target/release/coupon-demo --base-url "http://127.0.0.1:$API_PORT" ${DEMO_ARGS:-}

@@ -59,11 +59,36 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<MySqlPoo
 /// Creates the database when missing, connects, and applies pending migrations: what both
 /// services do on start-up and what `coupon-api migrate` does alone.
 ///
+/// Several processes may start at once (coupon-api and coupon-consumer, or many replicas), so
+/// the migrations run under a named MySQL lock (`GET_LOCK`) held on the migrating connection;
+/// the others wait for it and then find nothing left to apply.
+///
 /// # Errors
-/// Any of the three steps fails; the error says which.
+/// Any of the steps fails, or the lock is not granted within 60 s; the error says which.
 pub async fn prepare(url: &str, max_connections: u32) -> anyhow::Result<MySqlPool> {
     create_database_if_missing(url).await?;
     let pool = connect(url, max_connections).await?;
-    MIGRATOR.run(&pool).await.context("applying migrations")?;
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("acquiring a connection to migrate")?;
+    let granted: Option<i64> =
+        sqlx::query_scalar("SELECT GET_LOCK(CONCAT('couponrush_migrate:', DATABASE()), 60)")
+            .fetch_one(&mut *conn)
+            .await
+            .context("taking the migration lock")?;
+    if granted != Some(1) {
+        bail!("another process held the migration lock for 60 s");
+    }
+    let migrated = MIGRATOR
+        .run(&mut *conn)
+        .await
+        .context("applying migrations");
+    sqlx::query("SELECT RELEASE_LOCK(CONCAT('couponrush_migrate:', DATABASE()))")
+        .execute(&mut *conn)
+        .await
+        .context("releasing the migration lock")?;
+    migrated?;
+    drop(conn);
     Ok(pool)
 }

@@ -155,3 +155,22 @@ async fn rows_carry_the_request_id_and_expiry() {
         .await
         .unwrap());
 }
+
+#[tokio::test]
+async fn services_starting_together_migrate_once_without_clashing() {
+    let stores = testing::isolated_stores();
+    let url = stores.database_url();
+
+    let starts = (0..4).map(|_| db::prepare(url, 2));
+    let pools = futures::future::join_all(starts).await;
+
+    for pool in pools {
+        let pool = pool.expect("every concurrent start succeeds");
+        let applied: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(applied, 2);
+    }
+}

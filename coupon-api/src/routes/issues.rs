@@ -41,7 +41,8 @@ pub struct IssueAccepted {
 /// Handles one FCFS issue request:
 /// 1. the policy from the local cache (Redis, then MySQL, behind it): 404 if absent;
 /// 2. the issue window and status: 409 `ISSUE_WINDOW_CLOSED`;
-/// 3. a sold-out mark broadcast by the consumer: 409 `SOLD_OUT` without touching Redis;
+/// 3. a sold-out mark broadcast by the consumer: 409 `SOLD_OUT` (or `ALREADY_ISSUED` for a
+///    holder) after a read-only `SISMEMBER` instead of the script;
 /// 4. the atomic admission script: 409 `ALREADY_ISSUED` / `SOLD_OUT`;
 /// 5. the issue message, published and acknowledged by Kafka: 202.
 ///
@@ -94,7 +95,13 @@ async fn admit_and_publish(
         IssueWindow::Open => {}
     }
     if state.cache.is_sold_out(coupon).await {
-        return Err(ApiError::SoldOut);
+        // MySQL holds the whole stock: no admission can succeed, so a read-only membership
+        // check replaces the script. A holder asking again still hears ALREADY_ISSUED.
+        let holder = state.admission.is_admitted(coupon, user).await;
+        return Err(match holder.map_err(ApiError::unavailable)? {
+            true => ApiError::AlreadyIssued,
+            false => ApiError::SoldOut,
+        });
     }
     // From the admission on, the request must run to its end even if the client goes away
     // (axum drops a handler's future on disconnect): an admitted user must get either a
@@ -109,9 +116,11 @@ async fn admit_and_publish(
             AdmitOutcome::Admitted => {}
             AdmitOutcome::AlreadyIssued => return Err(ApiError::AlreadyIssued),
             AdmitOutcome::SoldOut => return Err(ApiError::SoldOut),
-            AdmitOutcome::NotPrepared => return Err(ApiError::unavailable(anyhow::anyhow!(
+            AdmitOutcome::NotPrepared => {
+                return Err(ApiError::unavailable(anyhow::anyhow!(
                 "coupon {coupon} has no stock bound in Redis; its admission state must be rebuilt"
-            ))),
+            )))
+            }
         }
         let message = IssueMessage {
             coupon_id: coupon,

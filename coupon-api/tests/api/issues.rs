@@ -174,8 +174,10 @@ async fn a_sold_out_broadcast_is_applied_by_the_api() {
     })
     .await;
 
-    // Stock is left in Redis, but the API trusts the consumer's broadcast and stops early.
+    // Stock is left in Redis, but the API trusts the consumer's broadcast and admits nobody;
+    // a holder asking again is still told ALREADY_ISSUED.
     assert_error(app.issue(id, 2).await, 409, "SOLD_OUT").await;
+    assert_error(app.issue(id, 1).await, 409, "ALREADY_ISSUED").await;
     assert_eq!(app.state.admission.admitted_count(coupon).await.unwrap(), 1);
 }
 
