@@ -160,14 +160,12 @@ impl IssueConsumer {
     async fn consume(&self, shutdown: &CancellationToken) {
         loop {
             let batch = self.next_batch(shutdown).await;
-            if !batch.is_empty() {
-                if self.handle(&batch, shutdown).await.is_none() {
-                    tracing::warn!(
-                        size = batch.len(),
-                        "shutdown while retrying: batch left uncommitted"
-                    );
-                    return;
-                }
+            if !batch.is_empty() && self.handle(&batch, shutdown).await.is_none() {
+                tracing::warn!(
+                    size = batch.len(),
+                    "shutdown while retrying: batch left uncommitted"
+                );
+                return;
             }
             if shutdown.is_cancelled() {
                 return;

@@ -1,5 +1,7 @@
 //! coupon-consumer against a real Kafka-protocol broker, MySQL/MariaDB and Redis.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;

@@ -377,7 +377,8 @@ mod tests {
 
     #[test]
     fn broken_policies_are_refused() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut NewCouponPolicy)>)> = vec![
+        type Breaker = Box<dyn Fn(&mut NewCouponPolicy)>;
+        let cases: Vec<(&str, Breaker)> = vec![
             ("title", Box::new(|p| p.title = "  ".into())),
             ("total_quantity", Box::new(|p| p.total_quantity = None)),
             ("total_quantity", Box::new(|p| p.total_quantity = Some(0))),

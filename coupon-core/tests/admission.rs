@@ -1,5 +1,7 @@
 //! The admission scripts against a real Redis.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use coupon_core::admission::{self, AdmissionStore, AdmitOutcome, RedisKeys};

@@ -1,5 +1,7 @@
 //! Batch persistence against a real MySQL/MariaDB, each test in its own database.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use chrono::Utc;
 use coupon_core::domain::{CouponId, CouponPolicy, UserId};
 use coupon_core::message::IssueMessage;

@@ -1,6 +1,8 @@
 //! End to end: coupon-api and coupon-consumer in this process, talking to the real MySQL/MariaDB,
 //! Redis and Kafka-protocol broker, raced through real HTTP.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use clap::Parser;

@@ -1,6 +1,8 @@
 //! Black-box tests of coupon-api over HTTP, against real MySQL/MariaDB, Redis and a
 //! Kafka-protocol broker (`make up` starts them).
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 mod coupons;
 mod errors;
 mod helpers;
