@@ -9,9 +9,10 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
-use coupon_core::admission::{self, AdmissionStore, RedisKeys};
-use coupon_core::kafka::{self, IssuePublisher};
-use coupon_core::{db, telemetry};
+use coupon_core::admission::{AdmissionStore, RedisKeys};
+use coupon_core::kafka::IssuePublisher;
+use coupon_core::stores::Connections;
+use coupon_core::telemetry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
@@ -77,15 +78,7 @@ impl Application {
     pub async fn build(config: ApiConfig) -> anyhow::Result<Self> {
         let stores = &config.stores;
         telemetry::install_metrics(config.metrics.metrics_listen)?;
-        let pool = db::prepare(stores.database_url(), stores.database_max_connections).await?;
-        let redis = admission::connect(stores.redis_url(), stores.redis_timeout())
-            .await
-            .context("connecting to Redis")?;
-        if stores.kafka_create_topics {
-            kafka::ensure_topics(stores)
-                .await
-                .context("creating Kafka topics")?;
-        }
+        let Connections { pool, redis } = coupon_core::stores::connect(stores).await?;
         let publisher = IssuePublisher::new(
             &stores.kafka_brokers,
             &stores.kafka_issue_topic,

@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
-use coupon_core::admission::{self, AdmissionStore, Invalidation, InvalidationReason, RedisKeys};
-use coupon_core::kafka::{self, producer_config};
+use coupon_core::admission::{AdmissionStore, Invalidation, InvalidationReason, RedisKeys};
+use coupon_core::kafka::producer_config;
 use coupon_core::message::IssueMessage;
 use coupon_core::repository::{self, PersistReport};
-use coupon_core::{db, telemetry};
+use coupon_core::stores::Connections;
+use coupon_core::telemetry;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -90,15 +91,7 @@ impl IssueConsumer {
     pub async fn build(config: &ConsumerConfig) -> anyhow::Result<Self> {
         let stores = &config.stores;
         telemetry::install_metrics(config.metrics.metrics_listen)?;
-        let pool = db::prepare(stores.database_url(), stores.database_max_connections).await?;
-        let redis = admission::connect(stores.redis_url(), stores.redis_timeout())
-            .await
-            .context("connecting to Redis")?;
-        if stores.kafka_create_topics {
-            kafka::ensure_topics(stores)
-                .await
-                .context("creating Kafka topics")?;
-        }
+        let Connections { pool, redis } = coupon_core::stores::connect(stores).await?;
         let consumer: StreamConsumer = consumer_config(&stores.kafka_brokers, &config.group_id)
             .create()
             .context("creating the Kafka consumer")?;

@@ -5,6 +5,7 @@
 //! - [`message`]: the issue message carried by Kafka;
 //! - [`kafka`]: the idempotent producer and topic set-up;
 //! - [`db`] and [`repository`]: the MySQL pool, migrations and queries;
+//! - [`stores`]: the start-up both services share;
 //! - [`config`], [`telemetry`] and [`shutdown`]: typed configuration, tracing, metrics and
 //!   the shutdown signal.
 //!
@@ -18,6 +19,7 @@ pub mod kafka;
 pub mod message;
 pub mod repository;
 pub mod shutdown;
+pub mod stores;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
