@@ -8,6 +8,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use coupon_core::domain::ValidationError;
+use coupon_core::redemption::RedeemError;
 use serde::Serialize;
 
 /// Seconds a client is asked to wait (`Retry-After`) after a 503.
@@ -49,6 +50,41 @@ pub enum ApiError {
     /// 500 `INTERNAL`: a fault of ours; detail is logged, never sent.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// A redemption rule refused the request; see [`redeem_status_and_code`].
+    #[error("{0}")]
+    Redeem(RedeemError),
+}
+
+/// Status and code of each redemption refusal:
+/// `COUPON_NOT_FOUND` 404 (also for another user's coupon), `REDEMPTION_NOT_FOUND` 404,
+/// `ALREADY_USED`, `COUPON_RESERVED`, `COUPON_EXPIRED`, `COUPON_NOT_YET_VALID`,
+/// `COUPON_SUSPENDED`, `ALREADY_CANCELLED`, `RESTORE_NOT_ALLOWED` 409,
+/// `MIN_ORDER_AMOUNT_NOT_MET` 422.
+pub fn redeem_status_and_code(err: &RedeemError) -> (StatusCode, &'static str) {
+    match err {
+        RedeemError::NotFound => (StatusCode::NOT_FOUND, "COUPON_NOT_FOUND"),
+        RedeemError::RedemptionNotFound => (StatusCode::NOT_FOUND, "REDEMPTION_NOT_FOUND"),
+        RedeemError::AlreadyUsed => (StatusCode::CONFLICT, "ALREADY_USED"),
+        RedeemError::Reserved => (StatusCode::CONFLICT, "COUPON_RESERVED"),
+        RedeemError::Expired => (StatusCode::CONFLICT, "COUPON_EXPIRED"),
+        RedeemError::NotYetValid => (StatusCode::CONFLICT, "COUPON_NOT_YET_VALID"),
+        RedeemError::Suspended => (StatusCode::CONFLICT, "COUPON_SUSPENDED"),
+        RedeemError::AlreadyCancelled => (StatusCode::CONFLICT, "ALREADY_CANCELLED"),
+        RedeemError::RestoreNotAllowed => (StatusCode::CONFLICT, "RESTORE_NOT_ALLOWED"),
+        RedeemError::MinOrderNotMet { .. } => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "MIN_ORDER_AMOUNT_NOT_MET")
+        }
+        RedeemError::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+    }
+}
+
+impl From<RedeemError> for ApiError {
+    fn from(err: RedeemError) -> Self {
+        match err {
+            RedeemError::Database(db) => db.into(),
+            other => Self::Redeem(other),
+        }
+    }
 }
 
 impl ApiError {
@@ -70,6 +106,7 @@ impl ApiError {
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Redeem(err) => redeem_status_and_code(err).0,
         }
     }
 
@@ -85,6 +122,7 @@ impl ApiError {
             Self::BadRequest(_) | Self::Validation(_) => "VALIDATION_FAILED",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
+            Self::Redeem(err) => redeem_status_and_code(err).1,
         }
     }
 }

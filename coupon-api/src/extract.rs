@@ -67,6 +67,26 @@ impl<S: Send + Sync> FromRequestParts<S> for CouponUserPath {
     }
 }
 
+/// `{user_id}` and `{coupon_issue_id}` of the path, both positive.
+#[derive(Debug, Clone, Copy)]
+pub struct UserIssuePath(pub UserId, pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for UserIssuePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path((user, issue)) = Path::<(i64, i64)>::from_request_parts(parts, state)
+            .await
+            .map_err(path_rejection)?;
+        if issue <= 0 {
+            return Err(ApiError::Validation(
+                "coupon_issue_id must be a positive integer".into(),
+            ));
+        }
+        Ok(Self(UserId::parse(user)?, issue))
+    }
+}
+
 async fn first_path_param<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<i64, ApiError> {
     let Path(raw) = Path::<i64>::from_request_parts(parts, state)
         .await

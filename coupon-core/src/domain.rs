@@ -158,6 +158,16 @@ pub struct NewCouponPolicy {
     /// An issued coupon can be used until this instant, whatever `valid_days` says.
     #[serde(default)]
     pub valid_until: Option<DateTime<Utc>>,
+    /// An issued coupon cannot be used before this instant (absent: from its issue).
+    #[serde(default)]
+    pub valid_from: Option<DateTime<Utc>>,
+    /// Whether cancelling a redeemed order gives the coupon back to its user (default `true`).
+    #[serde(default = "default_true")]
+    pub restore_on_cancel: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl NewCouponPolicy {
@@ -219,6 +229,11 @@ impl NewCouponPolicy {
         {
             return fail("valid_until must be after issue_starts_at");
         }
+        if let (Some(from), Some(until)) = (self.valid_from, self.valid_until) {
+            if from >= until {
+                return fail("valid_from must be before valid_until");
+            }
+        }
         Ok(())
     }
 }
@@ -252,8 +267,14 @@ pub struct CouponPolicy {
     pub valid_days: Option<i32>,
     /// Absolute end of use.
     pub valid_until: Option<DateTime<Utc>>,
+    /// Absolute start of use (absent: from the issue).
+    #[serde(default)]
+    pub valid_from: Option<DateTime<Utc>>,
     /// Lifecycle state.
     pub status: CouponStatus,
+    /// Whether cancelling a redeemed order gives the coupon back.
+    #[serde(default = "default_true")]
+    pub restore_on_cancel: bool,
     /// Row creation time.
     pub created_at: DateTime<Utc>,
     /// Last row change.
@@ -286,6 +307,21 @@ impl CouponPolicy {
     /// Stock bound used by the admission script: the total, or `-1` for unlimited.
     pub fn stock_bound(&self) -> i64 {
         self.total_quantity.unwrap_or(-1)
+    }
+
+    /// The discount (smallest currency unit) this policy grants on an order of `order_amount`:
+    /// `discount_value` for `FIXED`; `floor(order_amount × discount_value / 100)` capped by
+    /// `max_discount_amount` for `PERCENTAGE`; never more than the order amount, never negative.
+    pub fn discount_for(&self, order_amount: i64) -> i64 {
+        let raw = match self.discount_type {
+            DiscountType::Fixed => self.discount_value,
+            DiscountType::Percentage => {
+                let pct = i128::from(order_amount.max(0)) * i128::from(self.discount_value) / 100;
+                let pct = i64::try_from(pct).unwrap_or(i64::MAX);
+                self.max_discount_amount.map_or(pct, |cap| pct.min(cap))
+            }
+        };
+        raw.clamp(0, order_amount.max(0))
     }
 
     /// When a coupon issued at `issued_at` stops being usable: the earlier of
@@ -336,6 +372,8 @@ mod tests {
             issue_ends_at: Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 0).unwrap(),
             valid_days: Some(7),
             valid_until: None,
+            valid_from: None,
+            restore_on_cancel: true,
         }
     }
 
@@ -354,7 +392,9 @@ mod tests {
             issue_ends_at: p.issue_ends_at,
             valid_days: p.valid_days,
             valid_until: p.valid_until,
+            valid_from: p.valid_from,
             status: CouponStatus::Active,
+            restore_on_cancel: p.restore_on_cancel,
             created_at: p.issue_starts_at,
             updated_at: p.issue_starts_at,
         }
@@ -429,6 +469,19 @@ mod tests {
         assert_eq!(p.issue_window(p.issue_starts_at), IssueWindow::Open);
         assert_eq!(p.issue_window(p.issue_ends_at - second), IssueWindow::Open);
         assert_eq!(p.issue_window(p.issue_ends_at), IssueWindow::Ended);
+    }
+
+    #[test]
+    fn discounts_are_capped_and_never_exceed_the_order() {
+        let mut p = stored(&new_policy());
+        assert_eq!(p.discount_for(50_000), 3000);
+        assert_eq!(p.discount_for(2000), 2000, "never more than the order");
+        p.discount_type = DiscountType::Percentage;
+        p.discount_value = 15;
+        assert_eq!(p.discount_for(10_001), 1500, "floored");
+        p.max_discount_amount = Some(1000);
+        assert_eq!(p.discount_for(10_001), 1000, "capped");
+        assert_eq!(p.discount_for(0), 0);
     }
 
     #[test]

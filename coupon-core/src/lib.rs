@@ -5,6 +5,7 @@
 //! - [`message`]: the issue message carried by Kafka;
 //! - [`kafka`]: the idempotent producer and topic set-up;
 //! - [`db`] and [`repository`]: the MySQL pool, migrations and queries;
+//! - [`redemption`]: using an issued coupon for an order, and cancelling that;
 //! - [`stores`]: the start-up both services share;
 //! - [`config`], [`telemetry`] and [`shutdown`]: typed configuration, tracing, metrics and
 //!   the shutdown signal.
@@ -17,6 +18,7 @@ pub mod db;
 pub mod domain;
 pub mod kafka;
 pub mod message;
+pub mod redemption;
 pub mod repository;
 pub mod shutdown;
 pub mod stores;

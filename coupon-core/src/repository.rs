@@ -15,7 +15,8 @@ use crate::message::IssueMessage;
 
 const POLICY_COLUMNS: &str = "id, title, coupon_type, total_quantity, issued_quantity, \
      discount_type, discount_value, max_discount_amount, min_order_amount, issue_starts_at, \
-     issue_ends_at, valid_days, valid_until, status, created_at, updated_at";
+     issue_ends_at, valid_days, valid_until, valid_from, status, restore_on_cancel, created_at, \
+     updated_at";
 
 fn policy_from_row(row: &MySqlRow) -> Result<CouponPolicy, sqlx::Error> {
     let decode = |column: &str, e: crate::domain::ValidationError| sqlx::Error::ColumnDecode {
@@ -38,6 +39,8 @@ fn policy_from_row(row: &MySqlRow) -> Result<CouponPolicy, sqlx::Error> {
         issue_ends_at: row.try_get("issue_ends_at")?,
         valid_days: row.try_get("valid_days")?,
         valid_until: row.try_get("valid_until")?,
+        valid_from: row.try_get("valid_from")?,
+        restore_on_cancel: row.try_get("restore_on_cancel")?,
         status: CouponStatus::parse(row.try_get("status")?).map_err(|e| decode("status", e))?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -58,7 +61,8 @@ pub async fn insert_policy(
     let id = sqlx::query(
         "INSERT INTO coupons (title, coupon_type, total_quantity, discount_type, discount_value, \
          max_discount_amount, min_order_amount, issue_starts_at, issue_ends_at, valid_days, \
-         valid_until, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'ACTIVE')",
+         valid_until, valid_from, restore_on_cancel, status) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'ACTIVE')",
     )
     .bind(new.title.trim())
     .bind(new.coupon_type.as_str())
@@ -71,6 +75,8 @@ pub async fn insert_policy(
     .bind(new.issue_ends_at)
     .bind(new.valid_days)
     .bind(new.valid_until)
+    .bind(new.valid_from)
+    .bind(new.restore_on_cancel)
     .execute(&mut **tx)
     .await?
     .last_insert_id();
@@ -83,7 +89,7 @@ pub async fn insert_policy(
     policy_from_row(&row)
 }
 
-/// Reads one policy, or `None` when no row has that id.
+/// Reads one policy, or `None` when no row has that id or the policy was deleted.
 ///
 /// # Errors
 /// Any database error.
@@ -92,7 +98,7 @@ pub async fn find_policy(
     id: CouponId,
 ) -> Result<Option<CouponPolicy>, sqlx::Error> {
     sqlx::query(&format!(
-        "SELECT {POLICY_COLUMNS} FROM coupons WHERE id = ?"
+        "SELECT {POLICY_COLUMNS} FROM coupons WHERE id = ? AND deleted_at IS NULL"
     ))
     .bind(id.get())
     .fetch_optional(pool)

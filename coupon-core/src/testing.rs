@@ -75,6 +75,8 @@ pub fn policy_with_window(
         issue_ends_at: ends,
         valid_days: Some(30),
         valid_until: None,
+        valid_from: None,
+        restore_on_cancel: true,
     }
 }
 

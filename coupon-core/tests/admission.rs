@@ -36,7 +36,9 @@ fn policy(id: i64, total: Option<i64>) -> CouponPolicy {
         issue_ends_at: new.issue_ends_at,
         valid_days: new.valid_days,
         valid_until: None,
+        valid_from: None,
         status: CouponStatus::Active,
+        restore_on_cancel: true,
         created_at: new.issue_starts_at,
         updated_at: new.issue_starts_at,
     }

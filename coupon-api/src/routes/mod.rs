@@ -3,6 +3,7 @@
 pub mod coupons;
 pub mod health;
 pub mod issues;
+pub mod redemptions;
 
 use axum::Router;
 
@@ -14,6 +15,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .merge(coupons::router())
         .merge(issues::router())
+        .merge(redemptions::router())
         .merge(health::router())
         .fallback(|| async { ApiError::RouteNotFound })
 }

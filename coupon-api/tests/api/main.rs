@@ -7,3 +7,4 @@ mod coupons;
 mod errors;
 mod helpers;
 mod issues;
+mod redemptions;
