@@ -26,6 +26,9 @@ pub enum ApiError {
     /// 409 `ISSUE_WINDOW_CLOSED`: outside `[issue_starts_at, issue_ends_at)` or not active.
     #[error("{0}")]
     IssueWindowClosed(&'static str),
+    /// 409 `COUPON_SUSPENDED`: an operator suspended the policy.
+    #[error("the coupon policy is suspended")]
+    CouponSuspended,
     /// 404 `COUPON_NOT_FOUND`: no policy has this id.
     #[error("no coupon policy has this id")]
     CouponNotFound,
@@ -96,9 +99,10 @@ impl ApiError {
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::AlreadyIssued | Self::SoldOut | Self::IssueWindowClosed(_) => {
-                StatusCode::CONFLICT
-            }
+            Self::AlreadyIssued
+            | Self::SoldOut
+            | Self::IssueWindowClosed(_)
+            | Self::CouponSuspended => StatusCode::CONFLICT,
             Self::CouponNotFound | Self::IssueNotFound | Self::RouteNotFound => {
                 StatusCode::NOT_FOUND
             }
@@ -116,6 +120,7 @@ impl ApiError {
             Self::AlreadyIssued => "ALREADY_ISSUED",
             Self::SoldOut => "SOLD_OUT",
             Self::IssueWindowClosed(_) => "ISSUE_WINDOW_CLOSED",
+            Self::CouponSuspended => "COUPON_SUSPENDED",
             Self::CouponNotFound => "COUPON_NOT_FOUND",
             Self::IssueNotFound => "ISSUE_NOT_FOUND",
             Self::RouteNotFound => "NOT_FOUND",

@@ -212,6 +212,14 @@ impl AdmissionStore {
             .await
     }
 
+    /// Drops the policy copy (after a soft delete), so loaders fall through to MySQL.
+    ///
+    /// # Errors
+    /// Redis is unreachable or timed out.
+    pub async fn remove_policy(&self, coupon: CouponId) -> redis::RedisResult<()> {
+        self.conn.clone().del(self.keys.policy(coupon)).await
+    }
+
     /// Whether `user` is in `coupon`'s admission set.
     ///
     /// # Errors

@@ -263,3 +263,103 @@ pub async fn persist_batch(
     tx.commit().await?;
     Ok(report)
 }
+
+/// Changes an operator may make to a live policy; absent fields stay as they are. The stock,
+/// the discount and the start of the issue window are fixed once users may hold the coupon.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyUpdate {
+    /// New title, 1–200 characters.
+    pub title: Option<String>,
+    /// New end of the issue window (exclusive); must stay after `issue_starts_at`.
+    pub issue_ends_at: Option<DateTime<Utc>>,
+    /// New days of use after issue (> 0), for coupons issued from now on.
+    pub valid_days: Option<i32>,
+    /// New absolute end of use, for coupons issued from now on.
+    pub valid_until: Option<DateTime<Utc>>,
+}
+
+impl PolicyUpdate {
+    /// `policy` with this update applied, validated.
+    ///
+    /// # Errors
+    /// [`crate::domain::ValidationError`] naming the broken rule.
+    pub fn apply(
+        &self,
+        policy: &CouponPolicy,
+    ) -> Result<CouponPolicy, crate::domain::ValidationError> {
+        let fail = |msg: &str| Err(crate::domain::ValidationError(msg.to_owned()));
+        let mut next = policy.clone();
+        if let Some(title) = &self.title {
+            if title.trim().is_empty() || title.chars().count() > 200 {
+                return fail("title must have 1 to 200 characters");
+            }
+            next.title = title.trim().to_owned();
+        }
+        if let Some(ends) = self.issue_ends_at {
+            if ends <= next.issue_starts_at {
+                return fail("issue_ends_at must be after issue_starts_at");
+            }
+            next.issue_ends_at = ends;
+        }
+        if let Some(days) = self.valid_days {
+            if days <= 0 {
+                return fail("valid_days must be a positive number of days");
+            }
+            next.valid_days = Some(days);
+        }
+        if let Some(until) = self.valid_until {
+            if until <= next.issue_starts_at {
+                return fail("valid_until must be after issue_starts_at");
+            }
+            next.valid_until = Some(until);
+        }
+        Ok(next)
+    }
+}
+
+/// Stores the administrable fields of `policy` (title, issue end, validity, status) and reads
+/// the row back; `None` when the policy does not exist or was deleted.
+///
+/// # Errors
+/// Any database error.
+pub async fn save_policy_admin_fields(
+    pool: &MySqlPool,
+    policy: &CouponPolicy,
+) -> Result<Option<CouponPolicy>, sqlx::Error> {
+    sqlx::query(
+        "UPDATE coupons SET title = ?, issue_ends_at = ?, valid_days = ?, valid_until = ?, status = ? \
+         WHERE id = ? AND deleted_at IS NULL",
+    )
+    .bind(&policy.title)
+    .bind(policy.issue_ends_at)
+    .bind(policy.valid_days)
+    .bind(policy.valid_until)
+    .bind(policy.status.as_str())
+    .bind(policy.id.get())
+    .execute(pool)
+    .await?;
+    find_policy(pool, policy.id).await
+}
+
+/// Soft-deletes a policy: it disappears from reads and issuing; rows already issued stay, and
+/// issue messages already accepted are still persisted. Returns whether a live policy was
+/// deleted.
+///
+/// # Errors
+/// Any database error.
+pub async fn delete_policy(
+    pool: &MySqlPool,
+    id: CouponId,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let deleted = sqlx::query(
+        "UPDATE coupons SET deleted_at = ?, status = 'SUSPENDED' WHERE id = ? AND deleted_at IS NULL",
+    )
+    .bind(now)
+    .bind(id.get())
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(deleted == 1)
+}

@@ -4,8 +4,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chrono::Utc;
+use coupon_core::admission::{Invalidation, InvalidationReason};
+use coupon_core::domain::{CouponId, CouponStatus};
 use coupon_core::domain::{CouponPolicy, NewCouponPolicy};
 use coupon_core::repository;
+use coupon_core::repository::PolicyUpdate;
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -16,7 +20,12 @@ use crate::state::AppState;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/coupons", post(create_policy))
-        .route("/api/v1/coupons/{coupon_id}", get(get_policy))
+        .route(
+            "/api/v1/coupons/{coupon_id}",
+            get(get_policy).patch(update_policy).delete(delete_policy),
+        )
+        .route("/api/v1/coupons/{coupon_id}/suspend", post(suspend_policy))
+        .route("/api/v1/coupons/{coupon_id}/resume", post(resume_policy))
 }
 
 /// Creates a policy and prepares its Redis state (stock bound and policy copy) before the
@@ -78,4 +87,103 @@ async fn get_policy(
         remaining: policy.total_quantity.map(|total| (total - admitted).max(0)),
         policy,
     }))
+}
+
+/// Refreshes the Redis policy copy (or drops it, for a deleted policy) and broadcasts
+/// `POLICY_CHANGED`, so every API instance reloads the policy within the broadcast's latency.
+/// A Redis failure is a 503: the MySQL change is kept, and repeating the request re-announces.
+async fn announce(
+    state: &AppState,
+    id: CouponId,
+    policy: Option<&CouponPolicy>,
+) -> Result<(), ApiError> {
+    match policy {
+        Some(policy) => state.admission.store_policy(policy).await,
+        None => state.admission.remove_policy(id).await,
+    }
+    .map_err(ApiError::unavailable)?;
+    let invalidation = Invalidation {
+        coupon_id: id,
+        reason: InvalidationReason::PolicyChanged,
+    };
+    state
+        .admission
+        .publish_invalidation(invalidation)
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(())
+}
+
+async fn change(
+    state: &AppState,
+    id: CouponId,
+    edit: impl FnOnce(&CouponPolicy) -> Result<CouponPolicy, ApiError>,
+) -> Result<Json<CouponPolicy>, ApiError> {
+    let current = repository::find_policy(&state.pool, id)
+        .await?
+        .ok_or(ApiError::CouponNotFound)?;
+    let next = edit(&current)?;
+    let saved = repository::save_policy_admin_fields(&state.pool, &next)
+        .await?
+        .ok_or(ApiError::CouponNotFound)?;
+    announce(state, id, Some(&saved)).await?;
+    tracing::info!(coupon_id = %id, status = saved.status.as_str(), "coupon policy changed");
+    Ok(Json(saved))
+}
+
+/// `PATCH /api/v1/coupons/{coupon_id}` with any of `title`, `issue_ends_at`, `valid_days`,
+/// `valid_until`: 200 with the policy; 422 for a change that breaks a rule; 404 when absent.
+/// Validity changes apply to coupons issued from then on.
+#[tracing::instrument(name = "update_policy", skip_all, fields(coupon_id = %id))]
+async fn update_policy(
+    State(state): State<AppState>,
+    CouponPath(id): CouponPath,
+    ApiJson(update): ApiJson<PolicyUpdate>,
+) -> Result<Json<CouponPolicy>, ApiError> {
+    change(&state, id, |current| Ok(update.apply(current)?)).await
+}
+
+/// `POST /api/v1/coupons/{coupon_id}/suspend`: stops issuing and using; 200 with the policy.
+#[tracing::instrument(name = "suspend_policy", skip_all, fields(coupon_id = %id))]
+async fn suspend_policy(
+    State(state): State<AppState>,
+    CouponPath(id): CouponPath,
+) -> Result<Json<CouponPolicy>, ApiError> {
+    change(&state, id, |current| {
+        Ok(CouponPolicy {
+            status: CouponStatus::Suspended,
+            ..current.clone()
+        })
+    })
+    .await
+}
+
+/// `POST /api/v1/coupons/{coupon_id}/resume`: issuing and using again; 200 with the policy.
+#[tracing::instrument(name = "resume_policy", skip_all, fields(coupon_id = %id))]
+async fn resume_policy(
+    State(state): State<AppState>,
+    CouponPath(id): CouponPath,
+) -> Result<Json<CouponPolicy>, ApiError> {
+    change(&state, id, |current| {
+        Ok(CouponPolicy {
+            status: CouponStatus::Active,
+            ..current.clone()
+        })
+    })
+    .await
+}
+
+/// `DELETE /api/v1/coupons/{coupon_id}`: soft delete; 204. The policy then reads as 404 and
+/// issues as `COUPON_NOT_FOUND`; coupons already issued keep their rows but cannot be used.
+#[tracing::instrument(name = "delete_policy", skip_all, fields(coupon_id = %id))]
+async fn delete_policy(
+    State(state): State<AppState>,
+    CouponPath(id): CouponPath,
+) -> Result<StatusCode, ApiError> {
+    if !repository::delete_policy(&state.pool, id, Utc::now()).await? {
+        return Err(ApiError::CouponNotFound);
+    }
+    announce(&state, id, None).await?;
+    tracing::info!(coupon_id = %id, "coupon policy deleted");
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -40,7 +40,7 @@ pub struct IssueAccepted {
 
 /// Handles one FCFS issue request:
 /// 1. the policy from the local cache (Redis, then MySQL, behind it): 404 if absent;
-/// 2. the issue window and status: 409 `ISSUE_WINDOW_CLOSED`;
+/// 2. the policy's status and issue window: 409 `COUPON_SUSPENDED`, `ISSUE_WINDOW_CLOSED`;
 /// 3. a sold-out mark broadcast by the consumer: 409 `SOLD_OUT` (or `ALREADY_ISSUED` for a
 ///    holder) after a read-only `SISMEMBER` instead of the script;
 /// 4. the atomic admission script: 409 `ALREADY_ISSUED` / `SOLD_OUT`;
@@ -59,6 +59,7 @@ async fn issue_coupon(
         Err(ApiError::AlreadyIssued) => "already_issued",
         Err(ApiError::SoldOut) => "sold_out",
         Err(ApiError::IssueWindowClosed(_)) => "window_closed",
+        Err(ApiError::CouponSuspended) => "suspended",
         Err(ApiError::CouponNotFound) => "not_found",
         Err(ApiError::Unavailable(_)) => "unavailable",
         Err(_) => "error",
@@ -81,7 +82,7 @@ async fn admit_and_publish(
 ) -> Result<Uuid, ApiError> {
     let policy = state.cache.get(coupon).await?;
     if policy.status != CouponStatus::Active {
-        return Err(ApiError::IssueWindowClosed("the coupon is not active"));
+        return Err(ApiError::CouponSuspended);
     }
     match policy.issue_window(Utc::now()) {
         IssueWindow::NotStarted => {

@@ -122,3 +122,14 @@ pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) 
     assert!(!message.is_empty());
     message
 }
+
+/// Polls issue requests from fresh users until one answers `status`, for up to 5 s.
+pub async fn eventually_status(app: &TestApp, coupon: i64, status: u16) {
+    let mut user = 5_000;
+    testing::eventually("the expected answer", Duration::from_secs(5), || {
+        user += 1;
+        let user = user;
+        async move { (app.issue(coupon, user).await.status().as_u16() == status).then_some(()) }
+    })
+    .await;
+}
