@@ -2,7 +2,7 @@
 //! format, and the extractor that names the caller.
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use coupon_core::domain::{CouponId, UserId};
 use serde::de::DeserializeOwned;
@@ -38,6 +38,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// `axum::extract::Query` whose rejection (unknown or wrong-typed parameter) is a 422
+/// `VALIDATION_FAILED`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| Self(value))
+            .map_err(|e| ApiError::Validation(e.body_text()))
+    }
+}
+
 /// `{coupon_id}` of the path, parsed as a positive [`CouponId`]: not a number → 400,
 /// zero or negative → 422.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +80,19 @@ impl<S: Send + Sync> FromRequestParts<S> for CouponUserPath {
             .await
             .map_err(path_rejection)?;
         Ok(Self(CouponId::parse(coupon)?, UserId::parse(user)?))
+    }
+}
+
+/// `{user_id}` of the path, positive.
+#[derive(Debug, Clone, Copy)]
+pub struct UserPath(pub UserId);
+
+impl<S: Send + Sync> FromRequestParts<S> for UserPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let raw = first_path_param(parts, state).await?;
+        Ok(Self(UserId::parse(raw)?))
     }
 }
 

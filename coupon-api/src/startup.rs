@@ -98,6 +98,7 @@ impl Application {
             admission,
             publisher,
             cache: cache.clone(),
+            stats: crate::state::stats_cache(),
         };
 
         let background = CancellationToken::new();

@@ -4,7 +4,12 @@ use coupon_core::admission::AdmissionStore;
 use coupon_core::kafka::IssuePublisher;
 use sqlx::MySqlPool;
 
+use std::sync::Arc;
+
+use coupon_core::domain::CouponId;
+
 use crate::cache::PolicyCache;
+use crate::routes::coupons::StatsView;
 
 /// Cheap to clone: every field is a handle on a shared pool or connection.
 #[derive(Clone)]
@@ -17,4 +22,14 @@ pub struct AppState {
     pub publisher: IssuePublisher,
     /// Local policy cache and sold-out marks.
     pub cache: PolicyCache,
+    /// Per-coupon stats, each kept for one second.
+    pub stats: moka::future::Cache<CouponId, Arc<StatsView>>,
+}
+
+/// The stats cache of [`AppState::stats`]: entries live one second.
+pub fn stats_cache() -> moka::future::Cache<CouponId, Arc<StatsView>> {
+    moka::future::Cache::builder()
+        .max_capacity(10_000)
+        .time_to_live(std::time::Duration::from_secs(1))
+        .build()
 }

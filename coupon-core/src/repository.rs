@@ -13,12 +13,12 @@ use crate::domain::{
 };
 use crate::message::IssueMessage;
 
-const POLICY_COLUMNS: &str = "id, title, coupon_type, total_quantity, issued_quantity, \
+pub(crate) const POLICY_COLUMNS: &str = "id, title, coupon_type, total_quantity, issued_quantity, \
      discount_type, discount_value, max_discount_amount, min_order_amount, issue_starts_at, \
      issue_ends_at, valid_days, valid_until, valid_from, status, restore_on_cancel, created_at, \
      updated_at";
 
-fn policy_from_row(row: &MySqlRow) -> Result<CouponPolicy, sqlx::Error> {
+pub(crate) fn policy_from_row(row: &MySqlRow) -> Result<CouponPolicy, sqlx::Error> {
     let decode = |column: &str, e: crate::domain::ValidationError| sqlx::Error::ColumnDecode {
         index: column.to_owned(),
         source: Box::new(e),

@@ -8,18 +8,22 @@ use chrono::Utc;
 use coupon_core::admission::{Invalidation, InvalidationReason};
 use coupon_core::domain::{CouponId, CouponStatus};
 use coupon_core::domain::{CouponPolicy, NewCouponPolicy};
+use coupon_core::queries::{self, Page, PageOf, PolicyFilter};
 use coupon_core::repository;
 use coupon_core::repository::PolicyUpdate;
+use serde::Deserialize;
 use serde::Serialize;
+use std::sync::Arc;
 
 use crate::error::ApiError;
-use crate::extract::{ApiJson, CouponPath};
+use crate::extract::{ApiJson, ApiQuery, CouponPath};
 use crate::state::AppState;
 
 /// Routes of this module.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/coupons", post(create_policy))
+        .route("/api/v1/coupons", get(search_policies).post(create_policy))
+        .route("/api/v1/coupons/{coupon_id}/stats", get(policy_stats))
         .route(
             "/api/v1/coupons/{coupon_id}",
             get(get_policy).patch(update_policy).delete(delete_policy),
@@ -186,4 +190,112 @@ async fn delete_policy(
     announce(&state, id, None).await?;
     tracing::info!(coupon_id = %id, "coupon policy deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Query parameters of the policy search.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchParams {
+    status: Option<CouponStatus>,
+    active_at: Option<chrono::DateTime<Utc>>,
+    q: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/coupons?status=&active_at=&q=&cursor=&limit=`: live policies, newest first;
+/// `status` `ACTIVE`/`SUSPENDED`, `active_at` an RFC 3339 instant inside the issue window, `q`
+/// text in the title, `limit` 1–100 (default 20). `{"items": [...], "next_cursor": ...}`.
+#[tracing::instrument(name = "search_policies", skip_all)]
+async fn search_policies(
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<SearchParams>,
+) -> Result<Json<PageOf<CouponPolicy>>, ApiError> {
+    let page = Page::parse(params.limit, params.cursor.as_deref())?;
+    let filter = PolicyFilter {
+        status: params.status,
+        active_at: params.active_at,
+        title_contains: params.q.filter(|q| !q.trim().is_empty()),
+    };
+    Ok(Json(
+        queries::search_policies(&state.pool, &filter, page).await?,
+    ))
+}
+
+/// `GET /api/v1/coupons/{coupon_id}/stats`: `{"coupon_id": 1, "total": 500, "admitted": 500,
+/// "issued": 500, "pending": 0, "available": 480, "reserved": 5, "used": 10, "expired": 5,
+/// "remaining": 0, "redemption_rate": 0.02}` (counts; `total` and `remaining` are `null` for
+/// unlimited coupons; `redemption_rate` = used / issued).
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsView {
+    /// The coupon.
+    pub coupon_id: CouponId,
+    /// Stock.
+    pub total: Option<i64>,
+    /// Admitted in Redis (`SCARD`).
+    pub admitted: i64,
+    /// Persisted rows (`issued_quantity`).
+    pub issued: i64,
+    /// Admitted, not yet persisted.
+    pub pending: i64,
+    /// Persisted and usable (`ISSUED`).
+    pub available: i64,
+    /// Held by a reservation.
+    pub reserved: i64,
+    /// Used.
+    pub used: i64,
+    /// Past validity.
+    pub expired: i64,
+    /// Stock not yet admitted.
+    pub remaining: Option<i64>,
+    /// `used / issued`, 0 when nothing was issued.
+    pub redemption_rate: f64,
+}
+
+/// Stats of one coupon. Each API instance computes them at most once a second per coupon
+/// (concurrent pollers share one computation), from the `(coupon_id, status)` index and one
+/// `SCARD`, so dashboards can poll every second during a drop.
+#[tracing::instrument(name = "policy_stats", skip_all, fields(coupon_id = %id))]
+async fn policy_stats(
+    State(state): State<AppState>,
+    CouponPath(id): CouponPath,
+) -> Result<Json<StatsView>, ApiError> {
+    let load = async {
+        let policy = repository::find_policy(&state.pool, id)
+            .await?
+            .ok_or(ApiError::CouponNotFound)?;
+        let admitted = state
+            .admission
+            .admitted_count(id)
+            .await
+            .map_err(ApiError::unavailable)?;
+        let counts = queries::issue_counts(&state.pool, id).await?;
+        let issued = policy.issued_quantity;
+        Ok::<_, ApiError>(Arc::new(StatsView {
+            coupon_id: id,
+            total: policy.total_quantity,
+            admitted,
+            issued,
+            pending: (admitted - issued).max(0),
+            available: counts.issued,
+            reserved: counts.reserved,
+            used: counts.used,
+            expired: counts.expired,
+            remaining: policy.total_quantity.map(|t| (t - admitted).max(0)),
+            redemption_rate: if issued > 0 {
+                counts.used as f64 / issued as f64
+            } else {
+                0.0
+            },
+        }))
+    };
+    let stats = state
+        .stats
+        .try_get_with(id, load)
+        .await
+        .map_err(|err| match &*err {
+            ApiError::CouponNotFound => ApiError::CouponNotFound,
+            other => ApiError::unavailable(anyhow::anyhow!("stats failed: {other:?}")),
+        })?;
+    Ok(Json((*stats).clone()))
 }

@@ -4,6 +4,7 @@ pub mod coupons;
 pub mod health;
 pub mod issues;
 pub mod redemptions;
+pub mod users;
 
 use axum::Router;
 
@@ -16,6 +17,7 @@ pub fn router() -> Router<AppState> {
         .merge(coupons::router())
         .merge(issues::router())
         .merge(redemptions::router())
+        .merge(users::router())
         .merge(health::router())
         .fallback(|| async { ApiError::RouteNotFound })
 }

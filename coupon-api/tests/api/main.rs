@@ -8,4 +8,5 @@ mod coupons;
 mod errors;
 mod helpers;
 mod issues;
+mod queries;
 mod redemptions;
