@@ -173,6 +173,6 @@ async fn services_starting_together_migrate_once_without_clashing() {
                 .fetch_one(&pool)
                 .await
                 .unwrap();
-        assert_eq!(applied, 2);
+        assert_eq!(applied, db::MIGRATOR.iter().count() as i64);
     }
 }
