@@ -32,6 +32,10 @@ pub struct ApiConfig {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
 
+    /// How long an `Idempotency-Key` is remembered (seconds).
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
+    pub idempotency_ttl_secs: u32,
+
     /// Longest wait (ms) for in-flight requests to finish after SIGTERM/Ctrl-C.
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 pub mod invalidation;
 pub mod routes;
 pub mod startup;

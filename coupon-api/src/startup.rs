@@ -20,14 +20,24 @@ use tower_http::trace::TraceLayer;
 use crate::cache::PolicyCache;
 use crate::config::ApiConfig;
 use crate::error::ErrorDetail;
+use crate::idempotency::Idempotency;
 use crate::invalidation;
 use crate::routes;
 use crate::state::AppState;
 
-/// The whole app with `state`: routes, body limit of `max_body_bytes`, request metrics and
-/// error logging. Tests can drive it with `tower::ServiceExt::oneshot`, no socket needed.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// The whole app with `state`: routes, `Idempotency-Key` handling, body limit of
+/// `max_body_bytes`, request metrics and error logging. Tests can drive it with `tower::ServiceExt::oneshot`, no socket needed.
+pub fn router(state: AppState, max_body_bytes: usize, idempotency_ttl: chrono::Duration) -> Router {
+    let idempotency = Idempotency {
+        pool: state.pool.clone(),
+        ttl: idempotency_ttl,
+        max_body_bytes,
+    };
     routes::router()
+        .layer(middleware::from_fn_with_state(
+            idempotency,
+            crate::idempotency::middleware,
+        ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(observe))
         .layer(TraceLayer::new_for_http())
@@ -116,7 +126,11 @@ impl Application {
             .with_context(|| format!("binding {}", config.listen))?;
         Ok(Self {
             listener,
-            router: router(state.clone(), config.max_body_bytes),
+            router: router(
+                state.clone(),
+                config.max_body_bytes,
+                chrono::Duration::seconds(i64::from(config.idempotency_ttl_secs)),
+            ),
             state,
             background,
             invalidations_ready,

@@ -6,6 +6,7 @@
 //! - [`kafka`]: the idempotent producer and topic set-up;
 //! - [`db`] and [`repository`]: the MySQL pool, migrations and queries;
 //! - [`redemption`]: using an issued coupon for an order, and cancelling that;
+//! - [`idempotency`]: idempotency keys of state-changing requests;
 //! - [`queries`]: a user's coupons, policy search and per-coupon counts;
 //! - [`stores`]: the start-up both services share;
 //! - [`config`], [`telemetry`] and [`shutdown`]: typed configuration, tracing, metrics and
@@ -17,6 +18,7 @@ pub mod admission;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod idempotency;
 pub mod kafka;
 pub mod message;
 pub mod queries;

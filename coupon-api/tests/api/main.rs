@@ -7,6 +7,7 @@ mod admin;
 mod coupons;
 mod errors;
 mod helpers;
+mod idempotency;
 mod issues;
 mod queries;
 mod redemptions;

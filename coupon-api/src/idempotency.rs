@@ -1,0 +1,146 @@
+//! `Idempotency-Key` support for every state-changing endpoint (POST, PATCH, PUT, DELETE).
+//!
+//! The first request with a key acts and its response (status and body) is stored; a repeat
+//! with the same key and the same method, path and body gets that response back, marked
+//! `Idempotent-Replayed: true`, without acting again; the same key with anything else is a 422
+//! `IDEMPOTENCY_KEY_REUSED`. Concurrent repeats wait for the first (up to 5 s, then 409
+//! `IDEMPOTENCY_KEY_IN_PROGRESS`). A 5xx is not stored: repeating it acts again. Keys expire
+//! after `IDEMPOTENCY_TTL_SECS` (24 h by default).
+
+use std::time::Duration;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use coupon_core::idempotency::{self, Claim};
+use sha2::{Digest, Sha256};
+use sqlx::MySqlPool;
+
+use crate::error::{ApiError, ErrorBody};
+
+/// The request header carrying the key.
+pub const HEADER: &str = "idempotency-key";
+
+/// How long a repeat waits for the first request of its key to finish.
+const WAIT_FOR_FIRST: Duration = Duration::from_secs(5);
+
+/// Settings of the middleware.
+#[derive(Clone)]
+pub struct Idempotency {
+    /// Where keys are stored.
+    pub pool: MySqlPool,
+    /// How long a key is remembered.
+    pub ttl: chrono::Duration,
+    /// Largest body buffered (bytes); the same bound as the JSON extractors.
+    pub max_body_bytes: usize,
+}
+
+fn conflict(status: StatusCode, code: &'static str, message: &str) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            code,
+            message: message.to_owned(),
+        }),
+    )
+        .into_response()
+}
+
+/// The middleware; requests without the header, or with a safe method, pass straight through.
+pub async fn middleware(
+    State(settings): State<Idempotency>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return next.run(request).await;
+    }
+    let Some(key) = request.headers().get(HEADER) else {
+        return next.run(request).await;
+    };
+    let key = match key.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 255 && k.chars().all(|c| c.is_ascii_graphic()) => {
+            k.to_owned()
+        }
+        _ => {
+            return ApiError::BadRequest(
+                "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+            )
+            .into_response()
+        }
+    };
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = to_bytes(body, settings.max_body_bytes).await else {
+        return ApiError::BadRequest("request body too large or unreadable".into()).into_response();
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(parts.method.as_str());
+    hasher.update(b" ");
+    hasher.update(parts.uri.path_and_query().map_or("", |p| p.as_str()));
+    hasher.update(b"\n");
+    hasher.update(&bytes);
+    let fingerprint = format!("{:x}", hasher.finalize());
+
+    let deadline = tokio::time::Instant::now() + WAIT_FOR_FIRST;
+    loop {
+        let claim =
+            idempotency::claim(&settings.pool, &key, &fingerprint, Utc::now(), settings.ttl).await;
+        match claim {
+            Err(err) => return ApiError::unavailable(err).into_response(),
+            Ok(Claim::Mismatch) => {
+                return conflict(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "IDEMPOTENCY_KEY_REUSED",
+                    "this Idempotency-Key was used for a different request",
+                )
+            }
+            Ok(Claim::Replay { status, body }) => {
+                let mut response = Response::new(Body::from(body));
+                *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                let headers = response.headers_mut();
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+                return response;
+            }
+            Ok(Claim::InProgress) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Ok(Claim::InProgress) => {
+                return conflict(
+                    StatusCode::CONFLICT,
+                    "IDEMPOTENCY_KEY_IN_PROGRESS",
+                    "a request with this Idempotency-Key is still being processed; retry shortly",
+                )
+            }
+            Ok(Claim::Acquired) => break,
+        }
+    }
+
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = to_bytes(body, usize::MAX).await else {
+        let _ = idempotency::release(&settings.pool, &key).await;
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let stored = if parts.status.is_server_error() {
+        idempotency::release(&settings.pool, &key).await
+    } else {
+        idempotency::complete(&settings.pool, &key, parts.status.as_u16(), &bytes).await
+    };
+    if let Err(err) = stored {
+        tracing::error!(%err, "could not store the idempotent response; a repeat will act again");
+    }
+    Response::from_parts(parts, Body::from(bytes))
+}
