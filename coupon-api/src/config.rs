@@ -32,6 +32,10 @@ pub struct ApiConfig {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Default length of a checkout hold (seconds) when a reserve request names none.
+    #[arg(long, env = "RESERVATION_HOLD_SECS", default_value_t = 600)]
+    pub reservation_hold_secs: u32,
+
     /// How long an `Idempotency-Key` is remembered (seconds).
     #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
     pub idempotency_ttl_secs: u32,

@@ -59,7 +59,8 @@ pub enum ApiError {
 }
 
 /// Status and code of each redemption refusal:
-/// `COUPON_NOT_FOUND` 404 (also for another user's coupon), `REDEMPTION_NOT_FOUND` 404,
+/// `COUPON_NOT_FOUND` 404 (also for another user's coupon), `REDEMPTION_NOT_FOUND` and
+/// `RESERVATION_NOT_FOUND` 404,
 /// `ALREADY_USED`, `COUPON_RESERVED`, `COUPON_EXPIRED`, `COUPON_NOT_YET_VALID`,
 /// `COUPON_SUSPENDED`, `ALREADY_CANCELLED`, `RESTORE_NOT_ALLOWED` 409,
 /// `MIN_ORDER_AMOUNT_NOT_MET` 422.
@@ -67,6 +68,7 @@ pub fn redeem_status_and_code(err: &RedeemError) -> (StatusCode, &'static str) {
     match err {
         RedeemError::NotFound => (StatusCode::NOT_FOUND, "COUPON_NOT_FOUND"),
         RedeemError::RedemptionNotFound => (StatusCode::NOT_FOUND, "REDEMPTION_NOT_FOUND"),
+        RedeemError::ReservationNotFound => (StatusCode::NOT_FOUND, "RESERVATION_NOT_FOUND"),
         RedeemError::AlreadyUsed => (StatusCode::CONFLICT, "ALREADY_USED"),
         RedeemError::Reserved => (StatusCode::CONFLICT, "COUPON_RESERVED"),
         RedeemError::Expired => (StatusCode::CONFLICT, "COUPON_EXPIRED"),

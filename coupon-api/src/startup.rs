@@ -108,6 +108,7 @@ impl Application {
             admission,
             publisher,
             cache: cache.clone(),
+            reservation_hold: chrono::Duration::seconds(i64::from(config.reservation_hold_secs)),
             stats: crate::state::stats_cache(),
         };
 

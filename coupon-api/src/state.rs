@@ -22,6 +22,8 @@ pub struct AppState {
     pub publisher: IssuePublisher,
     /// Local policy cache and sold-out marks.
     pub cache: PolicyCache,
+    /// Default length of a checkout hold.
+    pub reservation_hold: chrono::Duration,
     /// Per-coupon stats, each kept for one second.
     pub stats: moka::future::Cache<CouponId, Arc<StatsView>>,
 }

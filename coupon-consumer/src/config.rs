@@ -27,12 +27,25 @@ pub struct ConsumerConfig {
     #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 50)]
     pub batch_max_wait_ms: u64,
 
+    /// Pause (ms) between sweeps that release expired checkout holds.
+    #[arg(long, env = "SWEEP_INTERVAL_MS", default_value_t = 1_000)]
+    pub sweep_interval_ms: u64,
+
+    /// Most holds one sweep transaction releases (count).
+    #[arg(long, env = "SWEEP_BATCH", default_value_t = 500)]
+    pub sweep_batch: u32,
+
     /// Longest pause (ms) between retries of a batch that failed on a MySQL or Kafka error.
     #[arg(long, env = "RETRY_MAX_DELAY_MS", default_value_t = 5_000)]
     pub retry_max_delay_ms: u64,
 }
 
 impl ConsumerConfig {
+    /// [`Self::sweep_interval_ms`] as a [`Duration`].
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_millis(self.sweep_interval_ms)
+    }
+
     /// [`Self::batch_max_wait_ms`] as a [`Duration`].
     pub fn batch_max_wait(&self) -> Duration {
         Duration::from_millis(self.batch_max_wait_ms)

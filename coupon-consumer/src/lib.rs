@@ -6,6 +6,9 @@
 //! `(coupon_id, user_id)` make every acknowledged issue message end as exactly one row.
 
 pub mod config;
+pub mod dead_letter;
+pub mod payments;
+pub mod sweeper;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,14 +25,13 @@ use coupon_core::repository::{self, PersistReport};
 use coupon_core::stores::Connections;
 use coupon_core::telemetry;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ConsumerConfig;
+use crate::dead_letter::{DeadLetter, DeadLetters};
 
 /// Counters of what the consumer has done, readable while it runs (tests wait on them; the
 /// same figures go to Prometheus).
@@ -43,14 +45,20 @@ pub struct ConsumerStats {
     pub dead_lettered: AtomicU64,
     /// Failed attempts at persisting a batch or dead-lettering its rejects (count).
     pub failed_attempts: AtomicU64,
+    /// Payment results applied or dead-lettered (count).
+    pub payments_applied: AtomicU64,
+    /// Checkout holds released by the sweeper (count).
+    pub holds_released: AtomicU64,
 }
 
 /// Connection handles and settings of a running consumer.
 pub struct IssueConsumer {
     consumer: StreamConsumer,
     pool: MySqlPool,
-    dead_letters: FutureProducer,
-    dead_letter_topic: String,
+    payments: StreamConsumer,
+    dead_letters: DeadLetters,
+    sweep_interval: Duration,
+    sweep_batch: u32,
     admission: AdmissionStore,
     batch_max_messages: usize,
     batch_max_wait: Duration,
@@ -75,13 +83,6 @@ pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
     config
 }
 
-/// Why a message goes to the dead-letter topic.
-struct DeadLetter<'a> {
-    message: &'a OwnedMessage,
-    reason: &'static str,
-    detail: String,
-}
-
 impl IssueConsumer {
     /// Connects to MySQL (creating the database and applying migrations), Redis and Kafka
     /// (creating topics when configured to) and joins the consumer group.
@@ -98,14 +99,28 @@ impl IssueConsumer {
         consumer
             .subscribe(&[&stores.kafka_issue_topic])
             .context("subscribing to the issue topic")?;
-        let dead_letters = producer_config(&stores.kafka_brokers, stores.kafka_message_timeout())
-            .create()
-            .context("creating the dead-letter producer")?;
+        let dead_letters = DeadLetters {
+            producer: producer_config(&stores.kafka_brokers, stores.kafka_message_timeout())
+                .create()
+                .context("creating the dead-letter producer")?,
+            topic: stores.kafka_dead_letter_topic.clone(),
+        };
+        let payments: StreamConsumer = consumer_config(
+            &stores.kafka_brokers,
+            &format!("{}-payments", config.group_id),
+        )
+        .create()
+        .context("creating the payments consumer")?;
+        payments
+            .subscribe(&[&stores.kafka_payments_topic])
+            .context("subscribing to the payments topic")?;
         Ok(Self {
             consumer,
             pool,
+            payments,
             dead_letters,
-            dead_letter_topic: stores.kafka_dead_letter_topic.clone(),
+            sweep_interval: config.sweep_interval(),
+            sweep_batch: config.sweep_batch,
             admission: AdmissionStore::new(redis, RedisKeys::new(stores.redis_key_prefix.clone())),
             batch_max_messages: config.batch_max_messages.max(1),
             batch_max_wait: config.batch_max_wait(),
@@ -123,7 +138,8 @@ impl IssueConsumer {
         Arc::clone(&self.stats)
     }
 
-    /// Consumes until `shutdown` fires. A batch being collected when it fires is still
+    /// Consumes issue messages and payment results and sweeps expired holds until `shutdown`
+    /// fires. A batch being collected when it fires is still
     /// persisted and committed; a batch stuck retrying is abandoned uncommitted (it will be
     /// redelivered). Then the consumer leaves the group.
     ///
@@ -141,12 +157,20 @@ impl IssueConsumer {
                 token.cancel();
             }
         };
+        let loops = async {
+            tokio::join!(
+                self.consume(&token),
+                self.consume_payments(&token),
+                self.sweep(&token),
+            )
+        };
         tokio::select! {
-            () = self.consume(&token) => {}
+            _ = loops => {}
             () = async { stop.await; std::future::pending::<()>().await } => {}
         }
-        tracing::info!("consumer stopped; leaving the group");
+        tracing::info!("consumer stopped; leaving the groups");
         self.consumer.unsubscribe();
+        self.payments.unsubscribe();
         Ok(())
     }
 
@@ -229,7 +253,7 @@ impl IssueConsumer {
             });
         }
         if !dead.is_empty() {
-            let send = || self.dead_letter(&dead);
+            let send = || self.dead_letters.send(&dead);
             self.retrying("dead-lettering", send, shutdown).await?;
         }
 
@@ -276,7 +300,7 @@ impl IssueConsumer {
 
     /// Runs `attempt` until it succeeds, backing off exponentially; `None` if `shutdown` fires
     /// first.
-    async fn retrying<T, E, F, Fut>(
+    pub(crate) async fn retrying<T, E, F, Fut>(
         &self,
         what: &str,
         attempt: F,
@@ -300,33 +324,6 @@ impl IssueConsumer {
             () = shutdown.cancelled() => None,
             result = retried => result.ok(),
         }
-    }
-
-    /// Sends every dead letter, waiting for all acknowledgements.
-    async fn dead_letter(&self, dead: &[DeadLetter<'_>]) -> Result<(), rdkafka::error::KafkaError> {
-        let sends = dead.iter().map(|letter| {
-            let partition = letter.message.partition().to_string();
-            let offset = letter.message.offset().to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: "x-dead-letter-reason", value: Some(letter.reason) })
-                .insert(Header { key: "x-dead-letter-detail", value: Some(&letter.detail) })
-                .insert(Header { key: "x-source-topic", value: Some(letter.message.topic()) })
-                .insert(Header { key: "x-source-partition", value: Some(&partition) })
-                .insert(Header { key: "x-source-offset", value: Some(&offset) });
-            let mut record = FutureRecord::<[u8], [u8]>::to(&self.dead_letter_topic)
-                .payload(letter.message.payload().unwrap_or_default())
-                .headers(headers);
-            if let Some(key) = letter.message.key() {
-                record = record.key(key);
-            }
-            metrics::counter!("coupon_consumer_dead_letters_total", "reason" => letter.reason).increment(1);
-            tracing::warn!(reason = letter.reason, detail = %letter.detail, "dead-lettering an issue message");
-            self.dead_letters.send(record, Timeout::Never)
-        });
-        for result in futures::future::join_all(sends).await {
-            result.map_err(|(err, _)| err)?;
-        }
-        Ok(())
     }
 
     /// Commits, per partition, the offset after the batch's last message there. Offsets inside

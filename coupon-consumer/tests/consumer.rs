@@ -15,6 +15,7 @@ use coupon_core::config::StoreConfig;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::kafka::producer_config;
 use coupon_core::message::IssueMessage;
+use coupon_core::redemption::{self, OrderId};
 use coupon_core::{db, repository, testing};
 use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -286,4 +287,102 @@ async fn shutdown_finishes_and_leaves_the_group() {
     let result = tokio::time::timeout(Duration::from_secs(30), consumer.task).await;
 
     assert!(result.expect("stops within 30 s").expect("task").is_ok());
+}
+
+#[tokio::test]
+async fn payment_results_confirm_or_release_holds_once_even_when_repeated() {
+    let consumer = start().await;
+    let coupon = consumer.coupon(10).await;
+    repository::persist_batch(&consumer.pool, &[issue(coupon, 1), issue(coupon, 2)])
+        .await
+        .unwrap();
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM coupon_issues ORDER BY user_id")
+        .fetch_all(&consumer.pool)
+        .await
+        .unwrap();
+    for (user, id) in [(1, ids[0]), (2, ids[1])] {
+        let order = OrderId::parse(&format!("order-{user}")).unwrap();
+        let user = UserId::parse(user).unwrap();
+        redemption::reserve(
+            &consumer.pool,
+            id,
+            user,
+            &order,
+            50_000,
+            chrono::Duration::minutes(10),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    }
+    let consumer = &consumer;
+    let send = |payload: &'static str| async move {
+        let record = FutureRecord::to(&consumer.stores.kafka_payments_topic)
+            .key("k")
+            .payload(payload);
+        consumer
+            .producer
+            .send(record, Timeout::Never)
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    };
+
+    send(r#"{"order_id": "order-1", "status": "COMPLETED"}"#).await;
+    send(r#"{"order_id": "order-1", "status": "COMPLETED"}"#).await;
+    send(r#"{"order_id": "order-2", "status": "FAILED"}"#).await;
+    send("{not json").await;
+    testing::eventually("payment results applied", WAIT, || async {
+        (consumer.stats.payments_applied.load(Ordering::Relaxed) >= 4).then_some(())
+    })
+    .await;
+
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM coupon_issues ORDER BY user_id")
+            .fetch_all(&consumer.pool)
+            .await
+            .unwrap();
+    assert_eq!(states, vec!["USED".to_owned(), "ISSUED".to_owned()]);
+    let redemptions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM coupon_redemptions")
+        .fetch_one(&consumer.pool)
+        .await
+        .unwrap();
+    assert_eq!(redemptions, 1, "the repeated COMPLETED changed nothing");
+}
+
+#[tokio::test]
+async fn the_sweeper_releases_expired_holds_by_itself() {
+    let consumer = start().await;
+    let coupon = consumer.coupon(10).await;
+    repository::persist_batch(&consumer.pool, &[issue(coupon, 1)])
+        .await
+        .unwrap();
+    let id: i64 = sqlx::query_scalar("SELECT id FROM coupon_issues")
+        .fetch_one(&consumer.pool)
+        .await
+        .unwrap();
+    let order = OrderId::parse("order-1").unwrap();
+    let long_ago = Utc::now() - chrono::Duration::minutes(20);
+    redemption::reserve(
+        &consumer.pool,
+        id,
+        UserId::parse(1).unwrap(),
+        &order,
+        50_000,
+        chrono::Duration::minutes(10),
+        long_ago,
+    )
+    .await
+    .unwrap();
+
+    testing::eventually("the hold released", WAIT, || async {
+        (consumer.stats.holds_released.load(Ordering::Relaxed) >= 1).then_some(())
+    })
+    .await;
+
+    let status: String = sqlx::query_scalar("SELECT status FROM coupon_issues")
+        .fetch_one(&consumer.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "ISSUED");
 }

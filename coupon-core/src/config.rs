@@ -54,6 +54,11 @@ pub struct StoreConfig {
     )]
     pub kafka_dead_letter_topic: String,
 
+    /// Topic of payment results (`{"order_id": "...", "status": "COMPLETED" | "FAILED"}`) that
+    /// confirm or release checkout holds.
+    #[arg(long, env = "KAFKA_PAYMENTS_TOPIC", default_value = "payments")]
+    pub kafka_payments_topic: String,
+
     /// Partitions of the issue topic when a service has to create it (count).
     #[arg(long, env = "KAFKA_ISSUE_PARTITIONS", default_value_t = 12)]
     pub kafka_issue_partitions: i32,

@@ -36,7 +36,7 @@ pub fn producer_config(brokers: &str, message_timeout: Duration) -> ClientConfig
     config
 }
 
-/// Creates the issue and dead-letter topics when they are missing (topic already exists is not
+/// Creates the issue, dead-letter and payments topics when they are missing (topic already exists is not
 /// an error). Some brokers (tansu, Kafka with `auto.create.topics.enable=false`) create no topic
 /// on first use.
 ///
@@ -57,6 +57,7 @@ pub async fn ensure_topics(stores: &StoreConfig) -> Result<(), KafkaError> {
             1,
             TopicReplication::Fixed(1),
         ),
+        NewTopic::new(&stores.kafka_payments_topic, 3, TopicReplication::Fixed(1)),
     ];
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&topics, &options).await? {

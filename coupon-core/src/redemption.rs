@@ -1,4 +1,5 @@
-//! Using an issued coupon for an order (redeem) and giving it back when the order is cancelled.
+//! Using an issued coupon for an order: at once (redeem), or through a checkout hold
+//! (reserve, then confirm or release), and giving it back when the order is cancelled.
 //!
 //! One conditional `UPDATE … WHERE status = 'ISSUED'` decides a redemption: InnoDB takes the
 //! row's exclusive lock for the update and re-evaluates the condition on the latest version, so
@@ -102,6 +103,9 @@ pub enum RedeemError {
     /// The policy does not give coupons back on cancelled orders (cancel).
     #[error("this coupon policy does not restore coupons of cancelled orders")]
     RestoreNotAllowed,
+    /// No hold of this coupon for this order (confirm, cancel of a reservation).
+    #[error("no reservation of this coupon for this order")]
+    ReservationNotFound,
     /// The database failed.
     #[error("database error")]
     Database(#[from] sqlx::Error),
@@ -140,22 +144,16 @@ fn state_refusal(issue: &IssueRow, now: DateTime<Utc>) -> Option<RedeemError> {
     }
 }
 
-/// Uses `user`'s issued coupon `issue_id` for an order of `order_amount` at instant `now`.
-///
-/// Checks, in order: ownership, policy active, state (used, reserved, expired), use validity,
-/// minimum order; then one conditional `UPDATE` to `USED` decides among concurrent requests,
-/// and a `coupon_redemptions` row records the amounts, in the same transaction.
-///
-/// # Errors
-/// A [`RedeemError`] naming the rule the request broke, or [`RedeemError::Database`].
-pub async fn redeem(
+/// The issue and its policy when `user` may use coupon `issue_id` on an order of
+/// `order_amount` now: policy active, coupon `ISSUED` and inside its use validity, order at
+/// least `min_order_amount`.
+async fn usable(
     pool: &MySqlPool,
     issue_id: i64,
     user: UserId,
-    order_id: &OrderId,
     order_amount: i64,
     now: DateTime<Utc>,
-) -> Result<Redemption, RedeemError> {
+) -> Result<(IssueRow, crate::domain::CouponPolicy), RedeemError> {
     let issue = issue_of(pool, issue_id, user).await?;
     let policy = repository::find_policy(pool, issue.coupon_id)
         .await?
@@ -174,6 +172,26 @@ pub async fn redeem(
             min: policy.min_order_amount,
         });
     }
+    Ok((issue, policy))
+}
+
+/// Uses `user`'s issued coupon `issue_id` for an order of `order_amount` at instant `now`.
+///
+/// Checks, in order: ownership, policy active, state (used, reserved, expired), use validity,
+/// minimum order; then one conditional `UPDATE` to `USED` decides among concurrent requests,
+/// and a `coupon_redemptions` row records the amounts, in the same transaction.
+///
+/// # Errors
+/// A [`RedeemError`] naming the rule the request broke, or [`RedeemError::Database`].
+pub async fn redeem(
+    pool: &MySqlPool,
+    issue_id: i64,
+    user: UserId,
+    order_id: &OrderId,
+    order_amount: i64,
+    now: DateTime<Utc>,
+) -> Result<Redemption, RedeemError> {
+    let (issue, policy) = usable(pool, issue_id, user, order_amount, now).await?;
     let discount = policy.discount_for(order_amount);
 
     let mut tx = pool.begin().await?;
@@ -195,26 +213,7 @@ pub async fn redeem(
         let now_state = issue_of(pool, issue_id, user).await?;
         return Err(state_refusal(&now_state, now).unwrap_or(RedeemError::AlreadyUsed));
     }
-    sqlx::query(
-        "INSERT INTO coupon_redemptions (coupon_issue_id, coupon_id, user_id, order_id, \
-         order_amount, discount_amount, final_amount, status, redeemed_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, 'USED', ?) \
-         ON DUPLICATE KEY UPDATE order_amount = VALUES(order_amount), \
-         discount_amount = VALUES(discount_amount), final_amount = VALUES(final_amount), \
-         status = 'USED', redeemed_at = VALUES(redeemed_at), cancelled_at = NULL",
-    )
-    .bind(issue_id)
-    .bind(issue.coupon_id.get())
-    .bind(user.get())
-    .bind(order_id.as_str())
-    .bind(order_amount)
-    .bind(discount)
-    .bind(order_amount - discount)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Redemption {
+    let redemption = Redemption {
         coupon_issue_id: issue_id,
         coupon_id: issue.coupon_id,
         user_id: user,
@@ -224,7 +223,36 @@ pub async fn redeem(
         final_amount: order_amount - discount,
         status: "USED",
         redeemed_at: now,
-    })
+    };
+    record(&mut tx, &redemption).await?;
+    tx.commit().await?;
+    Ok(redemption)
+}
+
+/// Writes (or, for an order redeemed before and cancelled, rewrites) the redemption row.
+async fn record(
+    tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+    r: &Redemption,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO coupon_redemptions (coupon_issue_id, coupon_id, user_id, order_id, \
+         order_amount, discount_amount, final_amount, status, redeemed_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, 'USED', ?) \
+         ON DUPLICATE KEY UPDATE order_amount = VALUES(order_amount), \
+         discount_amount = VALUES(discount_amount), final_amount = VALUES(final_amount), \
+         status = 'USED', redeemed_at = VALUES(redeemed_at), cancelled_at = NULL",
+    )
+    .bind(r.coupon_issue_id)
+    .bind(r.coupon_id.get())
+    .bind(r.user_id.get())
+    .bind(r.order_id.as_str())
+    .bind(r.order_amount)
+    .bind(r.discount_amount)
+    .bind(r.final_amount)
+    .bind(r.redeemed_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Cancels the redemption of `issue_id` for `order_id` (the order was cancelled) and gives the
@@ -279,4 +307,259 @@ pub async fn cancel_redemption(
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// A checkout hold: `{"coupon_issue_id": 9, "coupon_id": 1, "user_id": 7, "order_id": "o-1",
+/// "order_amount": 30000, "discount_amount": 5000, "final_amount": 25000,
+/// "status": "RESERVED", "reserved_until": "…"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reservation {
+    /// The held coupon.
+    pub coupon_issue_id: i64,
+    /// Its policy.
+    pub coupon_id: CouponId,
+    /// Its owner.
+    pub user_id: UserId,
+    /// The order holding it.
+    pub order_id: OrderId,
+    /// Order amount the discount was computed on.
+    pub order_amount: i64,
+    /// Discount that confirming will grant.
+    pub discount_amount: i64,
+    /// `order_amount - discount_amount`.
+    pub final_amount: i64,
+    /// Always `RESERVED`.
+    pub status: &'static str,
+    /// When the hold ends unless confirmed; the sweeper then releases it.
+    pub reserved_until: DateTime<Utc>,
+}
+
+/// Holds `user`'s coupon `issue_id` for an order until `now + hold`. The same checks as
+/// [`redeem`] apply; one conditional `UPDATE … WHERE status = 'ISSUED'` decides among
+/// concurrent holds, so a coupon is held for at most one order, and a held coupon cannot be
+/// redeemed directly ([`RedeemError::Reserved`]).
+///
+/// # Errors
+/// A [`RedeemError`] naming the broken rule, or a database error.
+pub async fn reserve(
+    pool: &MySqlPool,
+    issue_id: i64,
+    user: UserId,
+    order_id: &OrderId,
+    order_amount: i64,
+    hold: chrono::Duration,
+    now: DateTime<Utc>,
+) -> Result<Reservation, RedeemError> {
+    let (issue, policy) = usable(pool, issue_id, user, order_amount, now).await?;
+    let reserved_until = now + hold;
+    let claimed = sqlx::query(
+        "UPDATE coupon_issues SET status = 'RESERVED', order_id = ?, order_amount = ?, \
+         reserved_until = ? WHERE id = ? AND user_id = ? AND status = 'ISSUED' \
+         AND (expires_at IS NULL OR expires_at > ?)",
+    )
+    .bind(order_id.as_str())
+    .bind(order_amount)
+    .bind(reserved_until)
+    .bind(issue_id)
+    .bind(user.get())
+    .bind(now)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if claimed == 0 {
+        let now_state = issue_of(pool, issue_id, user).await?;
+        return Err(state_refusal(&now_state, now).unwrap_or(RedeemError::Reserved));
+    }
+    let discount = policy.discount_for(order_amount);
+    Ok(Reservation {
+        coupon_issue_id: issue_id,
+        coupon_id: issue.coupon_id,
+        user_id: user,
+        order_id: order_id.clone(),
+        order_amount,
+        discount_amount: discount,
+        final_amount: order_amount - discount,
+        status: "RESERVED",
+        reserved_until,
+    })
+}
+
+/// Turns the hold of `issue_id` by `order_id` into a use (payment succeeded), inside `tx`.
+/// `None` when no such hold exists (never held, released, or already confirmed).
+async fn confirm_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+    issue_id: i64,
+    order_id: &OrderId,
+    now: DateTime<Utc>,
+) -> Result<Option<Redemption>, RedeemError> {
+    let Some(row) = sqlx::query(
+        "SELECT coupon_id, user_id, order_amount FROM coupon_issues \
+         WHERE id = ? AND status = 'RESERVED' AND order_id = ? FOR UPDATE",
+    )
+    .bind(issue_id)
+    .bind(order_id.as_str())
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let coupon = CouponId::parse(row.try_get("coupon_id")?).map_err(|_| RedeemError::NotFound)?;
+    let user = UserId::parse(row.try_get("user_id")?).map_err(|_| RedeemError::NotFound)?;
+    let order_amount: i64 = row.try_get::<Option<i64>, _>("order_amount")?.unwrap_or(0);
+    let policy = sqlx::query(&format!(
+        "SELECT {} FROM coupons WHERE id = ?",
+        repository::POLICY_COLUMNS
+    ))
+    .bind(coupon.get())
+    .fetch_one(&mut **tx)
+    .await?;
+    let discount = repository::policy_from_row(&policy)?.discount_for(order_amount);
+    sqlx::query(
+        "UPDATE coupon_issues SET status = 'USED', used_at = ?, reserved_until = NULL \
+         WHERE id = ? AND status = 'RESERVED'",
+    )
+    .bind(now)
+    .bind(issue_id)
+    .execute(&mut **tx)
+    .await?;
+    let redemption = Redemption {
+        coupon_issue_id: issue_id,
+        coupon_id: coupon,
+        user_id: user,
+        order_id: order_id.clone(),
+        order_amount,
+        discount_amount: discount,
+        final_amount: order_amount - discount,
+        status: "USED",
+        redeemed_at: now,
+    };
+    record(tx, &redemption).await?;
+    Ok(Some(redemption))
+}
+
+/// Confirms `user`'s hold of `issue_id` for `order_id` (payment succeeded): the coupon is used,
+/// with the discount computed on the held order amount. A hold past its end that the sweeper
+/// has not released yet is still confirmed: the payment went through.
+///
+/// # Errors
+/// [`RedeemError::ReservationNotFound`] when this user holds no such reservation, or a
+/// database error.
+pub async fn confirm_reservation(
+    pool: &MySqlPool,
+    issue_id: i64,
+    user: UserId,
+    order_id: &OrderId,
+    now: DateTime<Utc>,
+) -> Result<Redemption, RedeemError> {
+    issue_of(pool, issue_id, user).await?;
+    let mut tx = pool.begin().await?;
+    let redemption = confirm_in(&mut tx, issue_id, order_id, now)
+        .await?
+        .ok_or(RedeemError::ReservationNotFound)?;
+    tx.commit().await?;
+    Ok(redemption)
+}
+
+const RELEASE: &str = "UPDATE coupon_issues SET status = 'ISSUED', order_id = NULL, \
+     order_amount = NULL, reserved_until = NULL WHERE status = 'RESERVED' AND ";
+
+/// Releases `user`'s hold of `issue_id` for `order_id` (checkout abandoned): the coupon is
+/// usable again.
+///
+/// # Errors
+/// [`RedeemError::ReservationNotFound`] when there is no such hold, or a database error.
+pub async fn release_reservation(
+    pool: &MySqlPool,
+    issue_id: i64,
+    user: UserId,
+    order_id: &OrderId,
+) -> Result<(), RedeemError> {
+    let released = sqlx::query(&format!(
+        "{RELEASE} id = ? AND user_id = ? AND order_id = ?"
+    ))
+    .bind(issue_id)
+    .bind(user.get())
+    .bind(order_id.as_str())
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if released == 0 {
+        return Err(RedeemError::ReservationNotFound);
+    }
+    Ok(())
+}
+
+/// Applies a payment result to every coupon held by `order_id`: `paid` confirms them (used),
+/// otherwise releases them. Idempotent: a repeated result finds no hold left and changes
+/// nothing. Returns how many coupons changed.
+///
+/// # Errors
+/// Any database error.
+pub async fn settle_order(
+    pool: &MySqlPool,
+    order_id: &OrderId,
+    paid: bool,
+    now: DateTime<Utc>,
+) -> Result<u64, RedeemError> {
+    if !paid {
+        let released = sqlx::query(&format!("{RELEASE} order_id = ?"))
+            .bind(order_id.as_str())
+            .execute(pool)
+            .await?
+            .rows_affected();
+        return Ok(released);
+    }
+    let mut tx = pool.begin().await?;
+    let held: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM coupon_issues WHERE order_id = ? AND status = 'RESERVED' FOR UPDATE",
+    )
+    .bind(order_id.as_str())
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut confirmed = 0;
+    for issue_id in held {
+        if confirm_in(&mut tx, issue_id, order_id, now)
+            .await?
+            .is_some()
+        {
+            confirmed += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(confirmed)
+}
+
+/// Releases up to `batch` holds that ended at or before `now`, oldest first, and returns their
+/// ids. Rows are locked with `FOR UPDATE SKIP LOCKED` (MySQL 8, MariaDB 10.6+), so several
+/// sweepers running at once take disjoint rows and never wait on each other. `now` is a
+/// parameter so tests can move the clock.
+///
+/// # Errors
+/// Any database error.
+pub async fn release_expired_holds(
+    pool: &MySqlPool,
+    now: DateTime<Utc>,
+    batch: u32,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM coupon_issues WHERE status = 'RESERVED' AND reserved_until <= ? \
+         ORDER BY reserved_until LIMIT ? FOR UPDATE SKIP LOCKED",
+    )
+    .bind(now)
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    for chunk in ids.chunks(500) {
+        let mut release = sqlx::QueryBuilder::<sqlx::MySql>::new(RELEASE);
+        release.push("id IN (");
+        let mut list = release.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        release.push(")");
+        release.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(ids)
 }

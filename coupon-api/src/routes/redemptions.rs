@@ -1,11 +1,12 @@
 //! Using an issued coupon: `POST /api/v1/users/{user_id}/coupons/{coupon_issue_id}/redeem` and
-//! its cancellation `…/redeem/cancel`.
+//! its cancellation `…/redeem/cancel`; checkout holds `…/reserve`, `…/reserve/confirm`,
+//! `…/reserve/cancel`.
 
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
-use coupon_core::redemption::{self, OrderId, Redemption};
+use coupon_core::redemption::{self, OrderId, Redemption, Reservation};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
@@ -22,6 +23,18 @@ pub fn router() -> Router<AppState> {
         .route(
             "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/redeem/cancel",
             post(cancel),
+        )
+        .route(
+            "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/reserve",
+            post(reserve),
+        )
+        .route(
+            "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/reserve/confirm",
+            post(confirm_reservation),
+        )
+        .route(
+            "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/reserve/cancel",
+            post(release_reservation),
         )
 }
 
@@ -60,7 +73,7 @@ async fn redeem(
     Ok(Json(redemption))
 }
 
-/// Body of a cancellation: `{"order_id": "order-1"}`.
+/// Body naming an order: `{"order_id": "order-1"}` (cancel, confirm, release).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CancelBody {
@@ -85,6 +98,85 @@ async fn cancel(
 ) -> Result<Json<Restored>, ApiError> {
     let order_id = OrderId::parse(&body.order_id)?;
     redemption::cancel_redemption(&state.pool, issue, user, &order_id, Utc::now()).await?;
+    Ok(Json(Restored {
+        coupon_issue_id: issue,
+        status: "ISSUED",
+    }))
+}
+
+/// Longest hold a reserve request may ask for (seconds).
+const MAX_HOLD_SECS: i64 = 86_400;
+
+/// Body of a reserve: `{"order_id": "o-1", "order_amount": 30000, "hold_seconds": 600}`
+/// (`hold_seconds` optional, 1–86400; default `RESERVATION_HOLD_SECS`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReserveBody {
+    order_id: String,
+    order_amount: i64,
+    hold_seconds: Option<i64>,
+}
+
+/// Holds the coupon for an order during checkout: 200 with the hold (discount preview and
+/// `reserved_until`). Refusals as for redeem; a held coupon is 409 `COUPON_RESERVED`.
+#[tracing::instrument(name = "reserve", skip_all, fields(user_id = %user, coupon_issue_id = issue))]
+async fn reserve(
+    State(state): State<AppState>,
+    UserIssuePath(user, issue): UserIssuePath,
+    ApiJson(body): ApiJson<ReserveBody>,
+) -> Result<Json<Reservation>, ApiError> {
+    let order_id = OrderId::parse(&body.order_id)?;
+    if body.order_amount <= 0 {
+        return Err(ApiError::Validation(
+            "order_amount must be a positive amount".into(),
+        ));
+    }
+    let hold = match body.hold_seconds {
+        None => state.reservation_hold,
+        Some(secs) if (1..=MAX_HOLD_SECS).contains(&secs) => chrono::Duration::seconds(secs),
+        Some(_) => {
+            return Err(ApiError::Validation(format!(
+                "hold_seconds must be from 1 to {MAX_HOLD_SECS}"
+            )))
+        }
+    };
+    let reservation = redemption::reserve(
+        &state.pool,
+        issue,
+        user,
+        &order_id,
+        body.order_amount,
+        hold,
+        Utc::now(),
+    )
+    .await?;
+    Ok(Json(reservation))
+}
+
+/// Payment succeeded: the held coupon becomes used; 200 with the redemption. 404
+/// `RESERVATION_NOT_FOUND` when the coupon is not held for this order (released, or confirmed).
+#[tracing::instrument(name = "confirm_reservation", skip_all, fields(user_id = %user, coupon_issue_id = issue))]
+async fn confirm_reservation(
+    State(state): State<AppState>,
+    UserIssuePath(user, issue): UserIssuePath,
+    ApiJson(body): ApiJson<CancelBody>,
+) -> Result<Json<Redemption>, ApiError> {
+    let order_id = OrderId::parse(&body.order_id)?;
+    let redemption =
+        redemption::confirm_reservation(&state.pool, issue, user, &order_id, Utc::now()).await?;
+    Ok(Json(redemption))
+}
+
+/// Checkout abandoned: the hold is released and the coupon usable again; 200
+/// `{"coupon_issue_id": 9, "status": "ISSUED"}`. 404 `RESERVATION_NOT_FOUND` otherwise.
+#[tracing::instrument(name = "release_reservation", skip_all, fields(user_id = %user, coupon_issue_id = issue))]
+async fn release_reservation(
+    State(state): State<AppState>,
+    UserIssuePath(user, issue): UserIssuePath,
+    ApiJson(body): ApiJson<CancelBody>,
+) -> Result<Json<Restored>, ApiError> {
+    let order_id = OrderId::parse(&body.order_id)?;
+    redemption::release_reservation(&state.pool, issue, user, &order_id).await?;
     Ok(Json(Restored {
         coupon_issue_id: issue,
         status: "ISSUED",

@@ -11,3 +11,4 @@ mod idempotency;
 mod issues;
 mod queries;
 mod redemptions;
+mod reservations;

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use crate::helpers::{assert_error, spawn_app, TestApp};
 
 /// Creates `policy`, issues it to `user` as coupon-consumer would, returns the issue id.
-async fn issued(app: &TestApp, policy: &NewCouponPolicy, user: i64) -> i64 {
+pub async fn issued(app: &TestApp, policy: &NewCouponPolicy, user: i64) -> i64 {
     let coupon = app.create_policy(policy).await["id"].as_i64().unwrap();
     let message = IssueMessage {
         coupon_id: CouponId::parse(coupon).unwrap(),

@@ -1,0 +1,62 @@
+//! The dead-letter topic: where messages that can never succeed go, with their reason, so the
+//! partition behind them keeps moving and an operator can inspect or replay them.
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::Message;
+
+/// A message that can never succeed, and why.
+pub struct DeadLetter<'a> {
+    /// The original message; its key and payload are forwarded unchanged.
+    pub message: &'a OwnedMessage,
+    /// Stable reason (`malformed`, `unknown_coupon`, `stock_exceeded`, …): the
+    /// `x-dead-letter-reason` header and the metrics label.
+    pub reason: &'static str,
+    /// Human-readable detail: the `x-dead-letter-detail` header.
+    pub detail: String,
+}
+
+/// Producer of the dead-letter topic (idempotent, `acks=all`).
+pub struct DeadLetters {
+    /// The producer.
+    pub producer: FutureProducer,
+    /// The dead-letter topic.
+    pub topic: String,
+}
+
+impl DeadLetters {
+    /// Sends every letter with headers `x-dead-letter-reason`, `x-dead-letter-detail`,
+    /// `x-source-topic`, `x-source-partition`, `x-source-offset`, and waits for all
+    /// acknowledgements.
+    ///
+    /// # Errors
+    /// A letter was not acknowledged; the caller retries and commits nothing meanwhile.
+    pub async fn send(&self, letters: &[DeadLetter<'_>]) -> Result<(), KafkaError> {
+        let sends = letters.iter().map(|letter| {
+            let partition = letter.message.partition().to_string();
+            let offset = letter.message.offset().to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "x-dead-letter-reason", value: Some(letter.reason) })
+                .insert(Header { key: "x-dead-letter-detail", value: Some(&letter.detail) })
+                .insert(Header { key: "x-source-topic", value: Some(letter.message.topic()) })
+                .insert(Header { key: "x-source-partition", value: Some(&partition) })
+                .insert(Header { key: "x-source-offset", value: Some(&offset) });
+            let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+                .payload(letter.message.payload().unwrap_or_default())
+                .headers(headers);
+            if let Some(key) = letter.message.key() {
+                record = record.key(key);
+            }
+            metrics::counter!("coupon_consumer_dead_letters_total", "reason" => letter.reason)
+                .increment(1);
+            tracing::warn!(reason = letter.reason, detail = %letter.detail, "dead-lettering a message");
+            self.producer.send(record, Timeout::Never)
+        });
+        for result in futures::future::join_all(sends).await {
+            result.map_err(|(err, _)| err)?;
+        }
+        Ok(())
+    }
+}
