@@ -35,12 +35,34 @@ pub struct ConsumerConfig {
     #[arg(long, env = "SWEEP_BATCH", default_value_t = 500)]
     pub sweep_batch: u32,
 
+    /// Pause (ms) between polls of the event outbox when it was empty.
+    #[arg(long, env = "RELAY_INTERVAL_MS", default_value_t = 200)]
+    pub relay_interval_ms: u64,
+
+    /// Pause (ms) between runs of the expiry jobs (EXPIRING_SOON notices, EXPIRED marks).
+    #[arg(long, env = "EXPIRY_INTERVAL_MS", default_value_t = 60_000)]
+    pub expiry_interval_ms: u64,
+
+    /// Days before the end of validity that EXPIRING_SOON is sent (each coupon once).
+    #[arg(long, env = "EXPIRING_SOON_DAYS", default_value_t = 7)]
+    pub expiring_soon_days: u32,
+
     /// Longest pause (ms) between retries of a batch that failed on a MySQL or Kafka error.
     #[arg(long, env = "RETRY_MAX_DELAY_MS", default_value_t = 5_000)]
     pub retry_max_delay_ms: u64,
 }
 
 impl ConsumerConfig {
+    /// [`Self::relay_interval_ms`] as a [`Duration`].
+    pub fn relay_interval(&self) -> Duration {
+        Duration::from_millis(self.relay_interval_ms)
+    }
+
+    /// [`Self::expiry_interval_ms`] as a [`Duration`].
+    pub fn expiry_interval(&self) -> Duration {
+        Duration::from_millis(self.expiry_interval_ms)
+    }
+
     /// [`Self::sweep_interval_ms`] as a [`Duration`].
     pub fn sweep_interval(&self) -> Duration {
         Duration::from_millis(self.sweep_interval_ms)

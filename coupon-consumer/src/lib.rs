@@ -7,6 +7,8 @@
 
 pub mod config;
 pub mod dead_letter;
+pub mod expiry;
+pub mod outbox;
 pub mod payments;
 pub mod sweeper;
 
@@ -49,6 +51,8 @@ pub struct ConsumerStats {
     pub payments_applied: AtomicU64,
     /// Checkout holds released by the sweeper (count).
     pub holds_released: AtomicU64,
+    /// Events published from the outbox (count).
+    pub events_published: AtomicU64,
 }
 
 /// Connection handles and settings of a running consumer.
@@ -59,6 +63,10 @@ pub struct IssueConsumer {
     dead_letters: DeadLetters,
     sweep_interval: Duration,
     sweep_batch: u32,
+    events_topic: String,
+    relay_interval: Duration,
+    expiry_interval: Duration,
+    expiring_soon: chrono::Duration,
     admission: AdmissionStore,
     batch_max_messages: usize,
     batch_max_wait: Duration,
@@ -121,6 +129,10 @@ impl IssueConsumer {
             dead_letters,
             sweep_interval: config.sweep_interval(),
             sweep_batch: config.sweep_batch,
+            events_topic: stores.kafka_events_topic.clone(),
+            relay_interval: config.relay_interval(),
+            expiry_interval: config.expiry_interval(),
+            expiring_soon: chrono::Duration::days(i64::from(config.expiring_soon_days)),
             admission: AdmissionStore::new(redis, RedisKeys::new(stores.redis_key_prefix.clone())),
             batch_max_messages: config.batch_max_messages.max(1),
             batch_max_wait: config.batch_max_wait(),
@@ -162,6 +174,8 @@ impl IssueConsumer {
                 self.consume(&token),
                 self.consume_payments(&token),
                 self.sweep(&token),
+                self.relay_events(&token),
+                self.run_expiry_jobs(&token),
             )
         };
         tokio::select! {

@@ -48,7 +48,9 @@ impl IssueConsumer {
             if self.settle(&message, shutdown).await.is_none() {
                 return;
             }
-            self.stats.payments_applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.stats
+                .payments_applied
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Err(err) = self
                 .payments
                 .commit(&next_offset(&message), CommitMode::Sync)

@@ -386,3 +386,53 @@ async fn the_sweeper_releases_expired_holds_by_itself() {
         .unwrap();
     assert_eq!(status, "ISSUED");
 }
+
+#[tokio::test]
+async fn issued_coupons_are_announced_on_the_events_topic() {
+    let consumer = start().await;
+    let coupon = consumer.coupon(10).await;
+    for user in 1..=3 {
+        consumer.send(&issue(coupon, user)).await;
+    }
+    testing::eventually("events published", WAIT, || async {
+        (consumer.stats.events_published.load(Ordering::Relaxed) >= 3).then_some(())
+    })
+    .await;
+
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &consumer.stores.kafka_brokers)
+        .set(
+            "group.id",
+            format!("events-reader-{}", Uuid::new_v4().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader
+        .subscribe(&[&consumer.stores.kafka_events_topic])
+        .unwrap();
+    let mut users = Vec::new();
+    for _ in 0..3 {
+        let message = tokio::time::timeout(WAIT, reader.recv())
+            .await
+            .expect("an event")
+            .unwrap();
+        let event: coupon_core::events::CouponEvent =
+            serde_json::from_slice(message.payload().unwrap()).unwrap();
+        assert_eq!(event.event_type, coupon_core::events::EventType::Issued);
+        assert_eq!(event.coupon_id, coupon.get());
+        assert_eq!(
+            message.key(),
+            Some(event.coupon_issue_id.to_string().as_bytes())
+        );
+        users.push(event.user_id);
+    }
+    users.sort_unstable();
+    assert_eq!(users, vec![1, 2, 3]);
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM coupon_events WHERE published_at IS NULL")
+            .fetch_one(&consumer.pool)
+            .await
+            .unwrap();
+    assert_eq!(unpublished, 0);
+}

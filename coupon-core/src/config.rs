@@ -59,6 +59,11 @@ pub struct StoreConfig {
     #[arg(long, env = "KAFKA_PAYMENTS_TOPIC", default_value = "payments")]
     pub kafka_payments_topic: String,
 
+    /// Topic of coupon events (ISSUED, RESERVED, USED, RELEASED, EXPIRING_SOON, EXPIRED) for
+    /// notification services.
+    #[arg(long, env = "KAFKA_EVENTS_TOPIC", default_value = "coupon.events")]
+    pub kafka_events_topic: String,
+
     /// Partitions of the issue topic when a service has to create it (count).
     #[arg(long, env = "KAFKA_ISSUE_PARTITIONS", default_value_t = 12)]
     pub kafka_issue_partitions: i32,

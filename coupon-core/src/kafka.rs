@@ -36,7 +36,7 @@ pub fn producer_config(brokers: &str, message_timeout: Duration) -> ClientConfig
     config
 }
 
-/// Creates the issue, dead-letter and payments topics when they are missing (topic already exists is not
+/// Creates the issue, dead-letter, payments and events topics when they are missing (topic already exists is not
 /// an error). Some brokers (tansu, Kafka with `auto.create.topics.enable=false`) create no topic
 /// on first use.
 ///
@@ -58,6 +58,7 @@ pub async fn ensure_topics(stores: &StoreConfig) -> Result<(), KafkaError> {
             TopicReplication::Fixed(1),
         ),
         NewTopic::new(&stores.kafka_payments_topic, 3, TopicReplication::Fixed(1)),
+        NewTopic::new(&stores.kafka_events_topic, 3, TopicReplication::Fixed(1)),
     ];
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&topics, &options).await? {

@@ -3,6 +3,7 @@
 //! - [`domain`]: identifiers, the coupon policy and its validation;
 //! - [`admission`]: the atomic Redis admission script and the per-coupon Redis keys;
 //! - [`message`]: the issue message carried by Kafka;
+//! - [`events`]: coupon events for notification services (transactional outbox);
 //! - [`kafka`]: the idempotent producer and topic set-up;
 //! - [`db`] and [`repository`]: the MySQL pool, migrations and queries;
 //! - [`redemption`]: using an issued coupon for an order, and cancelling that;
@@ -18,6 +19,7 @@ pub mod admission;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod events;
 pub mod idempotency;
 pub mod kafka;
 pub mod message;

@@ -10,6 +10,7 @@ use serde::Serialize;
 use sqlx::{MySqlPool, Row};
 
 use crate::domain::{CouponId, CouponStatus, UserId, ValidationError};
+use crate::events::{self, EventType};
 use crate::repository;
 
 /// An order reference from the shop: 1–64 characters of `A-Z a-z 0-9 - _ . :`.
@@ -225,6 +226,7 @@ pub async fn redeem(
         redeemed_at: now,
     };
     record(&mut tx, &redemption).await?;
+    events::record(&mut tx, EventType::Used, &[issue_id], now).await?;
     tx.commit().await?;
     Ok(redemption)
 }
@@ -297,6 +299,7 @@ pub async fn cancel_redemption(
     .bind(redemption_id)
     .execute(&mut *tx)
     .await?;
+    events::record(&mut tx, EventType::Released, &[issue_id], now).await?;
     sqlx::query(
         "UPDATE coupon_issues SET status = 'ISSUED', used_at = NULL, order_id = NULL \
          WHERE id = ? AND status = 'USED' AND order_id = ?",
@@ -352,6 +355,7 @@ pub async fn reserve(
 ) -> Result<Reservation, RedeemError> {
     let (issue, policy) = usable(pool, issue_id, user, order_amount, now).await?;
     let reserved_until = now + hold;
+    let mut tx = pool.begin().await?;
     let claimed = sqlx::query(
         "UPDATE coupon_issues SET status = 'RESERVED', order_id = ?, order_amount = ?, \
          reserved_until = ? WHERE id = ? AND user_id = ? AND status = 'ISSUED' \
@@ -363,13 +367,16 @@ pub async fn reserve(
     .bind(issue_id)
     .bind(user.get())
     .bind(now)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
     if claimed == 0 {
+        tx.rollback().await?;
         let now_state = issue_of(pool, issue_id, user).await?;
         return Err(state_refusal(&now_state, now).unwrap_or(RedeemError::Reserved));
     }
+    events::record(&mut tx, EventType::Reserved, &[issue_id], now).await?;
+    tx.commit().await?;
     let discount = policy.discount_for(order_amount);
     Ok(Reservation {
         coupon_issue_id: issue_id,
@@ -434,6 +441,7 @@ async fn confirm_in(
         redeemed_at: now,
     };
     record(tx, &redemption).await?;
+    events::record(tx, EventType::Used, &[issue_id], now).await?;
     Ok(Some(redemption))
 }
 
@@ -473,18 +481,43 @@ pub async fn release_reservation(
     issue_id: i64,
     user: UserId,
     order_id: &OrderId,
+    now: DateTime<Utc>,
 ) -> Result<(), RedeemError> {
-    let released = sqlx::query(&format!(
-        "{RELEASE} id = ? AND user_id = ? AND order_id = ?"
-    ))
+    let mut tx = pool.begin().await?;
+    let held: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM coupon_issues WHERE id = ? AND user_id = ? AND order_id = ? \
+         AND status = 'RESERVED' FOR UPDATE",
+    )
     .bind(issue_id)
     .bind(user.get())
     .bind(order_id.as_str())
-    .execute(pool)
-    .await?
-    .rows_affected();
-    if released == 0 {
+    .fetch_all(&mut *tx)
+    .await?;
+    if held.is_empty() {
         return Err(RedeemError::ReservationNotFound);
+    }
+    release_ids(&mut tx, &held, now).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Records `RELEASED` for `ids` (while the rows still name their order), then makes them
+/// usable again, inside `tx`.
+async fn release_ids(
+    tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+    ids: &[i64],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    events::record(tx, EventType::Released, ids, now).await?;
+    for chunk in ids.chunks(500) {
+        let mut release = sqlx::QueryBuilder::<sqlx::MySql>::new(RELEASE);
+        release.push("id IN (");
+        let mut list = release.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        release.push(")");
+        release.build().execute(&mut **tx).await?;
     }
     Ok(())
 }
@@ -501,14 +534,6 @@ pub async fn settle_order(
     paid: bool,
     now: DateTime<Utc>,
 ) -> Result<u64, RedeemError> {
-    if !paid {
-        let released = sqlx::query(&format!("{RELEASE} order_id = ?"))
-            .bind(order_id.as_str())
-            .execute(pool)
-            .await?
-            .rows_affected();
-        return Ok(released);
-    }
     let mut tx = pool.begin().await?;
     let held: Vec<i64> = sqlx::query_scalar(
         "SELECT id FROM coupon_issues WHERE order_id = ? AND status = 'RESERVED' FOR UPDATE",
@@ -516,6 +541,11 @@ pub async fn settle_order(
     .bind(order_id.as_str())
     .fetch_all(&mut *tx)
     .await?;
+    if !paid {
+        release_ids(&mut tx, &held, now).await?;
+        tx.commit().await?;
+        return Ok(held.len() as u64);
+    }
     let mut confirmed = 0;
     for issue_id in held {
         if confirm_in(&mut tx, issue_id, order_id, now)
@@ -550,16 +580,7 @@ pub async fn release_expired_holds(
     .bind(batch)
     .fetch_all(&mut *tx)
     .await?;
-    for chunk in ids.chunks(500) {
-        let mut release = sqlx::QueryBuilder::<sqlx::MySql>::new(RELEASE);
-        release.push("id IN (");
-        let mut list = release.separated(", ");
-        for id in chunk {
-            list.push_bind(*id);
-        }
-        release.push(")");
-        release.build().execute(&mut *tx).await?;
-    }
+    release_ids(&mut tx, &ids, now).await?;
     tx.commit().await?;
     Ok(ids)
 }

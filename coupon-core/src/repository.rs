@@ -251,6 +251,26 @@ pub async fn persist_batch(
                 .execute(&mut *savepoint)
                 .await?;
         }
+        if inserted > 0 {
+            // ISSUED events have ids derived from the issued coupon, so the rows already
+            // announced by an earlier delivery are skipped by the outbox's unique key.
+            let mut rows =
+                QueryBuilder::<MySql>::new("SELECT id FROM coupon_issues WHERE coupon_id = ");
+            rows.push_bind(coupon.get()).push(" AND user_id IN (");
+            let mut users = rows.separated(", ");
+            for &i in indexes {
+                users.push_bind(batch[i].user_id.get());
+            }
+            rows.push(")");
+            let ids: Vec<i64> = rows.build_query_scalar().fetch_all(&mut *savepoint).await?;
+            crate::events::record(
+                &mut savepoint,
+                crate::events::EventType::Issued,
+                &ids,
+                Utc::now(),
+            )
+            .await?;
+        }
         savepoint.commit().await?;
         report.duplicates += indexes.len() as u64 - inserted;
         if inserted > 0 {

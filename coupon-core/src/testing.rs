@@ -37,6 +37,7 @@ pub fn isolated_stores() -> StoreConfig {
         kafka_issue_topic: format!("issues-{tag}"),
         kafka_dead_letter_topic: format!("dlq-{tag}"),
         kafka_payments_topic: format!("payments-{tag}"),
+        kafka_events_topic: format!("events-{tag}"),
         kafka_issue_partitions: 3,
         kafka_message_timeout_ms: 10_000,
         kafka_create_topics: true,

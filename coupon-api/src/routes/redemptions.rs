@@ -176,7 +176,7 @@ async fn release_reservation(
     ApiJson(body): ApiJson<CancelBody>,
 ) -> Result<Json<Restored>, ApiError> {
     let order_id = OrderId::parse(&body.order_id)?;
-    redemption::release_reservation(&state.pool, issue, user, &order_id).await?;
+    redemption::release_reservation(&state.pool, issue, user, &order_id, Utc::now()).await?;
     Ok(Json(Restored {
         coupon_issue_id: issue,
         status: "ISSUED",

@@ -1,0 +1,49 @@
+//! Expiry jobs, every `EXPIRY_INTERVAL_MS`: `EXPIRING_SOON` notices for coupons whose validity
+//! ends within `EXPIRING_SOON_DAYS` (each coupon once), then `EXPIRED` marks for coupons past
+//! their validity, in batches. Both lock rows with `FOR UPDATE SKIP LOCKED`, so several
+//! instances can run them; both write their events to the outbox in the same transaction.
+
+use chrono::Utc;
+use coupon_core::events;
+use tokio_util::sync::CancellationToken;
+
+use crate::IssueConsumer;
+
+/// Coupons handled per transaction (count).
+const EXPIRY_BATCH: u32 = 500;
+
+impl IssueConsumer {
+    /// Runs the expiry jobs until `shutdown`.
+    pub(crate) async fn run_expiry_jobs(&self, shutdown: &CancellationToken) {
+        loop {
+            if let Err(err) = self.expire_once().await {
+                tracing::warn!(error = %err, "expiry jobs failed; next run retries");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(self.expiry_interval) => {}
+            }
+        }
+    }
+
+    async fn expire_once(&self) -> Result<(), sqlx::Error> {
+        let now = Utc::now();
+        while events::notice_expiring(&self.pool, now, self.expiring_soon, EXPIRY_BATCH).await?
+            as u32
+            == EXPIRY_BATCH
+        {}
+        let mut expired = 0;
+        loop {
+            let n = events::expire(&self.pool, now, EXPIRY_BATCH).await?;
+            expired += n;
+            if (n as u32) < EXPIRY_BATCH {
+                break;
+            }
+        }
+        if expired > 0 {
+            metrics::counter!("coupon_issues_expired_total").increment(expired as u64);
+            tracing::info!(expired, "coupons past their validity marked EXPIRED");
+        }
+        Ok(())
+    }
+}
