@@ -115,3 +115,39 @@ pub async fn count_rows(pool: &MySqlPool, coupon_id: i64) -> i64 {
         .await
         .expect("counting coupon_issues rows")
 }
+
+/// A fresh database holding one open policy issued to users `1..=users` (valid 30 days), as
+/// coupon-consumer would have persisted it; returns the pool, the issue messages and the
+/// `coupon_issues` ids in user order.
+///
+/// # Panics
+/// On any database error (a test failure).
+pub async fn issued_to_users(
+    users: i64,
+) -> (MySqlPool, Vec<crate::message::IssueMessage>, Vec<i64>) {
+    let stores = isolated_stores();
+    let pool = crate::db::prepare(stores.database_url(), 8)
+        .await
+        .expect("MySQL/MariaDB must run on DATABASE_URL (make up)");
+    let mut tx = pool.begin().await.expect("begin");
+    let policy = crate::repository::insert_policy(&mut tx, &open_policy(users))
+        .await
+        .expect("insert policy");
+    tx.commit().await.expect("commit");
+    let batch: Vec<_> = (1..=users)
+        .map(|u| crate::message::IssueMessage {
+            coupon_id: policy.id,
+            user_id: crate::domain::UserId::parse(u).expect("positive user id"),
+            request_id: uuid::Uuid::now_v7(),
+            admitted_at: Utc::now(),
+        })
+        .collect();
+    crate::repository::persist_batch(&pool, &batch)
+        .await
+        .expect("persist");
+    let ids = sqlx::query_scalar("SELECT id FROM coupon_issues ORDER BY user_id")
+        .fetch_all(&pool)
+        .await
+        .expect("issue ids");
+    (pool, batch, ids)
+}

@@ -7,32 +7,11 @@ use coupon_core::domain::UserId;
 use coupon_core::events::{self, CouponEvent, EventType};
 use coupon_core::message::IssueMessage;
 use coupon_core::redemption::{self, OrderId};
-use coupon_core::{db, repository, testing};
+use coupon_core::{repository, testing};
 use sqlx::MySqlPool;
 
-/// A fresh database with `users` coupons (valid 30 days) issued to users 1..=users.
 async fn issued(users: i64) -> (MySqlPool, Vec<IssueMessage>, Vec<i64>) {
-    let stores = testing::isolated_stores();
-    let pool = db::prepare(stores.database_url(), 8).await.unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    let policy = repository::insert_policy(&mut tx, &testing::open_policy(users))
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    let batch: Vec<_> = (1..=users)
-        .map(|u| IssueMessage {
-            coupon_id: policy.id,
-            user_id: UserId::parse(u).unwrap(),
-            request_id: uuid::Uuid::now_v7(),
-            admitted_at: Utc::now(),
-        })
-        .collect();
-    repository::persist_batch(&pool, &batch).await.unwrap();
-    let ids = sqlx::query_scalar("SELECT id FROM coupon_issues ORDER BY user_id")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    (pool, batch, ids)
+    testing::issued_to_users(users).await
 }
 
 async fn events_of(pool: &MySqlPool, event_type: &str) -> Vec<CouponEvent> {
