@@ -7,6 +7,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use coupon_core::codes::CodeError;
 use coupon_core::domain::ValidationError;
 use coupon_core::redemption::RedeemError;
 use serde::Serialize;
@@ -56,6 +57,38 @@ pub enum ApiError {
     /// A redemption rule refused the request; see [`redeem_status_and_code`].
     #[error("{0}")]
     Redeem(RedeemError),
+    /// 400 `INVALID_CODE`: not 16 letters and digits (separators aside).
+    #[error("{0}")]
+    InvalidCode(String),
+    /// 404 `TOPIC_NOT_FOUND`: no topic has this id.
+    #[error("no topic has this id")]
+    TopicNotFound,
+    /// A redeem by code was refused; see [`code_status_and_code`].
+    #[error("{0}")]
+    Code(CodeError),
+}
+
+/// Status and code of each redeem-by-code refusal: `CODE_NOT_FOUND` 404, `CODE_ALREADY_USED`,
+/// `CODE_SUSPENDED`, `ALREADY_ISSUED`, `COUPON_SUSPENDED`, `SOLD_OUT` 409.
+pub fn code_status_and_code(err: &CodeError) -> (StatusCode, &'static str) {
+    match err {
+        CodeError::NotFound => (StatusCode::NOT_FOUND, "CODE_NOT_FOUND"),
+        CodeError::AlreadyUsed => (StatusCode::CONFLICT, "CODE_ALREADY_USED"),
+        CodeError::Suspended => (StatusCode::CONFLICT, "CODE_SUSPENDED"),
+        CodeError::AlreadyIssued => (StatusCode::CONFLICT, "ALREADY_ISSUED"),
+        CodeError::PolicySuspended => (StatusCode::CONFLICT, "COUPON_SUSPENDED"),
+        CodeError::SoldOut => (StatusCode::CONFLICT, "SOLD_OUT"),
+        CodeError::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+    }
+}
+
+impl From<CodeError> for ApiError {
+    fn from(err: CodeError) -> Self {
+        match err {
+            CodeError::Database(db) => db.into(),
+            other => Self::Code(other),
+        }
+    }
 }
 
 /// Status and code of each redemption refusal:
@@ -113,6 +146,9 @@ impl ApiError {
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Redeem(err) => redeem_status_and_code(err).0,
+            Self::InvalidCode(_) => StatusCode::BAD_REQUEST,
+            Self::TopicNotFound => StatusCode::NOT_FOUND,
+            Self::Code(err) => code_status_and_code(err).0,
         }
     }
 
@@ -130,6 +166,9 @@ impl ApiError {
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
             Self::Redeem(err) => redeem_status_and_code(err).1,
+            Self::InvalidCode(_) => "INVALID_CODE",
+            Self::TopicNotFound => "TOPIC_NOT_FOUND",
+            Self::Code(err) => code_status_and_code(err).1,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `coupon-core`: what coupon-api and coupon-consumer share.
 //!
+//! - [`codes`]: code coupons (topics, generation, redeem by code);
 //! - [`domain`]: identifiers, the coupon policy and its validation;
 //! - [`admission`]: the atomic Redis admission script and the per-coupon Redis keys;
 //! - [`message`]: the issue message carried by Kafka;
@@ -16,6 +17,7 @@
 //! This crate knows nothing of HTTP or of the consumer loop.
 
 pub mod admission;
+pub mod codes;
 pub mod config;
 pub mod db;
 pub mod domain;

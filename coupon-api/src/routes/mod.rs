@@ -1,5 +1,6 @@
 //! HTTP routes, one module per resource; [`router`] merges them.
 
+pub mod codes;
 pub mod coupons;
 pub mod health;
 pub mod issues;
@@ -15,6 +16,7 @@ use crate::state::AppState;
 pub fn router() -> Router<AppState> {
     Router::new()
         .merge(coupons::router())
+        .merge(codes::router())
         .merge(issues::router())
         .merge(redemptions::router())
         .merge(users::router())

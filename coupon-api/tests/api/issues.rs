@@ -214,13 +214,13 @@ async fn readiness_is_503_when_the_broker_is_unreachable() {
 }
 
 /// A Redis server of this test's own on a free port, killed when dropped.
-struct OwnRedis {
-    child: std::process::Child,
-    port: u16,
+pub struct OwnRedis {
+    pub child: std::process::Child,
+    pub port: u16,
 }
 
 impl OwnRedis {
-    async fn start() -> Self {
+    pub async fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod admin;
+mod codes;
 mod coupons;
 mod errors;
 mod helpers;

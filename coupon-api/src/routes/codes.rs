@@ -1,0 +1,299 @@
+//! Code coupons: topics, code generation (a background job with progress), CSV export and
+//! redeem by code.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use coupon_core::codes::{self, Code, CodeRedemption, Topic};
+use coupon_core::domain::{CouponId, UserId};
+use coupon_core::queries::{Page, PageOf};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/topics", post(create_topic).get(list_topics))
+        .route("/api/v1/topics/{topic_id}", get(get_topic))
+        .route("/api/v1/topics/{topic_id}/codes", post(generate_codes))
+        .route("/api/v1/topics/{topic_id}/codes.csv", get(export_codes))
+        .route(
+            "/api/v1/topics/{topic_id}/code-jobs/{job_id}",
+            get(generation_job),
+        )
+        .route("/api/v1/codes/{code}/redeem", post(redeem_code))
+}
+
+/// Most codes one generation request may ask for (count).
+pub const MAX_CODES_PER_REQUEST: i64 = 10_000_000;
+
+/// Codes inserted per statement by a generation job (count).
+const GENERATION_BATCH: i64 = 1_000;
+
+fn topic_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::Validation("topic_id must be a positive integer".into()))
+}
+
+async fn topic_of(state: &AppState, raw: &str) -> Result<Topic, ApiError> {
+    codes::find_topic(&state.pool, topic_id(raw)?)
+        .await?
+        .ok_or(ApiError::TopicNotFound)
+}
+
+/// Body of a topic: `{"coupon_id": 1, "name": "Influencer A"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTopic {
+    coupon_id: CouponId,
+    name: String,
+}
+
+/// `POST /api/v1/topics`: 201 with the topic; 404 `COUPON_NOT_FOUND` for an unknown policy.
+async fn create_topic(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<NewTopic>,
+) -> Result<(StatusCode, Json<Topic>), ApiError> {
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::Validation(
+            "name must have 1 to 200 characters".into(),
+        ));
+    }
+    let topic = codes::create_topic(&state.pool, body.coupon_id, name)
+        .await?
+        .ok_or(ApiError::CouponNotFound)?;
+    Ok((StatusCode::CREATED, Json(topic)))
+}
+
+/// Query of the topic list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/topics?cursor=&limit=`: newest first.
+async fn list_topics(
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<PageOf<Topic>>, ApiError> {
+    let page = Page::parse(params.limit, params.cursor.as_deref())?;
+    let mut items = codes::list_topics(&state.pool, page.before_id, page.limit + 1).await?;
+    let more = items.len() > page.limit as usize;
+    items.truncate(page.limit as usize);
+    let next_cursor = more
+        .then(|| items.last().map(|t| t.id.to_string()))
+        .flatten();
+    Ok(Json(PageOf { items, next_cursor }))
+}
+
+/// `GET /api/v1/topics/{topic_id}`: the topic, or 404 `TOPIC_NOT_FOUND`.
+async fn get_topic(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Topic>, ApiError> {
+    Ok(Json(topic_of(&state, &raw).await?))
+}
+
+/// Body of a generation request: `{"count": 1000}` (1–10,000,000).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GenerateBody {
+    count: i64,
+}
+
+/// Progress of a generation job: `{"job_id": 4, "topic_id": 3, "requested": 1000000,
+/// "generated": 250000, "status": "RUNNING" | "DONE" | "FAILED"}`.
+#[derive(Debug, Serialize)]
+struct GenerationJob {
+    job_id: i64,
+    topic_id: i64,
+    requested: i64,
+    generated: i64,
+    status: String,
+}
+
+/// `POST /api/v1/topics/{topic_id}/codes`: 202 with a job whose progress
+/// `GET …/code-jobs/{job_id}` reports. The job inserts batches of 1,000 codes, so memory stays
+/// flat whatever the count.
+async fn generate_codes(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    ApiJson(body): ApiJson<GenerateBody>,
+) -> Result<(StatusCode, Json<GenerationJob>), ApiError> {
+    let topic = topic_of(&state, &raw).await?;
+    if !(1..=MAX_CODES_PER_REQUEST).contains(&body.count) {
+        return Err(ApiError::Validation(format!(
+            "count must be from 1 to {MAX_CODES_PER_REQUEST}"
+        )));
+    }
+    let job_id =
+        sqlx::query("INSERT INTO code_generation_jobs (topic_id, requested) VALUES (?, ?)")
+            .bind(topic.id)
+            .bind(body.count)
+            .execute(&state.pool)
+            .await?
+            .last_insert_id();
+    let job_id = i64::try_from(job_id).unwrap_or(i64::MAX);
+    let pool = state.pool.clone();
+    let requested = body.count;
+    tokio::spawn(async move {
+        let mut generated = 0;
+        let outcome: Result<(), sqlx::Error> = async {
+            while generated < requested {
+                let batch = (requested - generated).min(GENERATION_BATCH);
+                codes::insert_codes(&pool, topic.id, batch as usize, Utc::now()).await?;
+                generated += batch;
+                sqlx::query("UPDATE code_generation_jobs SET generated = ? WHERE id = ?")
+                    .bind(generated)
+                    .bind(job_id)
+                    .execute(&pool)
+                    .await?;
+            }
+            Ok(())
+        }
+        .await;
+        let status = if outcome.is_ok() { "DONE" } else { "FAILED" };
+        if let Err(err) = &outcome {
+            tracing::error!(%err, job_id, generated, "code generation failed");
+        }
+        let _ = sqlx::query("UPDATE code_generation_jobs SET status = ? WHERE id = ?")
+            .bind(status)
+            .bind(job_id)
+            .execute(&pool)
+            .await;
+    });
+    let job = GenerationJob {
+        job_id,
+        topic_id: topic.id,
+        requested,
+        generated: 0,
+        status: "RUNNING".into(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
+/// `GET /api/v1/topics/{topic_id}/code-jobs/{job_id}`: a generation job's progress.
+async fn generation_job(
+    State(state): State<AppState>,
+    Path((raw_topic, job_id)): Path<(String, i64)>,
+) -> Result<Json<GenerationJob>, ApiError> {
+    let topic = topic_id(&raw_topic)?;
+    let row = sqlx::query(
+        "SELECT id, topic_id, requested, generated, status FROM code_generation_jobs WHERE id = ? AND topic_id = ?",
+    )
+    .bind(job_id)
+    .bind(topic)
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or(ApiError::RouteNotFound)?;
+    Ok(Json(GenerationJob {
+        job_id: row.try_get("id").map_err(ApiError::from)?,
+        topic_id: row.try_get("topic_id").map_err(ApiError::from)?,
+        requested: row.try_get("requested").map_err(ApiError::from)?,
+        generated: row.try_get("generated").map_err(ApiError::from)?,
+        status: row.try_get("status").map_err(ApiError::from)?,
+    }))
+}
+
+/// `GET /api/v1/topics/{topic_id}/codes.csv`: every live code of the topic as CSV
+/// (`code,status,redeemed_by,redeemed_at,created_at`), streamed row by row from MySQL.
+async fn export_codes(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let topic = topic_of(&state, &raw).await?;
+    let pool = state.pool.clone();
+    let header_line = futures::stream::once(async {
+        Ok::<_, std::io::Error>(String::from(
+            "code,status,redeemed_by,redeemed_at,created_at\n",
+        ))
+    });
+    let rows = async_stream_rows(pool, topic.id);
+    let body = Body::from_stream(header_line.chain(rows));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/csv; charset=utf-8")
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"topic-{}-codes.csv\"", topic.id),
+        )
+        .body(body)
+        .map_err(|e| ApiError::Internal(e.into()))
+}
+
+/// The topic's codes as CSV lines, read with one streaming query.
+fn async_stream_rows(
+    pool: sqlx::MySqlPool,
+    topic: i64,
+) -> impl futures::Stream<Item = Result<String, std::io::Error>> {
+    futures::stream::unfold(Some((pool, None::<i64>)), move |state| async move {
+        // Keyset pages of 10,000 rows: bounded memory, no long-held cursor.
+        let (pool, after) = state?;
+        let rows = sqlx::query(
+            "SELECT id, code, status, redeemed_by, redeemed_at, created_at FROM coupon_codes \
+             WHERE topic_id = ? AND status <> 'DELETED' AND id > ? ORDER BY id LIMIT 10000",
+        )
+        .bind(topic)
+        .bind(after.unwrap_or(0))
+        .fetch_all(&pool)
+        .await;
+        let rows = match rows {
+            Ok(rows) if rows.is_empty() => return None,
+            Ok(rows) => rows,
+            Err(err) => return Some((Err(std::io::Error::other(err)), None)),
+        };
+        let mut chunk = String::with_capacity(rows.len() * 64);
+        let mut last = after;
+        for row in &rows {
+            let id: i64 = row.try_get("id").unwrap_or_default();
+            let code: String = row.try_get("code").unwrap_or_default();
+            let status: String = row.try_get("status").unwrap_or_default();
+            let by: Option<i64> = row.try_get("redeemed_by").unwrap_or_default();
+            let at: Option<chrono::DateTime<Utc>> = row.try_get("redeemed_at").unwrap_or_default();
+            let created: chrono::DateTime<Utc> = row.try_get("created_at").unwrap_or_default();
+            chunk.push_str(&format!(
+                "{code},{status},{},{},{}\n",
+                by.map(|b| b.to_string()).unwrap_or_default(),
+                at.map(|a| a.to_rfc3339()).unwrap_or_default(),
+                created.to_rfc3339(),
+            ));
+            last = Some(id);
+        }
+        Some((Ok(chunk), Some((pool, last))))
+    })
+}
+
+/// Body of a redeem by code: `{"user_id": 7}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedeemCodeBody {
+    user_id: UserId,
+}
+
+/// `POST /api/v1/codes/{code}/redeem`: issues the topic's coupon to the user; 200 with the
+/// issued coupon. 400 `INVALID_CODE`; 404 `CODE_NOT_FOUND`; 409 `CODE_ALREADY_USED`,
+/// `CODE_SUSPENDED`, `ALREADY_ISSUED`, `COUPON_SUSPENDED`, `SOLD_OUT`. Runs on MySQL alone.
+#[tracing::instrument(name = "redeem_code", skip_all)]
+async fn redeem_code(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    ApiJson(body): ApiJson<RedeemCodeBody>,
+) -> Result<Json<CodeRedemption>, ApiError> {
+    let code = Code::parse(&raw).map_err(|e| ApiError::InvalidCode(e.0))?;
+    Ok(Json(
+        codes::redeem_code(&state.pool, &code, body.user_id, Utc::now()).await?,
+    ))
+}

@@ -1,0 +1,258 @@
+//! Code coupons: topics, generation, export and redeem by code.
+
+use std::time::Duration;
+
+use coupon_core::domain::CouponType;
+use coupon_core::testing;
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_error, spawn_app, spawn_app_with, TestApp};
+use crate::issues::OwnRedis;
+
+/// An unlimited policy and a topic for it; returns the topic id.
+async fn topic(app: &TestApp) -> i64 {
+    let mut policy = testing::open_policy(1);
+    policy.coupon_type = CouponType::Unlimited;
+    policy.total_quantity = None;
+    let coupon = app.create_policy(&policy).await["id"].as_i64().unwrap();
+    let response = app
+        .client
+        .post(app.url("/api/v1/topics"))
+        .json(&json!({"coupon_id": coupon, "name": "Influencer A"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    response.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap()
+}
+
+/// Generates `count` codes through the API and waits for the job; returns them.
+async fn generate(app: &TestApp, topic: i64, count: i64) -> Vec<String> {
+    let job: Value = app
+        .client
+        .post(app.url(&format!("/api/v1/topics/{topic}/codes")))
+        .json(&json!({"count": count}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job_id = job["job_id"].as_i64().unwrap();
+    let url = app.url(&format!("/api/v1/topics/{topic}/code-jobs/{job_id}"));
+    testing::eventually("the generation job", Duration::from_secs(60), || async {
+        let job: Value = app
+            .client
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (job["status"] == "DONE").then_some(())
+    })
+    .await;
+    sqlx::query_scalar("SELECT code FROM coupon_codes WHERE topic_id = ? ORDER BY id")
+        .bind(topic)
+        .fetch_all(&app.state.pool)
+        .await
+        .unwrap()
+}
+
+async fn redeem(app: &TestApp, code: &str, user: i64) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/api/v1/codes/{code}/redeem")))
+        .json(&json!({"user_id": user}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn topics_are_created_read_and_listed() {
+    let app = spawn_app().await;
+    let id = topic(&app).await;
+
+    let one: Value = app
+        .client
+        .get(app.url(&format!("/api/v1/topics/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let list: Value = app
+        .client
+        .get(app.url("/api/v1/topics"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    assert_eq!(one["name"], "Influencer A");
+    assert_eq!(list["items"][0]["id"], id);
+    let missing = app
+        .client
+        .get(app.url("/api/v1/topics/999999"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(missing, 404, "TOPIC_NOT_FOUND").await;
+    let orphan = app
+        .client
+        .post(app.url("/api/v1/topics"))
+        .json(&json!({"coupon_id": 999_999, "name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(orphan, 404, "COUPON_NOT_FOUND").await;
+}
+
+#[tokio::test]
+async fn generated_codes_are_unique_well_formed_and_exported_as_csv() {
+    let app = spawn_app().await;
+    let id = topic(&app).await;
+
+    let codes = generate(&app, id, 2_500).await;
+
+    assert_eq!(codes.len(), 2_500);
+    let distinct: std::collections::HashSet<_> = codes.iter().collect();
+    assert_eq!(distinct.len(), 2_500);
+    assert!(codes.iter().all(|c| c.len() == 16
+        && c.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())));
+    let csv = app
+        .client
+        .get(app.url(&format!("/api/v1/topics/{id}/codes.csv")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+    let text = csv.text().await.unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "code,status,redeemed_by,redeemed_at,created_at");
+    assert_eq!(lines.len(), 2_501);
+    assert!(lines[1].starts_with(&format!("{},ACTIVE,", codes[0])));
+}
+
+#[tokio::test]
+async fn a_code_issues_its_topics_coupon_once_in_any_spelling() {
+    let app = spawn_app().await;
+    let id = topic(&app).await;
+    let codes = generate(&app, id, 3).await;
+    let spelled = format!(
+        "{}-{}-{}-{}",
+        &codes[0][..4],
+        &codes[0][4..8],
+        &codes[0][8..12],
+        &codes[0][12..]
+    )
+    .to_lowercase();
+
+    let first = redeem(&app, &spelled, 7).await;
+
+    assert_eq!(first.status(), 200);
+    let body: Value = first.json().await.unwrap();
+    assert_eq!(body["code"], codes[0]);
+    assert_eq!(body["status"], "ISSUED");
+    assert_error(redeem(&app, &codes[0], 8).await, 409, "CODE_ALREADY_USED").await;
+    assert_error(redeem(&app, &codes[1], 7).await, 409, "ALREADY_ISSUED").await;
+    assert_error(redeem(&app, "NOT-A-CODE", 7).await, 400, "INVALID_CODE").await;
+    assert_error(
+        redeem(&app, "AAAABBBBCCCCDDDD", 7).await,
+        404,
+        "CODE_NOT_FOUND",
+    )
+    .await;
+    sqlx::query("UPDATE coupon_codes SET status = 'SUSPENDED' WHERE code = ?")
+        .bind(&codes[2])
+        .execute(&app.state.pool)
+        .await
+        .unwrap();
+    assert_error(redeem(&app, &codes[2], 9).await, 409, "CODE_SUSPENDED").await;
+}
+
+#[tokio::test]
+async fn two_hundred_users_racing_for_one_code_give_exactly_one_success() {
+    let app = spawn_app().await;
+    let id = topic(&app).await;
+    let code = generate(&app, id, 1).await.remove(0);
+
+    let attempts = (1..=200).map(|user| {
+        let (app, code) = (&app, &code);
+        async move {
+            let response = redeem(app, code, user).await;
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    });
+    let answers = futures::future::join_all(attempts).await;
+
+    assert_eq!(answers.iter().filter(|(s, _)| *s == 200).count(), 1);
+    assert!(answers
+        .iter()
+        .filter(|(s, _)| *s != 200)
+        .all(|(s, b)| *s == 409 && b["code"] == "CODE_ALREADY_USED"));
+    assert_eq!(
+        testing::count_rows(&app.state.pool, coupon_of(&app, id).await).await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn one_user_racing_with_two_hundred_codes_of_a_topic_gets_exactly_one() {
+    let app = spawn_app().await;
+    let id = topic(&app).await;
+    let codes = generate(&app, id, 200).await;
+
+    let attempts = codes.iter().map(|code| {
+        let app = &app;
+        async move { redeem(app, code, 7).await.status().as_u16() }
+    });
+    let statuses = futures::future::join_all(attempts).await;
+
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 409));
+    let used: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM coupon_codes WHERE redeemed_by IS NOT NULL")
+            .fetch_one(&app.state.pool)
+            .await
+            .unwrap();
+    assert_eq!(used, 1);
+}
+
+#[tokio::test]
+async fn redeeming_by_code_works_without_redis() {
+    let mut redis = OwnRedis::start().await;
+    let app = spawn_app_with(|config| {
+        config.stores.redis_url = format!("redis://127.0.0.1:{}", redis.port).into();
+        config.stores.redis_timeout_ms = 300;
+    })
+    .await;
+    let id = topic(&app).await;
+    let codes = generate(&app, id, 2).await;
+
+    redis.child.kill().unwrap();
+    redis.child.wait().unwrap();
+
+    assert_eq!(redeem(&app, &codes[0], 7).await.status(), 200);
+    assert_error(redeem(&app, &codes[0], 8).await, 409, "CODE_ALREADY_USED").await;
+}
+
+async fn coupon_of(app: &TestApp, topic: i64) -> i64 {
+    sqlx::query_scalar("SELECT coupon_id FROM coupon_topics WHERE id = ?")
+        .bind(topic)
+        .fetch_one(&app.state.pool)
+        .await
+        .unwrap()
+}
