@@ -380,3 +380,163 @@ mod tests {
             .all(|c| Code::parse(c.as_str()).as_ref() == Ok(c)));
     }
 }
+
+/// A bulk change of a topic's codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkAction {
+    /// `ACTIVE` → `SUSPENDED`.
+    Suspend,
+    /// `SUSPENDED` → `ACTIVE`.
+    Activate,
+    /// `ACTIVE` or `SUSPENDED` → `DELETED` (soft delete, `deleted_at` set).
+    Delete,
+}
+
+/// Codes changed per statement by [`bulk_change`] (count): each batch is its own short
+/// transaction, so a million-code topic never holds its rows locked for long.
+pub const BULK_BATCH: u32 = 1_000;
+
+/// Applies `action` to every code of `topic` it applies to, in batches of [`BULK_BATCH`]
+/// rows walked through the `(topic_id, status, id)` index; returns how many changed.
+/// Idempotent: a repeat finds nothing left to change.
+///
+/// # Errors
+/// Any database error (batches already applied stay applied; a repeat finishes the job).
+pub async fn bulk_change(
+    pool: &MySqlPool,
+    topic: i64,
+    action: BulkAction,
+    now: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let (from, set): (&[&str], &str) = match action {
+        BulkAction::Suspend => (&["ACTIVE"], "status = 'SUSPENDED'"),
+        BulkAction::Activate => (&["SUSPENDED"], "status = 'ACTIVE'"),
+        BulkAction::Delete => (
+            &["ACTIVE", "SUSPENDED"],
+            "status = 'DELETED', deleted_at = ?",
+        ),
+    };
+    let mut changed = 0;
+    for status in from {
+        loop {
+            let sql = format!(
+                "UPDATE coupon_codes SET {set} WHERE topic_id = ? AND status = ? ORDER BY id LIMIT {BULK_BATCH}"
+            );
+            let mut query = sqlx::query(&sql);
+            if action == BulkAction::Delete {
+                query = query.bind(now);
+            }
+            let n = query
+                .bind(topic)
+                .bind(*status)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            changed += n;
+            if n < u64::from(BULK_BATCH) {
+                break;
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// Filters of the code search; all optional.
+#[derive(Debug, Clone, Default)]
+pub struct CodeFilter {
+    /// `ACTIVE`, `SUSPENDED` or `DELETED`.
+    pub status: Option<String>,
+    /// Only redeemed (`true`) or unredeemed (`false`) codes.
+    pub redeemed: Option<bool>,
+    /// Created at or after.
+    pub created_from: Option<DateTime<Utc>>,
+    /// Created before.
+    pub created_to: Option<DateTime<Utc>>,
+}
+
+/// One code as listed: `{"id": 1, "code": "…", "status": "ACTIVE", "redeemed_by": null,
+/// "redeemed_at": null, "created_at": "…"}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CodeView {
+    /// Row id (the pagination cursor).
+    pub id: i64,
+    /// The code.
+    pub code: String,
+    /// `ACTIVE`, `SUSPENDED` or `DELETED`.
+    pub status: String,
+    /// Who redeemed it.
+    pub redeemed_by: Option<i64>,
+    /// When.
+    pub redeemed_at: Option<DateTime<Utc>>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The SQL of a code search, newest first (`id < before`), at most `limit` rows. A status
+/// filter walks `(topic_id, status, id)`, a creation range `(topic_id, created_at, id)`.
+/// `explain` prefixes `EXPLAIN`, so tests can check the plan of the very statement served.
+pub fn search_sql(
+    explain: bool,
+    topic: i64,
+    filter: &CodeFilter,
+    before: Option<i64>,
+    limit: u32,
+) -> QueryBuilder<'static, MySql> {
+    let mut query = QueryBuilder::<MySql>::new(if explain { "EXPLAIN " } else { "" });
+    query.push(
+        "SELECT id, code, status, redeemed_by, redeemed_at, created_at FROM coupon_codes WHERE topic_id = ",
+    );
+    query.push_bind(topic);
+    if let Some(status) = &filter.status {
+        query.push(" AND status = ").push_bind(status.clone());
+    }
+    match filter.redeemed {
+        Some(true) => {
+            query.push(" AND redeemed_by IS NOT NULL");
+        }
+        Some(false) => {
+            query.push(" AND redeemed_by IS NULL");
+        }
+        None => {}
+    }
+    if let Some(from) = filter.created_from {
+        query.push(" AND created_at >= ").push_bind(from);
+    }
+    if let Some(to) = filter.created_to {
+        query.push(" AND created_at < ").push_bind(to);
+    }
+    if let Some(before) = before {
+        query.push(" AND id < ").push_bind(before);
+    }
+    query.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+    query
+}
+
+/// Runs [`search_sql`].
+///
+/// # Errors
+/// Any database error.
+pub async fn search_codes(
+    pool: &MySqlPool,
+    topic: i64,
+    filter: &CodeFilter,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<Vec<CodeView>, sqlx::Error> {
+    search_sql(false, topic, filter, before, limit)
+        .build()
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(CodeView {
+                id: row.try_get("id")?,
+                code: row.try_get("code")?,
+                status: row.try_get("status")?,
+                redeemed_by: row.try_get("redeemed_by")?,
+                redeemed_at: row.try_get("redeemed_at")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .collect()
+}

@@ -8,7 +8,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use coupon_core::codes::{self, Code, CodeRedemption, Topic};
+use coupon_core::codes::{self, BulkAction, Code, CodeFilter, CodeRedemption, CodeView, Topic};
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::queries::{Page, PageOf};
 use futures::StreamExt;
@@ -24,7 +24,18 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/topics", post(create_topic).get(list_topics))
         .route("/api/v1/topics/{topic_id}", get(get_topic))
-        .route("/api/v1/topics/{topic_id}/codes", post(generate_codes))
+        .route(
+            "/api/v1/topics/{topic_id}/codes",
+            post(generate_codes).get(search_codes).delete(delete_codes),
+        )
+        .route(
+            "/api/v1/topics/{topic_id}/codes/suspend",
+            post(suspend_codes),
+        )
+        .route(
+            "/api/v1/topics/{topic_id}/codes/activate",
+            post(activate_codes),
+        )
         .route("/api/v1/topics/{topic_id}/codes.csv", get(export_codes))
         .route(
             "/api/v1/topics/{topic_id}/code-jobs/{job_id}",
@@ -296,4 +307,105 @@ async fn redeem_code(
     Ok(Json(
         codes::redeem_code(&state.pool, &code, body.user_id, Utc::now()).await?,
     ))
+}
+
+/// Answer of a bulk change: `{"topic_id": 3, "changed": 1000000}`.
+#[derive(Debug, Serialize)]
+struct BulkChanged {
+    topic_id: i64,
+    changed: u64,
+}
+
+async fn bulk(
+    state: &AppState,
+    raw: &str,
+    action: BulkAction,
+) -> Result<Json<BulkChanged>, ApiError> {
+    let topic = topic_of(state, raw).await?;
+    let changed = codes::bulk_change(&state.pool, topic.id, action, Utc::now()).await?;
+    tracing::info!(
+        topic_id = topic.id,
+        ?action,
+        changed,
+        "bulk change of codes"
+    );
+    Ok(Json(BulkChanged {
+        topic_id: topic.id,
+        changed,
+    }))
+}
+
+/// `POST /api/v1/topics/{topic_id}/codes/suspend`: every active code suspended, in batches of
+/// 1,000 short transactions; 200 with the count changed (0 on a repeat).
+async fn suspend_codes(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<BulkChanged>, ApiError> {
+    bulk(&state, &raw, BulkAction::Suspend).await
+}
+
+/// `POST /api/v1/topics/{topic_id}/codes/activate`: every suspended code active again.
+async fn activate_codes(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<BulkChanged>, ApiError> {
+    bulk(&state, &raw, BulkAction::Activate).await
+}
+
+/// `DELETE /api/v1/topics/{topic_id}/codes`: every code soft-deleted (`DELETED`).
+async fn delete_codes(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<BulkChanged>, ApiError> {
+    bulk(&state, &raw, BulkAction::Delete).await
+}
+
+/// Query of the code search.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchParams {
+    status: Option<String>,
+    redeemed: Option<bool>,
+    created_from: Option<chrono::DateTime<Utc>>,
+    created_to: Option<chrono::DateTime<Utc>>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/topics/{topic_id}/codes?status=&redeemed=&created_from=&created_to=&cursor=&limit=`:
+/// newest first, keyset pagination, `{"items": [...], "next_cursor": ...}`.
+async fn search_codes(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    ApiQuery(params): ApiQuery<SearchParams>,
+) -> Result<Json<PageOf<CodeView>>, ApiError> {
+    let topic = topic_of(&state, &raw).await?;
+    if let Some(status) = &params.status {
+        if !["ACTIVE", "SUSPENDED", "DELETED"].contains(&status.as_str()) {
+            return Err(ApiError::Validation(
+                "status must be ACTIVE, SUSPENDED or DELETED".into(),
+            ));
+        }
+    }
+    let page = Page::parse(params.limit, params.cursor.as_deref())?;
+    let filter = CodeFilter {
+        status: params.status,
+        redeemed: params.redeemed,
+        created_from: params.created_from,
+        created_to: params.created_to,
+    };
+    let mut items = codes::search_codes(
+        &state.pool,
+        topic.id,
+        &filter,
+        page.before_id,
+        page.limit + 1,
+    )
+    .await?;
+    let more = items.len() > page.limit as usize;
+    items.truncate(page.limit as usize);
+    let next_cursor = more
+        .then(|| items.last().map(|c| c.id.to_string()))
+        .flatten();
+    Ok(Json(PageOf { items, next_cursor }))
 }

@@ -256,3 +256,127 @@ async fn coupon_of(app: &TestApp, topic: i64) -> i64 {
         .await
         .unwrap()
 }
+
+async fn bulk(app: &TestApp, topic: i64, action: &str) -> Value {
+    let url = app.url(&format!("/api/v1/topics/{topic}/codes{action}"));
+    let request = if action.is_empty() {
+        app.client.delete(url)
+    } else {
+        app.client.post(url)
+    };
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn bulk_suspend_activate_and_delete_report_their_counts_and_are_idempotent() {
+    let app = spawn_app().await;
+    let id = topic(&app).await;
+    let codes = generate(&app, id, 2_500).await;
+
+    assert_eq!(bulk(&app, id, "/suspend").await["changed"], 2_500);
+    assert_eq!(bulk(&app, id, "/suspend").await["changed"], 0, "idempotent");
+    assert_error(redeem(&app, &codes[0], 7).await, 409, "CODE_SUSPENDED").await;
+    assert_eq!(bulk(&app, id, "/activate").await["changed"], 2_500);
+    assert_eq!(redeem(&app, &codes[0], 7).await.status(), 200);
+    assert_eq!(bulk(&app, id, "").await["changed"], 2_500);
+    assert_eq!(bulk(&app, id, "").await["changed"], 0);
+    assert_error(redeem(&app, &codes[1], 8).await, 404, "CODE_NOT_FOUND").await;
+}
+
+#[tokio::test]
+async fn codes_are_searched_by_status_redemption_and_creation_time() {
+    let app = spawn_app().await;
+    let id = topic(&app).await;
+    let codes = generate(&app, id, 30).await;
+    assert_eq!(redeem(&app, &codes[0], 7).await.status(), 200);
+    sqlx::query("UPDATE coupon_codes SET status = 'SUSPENDED' WHERE code IN (?, ?)")
+        .bind(&codes[1])
+        .bind(&codes[2])
+        .execute(&app.state.pool)
+        .await
+        .unwrap();
+    let get = |query: String| {
+        let app = &app;
+        async move {
+            let response = app
+                .client
+                .get(app.url(&format!("/api/v1/topics/{id}/codes?{query}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{query}");
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let codes_of = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["code"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let redeemed = get("redeemed=true".into()).await;
+    let suspended = get("status=SUSPENDED".into()).await;
+    let first = get("limit=20".into()).await;
+    let rest = get(format!(
+        "limit=20&cursor={}",
+        first["next_cursor"].as_str().unwrap()
+    ))
+    .await;
+    let future = get(format!(
+        "created_from={}",
+        (chrono::Utc::now() + chrono::Duration::hours(1))
+            .to_rfc3339()
+            .replace('+', "%2B")
+    ))
+    .await;
+
+    assert_eq!(codes_of(&redeemed), vec![codes[0].clone()]);
+    assert_eq!(
+        codes_of(&suspended),
+        vec![codes[2].clone(), codes[1].clone()]
+    );
+    assert_eq!(codes_of(&first).len() + codes_of(&rest).len(), 30);
+    assert_eq!(rest["next_cursor"], Value::Null);
+    assert!(codes_of(&future).is_empty());
+    let bad = app
+        .client
+        .get(app.url(&format!("/api/v1/topics/{id}/codes?status=USED")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(bad, 422, "VALIDATION_FAILED").await;
+}
+
+#[tokio::test]
+async fn the_common_code_filters_use_an_index() {
+    let app = spawn_app().await;
+    let filters = [
+        coupon_core::codes::CodeFilter {
+            status: Some("ACTIVE".into()),
+            ..Default::default()
+        },
+        coupon_core::codes::CodeFilter {
+            created_from: Some(chrono::Utc::now()),
+            ..Default::default()
+        },
+        coupon_core::codes::CodeFilter::default(),
+    ];
+
+    for filter in filters {
+        let plan = coupon_core::codes::search_sql(true, 1, &filter, Some(1_000), 21)
+            .build()
+            .fetch_all(&app.state.pool)
+            .await
+            .unwrap();
+
+        let key: Option<String> = sqlx::Row::try_get(&plan[0], "key").unwrap();
+        let access: Option<String> = sqlx::Row::try_get(&plan[0], "type").unwrap();
+        assert!(key.is_some(), "{filter:?} uses no index");
+        assert_ne!(access.as_deref(), Some("ALL"), "{filter:?} scans the table");
+    }
+}
