@@ -233,7 +233,7 @@ async fn export_codes(
             "code,status,redeemed_by,redeemed_at,created_at\n",
         ))
     });
-    let rows = async_stream_rows(pool, topic.id);
+    let rows = csv_rows(pool, topic.id);
     let body = Body::from_stream(header_line.chain(rows));
     Response::builder()
         .header(header::CONTENT_TYPE, "text/csv; charset=utf-8")
@@ -246,7 +246,7 @@ async fn export_codes(
 }
 
 /// The topic's codes as CSV lines, read with one streaming query.
-fn async_stream_rows(
+fn csv_rows(
     pool: sqlx::MySqlPool,
     topic: i64,
 ) -> impl futures::Stream<Item = Result<String, std::io::Error>> {
