@@ -47,6 +47,10 @@ pub struct ConsumerConfig {
     #[arg(long, env = "EXPIRING_SOON_DAYS", default_value_t = 7)]
     pub expiring_soon_days: u32,
 
+    /// Days after its soft delete that a code moves to the archive tables.
+    #[arg(long, env = "ARCHIVE_AFTER_DAYS", default_value_t = 183)]
+    pub archive_after_days: u32,
+
     /// Longest pause (ms) between retries of a batch that failed on a MySQL or Kafka error.
     #[arg(long, env = "RETRY_MAX_DELAY_MS", default_value_t = 5_000)]
     pub retry_max_delay_ms: u64,

@@ -1,10 +1,11 @@
 //! Expiry jobs, every `EXPIRY_INTERVAL_MS`: `EXPIRING_SOON` notices for coupons whose validity
-//! ends within `EXPIRING_SOON_DAYS` (each coupon once), then `EXPIRED` marks for coupons past
-//! their validity, in batches. Both lock rows with `FOR UPDATE SKIP LOCKED`, so several
-//! instances can run them; both write their events to the outbox in the same transaction.
+//! ends within `EXPIRING_SOON_DAYS` (each coupon once), `EXPIRED` marks for coupons past their
+//! validity, and the archival of codes soft-deleted `ARCHIVE_AFTER_DAYS` ago, all in batches.
+//! Each locks its rows with `FOR UPDATE SKIP LOCKED`, so several instances can run them; the
+//! first two write their events to the outbox in the same transaction.
 
 use chrono::Utc;
-use coupon_core::events;
+use coupon_core::{codes, events};
 use tokio_util::sync::CancellationToken;
 
 use crate::IssueConsumer;
@@ -39,6 +40,19 @@ impl IssueConsumer {
             if (n as u32) < EXPIRY_BATCH {
                 break;
             }
+        }
+        let cutoff = now - self.archive_after;
+        let mut archived = 0;
+        loop {
+            let n = codes::archive_deleted(&self.pool, cutoff, EXPIRY_BATCH, now).await?;
+            archived += n;
+            if (n as u32) < EXPIRY_BATCH {
+                break;
+            }
+        }
+        if archived > 0 {
+            metrics::counter!("coupon_codes_archived_total").increment(archived as u64);
+            tracing::info!(archived, "soft-deleted codes moved to the archive");
         }
         if expired > 0 {
             metrics::counter!("coupon_issues_expired_total").increment(expired as u64);

@@ -540,3 +540,101 @@ pub async fn search_codes(
         })
         .collect()
 }
+
+const CODE_COLUMNS: &str =
+    "id, code, topic_id, status, redeemed_by, redeemed_at, coupon_issue_id, created_at, deleted_at";
+
+/// Moves up to `batch` codes soft-deleted before `deleted_before` (with their redemption, kept
+/// in the code row) into `coupon_codes_archive`, in one transaction, and returns how many moved.
+/// Each batch is atomic and rows are taken with `FOR UPDATE SKIP LOCKED`, so the job can stop
+/// anywhere, be run again, or run on several instances.
+///
+/// # Errors
+/// Any database error (the batch is rolled back whole).
+pub async fn archive_deleted(
+    pool: &MySqlPool,
+    deleted_before: DateTime<Utc>,
+    batch: u32,
+    now: DateTime<Utc>,
+) -> Result<usize, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM coupon_codes WHERE status = 'DELETED' AND deleted_at < ? \
+         ORDER BY deleted_at LIMIT ? FOR UPDATE SKIP LOCKED",
+    )
+    .bind(deleted_before)
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut copy = QueryBuilder::<MySql>::new(format!(
+        "INSERT INTO coupon_codes_archive ({CODE_COLUMNS}, archived_at) SELECT {CODE_COLUMNS}, "
+    ));
+    copy.push_bind(now).push(" FROM coupon_codes WHERE id IN (");
+    let mut list = copy.separated(", ");
+    for id in &ids {
+        list.push_bind(*id);
+    }
+    copy.push(")");
+    copy.build().execute(&mut *tx).await?;
+    let mut delete = QueryBuilder::<MySql>::new("DELETE FROM coupon_codes WHERE id IN (");
+    let mut list = delete.separated(", ");
+    for id in &ids {
+        list.push_bind(*id);
+    }
+    delete.push(")");
+    delete.build().execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(ids.len())
+}
+
+/// An archived code: [`CodeView`] plus its topic and when it was archived.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchivedCode {
+    /// The code as it was.
+    #[serde(flatten)]
+    pub code: CodeView,
+    /// Its topic.
+    pub topic_id: i64,
+    /// The issued coupon it produced, if redeemed.
+    pub coupon_issue_id: Option<i64>,
+    /// When it was soft-deleted.
+    pub deleted_at: Option<DateTime<Utc>>,
+    /// When the archival job moved it.
+    pub archived_at: DateTime<Utc>,
+}
+
+/// Looks `code` up in the archive.
+///
+/// # Errors
+/// Any database error.
+pub async fn find_archived(
+    pool: &MySqlPool,
+    code: &Code,
+) -> Result<Option<ArchivedCode>, sqlx::Error> {
+    let Some(row) = sqlx::query(&format!(
+        "SELECT {CODE_COLUMNS}, archived_at FROM coupon_codes_archive WHERE code = ? ORDER BY id DESC LIMIT 1"
+    ))
+    .bind(code.as_str())
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(ArchivedCode {
+        code: CodeView {
+            id: row.try_get("id")?,
+            code: row.try_get("code")?,
+            status: row.try_get("status")?,
+            redeemed_by: row.try_get("redeemed_by")?,
+            redeemed_at: row.try_get("redeemed_at")?,
+            created_at: row.try_get("created_at")?,
+        },
+        topic_id: row.try_get("topic_id")?,
+        coupon_issue_id: row.try_get("coupon_issue_id")?,
+        deleted_at: row.try_get("deleted_at")?,
+        archived_at: row.try_get("archived_at")?,
+    }))
+}

@@ -8,7 +8,9 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use coupon_core::codes::{self, BulkAction, Code, CodeFilter, CodeRedemption, CodeView, Topic};
+use coupon_core::codes::{
+    self, ArchivedCode, BulkAction, Code, CodeFilter, CodeRedemption, CodeView, Topic,
+};
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::queries::{Page, PageOf};
 use futures::StreamExt;
@@ -42,6 +44,7 @@ pub fn router() -> Router<AppState> {
             get(generation_job),
         )
         .route("/api/v1/codes/{code}/redeem", post(redeem_code))
+        .route("/api/v1/archive/codes/{code}", get(archived_code))
 }
 
 /// Most codes one generation request may ask for (count).
@@ -408,4 +411,17 @@ async fn search_codes(
         .then(|| items.last().map(|c| c.id.to_string()))
         .flatten();
     Ok(Json(PageOf { items, next_cursor }))
+}
+
+/// `GET /api/v1/archive/codes/{code}`: a code the archival job moved out of the hot table
+/// (soft-deleted long ago), with its redemption; 404 `CODE_NOT_FOUND` otherwise.
+async fn archived_code(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<ArchivedCode>, ApiError> {
+    let code = Code::parse(&raw).map_err(|e| ApiError::InvalidCode(e.0))?;
+    let archived = codes::find_archived(&state.pool, &code).await?;
+    Ok(Json(
+        archived.ok_or(ApiError::Code(codes::CodeError::NotFound))?,
+    ))
 }

@@ -380,3 +380,63 @@ async fn the_common_code_filters_use_an_index() {
         assert_ne!(access.as_deref(), Some("ALL"), "{filter:?} scans the table");
     }
 }
+
+#[tokio::test]
+async fn codes_deleted_long_ago_move_to_the_archive_in_resumable_batches() {
+    let app = spawn_app().await;
+    let id = topic(&app).await;
+    let codes = generate(&app, id, 25).await;
+    assert_eq!(redeem(&app, &codes[0], 7).await.status(), 200);
+    assert_eq!(bulk(&app, id, "").await["changed"], 25);
+    let now = chrono::Utc::now();
+    sqlx::query("UPDATE coupon_codes SET deleted_at = ? WHERE code <> ?")
+        .bind(now - chrono::Duration::days(200))
+        .bind(&codes[24])
+        .execute(&app.state.pool)
+        .await
+        .unwrap();
+    let cutoff = now - chrono::Duration::days(183);
+
+    let mut moved = Vec::new();
+    loop {
+        let n = coupon_core::codes::archive_deleted(&app.state.pool, cutoff, 7, now)
+            .await
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        moved.push(n);
+    }
+
+    assert_eq!(
+        moved,
+        vec![7, 7, 7, 3],
+        "24 old codes in batches of 7; the recent one stays"
+    );
+    let hot: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM coupon_codes")
+        .fetch_one(&app.state.pool)
+        .await
+        .unwrap();
+    assert_eq!(hot, 1);
+    let archived: Value = app
+        .client
+        .get(app.url(&format!("/api/v1/archive/codes/{}", codes[0])))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        archived["redeemed_by"], 7,
+        "the redemption moved with the code"
+    );
+    assert_eq!(archived["status"], "DELETED");
+    let recent = app
+        .client
+        .get(app.url(&format!("/api/v1/archive/codes/{}", codes[24])))
+        .send()
+        .await
+        .unwrap();
+    assert_error(recent, 404, "CODE_NOT_FOUND").await;
+}
