@@ -140,12 +140,7 @@ impl Running {
 }
 
 fn issue(coupon: CouponId, user: i64) -> IssueMessage {
-    IssueMessage {
-        coupon_id: coupon,
-        user_id: UserId::parse(user).unwrap(),
-        request_id: Uuid::now_v7(),
-        admitted_at: Utc::now(),
-    }
+    testing::issue_message(coupon, user)
 }
 
 #[tokio::test]

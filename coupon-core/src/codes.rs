@@ -572,19 +572,11 @@ pub async fn archive_deleted(
     let mut copy = QueryBuilder::<MySql>::new(format!(
         "INSERT INTO coupon_codes_archive ({CODE_COLUMNS}, archived_at) SELECT {CODE_COLUMNS}, "
     ));
-    copy.push_bind(now).push(" FROM coupon_codes WHERE id IN (");
-    let mut list = copy.separated(", ");
-    for id in &ids {
-        list.push_bind(*id);
-    }
-    copy.push(")");
+    copy.push_bind(now).push(" FROM coupon_codes WHERE id IN ");
+    repository::push_id_list(&mut copy, &ids);
     copy.build().execute(&mut *tx).await?;
-    let mut delete = QueryBuilder::<MySql>::new("DELETE FROM coupon_codes WHERE id IN (");
-    let mut list = delete.separated(", ");
-    for id in &ids {
-        list.push_bind(*id);
-    }
-    delete.push(")");
+    let mut delete = QueryBuilder::<MySql>::new("DELETE FROM coupon_codes WHERE id IN ");
+    repository::push_id_list(&mut delete, &ids);
     delete.build().execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(ids.len())

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::{MySql, MySqlPool, QueryBuilder, Row, Transaction};
 use uuid::Uuid;
 
+use crate::repository::push_id_list;
+
 /// Version of the event JSON; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -93,13 +95,9 @@ pub async fn record(
         return Ok(());
     }
     let mut select = QueryBuilder::<MySql>::new(
-        "SELECT id, coupon_id, user_id, order_id, expires_at FROM coupon_issues WHERE id IN (",
+        "SELECT id, coupon_id, user_id, order_id, expires_at FROM coupon_issues WHERE id IN ",
     );
-    let mut list = select.separated(", ");
-    for id in issue_ids {
-        list.push_bind(*id);
-    }
-    select.push(")");
+    push_id_list(&mut select, issue_ids);
     let rows = select.build().fetch_all(&mut **tx).await?;
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
@@ -211,12 +209,8 @@ async fn update_ids(
         return Ok(());
     }
     let mut update = QueryBuilder::<MySql>::new(set);
-    update.push_bind(now).push(" WHERE id IN (");
-    let mut list = update.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-    update.push(")");
+    update.push_bind(now).push(" WHERE id IN ");
+    push_id_list(&mut update, ids);
     update.build().execute(&mut **tx).await?;
     Ok(())
 }

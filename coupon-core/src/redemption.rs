@@ -511,12 +511,8 @@ async fn release_ids(
     events::record(tx, EventType::Released, ids, now).await?;
     for chunk in ids.chunks(500) {
         let mut release = sqlx::QueryBuilder::<sqlx::MySql>::new(RELEASE);
-        release.push("id IN (");
-        let mut list = release.separated(", ");
-        for id in chunk {
-            list.push_bind(*id);
-        }
-        release.push(")");
+        release.push("id IN ");
+        repository::push_id_list(&mut release, chunk);
         release.build().execute(&mut **tx).await?;
     }
     Ok(())

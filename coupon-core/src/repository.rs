@@ -47,6 +47,16 @@ pub(crate) fn policy_from_row(row: &MySqlRow) -> Result<CouponPolicy, sqlx::Erro
     })
 }
 
+/// Appends `(?, ?, …)` with `ids` bound, for `id IN` clauses.
+pub(crate) fn push_id_list(query: &mut QueryBuilder<'_, MySql>, ids: &[i64]) {
+    query.push("(");
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    query.push(")");
+}
+
 /// Inserts a validated policy inside `tx` and reads it back.
 ///
 /// The caller prepares the coupon's Redis state before committing `tx`, so a committed policy

@@ -116,6 +116,30 @@ pub async fn count_rows(pool: &MySqlPool, coupon_id: i64) -> i64 {
         .expect("counting coupon_issues rows")
 }
 
+/// An issue message for `user`, as coupon-api publishes it: fresh request id, admitted now.
+///
+/// # Panics
+/// When `user` is not positive (a test mistake).
+pub fn issue_message(coupon: crate::domain::CouponId, user: i64) -> crate::message::IssueMessage {
+    crate::message::IssueMessage {
+        coupon_id: coupon,
+        user_id: crate::domain::UserId::parse(user).expect("positive user id"),
+        request_id: uuid::Uuid::now_v7(),
+        admitted_at: Utc::now(),
+    }
+}
+
+/// Persists `user`'s issue of `coupon` as coupon-consumer would.
+///
+/// # Panics
+/// On a bad id or any database error (a test failure).
+pub async fn persist_issue(pool: &MySqlPool, coupon: i64, user: i64) {
+    let coupon = crate::domain::CouponId::parse(coupon).expect("positive coupon id");
+    crate::repository::persist_batch(pool, &[issue_message(coupon, user)])
+        .await
+        .expect("persist");
+}
+
 /// A fresh database holding one open policy issued to users `1..=users` (valid 30 days), as
 /// coupon-consumer would have persisted it; returns the pool, the issue messages and the
 /// `coupon_issues` ids in user order.
@@ -134,14 +158,7 @@ pub async fn issued_to_users(
         .await
         .expect("insert policy");
     tx.commit().await.expect("commit");
-    let batch: Vec<_> = (1..=users)
-        .map(|u| crate::message::IssueMessage {
-            coupon_id: policy.id,
-            user_id: crate::domain::UserId::parse(u).expect("positive user id"),
-            request_id: uuid::Uuid::now_v7(),
-            admitted_at: Utc::now(),
-        })
-        .collect();
+    let batch: Vec<_> = (1..=users).map(|u| issue_message(policy.id, u)).collect();
     crate::repository::persist_batch(&pool, &batch)
         .await
         .expect("persist");

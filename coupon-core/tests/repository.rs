@@ -3,12 +3,11 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use chrono::Utc;
-use coupon_core::domain::{CouponId, CouponPolicy, UserId};
+use coupon_core::domain::{CouponId, CouponPolicy};
 use coupon_core::message::IssueMessage;
 use coupon_core::repository::{self, Rejection};
 use coupon_core::{db, testing};
 use sqlx::MySqlPool;
-use uuid::Uuid;
 
 async fn pool() -> MySqlPool {
     let stores = testing::isolated_stores();
@@ -30,12 +29,7 @@ async fn create(pool: &MySqlPool, total: Option<i64>) -> CouponPolicy {
 }
 
 fn issue(coupon: CouponId, user: i64) -> IssueMessage {
-    IssueMessage {
-        coupon_id: coupon,
-        user_id: UserId::parse(user).unwrap(),
-        request_id: Uuid::now_v7(),
-        admitted_at: Utc::now(),
-    }
+    testing::issue_message(coupon, user)
 }
 
 async fn issued_quantity(pool: &MySqlPool, coupon: CouponId) -> i64 {

@@ -101,15 +101,7 @@ async fn the_issue_status_is_pending_until_persisted_then_issued() {
     assert_error(app.issue_status(999_999, 3).await, 404, "COUPON_NOT_FOUND").await;
 
     // What coupon-consumer does for the message (tested in coupon-consumer).
-    let message = IssueMessage {
-        coupon_id: CouponId::parse(id).unwrap(),
-        user_id: UserId::parse(3).unwrap(),
-        request_id: uuid::Uuid::now_v7(),
-        admitted_at: Utc::now(),
-    };
-    coupon_core::repository::persist_batch(&app.state.pool, &[message])
-        .await
-        .unwrap();
+    testing::persist_issue(&app.state.pool, id, 3).await;
     let issued: serde_json::Value = app.issue_status(id, 3).await.json().await.unwrap();
     assert_eq!(issued["status"], "ISSUED");
 }

@@ -1,23 +1,13 @@
 //! A user's coupons, policy search and stats.
 
 use chrono::Utc;
-use coupon_core::domain::{CouponId, UserId};
-use coupon_core::message::IssueMessage;
-use coupon_core::{repository, testing};
+use coupon_core::testing;
 use serde_json::{json, Value};
 
 use crate::helpers::{assert_error, spawn_app, TestApp};
 
 async fn persist(app: &TestApp, coupon: i64, user: i64) {
-    let message = IssueMessage {
-        coupon_id: CouponId::parse(coupon).unwrap(),
-        user_id: UserId::parse(user).unwrap(),
-        request_id: uuid::Uuid::now_v7(),
-        admitted_at: Utc::now(),
-    };
-    repository::persist_batch(&app.state.pool, &[message])
-        .await
-        .unwrap();
+    testing::persist_issue(&app.state.pool, coupon, user).await;
 }
 
 async fn get(app: &TestApp, path: &str) -> Value {

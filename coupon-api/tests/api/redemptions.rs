@@ -1,7 +1,6 @@
 use chrono::Utc;
-use coupon_core::domain::{CouponId, DiscountType, NewCouponPolicy, UserId};
-use coupon_core::message::IssueMessage;
-use coupon_core::{repository, testing};
+use coupon_core::domain::{DiscountType, NewCouponPolicy};
+use coupon_core::testing;
 use serde_json::{json, Value};
 
 use crate::helpers::{assert_error, spawn_app, TestApp};
@@ -9,15 +8,7 @@ use crate::helpers::{assert_error, spawn_app, TestApp};
 /// Creates `policy`, issues it to `user` as coupon-consumer would, returns the issue id.
 pub async fn issued(app: &TestApp, policy: &NewCouponPolicy, user: i64) -> i64 {
     let coupon = app.create_policy(policy).await["id"].as_i64().unwrap();
-    let message = IssueMessage {
-        coupon_id: CouponId::parse(coupon).unwrap(),
-        user_id: UserId::parse(user).unwrap(),
-        request_id: uuid::Uuid::now_v7(),
-        admitted_at: Utc::now(),
-    };
-    repository::persist_batch(&app.state.pool, &[message])
-        .await
-        .unwrap();
+    testing::persist_issue(&app.state.pool, coupon, user).await;
     sqlx::query_scalar("SELECT id FROM coupon_issues WHERE coupon_id = ? AND user_id = ?")
         .bind(coupon)
         .bind(user)
