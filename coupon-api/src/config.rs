@@ -40,6 +40,11 @@ pub struct ApiConfig {
     #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
     pub idempotency_ttl_secs: u32,
 
+    /// Lease (ms) of a code generation job: renewed by every committed batch; a job whose
+    /// lease ran out (its instance died) is resumed by another instance.
+    #[arg(long, env = "CODE_JOB_LEASE_MS", default_value_t = 30_000)]
+    pub code_job_lease_ms: u64,
+
     /// Longest wait (ms) for in-flight requests to finish after SIGTERM/Ctrl-C.
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
@@ -49,6 +54,11 @@ impl ApiConfig {
     /// [`Self::policy_cache_ttl_ms`] as a [`Duration`].
     pub fn policy_cache_ttl(&self) -> Duration {
         Duration::from_millis(self.policy_cache_ttl_ms)
+    }
+
+    /// [`Self::code_job_lease_ms`] as a [`Duration`].
+    pub fn code_job_lease(&self) -> Duration {
+        Duration::from_millis(self.code_job_lease_ms)
     }
 
     /// [`Self::shutdown_grace_ms`] as a [`Duration`].

@@ -6,6 +6,7 @@
 //! [`routes::issues`] for the steps and [`startup::Application`] to run it.
 
 pub mod cache;
+pub mod code_jobs;
 pub mod config;
 pub mod error;
 pub mod extract;

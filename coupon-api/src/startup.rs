@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
 use crate::cache::PolicyCache;
+use crate::code_jobs::CodeJobs;
 use crate::config::ApiConfig;
 use crate::error::ErrorDetail;
 use crate::idempotency::Idempotency;
@@ -103,6 +104,9 @@ impl Application {
             admission.clone(),
             pool.clone(),
         );
+        let background = CancellationToken::new();
+        let code_jobs = CodeJobs::new(pool.clone(), config.code_job_lease(), background.clone());
+        tokio::spawn(code_jobs.clone().resume_abandoned());
         let state = AppState {
             pool,
             admission,
@@ -110,9 +114,9 @@ impl Application {
             cache: cache.clone(),
             reservation_hold: chrono::Duration::seconds(i64::from(config.reservation_hold_secs)),
             stats: crate::state::stats_cache(),
+            code_jobs,
         };
 
-        let background = CancellationToken::new();
         let invalidations_ready = CancellationToken::new();
         tokio::spawn(invalidation::run(
             stores.redis_url().to_owned(),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use coupon_core::domain::CouponId;
 
 use crate::cache::PolicyCache;
+use crate::code_jobs::CodeJobs;
 use crate::routes::coupons::StatsView;
 
 /// Cheap to clone: every field is a handle on a shared pool or connection.
@@ -26,6 +27,8 @@ pub struct AppState {
     pub reservation_hold: chrono::Duration,
     /// Per-coupon stats, each kept for one second.
     pub stats: moka::future::Cache<CouponId, Arc<StatsView>>,
+    /// Runner of code generation jobs.
+    pub code_jobs: CodeJobs,
 }
 
 /// The stats cache of [`AppState::stats`]: entries live one second.

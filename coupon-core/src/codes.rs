@@ -144,12 +144,13 @@ pub async fn list_topics(
 }
 
 /// Inserts `count` fresh codes for `topic` in one multi-row `INSERT IGNORE`, topping up
-/// whatever a collision skipped, and returns how many were inserted (always `count`).
+/// whatever a collision skipped, and returns how many were inserted (always `count`). Runs on
+/// `conn`, so a caller can commit the codes together with its own bookkeeping.
 ///
 /// # Errors
 /// Any database error.
 pub async fn insert_codes(
-    pool: &MySqlPool,
+    conn: &mut sqlx::MySqlConnection,
     topic: i64,
     count: usize,
     now: DateTime<Utc>,
@@ -167,7 +168,7 @@ pub async fn insert_codes(
         insert.push_values(&codes, |mut row, code| {
             row.push_bind(code.as_str()).push_bind(topic).push_bind(now);
         });
-        inserted += insert.build().execute(pool).await?.rows_affected();
+        inserted += insert.build().execute(&mut *conn).await?.rows_affected();
     }
     Ok(inserted)
 }

@@ -1,6 +1,7 @@
 //! `coupon-core`: what coupon-api and coupon-consumer share.
 //!
-//! - [`codes`]: code coupons (topics, generation, redeem by code);
+//! - [`codes`]: code coupons (topics, codes, redeem by code, bulk changes, archival);
+//! - [`code_jobs`]: resumable code generation jobs;
 //! - [`domain`]: identifiers, the coupon policy and its validation;
 //! - [`admission`]: the atomic Redis admission script and the per-coupon Redis keys;
 //! - [`message`]: the issue message carried by Kafka;
@@ -17,6 +18,7 @@
 //! This crate knows nothing of HTTP or of the consumer loop.
 
 pub mod admission;
+pub mod code_jobs;
 pub mod codes;
 pub mod config;
 pub mod db;

@@ -8,6 +8,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
+use coupon_core::code_jobs::{self, GenerationJob};
 use coupon_core::codes::{
     self, ArchivedCode, BulkAction, Code, CodeFilter, CodeRedemption, CodeView, Topic,
 };
@@ -49,9 +50,6 @@ pub fn router() -> Router<AppState> {
 
 /// Most codes one generation request may ask for (count).
 pub const MAX_CODES_PER_REQUEST: i64 = 10_000_000;
-
-/// Codes inserted per statement by a generation job (count).
-const GENERATION_BATCH: i64 = 1_000;
 
 fn topic_id(raw: &str) -> Result<i64, ApiError> {
     raw.parse::<i64>()
@@ -129,20 +127,10 @@ struct GenerateBody {
     count: i64,
 }
 
-/// Progress of a generation job: `{"job_id": 4, "topic_id": 3, "requested": 1000000,
-/// "generated": 250000, "status": "RUNNING" | "DONE" | "FAILED"}`.
-#[derive(Debug, Serialize)]
-struct GenerationJob {
-    job_id: i64,
-    topic_id: i64,
-    requested: i64,
-    generated: i64,
-    status: String,
-}
-
-/// `POST /api/v1/topics/{topic_id}/codes`: 202 with a job whose progress
-/// `GET …/code-jobs/{job_id}` reports. The job inserts batches of 1,000 codes, so memory stays
-/// flat whatever the count.
+/// `POST /api/v1/topics/{topic_id}/codes`: 202 with a job (`{"job_id": 4, "topic_id": 3,
+/// "requested": 1000000, "generated": 0, "status": "RUNNING"}`) whose progress
+/// `GET …/code-jobs/{job_id}` reports. The job commits 1,000 codes per transaction, so memory
+/// stays flat whatever the count, and it survives this instance: see [`crate::code_jobs`].
 async fn generate_codes(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -154,73 +142,28 @@ async fn generate_codes(
             "count must be from 1 to {MAX_CODES_PER_REQUEST}"
         )));
     }
-    let job_id =
-        sqlx::query("INSERT INTO code_generation_jobs (topic_id, requested) VALUES (?, ?)")
-            .bind(topic.id)
-            .bind(body.count)
-            .execute(&state.pool)
-            .await?
-            .last_insert_id();
-    let job_id = i64::try_from(job_id).unwrap_or(i64::MAX);
-    let pool = state.pool.clone();
-    let requested = body.count;
-    tokio::spawn(async move {
-        let mut generated = 0;
-        let outcome: Result<(), sqlx::Error> = async {
-            while generated < requested {
-                let batch = (requested - generated).min(GENERATION_BATCH);
-                codes::insert_codes(&pool, topic.id, batch as usize, Utc::now()).await?;
-                generated += batch;
-                sqlx::query("UPDATE code_generation_jobs SET generated = ? WHERE id = ?")
-                    .bind(generated)
-                    .bind(job_id)
-                    .execute(&pool)
-                    .await?;
-            }
-            Ok(())
-        }
-        .await;
-        let status = if outcome.is_ok() { "DONE" } else { "FAILED" };
-        if let Err(err) = &outcome {
-            tracing::error!(%err, job_id, generated, "code generation failed");
-        }
-        let _ = sqlx::query("UPDATE code_generation_jobs SET status = ? WHERE id = ?")
-            .bind(status)
-            .bind(job_id)
-            .execute(&pool)
-            .await;
-    });
-    let job = GenerationJob {
-        job_id,
-        topic_id: topic.id,
-        requested,
-        generated: 0,
-        status: "RUNNING".into(),
-    };
+    let job = code_jobs::create(
+        &state.pool,
+        topic.id,
+        body.count,
+        state.code_jobs.lease(),
+        Utc::now(),
+    )
+    .await?;
+    state.code_jobs.spawn(job.job_id);
     Ok((StatusCode::ACCEPTED, Json(job)))
 }
 
-/// `GET /api/v1/topics/{topic_id}/code-jobs/{job_id}`: a generation job's progress.
+/// `GET /api/v1/topics/{topic_id}/code-jobs/{job_id}`: a generation job's progress, or 404.
 async fn generation_job(
     State(state): State<AppState>,
     Path((raw_topic, job_id)): Path<(String, i64)>,
 ) -> Result<Json<GenerationJob>, ApiError> {
     let topic = topic_id(&raw_topic)?;
-    let row = sqlx::query(
-        "SELECT id, topic_id, requested, generated, status FROM code_generation_jobs WHERE id = ? AND topic_id = ?",
-    )
-    .bind(job_id)
-    .bind(topic)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or(ApiError::RouteNotFound)?;
-    Ok(Json(GenerationJob {
-        job_id: row.try_get("id").map_err(ApiError::from)?,
-        topic_id: row.try_get("topic_id").map_err(ApiError::from)?,
-        requested: row.try_get("requested").map_err(ApiError::from)?,
-        generated: row.try_get("generated").map_err(ApiError::from)?,
-        status: row.try_get("status").map_err(ApiError::from)?,
-    }))
+    let job = code_jobs::find(&state.pool, topic, job_id)
+        .await?
+        .ok_or(ApiError::RouteNotFound)?;
+    Ok(Json(job))
 }
 
 /// `GET /api/v1/topics/{topic_id}/codes.csv`: every live code of the topic as CSV

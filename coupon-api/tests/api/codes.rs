@@ -440,3 +440,80 @@ async fn codes_deleted_long_ago_move_to_the_archive_in_resumable_batches() {
         .unwrap();
     assert_error(recent, 404, "CODE_NOT_FOUND").await;
 }
+
+#[tokio::test]
+async fn a_generation_job_abandoned_by_a_dead_instance_is_resumed_exactly() {
+    use coupon_core::code_jobs::{self, Lease, Step};
+    let app = spawn_app_with(|c| c.code_job_lease_ms = 300).await;
+    let topic = topic(&app).await;
+    let pool = &app.state.pool;
+    let now = chrono::Utc::now();
+    // An instance that committed 1,000 of 2,500 codes, then died: its lease runs out.
+    let dead = Lease {
+        owner: "dead-instance".into(),
+        length: chrono::Duration::seconds(60),
+    };
+    let abandoned = code_jobs::create(pool, topic, 2_500, &dead, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        code_jobs::step(pool, abandoned.job_id, &dead, 1_000, now)
+            .await
+            .unwrap(),
+        Step::Progressed
+    );
+    sqlx::query("UPDATE code_generation_jobs SET lease_until = ? WHERE id = ?")
+        .bind(now - chrono::Duration::seconds(1))
+        .bind(abandoned.job_id)
+        .execute(pool)
+        .await
+        .unwrap();
+    // A job a live instance holds for another minute must be left alone.
+    let live = Lease {
+        owner: "live-instance".into(),
+        length: chrono::Duration::seconds(60),
+    };
+    let held = code_jobs::create(pool, topic, 10, &live, now)
+        .await
+        .unwrap();
+
+    testing::eventually("the resumed job", Duration::from_secs(30), || async {
+        let job = code_jobs::find(pool, topic, abandoned.job_id)
+            .await
+            .unwrap()
+            .unwrap();
+        (job.status == "DONE").then_some(job)
+    })
+    .await;
+    let job = code_jobs::find(pool, topic, abandoned.job_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.generated, 2_500);
+    assert_eq!(codes_of(pool, topic).await, 2_500);
+
+    // The dead instance, coming back, can no longer write to the job it lost.
+    assert_eq!(
+        code_jobs::step(pool, abandoned.job_id, &dead, 1_000, now)
+            .await
+            .unwrap(),
+        Step::LeaseLost
+    );
+    assert_eq!(codes_of(pool, topic).await, 2_500);
+    let untouched = code_jobs::find(pool, topic, held.job_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (untouched.generated, untouched.status.as_str()),
+        (0, "RUNNING")
+    );
+}
+
+async fn codes_of(pool: &sqlx::MySqlPool, topic: i64) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM coupon_codes WHERE topic_id = ?")
+        .bind(topic)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
