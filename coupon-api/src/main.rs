@@ -1,8 +1,12 @@
-//! `coupon-api` binary: `coupon-api` serves; `coupon-api migrate` only applies migrations.
+//! `coupon-api` binary: `coupon-api` serves; `coupon-api migrate` only applies migrations;
+//! `coupon-api archive show|list|run` reads the code archive or runs the archival now.
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use coupon_api::config::ApiConfig;
 use coupon_api::startup::Application;
+use coupon_core::codes;
 use coupon_core::shutdown::shutdown_signal;
 
 /// couponrush HTTP API.
@@ -21,10 +25,85 @@ enum Command {
     Serve,
     /// Create the database if missing, apply migrations, and exit.
     Migrate,
+    /// Read the code archive, or move long-deleted codes into it now (MySQL only).
+    Archive {
+        #[command(subcommand)]
+        action: ArchiveCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ArchiveCommand {
+    /// Print one archived code as JSON; exit status 1 when it is not in the archive.
+    Show {
+        /// The code, in any case, with or without separators.
+        code: String,
+    },
+    /// Print a topic's archived codes as JSON lines, newest first.
+    List {
+        /// The topic id.
+        #[arg(long)]
+        topic: i64,
+        /// Only codes with a smaller id (the last id of the previous page).
+        #[arg(long)]
+        before: Option<i64>,
+        /// Most codes printed (count).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Move codes soft-deleted more than `--older-than-days` ago into the archive, in batches;
+    /// safe to interrupt, rerun, or run beside coupon-consumer's own archival job.
+    Run {
+        /// Age (days) of a soft delete before its code is archived.
+        #[arg(long, default_value_t = 183)]
+        older_than_days: u32,
+        /// Codes moved per transaction (count).
+        #[arg(long, default_value_t = 1_000)]
+        batch: u32,
+    },
+}
+
+/// Runs an archive command against the configured MySQL database.
+async fn archive(database_url: &str, action: ArchiveCommand) -> anyhow::Result<ExitCode> {
+    let pool = coupon_core::db::prepare(database_url, 2).await?;
+    match action {
+        ArchiveCommand::Show { code } => {
+            let code = codes::Code::parse(&code).map_err(|e| anyhow::anyhow!(e.0))?;
+            let Some(archived) = codes::find_archived(&pool, &code).await? else {
+                eprintln!("{} is not in the archive", code.as_str());
+                return Ok(ExitCode::FAILURE);
+            };
+            println!("{}", serde_json::to_string_pretty(&archived)?);
+        }
+        ArchiveCommand::List {
+            topic,
+            before,
+            limit,
+        } => {
+            for archived in codes::list_archived(&pool, topic, before, limit).await? {
+                println!("{}", serde_json::to_string(&archived)?);
+            }
+        }
+        ArchiveCommand::Run {
+            older_than_days,
+            batch,
+        } => {
+            let now = chrono::Utc::now();
+            let cutoff = now - chrono::Duration::days(i64::from(older_than_days));
+            let mut moved = 0;
+            let total = codes::archive_all_deleted(&pool, cutoff, batch.max(1), now, |n| {
+                moved += n;
+                eprintln!("archived {moved} codes so far");
+            })
+            .await?;
+            println!("archived {total} codes soft-deleted before {cutoff}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     coupon_core::telemetry::init_tracing();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
@@ -33,11 +112,14 @@ async fn main() -> anyhow::Result<()> {
             coupon_core::db::prepare(stores.database_url(), 1).await?;
             tracing::info!("migrations applied");
         }
+        Command::Archive { action } => {
+            return archive(cli.config.stores.database_url(), action).await;
+        }
         Command::Serve => {
             let app = Application::build(cli.config).await?;
             tracing::info!(addr = %app.local_addr()?, "coupon-api listening");
             app.run_until_stopped(shutdown_signal()).await?;
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -42,14 +42,8 @@ impl IssueConsumer {
             }
         }
         let cutoff = now - self.archive_after;
-        let mut archived = 0;
-        loop {
-            let n = codes::archive_deleted(&self.pool, cutoff, EXPIRY_BATCH, now).await?;
-            archived += n;
-            if (n as u32) < EXPIRY_BATCH {
-                break;
-            }
-        }
+        let archived =
+            codes::archive_all_deleted(&self.pool, cutoff, EXPIRY_BATCH, now, |_| {}).await?;
         if archived > 0 {
             metrics::counter!("coupon_codes_archived_total").increment(archived as u64);
             tracing::info!(archived, "soft-deleted codes moved to the archive");

@@ -599,24 +599,34 @@ pub struct ArchivedCode {
     pub archived_at: DateTime<Utc>,
 }
 
-/// Looks `code` up in the archive.
+/// Runs [`archive_deleted`] batch after batch until nothing older than `deleted_before` is
+/// left, calling `on_batch` with each batch's count; returns the total moved (count).
 ///
 /// # Errors
-/// Any database error.
-pub async fn find_archived(
+/// Any database error (batches already moved stay moved; a rerun finishes the job).
+pub async fn archive_all_deleted(
     pool: &MySqlPool,
-    code: &Code,
-) -> Result<Option<ArchivedCode>, sqlx::Error> {
-    let Some(row) = sqlx::query(&format!(
-        "SELECT {CODE_COLUMNS}, archived_at FROM coupon_codes_archive WHERE code = ? ORDER BY id DESC LIMIT 1"
-    ))
-    .bind(code.as_str())
-    .fetch_optional(pool)
-    .await?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(ArchivedCode {
+    deleted_before: DateTime<Utc>,
+    batch: u32,
+    now: DateTime<Utc>,
+    mut on_batch: impl FnMut(usize),
+) -> Result<usize, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let moved = archive_deleted(pool, deleted_before, batch, now).await?;
+        if moved == 0 {
+            return Ok(total);
+        }
+        total += moved;
+        on_batch(moved);
+        if moved < batch as usize {
+            return Ok(total);
+        }
+    }
+}
+
+fn archived_from_row(row: &sqlx::mysql::MySqlRow) -> Result<ArchivedCode, sqlx::Error> {
+    Ok(ArchivedCode {
         code: CodeView {
             id: row.try_get("id")?,
             code: row.try_get("code")?,
@@ -629,5 +639,49 @@ pub async fn find_archived(
         coupon_issue_id: row.try_get("coupon_issue_id")?,
         deleted_at: row.try_get("deleted_at")?,
         archived_at: row.try_get("archived_at")?,
-    }))
+    })
+}
+
+/// Looks `code` up in the archive.
+///
+/// # Errors
+/// Any database error.
+pub async fn find_archived(
+    pool: &MySqlPool,
+    code: &Code,
+) -> Result<Option<ArchivedCode>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {CODE_COLUMNS}, archived_at FROM coupon_codes_archive WHERE code = ? ORDER BY id DESC LIMIT 1"
+    ))
+    .bind(code.as_str())
+    .fetch_optional(pool)
+    .await?
+    .as_ref()
+    .map(archived_from_row)
+    .transpose()
+}
+
+/// Archived codes of `topic`, newest first (`id < before`), at most `limit`; walks
+/// `(topic_id, id)`.
+///
+/// # Errors
+/// Any database error.
+pub async fn list_archived(
+    pool: &MySqlPool,
+    topic: i64,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<Vec<ArchivedCode>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {CODE_COLUMNS}, archived_at FROM coupon_codes_archive \
+         WHERE topic_id = ? AND id < ? ORDER BY id DESC LIMIT ?"
+    ))
+    .bind(topic)
+    .bind(before.unwrap_or(i64::MAX))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(archived_from_row)
+    .collect()
 }

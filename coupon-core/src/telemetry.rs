@@ -9,8 +9,9 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global tracing subscriber: `RUST_LOG` filters (default `info`), and
-/// `LOG_FORMAT=json` switches to one JSON object per line. Safe to call more than once (later
+/// Installs the global tracing subscriber, writing to stderr (stdout stays free for what a
+/// command prints): `RUST_LOG` filters (default `info`), and `LOG_FORMAT=json` switches to one
+/// JSON object per line. Safe to call more than once (later
 /// calls are no-ops), which tests rely on.
 pub fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -18,10 +19,16 @@ pub fn init_tracing() {
     let registry = tracing_subscriber::registry().with(filter);
     let _ = if json {
         registry
-            .with(tracing_subscriber::fmt::layer().json())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer()).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init()
     };
 }
 

@@ -517,3 +517,57 @@ async fn codes_of(pool: &sqlx::MySqlPool, topic: i64) -> i64 {
         .await
         .unwrap()
 }
+
+/// Runs the `coupon-api` binary against the test's database; returns (success, stdout).
+fn cli(app: &TestApp, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coupon-api"))
+        .args(args)
+        .env("DATABASE_URL", app.stores.database_url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running coupon-api");
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).expect("UTF-8 output"),
+    )
+}
+
+#[tokio::test]
+async fn the_archive_cli_archives_lists_and_shows_codes() {
+    let app = spawn_app().await;
+    let id = topic(&app).await;
+    let codes = generate(&app, id, 5).await;
+    assert_eq!(redeem(&app, &codes[2], 9).await.status(), 200);
+    assert_eq!(bulk(&app, id, "").await["changed"], 5);
+
+    let (ok, out) = cli(&app, &["archive", "run", "--older-than-days", "1"]);
+    assert!(ok);
+    assert!(out.contains("archived 0 codes"), "{out}");
+    let (ok, out) = cli(
+        &app,
+        &["archive", "run", "--older-than-days", "0", "--batch", "2"],
+    );
+    assert!(ok);
+    assert!(out.contains("archived 5 codes"), "{out}");
+    assert_eq!(codes_of(&app.state.pool, id).await, 0);
+
+    let (ok, out) = cli(&app, &["archive", "list", "--topic", &id.to_string()]);
+    assert!(ok);
+    let listed: Vec<Value> = out
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 5);
+    assert!(listed.iter().all(|c| c["status"] == "DELETED"));
+
+    let lower = codes[2].to_lowercase();
+    let (ok, out) = cli(&app, &["archive", "show", &lower]);
+    assert!(ok);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (shown["code"].as_str(), shown["redeemed_by"].as_i64()),
+        (Some(codes[2].as_str()), Some(9))
+    );
+    let (ok, _) = cli(&app, &["archive", "show", "ZZZZ-ZZZZ-ZZZZ-ZZZZ"]);
+    assert!(!ok, "a code not in the archive exits non-zero");
+}
