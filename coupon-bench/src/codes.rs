@@ -147,12 +147,12 @@ pub async fn run(args: CodesArgs) -> anyhow::Result<()> {
         .await
         .context("the timed generation job")?;
     println!(
-        "[bench] generated {} codes in {:.1} s: {:.0} codes/s; API RSS {:?} → peak {:?} MiB",
+        "[bench] generated {} codes in {:.1} s: {:.0} codes/s; API RSS {} → peak {} MiB",
         generation.codes,
         generation.seconds,
         generation.codes_per_second,
-        generation.api_rss_mib_start,
-        generation.api_rss_mib_peak
+        mib(generation.api_rss_mib_start),
+        mib(generation.api_rss_mib_peak)
     );
 
     let bulk = api.topic("bench bulk").await?;
@@ -419,6 +419,11 @@ impl Api {
     }
 }
 
+/// `13` for `Some(13.2)`, `n/a` for `None` (a memory figure in MiB).
+fn mib(value: Option<f64>) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.0}"))
+}
+
 /// Resident memory (MiB) of a process, from `/proc/<pid>/status` (Linux).
 fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -638,7 +643,6 @@ fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---|");
     for (label, g) in [("timed job", &r.generation), ("fill", &r.fill)] {
-        let mib = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.0}"));
         let _ = writeln!(
             md,
             "| {label} | {} | {} | {:.1} | {:.0} | {} → {} → {} |",

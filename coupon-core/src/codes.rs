@@ -371,6 +371,35 @@ mod tests {
     }
 
     #[test]
+    fn cursors_round_trip_and_match_their_search_shape() {
+        let by_id = CodeFilter::default();
+        let by_time = CodeFilter {
+            created_from: Some(Utc::now()),
+            ..CodeFilter::default()
+        };
+        let at = DateTime::from_timestamp_micros(1_795_000_000_123_456).unwrap();
+        let timed = CodeCursor {
+            id: 42,
+            created_at: Some(at),
+        };
+        assert_eq!(timed.to_string(), "1795000000123456.42");
+        assert_eq!(
+            CodeCursor::parse("1795000000123456.42", &by_time).unwrap(),
+            timed
+        );
+        assert_eq!(CodeCursor::parse("42", &by_id).unwrap().id, 42);
+        for (raw, filter) in [
+            ("42", &by_time),
+            ("1795000000123456.42", &by_id),
+            ("0", &by_id),
+            ("x.42", &by_time),
+            ("", &by_id),
+        ] {
+            assert!(CodeCursor::parse(raw, filter).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
     fn random_codes_are_well_formed_and_distinct() {
         let mut rng = rand::rng();
         let codes: std::collections::HashSet<_> =
@@ -480,10 +509,11 @@ pub struct CodeView {
 /// |---|---|---|
 /// | `status` (with or without others) | `(topic_id, status, id)` | reads the page |
 /// | `redeemed` | `(topic_id, redeemed, id)` | reads the page |
-/// | creation range only | `(topic_id, created_at, id)` | sorts the codes in the range |
+/// | creation range only | `(topic_id, created_at, id)` | reads the page |
 /// | none | `(topic_id, id)` | reads the page |
 ///
-/// Further filters on top of the chosen index are checked row by row.
+/// Further filters on top of the chosen index are checked row by row. A creation range alone
+/// is ordered by `(created_at, id)`, the order of its index, and its cursor carries both.
 pub fn search_index(filter: &CodeFilter) -> &'static str {
     if filter.status.is_some() {
         "idx_coupon_codes_topic_status"
@@ -496,14 +526,79 @@ pub fn search_index(filter: &CodeFilter) -> &'static str {
     }
 }
 
-/// The SQL of a code search, newest first (`id < before`), at most `limit` rows, on the index
-/// [`search_index`] picks. `explain` prefixes `EXPLAIN`, so tests can check the plan of the
-/// very statement served.
+/// Whether a search with `filter` is ordered by creation time (a creation range and no other
+/// filter) rather than by id.
+fn by_creation(filter: &CodeFilter) -> bool {
+    search_index(filter) == "idx_coupon_codes_topic_created"
+}
+
+/// Where the next page of a code search starts: `"123"` (the last id) or, for a search ordered
+/// by creation time, `"<created_at in µs since the epoch>.<id>"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeCursor {
+    /// The last code of the previous page.
+    pub id: i64,
+    /// Its creation time, for searches ordered by it.
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+impl CodeCursor {
+    /// The cursor after `last` in a search with `filter`.
+    pub fn after(last: &CodeView, filter: &CodeFilter) -> Self {
+        Self {
+            id: last.id,
+            created_at: by_creation(filter).then_some(last.created_at),
+        }
+    }
+
+    /// Reads a cursor handed out for a search with `filter`.
+    ///
+    /// # Errors
+    /// [`ValidationError`] when `raw` is not a cursor of that search's shape.
+    pub fn parse(raw: &str, filter: &CodeFilter) -> Result<Self, ValidationError> {
+        let invalid = || ValidationError("cursor is not valid".into());
+        let (created_at, id) = match raw.split_once('.') {
+            Some((micros, id)) => (
+                Some(
+                    micros
+                        .parse::<i64>()
+                        .ok()
+                        .and_then(DateTime::from_timestamp_micros)
+                        .ok_or_else(invalid)?,
+                ),
+                id,
+            ),
+            None => (None, raw),
+        };
+        let id = id
+            .parse::<i64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(invalid)?;
+        if created_at.is_some() != by_creation(filter) {
+            return Err(invalid());
+        }
+        Ok(Self { id, created_at })
+    }
+}
+
+impl std::fmt::Display for CodeCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.created_at {
+            Some(at) => write!(f, "{}.{}", at.timestamp_micros(), self.id),
+            None => write!(f, "{}", self.id),
+        }
+    }
+}
+
+/// The SQL of a code search, newest first, after `before`, at most `limit` rows, on the index
+/// [`search_index`] picks and in its order, so no search sorts. `explain` prefixes `EXPLAIN`,
+/// so tests can check the plan of the very statement served.
 pub fn search_sql(
     explain: bool,
     topic: i64,
     filter: &CodeFilter,
-    before: Option<i64>,
+    before: Option<CodeCursor>,
     limit: u32,
 ) -> QueryBuilder<'static, MySql> {
     let mut query = QueryBuilder::<MySql>::new(if explain { "EXPLAIN " } else { "" });
@@ -525,10 +620,26 @@ pub fn search_sql(
     if let Some(to) = filter.created_to {
         query.push(" AND created_at < ").push_bind(to);
     }
-    if let Some(before) = before {
-        query.push(" AND id < ").push_bind(before);
+    match before {
+        Some(CodeCursor {
+            id,
+            created_at: Some(at),
+        }) => {
+            query.push(" AND (created_at < ").push_bind(at);
+            query.push(" OR (created_at = ").push_bind(at);
+            query.push(" AND id < ").push_bind(id).push("))");
+        }
+        Some(CodeCursor { id, .. }) => {
+            query.push(" AND id < ").push_bind(id);
+        }
+        None => {}
     }
-    query.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+    query.push(if by_creation(filter) {
+        " ORDER BY created_at DESC, id DESC LIMIT "
+    } else {
+        " ORDER BY id DESC LIMIT "
+    });
+    query.push_bind(limit);
     query
 }
 
@@ -540,7 +651,7 @@ pub async fn search_codes(
     pool: &MySqlPool,
     topic: i64,
     filter: &CodeFilter,
-    before: Option<i64>,
+    before: Option<CodeCursor>,
     limit: u32,
 ) -> Result<Vec<CodeView>, sqlx::Error> {
     search_sql(false, topic, filter, before, limit)

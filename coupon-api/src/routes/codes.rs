@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use chrono::Utc;
 use coupon_core::code_jobs::{self, GenerationJob};
 use coupon_core::codes::{
-    self, ArchivedCode, BulkAction, Code, CodeFilter, CodeRedemption, CodeView, Topic,
+    self, ArchivedCode, BulkAction, Code, CodeCursor, CodeFilter, CodeRedemption, CodeView, Topic,
 };
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::queries::{Page, PageOf};
@@ -319,7 +319,8 @@ struct SearchParams {
 }
 
 /// `GET /api/v1/topics/{topic_id}/codes?status=&redeemed=&created_from=&created_to=&cursor=&limit=`:
-/// newest first, keyset pagination, `{"items": [...], "next_cursor": ...}`.
+/// newest first (by id; by creation time for a creation range alone), keyset pagination,
+/// `{"items": [...], "next_cursor": ...}`; a cursor from another search shape is 422.
 async fn search_codes(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -333,25 +334,28 @@ async fn search_codes(
             ));
         }
     }
-    let page = Page::parse(params.limit, params.cursor.as_deref())?;
+    let page = Page::parse(params.limit, None)?;
     let filter = CodeFilter {
         status: params.status,
         redeemed: params.redeemed,
         created_from: params.created_from,
         created_to: params.created_to,
     };
-    let mut items = codes::search_codes(
-        &state.pool,
-        topic.id,
-        &filter,
-        page.before_id,
-        page.limit + 1,
-    )
-    .await?;
+    let before = params
+        .cursor
+        .as_deref()
+        .map(|raw| CodeCursor::parse(raw, &filter))
+        .transpose()?;
+    let mut items =
+        codes::search_codes(&state.pool, topic.id, &filter, before, page.limit + 1).await?;
     let more = items.len() > page.limit as usize;
     items.truncate(page.limit as usize);
     let next_cursor = more
-        .then(|| items.last().map(|c| c.id.to_string()))
+        .then(|| {
+            items
+                .last()
+                .map(|c| CodeCursor::after(c, &filter).to_string())
+        })
         .flatten();
     Ok(Json(PageOf { items, next_cursor }))
 }

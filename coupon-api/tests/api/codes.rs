@@ -343,6 +343,29 @@ async fn codes_are_searched_by_status_redemption_and_creation_time() {
     assert_eq!(codes_of(&first).len() + codes_of(&rest).len(), 30);
     assert_eq!(rest["next_cursor"], Value::Null);
     assert!(codes_of(&future).is_empty());
+
+    // A creation range alone pages in creation order, with a cursor that carries the time.
+    let since = (chrono::Utc::now() - chrono::Duration::hours(1))
+        .to_rfc3339()
+        .replace('+', "%2B");
+    let recent = get(format!("created_from={since}&limit=20")).await;
+    let cursor = recent["next_cursor"].as_str().unwrap().to_owned();
+    assert!(cursor.contains('.'), "{cursor}");
+    let older = get(format!("created_from={since}&limit=20&cursor={cursor}")).await;
+    let mut all = codes_of(&recent);
+    all.extend(codes_of(&older));
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 30, "two pages hold every code once");
+    let mixed = app
+        .client
+        .get(app.url(&format!(
+            "/api/v1/topics/{id}/codes?status=ACTIVE&cursor={cursor}"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_error(mixed, 422, "VALIDATION_FAILED").await;
     let bad = app
         .client
         .get(app.url(&format!("/api/v1/topics/{id}/codes?status=USED")))
@@ -354,7 +377,7 @@ async fn codes_are_searched_by_status_redemption_and_creation_time() {
 
 #[tokio::test]
 async fn the_common_code_filters_use_an_index() {
-    use coupon_core::codes::{search_index, search_sql, CodeFilter};
+    use coupon_core::codes::{search_index, search_sql, CodeCursor, CodeFilter};
     let app = spawn_app().await;
     // Two topics, the searched one with the lower ids: a primary-key walk from the top would
     // pass every code of the other topic first.
@@ -389,7 +412,14 @@ async fn the_common_code_filters_use_an_index() {
     ];
 
     for filter in filters {
-        for cursor in [None, Some(1_000)] {
+        let at = filter.created_from.filter(|_| filter.status.is_none());
+        for cursor in [
+            None,
+            Some(CodeCursor {
+                id: 1_000,
+                created_at: at,
+            }),
+        ] {
             let plan = search_sql(true, searched, &filter, cursor, 21)
                 .build()
                 .fetch_all(&app.state.pool)
@@ -398,12 +428,10 @@ async fn the_common_code_filters_use_an_index() {
             let key: Option<String> = sqlx::Row::try_get(&plan[0], "key").unwrap();
             let extra: Option<String> = sqlx::Row::try_get(&plan[0], "Extra").unwrap();
             assert_eq!(key.as_deref(), Some(search_index(&filter)), "{filter:?}");
-            if filter.created_from.is_none() {
-                assert!(
-                    !extra.unwrap_or_default().contains("filesort"),
-                    "{filter:?} sorts instead of reading the page in index order"
-                );
-            }
+            assert!(
+                !extra.unwrap_or_default().contains("filesort"),
+                "{filter:?} sorts instead of reading the page in index order"
+            );
         }
     }
 }
