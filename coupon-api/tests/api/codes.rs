@@ -626,3 +626,22 @@ async fn the_archive_cli_archives_lists_and_shows_codes() {
     let (ok, _) = cli(&app, &["archive", "show", "ZZZZ-ZZZZ-ZZZZ-ZZZZ"]);
     assert!(!ok, "a code not in the archive exits non-zero");
 }
+
+#[tokio::test]
+async fn a_bulk_change_batch_walks_the_status_index() {
+    let app = spawn_app().await;
+    let id = topic(&app).await;
+    generate(&app, id, 2_000).await;
+    assert_eq!(bulk(&app, id, "/suspend").await["changed"], 2_000);
+    // On (topic_id, id), each batch would first skip every code earlier batches changed.
+    let explain =
+        coupon_core::codes::bulk_sql("status = 'ACTIVE'").replacen("UPDATE", "EXPLAIN UPDATE", 1);
+    let plan = sqlx::query(&explain)
+        .bind(id)
+        .bind("SUSPENDED")
+        .fetch_all(&app.state.pool)
+        .await
+        .unwrap();
+    let key: Option<String> = sqlx::Row::try_get(&plan[0], "key").unwrap();
+    assert_eq!(key.as_deref(), Some("idx_coupon_codes_topic_status"));
+}
