@@ -633,12 +633,11 @@ async fn a_bulk_change_batch_walks_the_status_index() {
     let id = topic(&app).await;
     generate(&app, id, 2_000).await;
     assert_eq!(bulk(&app, id, "/suspend").await["changed"], 2_000);
-    // On (topic_id, id), each batch would first skip every code earlier batches changed.
-    let explain =
-        coupon_core::codes::bulk_sql("status = 'ACTIVE'").replacen("UPDATE", "EXPLAIN UPDATE", 1);
+    let explain = format!("EXPLAIN {}", coupon_core::codes::BULK_BATCH_SQL);
     let plan = sqlx::query(&explain)
         .bind(id)
         .bind("SUSPENDED")
+        .bind(1_000)
         .fetch_all(&app.state.pool)
         .await
         .unwrap();
