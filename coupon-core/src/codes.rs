@@ -670,17 +670,19 @@ pub async fn search_codes(
         .fetch_all(pool)
         .await?
         .iter()
-        .map(|row| {
-            Ok(CodeView {
-                id: row.try_get("id")?,
-                code: row.try_get("code")?,
-                status: row.try_get("status")?,
-                redeemed_by: row.try_get("redeemed_by")?,
-                redeemed_at: row.try_get("redeemed_at")?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
+        .map(code_view_from_row)
         .collect()
+}
+
+fn code_view_from_row(row: &sqlx::mysql::MySqlRow) -> Result<CodeView, sqlx::Error> {
+    Ok(CodeView {
+        id: row.try_get("id")?,
+        code: row.try_get("code")?,
+        status: row.try_get("status")?,
+        redeemed_by: row.try_get("redeemed_by")?,
+        redeemed_at: row.try_get("redeemed_at")?,
+        created_at: row.try_get("created_at")?,
+    })
 }
 
 const CODE_COLUMNS: &str =
@@ -769,14 +771,7 @@ pub async fn archive_all_deleted(
 
 fn archived_from_row(row: &sqlx::mysql::MySqlRow) -> Result<ArchivedCode, sqlx::Error> {
     Ok(ArchivedCode {
-        code: CodeView {
-            id: row.try_get("id")?,
-            code: row.try_get("code")?,
-            status: row.try_get("status")?,
-            redeemed_by: row.try_get("redeemed_by")?,
-            redeemed_at: row.try_get("redeemed_at")?,
-            created_at: row.try_get("created_at")?,
-        },
+        code: code_view_from_row(row)?,
         topic_id: row.try_get("topic_id")?,
         coupon_issue_id: row.try_get("coupon_issue_id")?,
         deleted_at: row.try_get("deleted_at")?,
