@@ -116,6 +116,7 @@ export const options = {
   scenarios: { [SCENARIO]: scenario() },
   thresholds,
   setupTimeout: `${READY_TIMEOUT_S + 30}s`,
+  teardownTimeout: '90s', // teardown waits up to 60 s for the consumer to drain
   summaryTrendStats: ['avg', 'min', 'med', 'p(90)', 'p(95)', 'p(99)', 'max'],
 };
 
@@ -221,6 +222,30 @@ export function issue(data) {
     serverError.add(1, { status: String(res.status) });
   } else {
     other.add(1, { status: String(res.status) });
+  }
+}
+
+// After the race: wait for the consumer to persist every admission (pending 0), then check the
+// API's own stats: never more admitted or issued than the coupon's total. Aborts the test
+// (k6 exits non-zero) when they disagree.
+export function teardown(data) {
+  const url = `${BASE_URL}/api/v1/coupons/${data.couponId}/stats`;
+  let stats = null;
+  for (let i = 0; i < 120; i++) {
+    const res = http.get(url, { tags: { name: 'GET /api/v1/coupons/{coupon_id}/stats' } });
+    if (res.status === 200) {
+      stats = res.json();
+      if (stats.pending === 0) break;
+    }
+    sleep(0.5);
+  }
+  if (stats === null) exec.test.abort(`exactness: ${url} never answered 200`);
+  console.log(`exactness: total ${stats.total}, admitted ${stats.admitted}, issued ${stats.issued}, pending ${stats.pending}`);
+  if (stats.total !== null && (stats.admitted > stats.total || stats.issued > stats.total)) {
+    exec.test.abort(`exactness: OVERSOLD (admitted ${stats.admitted}, issued ${stats.issued}, total ${stats.total})`);
+  }
+  if (stats.pending !== 0 || stats.admitted !== stats.issued) {
+    exec.test.abort(`exactness: ${stats.pending} admissions not persisted after 60 s`);
   }
 }
 
