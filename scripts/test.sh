@@ -11,7 +11,7 @@ for db in $leftovers; do
 done
 redis-cli -h 127.0.0.1 --scan --pattern 'test:*' 2>/dev/null | xargs -r -n 500 redis-cli -h 127.0.0.1 DEL >/dev/null || true
 
-# The Prometheus config and alert rules must load. promtool comes from Debian's prometheus
+# The Prometheus config and alert rules must load and behave. promtool comes from Debian's prometheus
 # package, unpacked into ~/.cache (not installed: that would also start a Prometheus service).
 promtool=$(command -v promtool || true)
 if [ -z "$promtool" ]; then
@@ -29,5 +29,7 @@ if [ -z "$promtool" ]; then
   fi
 fi
 "$promtool" check config monitoring/prometheus.yml
+# Each alert has a case that fires it and one that must not (promtool's rule unit tests).
+"$promtool" test rules monitoring/alerts_test.yml
 
 cargo test --workspace --locked "$@"

@@ -7,6 +7,7 @@ use std::time::Duration;
 use coupon_core::admission::{AdmissionStore, Invalidation, InvalidationReason};
 use coupon_core::domain::{CouponId, CouponPolicy};
 use coupon_core::repository;
+use coupon_core::telemetry::names;
 use moka::future::Cache;
 use sqlx::MySqlPool;
 
@@ -15,6 +16,13 @@ use crate::error::ApiError;
 /// How long a sold-out mark is kept (a sold-out coupon stays sold out; the bound only frees
 /// memory).
 const SOLD_OUT_TTL: Duration = Duration::from_secs(3600);
+
+/// Registers `coupon_policy_cache_requests_total` for `hit` and `miss` at 0.
+pub(crate) fn register_metrics() {
+    for result in ["hit", "miss"] {
+        metrics::counter!(names::POLICY_CACHE_REQUESTS, "result" => result).increment(0);
+    }
+}
 
 /// Bounded, TTL-limited cache of coupon policies: moka first, then the Redis policy copy, then
 /// MySQL (which refills Redis). Only found policies are cached.
@@ -50,6 +58,11 @@ impl PolicyCache {
     /// [`ApiError::CouponNotFound`] when no policy has this id; [`ApiError::Unavailable`] when
     /// neither Redis nor MySQL can answer.
     pub async fn get(&self, coupon: CouponId) -> Result<Arc<CouponPolicy>, ApiError> {
+        if let Some(policy) = self.policies.get(&coupon).await {
+            metrics::counter!(names::POLICY_CACHE_REQUESTS, "result" => "hit").increment(1);
+            return Ok(policy);
+        }
+        metrics::counter!(names::POLICY_CACHE_REQUESTS, "result" => "miss").increment(1);
         self.policies
             .try_get_with(coupon, self.load(coupon))
             .await

@@ -201,6 +201,11 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// The stable code of an error response, carried to the metrics middleware as a response
+/// extension (the `outcome` label of `http_requests_total`).
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 /// The logged detail of a 5xx, carried from [`ApiError::into_response`] to the logging
 /// middleware as a response extension.
 #[derive(Debug, Clone)]
@@ -209,11 +214,13 @@ pub struct ErrorDetail(pub String);
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let code = self.code();
         let body = ErrorBody {
-            code: self.code(),
+            code,
             message: self.to_string(),
         };
         let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(code));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
 use coupon_core::admission::{AdmissionStore, RedisKeys};
 use coupon_core::kafka::IssuePublisher;
 use coupon_core::stores::Connections;
-use coupon_core::telemetry;
+use coupon_core::telemetry::{self, names};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
@@ -20,7 +21,7 @@ use tower_http::trace::TraceLayer;
 use crate::cache::PolicyCache;
 use crate::code_jobs::CodeJobs;
 use crate::config::ApiConfig;
-use crate::error::ErrorDetail;
+use crate::error::{ErrorCode, ErrorDetail};
 use crate::idempotency::Idempotency;
 use crate::invalidation;
 use crate::routes;
@@ -45,11 +46,14 @@ pub fn router(state: AppState, max_body_bytes: usize, idempotency_ttl: chrono::D
         .with_state(state)
 }
 
-/// Records `http_requests_total` and `http_request_duration_seconds` labelled by method,
-/// matched route and status, and logs the detail of every 5xx (never sent to the client).
+/// Records `http_requests_total` (labels `method`, `route`, `status_class`, `outcome`) and
+/// `http_request_duration_seconds` (`method`, `route`, `status_class`), and logs the detail of
+/// every 5xx (never sent to the client). `route` is the matched route template, never the URL
+/// (monitoring/METRICS.md, cardinality rule); `outcome` is the error body's code, `OK` below
+/// 400, or `OTHER` for an error answered without one (a replayed idempotent response).
 async fn observe(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = request.method().as_str().to_owned();
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -59,14 +63,63 @@ async fn observe(request: Request, next: Next) -> Response {
     if let Some(ErrorDetail(detail)) = response.extensions().get::<ErrorDetail>() {
         tracing::error!(%method, %route, status = status.as_u16(), error = %detail, "request failed");
     }
-    let labels = [
-        ("method", method),
-        ("route", route),
-        ("status", status.as_u16().to_string()),
-    ];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed());
+    let outcome = match response.extensions().get::<ErrorCode>() {
+        Some(ErrorCode(code)) => code,
+        None if status.as_u16() < 400 => "OK",
+        None => "OTHER",
+    };
+    record_request(method, route, status, outcome, started.elapsed());
     response
+}
+
+const STATUS_CLASSES: [&str; 6] = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn record_request(
+    method: String,
+    route: String,
+    status: StatusCode,
+    outcome: &'static str,
+    elapsed: Duration,
+) {
+    let class = STATUS_CLASSES[usize::from(status.as_u16() / 100).min(5)];
+    metrics::histogram!(
+        names::HTTP_REQUEST_DURATION,
+        "method" => method.clone(), "route" => route.clone(), "status_class" => class
+    )
+    .record(elapsed);
+    metrics::counter!(
+        names::HTTP_REQUESTS,
+        "method" => method, "route" => route, "status_class" => class, "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// Registers the API's series before the first request: the HTTP series of the issue route for
+/// every answer it can give, the issue outcomes, the policy cache and Redis series (the Kafka
+/// producer's are registered by [`IssuePublisher::sample_queue_depth`]).
+fn register_metrics() {
+    coupon_core::admission::register_metrics();
+    crate::routes::issues::register_metrics();
+    crate::cache::register_metrics();
+    metrics::counter!(names::CODES_GENERATED).increment(0);
+    let issue_route = "/api/v1/coupons/{coupon_id}/issues";
+    for (status, outcome) in [
+        (StatusCode::ACCEPTED, "OK"),
+        (StatusCode::CONFLICT, "ALREADY_ISSUED"),
+        (StatusCode::CONFLICT, "SOLD_OUT"),
+        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+    ] {
+        let class = STATUS_CLASSES[usize::from(status.as_u16() / 100)];
+        let _ = metrics::histogram!(
+            names::HTTP_REQUEST_DURATION,
+            "method" => "POST", "route" => issue_route, "status_class" => class
+        );
+        metrics::counter!(
+            names::HTTP_REQUESTS,
+            "method" => "POST", "route" => issue_route, "status_class" => class, "outcome" => outcome
+        )
+        .increment(0);
+    }
 }
 
 /// A built, bound, not yet running API server.
@@ -89,6 +142,7 @@ impl Application {
     pub async fn build(config: ApiConfig) -> anyhow::Result<Self> {
         let stores = &config.stores;
         telemetry::install_metrics(config.metrics.metrics_listen)?;
+        register_metrics();
         let Connections { pool, redis } = coupon_core::stores::connect(stores).await?;
         let publisher = IssuePublisher::new(
             &stores.kafka_brokers,
@@ -107,6 +161,7 @@ impl Application {
         let background = CancellationToken::new();
         let code_jobs = CodeJobs::new(pool.clone(), config.code_job_lease(), background.clone());
         tokio::spawn(code_jobs.clone().resume_abandoned());
+        tokio::spawn(publisher.clone().sample_queue_depth(background.clone()));
         let state = AppState {
             pool,
             admission,

@@ -54,6 +54,14 @@ pub struct ConsumerConfig {
     /// Longest pause (ms) between retries of a batch that failed on a MySQL or Kafka error.
     #[arg(long, env = "RETRY_MAX_DELAY_MS", default_value_t = 5_000)]
     pub retry_max_delay_ms: u64,
+
+    /// How often the per-coupon gauges are sampled from MySQL and Redis (ms).
+    #[arg(long, env = "METRICS_SAMPLE_INTERVAL_MS", default_value_t = 5_000)]
+    pub metrics_sample_interval_ms: u64,
+
+    /// Most coupons given per-coupon gauges at once (count; monitoring/METRICS.md).
+    #[arg(long, env = "METRICS_COUPON_LIMIT", default_value_t = 20)]
+    pub metrics_coupon_limit: u32,
 }
 
 impl ConsumerConfig {
@@ -75,6 +83,11 @@ impl ConsumerConfig {
     /// [`Self::batch_max_wait_ms`] as a [`Duration`].
     pub fn batch_max_wait(&self) -> Duration {
         Duration::from_millis(self.batch_max_wait_ms)
+    }
+
+    /// [`Self::metrics_sample_interval_ms`] as a [`Duration`].
+    pub fn metrics_sample_interval(&self) -> Duration {
+        Duration::from_millis(self.metrics_sample_interval_ms)
     }
 
     /// [`Self::retry_max_delay_ms`] as a [`Duration`].

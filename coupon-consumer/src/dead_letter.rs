@@ -7,6 +7,15 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::Message;
 
+/// Every reason a message is dead-lettered for: the issue consumer's `malformed` and the
+/// [`coupon_core::repository::Rejection`]s, and the payment consumer's `malformed_payment`.
+pub const REASONS: [&str; 4] = [
+    "malformed",
+    "unknown_coupon",
+    "stock_exceeded",
+    "malformed_payment",
+];
+
 /// A message that can never succeed, and why.
 pub struct DeadLetter<'a> {
     /// The original message; its key and payload are forwarded unchanged.
@@ -49,7 +58,7 @@ impl DeadLetters {
             if let Some(key) = letter.message.key() {
                 record = record.key(key);
             }
-            metrics::counter!("coupon_consumer_dead_letters_total", "reason" => letter.reason)
+            metrics::counter!(coupon_core::telemetry::names::CONSUMER_DEAD_LETTERS, "reason" => letter.reason)
                 .increment(1);
             tracing::warn!(reason = letter.reason, detail = %letter.detail, "dead-lettering a message");
             self.producer.send(record, Timeout::Never)

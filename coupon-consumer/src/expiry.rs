@@ -5,6 +5,7 @@
 //! first two write their events to the outbox in the same transaction.
 
 use chrono::Utc;
+use coupon_core::telemetry::names;
 use coupon_core::{codes, events};
 use tokio_util::sync::CancellationToken;
 
@@ -45,11 +46,11 @@ impl IssueConsumer {
         let archived =
             codes::archive_all_deleted(&self.pool, cutoff, EXPIRY_BATCH, now, |_| {}).await?;
         if archived > 0 {
-            metrics::counter!("coupon_codes_archived_total").increment(archived as u64);
+            metrics::counter!(names::CODES_ARCHIVED).increment(archived as u64);
             tracing::info!(archived, "soft-deleted codes moved to the archive");
         }
         if expired > 0 {
-            metrics::counter!("coupon_issues_expired_total").increment(expired as u64);
+            metrics::counter!(names::ISSUES_EXPIRED).increment(expired as u64);
             tracing::info!(expired, "coupons past their validity marked EXPIRED");
         }
         Ok(())

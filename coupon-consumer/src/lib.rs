@@ -8,6 +8,7 @@
 pub mod config;
 pub mod dead_letter;
 pub mod expiry;
+pub mod gauges;
 pub mod outbox;
 pub mod payments;
 pub mod sweeper;
@@ -25,7 +26,7 @@ use coupon_core::kafka::producer_config;
 use coupon_core::message::IssueMessage;
 use coupon_core::repository::{self, PersistReport};
 use coupon_core::stores::Connections;
-use coupon_core::telemetry;
+use coupon_core::telemetry::{self, names};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -34,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ConsumerConfig;
 use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::gauges::LagContext;
 
 /// Counters of what the consumer has done, readable while it runs (tests wait on them; the
 /// same figures go to Prometheus).
@@ -57,9 +59,9 @@ pub struct ConsumerStats {
 
 /// Connection handles and settings of a running consumer.
 pub struct IssueConsumer {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LagContext>,
     pool: MySqlPool,
-    payments: StreamConsumer,
+    payments: StreamConsumer<LagContext>,
     dead_letters: DeadLetters,
     sweep_interval: Duration,
     sweep_batch: u32,
@@ -72,12 +74,23 @@ pub struct IssueConsumer {
     batch_max_messages: usize,
     batch_max_wait: Duration,
     retry: ExponentialBuilder,
+    metrics_sample_interval: Duration,
+    metrics_coupon_limit: u32,
     stats: Arc<ConsumerStats>,
 }
 
+/// Every `step` label of `coupon_consumer_retries_total` (monitoring/METRICS.md).
+pub const RETRY_STEPS: [&str; 4] = [
+    "persist",
+    "dead_letter",
+    "payment_apply",
+    "payment_dead_letter",
+];
+
 /// Client settings of the group member: offsets are committed by hand, only after the batch is
 /// durable (`enable.auto.commit=false`), and a new group starts from the earliest offset so no
-/// message published before the first consumer joined is skipped.
+/// message published before the first consumer joined is skipped. Statistics every 5 s feed the
+/// lag gauges ([`LagContext`]).
 pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -88,6 +101,7 @@ pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("fetch.wait.max.ms", "100")
+        .set("statistics.interval.ms", gauges::STATISTICS_INTERVAL_MS)
         .set("socket.connection.setup.timeout.ms", "3000");
     config
 }
@@ -101,10 +115,12 @@ impl IssueConsumer {
     pub async fn build(config: &ConsumerConfig) -> anyhow::Result<Self> {
         let stores = &config.stores;
         telemetry::install_metrics(config.metrics.metrics_listen)?;
+        gauges::register_metrics();
         let Connections { pool, redis } = coupon_core::stores::connect(stores).await?;
-        let consumer: StreamConsumer = consumer_config(&stores.kafka_brokers, &config.group_id)
-            .create()
-            .context("creating the Kafka consumer")?;
+        let consumer: StreamConsumer<LagContext> =
+            consumer_config(&stores.kafka_brokers, &config.group_id)
+                .create_with_context(LagContext)
+                .context("creating the Kafka consumer")?;
         consumer
             .subscribe(&[&stores.kafka_issue_topic])
             .context("subscribing to the issue topic")?;
@@ -114,11 +130,11 @@ impl IssueConsumer {
                 .context("creating the dead-letter producer")?,
             topic: stores.kafka_dead_letter_topic.clone(),
         };
-        let payments: StreamConsumer = consumer_config(
+        let payments: StreamConsumer<LagContext> = consumer_config(
             &stores.kafka_brokers,
             &format!("{}-payments", config.group_id),
         )
-        .create()
+        .create_with_context(LagContext)
         .context("creating the payments consumer")?;
         payments
             .subscribe(&[&stores.kafka_payments_topic])
@@ -143,6 +159,8 @@ impl IssueConsumer {
                 .with_max_delay(config.retry_max_delay())
                 .with_jitter()
                 .without_max_times(),
+            metrics_sample_interval: config.metrics_sample_interval(),
+            metrics_coupon_limit: config.metrics_coupon_limit,
             stats: Arc::default(),
         })
     }
@@ -178,6 +196,7 @@ impl IssueConsumer {
                 self.sweep(&token),
                 self.relay_events(&token),
                 self.run_expiry_jobs(&token),
+                self.sample_stock_gauges(&token),
             )
         };
         tokio::select! {
@@ -257,9 +276,7 @@ impl IssueConsumer {
         }
 
         let persist = || repository::persist_batch(&self.pool, &issues);
-        let report: PersistReport = self
-            .retrying("persisting the batch", persist, shutdown)
-            .await?;
+        let report: PersistReport = self.retrying("persist", persist, shutdown).await?;
         for &(index, rejection) in &report.rejected {
             let issue = &issues[index];
             dead.push(DeadLetter {
@@ -270,7 +287,7 @@ impl IssueConsumer {
         }
         if !dead.is_empty() {
             let send = || self.dead_letters.send(&dead);
-            self.retrying("dead-lettering", send, shutdown).await?;
+            self.retrying("dead_letter", send, shutdown).await?;
         }
 
         for &coupon_id in &report.sold_out {
@@ -291,12 +308,12 @@ impl IssueConsumer {
         }
 
         let inserted: u64 = report.inserted.values().sum();
-        metrics::counter!("coupon_consumer_batches_total").increment(1);
-        metrics::counter!("coupon_consumer_messages_total").increment(batch.len() as u64);
-        metrics::counter!("coupon_consumer_rows_inserted_total").increment(inserted);
-        metrics::counter!("coupon_consumer_duplicates_skipped_total").increment(report.duplicates);
-        metrics::histogram!("coupon_consumer_batch_size").record(batch.len() as f64);
-        metrics::histogram!("coupon_consumer_batch_duration_seconds").record(started.elapsed());
+        metrics::counter!(names::CONSUMER_BATCHES).increment(1);
+        metrics::counter!(names::CONSUMER_MESSAGES).increment(batch.len() as u64);
+        metrics::counter!(names::CONSUMER_ROWS_INSERTED).increment(inserted);
+        metrics::counter!(names::CONSUMER_DUPLICATES_SKIPPED).increment(report.duplicates);
+        metrics::histogram!(names::CONSUMER_BATCH_SIZE).record(batch.len() as f64);
+        metrics::histogram!(names::CONSUMER_PERSIST_DURATION).record(started.elapsed());
         self.stats
             .dead_lettered
             .fetch_add(dead.len() as u64, Ordering::Relaxed);
@@ -314,11 +331,12 @@ impl IssueConsumer {
         Some(())
     }
 
-    /// Runs `attempt` until it succeeds, backing off exponentially; `None` if `shutdown` fires
-    /// first.
+    /// Runs `attempt` until it succeeds, backing off exponentially and counting each failure in
+    /// `coupon_consumer_retries_total{step}` (`step` one of [`RETRY_STEPS`]); `None` if
+    /// `shutdown` fires first.
     pub(crate) async fn retrying<T, E, F, Fut>(
         &self,
-        what: &str,
+        step: &'static str,
         attempt: F,
         shutdown: &CancellationToken,
     ) -> Option<T>
@@ -331,10 +349,8 @@ impl IssueConsumer {
             .retry(self.retry)
             .notify(|err: &E, pause: Duration| {
                 self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                let step = what.to_owned();
-                metrics::counter!("coupon_consumer_mysql_retries_total", "step" => step)
-                    .increment(1);
-                tracing::warn!(error = %err, ?pause, "{what} failed; retrying");
+                metrics::counter!(names::CONSUMER_RETRIES, "step" => step).increment(1);
+                tracing::warn!(error = %err, ?pause, step, "failed; retrying");
             });
         tokio::select! {
             () = shutdown.cancelled() => None,

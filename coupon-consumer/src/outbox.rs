@@ -57,7 +57,8 @@ impl IssueConsumer {
         }
         events::mark_published(&mut tx, &pending, Utc::now()).await?;
         tx.commit().await?;
-        metrics::counter!("coupon_events_published_total").increment(pending.len() as u64);
+        metrics::counter!(coupon_core::telemetry::names::EVENTS_PUBLISHED)
+            .increment(pending.len() as u64);
         self.stats
             .events_published
             .fetch_add(pending.len() as u64, Ordering::Relaxed);

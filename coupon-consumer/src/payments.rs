@@ -78,17 +78,13 @@ impl IssueConsumer {
                     detail,
                 }];
                 let send = || self.dead_letters.send(&letter);
-                return self
-                    .retrying("dead-lettering a payment", send, shutdown)
-                    .await;
+                return self.retrying("payment_dead_letter", send, shutdown).await;
             }
         };
         let paid = matches!(status, PaymentStatus::Completed);
         let apply = || redemption::settle_order(&self.pool, &order_id, paid, Utc::now());
-        let changed = self
-            .retrying("applying a payment result", apply, shutdown)
-            .await?;
-        metrics::counter!("coupon_consumer_payment_results_total", "status" => if paid { "completed" } else { "failed" })
+        let changed = self.retrying("payment_apply", apply, shutdown).await?;
+        metrics::counter!(coupon_core::telemetry::names::PAYMENT_RESULTS, "status" => if paid { "completed" } else { "failed" })
             .increment(1);
         tracing::info!(
             order_id = order_id.as_str(),

@@ -16,7 +16,7 @@ impl IssueConsumer {
             {
                 Ok(released) => {
                     if !released.is_empty() {
-                        metrics::counter!("coupon_reservations_released_total")
+                        metrics::counter!(coupon_core::telemetry::names::RESERVATIONS_RELEASED)
                             .increment(released.len() as u64);
                         tracing::info!(count = released.len(), "expired holds released");
                         self.stats

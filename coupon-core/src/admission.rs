@@ -10,13 +10,15 @@
 //! The `{id}` hash tag keeps each coupon's keys in one Redis Cluster slot, which a multi-key
 //! script requires (<https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#hash-tags>).
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{CouponId, CouponPolicy, UserId};
+use crate::telemetry::names;
 
 /// Builds the Redis key names of this deployment.
 #[derive(Debug, Clone)]
@@ -131,13 +133,10 @@ impl AdmissionStore {
     /// # Errors
     /// Redis is unreachable, timed out, or answered something the script never returns.
     pub async fn admit(&self, coupon: CouponId, user: UserId) -> redis::RedisResult<AdmitOutcome> {
-        let code: i64 = self
-            .admit
-            .key(self.keys.issued(coupon))
-            .key(self.keys.stock(coupon))
-            .arg(user.get())
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+        let mut conn = self.conn.clone();
+        let mut invocation = self.admit.key(self.keys.issued(coupon));
+        invocation.key(self.keys.stock(coupon)).arg(user.get());
+        let code: i64 = timed_script("admit", invocation.invoke_async(&mut conn)).await?;
         match code {
             1 => Ok(AdmitOutcome::Admitted),
             -1 => Ok(AdmitOutcome::AlreadyIssued),
@@ -157,12 +156,10 @@ impl AdmissionStore {
     /// # Errors
     /// Redis is unreachable or timed out.
     pub async fn undo(&self, coupon: CouponId, user: UserId) -> redis::RedisResult<bool> {
-        let removed: i64 = self
-            .undo
-            .key(self.keys.issued(coupon))
-            .arg(user.get())
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+        let mut conn = self.conn.clone();
+        let mut invocation = self.undo.key(self.keys.issued(coupon));
+        invocation.arg(user.get());
+        let removed: i64 = timed_script("undo", invocation.invoke_async(&mut conn)).await?;
         Ok(removed == 1)
     }
 
@@ -194,7 +191,12 @@ impl AdmissionStore {
     /// # Errors
     /// Redis is unreachable or timed out.
     pub async fn policy(&self, coupon: CouponId) -> redis::RedisResult<Option<CouponPolicy>> {
-        let json: Option<String> = self.conn.clone().get(self.keys.policy(coupon)).await?;
+        let json: Option<String> = self
+            .conn
+            .clone()
+            .get(self.keys.policy(coupon))
+            .await
+            .inspect_err(|_| count_error("policy"))?;
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
@@ -229,6 +231,7 @@ impl AdmissionStore {
             .clone()
             .sismember(self.keys.issued(coupon), user.get())
             .await
+            .inspect_err(|_| count_error("is_admitted"))
     }
 
     /// Size of `coupon`'s admission set (`SCARD`, count).
@@ -265,6 +268,36 @@ impl AdmissionStore {
             .query_async::<String>(&mut self.conn.clone())
             .await
             .map(drop)
+    }
+}
+
+/// Runs one script call, recording its round trip in `coupon_redis_script_duration_seconds`
+/// and a failure in `coupon_redis_errors_total`, both labelled `script`/`op`.
+async fn timed_script<T>(
+    script: &'static str,
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    let started = Instant::now();
+    let result = call.await;
+    metrics::histogram!(names::REDIS_SCRIPT_DURATION, "script" => script).record(started.elapsed());
+    if result.is_err() {
+        count_error(script);
+    }
+    result
+}
+
+fn count_error(op: &'static str) {
+    metrics::counter!(names::REDIS_ERRORS, "op" => op).increment(1);
+}
+
+/// Registers the issue path's Redis series (`script`: `admit`, `undo`; `op`: those plus
+/// `is_admitted`, `policy`), so they are exported before the first call.
+pub fn register_metrics() {
+    for script in ["admit", "undo"] {
+        let _ = metrics::histogram!(names::REDIS_SCRIPT_DURATION, "script" => script);
+    }
+    for op in ["admit", "undo", "is_admitted", "policy"] {
+        metrics::counter!(names::REDIS_ERRORS, "op" => op).increment(0);
     }
 }
 

@@ -188,7 +188,7 @@ pub async fn step(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    metrics::counter!("coupon_codes_generated_total").increment(n.unsigned_abs());
+    metrics::counter!(crate::telemetry::names::CODES_GENERATED).increment(n.unsigned_abs());
     Ok(if done { Step::Done } else { Step::Progressed })
 }
 

@@ -1,7 +1,7 @@
 //! Kafka clients shared by both services: the idempotent producer, topic set-up and the issue
 //! publisher.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -12,6 +12,7 @@ use rdkafka::ClientConfig;
 
 use crate::config::StoreConfig;
 use crate::message::IssueMessage;
+use crate::telemetry::names;
 
 /// Client settings of an idempotent, `acks=all` producer.
 ///
@@ -97,7 +98,9 @@ impl IssuePublisher {
     }
 
     /// Sends `message` keyed by [`IssueMessage::key`] and resolves once the broker acknowledged
-    /// it (`acks=all`), or failed to within `message.timeout.ms`.
+    /// it (`acks=all`), or failed to within `message.timeout.ms`. Records the wait in
+    /// `coupon_kafka_produce_duration_seconds` and a failure in
+    /// `coupon_kafka_produce_errors_total`.
     ///
     /// # Errors
     /// The message was not acknowledged: the caller must treat it as not sent.
@@ -105,11 +108,38 @@ impl IssuePublisher {
         let key = message.key();
         let payload = message.to_json();
         let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
-        self.producer
+        let started = Instant::now();
+        let sent = self
+            .producer
             .send(record, Timeout::Never)
             .await
             .map(drop)
-            .map_err(|(err, _)| err)
+            .map_err(|(err, _)| err);
+        metrics::histogram!(names::KAFKA_PRODUCE_DURATION).record(started.elapsed());
+        if sent.is_err() {
+            metrics::counter!(names::KAFKA_PRODUCE_ERRORS).increment(1);
+        }
+        sent
+    }
+
+    /// Messages in librdkafka's queue or in flight to the broker (count).
+    pub fn queue_depth(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    /// Registers the producer's series, then sets `coupon_kafka_producer_queue_messages` to
+    /// [`Self::queue_depth`] every second until `stop` fires.
+    pub async fn sample_queue_depth(self, stop: tokio_util::sync::CancellationToken) {
+        let _ = metrics::histogram!(names::KAFKA_PRODUCE_DURATION);
+        metrics::counter!(names::KAFKA_PRODUCE_ERRORS).increment(0);
+        let depth = metrics::gauge!(names::KAFKA_PRODUCER_QUEUE);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => depth.set(f64::from(self.queue_depth())),
+            }
+        }
     }
 
     /// Asks the broker for the topic's metadata, for readiness checks.

@@ -240,6 +240,56 @@ pub async fn issue_counts(pool: &MySqlPool, coupon: CouponId) -> Result<IssueCou
     Ok(counts)
 }
 
+/// Stock and persisted count of one limited coupon, for the per-coupon gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveStock {
+    /// The coupon policy.
+    pub coupon_id: CouponId,
+    /// `total_quantity` (count).
+    pub total: i64,
+    /// `issued_quantity`: rows persisted (count).
+    pub issued: i64,
+}
+
+/// The ACTIVE, not deleted, limited-stock coupons whose issue window has opened by `now` and
+/// closed no earlier than `closed_since`, latest start first, at most `limit` of them (the
+/// cardinality bound of monitoring/METRICS.md).
+///
+/// # Errors
+/// Any database error.
+pub async fn live_stocks(
+    pool: &MySqlPool,
+    now: DateTime<Utc>,
+    closed_since: DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<LiveStock>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, total_quantity, issued_quantity FROM coupons \
+         WHERE status = 'ACTIVE' AND deleted_at IS NULL AND total_quantity IS NOT NULL \
+           AND issue_starts_at <= ? AND issue_ends_at >= ? \
+         ORDER BY issue_starts_at DESC, id DESC LIMIT ?",
+    )
+    .bind(now)
+    .bind(closed_since)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(LiveStock {
+                coupon_id: CouponId::parse(row.try_get("id")?).map_err(|e| {
+                    sqlx::Error::ColumnDecode {
+                        index: "id".to_owned(),
+                        source: Box::new(e),
+                    }
+                })?,
+                total: row.try_get("total_quantity")?,
+                issued: row.try_get("issued_quantity")?,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

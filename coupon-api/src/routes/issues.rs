@@ -1,8 +1,6 @@
 //! The FCFS issue path: `POST /api/v1/coupons/{coupon_id}/issues` and the issue status
 //! `GET /api/v1/coupons/{coupon_id}/issues/{user_id}`.
 
-use std::time::Instant;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -12,6 +10,7 @@ use coupon_core::admission::AdmitOutcome;
 use coupon_core::domain::{CouponId, CouponStatus, IssueState, IssueWindow, UserId};
 use coupon_core::message::IssueMessage;
 use coupon_core::repository;
+use coupon_core::telemetry::names;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -27,6 +26,26 @@ pub fn router() -> Router<AppState> {
             "/api/v1/coupons/{coupon_id}/issues/{user_id}",
             get(issue_status),
         )
+}
+
+/// Every `outcome` of `coupon_issue_requests_total` (monitoring/METRICS.md).
+const OUTCOMES: [&str; 8] = [
+    "issued",
+    "duplicate",
+    "sold_out",
+    "window_closed",
+    "suspended",
+    "not_found",
+    "unavailable",
+    "error",
+];
+
+/// Registers `coupon_issue_requests_total` for every outcome and the rollback counter at 0.
+pub(crate) fn register_metrics() {
+    for outcome in OUTCOMES {
+        metrics::counter!(names::ISSUE_REQUESTS, "outcome" => outcome).increment(0);
+    }
+    metrics::counter!(names::ISSUE_ADMISSION_ROLLBACKS).increment(0);
 }
 
 /// Body of a `202 Accepted`: `{"request_id": "0193…", "status": "PENDING"}`.
@@ -55,8 +74,8 @@ async fn issue_coupon(
 ) -> Result<(StatusCode, Json<IssueAccepted>), ApiError> {
     let result = admit_and_publish(state, coupon, caller.user_id).await;
     let outcome = match &result {
-        Ok(_) => "accepted",
-        Err(ApiError::AlreadyIssued) => "already_issued",
+        Ok(_) => "issued",
+        Err(ApiError::AlreadyIssued) => "duplicate",
         Err(ApiError::SoldOut) => "sold_out",
         Err(ApiError::IssueWindowClosed(_)) => "window_closed",
         Err(ApiError::CouponSuspended) => "suspended",
@@ -64,7 +83,7 @@ async fn issue_coupon(
         Err(ApiError::Unavailable(_)) => "unavailable",
         Err(_) => "error",
     };
-    metrics::counter!("coupon_issue_requests_total", "outcome" => outcome).increment(1);
+    metrics::counter!(names::ISSUE_REQUESTS, "outcome" => outcome).increment(1);
     let request_id = result?;
     Ok((
         StatusCode::ACCEPTED,
@@ -129,13 +148,10 @@ async fn admit_and_publish(
             request_id: Uuid::now_v7(),
             admitted_at: Utc::now(),
         };
-        let started = Instant::now();
-        let published = state.publisher.publish(&message).await;
-        metrics::histogram!("coupon_issue_publish_duration_seconds").record(started.elapsed());
-        match published {
+        match state.publisher.publish(&message).await {
             Ok(()) => Ok(message.request_id),
             Err(publish_err) => {
-                metrics::counter!("coupon_issue_admission_rollbacks_total").increment(1);
+                metrics::counter!(names::ISSUE_ADMISSION_ROLLBACKS).increment(1);
                 let undo = state.admission.undo(coupon, user).await;
                 if let Err(undo_err) = &undo {
                     tracing::error!(

@@ -1,0 +1,500 @@
+//! Every metric that a Grafana panel or a Prometheus alert rule queries is one the services
+//! export: coupon-api runs in this process with its exporter on a real port, coupon-consumer
+//! runs as its own binary with its own exporter; both are scraped over HTTP after a small
+//! drop, the text format is parsed, and the names are compared with the metric names found in
+//! `monitoring/grafana/dashboards/*.json` and `monitoring/alerts.yml`. The catalogue
+//! `monitoring/METRICS.md` is checked the same way, per service.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clap::Parser;
+use coupon_api::config::ApiConfig;
+use coupon_api::startup::Application;
+use coupon_core::config::StoreConfig;
+use coupon_core::testing;
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Parser)]
+struct ApiCli {
+    #[command(flatten)]
+    api: ApiConfig,
+}
+
+/// The consumer binary, killed when the test ends however it ends.
+struct ConsumerProcess(Child);
+
+impl Drop for ConsumerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn start_consumer(stores: &StoreConfig, metrics_port: u16) -> ConsumerProcess {
+    let child = Command::new(env!("CARGO_BIN_EXE_coupon-consumer"))
+        .env("DATABASE_URL", stores.database_url.expose_secret())
+        .env("REDIS_URL", stores.redis_url.expose_secret())
+        .env("REDIS_KEY_PREFIX", &stores.redis_key_prefix)
+        .env("KAFKA_BROKERS", &stores.kafka_brokers)
+        .env("KAFKA_ISSUE_TOPIC", &stores.kafka_issue_topic)
+        .env("KAFKA_DEAD_LETTER_TOPIC", &stores.kafka_dead_letter_topic)
+        .env("KAFKA_PAYMENTS_TOPIC", &stores.kafka_payments_topic)
+        .env("KAFKA_EVENTS_TOPIC", &stores.kafka_events_topic)
+        .env(
+            "KAFKA_ISSUE_PARTITIONS",
+            stores.kafka_issue_partitions.to_string(),
+        )
+        .env(
+            "KAFKA_CONSUMER_GROUP",
+            format!("metrics-{}", stores.redis_key_prefix),
+        )
+        .env("METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
+        .env("METRICS_SAMPLE_INTERVAL_MS", "200")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting the coupon-consumer binary");
+    ConsumerProcess(child)
+}
+
+/// Metric names in a Prometheus text exposition, with the `_bucket`/`_sum`/`_count` series of
+/// histograms folded into the histogram's name (from the `# TYPE` lines).
+fn exported_names(text: &str) -> BTreeSet<String> {
+    let histograms: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" histogram"))
+        .collect();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let name = l.split(['{', ' ']).next().unwrap();
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    name.strip_suffix(suffix)
+                        .filter(|base| histograms.contains(base))
+                })
+                .unwrap_or(name)
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Whether the exposition has a sample of `name` whose labels contain `label`.
+fn has_series(text: &str, name: &str, label: &str) -> bool {
+    text.lines()
+        .any(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+}
+
+/// Metric names a PromQL expression reads: identifiers outside label matchers, strings, range
+/// selectors and `by`/`without`/`on`/`ignoring`/`group_*` label lists, that are neither
+/// function calls nor keywords. Grafana's `$variables` are dropped first.
+fn promql_metric_names(expr: &str) -> BTreeSet<String> {
+    // Aggregation operators take their `by`/`without` clause before the parenthesis.
+    const KEYWORDS: &[&str] = &[
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "inf",
+        "nan",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "group",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+    ];
+    const LABEL_LISTS: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    let mut skip_next_group = false;
+    while i < chars.len() {
+        let c = chars[i];
+        let closing = match c {
+            '{' => Some('}'),
+            '[' => Some(']'),
+            '"' | '\'' | '`' => Some(c),
+            '(' if skip_next_group => Some(')'),
+            _ => None,
+        };
+        if let Some(close) = closing {
+            skip_next_group = false;
+            i = skip_past(&chars, i + 1, close);
+            continue;
+        }
+        if c == '$' {
+            i += 1;
+            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i])) {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let next = chars[i..].iter().find(|c| !c.is_whitespace());
+            if LABEL_LISTS.contains(&word.as_str()) {
+                skip_next_group = true;
+            } else if next != Some(&'(') && !KEYWORDS.contains(&word.to_lowercase().as_str()) {
+                names.insert(word);
+            }
+            continue;
+        }
+        if c.is_ascii_digit() {
+            // numbers and durations (5m, 1.5, 1e3)
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                i += 1;
+            }
+            continue;
+        }
+        i += 1;
+    }
+    names
+}
+
+/// The index after the `close` that ends a group opened just before `i`; quoted strings
+/// inside (label values such as `"a{b}"`) are skipped whole.
+fn skip_past(chars: &[char], mut i: usize, close: char) -> usize {
+    while i < chars.len() && chars[i] != close {
+        if chars[i] == '\\' {
+            i += 2;
+        } else if close != '"' && close != '\'' && (chars[i] == '"' || chars[i] == '\'') {
+            i = skip_past(chars, i + 1, chars[i]);
+        } else {
+            i += 1;
+        }
+    }
+    i + 1
+}
+
+/// Every `expr` of the alert rules file (block scalars `|`/`>` or one-line values).
+fn rule_expressions(yaml: &str) -> Vec<String> {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let mut exprs = Vec::new();
+    for (n, line) in lines.iter().enumerate() {
+        let Some((indent, value)) = line.split_once("expr:") else {
+            continue;
+        };
+        if !indent.trim().is_empty() && indent.trim() != "-" {
+            continue;
+        }
+        let value = value.trim();
+        if value.starts_with('|') || value.starts_with('>') {
+            let width = indent.len();
+            let block: Vec<&str> = lines[n + 1..]
+                .iter()
+                .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > width)
+                .copied()
+                .collect();
+            exprs.push(block.join("\n"));
+        } else {
+            exprs.push(value.to_owned());
+        }
+    }
+    exprs
+}
+
+/// Every PromQL expression of a Grafana dashboard: panel targets (rows' nested panels too)
+/// and query variables.
+fn dashboard_expressions(dashboard: &Value) -> Vec<String> {
+    fn walk(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("expr", Value::String(s)) => out.push(s.clone()),
+                        ("query", Value::String(s)) if s.contains("label_values") => {
+                            out.push(s.clone());
+                        }
+                        ("query", Value::Object(q)) => {
+                            if let Some(Value::String(s)) = q.get("query") {
+                                out.push(s.clone());
+                            }
+                        }
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(dashboard, &mut out);
+    out
+}
+
+/// The metric names of one service's table in `monitoring/METRICS.md` (the section headed
+/// `## {service}`), with the gauges apart: those appear with their first sample.
+fn catalogue(markdown: &str, service: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let section = markdown
+        .split("\n## ")
+        .find(|s| s.starts_with(service))
+        .unwrap_or_else(|| panic!("METRICS.md has no section {service}"));
+    let (mut always, mut gauges) = (BTreeSet::new(), BTreeSet::new());
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let name = cells[1].trim_matches('`').to_owned();
+        if cells[2] == "gauge" {
+            gauges.insert(name);
+        } else {
+            always.insert(name);
+        }
+    }
+    (always, gauges)
+}
+
+async fn scrape(client: &reqwest::Client, port: u16) -> Option<String> {
+    let response = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .ok()?;
+    response.status().is_success().then_some(())?;
+    response.text().await.ok()
+}
+
+#[test]
+fn the_promql_reader_finds_metric_names_and_nothing_else() {
+    let names = promql_metric_names(
+        r#"histogram_quantile(0.99, sum by (le, route) (rate(http_request_duration_seconds_bucket{route!~"/health|/ready", x="a{b}"}[$__rate_interval]))) > 0.25
+           and on (instance) sum without (partition) (coupon_consumer_lag_messages{coupon_id=~"$coupon_id"} offset 5m) / 1e3
+           unless max(coupon_policy_admitted) - ignoring(job) group_left(le) up == bool 0"#,
+    );
+    let expected: BTreeSet<String> = [
+        "http_request_duration_seconds_bucket",
+        "coupon_consumer_lag_messages",
+        "coupon_policy_admitted",
+        "up",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(names, expected);
+    assert_eq!(
+        rule_expressions("  - alert: A\n    expr: |\n      up == 0\n      or x\n    for: 1m\n  - record: b\n    expr: sum(y)\n"),
+        vec!["      up == 0\n      or x".to_owned(), "sum(y)".to_owned()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_a_dashboard_or_alert_queries_is_exported() {
+    let stores = testing::isolated_stores();
+    let (api_metrics, consumer_metrics) = (free_port(), free_port());
+    let mut api = ApiCli::parse_from([
+        "coupon-api",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        &format!("127.0.0.1:{api_metrics}"),
+    ])
+    .api;
+    api.stores = stores.clone();
+    let app = Application::build(api)
+        .await
+        .expect("coupon-api (is `make up` running?)");
+    let base = format!("http://{}", app.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let api_stop = stop.clone();
+    let api_task = tokio::spawn(app.run_until_stopped(async move { api_stop.cancelled().await }));
+    // The API created the database and topics; the consumer binary joins them.
+    let _consumer = start_consumer(&stores, consumer_metrics);
+    let client = reqwest::Client::new();
+    let root = repo_root();
+    let markdown = std::fs::read_to_string(root.join("monitoring/METRICS.md")).unwrap();
+
+    // Before any traffic: every counter and histogram of each service's catalogue is there.
+    let api_text = scrape(&client, api_metrics).await.unwrap();
+    let consumer_text = testing::eventually("the consumer's exporter", WAIT, || {
+        scrape(&client, consumer_metrics)
+    })
+    .await;
+    for (service, text) in [
+        ("coupon-api", &api_text),
+        ("coupon-consumer", &consumer_text),
+    ] {
+        let (always, _) = catalogue(&markdown, service);
+        let exported = exported_names(text);
+        let missing: Vec<_> = always.difference(&exported).collect();
+        assert!(
+            missing.is_empty(),
+            "{service} does not export {missing:?} at start-up"
+        );
+    }
+
+    // A small drop: 3 users admitted, 1 repeat.
+    let now = chrono::Utc::now();
+    let created: Value = client
+        .post(format!("{base}/api/v1/coupons"))
+        .json(&json!({
+            "title": "metrics", "coupon_type": "FIRST_COME_FIRST_SERVED", "total_quantity": 5,
+            "discount_type": "FIXED", "discount_value": 1000,
+            "issue_starts_at": now - chrono::Duration::minutes(1),
+            "issue_ends_at": now + chrono::Duration::hours(1), "valid_days": 7,
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let coupon = created["id"].as_i64().unwrap();
+    for user in [1, 2, 3, 3] {
+        client
+            .post(format!("{base}/api/v1/coupons/{coupon}/issues"))
+            .json(&json!({ "user_id": user }))
+            .send()
+            .await
+            .unwrap();
+    }
+    // Persisted, sampled (every 200 ms) and the lag reported (librdkafka statistics, 5 s).
+    let coupon_label = format!("coupon_id=\"{coupon}\"");
+    let consumer_text = testing::eventually("the consumer's gauges", WAIT, || async {
+        let text = scrape(&client, consumer_metrics).await?;
+        let ready = text.contains(&format!("coupon_policy_issued{{{coupon_label}}} 3"))
+            && has_series(
+                &text,
+                "coupon_consumer_lag_messages",
+                &stores.kafka_issue_topic,
+            );
+        ready.then_some(text)
+    })
+    .await;
+    let api_text = scrape(&client, api_metrics).await.unwrap();
+    assert!(
+        api_text.contains("coupon_issue_requests_total{outcome=\"issued\"} 3"),
+        "three admitted:\n{api_text}"
+    );
+    assert!(api_text.contains("coupon_issue_requests_total{outcome=\"duplicate\"} 1"));
+    for gauge in ["stock 5", "admitted 3", "remaining 2"] {
+        assert!(
+            consumer_text.contains(&format!(
+                "coupon_policy_{}{{{coupon_label}}} {}",
+                gauge.split(' ').next().unwrap(),
+                gauge.split(' ').nth(1).unwrap()
+            )),
+            "coupon_policy_{gauge}:\n{consumer_text}"
+        );
+    }
+
+    // The whole catalogue, gauges included, per service.
+    let api_names = exported_names(&api_text);
+    let consumer_names = exported_names(&consumer_text);
+    for (service, names) in [
+        ("coupon-api", &api_names),
+        ("coupon-consumer", &consumer_names),
+    ] {
+        let (always, gauges) = catalogue(&markdown, service);
+        let missing: Vec<_> = always
+            .union(&gauges)
+            .filter(|n| !names.contains(*n))
+            .collect();
+        assert!(missing.is_empty(), "{service} does not export {missing:?}");
+    }
+
+    // What the dashboards and rules query.
+    let mut queried: Vec<(String, String)> = Vec::new();
+    let rules = std::fs::read_to_string(root.join("monitoring/alerts.yml")).unwrap();
+    for expr in rule_expressions(&rules) {
+        queried.extend(
+            promql_metric_names(&expr)
+                .into_iter()
+                .map(|n| ("alerts.yml".to_owned(), n)),
+        );
+    }
+    let mut dashboards = 0;
+    for entry in std::fs::read_dir(root.join("monitoring/grafana/dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            dashboards += 1;
+            let dashboard: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let file = path.file_name().unwrap().to_string_lossy().into_owned();
+            for expr in dashboard_expressions(&dashboard) {
+                queried.extend(
+                    promql_metric_names(&expr)
+                        .into_iter()
+                        .map(|n| (file.clone(), n)),
+                );
+            }
+        }
+    }
+    assert!(dashboards >= 2, "the issue and the service dashboards");
+    assert!(
+        queried.len() > 20,
+        "the reader found the queries: {queried:?}"
+    );
+    // Prometheus' own series: the scrape health and the alert state.
+    let prometheus_own = ["up", "ALERTS", "ALERTS_FOR_STATE"];
+    let unknown: BTreeSet<_> = queried
+        .iter()
+        .filter(|(_, name)| {
+            !prometheus_own.contains(&name.as_str())
+                && !api_names.contains(name)
+                && !consumer_names.contains(name)
+                && !["_bucket", "_sum", "_count"].iter().any(|suffix| {
+                    name.strip_suffix(suffix).is_some_and(|base| {
+                        api_names.contains(base) || consumer_names.contains(base)
+                    })
+                })
+        })
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "queried but exported by neither service: {unknown:?}"
+    );
+
+    stop.cancel();
+    api_task.await.unwrap().unwrap();
+}
