@@ -1,37 +1,56 @@
 // k6 load test: many users race for one first-come-first-served coupon.
 //
-//   k6 run load-test/k6/issue-race.js
+//   k6 run load-test/k6/issue-race.js                      (or load-test/run-k6.sh, same -e flags)
 //   k6 run -e BASE_URL=http://127.0.0.1:8080 -e STOCK=500 -e REQUESTS=10000 \
-//          -e USER_ID_COUNT=5000 -e VUS=200 load-test/k6/issue-race.js
+//          -e USER_ID_COUNT=5000 -e REPEAT_SHARE=0.5 -e VUS=200 load-test/k6/issue-race.js
+//   k6 run -e DURATION=30s load-test/k6/issue-race.js      (a fixed time instead of a count)
 //   k6 run -e EXECUTOR=constant-arrival-rate -e RATE=2000 load-test/k6/issue-race.js
 //
 // setup() creates a fresh coupon with STOCK units (or reuses COUPON_ID), then REQUESTS issue
-// requests are fired for user ids USER_ID_START .. USER_ID_START+USER_ID_COUNT-1. With the
-// defaults (10,000 requests over 5,000 user ids) many users ask more than once, some of them
-// concurrently, so both "already issued" and "sold out" answers are exercised.
+// requests (iterations) are fired for user ids USER_ID_START .. USER_ID_START+USER_ID_COUNT-1.
 //
-// Environment variables (all optional):
-//   BASE_URL          http://127.0.0.1:8080
-//   STOCK             500      total_quantity of the coupon setup() creates
+// Fresh and repeat requests (USER_PICK=share, the default): a share REPEAT_SHARE of the requests
+// re-sends a user id that an earlier request already used (picked at random among those, so
+// some repeats race their user's first request), the others each take the next unused id. The
+// split is spread evenly over the run (with 0.5: fresh, repeat, fresh, repeat, ...) and counts
+// all VUs, by k6's global iteration number. Once all USER_ID_COUNT ids are used every further
+// request is a repeat, so the share actually sent is at least 1 - USER_ID_COUNT/REQUESTS; the
+// defaults (10,000 requests, 5,000 ids, 0.5) use every id exactly once fresh, once again. 0
+// means every request is a new user (as far as the ids last), 1 means one user asks every time.
+//
+// Parameters, all optional environment variables (-e NAME=value):
+//   BASE_URL          http://127.0.0.1:8080   the coupon-api under test
 //   COUPON_ID         -        race for an existing coupon instead of creating one
-//   REQUESTS          10000    issue requests in total
-//   USER_ID_COUNT     5000     distinct user ids the requests are drawn from
+//   STOCK             500      total_quantity of the coupon setup() creates
+//   USER_ID_COUNT     5000     number of distinct user ids (users) the requests are for
 //   USER_ID_START     1        first user id
-//   USER_PICK         random   random: each request draws a user id at random (repeats land at
-//                              random times, some concurrently); cycle: request i uses id
+//   REPEAT_SHARE      0.5      share (0..1) of requests that re-send an already used user id
+//   USER_PICK         share    share: fresh ids and repeats as above; random: each request draws
+//                              an id uniformly at random (REPEAT_SHARE ignored; the behaviour
+//                              before REPEAT_SHARE existed); cycle: request i uses id
 //                              i mod USER_ID_COUNT, so every id is used and repeats come in waves
+//   REQUESTS          10000    issue requests (iterations) in total, unless DURATION is set
+//   DURATION          -        e.g. 30s or 2m: run for this long instead of REQUESTS requests
+//                              (constant-vus with VUS VUs; with constant-arrival-rate, RATE/s)
 //   EXECUTOR          shared-iterations (default) or constant-arrival-rate
-//   VUS               200      VUs (shared-iterations) or pre-allocated VUs (arrival rate)
+//   VUS               200      VUs (shared-iterations, DURATION) or pre-allocated VUs (arrival rate)
 //   MAX_VUS           2*VUS    VU ceiling for constant-arrival-rate
-//   RATE              2000     requests/s for constant-arrival-rate (runs REQUESTS/RATE seconds)
+//   RATE              2000     requests/s for constant-arrival-rate (runs REQUESTS/RATE seconds,
+//                              or DURATION)
 //   MAX_DURATION      5m       give-up time for shared-iterations
-//   MAX_FAILED_RATE   0.01     threshold on http_req_failed (202 and 409 count as success)
-//   P99_MS            -        if set, threshold on the issue requests' p99 in milliseconds
+//   MAX_ERROR_RATIO   0.01     threshold: at most this share of the race's requests may fail
+//                              (http_req_failed; 202 and 409 count as success, so failures are
+//                              503s, other statuses and timeouts). MAX_FAILED_RATE is an alias.
+//   P99_MS            1000     threshold: p99 of the issue requests' duration at most this many
+//                              milliseconds; 0 turns the threshold off
 //   READY_TIMEOUT_S   30       how long setup() waits for GET /ready to answer 200
 //   SUMMARY_JSON      -        if set, also write k6's full summary JSON to this path
 //
 // k6 exits non-zero (99) when a threshold fails: a 5xx other than 503, more accepted issues than
-// stock (oversold), or too many failed requests.
+// stock (oversold; only when setup() created the coupon), error ratio or p99 above its limit.
+// teardown() then checks exactness against GET /api/v1/coupons/{id}/stats: it waits up to 60 s
+// for pending 0 and aborts the run (non-zero exit, 108) when more were admitted or issued than
+// the coupon's total, or admissions stay unpersisted.
 
 import http from 'k6/http';
 import { check, sleep } from 'k6';
@@ -42,16 +61,26 @@ const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '')
 const STOCK = intEnv('STOCK', 500);
 const COUPON_ID = __ENV.COUPON_ID || '';
 const REQUESTS = intEnv('REQUESTS', 10000);
+const DURATION = __ENV.DURATION || '';
 const USER_ID_COUNT = intEnv('USER_ID_COUNT', 5000);
 const USER_ID_START = intEnv('USER_ID_START', 1);
-const USER_PICK = (__ENV.USER_PICK || 'random').toLowerCase();
+const REPEAT_SHARE = numEnv('REPEAT_SHARE', 0.5, 0, 1);
+const USER_PICK = (__ENV.USER_PICK || 'share').toLowerCase();
 const EXECUTOR = __ENV.EXECUTOR || 'shared-iterations';
 const VUS = intEnv('VUS', 200);
 const MAX_VUS = intEnv('MAX_VUS', 2 * VUS);
 const RATE = intEnv('RATE', 2000);
 const MAX_DURATION = __ENV.MAX_DURATION || '5m';
-const MAX_FAILED_RATE = Number(__ENV.MAX_FAILED_RATE || '0.01');
+const MAX_ERROR_RATIO = __ENV.MAX_ERROR_RATIO
+  ? numEnv('MAX_ERROR_RATIO', 0.01, 0, 1)
+  : numEnv('MAX_FAILED_RATE', 0.01, 0, 1);
+const P99_MS = numEnv('P99_MS', 1000, 0, Infinity);
 const READY_TIMEOUT_S = intEnv('READY_TIMEOUT_S', 30);
+if (!['share', 'random', 'cycle'].includes(USER_PICK)) {
+  throw new Error(`USER_PICK must be share, random or cycle, got "${__ENV.USER_PICK}"`);
+}
+// Fresh requests per million, so the fresh/repeat split is integer arithmetic (exact shares).
+const FRESH_PPM = Math.round((1 - REPEAT_SHARE) * 1e6);
 
 const SCENARIO = 'issue_race';
 // One name for every issue URL, so k6 groups them instead of making a series per coupon id.
@@ -66,6 +95,17 @@ function intEnv(name, fallback) {
   return n;
 }
 
+function numEnv(name, fallback, min, max) {
+  const raw = __ENV[name];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n < min || n > max) {
+    const range = max === Infinity ? `>= ${min}` : `from ${min} to ${max}`;
+    throw new Error(`${name} must be a number ${range}, got "${raw}"`);
+  }
+  return n;
+}
+
 // Outcome counters, by HTTP status and, for 409, by the error body's `code`.
 const accepted = new Counter('issue_accepted'); // 202 {"request_id": ..., "status": "PENDING"}
 const alreadyIssued = new Counter('issue_already_issued'); // 409 ALREADY_ISSUED
@@ -74,6 +114,7 @@ const conflictOther = new Counter('issue_conflict_other'); // 409 with any other
 const unavailable = new Counter('issue_unavailable'); // 503: Redis/Kafka failing closed
 const serverError = new Counter('issue_server_error'); // 5xx other than 503: a bug
 const other = new Counter('issue_other'); // anything else (4xx, timeouts: status 0)
+const repeats = new Counter('issue_repeat_user'); // USER_PICK=share: requests re-sending a used id
 
 function scenario() {
   if (EXECUTOR === 'constant-arrival-rate') {
@@ -83,13 +124,17 @@ function scenario() {
       exec: 'issue',
       rate: RATE,
       timeUnit: '1s',
-      duration: `${seconds}s`,
+      duration: DURATION || `${seconds}s`,
       preAllocatedVUs: VUS,
       maxVUs: Math.max(VUS, MAX_VUS),
     };
   }
   if (EXECUTOR !== 'shared-iterations') {
     throw new Error(`EXECUTOR must be shared-iterations or constant-arrival-rate, got "${EXECUTOR}"`);
+  }
+  if (DURATION) {
+    // A fixed time rather than a fixed count: every VU sends requests back to back.
+    return { executor: 'constant-vus', exec: 'issue', vus: VUS, duration: DURATION };
   }
   return {
     executor: 'shared-iterations',
@@ -105,12 +150,12 @@ const thresholds = {
   issue_server_error: ['count==0'],
   // 202 and 409 are expected answers (see responseCallback below), so this counts 503s,
   // other errors and timeouts. Scoped to the race so setup() requests do not count.
-  [`http_req_failed{scenario:${SCENARIO}}`]: [`rate<${MAX_FAILED_RATE}`],
+  [`http_req_failed{scenario:${SCENARIO}}`]: [`rate<=${MAX_ERROR_RATIO}`],
 };
 // Never more coupons than stock: only checkable when this run created the coupon.
 if (!COUPON_ID) thresholds.issue_accepted = [`count<=${STOCK}`];
-// Optional latency objective for the race's own requests (setup() requests excluded).
-if (__ENV.P99_MS) thresholds[`http_req_duration{scenario:${SCENARIO}}`] = [`p(99)<${Number(__ENV.P99_MS)}`];
+// Latency objective for the race's own requests (setup() and teardown() requests excluded).
+if (P99_MS > 0) thresholds[`http_req_duration{scenario:${SCENARIO}}`] = [`p(99)<=${P99_MS}`];
 
 export const options = {
   scenarios: { [SCENARIO]: scenario() },
@@ -141,8 +186,30 @@ function waitUntilReady() {
   }
 }
 
+// How many of the requests before request i (k6's global iteration number) take a fresh user
+// id under USER_PICK=share: ceil(i * (1 - REPEAT_SHARE)), and at least 1 from i = 1 on, so the
+// very first request is always fresh (no id is used yet).
+function freshBefore(i) {
+  if (i === 0) return 0;
+  return Math.max(1, Math.floor((i * FRESH_PPM + 999999) / 1e6));
+}
+
+// Warns when the fresh ids run out before the planned requests do (USER_PICK=share, by count).
+function warnIfIdsRunOut() {
+  if (USER_PICK !== 'share' || DURATION || EXECUTOR !== 'shared-iterations') return;
+  if (freshBefore(REQUESTS) <= USER_ID_COUNT) return;
+  let i = 0;
+  while (freshBefore(i + 1) <= USER_ID_COUNT) i += 1;
+  console.warn(
+    `REPEAT_SHARE ${REPEAT_SHARE} wants ${freshBefore(REQUESTS)} fresh user ids but USER_ID_COUNT is ` +
+      `${USER_ID_COUNT}: every request from number ${i + 1} on is a repeat (share sent ` +
+      `${(1 - USER_ID_COUNT / REQUESTS).toFixed(3)})`,
+  );
+}
+
 export function setup() {
   waitUntilReady();
+  warnIfIdsRunOut();
   if (COUPON_ID) {
     console.log(`racing for existing coupon ${COUPON_ID}`);
     return { couponId: COUPON_ID, stock: null };
@@ -177,11 +244,23 @@ export function setup() {
   return { couponId: String(couponId), stock: STOCK };
 }
 
+// The user id for this request, and whether it re-sends an id an earlier request already used
+// (known for USER_PICK=share only; null otherwise).
 function pickUserId() {
+  const i = exec.scenario.iterationInTest;
   if (USER_PICK === 'cycle') {
-    return USER_ID_START + (exec.scenario.iterationInTest % USER_ID_COUNT);
+    return { userId: USER_ID_START + (i % USER_ID_COUNT), repeat: null };
   }
-  return USER_ID_START + Math.floor(Math.random() * USER_ID_COUNT);
+  if (USER_PICK === 'random') {
+    return { userId: USER_ID_START + Math.floor(Math.random() * USER_ID_COUNT), repeat: null };
+  }
+  const before = freshBefore(i);
+  if (freshBefore(i + 1) > before && before < USER_ID_COUNT) {
+    return { userId: USER_ID_START + before, repeat: false }; // the next unused id
+  }
+  // A repeat: any id an earlier request took (possibly still in flight).
+  const used = Math.max(1, Math.min(before, USER_ID_COUNT));
+  return { userId: USER_ID_START + Math.floor(Math.random() * used), repeat: true };
 }
 
 // A string field of a JSON response body, or '' when the body is not JSON or lacks it.
@@ -195,7 +274,8 @@ function jsonField(res, key) {
 }
 
 export function issue(data) {
-  const userId = pickUserId();
+  const { userId, repeat } = pickUserId();
+  if (repeat) repeats.add(1);
   const res = http.post(
     `${BASE_URL}/api/v1/coupons/${encodeURIComponent(data.couponId)}/issues`,
     JSON.stringify({ user_id: userId }),
@@ -272,11 +352,17 @@ export function handleSummary(data) {
   const lines = [];
   lines.push('');
   lines.push(`couponrush issue race against ${BASE_URL}`);
-  lines.push(`  executor ${EXECUTOR}, ${REQUESTS} requests planned, user ids ${USER_ID_START}..${USER_ID_START + USER_ID_COUNT - 1} (${USER_PICK})`);
-  if (!COUPON_ID) lines.push(`  stock ${STOCK}`);
+  const plan = DURATION ? `for ${DURATION}` : `${REQUESTS} requests planned`;
+  const pick = USER_PICK === 'share' ? `repeat share ${REPEAT_SHARE}` : USER_PICK;
+  lines.push(`  ${scenario().executor}, ${plan}, user ids ${USER_ID_START}..${USER_ID_START + USER_ID_COUNT - 1} (${pick})`);
+  lines.push(`  ${COUPON_ID ? `coupon ${COUPON_ID}` : `stock ${STOCK}`}; thresholds: error ratio <= ${MAX_ERROR_RATIO}, p99 ${P99_MS > 0 ? `<= ${P99_MS}ms` : 'off'}`);
   lines.push('');
   for (const [label, n] of rows) lines.push(`  ${label.padEnd(20)} ${String(n).padStart(8)}`);
   lines.push(`  ${'total'.padEnd(20)} ${String(total).padStart(8)}`);
+  if (USER_PICK === 'share' && total > 0) {
+    const rep = count(data, 'issue_repeat_user');
+    lines.push(`  ${'repeat user ids'.padEnd(20)} ${String(rep).padStart(8)}  (${(rep / total).toFixed(3)} of requests)`);
+  }
 
   const dur = data.metrics[`http_req_duration{scenario:${SCENARIO}}`] || data.metrics.http_req_duration;
   if (dur && dur.values) {
