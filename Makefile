@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: up down status demo test bench-codes build fmt lint migrate
+.PHONY: up down status demo test bench bench-codes build fmt lint migrate
 
 ## up: install (where missing) and start MariaDB, Redis and the tansu Kafka broker
 up:
@@ -24,6 +24,11 @@ demo: up
 ## test: the whole test suite against the real local stack
 test: up
 	scripts/test.sh
+
+## bench: the issue path against this machine's own limits (about 5 minutes); writes
+## bench/results/issue.{json,md}
+bench: up
+	scripts/bench.sh
 
 ## bench-codes: code generation rate, then redeem and search latency at 10,000,000 codes
 ## before and after archiving (about half an hour); writes bench/results/codes.{json,md}

@@ -245,6 +245,16 @@ fn rule_expressions(yaml: &str) -> Vec<String> {
     exprs
 }
 
+/// The series selector of Grafana's `label_values(selector, label)` (the label is not a
+/// metric); any other query as it is.
+fn label_values_selector(query: &str) -> String {
+    query
+        .split_once("label_values(")
+        .map(|(_, args)| args.rsplit_once(',').map_or(args, |(selector, _)| selector))
+        .unwrap_or(query)
+        .to_owned()
+}
+
 /// Every PromQL expression of a Grafana dashboard: panel targets (rows' nested panels too)
 /// and query variables.
 fn dashboard_expressions(dashboard: &Value) -> Vec<String> {
@@ -255,11 +265,11 @@ fn dashboard_expressions(dashboard: &Value) -> Vec<String> {
                     match (key.as_str(), v) {
                         ("expr", Value::String(s)) => out.push(s.clone()),
                         ("query", Value::String(s)) if s.contains("label_values") => {
-                            out.push(s.clone());
+                            out.push(label_values_selector(s));
                         }
                         ("query", Value::Object(q)) => {
                             if let Some(Value::String(s)) = q.get("query") {
-                                out.push(s.clone());
+                                out.push(label_values_selector(s));
                             }
                         }
                         _ => walk(v, out),
@@ -322,6 +332,10 @@ fn the_promql_reader_finds_metric_names_and_nothing_else() {
     .map(String::from)
     .collect();
     assert_eq!(names, expected);
+    assert_eq!(
+        label_values_selector("label_values(coupon_policy_stock{job=\"x\"}, coupon_id)"),
+        "coupon_policy_stock{job=\"x\"}"
+    );
     assert_eq!(
         rule_expressions("  - alert: A\n    expr: |\n      up == 0\n      or x\n    for: 1m\n  - record: b\n    expr: sum(y)\n"),
         vec!["      up == 0\n      or x".to_owned(), "sum(y)".to_owned()]

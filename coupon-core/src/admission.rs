@@ -55,6 +55,11 @@ impl RedisKeys {
     }
 }
 
+/// The atomic admission script (`admission/admit.lua`): `KEYS[1]` the admission set, `KEYS[2]`
+/// the stock bound, `ARGV[1]` the user id; returns 1 admitted, -1 already admitted, -2 sold
+/// out, -3 no stock key.
+pub const ADMIT_SCRIPT: &str = include_str!("admission/admit.lua");
+
 /// What the admission script decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdmitOutcome {
@@ -116,7 +121,7 @@ impl AdmissionStore {
         Self {
             conn,
             keys,
-            admit: Script::new(include_str!("admission/admit.lua")),
+            admit: Script::new(ADMIT_SCRIPT),
             undo: Script::new(include_str!("admission/undo.lua")),
         }
     }
