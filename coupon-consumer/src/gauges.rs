@@ -1,49 +1,80 @@
-//! Consumer-side gauges: lag per partition from librdkafka's statistics, and the per-coupon
+//! Consumer-side gauges: lag per partition (high watermark minus position), and the per-coupon
 //! stock gauges sampled from MySQL and Redis (monitoring/METRICS.md).
 
 use chrono::Utc;
 use coupon_core::queries;
 use coupon_core::telemetry::names;
 use rdkafka::consumer::ConsumerContext;
-use rdkafka::{ClientContext, Statistics};
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaResult;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::IssueConsumer;
 
-/// How often librdkafka emits its statistics, which carry each partition's lag (ms).
-pub const STATISTICS_INTERVAL_MS: &str = "5000";
-
 /// How long after its issue window closed a coupon keeps its gauges.
 const CLOSED_GRACE: chrono::Duration = chrono::Duration::hours(1);
 
-/// Client context of the group members: turns librdkafka's statistics
-/// (<https://github.com/confluentinc/librdkafka/blob/master/STATISTICS.md>, `consumer_lag` =
-/// high watermark − committed offset) into `coupon_consumer_lag_messages{topic, partition}`.
-/// Partitions this member is not assigned, and those whose lag is not known yet (-1, before the
-/// first fetch or commit), are left out.
-pub struct LagContext;
+/// Client context of the group members: logs failed asynchronous offset commits.
+///
+/// (librdkafka's statistics callback would give the lag too, but with it enabled the consumer
+/// stopped answering SIGTERM in our runs; the lag is computed from local state instead, see
+/// [`IssueConsumer::sample_lag`].)
+pub struct GroupContext;
 
-impl ClientContext for LagContext {
-    fn stats(&self, statistics: Statistics) {
-        for (topic, state) in &statistics.topics {
-            for (&partition, p) in &state.partitions {
-                if partition < 0 || !p.desired || p.consumer_lag < 0 {
-                    continue;
-                }
-                metrics::gauge!(
-                    names::CONSUMER_LAG,
-                    "topic" => topic.clone(), "partition" => partition.to_string()
-                )
-                .set(p.consumer_lag as f64);
-            }
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(err) = result {
+            tracing::warn!(%err, "offset commit failed; the batch will be redelivered and skipped");
         }
     }
 }
 
-impl ConsumerContext for LagContext {}
-
 impl IssueConsumer {
-    /// Sets the `coupon_policy_*` gauges every `METRICS_SAMPLE_INTERVAL_MS` until `shutdown`:
+    /// Sets `coupon_consumer_lag_messages{topic, partition}` for every partition assigned to
+    /// this member: the partition's high watermark minus this member's position (the next
+    /// offset it will process), as Kafka's own consumer reports `records-lag`. The positions
+    /// are local state; the watermarks are asked of the broker (1 s timeout each) on a blocking
+    /// thread. Partitions without a position yet are left out.
+    async fn sample_lag(&self) {
+        let mut assigned = Vec::new();
+        for consumer in [&self.consumer, &self.payments] {
+            let Ok(positions) = consumer.position() else {
+                continue;
+            };
+            for element in positions.elements() {
+                if let Offset::Offset(position) = element.offset() {
+                    assigned.push((element.topic().to_owned(), element.partition(), position));
+                }
+            }
+        }
+        let watermarks = std::sync::Arc::clone(&self.watermarks);
+        let sampled = tokio::task::spawn_blocking(move || {
+            for (topic, partition, position) in assigned {
+                let Ok((_, high)) =
+                    watermarks.fetch_watermarks(&topic, partition, Duration::from_secs(1))
+                else {
+                    continue;
+                };
+                metrics::gauge!(
+                    names::CONSUMER_LAG,
+                    "topic" => topic, "partition" => partition.to_string()
+                )
+                .set((high - position).max(0) as f64);
+            }
+        })
+        .await;
+        if let Err(err) = sampled {
+            tracing::warn!(%err, "sampling the consumer lag failed");
+        }
+    }
+
+    /// Sets the `coupon_policy_*` gauges every `METRICS_SAMPLE_INTERVAL_MS` until `shutdown`,
+    /// and the lag gauges ([`Self::sample_lag`]) at the same pace:
     /// stock and `issued_quantity` from MySQL, admitted from the Redis set's `SCARD`, for the
     /// coupons of [`queries::live_stocks`]. A failed sample is logged and skipped (the gauges
     /// keep their last value until the exporter's idle timeout).
@@ -54,6 +85,7 @@ impl IssueConsumer {
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            self.sample_lag().await;
             if let Err(err) = self.sample_stock_gauges_once().await {
                 tracing::warn!(error = %err, "sampling the per-coupon gauges failed");
             }

@@ -27,7 +27,7 @@ use coupon_core::message::IssueMessage;
 use coupon_core::repository::{self, PersistReport};
 use coupon_core::stores::Connections;
 use coupon_core::telemetry::{self, names};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sqlx::MySqlPool;
@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ConsumerConfig;
 use crate::dead_letter::{DeadLetter, DeadLetters};
-use crate::gauges::LagContext;
+use crate::gauges::GroupContext;
 
 /// Counters of what the consumer has done, readable while it runs (tests wait on them; the
 /// same figures go to Prometheus).
@@ -59,9 +59,9 @@ pub struct ConsumerStats {
 
 /// Connection handles and settings of a running consumer.
 pub struct IssueConsumer {
-    consumer: StreamConsumer<LagContext>,
+    consumer: StreamConsumer<GroupContext>,
     pool: MySqlPool,
-    payments: StreamConsumer<LagContext>,
+    payments: StreamConsumer<GroupContext>,
     dead_letters: DeadLetters,
     sweep_interval: Duration,
     sweep_batch: u32,
@@ -76,6 +76,8 @@ pub struct IssueConsumer {
     retry: ExponentialBuilder,
     metrics_sample_interval: Duration,
     metrics_coupon_limit: u32,
+    /// A group-less client for the partitions' high watermarks (the lag gauges).
+    watermarks: Arc<BaseConsumer>,
     stats: Arc<ConsumerStats>,
 }
 
@@ -89,8 +91,7 @@ pub const RETRY_STEPS: [&str; 4] = [
 
 /// Client settings of the group member: offsets are committed by hand, only after the batch is
 /// durable (`enable.auto.commit=false`), and a new group starts from the earliest offset so no
-/// message published before the first consumer joined is skipped. Statistics every 5 s feed the
-/// lag gauges ([`LagContext`]).
+/// message published before the first consumer joined is skipped.
 pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -101,7 +102,6 @@ pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("fetch.wait.max.ms", "100")
-        .set("statistics.interval.ms", gauges::STATISTICS_INTERVAL_MS)
         .set("socket.connection.setup.timeout.ms", "3000");
     config
 }
@@ -117,9 +117,9 @@ impl IssueConsumer {
         telemetry::install_metrics(config.metrics.metrics_listen)?;
         gauges::register_metrics();
         let Connections { pool, redis } = coupon_core::stores::connect(stores).await?;
-        let consumer: StreamConsumer<LagContext> =
+        let consumer: StreamConsumer<GroupContext> =
             consumer_config(&stores.kafka_brokers, &config.group_id)
-                .create_with_context(LagContext)
+                .create_with_context(GroupContext)
                 .context("creating the Kafka consumer")?;
         consumer
             .subscribe(&[&stores.kafka_issue_topic])
@@ -130,11 +130,11 @@ impl IssueConsumer {
                 .context("creating the dead-letter producer")?,
             topic: stores.kafka_dead_letter_topic.clone(),
         };
-        let payments: StreamConsumer<LagContext> = consumer_config(
+        let payments: StreamConsumer<GroupContext> = consumer_config(
             &stores.kafka_brokers,
             &format!("{}-payments", config.group_id),
         )
-        .create_with_context(LagContext)
+        .create_with_context(GroupContext)
         .context("creating the payments consumer")?;
         payments
             .subscribe(&[&stores.kafka_payments_topic])
@@ -161,6 +161,12 @@ impl IssueConsumer {
                 .without_max_times(),
             metrics_sample_interval: config.metrics_sample_interval(),
             metrics_coupon_limit: config.metrics_coupon_limit,
+            watermarks: Arc::new(
+                ClientConfig::new()
+                    .set("bootstrap.servers", &stores.kafka_brokers)
+                    .create()
+                    .context("creating the watermark client")?,
+            ),
             stats: Arc::default(),
         })
     }
@@ -300,10 +306,9 @@ impl IssueConsumer {
             }
         }
 
-        // The batch is durable: a failed commit only means redelivery, which the unique key
-        // absorbs, so a few tries suffice (a revoked partition never accepts the commit).
-        let commit = || async { self.commit(batch) };
-        if let Err(err) = commit.retry(self.retry.with_max_times(3)).await {
+        // The batch is durable: a commit that cannot even be queued only means redelivery,
+        // which the unique key absorbs.
+        if let Err(err) = self.commit(batch) {
             tracing::warn!(%err, "offset commit failed; the batch will be redelivered and skipped");
         }
 
@@ -360,7 +365,10 @@ impl IssueConsumer {
 
     /// Commits, per partition, the offset after the batch's last message there. Offsets inside
     /// a partition arrive in order, so the whole batch being durable means everything below
-    /// that offset is too.
+    /// that offset is too. The commit is sent without waiting for the broker's answer (a failed
+    /// one is logged by [`GroupContext`]): the batch is already durable, so a lost commit only
+    /// means redelivery, which the unique key absorbs, and the next batch does not wait for a
+    /// broker round trip.
     fn commit(&self, batch: &[OwnedMessage]) -> Result<(), rdkafka::error::KafkaError> {
         let mut next: HashMap<(&str, i32), i64> = HashMap::new();
         for message in batch {
@@ -373,6 +381,6 @@ impl IssueConsumer {
         for ((topic, partition), offset) in next {
             offsets.add_partition_offset(topic, partition, Offset::Offset(offset))?;
         }
-        self.consumer.commit(&offsets, CommitMode::Sync)
+        self.consumer.commit(&offsets, CommitMode::Async)
     }
 }

@@ -19,7 +19,8 @@ use crate::IssueConsumer;
 const RELAY_BATCH: u32 = 500;
 
 impl IssueConsumer {
-    /// Relays until `shutdown`; a full batch is followed at once by another.
+    /// Relays until `shutdown`; a full batch is followed at once by another (shutdown is
+    /// checked between batches, so a backlog does not hold up a stop).
     pub(crate) async fn relay_events(&self, shutdown: &CancellationToken) {
         loop {
             let relayed = match self.relay_once().await {
@@ -29,7 +30,7 @@ impl IssueConsumer {
                     0
                 }
             };
-            if relayed as u32 == RELAY_BATCH {
+            if relayed as u32 == RELAY_BATCH && !shutdown.is_cancelled() {
                 continue;
             }
             tokio::select! {

@@ -72,8 +72,34 @@ async fn issue_coupon(
     CouponPath(coupon): CouponPath,
     caller: Caller,
 ) -> Result<(StatusCode, Json<IssueAccepted>), ApiError> {
-    let result = admit_and_publish(state, coupon, caller.user_id).await;
-    let outcome = match &result {
+    let user = caller.user_id;
+    if let Err(rejected) = check(&state, coupon, user).await {
+        record_outcome(Err(&rejected));
+        return Err(rejected);
+    }
+    // From the admission on, the request must run to its end even if the client goes away
+    // (axum drops a handler's future on disconnect): an admitted user must get either a
+    // published message or an undone admission, and is counted either way. A spawned task is
+    // not dropped with the handler.
+    let request_id = tokio::spawn(async move {
+        let result = admit_and_publish(state, coupon, user).await;
+        record_outcome(result.as_ref());
+        result
+    })
+    .await
+    .map_err(|join_err| ApiError::Internal(join_err.into()))??;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(IssueAccepted {
+            request_id,
+            status: IssueState::Pending,
+        }),
+    ))
+}
+
+/// Counts one answer in `coupon_issue_requests_total`.
+fn record_outcome(result: Result<&Uuid, &ApiError>) {
+    let outcome = match result {
         Ok(_) => "issued",
         Err(ApiError::AlreadyIssued) => "duplicate",
         Err(ApiError::SoldOut) => "sold_out",
@@ -84,21 +110,11 @@ async fn issue_coupon(
         Err(_) => "error",
     };
     metrics::counter!(names::ISSUE_REQUESTS, "outcome" => outcome).increment(1);
-    let request_id = result?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(IssueAccepted {
-            request_id,
-            status: IssueState::Pending,
-        }),
-    ))
 }
 
-async fn admit_and_publish(
-    state: AppState,
-    coupon: CouponId,
-    user: UserId,
-) -> Result<Uuid, ApiError> {
+/// The checks before the admission: the policy exists, is active and in its issue window, and
+/// is not sold out.
+async fn check(state: &AppState, coupon: CouponId, user: UserId) -> Result<(), ApiError> {
     let policy = state.cache.get(coupon).await?;
     if policy.status != CouponStatus::Active {
         return Err(ApiError::CouponSuspended);
@@ -123,51 +139,53 @@ async fn admit_and_publish(
             false => ApiError::SoldOut,
         });
     }
-    // From the admission on, the request must run to its end even if the client goes away
-    // (axum drops a handler's future on disconnect): an admitted user must get either a
-    // published message or an undone admission. A spawned task is not dropped with the handler.
-    tokio::spawn(async move {
-        match state
-            .admission
-            .admit(coupon, user)
-            .await
-            .map_err(ApiError::unavailable)?
-        {
-            AdmitOutcome::Admitted => {}
-            AdmitOutcome::AlreadyIssued => return Err(ApiError::AlreadyIssued),
-            AdmitOutcome::SoldOut => return Err(ApiError::SoldOut),
-            AdmitOutcome::NotPrepared => {
-                return Err(ApiError::unavailable(anyhow::anyhow!(
+    Ok(())
+}
+
+/// The admission script, then the publish (undoing the admission when the publish fails).
+async fn admit_and_publish(
+    state: AppState,
+    coupon: CouponId,
+    user: UserId,
+) -> Result<Uuid, ApiError> {
+    match state
+        .admission
+        .admit(coupon, user)
+        .await
+        .map_err(ApiError::unavailable)?
+    {
+        AdmitOutcome::Admitted => {}
+        AdmitOutcome::AlreadyIssued => return Err(ApiError::AlreadyIssued),
+        AdmitOutcome::SoldOut => return Err(ApiError::SoldOut),
+        AdmitOutcome::NotPrepared => {
+            return Err(ApiError::unavailable(anyhow::anyhow!(
                 "coupon {coupon} has no stock bound in Redis; its admission state must be rebuilt"
             )))
-            }
         }
-        let message = IssueMessage {
-            coupon_id: coupon,
-            user_id: user,
-            request_id: Uuid::now_v7(),
-            admitted_at: Utc::now(),
-        };
-        match state.publisher.publish(&message).await {
-            Ok(()) => Ok(message.request_id),
-            Err(publish_err) => {
-                metrics::counter!(names::ISSUE_ADMISSION_ROLLBACKS).increment(1);
-                let undo = state.admission.undo(coupon, user).await;
-                if let Err(undo_err) = &undo {
-                    tracing::error!(
-                        %undo_err, coupon_id = %coupon, user_id = %user,
-                        "publish failed AND the admission could not be undone: the slot is held \
-                         without a message until the admission set is reconciled"
-                    );
-                }
-                Err(ApiError::unavailable(
-                    anyhow::Error::new(publish_err).context("publishing the issue message failed"),
-                ))
+    }
+    let message = IssueMessage {
+        coupon_id: coupon,
+        user_id: user,
+        request_id: Uuid::now_v7(),
+        admitted_at: Utc::now(),
+    };
+    match state.publisher.publish(&message).await {
+        Ok(()) => Ok(message.request_id),
+        Err(publish_err) => {
+            metrics::counter!(names::ISSUE_ADMISSION_ROLLBACKS).increment(1);
+            let undo = state.admission.undo(coupon, user).await;
+            if let Err(undo_err) = &undo {
+                tracing::error!(
+                    %undo_err, coupon_id = %coupon, user_id = %user,
+                    "publish failed AND the admission could not be undone: the slot is held \
+                     without a message until the admission set is reconciled"
+                );
             }
+            Err(ApiError::unavailable(
+                anyhow::Error::new(publish_err).context("publishing the issue message failed"),
+            ))
         }
-    })
-    .await
-    .map_err(|join_err| ApiError::Internal(join_err.into()))?
+    }
 }
 
 /// Body of the issue status: `{"coupon_id": 42, "user_id": 7, "status": "ISSUED"}`.
