@@ -222,7 +222,7 @@ impl Bench {
             .env("KAFKA_BROKERS", &self.args.kafka_brokers)
             .env("KAFKA_ISSUE_TOPIC", &self.issue_topic)
             .env("KAFKA_ISSUE_PARTITIONS", self.args.partitions.to_string())
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn,coupon_consumer=info");
     }
 
     fn spawn(&self, name: &'static str, mut command: Command) -> anyhow::Result<Service> {
