@@ -25,7 +25,7 @@ use crate::error::{ErrorCode, ErrorDetail};
 use crate::idempotency::Idempotency;
 use crate::invalidation;
 use crate::routes;
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 
 /// The whole app with `state`: routes, `Idempotency-Key` handling, body limit of
 /// `max_body_bytes`, request metrics and error logging. Tests can drive it with `tower::ServiceExt::oneshot`, no socket needed.
@@ -162,7 +162,7 @@ impl Application {
         let code_jobs = CodeJobs::new(pool.clone(), config.code_job_lease(), background.clone());
         tokio::spawn(code_jobs.clone().resume_abandoned());
         tokio::spawn(publisher.clone().sample_queue_depth(background.clone()));
-        let state = AppState {
+        let state = AppState::new(Shared {
             pool,
             admission,
             publisher,
@@ -170,7 +170,7 @@ impl Application {
             reservation_hold: chrono::Duration::seconds(i64::from(config.reservation_hold_secs)),
             stats: crate::state::stats_cache(),
             code_jobs,
-        };
+        });
 
         let invalidations_ready = CancellationToken::new();
         tokio::spawn(invalidation::run(

@@ -11,6 +11,7 @@
 //! script requires (<https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#hash-tags>).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -97,8 +98,9 @@ pub struct Invalidation {
 pub struct AdmissionStore {
     conn: ConnectionManager,
     keys: RedisKeys,
-    admit: Script,
-    undo: Script,
+    // Behind `Arc`: a `Script` owns its source and hash, which a clone would copy.
+    admit: Arc<Script>,
+    undo: Arc<Script>,
 }
 
 /// Opens a multiplexed, self-reconnecting Redis connection whose every command is bounded by
@@ -121,8 +123,8 @@ impl AdmissionStore {
         Self {
             conn,
             keys,
-            admit: Script::new(ADMIT_SCRIPT),
-            undo: Script::new(include_str!("admission/undo.lua")),
+            admit: Arc::new(Script::new(ADMIT_SCRIPT)),
+            undo: Arc::new(Script::new(include_str!("admission/undo.lua"))),
         }
     }
 
