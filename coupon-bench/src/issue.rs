@@ -269,6 +269,20 @@ impl Bench {
         self.spawn("coupon-consumer", command)
     }
 
+    /// Waits until the consumer's outbox relay published every event (each persisted issue
+    /// writes one), so a measurement that follows does not share the CPU with it.
+    async fn outbox_relayed(&self) -> anyhow::Result<()> {
+        wait_for("the outbox relayed", Duration::from_secs(600), || async {
+            let unpublished: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM coupon_events WHERE published_at IS NULL")
+                    .fetch_one(&self.pool)
+                    .await
+                    .ok()?;
+            (unpublished == 0).then_some(())
+        })
+        .await
+    }
+
     /// `coupon_issue_requests_total` by outcome, from the API's exporter.
     async fn outcomes(&self) -> anyhow::Result<BTreeMap<String, u64>> {
         let text = self
@@ -866,8 +880,8 @@ pub async fn run(args: IssueArgs) -> anyhow::Result<()> {
         "consumer stopped during the runs".into(),
     );
 
-    // From here on the consumer runs: it persists (b)'s messages (waited for, so the drain
-    // does not share the CPU with (c)) and broadcasts the sell-out.
+    // From here on the consumer runs: it persists (b)'s messages and relays their events
+    // (both waited for, so they do not share the CPU with (c)) and broadcasts the sell-out.
     let consumer = bench.start_consumer(None, &bench.group)?;
     let backlog = bench.admitted(open).await?;
     wait_for(
@@ -876,6 +890,7 @@ pub async fn run(args: IssueArgs) -> anyhow::Result<()> {
         || async { (bench.issued_quantity(open).await.ok()? >= backlog).then_some(()) },
     )
     .await?;
+    bench.outbox_relayed().await?;
 
     // (c) The rejection path: a sold-out coupon, then repeat users.
     let sold_out = bench.create_coupon(1_000).await?;
@@ -1039,15 +1054,7 @@ async fn drain(bench: &Bench) -> anyhow::Result<Run> {
     .await?;
     let elapsed = first_at.elapsed().as_secs_f64();
     // Let the outbox relay publish this run's ISSUED events, so the next run starts clean.
-    wait_for("the outbox relayed", Duration::from_secs(600), || async {
-        let unpublished: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM coupon_events WHERE published_at IS NULL")
-                .fetch_one(&bench.pool)
-                .await
-                .ok()?;
-        (unpublished == 0).then_some(())
-    })
-    .await?;
+    bench.outbox_relayed().await?;
     consumer.stop();
     let rps = (total - first_count) as f64 / elapsed;
     eprintln!("[bench] (d) drain: {total} rows, {rps:.0} rows/s");
