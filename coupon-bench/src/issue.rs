@@ -273,12 +273,14 @@ impl Bench {
     /// writes one), so a measurement that follows does not share the CPU with it.
     async fn outbox_relayed(&self) -> anyhow::Result<()> {
         wait_for("the outbox relayed", Duration::from_secs(600), || async {
-            let unpublished: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM coupon_events WHERE published_at IS NULL")
-                    .fetch_one(&self.pool)
-                    .await
-                    .ok()?;
-            (unpublished == 0).then_some(())
+            // EXISTS, not COUNT(*): counting a large backlog every poll slowed the relay.
+            let unpublished: bool = sqlx::query_scalar(
+                "SELECT EXISTS(SELECT 1 FROM coupon_events WHERE published_at IS NULL)",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .ok()?;
+            (!unpublished).then_some(())
         })
         .await
     }

@@ -132,6 +132,16 @@ pub async fn record(
     Ok(())
 }
 
+/// One batch of [`notice_expiring`]: binds `now`, `now + window`, `batch`. The index
+/// `(status, expiring_notified_at, expires_at)` is forced so a batch reads only the rows it
+/// takes, never the ones noticed before (the optimizer may otherwise pick `(status, expires_at)`
+/// and walk them all).
+pub const EXPIRING_BATCH_SQL: &str = "SELECT id FROM coupon_issues \
+     FORCE INDEX (idx_coupon_issues_expiring) \
+     WHERE status = 'ISSUED' AND expiring_notified_at IS NULL \
+     AND expires_at > ? AND expires_at <= ? \
+     ORDER BY expires_at LIMIT ? FOR UPDATE SKIP LOCKED";
+
 /// Marks up to `batch` usable coupons whose validity ends within `window` of `now` as notified
 /// and records their `EXPIRING_SOON` events; each coupon is noticed once. Rows are taken with
 /// `FOR UPDATE SKIP LOCKED`, so several instances can run it. Returns how many were noticed.
@@ -145,16 +155,12 @@ pub async fn notice_expiring(
     batch: u32,
 ) -> Result<usize, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "SELECT id FROM coupon_issues WHERE status = 'ISSUED' AND expires_at > ? \
-         AND expires_at <= ? AND expiring_notified_at IS NULL \
-         ORDER BY expires_at LIMIT ? FOR UPDATE SKIP LOCKED",
-    )
-    .bind(now)
-    .bind(now + window)
-    .bind(batch)
-    .fetch_all(&mut *tx)
-    .await?;
+    let ids: Vec<i64> = sqlx::query_scalar(EXPIRING_BATCH_SQL)
+        .bind(now)
+        .bind(now + window)
+        .bind(batch)
+        .fetch_all(&mut *tx)
+        .await?;
     update_ids(
         &mut tx,
         "UPDATE coupon_issues SET expiring_notified_at = ",

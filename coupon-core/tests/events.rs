@@ -171,3 +171,44 @@ async fn coupons_past_their_validity_expire_unless_used() {
     assert_eq!(states, vec!["USED", "EXPIRED", "EXPIRED"]);
     assert_eq!(events_of(&pool, "EXPIRED").await.len(), 2);
 }
+
+#[tokio::test]
+async fn expiring_notices_read_only_unnoticed_rows() {
+    let (pool, _, _) = issued(50).await;
+    let now = Utc::now();
+    let window = Duration::days(400);
+    // Notice some, so there are noticed rows in the window to walk past.
+    assert_eq!(
+        events::notice_expiring(&pool, now, window, 20)
+            .await
+            .unwrap(),
+        20
+    );
+    let plan = sqlx::query(&format!("EXPLAIN {}", events::EXPIRING_BATCH_SQL))
+        .bind(now)
+        .bind(now + window)
+        .bind(20)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let key: Option<String> = sqlx::Row::try_get(&plan[0], "key").unwrap();
+    assert_eq!(key.as_deref(), Some("idx_coupon_issues_expiring"));
+    let extra: Option<String> = sqlx::Row::try_get(&plan[0], "Extra").unwrap();
+    assert!(
+        !extra.unwrap_or_default().contains("filesort"),
+        "the index gives expiry order"
+    );
+    // The rest are noticed exactly once.
+    assert_eq!(
+        events::notice_expiring(&pool, now, window, 100)
+            .await
+            .unwrap(),
+        30
+    );
+    assert_eq!(
+        events::notice_expiring(&pool, now, window, 100)
+            .await
+            .unwrap(),
+        0
+    );
+}
