@@ -1,13 +1,12 @@
 //! Consumer-side gauges: lag per partition (high watermark minus position), and the per-coupon
 //! stock gauges sampled from MySQL and Redis (monitoring/METRICS.md).
 
+use std::time::Duration;
+
 use chrono::Utc;
 use coupon_core::queries;
 use coupon_core::telemetry::names;
-use rdkafka::consumer::ConsumerContext;
-use std::time::Duration;
-
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -20,8 +19,8 @@ const CLOSED_GRACE: chrono::Duration = chrono::Duration::hours(1);
 /// Client context of the group members: logs failed asynchronous offset commits.
 ///
 /// (librdkafka's statistics callback would give the lag too, but with it enabled the consumer
-/// stopped answering SIGTERM in our runs; the lag is computed from local state instead, see
-/// [`IssueConsumer::sample_lag`].)
+/// stopped answering SIGTERM in our runs; the lag gauges come from each member's position and
+/// the partitions' high watermarks instead, sampled with the per-coupon gauges.)
 pub struct GroupContext;
 
 impl ClientContext for GroupContext {}
