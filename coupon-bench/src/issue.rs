@@ -657,38 +657,13 @@ async fn kafka_ceilings(bench: &Bench) -> anyhow::Result<(Figure, Figure)> {
     let mut runs = Vec::new();
     let mut user = 0_i64;
     for _ in 0..args.runs {
-        let latencies = Arc::new(Mutex::new(Latencies::default()));
         let started = Instant::now();
         let first_user = user + 1;
         user += args.produce_messages as i64;
-        let failures = futures::stream::iter(first_user..=user)
-            .map(|u| {
-                let publisher = publisher.clone();
-                let latencies = Arc::clone(&latencies);
-                async move {
-                    let message = IssueMessage {
-                        coupon_id: coupon,
-                        user_id: UserId::parse(u).ok()?,
-                        request_id: Uuid::now_v7(),
-                        admitted_at: Utc::now(),
-                    };
-                    let sent = Instant::now();
-                    let result = publisher.publish(&message).await;
-                    if let Ok(mut l) = latencies.lock() {
-                        l.record(sent.elapsed());
-                    }
-                    result.err().map(|_| ())
-                }
-            })
-            .buffer_unordered(produce_concurrency)
-            .filter_map(|failed| async move { failed })
-            .count()
-            .await;
+        let (failures, latencies) =
+            publish_users(&publisher, coupon, first_user..=user, produce_concurrency).await;
         let elapsed = started.elapsed().as_secs_f64();
-        let summary = latencies
-            .lock()
-            .map_err(|_| anyhow::anyhow!("latency lock poisoned"))?
-            .summary();
+        let summary = latencies.summary();
         let run = Run {
             requests: args.produce_messages as u64,
             rps: args.produce_messages as f64 / elapsed,
@@ -1012,6 +987,45 @@ pub async fn run(args: IssueArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Publishes one issue message per user of `users` for `coupon`, `concurrency` at a time, as the
+/// API would after admitting them; returns the unacknowledged count and every publish's
+/// latency.
+async fn publish_users(
+    publisher: &IssuePublisher,
+    coupon: CouponId,
+    users: std::ops::RangeInclusive<i64>,
+    concurrency: usize,
+) -> (usize, Latencies) {
+    let latencies = Arc::new(Mutex::new(Latencies::default()));
+    let failures = futures::stream::iter(users)
+        .map(|user| {
+            let latencies = Arc::clone(&latencies);
+            async move {
+                let message = IssueMessage {
+                    coupon_id: coupon,
+                    user_id: UserId::parse(user).ok()?,
+                    request_id: Uuid::now_v7(),
+                    admitted_at: Utc::now(),
+                };
+                let sent = Instant::now();
+                let result = publisher.publish(&message).await;
+                if let Ok(mut l) = latencies.lock() {
+                    l.record(sent.elapsed());
+                }
+                result.err().map(|_| ())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .filter_map(|failed| async move { failed })
+        .count()
+        .await;
+    let latencies = Arc::try_unwrap(latencies)
+        .ok()
+        .and_then(|m| m.into_inner().ok())
+        .unwrap_or_default();
+    (failures, latencies)
+}
+
 /// One drain run: a new coupon and topic, `--drain-messages` issue messages published to it
 /// (as the API would, one per user), then a consumer in a new group; rows/s from the first
 /// persisted row to the last.
@@ -1022,23 +1036,7 @@ async fn drain(bench: &Bench) -> anyhow::Result<Run> {
     let topic = format!("{}-drain-{coupon}", bench.issue_topic);
     create_topic(&args.kafka_brokers, &topic, args.partitions).await?;
     let publisher = IssuePublisher::new(&args.kafka_brokers, &topic, Duration::from_secs(30))?;
-    let failed = futures::stream::iter(1..=total)
-        .map(|user| {
-            let publisher = publisher.clone();
-            async move {
-                let message = IssueMessage {
-                    coupon_id: coupon,
-                    user_id: UserId::parse(user).ok()?,
-                    request_id: Uuid::now_v7(),
-                    admitted_at: Utc::now(),
-                };
-                publisher.publish(&message).await.err().map(|_| ())
-            }
-        })
-        .buffer_unordered(1024)
-        .filter_map(|failed| async move { failed })
-        .count()
-        .await;
+    let (failed, _) = publish_users(&publisher, coupon, 1..=total, 1024).await;
     ensure!(failed == 0, "{failed} drain messages were not acknowledged");
     let consumer = bench.start_consumer(Some(&topic), &format!("{}-{coupon}", bench.group))?;
     let (first_at, first_count) = wait_for(
