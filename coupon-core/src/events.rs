@@ -12,6 +12,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
+use sqlx::mysql::MySqlRow;
 use sqlx::{MySql, MySqlPool, QueryBuilder, Row, Transaction};
 use uuid::Uuid;
 
@@ -80,6 +81,9 @@ pub struct CouponEvent {
 /// on the issued coupon, so recording it again (a redelivered issue message) stores nothing.
 const ISSUED_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b0e_4d5a_4c8e_9a71_c0ff_ee00_0001);
 
+/// Columns of `coupon_issues` an event is built from, in the order [`record_rows`] reads them.
+pub(crate) const EVENT_SOURCE_COLUMNS: &str = "id, coupon_id, user_id, order_id, expires_at";
+
 /// Records `event_type` for each of `issue_ids` inside `tx`, from each coupon's current row
 /// (so a release is recorded before the row's order is cleared).
 ///
@@ -94,11 +98,29 @@ pub async fn record(
     if issue_ids.is_empty() {
         return Ok(());
     }
-    let mut select = QueryBuilder::<MySql>::new(
-        "SELECT id, coupon_id, user_id, order_id, expires_at FROM coupon_issues WHERE id IN ",
-    );
+    let mut select = QueryBuilder::<MySql>::new(format!(
+        "SELECT {EVENT_SOURCE_COLUMNS} FROM coupon_issues WHERE id IN "
+    ));
     push_id_list(&mut select, issue_ids);
     let rows = select.build().fetch_all(&mut **tx).await?;
+    record_rows(tx, event_type, &rows, now).await
+}
+
+/// Records `event_type` for each of `rows` (`coupon_issues` rows read with
+/// [`EVENT_SOURCE_COLUMNS`]) inside `tx`. An `ISSUED` event already stored (same coupon, so
+/// same id) is skipped.
+///
+/// # Errors
+/// Any database error, or a row without those columns.
+pub(crate) async fn record_rows(
+    tx: &mut Transaction<'_, MySql>,
+    event_type: EventType,
+    rows: &[MySqlRow],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
         let issue_id: i64 = row.try_get("id")?;

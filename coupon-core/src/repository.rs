@@ -263,20 +263,23 @@ pub async fn persist_batch(
         }
         if inserted > 0 {
             // ISSUED events have ids derived from the issued coupon, so the rows already
-            // announced by an earlier delivery are skipped by the outbox's unique key.
-            let mut rows =
-                QueryBuilder::<MySql>::new("SELECT id FROM coupon_issues WHERE coupon_id = ");
+            // announced by an earlier delivery are skipped by the outbox's unique key. The
+            // rows are read once, by the unique key, and the events built from them.
+            let mut rows = QueryBuilder::<MySql>::new(format!(
+                "SELECT {} FROM coupon_issues WHERE coupon_id = ",
+                crate::events::EVENT_SOURCE_COLUMNS
+            ));
             rows.push_bind(coupon.get()).push(" AND user_id IN (");
             let mut users = rows.separated(", ");
             for &i in indexes {
                 users.push_bind(batch[i].user_id.get());
             }
             rows.push(")");
-            let ids: Vec<i64> = rows.build_query_scalar().fetch_all(&mut *savepoint).await?;
-            crate::events::record(
+            let rows = rows.build().fetch_all(&mut *savepoint).await?;
+            crate::events::record_rows(
                 &mut savepoint,
                 crate::events::EventType::Issued,
-                &ids,
+                &rows,
                 Utc::now(),
             )
             .await?;
