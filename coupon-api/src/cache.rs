@@ -1,11 +1,11 @@
 //! The local policy cache in front of Redis and MySQL, and the sold-out marks set by the
-//! consumer's invalidation broadcasts.
+//! consumer's invalidation broadcasts, each with a copy of the coupon's holders where it fits.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use coupon_core::admission::{AdmissionStore, Invalidation, InvalidationReason};
-use coupon_core::domain::{CouponId, CouponPolicy};
+use coupon_core::domain::{CouponId, CouponPolicy, UserId};
 use coupon_core::repository;
 use coupon_core::telemetry::names;
 use moka::future::Cache;
@@ -24,28 +24,79 @@ pub(crate) fn register_metrics() {
     }
 }
 
+/// The users holding a sold-out coupon (sorted, distinct user ids).
+///
+/// Exact once the consumer has announced the sell-out: MySQL then holds `total_quantity`
+/// rows, every row has an admission (INVARIANTS.md 4) and the set holds at most
+/// `total_quantity` members (1), so the set equals the rows, and a full set admits nobody
+/// more. It only changes if Redis loses it, and the rebuild restores the same members.
+#[derive(Debug)]
+pub struct Holders(Vec<i64>);
+
+impl Holders {
+    /// Sorts and de-duplicates `members` (SSCAN may return one twice).
+    pub fn new(mut members: Vec<i64>) -> Self {
+        members.sort_unstable();
+        members.dedup();
+        Self(members)
+    }
+
+    /// Whether `user` holds the coupon.
+    pub fn contains(&self, user: UserId) -> bool {
+        self.0.binary_search(&user.get()).is_ok()
+    }
+
+    /// Number of holders (count).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether nobody holds it.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A sold-out mark: with the coupon's [`Holders`] once they were copied, `None` before that or
+/// when the set was too large to copy.
+pub type SoldOut = Option<Arc<Holders>>;
+
 /// Bounded, TTL-limited cache of coupon policies: moka first, then the Redis policy copy, then
 /// MySQL (which refills Redis). Only found policies are cached.
 #[derive(Clone)]
 pub struct PolicyCache {
     policies: Cache<CouponId, Arc<CouponPolicy>>,
-    sold_out: Cache<CouponId, ()>,
+    /// Weighed in members (1 + holders), up to the policy capacity plus `holders_max`.
+    sold_out: Cache<CouponId, SoldOut>,
+    holders_max: u64,
     redis: AdmissionStore,
     pool: MySqlPool,
 }
 
 impl PolicyCache {
-    /// A cache of at most `capacity` policies, each trusted for `ttl`.
-    pub fn new(capacity: u64, ttl: Duration, redis: AdmissionStore, pool: MySqlPool) -> Self {
+    /// A cache of at most `capacity` policies, each trusted for `ttl`, and of sold-out marks
+    /// holding copies of at most `holders_max` holders in all (count).
+    pub fn new(
+        capacity: u64,
+        ttl: Duration,
+        holders_max: u64,
+        redis: AdmissionStore,
+        pool: MySqlPool,
+    ) -> Self {
         Self {
             policies: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .build(),
             sold_out: Cache::builder()
-                .max_capacity(capacity)
+                .max_capacity(capacity.saturating_add(holders_max))
+                .weigher(|_, holders: &SoldOut| {
+                    let members = holders.as_ref().map_or(0, |h| h.len());
+                    u32::try_from(members).map_or(u32::MAX, |m| m.saturating_add(1))
+                })
                 .time_to_live(SOLD_OUT_TTL)
                 .build(),
+            holders_max,
             redis,
             pool,
         }
@@ -94,18 +145,56 @@ impl PolicyCache {
         Ok(Arc::new(policy))
     }
 
-    /// Whether the consumer announced that `coupon` sold out.
-    pub async fn is_sold_out(&self, coupon: CouponId) -> bool {
-        self.sold_out.contains_key(&coupon)
+    /// `None` unless the consumer announced that `coupon` sold out; then its mark, with the
+    /// holders once they were copied.
+    pub async fn sold_out(&self, coupon: CouponId) -> Option<SoldOut> {
+        self.sold_out.get(&coupon).await
     }
 
-    /// Applies one invalidation broadcast.
+    /// Applies one invalidation broadcast. A sell-out is marked at once; the holders are then
+    /// copied in the background when the set has at most `holders_max` members.
     pub async fn apply(&self, invalidation: Invalidation) {
         match invalidation.reason {
-            InvalidationReason::SoldOut => self.sold_out.insert(invalidation.coupon_id, ()).await,
+            InvalidationReason::SoldOut => {
+                let coupon = invalidation.coupon_id;
+                if self.sold_out.contains_key(&coupon) {
+                    return;
+                }
+                self.sold_out.insert(coupon, None).await;
+                if self.holders_max > 0 {
+                    let cache = self.clone();
+                    tokio::spawn(async move { cache.copy_holders(coupon).await });
+                }
+            }
             InvalidationReason::PolicyChanged => {
                 self.policies.invalidate(&invalidation.coupon_id).await;
                 self.sold_out.invalidate(&invalidation.coupon_id).await;
+            }
+        }
+    }
+
+    /// Copies `coupon`'s admission set into its sold-out mark when it has at most
+    /// `holders_max` members; on any failure the mark stays without holders (each request
+    /// then asks Redis).
+    async fn copy_holders(&self, coupon: CouponId) {
+        let members = match self.redis.admitted_count(coupon).await {
+            Ok(count) if u64::try_from(count).is_ok_and(|c| c <= self.holders_max) => {
+                self.redis.members(coupon).await
+            }
+            Ok(_) => return,
+            Err(err) => Err(err),
+        };
+        match members {
+            Ok(members) => {
+                let holders = Arc::new(Holders::new(members));
+                // Only upgrade a mark still present (a policy change may have dropped it).
+                if self.sold_out.contains_key(&coupon) {
+                    tracing::info!(coupon_id = %coupon, holders = holders.len(), "sold-out holders copied");
+                    self.sold_out.insert(coupon, Some(holders)).await;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%err, coupon_id = %coupon, "could not copy the sold-out holders; asking Redis per request");
             }
         }
     }

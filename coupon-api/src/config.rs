@@ -28,6 +28,13 @@ pub struct ApiConfig {
     #[arg(long, env = "POLICY_CACHE_TTL_MS", default_value_t = 30_000)]
     pub policy_cache_ttl_ms: u64,
 
+    /// Most admission-set members (user ids, count, 8 bytes each) copied from Redis into this
+    /// instance for sold-out coupons, all coupons together. With its copy, a sold-out coupon
+    /// is answered (`SOLD_OUT`, or `ALREADY_ISSUED` for a holder) with no Redis call; a coupon
+    /// whose set does not fit keeps the `SISMEMBER` check. 0 turns the copies off.
+    #[arg(long, env = "SOLD_OUT_HOLDERS_MAX", default_value_t = 4_000_000)]
+    pub sold_out_holders_max: u64,
+
     /// Largest request body accepted (bytes); a larger one is refused with VALIDATION_FAILED.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,

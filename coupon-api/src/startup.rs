@@ -155,6 +155,7 @@ impl Application {
         let cache = PolicyCache::new(
             config.policy_cache_capacity,
             config.policy_cache_ttl(),
+            config.sold_out_holders_max,
             admission.clone(),
             pool.clone(),
         );

@@ -249,6 +249,28 @@ impl AdmissionStore {
         self.conn.clone().scard(self.keys.issued(coupon)).await
     }
 
+    /// Every member of `coupon`'s admission set (user ids), read with `SSCAN … COUNT 1000` so
+    /// a large set never blocks Redis the way one `SMEMBERS` would
+    /// (<https://redis.io/docs/latest/commands/scan/>: a full iteration returns every member
+    /// present from start to end at least once; members may repeat, the caller de-duplicates).
+    ///
+    /// # Errors
+    /// Redis is unreachable, timed out, or a member is not an integer.
+    pub async fn members(&self, coupon: CouponId) -> redis::RedisResult<Vec<i64>> {
+        let mut conn = self.conn.clone();
+        let mut scan = redis::cmd("SSCAN");
+        scan.arg(self.keys.issued(coupon))
+            .cursor_arg(0)
+            .arg("COUNT")
+            .arg(1000);
+        let mut iter = scan.iter_async::<i64>(&mut conn).await?;
+        let mut members = Vec::new();
+        while let Some(member) = iter.next_item().await {
+            members.push(member?);
+        }
+        Ok(members)
+    }
+
     /// Broadcasts `invalidation` to every subscribed API instance; returns how many received it.
     ///
     /// # Errors

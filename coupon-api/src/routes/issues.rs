@@ -61,7 +61,8 @@ pub struct IssueAccepted {
 /// 1. the policy from the local cache (Redis, then MySQL, behind it): 404 if absent;
 /// 2. the policy's status and issue window: 409 `COUPON_SUSPENDED`, `ISSUE_WINDOW_CLOSED`;
 /// 3. a sold-out mark broadcast by the consumer: 409 `SOLD_OUT` (or `ALREADY_ISSUED` for a
-///    holder) after a read-only `SISMEMBER` instead of the script;
+///    holder) from the instance's copy of the holders, or a read-only `SISMEMBER` where
+///    there is none, instead of the script;
 /// 4. the atomic admission script: 409 `ALREADY_ISSUED` / `SOLD_OUT`;
 /// 5. the issue message, published and acknowledged by Kafka: 202.
 ///
@@ -130,11 +131,19 @@ async fn check(state: &AppState, coupon: CouponId, user: UserId) -> Result<(), A
         }
         IssueWindow::Open => {}
     }
-    if state.cache.is_sold_out(coupon).await {
-        // MySQL holds the whole stock: no admission can succeed, so a read-only membership
-        // check replaces the script. A holder asking again still hears ALREADY_ISSUED.
-        let holder = state.admission.is_admitted(coupon, user).await;
-        return Err(match holder.map_err(ApiError::unavailable)? {
+    if let Some(sold_out) = state.cache.sold_out(coupon).await {
+        // MySQL holds the whole stock: no admission can succeed, so a membership check
+        // replaces the script: in the local copy of the holders when there is one, else a
+        // read-only SISMEMBER. A holder asking again still hears ALREADY_ISSUED.
+        let holder = match sold_out {
+            Some(holders) => holders.contains(user),
+            None => state
+                .admission
+                .is_admitted(coupon, user)
+                .await
+                .map_err(ApiError::unavailable)?,
+        };
+        return Err(match holder {
             true => ApiError::AlreadyIssued,
             false => ApiError::SoldOut,
         });

@@ -8,7 +8,7 @@ use coupon_core::testing;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message};
 
-use crate::helpers::{assert_error, spawn_app, spawn_app_with};
+use crate::helpers::{assert_error, spawn_app, spawn_app_with, TestApp};
 
 #[tokio::test]
 async fn an_issue_is_answered_202_only_after_its_message_is_on_the_topic() {
@@ -144,13 +144,14 @@ async fn when_the_broker_is_down_the_answer_is_503_and_the_admission_is_undone()
     );
 }
 
-#[tokio::test]
-async fn a_sold_out_broadcast_is_applied_by_the_api() {
-    let app = spawn_app().await;
+/// Issues `users` of a fresh 100-unit coupon through `app`, then broadcasts its sell-out
+/// (as the consumer does once MySQL holds the stock) and waits for the mark.
+async fn sold_out_coupon(app: &TestApp, users: std::ops::RangeInclusive<i64>) -> CouponId {
     let id = app.open_coupon(100).await;
     let coupon = CouponId::parse(id).unwrap();
-    assert_eq!(app.issue(id, 1).await.status(), 202);
-
+    for user in users {
+        assert_eq!(app.issue(id, user).await.status(), 202);
+    }
     let receivers = app
         .state
         .admission
@@ -162,15 +163,49 @@ async fn a_sold_out_broadcast_is_applied_by_the_api() {
         .unwrap();
     assert!(receivers >= 1, "the API subscribes to the channel");
     testing::eventually("the sold-out mark", Duration::from_secs(5), || async {
-        app.state.cache.is_sold_out(coupon).await.then_some(())
+        app.state.cache.sold_out(coupon).await.map(drop)
     })
     .await;
+    coupon
+}
+
+#[tokio::test]
+async fn a_sold_out_broadcast_is_applied_by_the_api() {
+    let app = spawn_app_with(|config| config.sold_out_holders_max = 0).await;
+    let coupon = sold_out_coupon(&app, 1..=1).await;
+    let id = coupon.get();
 
     // Stock is left in Redis, but the API trusts the consumer's broadcast and admits nobody;
-    // a holder asking again is still told ALREADY_ISSUED.
+    // a holder asking again is still told ALREADY_ISSUED (by SISMEMBER: no copy was made).
+    assert!(app.state.cache.sold_out(coupon).await.unwrap().is_none());
     assert_error(app.issue(id, 2).await, 409, "SOLD_OUT").await;
     assert_error(app.issue(id, 1).await, 409, "ALREADY_ISSUED").await;
     assert_eq!(app.state.admission.admitted_count(coupon).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_sold_out_coupon_is_answered_from_the_copied_holders_without_asking_redis() {
+    let app = spawn_app().await;
+    let coupon = sold_out_coupon(&app, 1..=3).await;
+    let id = coupon.get();
+    let holders = testing::eventually("the holders copied", Duration::from_secs(5), || async {
+        app.state.cache.sold_out(coupon).await.flatten()
+    })
+    .await;
+    assert_eq!(holders.len(), 3);
+
+    // Take user 1 out of the Redis set behind the API's back: only the copy still knows it.
+    assert!(app
+        .state
+        .admission
+        .undo(coupon, UserId::parse(1).unwrap())
+        .await
+        .unwrap());
+
+    assert_error(app.issue(id, 1).await, 409, "ALREADY_ISSUED").await;
+    assert_error(app.issue(id, 3).await, 409, "ALREADY_ISSUED").await;
+    assert_error(app.issue(id, 4).await, 409, "SOLD_OUT").await;
+    assert_eq!(app.state.admission.admitted_count(coupon).await.unwrap(), 2);
 }
 
 #[tokio::test]
