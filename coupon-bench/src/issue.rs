@@ -76,8 +76,9 @@ pub struct IssueArgs {
     /// Issue messages pre-filled per consumer-drain run (count).
     #[arg(long, default_value_t = 100_000)]
     drain_messages: usize,
-    /// Measure only one part, for tuning: `kafka` (the broker ceilings) or `drain` (the
-    /// consumer drain; coupon-api must be built, it is started for the coupons).
+    /// Measure only one part, for tuning: `kafka` (the broker ceilings), `drain` (the
+    /// consumer drain) or `rejection` (the (c) figures); coupon-api (and for `rejection`
+    /// coupon-consumer) must be built, they are started for the coupons.
     #[arg(long)]
     only: Option<String>,
     /// The benchmark's own database (dropped and recreated).
@@ -784,7 +785,13 @@ pub async fn run(args: IssueArgs) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        Some(other) => bail!("--only takes kafka or drain, not {other}"),
+        Some("rejection") => {
+            let _api = bench.start_api().await?;
+            let _consumer = bench.start_consumer(None, &bench.group)?;
+            rejection(&bench, 1_000_000_000).await?;
+            return Ok(());
+        }
+        Some(other) => bail!("--only takes kafka, drain or rejection, not {other}"),
         None => {}
     }
 
@@ -873,6 +880,93 @@ pub async fn run(args: IssueArgs) -> anyhow::Result<()> {
     bench.outbox_relayed().await?;
 
     // (c) The rejection path: a sold-out coupon, then repeat users.
+    let rejection = rejection(&bench, stock).await?;
+
+    // Exactness: persist everything, then compare every count.
+    for coupon in [open, rejection.sold_out, rejection.repeat] {
+        let admitted = bench.admitted(coupon).await?;
+        wait_for("the final drain", Duration::from_secs(600), || async {
+            (bench.issued_quantity(coupon).await.ok()? >= admitted).then_some(())
+        })
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    consumer.stop();
+    api.stop();
+    let mut exactness = Vec::new();
+    for (coupon, stock, accepted) in [
+        (open, stock, open_accepted),
+        (rejection.sold_out, 1_000, rejection.sold_out_accepted),
+        (rejection.repeat, stock, rejection.repeat_accepted),
+    ] {
+        let rows: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM coupon_issues WHERE coupon_id = ?")
+                .bind(coupon.get())
+                .fetch_one(&bench.pool)
+                .await?;
+        let distinct: i64 = sqlx::query_scalar(
+            "SELECT COUNT(DISTINCT user_id) FROM coupon_issues WHERE coupon_id = ?",
+        )
+        .bind(coupon.get())
+        .fetch_one(&bench.pool)
+        .await?;
+        let issued_quantity = bench.issued_quantity(coupon).await?;
+        let admitted = bench.admitted(coupon).await?;
+        let exact = rows == issued_quantity
+            && rows == admitted
+            && rows == distinct
+            && u64::try_from(rows).ok() == Some(accepted)
+            && rows <= stock;
+        exactness.push(json!({
+            "coupon_id": coupon, "stock": stock, "admitted": accepted, "rows": rows,
+            "distinct_users": distinct, "issued_quantity": issued_quantity,
+            "redis_scard": admitted, "exact": exact,
+        }));
+    }
+
+    let report = Report::new(
+        &bench,
+        axum,
+        redis_plain,
+        redis_pipelined,
+        redis_usec_per_call,
+        produce,
+        consume,
+        issue,
+        rejection.sold_out_figure,
+        rejection.repeat_figure,
+        drain_figure,
+        exactness,
+    );
+    std::fs::create_dir_all(&args.out_dir)?;
+    let json_path = args.out_dir.join("issue.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)?;
+    let markdown = report.markdown();
+    std::fs::write(args.out_dir.join("issue.md"), &markdown)?;
+    println!("{markdown}");
+    ensure!(
+        report.exactness.iter().all(|e| e["exact"] == json!(true)),
+        "EXACTNESS FAILED: {:?}",
+        report.exactness
+    );
+    Ok(())
+}
+
+/// The two (c) figures and the coupons they used.
+struct Rejection {
+    sold_out: CouponId,
+    sold_out_accepted: u64,
+    sold_out_figure: Figure,
+    repeat: CouponId,
+    repeat_accepted: u64,
+    repeat_figure: Figure,
+}
+
+/// (c) The rejection path, with coupon-api and the consumer running: a 1,000-unit coupon sold
+/// out (measured after the consumer's sold-out broadcast), then a `stock`-unit coupon whose
+/// 10,000 users all hold one and ask again.
+async fn rejection(bench: &Bench, stock: i64) -> anyhow::Result<Rejection> {
+    let base = bench.api_base();
     let sold_out = bench.create_coupon(1_000).await?;
     let sold_out_accepted = bench.issue_users(sold_out, 1..=1_000).await?;
     wait_for(
@@ -919,75 +1013,14 @@ pub async fn run(args: IssueArgs) -> anyhow::Result<()> {
         repeat_runs,
         format!("{repeat_users} users each holding one, asking again"),
     );
-
-    // Exactness: persist everything, then compare every count.
-    for coupon in [open, sold_out, repeat] {
-        let admitted = bench.admitted(coupon).await?;
-        wait_for("the final drain", Duration::from_secs(600), || async {
-            (bench.issued_quantity(coupon).await.ok()? >= admitted).then_some(())
-        })
-        .await?;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    consumer.stop();
-    api.stop();
-    let mut exactness = Vec::new();
-    for (coupon, stock, accepted) in [
-        (open, stock, open_accepted),
-        (sold_out, 1_000, sold_out_accepted),
-        (repeat, stock, repeat_accepted),
-    ] {
-        let rows: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM coupon_issues WHERE coupon_id = ?")
-                .bind(coupon.get())
-                .fetch_one(&bench.pool)
-                .await?;
-        let distinct: i64 = sqlx::query_scalar(
-            "SELECT COUNT(DISTINCT user_id) FROM coupon_issues WHERE coupon_id = ?",
-        )
-        .bind(coupon.get())
-        .fetch_one(&bench.pool)
-        .await?;
-        let issued_quantity = bench.issued_quantity(coupon).await?;
-        let admitted = bench.admitted(coupon).await?;
-        let exact = rows == issued_quantity
-            && rows == admitted
-            && rows == distinct
-            && u64::try_from(rows).ok() == Some(accepted)
-            && rows <= stock;
-        exactness.push(json!({
-            "coupon_id": coupon, "stock": stock, "admitted": accepted, "rows": rows,
-            "distinct_users": distinct, "issued_quantity": issued_quantity,
-            "redis_scard": admitted, "exact": exact,
-        }));
-    }
-
-    let report = Report::new(
-        &bench,
-        axum,
-        redis_plain,
-        redis_pipelined,
-        redis_usec_per_call,
-        produce,
-        consume,
-        issue,
-        rejection_sold_out,
-        rejection_repeat,
-        drain_figure,
-        exactness,
-    );
-    std::fs::create_dir_all(&args.out_dir)?;
-    let json_path = args.out_dir.join("issue.json");
-    std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)?;
-    let markdown = report.markdown();
-    std::fs::write(args.out_dir.join("issue.md"), &markdown)?;
-    println!("{markdown}");
-    ensure!(
-        report.exactness.iter().all(|e| e["exact"] == json!(true)),
-        "EXACTNESS FAILED: {:?}",
-        report.exactness
-    );
-    Ok(())
+    Ok(Rejection {
+        sold_out,
+        sold_out_accepted,
+        sold_out_figure: rejection_sold_out,
+        repeat,
+        repeat_accepted,
+        repeat_figure: rejection_repeat,
+    })
 }
 
 /// Publishes one issue message per user of `users` for `coupon`, `concurrency` at a time, as the
