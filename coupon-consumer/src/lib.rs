@@ -91,8 +91,9 @@ pub const RETRY_STEPS: [&str; 4] = [
 
 /// Client settings of the group member: offsets are committed by hand, only after the batch is
 /// durable (`enable.auto.commit=false`), and a new group starts from the earliest offset so no
-/// message published before the first consumer joined is skipped.
-pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
+/// message published before the first consumer joined is skipped. A fetch waits at most
+/// `fetch_wait_ms` for data ([`ConsumerConfig::kafka_fetch_wait_ms`]).
+pub fn consumer_config(brokers: &str, group_id: &str, fetch_wait_ms: u32) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
@@ -101,7 +102,7 @@ pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
-        .set("fetch.wait.max.ms", "100")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
         .set("socket.connection.setup.timeout.ms", "3000");
     config
 }
@@ -117,10 +118,13 @@ impl IssueConsumer {
         telemetry::install_metrics(config.metrics.metrics_listen)?;
         gauges::register_metrics();
         let Connections { pool, redis } = coupon_core::stores::connect(stores).await?;
-        let consumer: StreamConsumer<GroupContext> =
-            consumer_config(&stores.kafka_brokers, &config.group_id)
-                .create_with_context(GroupContext)
-                .context("creating the Kafka consumer")?;
+        let consumer: StreamConsumer<GroupContext> = consumer_config(
+            &stores.kafka_brokers,
+            &config.group_id,
+            config.kafka_fetch_wait_ms,
+        )
+        .create_with_context(GroupContext)
+        .context("creating the Kafka consumer")?;
         consumer
             .subscribe(&[&stores.kafka_issue_topic])
             .context("subscribing to the issue topic")?;
@@ -133,6 +137,7 @@ impl IssueConsumer {
         let payments: StreamConsumer<GroupContext> = consumer_config(
             &stores.kafka_brokers,
             &format!("{}-payments", config.group_id),
+            config.kafka_fetch_wait_ms,
         )
         .create_with_context(GroupContext)
         .context("creating the payments consumer")?;
