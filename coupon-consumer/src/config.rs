@@ -48,6 +48,13 @@ pub struct ConsumerConfig {
     #[arg(long, env = "RELAY_INTERVAL_MS", default_value_t = 200)]
     pub relay_interval_ms: u64,
 
+    /// Longest time (ms) the outbox relay stays paused while the issue consumer has a
+    /// backlog (its last full batch came less than a second ago): a drop's issues are persisted
+    /// first and their events follow. At least one relay batch runs per this interval, so
+    /// events are never starved. 0 never pauses.
+    #[arg(long, env = "RELAY_MAX_DEFER_MS", default_value_t = 5_000)]
+    pub relay_max_defer_ms: u64,
+
     /// Pause (ms) between runs of the expiry jobs (EXPIRING_SOON notices, EXPIRED marks).
     #[arg(long, env = "EXPIRY_INTERVAL_MS", default_value_t = 60_000)]
     pub expiry_interval_ms: u64,
@@ -77,6 +84,11 @@ impl ConsumerConfig {
     /// [`Self::relay_interval_ms`] as a [`Duration`].
     pub fn relay_interval(&self) -> Duration {
         Duration::from_millis(self.relay_interval_ms)
+    }
+
+    /// [`Self::relay_max_defer_ms`] as a [`Duration`].
+    pub fn relay_max_defer(&self) -> Duration {
+        Duration::from_millis(self.relay_max_defer_ms)
     }
 
     /// [`Self::expiry_interval_ms`] as a [`Duration`].

@@ -67,6 +67,9 @@ pub struct IssueConsumer {
     sweep_batch: u32,
     events_topic: String,
     relay_interval: Duration,
+    relay_max_defer: Duration,
+    /// When the issue consumer last took a full batch (a backlog); the relay yields to it.
+    last_full_batch: std::sync::Mutex<Option<Instant>>,
     expiry_interval: Duration,
     expiring_soon: chrono::Duration,
     archive_after: chrono::Duration,
@@ -153,6 +156,8 @@ impl IssueConsumer {
             sweep_batch: config.sweep_batch,
             events_topic: stores.kafka_events_topic.clone(),
             relay_interval: config.relay_interval(),
+            relay_max_defer: config.relay_max_defer(),
+            last_full_batch: std::sync::Mutex::default(),
             expiry_interval: config.expiry_interval(),
             expiring_soon: chrono::Duration::days(i64::from(config.expiring_soon_days)),
             archive_after: chrono::Duration::days(i64::from(config.archive_after_days)),
@@ -286,6 +291,9 @@ impl IssueConsumer {
             }
         }
 
+        if batch.len() >= self.batch_max_messages {
+            self.note_full_batch();
+        }
         let persist = || repository::persist_batch(&self.pool, &issues);
         let report: PersistReport = self.retrying("persist", persist, shutdown).await?;
         for &(index, rejection) in &report.rejected {

@@ -47,13 +47,25 @@ struct Running {
 }
 
 async fn start() -> Running {
+    let (consumer, config) = build(|_| {}).await;
+    run(consumer, config).await
+}
+
+/// A consumer on fresh stores (database, topics and group of its own), built but not running:
+/// its database and topics exist, so a test can fill them first.
+async fn build(configure: impl FnOnce(&mut ConsumerConfig)) -> (IssueConsumer, ConsumerConfig) {
     let mut config = Cli::parse_from(["coupon-consumer", "--metrics-listen", "off"]).consumer;
     config.stores = testing::isolated_stores();
     config.group_id = format!("group-{}", Uuid::new_v4().simple());
     config.retry_max_delay_ms = 200;
+    configure(&mut config);
     let consumer = IssueConsumer::build(&config)
         .await
         .expect("building the consumer (is `make up` running?)");
+    (consumer, config)
+}
+
+async fn run(consumer: IssueConsumer, config: ConsumerConfig) -> Running {
     let stats = consumer.stats();
     let stop = CancellationToken::new();
     let stopped = stop.clone();
@@ -438,4 +450,52 @@ async fn issued_coupons_are_announced_on_the_events_topic() {
             .await
             .unwrap();
     assert_eq!(unpublished, 0);
+}
+
+#[tokio::test]
+async fn the_event_relay_waits_until_the_issue_backlog_is_persisted() {
+    // 300 issue messages wait in the topic before the consumer starts: 30 full batches of 10.
+    let (consumer, config) = build(|config| {
+        config.batch_max_messages = 10;
+        config.relay_interval_ms = 20;
+        config.relay_max_defer_ms = 60_000;
+    })
+    .await;
+    let pool = db::connect(config.stores.database_url(), 2).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let coupon = repository::insert_policy(&mut tx, &testing::open_policy(300))
+        .await
+        .unwrap()
+        .id;
+    tx.commit().await.unwrap();
+    let producer: FutureProducer = producer_config(&config.stores.kafka_brokers, WAIT)
+        .create()
+        .unwrap();
+    let sends = (1..=300).map(|user| {
+        let message = issue(coupon, user);
+        let (key, payload) = (message.key(), message.to_json());
+        let producer = producer.clone();
+        let topic = config.stores.kafka_issue_topic.clone();
+        async move {
+            let record = FutureRecord::to(&topic).key(&key).payload(&payload);
+            producer.send(record, Timeout::Never).await.map(drop)
+        }
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent.map_err(|(e, _)| e).unwrap();
+    }
+
+    let consumer = run(consumer, config).await;
+    testing::eventually("the backlog persisted", WAIT, || async {
+        (consumer.stats.messages_committed.load(Ordering::Relaxed) >= 300).then_some(())
+    })
+    .await;
+    // The relay yielded to the backlog: its ISSUED events were all still in the outbox.
+    assert_eq!(consumer.stats.events_published.load(Ordering::Relaxed), 0);
+
+    // A second after the last full batch it relays them all.
+    testing::eventually("the events relayed", WAIT, || async {
+        (consumer.stats.events_published.load(Ordering::Relaxed) >= 300).then_some(())
+    })
+    .await;
 }
