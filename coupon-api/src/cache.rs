@@ -17,6 +17,10 @@ use crate::error::ApiError;
 /// memory).
 const SOLD_OUT_TTL: Duration = Duration::from_secs(3600);
 
+/// How long a remembered admission is kept without being asked about again (it stays true;
+/// the bound only frees memory).
+const ADMITTED_TTI: Duration = Duration::from_secs(600);
+
 /// Registers `coupon_policy_cache_requests_total` for `hit` and `miss` at 0.
 pub(crate) fn register_metrics() {
     for result in ["hit", "miss"] {
@@ -69,17 +73,21 @@ pub struct PolicyCache {
     /// Weighed in members (1 + holders), up to the policy capacity plus `holders_max`.
     sold_out: Cache<CouponId, SoldOut>,
     holders_max: u64,
+    /// Users this instance admitted and published, per coupon (see [`Self::note_admitted`]).
+    admitted: Cache<(CouponId, UserId), ()>,
     redis: AdmissionStore,
     pool: MySqlPool,
 }
 
 impl PolicyCache {
-    /// A cache of at most `capacity` policies, each trusted for `ttl`, and of sold-out marks
-    /// holding copies of at most `holders_max` holders in all (count).
+    /// A cache of at most `capacity` policies, each trusted for `ttl`, of sold-out marks
+    /// holding copies of at most `holders_max` holders in all (count), and of at most
+    /// `admitted_capacity` users admitted here (count).
     pub fn new(
         capacity: u64,
         ttl: Duration,
         holders_max: u64,
+        admitted_capacity: u64,
         redis: AdmissionStore,
         pool: MySqlPool,
     ) -> Self {
@@ -97,6 +105,10 @@ impl PolicyCache {
                 .time_to_live(SOLD_OUT_TTL)
                 .build(),
             holders_max,
+            admitted: Cache::builder()
+                .max_capacity(admitted_capacity)
+                .time_to_idle(ADMITTED_TTI)
+                .build(),
             redis,
             pool,
         }
@@ -149,6 +161,18 @@ impl PolicyCache {
     /// holders once they were copied.
     pub async fn sold_out(&self, coupon: CouponId) -> Option<SoldOut> {
         self.sold_out.get(&coupon).await
+    }
+
+    /// Remembers that this instance admitted `user` to `coupon` and the broker acknowledged
+    /// the issue message. Such an admission is never undone (undo only follows a failed
+    /// publish), so the user holds the coupon for good (INVARIANTS.md 2, 3).
+    pub async fn note_admitted(&self, coupon: CouponId, user: UserId) {
+        self.admitted.insert((coupon, user), ()).await;
+    }
+
+    /// Whether this instance remembers admitting `user` to `coupon` ([`Self::note_admitted`]).
+    pub async fn admitted_here(&self, coupon: CouponId, user: UserId) -> bool {
+        self.admitted.contains_key(&(coupon, user))
     }
 
     /// Applies one invalidation broadcast. A sell-out is marked at once; the holders are then

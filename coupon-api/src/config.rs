@@ -35,6 +35,13 @@ pub struct ApiConfig {
     #[arg(long, env = "SOLD_OUT_HOLDERS_MAX", default_value_t = 4_000_000)]
     pub sold_out_holders_max: u64,
 
+    /// Most `(coupon, user)` pairs this instance admitted and published that it remembers
+    /// (count; about 100 bytes each). A user it remembers who asks again is told
+    /// `ALREADY_ISSUED` without Redis: an admission that reached the broker is never undone.
+    /// 0 turns it off.
+    #[arg(long, env = "ADMITTED_CACHE_CAPACITY", default_value_t = 200_000)]
+    pub admitted_cache_capacity: u64,
+
     /// Largest request body accepted (bytes); a larger one is refused with VALIDATION_FAILED.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,

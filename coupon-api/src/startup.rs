@@ -156,6 +156,7 @@ impl Application {
             config.policy_cache_capacity,
             config.policy_cache_ttl(),
             config.sold_out_holders_max,
+            config.admitted_cache_capacity,
             admission.clone(),
             pool.clone(),
         );

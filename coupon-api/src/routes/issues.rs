@@ -60,11 +60,13 @@ pub struct IssueAccepted {
 /// Handles one FCFS issue request:
 /// 1. the policy from the local cache (Redis, then MySQL, behind it): 404 if absent;
 /// 2. the policy's status and issue window: 409 `COUPON_SUSPENDED`, `ISSUE_WINDOW_CLOSED`;
-/// 3. a sold-out mark broadcast by the consumer: 409 `SOLD_OUT` (or `ALREADY_ISSUED` for a
+/// 3. a user this instance already admitted asking again: 409 `ALREADY_ISSUED` at once;
+/// 4. a sold-out mark broadcast by the consumer: 409 `SOLD_OUT` (or `ALREADY_ISSUED` for a
 ///    holder) from the instance's copy of the holders, or a read-only `SISMEMBER` where
 ///    there is none, instead of the script;
-/// 4. the atomic admission script: 409 `ALREADY_ISSUED` / `SOLD_OUT`;
-/// 5. the issue message, published and acknowledged by Kafka: 202.
+/// 5. the atomic admission script: 409 `ALREADY_ISSUED` / `SOLD_OUT`;
+/// 6. the issue message, published and acknowledged by Kafka: 202 (and the user remembered
+///    for step 3).
 ///
 /// If the publish fails, the admission is undone and the client gets 503 with `Retry-After`.
 #[tracing::instrument(name = "issue_coupon", skip_all, fields(coupon_id = %coupon, user_id = %caller.user_id))]
@@ -113,8 +115,8 @@ fn record_outcome(result: Result<&Uuid, &ApiError>) {
     metrics::counter!(names::ISSUE_REQUESTS, "outcome" => outcome).increment(1);
 }
 
-/// The checks before the admission: the policy exists, is active and in its issue window, and
-/// is not sold out.
+/// The checks before the admission: the policy exists, is active and in its issue window, the
+/// user is not one this instance already admitted, and the coupon is not sold out.
 async fn check(state: &AppState, coupon: CouponId, user: UserId) -> Result<(), ApiError> {
     let policy = state.cache.get(coupon).await?;
     if policy.status != CouponStatus::Active {
@@ -130,6 +132,10 @@ async fn check(state: &AppState, coupon: CouponId, user: UserId) -> Result<(), A
             return Err(ApiError::IssueWindowClosed("the issue window has closed"))
         }
         IssueWindow::Open => {}
+    }
+    if state.cache.admitted_here(coupon, user).await {
+        // This instance admitted the user and published the message: a repeat click.
+        return Err(ApiError::AlreadyIssued);
     }
     if let Some(sold_out) = state.cache.sold_out(coupon).await {
         // MySQL holds the whole stock: no admission can succeed, so a membership check
@@ -179,7 +185,10 @@ async fn admit_and_publish(
         admitted_at: Utc::now(),
     };
     match state.publisher.publish(&message).await {
-        Ok(()) => Ok(message.request_id),
+        Ok(()) => {
+            state.cache.note_admitted(coupon, user).await;
+            Ok(message.request_id)
+        }
         Err(publish_err) => {
             metrics::counter!(names::ISSUE_ADMISSION_ROLLBACKS).increment(1);
             let undo = state.admission.undo(coupon, user).await;

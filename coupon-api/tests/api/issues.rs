@@ -43,11 +43,34 @@ async fn an_issue_is_answered_202_only_after_its_message_is_on_the_topic() {
 
 #[tokio::test]
 async fn a_second_request_from_the_same_user_is_409_already_issued() {
-    let app = spawn_app().await;
-    let id = app.open_coupon(5).await;
-    assert_eq!(app.issue(id, 7).await.status(), 202);
+    // Both ways: from the instance's memory of its admissions, and (memory off) from the
+    // admission script.
+    for capacity in [1_000, 0] {
+        let app = spawn_app_with(|config| config.admitted_cache_capacity = capacity).await;
+        let id = app.open_coupon(5).await;
+        assert_eq!(app.issue(id, 7).await.status(), 202);
 
-    assert_error(app.issue(id, 7).await, 409, "ALREADY_ISSUED").await;
+        assert_error(app.issue(id, 7).await, 409, "ALREADY_ISSUED").await;
+    }
+}
+
+#[tokio::test]
+async fn a_user_this_instance_admitted_is_told_already_issued_without_asking_redis() {
+    let app = spawn_app().await;
+    let id = app.open_coupon(100).await;
+    let coupon = CouponId::parse(id).unwrap();
+    assert_eq!(app.issue(id, 1).await.status(), 202);
+
+    // Take user 1 out of the Redis set behind the API's back: only the instance remembers.
+    assert!(app
+        .state
+        .admission
+        .undo(coupon, UserId::parse(1).unwrap())
+        .await
+        .unwrap());
+
+    assert_error(app.issue(id, 1).await, 409, "ALREADY_ISSUED").await;
+    assert_eq!(app.state.admission.admitted_count(coupon).await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -171,7 +194,11 @@ async fn sold_out_coupon(app: &TestApp, users: std::ops::RangeInclusive<i64>) ->
 
 #[tokio::test]
 async fn a_sold_out_broadcast_is_applied_by_the_api() {
-    let app = spawn_app_with(|config| config.sold_out_holders_max = 0).await;
+    let app = spawn_app_with(|config| {
+        config.sold_out_holders_max = 0;
+        config.admitted_cache_capacity = 0;
+    })
+    .await;
     let coupon = sold_out_coupon(&app, 1..=1).await;
     let id = coupon.get();
 
@@ -185,7 +212,7 @@ async fn a_sold_out_broadcast_is_applied_by_the_api() {
 
 #[tokio::test]
 async fn a_sold_out_coupon_is_answered_from_the_copied_holders_without_asking_redis() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|config| config.admitted_cache_capacity = 0).await;
     let coupon = sold_out_coupon(&app, 1..=3).await;
     let id = coupon.get();
     let holders = testing::eventually("the holders copied", Duration::from_secs(5), || async {
