@@ -1079,34 +1079,23 @@ async fn rejection(bench: &Bench, stock: i64) -> anyhow::Result<Rejection> {
     // Repeat users, twice: admitted by another instance (this one asks the admission script,
     // which answers ALREADY_ISSUED), then admitted by this instance (which remembers them).
     let repeat_users = 10_000;
+    let base = &base;
+    let repeat_figure = |name: &'static str, coupon: CouponId| async move {
+        let path = format!("/api/v1/coupons/{coupon}/issues");
+        let users = |_| UserPlan::Cycle {
+            start: 1,
+            count: repeat_users,
+        };
+        bench
+            .figure(name, base, &path, users, Some("duplicate"))
+            .await
+    };
     let repeat = bench.create_coupon(stock).await?;
     let repeat_accepted = bench.admit_elsewhere(repeat, 1..=repeat_users).await?;
-    let repeat_runs = bench
-        .figure(
-            "(c) repeat users, admitted elsewhere",
-            &base,
-            &format!("/api/v1/coupons/{repeat}/issues"),
-            |_| UserPlan::Cycle {
-                start: 1,
-                count: repeat_users,
-            },
-            Some("duplicate"),
-        )
-        .await?;
+    let repeat_runs = repeat_figure("(c) repeat users, admitted elsewhere", repeat).await?;
     let repeat_here = bench.create_coupon(stock).await?;
     let repeat_here_accepted = bench.issue_users(repeat_here, 1..=repeat_users).await?;
-    let repeat_here_runs = bench
-        .figure(
-            "(c) repeat users, admitted here",
-            &base,
-            &format!("/api/v1/coupons/{repeat_here}/issues"),
-            |_| UserPlan::Cycle {
-                start: 1,
-                count: repeat_users,
-            },
-            Some("duplicate"),
-        )
-        .await?;
+    let repeat_here_runs = repeat_figure("(c) repeat users, admitted here", repeat_here).await?;
     let rejection_sold_out = Figure::new(
         "(c) sold-out coupon (holders copied after the sell-out broadcast)",
         sold_out_runs,

@@ -61,13 +61,8 @@ async fn a_user_this_instance_admitted_is_told_already_issued_without_asking_red
     let coupon = CouponId::parse(id).unwrap();
     assert_eq!(app.issue(id, 1).await.status(), 202);
 
-    // Take user 1 out of the Redis set behind the API's back: only the instance remembers.
-    assert!(app
-        .state
-        .admission
-        .undo(coupon, UserId::parse(1).unwrap())
-        .await
-        .unwrap());
+    // Only the instance remembers user 1 now.
+    app.forget_in_redis(id, 1).await;
 
     assert_error(app.issue(id, 1).await, 409, "ALREADY_ISSUED").await;
     assert_eq!(app.state.admission.admitted_count(coupon).await.unwrap(), 0);
@@ -221,13 +216,8 @@ async fn a_sold_out_coupon_is_answered_from_the_copied_holders_without_asking_re
     .await;
     assert_eq!(holders.len(), 3);
 
-    // Take user 1 out of the Redis set behind the API's back: only the copy still knows it.
-    assert!(app
-        .state
-        .admission
-        .undo(coupon, UserId::parse(1).unwrap())
-        .await
-        .unwrap());
+    // Only the copy of the holders still knows user 1 now.
+    app.forget_in_redis(id, 1).await;
 
     assert_error(app.issue(id, 1).await, 409, "ALREADY_ISSUED").await;
     assert_error(app.issue(id, 3).await, 409, "ALREADY_ISSUED").await;
