@@ -25,7 +25,7 @@ demo: up
 test: up
 	scripts/test.sh
 
-## bench: the issue path against this machine's own limits (about 5 minutes); writes
+## bench: the issue path against this machine's own limits (about 10 minutes); writes
 ## bench/results/issue.{json,md}
 bench: up
 	scripts/bench.sh

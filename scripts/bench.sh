@@ -5,7 +5,7 @@
 # the broker's produce and consume rates), (b) the issue endpoint with every request admitted,
 # (c) the rejection path (sold out, repeat users), (d) the consumer's drain rate into MySQL,
 # and the exactness of every coupon it touched. See coupon-bench/src/issue.rs.
-# Results: bench/results/issue.json and issue.md. Takes about 5 minutes on 2 cores.
+# Results: bench/results/issue.json and issue.md. Takes about 10 minutes on 2 cores.
 #
 # Settings (env): BENCH_ARGS (extra flags, e.g. "--runs 5 --seconds 20 --connections 128").
 set -euo pipefail

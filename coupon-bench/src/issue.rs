@@ -6,10 +6,11 @@
 //!   [`IssuePublisher`] (the API's producer settings) and its consume rate to a plain consumer;
 //! - **(b) issue, all admitted**: coupon-api (release) with the consumer stopped, wrk sending a
 //!   fresh user id per request to a coupon whose stock never runs out;
-//! - **(d) consumer drain**: after each (b) run, coupon-consumer starts and persists what that
-//!   run published; rows/s from the first persisted row to the last;
+//! - **(d) consumer drain**: per run, a topic pre-filled with issue messages, then
+//!   coupon-consumer in a new group; rows/s from the first persisted row to the last;
 //! - **(c) rejection path**: a sold-out coupon (after the consumer's sold-out broadcast, so the
-//!   API's read-only short-cut) and a coupon whose users all hold one already (the script);
+//!   API's copy of the holders answers), then repeat users admitted by another instance (the
+//!   script answers) and by the measured one (its memory of its admissions answers);
 //! - **exactness**: for every coupon, rows in MySQL = `issued_quantity` = Redis `SCARD` = 202
 //!   answers ≤ stock.
 //!
