@@ -185,10 +185,11 @@ impl PolicyCache {
         match invalidation.reason {
             InvalidationReason::SoldOut => {
                 let coupon = invalidation.coupon_id;
-                if self.sold_out.contains_key(&coupon) {
-                    return;
+                match self.sold_out.get(&coupon).await {
+                    Some(Some(_)) => return, // marked, holders copied
+                    Some(None) => {}         // marked; an earlier copy may have failed
+                    None => self.sold_out.insert(coupon, None).await,
                 }
-                self.sold_out.insert(coupon, None).await;
                 if self.holders_max > 0 {
                     let cache = self.clone();
                     tokio::spawn(async move { cache.copy_holders(coupon).await });

@@ -36,7 +36,7 @@ pub struct ApiConfig {
     pub sold_out_holders_max: u64,
 
     /// Most `(coupon, user)` pairs this instance admitted and published that it remembers
-    /// (count; about 100 bytes each). A user it remembers who asks again is told
+    /// (count). A user it remembers who asks again is told
     /// `ALREADY_ISSUED` without Redis: an admission that reached the broker is never undone.
     /// 0 turns it off.
     #[arg(long, env = "ADMITTED_CACHE_CAPACITY", default_value_t = 200_000)]
