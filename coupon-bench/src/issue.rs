@@ -1250,39 +1250,31 @@ impl Report {
             .copied()
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .unwrap_or(("none", f64::NAN));
-        let mut ratios = BTreeMap::new();
-        ratios.insert(
-            "(b) / (a) plain axum".to_owned(),
-            issue.rps_median / axum.rps_median,
-        );
-        ratios.insert(
-            "(b) / admission script".to_owned(),
-            issue.rps_median / redis_best,
-        );
-        ratios.insert(
-            "(b) / broker produce".to_owned(),
-            issue.rps_median / produce.rps_median,
-        );
-        ratios.insert(
-            "(b) / tightest ceiling".to_owned(),
-            issue.rps_median / tightest,
-        );
-        ratios.insert(
-            "(c) sold out / (a)".to_owned(),
-            sold_out.rps_median / axum.rps_median,
-        );
-        ratios.insert(
-            "(c) repeat, admitted elsewhere / (a)".to_owned(),
-            repeat.rps_median / axum.rps_median,
-        );
-        ratios.insert(
-            "(c) repeat, admitted here / (a)".to_owned(),
-            repeat_here.rps_median / axum.rps_median,
-        );
-        ratios.insert(
-            "(d) / broker consume".to_owned(),
-            drain.rps_median / consume.rps_median,
-        );
+        let ratios: BTreeMap<String, f64> = [
+            ("(b) / (a) plain axum", issue.rps_median / axum.rps_median),
+            ("(b) / admission script", issue.rps_median / redis_best),
+            (
+                "(b) / broker produce",
+                issue.rps_median / produce.rps_median,
+            ),
+            ("(b) / tightest ceiling", issue.rps_median / tightest),
+            ("(c) sold out / (a)", sold_out.rps_median / axum.rps_median),
+            (
+                "(c) repeat, admitted elsewhere / (a)",
+                repeat.rps_median / axum.rps_median,
+            ),
+            (
+                "(c) repeat, admitted here / (a)",
+                repeat_here.rps_median / axum.rps_median,
+            ),
+            (
+                "(d) / broker consume",
+                drain.rps_median / consume.rps_median,
+            ),
+        ]
+        .into_iter()
+        .map(|(ratio, value)| (ratio.to_owned(), value))
+        .collect();
         let drain_target = 30_000_f64.min(0.8 * consume.rps_median);
         let target = |what: &str, pass: bool, detail: String| json!({"target": what, "pass": pass, "measured": detail});
         let targets = vec![
