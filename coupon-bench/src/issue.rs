@@ -124,6 +124,21 @@ struct Run {
     errors: u64,
 }
 
+impl Run {
+    /// A run measured as a rate only (no per-request latencies, no errors counted).
+    fn rate_only(requests: u64, rps: f64) -> Self {
+        Self {
+            requests,
+            rps,
+            p50_ms: f64::NAN,
+            p99_ms: f64::NAN,
+            p999_ms: f64::NAN,
+            max_ms: f64::NAN,
+            errors: 0,
+        }
+    }
+}
+
 /// Runs of one figure with min/median/max of the rate and the median run's latencies.
 #[derive(Debug, Clone, Serialize)]
 struct Figure {
@@ -786,15 +801,7 @@ async fn kafka_ceilings(bench: &Bench) -> anyhow::Result<(Figure, Figure)> {
         let elapsed = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
         let rps = total as f64 / elapsed;
         eprintln!("[bench] kafka consume: {rps:.0} msg/s");
-        consume_runs.push(Run {
-            requests: total,
-            rps,
-            p50_ms: f64::NAN,
-            p99_ms: f64::NAN,
-            p999_ms: f64::NAN,
-            max_ms: f64::NAN,
-            errors: 0,
-        });
+        consume_runs.push(Run::rate_only(total, rps));
     }
     let consume = Figure::new(
         "broker consume (plain consumer)",
@@ -1196,15 +1203,7 @@ async fn drain(bench: &Bench) -> anyhow::Result<Run> {
     consumer.stop();
     let rps = (total - first_count) as f64 / elapsed;
     eprintln!("[bench] (d) drain: {total} rows, {rps:.0} rows/s");
-    Ok(Run {
-        requests: total as u64,
-        rps,
-        p50_ms: f64::NAN,
-        p99_ms: f64::NAN,
-        p999_ms: f64::NAN,
-        max_ms: f64::NAN,
-        errors: 0,
-    })
+    Ok(Run::rate_only(total as u64, rps))
 }
 
 #[derive(Debug, Serialize)]
