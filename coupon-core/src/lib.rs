@@ -3,6 +3,7 @@
 //! - [`codes`]: code coupons (topics, codes, redeem by code, bulk changes, archival);
 //! - [`code_jobs`]: resumable code generation jobs;
 //! - [`domain`]: identifiers, the coupon policy and its validation;
+//! - [`auth`]: bearer tokens (JWT): claims, roles, checking and minting;
 //! - [`admission`]: the atomic Redis admission script and the per-coupon Redis keys;
 //! - [`message`]: the issue message carried by Kafka;
 //! - [`events`]: coupon events for notification services (transactional outbox);
@@ -18,6 +19,7 @@
 //! This crate knows nothing of HTTP or of the consumer loop.
 
 pub mod admission;
+pub mod auth;
 pub mod code_jobs;
 pub mod codes;
 pub mod config;

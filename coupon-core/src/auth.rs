@@ -1,0 +1,410 @@
+//! Bearer tokens (JWT, RFC 7519): who a request acts for, and whether it may administer.
+//!
+//! A token's claims are [`Claims`]: `sub` (the user id, a positive integer, for user tokens;
+//! any text for admin tokens), `role` (`user` or `admin`), `exp` and `iat` (Unix seconds), and
+//! `iss`/`aud` when the deployment sets them. Signing and checking use the `jsonwebtoken`
+//! crate. HS256 with a shared secret is the default; RS256 or ES256 with a public key let
+//! coupon-api check tokens it cannot mint.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Shortest HS256 secret accepted (bytes): RFC 7518 §3.2 requires a key at least as long as
+/// the hash output, 256 bits.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
+/// Clock skew (seconds) tolerated on `exp` between the minting host and coupon-api.
+pub const LEEWAY_SECS: u64 = 5;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Acts only for the user named by `sub`.
+    #[default]
+    User,
+    /// Manages policies, topics and codes, runs reconciliation, and may act for any user
+    /// named in a request's path or body (support tools, a trusted front end).
+    Admin,
+}
+
+/// The claims couponrush reads from a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Subject: the user id (decimal) of a user token.
+    pub sub: String,
+    /// What the token may do; `user` when absent.
+    #[serde(default)]
+    pub role: Role,
+    /// Expiry, Unix seconds.
+    pub exp: u64,
+    /// Issued at, Unix seconds.
+    pub iat: u64,
+    /// Issuer, checked when [`AuthConfig::jwt_issuer`] is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Audience, checked when [`AuthConfig::jwt_audience`] is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+/// Signature algorithms coupon-api accepts (one per deployment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with the shared secret `JWT_SECRET`.
+    #[default]
+    #[value(name = "HS256")]
+    Hs256,
+    /// RSA PKCS#1 v1.5 with SHA-256; coupon-api needs only the public key.
+    #[value(name = "RS256")]
+    Rs256,
+    /// ECDSA P-256 with SHA-256; coupon-api needs only the public key.
+    #[value(name = "ES256")]
+    Es256,
+}
+
+impl JwtAlgorithm {
+    fn jsonwebtoken(self) -> Algorithm {
+        match self {
+            Self::Hs256 => Algorithm::HS256,
+            Self::Rs256 => Algorithm::RS256,
+            Self::Es256 => Algorithm::ES256,
+        }
+    }
+}
+
+/// How tokens are checked (and, for HS256 or with a private key, minted).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthConfig {
+    /// Signature algorithm of bearer tokens: HS256 (shared secret), RS256 or ES256 (public key).
+    #[arg(long, env = "JWT_ALGORITHM", value_enum, default_value = "HS256")]
+    pub jwt_algorithm: JwtAlgorithm,
+
+    /// HS256 secret, at least 32 bytes. Required with HS256; kept secret.
+    #[arg(long, env = "JWT_SECRET")]
+    pub jwt_secret: Option<SecretString>,
+
+    /// PEM file of the public key that checks RS256/ES256 tokens.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Expected `iss` claim; unset accepts any issuer.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Expected `aud` claim; unset accepts tokens without an audience only.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+}
+
+/// Why a token was refused. Every case is a 401 at the HTTP boundary.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TokenError(pub String);
+
+/// Checks tokens against one key and one algorithm.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenVerifier {
+    /// The verifier `config` describes.
+    ///
+    /// # Errors
+    /// HS256 without a secret or with one shorter than [`MIN_HS256_SECRET_BYTES`]; RS256/ES256
+    /// without a readable PEM public key.
+    pub fn from_config(config: &AuthConfig) -> anyhow::Result<Self> {
+        let key = match config.jwt_algorithm {
+            JwtAlgorithm::Hs256 => DecodingKey::from_secret(hs256_secret(config)?),
+            JwtAlgorithm::Rs256 => DecodingKey::from_rsa_pem(&public_key_pem(config)?)
+                .context("JWT_PUBLIC_KEY_FILE is not an RSA public key in PEM")?,
+            JwtAlgorithm::Es256 => DecodingKey::from_ec_pem(&public_key_pem(config)?)
+                .context("JWT_PUBLIC_KEY_FILE is not an EC public key in PEM")?,
+        };
+        let mut validation = Validation::new(config.jwt_algorithm.jsonwebtoken());
+        validation.leeway = LEEWAY_SECS;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &config.jwt_issuer {
+            Some(issuer) => {
+                validation.set_issuer(&[issuer]);
+                validation.required_spec_claims.insert("iss".into());
+            }
+            None => validation.iss = None,
+        }
+        match &config.jwt_audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Self { key, validation })
+    }
+
+    /// The claims of a valid `token` (the text after `Bearer `).
+    ///
+    /// # Errors
+    /// [`TokenError`] with a message safe to show: malformed, wrongly signed, expired, or
+    /// for another issuer or audience.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        use jsonwebtoken::errors::ErrorKind;
+        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| {
+                TokenError(
+                    match e.kind() {
+                        ErrorKind::ExpiredSignature => "the bearer token has expired",
+                        ErrorKind::InvalidSignature => "the bearer token's signature is invalid",
+                        ErrorKind::InvalidAlgorithm => {
+                            "the bearer token is signed with an algorithm this service does not accept"
+                        }
+                        ErrorKind::InvalidIssuer => "the bearer token has the wrong issuer",
+                        ErrorKind::InvalidAudience => "the bearer token has the wrong audience",
+                        ErrorKind::MissingRequiredClaim(_) => {
+                            "the bearer token lacks a required claim (sub, exp)"
+                        }
+                        _ => "the bearer token is malformed",
+                    }
+                    .to_owned(),
+                )
+            })
+    }
+}
+
+/// Mints tokens (the `coupon-api token` command, the demo, the load tests).
+#[derive(Clone)]
+pub struct TokenSigner {
+    key: EncodingKey,
+    header: Header,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSigner")
+            .field("alg", &self.header.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenSigner {
+    /// A signer for `config`: the HS256 secret, or for RS256/ES256 the PEM private key at
+    /// `private_key_file`.
+    ///
+    /// # Errors
+    /// As [`TokenVerifier::from_config`], or the private key is missing or unreadable.
+    pub fn from_config(
+        config: &AuthConfig,
+        private_key_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
+        let private_pem = || -> anyhow::Result<Vec<u8>> {
+            let path = private_key_file
+                .context("RS256/ES256 tokens are minted with a private key: pass its PEM file")?;
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let key = match config.jwt_algorithm {
+            JwtAlgorithm::Hs256 => EncodingKey::from_secret(hs256_secret(config)?),
+            JwtAlgorithm::Rs256 => EncodingKey::from_rsa_pem(&private_pem()?)
+                .context("not an RSA private key in PEM")?,
+            JwtAlgorithm::Es256 => EncodingKey::from_ec_pem(&private_pem()?)
+                .context("not an EC private key in PEM (PKCS#8)")?,
+        };
+        Ok(Self {
+            key,
+            header: Header::new(config.jwt_algorithm.jsonwebtoken()),
+            issuer: config.jwt_issuer.clone(),
+            audience: config.jwt_audience.clone(),
+        })
+    }
+
+    /// An HS256 signer for `secret` (tests, benchmarks).
+    pub fn hs256(secret: &str) -> Self {
+        Self {
+            key: EncodingKey::from_secret(secret.as_bytes()),
+            header: Header::new(Algorithm::HS256),
+            issuer: None,
+            audience: None,
+        }
+    }
+
+    /// A token for `subject` with `role`, valid for `ttl_secs` from now.
+    ///
+    /// # Errors
+    /// The signing library failed (a key unfit for the algorithm).
+    pub fn mint(&self, subject: &str, role: Role, ttl_secs: u64) -> anyhow::Result<String> {
+        let now = unix_now();
+        let claims = Claims {
+            sub: subject.to_owned(),
+            role,
+            exp: now + ttl_secs,
+            iat: now,
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        self.sign(&claims)
+    }
+
+    /// Signs arbitrary `claims` (tests build expired or odd tokens with it).
+    ///
+    /// # Errors
+    /// As [`Self::mint`].
+    pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
+        jsonwebtoken::encode(&self.header, claims, &self.key).context("signing a token")
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn hs256_secret(config: &AuthConfig) -> anyhow::Result<&[u8]> {
+    let secret = config
+        .jwt_secret
+        .as_ref()
+        .context("JWT_SECRET must be set when JWT_ALGORITHM is HS256")?
+        .expose_secret()
+        .as_bytes();
+    anyhow::ensure!(
+        secret.len() >= MIN_HS256_SECRET_BYTES,
+        "JWT_SECRET must be at least {MIN_HS256_SECRET_BYTES} bytes (RFC 7518 §3.2)"
+    );
+    Ok(secret)
+}
+
+fn public_key_pem(config: &AuthConfig) -> anyhow::Result<Vec<u8>> {
+    let path = config
+        .jwt_public_key_file
+        .as_ref()
+        .context("JWT_PUBLIC_KEY_FILE must be set when JWT_ALGORITHM is RS256 or ES256")?;
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn config(secret: &str) -> AuthConfig {
+        AuthConfig {
+            jwt_algorithm: JwtAlgorithm::Hs256,
+            jwt_secret: Some(secret.into()),
+            jwt_public_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+        }
+    }
+
+    #[test]
+    fn a_minted_token_verifies_with_its_claims() {
+        let verifier = TokenVerifier::from_config(&config(SECRET)).unwrap();
+        let token = TokenSigner::hs256(SECRET)
+            .mint("7", Role::User, 60)
+            .unwrap();
+        let claims = verifier.verify(&token).unwrap();
+        assert_eq!((claims.sub.as_str(), claims.role), ("7", Role::User));
+    }
+
+    #[test]
+    fn expired_and_foreign_tokens_are_refused() {
+        let verifier = TokenVerifier::from_config(&config(SECRET)).unwrap();
+        let signer = TokenSigner::hs256(SECRET);
+        let now = unix_now();
+        let expired = Claims {
+            sub: "7".into(),
+            role: Role::User,
+            exp: now - LEEWAY_SECS - 10,
+            iat: now - 100,
+            iss: None,
+            aud: None,
+        };
+        let err = verifier
+            .verify(&signer.sign(&expired).unwrap())
+            .unwrap_err();
+        assert!(err.0.contains("expired"), "{err}");
+        let other = TokenSigner::hs256("another secret of at least 32 bytes!!")
+            .mint("7", Role::Admin, 60)
+            .unwrap();
+        let err = verifier.verify(&other).unwrap_err();
+        assert!(err.0.contains("signature"), "{err}");
+        assert!(verifier.verify("not.a.token").is_err());
+    }
+
+    #[test]
+    fn a_short_or_missing_secret_is_a_configuration_error() {
+        assert!(TokenVerifier::from_config(&config("short")).is_err());
+        let mut missing = config(SECRET);
+        missing.jwt_secret = None;
+        assert!(TokenVerifier::from_config(&missing).is_err());
+    }
+
+    #[test]
+    fn the_issuer_is_checked_when_configured() {
+        let mut with_issuer = config(SECRET);
+        with_issuer.jwt_issuer = Some("couponrush".into());
+        let verifier = TokenVerifier::from_config(&with_issuer).unwrap();
+        let plain = TokenSigner::hs256(SECRET)
+            .mint("7", Role::User, 60)
+            .unwrap();
+        assert!(verifier.verify(&plain).is_err());
+        let signed = TokenSigner::from_config(&with_issuer, None)
+            .unwrap()
+            .mint("7", Role::User, 60)
+            .unwrap();
+        assert_eq!(
+            verifier.verify(&signed).unwrap().iss.as_deref(),
+            Some("couponrush")
+        );
+    }
+
+    #[test]
+    fn rs256_and_es256_tokens_verify_with_only_the_public_key() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+        for (algorithm, name) in [
+            (JwtAlgorithm::Rs256, "rs256"),
+            (JwtAlgorithm::Es256, "es256"),
+        ] {
+            let config = AuthConfig {
+                jwt_algorithm: algorithm,
+                jwt_secret: None,
+                jwt_public_key_file: Some(dir.join(format!("{name}-public.pem"))),
+                jwt_issuer: None,
+                jwt_audience: None,
+            };
+            let private = dir.join(format!("{name}-private.pem"));
+            let token = TokenSigner::from_config(&config, Some(&private))
+                .unwrap()
+                .mint("9", Role::Admin, 60)
+                .unwrap();
+            let claims = TokenVerifier::from_config(&config)
+                .unwrap()
+                .verify(&token)
+                .unwrap();
+            assert_eq!(claims.role, Role::Admin, "{name}");
+            let hs = TokenSigner::hs256(SECRET)
+                .mint("9", Role::Admin, 60)
+                .unwrap();
+            let verifier = TokenVerifier::from_config(&config).unwrap();
+            assert!(
+                verifier.verify(&hs).is_err(),
+                "{name} accepted an HS256 token"
+            );
+        }
+    }
+}
