@@ -23,7 +23,7 @@ mariadb -h127.0.0.1 -uroot -e "DROP DATABASE IF EXISTS \`$database\`"
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
 export DATABASE_URL="mysql://root@127.0.0.1:3306/$database" REDIS_KEY_PREFIX="bench:"
-start_service coupon-api API_LISTEN="127.0.0.1:$API_PORT" METRICS_LISTEN=off RUST_LOG="${RUST_LOG:-warn}"
+start_service coupon-api API_LISTEN="127.0.0.1:$API_PORT" METRICS_LISTEN=off RATE_LIMITS=off RUST_LOG="${RUST_LOG:-warn}"
 wait_ready api_ready
 
 # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags

@@ -2,6 +2,10 @@
 # background, waits until they are ready, and stops them when the script exits.
 # The sourcing script sets `logs` (a directory) and API_PORT.
 
+# Bearer tokens on the local stack: a development secret unless JWT_SECRET is set. Anyone who
+# knows it can mint tokens, so a real deployment sets its own (at least 32 bytes).
+export JWT_SECRET="${JWT_SECRET:-couponrush-local-development-secret}"
+
 pids=()
 stop_services() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
@@ -36,7 +40,7 @@ wait_ready() {
     for check in "$@"; do "$check" 2>/dev/null || all=0; done
     [ "$all" = 1 ] && return 0
     for pid in "${pids[@]}"; do
-      kill -0 "$pid" 2>/dev/null || { echo "a service exited; logs in $logs/" >&2; tail -20 "$logs"/*.log >&2; return 1; }
+      kill -0 "$pid" 2>/dev/null || { echo "a service exited; logs in $logs/" >&2; tail -n 20 "$logs"/*.log >&2; return 1; }
     done
     sleep 0.2
   done

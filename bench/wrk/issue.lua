@@ -10,6 +10,10 @@
 -- COUNT  ids to cycle through (cycle only)
 -- THREADS  wrk's -t (cycle only: thread t sends the ids t, t + THREADS, ... of the range)
 --
+-- The environment variable BENCH_TOKEN, when set, is sent as `Authorization: Bearer ...`:
+-- coupon-bench mints one admin token, which acts for the user each body names (wrk cannot
+-- sign a token per user; coupon-api checks either kind with the same HS256 verification).
+--
 -- done() prints one line `WRK_JSON {...}` with wrk's own counts and latency percentiles (µs),
 -- which coupon-bench parses. wrk counts any status >= 400 under status_errors: for the
 -- rejection path those are the expected 409s; coupon-bench checks outcomes against the API's
@@ -30,6 +34,10 @@ function init(args)
   thread_count = tonumber(args[5] or "1")
   sent = 0
   headers = { ["Content-Type"] = "application/json" }
+  local token = os.getenv("BENCH_TOKEN")
+  if token and token ~= "" then
+    headers["Authorization"] = "Bearer " .. token
+  end
 end
 
 function request()

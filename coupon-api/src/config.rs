@@ -3,7 +3,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use coupon_core::auth::AuthConfig;
 use coupon_core::config::{MetricsConfig, StoreConfig};
+
+use crate::breaker::BreakerConfig;
+use crate::rate_limit::RateLimitConfig;
 
 /// Everything coupon-api reads at start-up (flags or environment variables).
 #[derive(Debug, Clone, clap::Args)]
@@ -11,6 +15,18 @@ pub struct ApiConfig {
     /// MySQL, Redis and Kafka settings.
     #[command(flatten)]
     pub stores: StoreConfig,
+
+    /// Bearer-token (JWT) settings.
+    #[command(flatten)]
+    pub auth: AuthConfig,
+
+    /// The issue path's Redis circuit breaker.
+    #[command(flatten)]
+    pub breaker: BreakerConfig,
+
+    /// Rate limits of the issue and redeem endpoints.
+    #[command(flatten)]
+    pub rate_limits: RateLimitConfig,
 
     /// Prometheus exporter settings.
     #[command(flatten)]
@@ -42,6 +58,13 @@ pub struct ApiConfig {
     #[arg(long, env = "ADMITTED_CACHE_CAPACITY", default_value_t = 200_000)]
     pub admitted_cache_capacity: u64,
 
+    /// Longest time (ms) from a request's arrival to its response head. Past it the client gets
+    /// 503 `UNAVAILABLE` with `Retry-After`: every store call has its own, shorter bound, so
+    /// this only catches what they miss. An issue request already admitted keeps running to
+    /// its publish or undo (see `routes::issues`).
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+
     /// Largest request body accepted (bytes); a larger one is refused with VALIDATION_FAILED.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
@@ -68,6 +91,11 @@ impl ApiConfig {
     /// [`Self::policy_cache_ttl_ms`] as a [`Duration`].
     pub fn policy_cache_ttl(&self) -> Duration {
         Duration::from_millis(self.policy_cache_ttl_ms)
+    }
+
+    /// [`Self::request_timeout_ms`] as a [`Duration`].
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 
     /// [`Self::code_job_lease_ms`] as a [`Duration`].

@@ -66,6 +66,20 @@ pub enum ApiError {
     /// A redeem by code was refused; see [`code_status_and_code`].
     #[error("{0}")]
     Code(CodeError),
+    /// 401 `UNAUTHORIZED` with `WWW-Authenticate: Bearer`: the bearer token is missing,
+    /// malformed, expired or wrongly signed.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403 `FORBIDDEN`: a valid token that may not do this (wrong role, another user's id).
+    #[error("{0}")]
+    Forbidden(String),
+    /// 429 `RATE_LIMITED` with `Retry-After` (whole seconds, at least 1): this user or client
+    /// address sent more requests than its limit allows.
+    #[error("too many requests; retry after the time in Retry-After")]
+    RateLimited {
+        /// Seconds until the next request would be allowed.
+        retry_after_secs: u64,
+    },
 }
 
 /// Status and code of each redeem-by-code refusal: `CODE_NOT_FOUND` 404, `CODE_ALREADY_USED`,
@@ -149,6 +163,9 @@ impl ApiError {
             Self::InvalidCode(_) => StatusCode::BAD_REQUEST,
             Self::TopicNotFound => StatusCode::NOT_FOUND,
             Self::Code(err) => code_status_and_code(err).0,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -169,6 +186,9 @@ impl ApiError {
             Self::InvalidCode(_) => "INVALID_CODE",
             Self::TopicNotFound => "TOPIC_NOT_FOUND",
             Self::Code(err) => code_status_and_code(err).1,
+            Self::Unauthorized(_) => "UNAUTHORIZED",
+            Self::Forbidden(_) => "FORBIDDEN",
+            Self::RateLimited { .. } => "RATE_LIMITED",
         }
     }
 }
@@ -225,6 +245,21 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        match &self {
+            Self::Unauthorized(_) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"couponrush\""),
+                );
+            }
+            Self::RateLimited { retry_after_secs } => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from((*retry_after_secs).max(1)),
+                );
+            }
+            _ => {}
         }
         if let Self::Unavailable(cause) | Self::Internal(cause) = &self {
             response

@@ -1,13 +1,17 @@
 //! Extractors whose rejections are [`ApiError`]s, so malformed input gets the API's JSON error
-//! format, and the extractor that names the caller.
+//! format, and the extractors that name the user a request acts for (authorised by
+//! [`crate::auth`]).
 
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use coupon_core::domain::{CouponId, UserId};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 
 /// `axum::Json` with [`ApiError`] rejections:
@@ -68,7 +72,8 @@ impl<S: Send + Sync> FromRequestParts<S> for CouponPath {
     }
 }
 
-/// `{coupon_id}` and `{user_id}` of the path, both positive.
+/// `{coupon_id}` and `{user_id}` of the path, both positive; the bearer token must act for
+/// that user ([`Principal::act_for`]: 401, 403).
 #[derive(Debug, Clone, Copy)]
 pub struct CouponUserPath(pub CouponId, pub UserId);
 
@@ -76,14 +81,16 @@ impl<S: Send + Sync> FromRequestParts<S> for CouponUserPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
         let Path((coupon, user)) = Path::<(i64, i64)>::from_request_parts(parts, state)
             .await
             .map_err(path_rejection)?;
-        Ok(Self(CouponId::parse(coupon)?, UserId::parse(user)?))
+        let user = principal.act_for(Some(UserId::parse(user)?))?;
+        Ok(Self(CouponId::parse(coupon)?, user))
     }
 }
 
-/// `{user_id}` of the path, positive.
+/// `{user_id}` of the path, positive; the bearer token must act for that user (401, 403).
 #[derive(Debug, Clone, Copy)]
 pub struct UserPath(pub UserId);
 
@@ -91,12 +98,14 @@ impl<S: Send + Sync> FromRequestParts<S> for UserPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
         let raw = first_path_param(parts, state).await?;
-        Ok(Self(UserId::parse(raw)?))
+        Ok(Self(principal.act_for(Some(UserId::parse(raw)?))?))
     }
 }
 
-/// `{user_id}` and `{coupon_issue_id}` of the path, both positive.
+/// `{user_id}` and `{coupon_issue_id}` of the path, both positive; the bearer token must act
+/// for that user (401, 403).
 #[derive(Debug, Clone, Copy)]
 pub struct UserIssuePath(pub UserId, pub i64);
 
@@ -104,15 +113,17 @@ impl<S: Send + Sync> FromRequestParts<S> for UserIssuePath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
         let Path((user, issue)) = Path::<(i64, i64)>::from_request_parts(parts, state)
             .await
             .map_err(path_rejection)?;
+        let user = principal.act_for(Some(UserId::parse(user)?))?;
         if issue <= 0 {
             return Err(ApiError::Validation(
                 "coupon_issue_id must be a positive integer".into(),
             ));
         }
-        Ok(Self(UserId::parse(user)?, issue))
+        Ok(Self(user, issue))
     }
 }
 
@@ -130,15 +141,17 @@ fn path_rejection(rejection: PathRejection) -> ApiError {
     ))
 }
 
-/// Body of `POST /api/v1/coupons/{coupon_id}/issues`: `{"user_id": 7}`.
-#[derive(Debug, Deserialize)]
+/// Body of an issue (`POST /api/v1/coupons/{coupon_id}/issues`) or of a redeem by code: none,
+/// `{}` or `{"user_id": 7}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct IssueRequestBody {
-    user_id: UserId,
+    user_id: Option<UserId>,
 }
 
-/// Who is asking. Today the caller names itself in the request body (`user_id`, a positive
-/// integer); this extractor is the one place that knows, so authentication can replace it
-/// (for example with a verified token's subject) without touching the handlers.
+/// Who an issue or a redeem by code acts for: the bearer token's user (see [`Principal::act_for`]). The
+/// body may be absent; a `user_id` in it must match a user token's subject (403 otherwise)
+/// and names the user for an admin token.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
     /// The user the request acts for.
@@ -149,9 +162,26 @@ impl<S: Send + Sync> FromRequest<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let ApiJson(body) = ApiJson::<IssueRequestBody>::from_request(req, state).await?;
+        let (mut parts, body) = req.into_parts();
+        let principal = Principal::from_request_parts(&mut parts, state).await?;
+        let req = Request::from_parts(parts, body);
+        let body = if req.headers().contains_key(CONTENT_TYPE) {
+            ApiJson::<IssueRequestBody>::from_request(req, state)
+                .await?
+                .0
+        } else {
+            let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+                ApiError::BadRequest(format!("request body could not be read: {}", e.body_text()))
+            })?;
+            if !bytes.is_empty() {
+                return Err(ApiError::BadRequest(
+                    "expected a body with `Content-Type: application/json`".into(),
+                ));
+            }
+            IssueRequestBody::default()
+        };
         Ok(Self {
-            user_id: body.user_id,
+            user_id: principal.act_for(body.user_id)?,
         })
     }
 }

@@ -5,12 +5,13 @@
 //! `Idempotent-Replayed: true`, without acting again; the same key with anything else is a 422
 //! `IDEMPOTENCY_KEY_REUSED`. Concurrent repeats wait for the first (up to 5 s, then 409
 //! `IDEMPOTENCY_KEY_IN_PROGRESS`). A 5xx is not stored: repeating it acts again. Keys expire
-//! after `IDEMPOTENCY_TTL_SECS` (24 h by default).
+//! after `IDEMPOTENCY_TTL_SECS` (24 h by default). Keys belong to the caller (the bearer
+//! token's role and subject): two callers never share one.
 
 use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -20,6 +21,7 @@ use coupon_core::idempotency::{self, Claim};
 use sha2::{Digest, Sha256};
 use sqlx::MySqlPool;
 
+use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 
 /// The request header carrying the key.
@@ -50,7 +52,21 @@ fn conflict(status: StatusCode, code: &'static str, message: &str) -> Response {
         .into_response()
 }
 
+/// The stored form of `key`: SHA-256 (hex) of the caller's role, subject and the key, so each
+/// caller has a key space of its own.
+fn scoped_key(principal: &Principal, key: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(format!("{:?}", principal.claims.role));
+    hasher.update(b":");
+    hasher.update(&principal.claims.sub);
+    hasher.update(b"\n");
+    hasher.update(key);
+    format!("{:x}", hasher.finalize())
+}
+
 /// The middleware; requests without the header, or with a safe method, pass straight through.
+/// A request with a key must carry a valid bearer token (401 otherwise): the key is scoped to
+/// the caller.
 pub async fn middleware(
     State(settings): State<Idempotency>,
     request: Request,
@@ -76,7 +92,14 @@ pub async fn middleware(
             .into_response()
         }
     };
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    // Keys are per caller: the same key from two users (whose bodies may be identical, even
+    // empty) must never replay one user's answer to the other.
+    let principal = match Principal::from_request_parts(&mut parts, &()).await {
+        Ok(principal) => principal,
+        Err(refused) => return refused.into_response(),
+    };
+    let key = scoped_key(&principal, &key);
     let Ok(bytes) = to_bytes(body, settings.max_body_bytes).await else {
         return ApiError::BadRequest("request body too large or unreadable".into()).into_response();
     };

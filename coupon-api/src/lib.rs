@@ -3,8 +3,11 @@
 //! Coupon policies (`POST /api/v1/coupons`, `GET /api/v1/coupons/{coupon_id}`) and the FCFS
 //! issue path (`POST /api/v1/coupons/{coupon_id}/issues`): local policy cache → one atomic Redis
 //! Lua script → Kafka publish acknowledged by the broker → `202 Accepted`. See
-//! [`routes::issues`] for the steps and [`startup::Application`] to run it.
+//! [`routes::issues`] for the steps, [`auth`] for who may call what, and
+//! [`startup::Application`] to run it.
 
+pub mod auth;
+pub mod breaker;
 pub mod cache;
 pub mod code_jobs;
 pub mod config;
@@ -12,6 +15,7 @@ pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod invalidation;
+pub mod rate_limit;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -1,4 +1,5 @@
 //! `coupon-api` binary: `coupon-api` serves; `coupon-api migrate` only applies migrations;
+//! `coupon-api token --sub 7 [--role admin]` prints a bearer token;
 //! `coupon-api archive show|list|run` reads the code archive or runs the archival now.
 
 use std::process::ExitCode;
@@ -6,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use coupon_api::config::ApiConfig;
 use coupon_api::startup::Application;
+use coupon_core::auth::{Role, TokenSigner};
 use coupon_core::codes;
 use coupon_core::shutdown::shutdown_signal;
 
@@ -31,6 +33,22 @@ enum Command {
     Serve,
     /// Create the database if missing, apply migrations, and exit.
     Migrate,
+    /// Print a bearer token (JWT) signed with the configured key, for local use: the demo, load
+    /// tests, curl. HS256 uses `JWT_SECRET`; RS256/ES256 need `--private-key`.
+    Token {
+        /// The subject: a user id for user tokens, any name for admin tokens.
+        #[arg(long)]
+        sub: String,
+        /// The role the token carries.
+        #[arg(long, value_enum, default_value = "user")]
+        role: Role,
+        /// Lifetime of the token (seconds).
+        #[arg(long, default_value_t = 3_600)]
+        ttl_secs: u64,
+        /// PEM private key for RS256/ES256 tokens.
+        #[arg(long)]
+        private_key: Option<std::path::PathBuf>,
+    },
     /// Read the code archive, or move long-deleted codes into it now (MySQL only).
     Archive {
         #[command(subcommand)]
@@ -117,6 +135,15 @@ async fn main() -> anyhow::Result<ExitCode> {
             let stores = &cli.config.stores;
             coupon_core::db::prepare(stores.database_url(), 1).await?;
             tracing::info!("migrations applied");
+        }
+        Command::Token {
+            sub,
+            role,
+            ttl_secs,
+            private_key,
+        } => {
+            let signer = TokenSigner::from_config(&cli.config.auth, private_key.as_deref())?;
+            println!("{}", signer.mint(&sub, role, ttl_secs)?);
         }
         Command::Archive { action } => {
             return archive(cli.config.stores.database_url(), action).await;

@@ -2,15 +2,17 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::Router;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
 use coupon_core::admission::{AdmissionStore, RedisKeys};
+use coupon_core::auth::TokenVerifier;
 use coupon_core::kafka::IssuePublisher;
 use coupon_core::stores::Connections;
 use coupon_core::telemetry::{self, names};
@@ -18,32 +20,57 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
+use crate::auth::Authenticator;
+use crate::breaker::RedisBreaker;
 use crate::cache::PolicyCache;
 use crate::code_jobs::CodeJobs;
 use crate::config::ApiConfig;
-use crate::error::{ErrorCode, ErrorDetail};
+use crate::error::{ApiError, ErrorCode, ErrorDetail};
 use crate::idempotency::Idempotency;
 use crate::invalidation;
+use crate::rate_limit::RateLimits;
 use crate::routes;
 use crate::state::{AppState, Shared};
 
-/// The whole app with `state`: routes, `Idempotency-Key` handling, body limit of
-/// `max_body_bytes`, request metrics and error logging. Tests can drive it with `tower::ServiceExt::oneshot`, no socket needed.
-pub fn router(state: AppState, max_body_bytes: usize, idempotency_ttl: chrono::Duration) -> Router {
+/// The whole app with `state`: routes, bearer-token checking, rate limits, `Idempotency-Key`
+/// handling, body limit of `max_body_bytes`, the request timeout, request metrics and error
+/// logging. Tests can drive it with `tower::ServiceExt::oneshot`, no socket needed.
+pub fn router(
+    state: AppState,
+    max_body_bytes: usize,
+    idempotency_ttl: chrono::Duration,
+    request_timeout: Duration,
+) -> Router {
     let idempotency = Idempotency {
         pool: state.pool.clone(),
         ttl: idempotency_ttl,
         max_body_bytes,
     };
+    let authenticator = Authenticator(state.verifier.clone());
     routes::router()
         .layer(middleware::from_fn_with_state(
             idempotency,
             crate::idempotency::middleware,
         ))
+        .layer(Extension(authenticator))
+        .layer(Extension(state.rate_limits.clone()))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            bounded(request_timeout, request, next)
+        }))
         .layer(middleware::from_fn(observe))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Answers 503 `UNAVAILABLE` when the response head is not ready within `limit`.
+async fn bounded(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            ApiError::unavailable(anyhow::anyhow!("no response within {limit:?}")).into_response()
+        }
+    }
 }
 
 /// Records `http_requests_total` (labels `method`, `route`, `status_class`, `outcome`) and
@@ -101,6 +128,7 @@ fn register_metrics() {
     coupon_core::admission::register_metrics();
     crate::routes::issues::register_metrics();
     crate::cache::register_metrics();
+    crate::rate_limit::register_metrics();
     metrics::counter!(names::CODES_GENERATED).increment(0);
     let issue_route = "/api/v1/coupons/{coupon_id}/issues";
     for (status, outcome) in [
@@ -141,6 +169,9 @@ impl Application {
     /// A store is unreachable at start-up or the address cannot be bound.
     pub async fn build(config: ApiConfig) -> anyhow::Result<Self> {
         let stores = &config.stores;
+        let verifier = Arc::new(
+            TokenVerifier::from_config(&config.auth).context("configuring bearer tokens")?,
+        );
         telemetry::install_metrics(config.metrics.metrics_listen)?;
         register_metrics();
         let Connections { pool, redis } = coupon_core::stores::connect(stores).await?;
@@ -164,6 +195,10 @@ impl Application {
         let code_jobs = CodeJobs::new(pool.clone(), config.code_job_lease(), background.clone());
         tokio::spawn(code_jobs.clone().resume_abandoned());
         tokio::spawn(publisher.clone().sample_queue_depth(background.clone()));
+        let breaker = RedisBreaker::new(&config.breaker);
+        tokio::spawn(breaker.clone().probe(admission.clone(), background.clone()));
+        let rate_limits = RateLimits::new(&config.rate_limits);
+        tokio::spawn(rate_limits.clone().retain_recent(background.clone()));
         let state = AppState::new(Shared {
             pool,
             admission,
@@ -172,6 +207,9 @@ impl Application {
             reservation_hold: chrono::Duration::seconds(i64::from(config.reservation_hold_secs)),
             stats: crate::state::stats_cache(),
             code_jobs,
+            verifier,
+            rate_limits: rate_limits.clone(),
+            breaker,
         });
 
         let invalidations_ready = CancellationToken::new();
@@ -192,6 +230,7 @@ impl Application {
                 state.clone(),
                 config.max_body_bytes,
                 chrono::Duration::seconds(i64::from(config.idempotency_ttl_secs)),
+                config.request_timeout(),
             ),
             state,
             background,
@@ -236,7 +275,12 @@ impl Application {
                 stopping.cancel();
             }
         };
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
+        let server = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(signal);
         let grace = self.grace;
         tokio::select! {
             result = server => result.context("serving HTTP")?,

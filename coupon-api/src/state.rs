@@ -50,6 +50,12 @@ pub struct Shared {
     pub stats: moka::future::Cache<CouponId, Arc<StatsView>>,
     /// Runner of code generation jobs.
     pub code_jobs: CodeJobs,
+    /// Circuit breaker of the issue path's Redis calls.
+    pub breaker: crate::breaker::RedisBreaker,
+    /// Per-user and per-address limits of the issue and redeem endpoints.
+    pub rate_limits: crate::rate_limit::RateLimits,
+    /// Checks bearer tokens ([`crate::auth`]).
+    pub verifier: Arc<coupon_core::auth::TokenVerifier>,
 }
 
 /// The stats cache of [`AppState::stats`]: entries live one second.

@@ -28,6 +28,8 @@ use serde_json::{json, Value};
 use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
 
+use coupon_core::auth::{Role, TokenSigner};
+
 use crate::latency::{Latencies, Summary};
 
 /// Settings of `coupon-bench codes`.
@@ -36,6 +38,10 @@ pub struct CodesArgs {
     /// Base URL of coupon-api.
     #[arg(long, env = "API_BASE_URL", default_value = "http://127.0.0.1:8080")]
     base_url: String,
+    /// HS256 secret of the coupon-api under test; the benchmark mints an admin token with it
+    /// (admin tokens act for the user a redeem names).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    jwt_secret: String,
     /// The API's process id, to sample its resident memory during generation.
     #[arg(long)]
     api_pid: Option<u32>,
@@ -128,9 +134,8 @@ pub async fn run(args: CodesArgs) -> anyhow::Result<()> {
     if args.hot < args.generate || args.generate < 1 || args.fill_jobs < 1 {
         bail!("need 1 <= --generate <= --hot and --fill-jobs >= 1");
     }
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency.max(4))
-        .build()?;
+    let token = TokenSigner::hs256(&args.jwt_secret).mint("coupon-bench", Role::Admin, 86_400)?;
+    let http = crate::bearer_client(&token, args.concurrency.max(4))?;
     let api = Api {
         http,
         base: args.base_url.trim_end_matches('/').to_owned(),

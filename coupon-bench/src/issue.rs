@@ -42,6 +42,8 @@ use serde_json::{json, Value};
 use sqlx::MySqlPool;
 use uuid::Uuid;
 
+use coupon_core::auth::{Role, TokenSigner};
+
 use crate::latency::Latencies;
 
 /// Settings of `coupon-bench issue`.
@@ -212,7 +214,13 @@ impl Drop for Service {
 
 struct Bench {
     args: IssueArgs,
+    /// Sends [`Self::token`] with every request.
     http: reqwest::Client,
+    /// HS256 secret the benchmark's coupon-api checks tokens with (random per run).
+    jwt_secret: String,
+    /// Admin token, acting for the user each request names: wrk cannot sign a token per
+    /// user, and checking one costs coupon-api the same HS256 verification as a user token.
+    token: String,
     pool: MySqlPool,
     redis: redis::aio::MultiplexedConnection,
     prefix: String,
@@ -240,6 +248,9 @@ impl Bench {
             .env("KAFKA_BROKERS", &self.args.kafka_brokers)
             .env("KAFKA_ISSUE_TOPIC", &self.issue_topic)
             .env("KAFKA_ISSUE_PARTITIONS", self.args.partitions.to_string())
+            .env("JWT_SECRET", &self.jwt_secret)
+            // wrk is one client address: the per-address limit would refuse most requests.
+            .env("RATE_LIMITS", "off")
             .env("RUST_LOG", "warn,coupon_consumer=info");
     }
 
@@ -467,7 +478,7 @@ impl Bench {
             Some(_) => Some(self.outcomes().await?),
             None => None,
         };
-        let wrk = wrk(&self.args, base, path, users, seconds)?;
+        let wrk = wrk(&self.args, base, path, users, seconds, &self.token)?;
         let errors_http = match (expected, before) {
             (Some(outcome), Some(before)) => {
                 let after = self.settled_outcomes().await?;
@@ -550,12 +561,14 @@ fn wrk(
     path: &str,
     users: &UserPlan,
     seconds: u64,
+    token: &str,
 ) -> anyhow::Result<WrkResult> {
     let (mode, start, count) = match users {
         UserPlan::Fresh { start } => ("fresh", *start, 0),
         UserPlan::Cycle { start, count } => ("cycle", *start, *count),
     };
     let output = Command::new("wrk")
+        .env("BENCH_TOKEN", token)
         .arg(format!("-t{}", args.threads))
         .arg(format!("-c{}", args.connections))
         .arg(format!("-d{seconds}s"))
@@ -832,10 +845,12 @@ pub async fn run(args: IssueArgs) -> anyhow::Result<()> {
     let tag = Uuid::new_v4().simple().to_string();
     let redis_client =
         redis::Client::open(format!("redis://{}:{}", args.redis_host, args.redis_port))?;
+    let jwt_secret = format!("bench-{}", Uuid::new_v4().simple());
+    let token = TokenSigner::hs256(&jwt_secret).mint("coupon-bench", Role::Admin, 86_400)?;
     let bench = Bench {
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()?,
+        http: crate::bearer_client(&token, 64)?,
+        jwt_secret,
+        token,
         pool: MySqlPool::connect(&args.database_url).await?,
         redis: redis_client.get_multiplexed_async_connection().await?,
         prefix: format!("bench:{}:", &tag[..8]),

@@ -7,6 +7,23 @@ mod codes;
 mod issue;
 mod latency;
 
+/// A client for the benchmarks' own API calls that sends `Authorization: Bearer {token}` with
+/// every request and keeps up to `idle` connections.
+///
+/// # Errors
+/// The token is not a valid header value.
+fn bearer_client(token: &str, idle: usize) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse()?,
+    );
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .pool_max_idle_per_host(idle)
+        .build()?)
+}
+
 use clap::{Parser, Subcommand};
 
 /// Benchmarks of couponrush.

@@ -355,6 +355,7 @@ async fn every_metric_a_dashboard_or_alert_queries_is_exported() {
     ])
     .api;
     api.stores = stores.clone();
+    api.auth.jwt_secret = Some(testing::JWT_SECRET.into());
     let app = Application::build(api)
         .await
         .expect("coupon-api (is `make up` running?)");
@@ -391,6 +392,7 @@ async fn every_metric_a_dashboard_or_alert_queries_is_exported() {
     let now = chrono::Utc::now();
     let created: Value = client
         .post(format!("{base}/api/v1/coupons"))
+        .bearer_auth(testing::admin_token())
         .json(&json!({
             "title": "metrics", "coupon_type": "FIRST_COME_FIRST_SERVED", "total_quantity": 5,
             "discount_type": "FIXED", "discount_value": 1000,
@@ -407,7 +409,7 @@ async fn every_metric_a_dashboard_or_alert_queries_is_exported() {
     for user in [1, 2, 3, 3] {
         client
             .post(format!("{base}/api/v1/coupons/{coupon}/issues"))
-            .json(&json!({ "user_id": user }))
+            .bearer_auth(testing::user_token(user))
             .send()
             .await
             .unwrap();

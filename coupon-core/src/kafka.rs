@@ -14,6 +14,10 @@ use crate::config::StoreConfig;
 use crate::message::IssueMessage;
 use crate::telemetry::names;
 
+/// Most messages librdkafka holds in its local queue and in flight (count); its default, set
+/// here so the bound is explicit. At 202-only-after-ack, each one is a request waiting.
+pub const PRODUCER_QUEUE_MAX_MESSAGES: u32 = 100_000;
+
 /// Client settings of an idempotent, `acks=all` producer.
 ///
 /// - `enable.idempotence=true`: the broker de-duplicates librdkafka's internal retries, so a
@@ -25,7 +29,8 @@ use crate::telemetry::names;
 /// - `linger.ms=5`: how long a message may wait for others to share its batch. With the API
 ///   answering 128 connections against tansu, figure (b) of `make bench`
 ///   (`coupon-bench issue --only issue --runs 2`) gave 11,300–11,900 req/s at 2 ms,
-///   12,600–12,700 at 5 and 8,400–8,500 at 10, with the same p99 (22–24 ms) at 2 and 5.
+///   12,600–12,700 at 5 and 8,400–8,500 at 10, with the same p99 (22–24 ms) at 2 and 5;
+/// - `queue.buffering.max.messages`: [`PRODUCER_QUEUE_MAX_MESSAGES`].
 pub fn producer_config(brokers: &str, message_timeout: Duration) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -37,7 +42,11 @@ pub fn producer_config(brokers: &str, message_timeout: Duration) -> ClientConfig
             "message.timeout.ms",
             message_timeout.as_millis().to_string(),
         )
-        .set("socket.connection.setup.timeout.ms", "3000");
+        .set("socket.connection.setup.timeout.ms", "3000")
+        .set(
+            "queue.buffering.max.messages",
+            PRODUCER_QUEUE_MAX_MESSAGES.to_string(),
+        );
     config
 }
 
@@ -87,6 +96,8 @@ pub async fn ensure_topics(stores: &StoreConfig) -> Result<(), KafkaError> {
 pub struct IssuePublisher {
     producer: FutureProducer,
     topic: String,
+    /// Longest wait for room in librdkafka's local queue (the message timeout).
+    queue_timeout: Duration,
 }
 
 impl IssuePublisher {
@@ -98,6 +109,7 @@ impl IssuePublisher {
         Ok(Self {
             producer: producer_config(brokers, message_timeout).create()?,
             topic: topic.to_owned(),
+            queue_timeout: message_timeout,
         })
     }
 
@@ -105,6 +117,10 @@ impl IssuePublisher {
     /// it (`acks=all`), or failed to within `message.timeout.ms`. Records the wait in
     /// `coupon_kafka_produce_duration_seconds` and a failure in
     /// `coupon_kafka_produce_errors_total`.
+    ///
+    /// A full local queue ([`PRODUCER_QUEUE_MAX_MESSAGES`]) is waited on for at most the message
+    /// timeout, then the send fails (`QueueFull`): a broker outage never piles up an unbounded
+    /// backlog of admitted requests.
     ///
     /// # Errors
     /// The message was not acknowledged: the caller must treat it as not sent.
@@ -115,7 +131,7 @@ impl IssuePublisher {
         let started = Instant::now();
         let sent = self
             .producer
-            .send(record, Timeout::Never)
+            .send(record, Timeout::After(self.queue_timeout))
             .await
             .map(drop)
             .map_err(|(err, _)| err);

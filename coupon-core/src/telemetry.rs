@@ -113,6 +113,12 @@ pub mod names {
     pub const CODES_ARCHIVED: &str = "coupon_codes_archived_total";
     /// Counter: codes written by generation jobs.
     pub const CODES_GENERATED: &str = "coupon_codes_generated_total";
+    /// Gauge: the issue path's Redis circuit breaker, 0 closed, 1 half-open, 2 open.
+    pub const REDIS_CIRCUIT_STATE: &str = "coupon_redis_circuit_state";
+    /// Counter: Redis calls refused by the open circuit breaker.
+    pub const REDIS_CIRCUIT_REJECTED: &str = "coupon_redis_circuit_rejected_total";
+    /// Counter: requests refused 429 by a rate limit, by `scope` (`user`, `ip`).
+    pub const RATE_LIMITED: &str = "coupon_rate_limited_total";
 }
 
 static INSTALLED: OnceLock<()> = OnceLock::new();

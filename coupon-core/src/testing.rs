@@ -16,6 +16,23 @@ use crate::domain::{CouponType, DiscountType, NewCouponPolicy};
 /// Prefix of every database a test creates; `make test` drops leftovers before a run.
 pub const TEST_DATABASE_PREFIX: &str = "coupon_test_";
 
+/// HS256 secret of every test's coupon-api (32 bytes, the shortest accepted).
+pub const JWT_SECRET: &str = "couponrush-test-secret-32-bytes!";
+
+/// An admin token for the test secret, valid for an hour.
+pub fn admin_token() -> String {
+    crate::auth::TokenSigner::hs256(JWT_SECRET)
+        .mint("test-admin", crate::auth::Role::Admin, 3_600)
+        .expect("HS256 signing cannot fail")
+}
+
+/// A user token for `user` with the test secret, valid for an hour.
+pub fn user_token(user: i64) -> String {
+    crate::auth::TokenSigner::hs256(JWT_SECRET)
+        .mint(&user.to_string(), crate::auth::Role::User, 3_600)
+        .expect("HS256 signing cannot fail")
+}
+
 /// Store settings isolated for one test: a fresh database name, Redis prefix and topic names
 /// (3 partitions for the issue topic).
 pub fn isolated_stores() -> StoreConfig {
@@ -167,4 +184,126 @@ pub async fn issued_to_users(
         .await
         .expect("issue ids");
     (pool, batch, ids)
+}
+
+/// A Redis server of a test's own (`redis-server` on a free port, in a temporary directory),
+/// so a test can stop and restart it: the Redis failure scenarios. Stopped when dropped.
+#[derive(Debug)]
+pub struct OwnRedis {
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    dir: std::path::PathBuf,
+    persistent: bool,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    /// Starts `redis-server` on a free port. With `persistent`, every write is appended to an
+    /// AOF with `appendfsync always`, so a restart loses nothing; without, a restart loses all.
+    ///
+    /// # Panics
+    /// `redis-server` is not installed or does not answer within 10 s.
+    pub async fn start(persistent: bool) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("couponrush-redis-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let mut redis = Self {
+            port,
+            dir,
+            persistent,
+            child: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    /// `redis://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: no save on the way out).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers, the way a
+    /// hung host looks. [`Self::resume`] thaws it.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        if let Some(child) = &self.child {
+            let _ = std::process::Command::new("kill")
+                .arg(format!("-{name}"))
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
+    /// Starts the server again on the same port and directory, and waits until it answers.
+    ///
+    /// # Panics
+    /// `redis-server` cannot start or does not answer within 10 s.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let mut command = std::process::Command::new("redis-server");
+        command
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--save")
+            .arg("");
+        if self.persistent {
+            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            command.args(["--appendonly", "no"]);
+        }
+        let child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting redis-server (apt-get install redis-server)");
+        self.child = Some(child);
+        let url = self.url();
+        eventually(
+            "the test's redis-server answers PING",
+            Duration::from_secs(10),
+            || {
+                let url = url.clone();
+                async move {
+                    let client = redis::Client::open(url).ok()?;
+                    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .ok()
+                }
+            },
+        )
+        .await;
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use coupon_core::admission::AdmissionStore;
+use coupon_core::auth::{Role, TokenSigner};
 use coupon_core::domain::CouponId;
 use futures::StreamExt;
 use rand::seq::SliceRandom;
@@ -111,6 +112,7 @@ struct ErrorBody {
 pub async fn create_coupon(
     client: &reqwest::Client,
     base: &str,
+    signer: &TokenSigner,
     stock: i64,
 ) -> anyhow::Result<CouponId> {
     let now = chrono::Utc::now();
@@ -127,6 +129,7 @@ pub async fn create_coupon(
     });
     let response = client
         .post(format!("{base}/api/v1/coupons"))
+        .bearer_auth(signer.mint("coupon-demo", Role::Admin, 600)?)
         .json(&body)
         .send()
         .await?;
@@ -142,23 +145,27 @@ pub async fn create_coupon(
 }
 
 /// Fires the race against `POST {base}/api/v1/coupons/{coupon}/issues` and tallies the answers.
+/// Each request carries its user's own token, minted by `signer`, and no body.
 ///
 /// # Errors
-/// The plan is inconsistent. Transport failures are tallied as `"000 TRANSPORT"`, not raised.
+/// The plan is inconsistent, or a token could not be signed. Transport failures are tallied as `"000 TRANSPORT"`, not raised.
 pub async fn race(
     client: &reqwest::Client,
     base: &str,
+    signer: &TokenSigner,
     coupon: CouponId,
     plan: RacePlan,
 ) -> anyhow::Result<RaceReport> {
     let ids = plan.user_ids()?;
+    let tokens = ids
+        .iter()
+        .map(|user| Ok((*user, signer.mint(&user.to_string(), Role::User, 3_600)?)))
+        .collect::<anyhow::Result<BTreeMap<i64, String>>>()?;
     let url = format!("{base}/api/v1/coupons/{coupon}/issues");
     let started = Instant::now();
     let answers: Vec<(i64, String, Duration)> = futures::stream::iter(ids)
         .map(|user| {
-            let request = client
-                .post(&url)
-                .json(&serde_json::json!({ "user_id": user }));
+            let request = client.post(&url).bearer_auth(&tokens[&user]);
             async move {
                 let sent = Instant::now();
                 let label = match request.send().await {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use coupon_core::admission::{self, AdmissionStore, RedisKeys};
+use coupon_core::auth::{AuthConfig, TokenSigner};
 use coupon_core::config::StoreConfig;
 use coupon_core::db;
 use coupon_demo::RacePlan;
@@ -34,6 +35,10 @@ struct Cli {
     /// Longest wait (s) for the consumer to persist every accepted issue.
     #[arg(long, default_value_t = 180)]
     drain_timeout_secs: u64,
+    /// The coupon-api's token settings; the demo mints an admin token (to create the coupon)
+    /// and one token per user with them.
+    #[command(flatten)]
+    auth: AuthConfig,
     /// Where to read the results (the same stores the services use).
     #[command(flatten)]
     stores: StoreConfig,
@@ -49,16 +54,17 @@ async fn main() -> anyhow::Result<()> {
         seed: cli.seed,
     };
     let client = coupon_demo::http_client(cli.concurrency)?;
+    let signer = TokenSigner::from_config(&cli.auth, None)?;
     let pool = db::connect(cli.stores.database_url(), 4).await?;
     let redis = admission::connect(cli.stores.redis_url(), cli.stores.redis_timeout()).await?;
     let redis = AdmissionStore::new(redis, RedisKeys::new(cli.stores.redis_key_prefix.clone()));
 
-    let coupon = coupon_demo::create_coupon(&client, &cli.base_url, cli.stock).await?;
+    let coupon = coupon_demo::create_coupon(&client, &cli.base_url, &signer, cli.stock).await?;
     println!(
         "coupon {coupon}: {} units; firing {} requests from {} users, {} at a time",
         cli.stock, cli.requests, cli.users, cli.concurrency
     );
-    let report = coupon_demo::race(&client, &cli.base_url, coupon, plan).await?;
+    let report = coupon_demo::race(&client, &cli.base_url, &signer, coupon, plan).await?;
     println!(
         "race: {} requests in {:.2} s ({:.0} req/s), latency p50 {:.1} ms, p99 {:.1} ms",
         report.requests,

@@ -10,6 +10,7 @@ use coupon_api::config::ApiConfig;
 use coupon_api::startup::Application;
 use coupon_consumer::config::ConsumerConfig;
 use coupon_consumer::IssueConsumer;
+use coupon_core::auth::TokenSigner;
 use coupon_core::testing;
 use coupon_demo::RacePlan;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +42,9 @@ async fn ten_thousand_requests_from_five_thousand_users_issue_exactly_the_stock(
     ])
     .api;
     api.stores = stores.clone();
+    api.auth.jwt_secret = Some(testing::JWT_SECRET.into());
+    // One client address: the per-address limit would refuse most of the race.
+    api.rate_limits.rate_limits = false;
     let mut consumer =
         ConsumerCli::parse_from(["coupon-consumer", "--metrics-listen", "off"]).consumer;
     consumer.stores = stores.clone();
@@ -68,10 +72,11 @@ async fn ten_thousand_requests_from_five_thousand_users_issue_exactly_the_stock(
         seed: 42,
     };
     let client = coupon_demo::http_client(plan.concurrency).unwrap();
-    let coupon = coupon_demo::create_coupon(&client, &base, STOCK)
+    let signer = TokenSigner::hs256(testing::JWT_SECRET);
+    let coupon = coupon_demo::create_coupon(&client, &base, &signer, STOCK)
         .await
         .unwrap();
-    let report = coupon_demo::race(&client, &base, coupon, plan)
+    let report = coupon_demo::race(&client, &base, &signer, coupon, plan)
         .await
         .unwrap();
     coupon_demo::wait_until_drained(&state.pool, coupon, STOCK, Duration::from_secs(180))

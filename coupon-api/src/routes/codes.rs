@@ -4,6 +4,7 @@
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
+use axum::middleware;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -12,19 +13,23 @@ use coupon_core::code_jobs::{self, GenerationJob};
 use coupon_core::codes::{
     self, ArchivedCode, BulkAction, Code, CodeCursor, CodeFilter, CodeRedemption, CodeView, Topic,
 };
-use coupon_core::domain::{CouponId, UserId};
+use coupon_core::domain::CouponId;
 use coupon_core::queries::{Page, PageOf};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use crate::auth::Admin;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, Caller};
+use crate::rate_limit;
 use crate::state::AppState;
 
-/// Routes of this module.
+/// Routes of this module; the redeem by code is rate-limited ([`rate_limit`]).
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/api/v1/codes/{code}/redeem", post(redeem_code))
+        .route_layer(middleware::from_fn(rate_limit::middleware))
         .route("/api/v1/topics", post(create_topic).get(list_topics))
         .route("/api/v1/topics/{topic_id}", get(get_topic))
         .route(
@@ -44,7 +49,6 @@ pub fn router() -> Router<AppState> {
             "/api/v1/topics/{topic_id}/code-jobs/{job_id}",
             get(generation_job),
         )
-        .route("/api/v1/codes/{code}/redeem", post(redeem_code))
         .route("/api/v1/archive/codes/{code}", get(archived_code))
 }
 
@@ -75,6 +79,7 @@ struct NewTopic {
 /// `POST /api/v1/topics`: 201 with the topic; 404 `COUPON_NOT_FOUND` for an unknown policy.
 async fn create_topic(
     State(state): State<AppState>,
+    _admin: Admin,
     ApiJson(body): ApiJson<NewTopic>,
 ) -> Result<(StatusCode, Json<Topic>), ApiError> {
     let name = body.name.trim();
@@ -100,6 +105,7 @@ struct ListParams {
 /// `GET /api/v1/topics?cursor=&limit=`: newest first.
 async fn list_topics(
     State(state): State<AppState>,
+    _admin: Admin,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<PageOf<Topic>>, ApiError> {
     let page = Page::parse(params.limit, params.cursor.as_deref())?;
@@ -115,6 +121,7 @@ async fn list_topics(
 /// `GET /api/v1/topics/{topic_id}`: the topic, or 404 `TOPIC_NOT_FOUND`.
 async fn get_topic(
     State(state): State<AppState>,
+    _admin: Admin,
     Path(raw): Path<String>,
 ) -> Result<Json<Topic>, ApiError> {
     Ok(Json(topic_of(&state, &raw).await?))
@@ -133,6 +140,7 @@ struct GenerateBody {
 /// stays flat whatever the count, and it survives this instance: see [`crate::code_jobs`].
 async fn generate_codes(
     State(state): State<AppState>,
+    _admin: Admin,
     Path(raw): Path<String>,
     ApiJson(body): ApiJson<GenerateBody>,
 ) -> Result<(StatusCode, Json<GenerationJob>), ApiError> {
@@ -157,6 +165,7 @@ async fn generate_codes(
 /// `GET /api/v1/topics/{topic_id}/code-jobs/{job_id}`: a generation job's progress, or 404.
 async fn generation_job(
     State(state): State<AppState>,
+    _admin: Admin,
     Path((raw_topic, job_id)): Path<(String, i64)>,
 ) -> Result<Json<GenerationJob>, ApiError> {
     let topic = topic_id(&raw_topic)?;
@@ -170,6 +179,7 @@ async fn generation_job(
 /// (`code,status,redeemed_by,redeemed_at,created_at`), streamed row by row from MySQL.
 async fn export_codes(
     State(state): State<AppState>,
+    _admin: Admin,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let topic = topic_of(&state, &raw).await?;
@@ -233,25 +243,18 @@ fn csv_rows(
     })
 }
 
-/// Body of a redeem by code: `{"user_id": 7}`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RedeemCodeBody {
-    user_id: UserId,
-}
-
 /// `POST /api/v1/codes/{code}/redeem`: issues the topic's coupon to the user; 200 with the
-/// issued coupon. 400 `INVALID_CODE`; 404 `CODE_NOT_FOUND`; 409 `CODE_ALREADY_USED`,
+/// issued coupon; acts for the token's user ([`Caller`]: 401, 403). 400 `INVALID_CODE`; 404 `CODE_NOT_FOUND`; 409 `CODE_ALREADY_USED`,
 /// `CODE_SUSPENDED`, `ALREADY_ISSUED`, `COUPON_SUSPENDED`, `SOLD_OUT`. Runs on MySQL alone.
 #[tracing::instrument(name = "redeem_code", skip_all)]
 async fn redeem_code(
     State(state): State<AppState>,
     Path(raw): Path<String>,
-    ApiJson(body): ApiJson<RedeemCodeBody>,
+    caller: Caller,
 ) -> Result<Json<CodeRedemption>, ApiError> {
     let code = Code::parse(&raw).map_err(|e| ApiError::InvalidCode(e.0))?;
     Ok(Json(
-        codes::redeem_code(&state.pool, &code, body.user_id, Utc::now()).await?,
+        codes::redeem_code(&state.pool, &code, caller.user_id, Utc::now()).await?,
     ))
 }
 
@@ -285,6 +288,7 @@ async fn bulk(
 /// 1,000 short transactions; 200 with the count changed (0 on a repeat).
 async fn suspend_codes(
     State(state): State<AppState>,
+    _admin: Admin,
     Path(raw): Path<String>,
 ) -> Result<Json<BulkChanged>, ApiError> {
     bulk(&state, &raw, BulkAction::Suspend).await
@@ -293,6 +297,7 @@ async fn suspend_codes(
 /// `POST /api/v1/topics/{topic_id}/codes/activate`: every suspended code active again.
 async fn activate_codes(
     State(state): State<AppState>,
+    _admin: Admin,
     Path(raw): Path<String>,
 ) -> Result<Json<BulkChanged>, ApiError> {
     bulk(&state, &raw, BulkAction::Activate).await
@@ -301,6 +306,7 @@ async fn activate_codes(
 /// `DELETE /api/v1/topics/{topic_id}/codes`: every code soft-deleted (`DELETED`).
 async fn delete_codes(
     State(state): State<AppState>,
+    _admin: Admin,
     Path(raw): Path<String>,
 ) -> Result<Json<BulkChanged>, ApiError> {
     bulk(&state, &raw, BulkAction::Delete).await
@@ -323,6 +329,7 @@ struct SearchParams {
 /// `{"items": [...], "next_cursor": ...}`; a cursor from another search shape is 422.
 async fn search_codes(
     State(state): State<AppState>,
+    _admin: Admin,
     Path(raw): Path<String>,
     ApiQuery(params): ApiQuery<SearchParams>,
 ) -> Result<Json<PageOf<CodeView>>, ApiError> {
@@ -364,6 +371,7 @@ async fn search_codes(
 /// (soft-deleted long ago), with its redemption; 404 `CODE_NOT_FOUND` otherwise.
 async fn archived_code(
     State(state): State<AppState>,
+    _admin: Admin,
     Path(raw): Path<String>,
 ) -> Result<Json<ArchivedCode>, ApiError> {
     let code = Code::parse(&raw).map_err(|e| ApiError::InvalidCode(e.0))?;

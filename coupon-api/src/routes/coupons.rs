@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde::Serialize;
 use std::sync::Arc;
 
+use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, CouponPath};
 use crate::state::AppState;
@@ -40,6 +41,7 @@ pub fn router() -> Router<AppState> {
 #[tracing::instrument(name = "create_policy", skip_all)]
 async fn create_policy(
     State(state): State<AppState>,
+    _admin: Admin,
     ApiJson(new): ApiJson<NewCouponPolicy>,
 ) -> Result<(StatusCode, Json<CouponPolicy>), ApiError> {
     new.validate()?;
@@ -141,6 +143,7 @@ async fn change(
 #[tracing::instrument(name = "update_policy", skip_all, fields(coupon_id = %id))]
 async fn update_policy(
     State(state): State<AppState>,
+    _admin: Admin,
     CouponPath(id): CouponPath,
     ApiJson(update): ApiJson<PolicyUpdate>,
 ) -> Result<Json<CouponPolicy>, ApiError> {
@@ -151,6 +154,7 @@ async fn update_policy(
 #[tracing::instrument(name = "suspend_policy", skip_all, fields(coupon_id = %id))]
 async fn suspend_policy(
     State(state): State<AppState>,
+    _admin: Admin,
     CouponPath(id): CouponPath,
 ) -> Result<Json<CouponPolicy>, ApiError> {
     change(&state, id, |current| {
@@ -166,6 +170,7 @@ async fn suspend_policy(
 #[tracing::instrument(name = "resume_policy", skip_all, fields(coupon_id = %id))]
 async fn resume_policy(
     State(state): State<AppState>,
+    _admin: Admin,
     CouponPath(id): CouponPath,
 ) -> Result<Json<CouponPolicy>, ApiError> {
     change(&state, id, |current| {
@@ -182,6 +187,7 @@ async fn resume_policy(
 #[tracing::instrument(name = "delete_policy", skip_all, fields(coupon_id = %id))]
 async fn delete_policy(
     State(state): State<AppState>,
+    _admin: Admin,
     CouponPath(id): CouponPath,
 ) -> Result<StatusCode, ApiError> {
     if !repository::delete_policy(&state.pool, id, Utc::now()).await? {
@@ -258,6 +264,7 @@ pub struct StatsView {
 #[tracing::instrument(name = "policy_stats", skip_all, fields(coupon_id = %id))]
 async fn policy_stats(
     State(state): State<AppState>,
+    _admin: Admin,
     CouponPath(id): CouponPath,
 ) -> Result<Json<StatsView>, ApiError> {
     let load = async {

@@ -3,6 +3,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::middleware;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
@@ -16,12 +17,14 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{Caller, CouponPath, CouponUserPath};
+use crate::rate_limit;
 use crate::state::AppState;
 
-/// Routes of this module.
+/// Routes of this module; the issue request is rate-limited ([`rate_limit`]).
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/coupons/{coupon_id}/issues", post(issue_coupon))
+        .route_layer(middleware::from_fn(rate_limit::middleware))
         .route(
             "/api/v1/coupons/{coupon_id}/issues/{user_id}",
             get(issue_status),
@@ -69,6 +72,8 @@ pub struct IssueAccepted {
 ///    for step 3).
 ///
 /// If the publish fails, the admission is undone and the client gets 503 with `Retry-After`.
+/// Redis calls go through the circuit breaker ([`crate::breaker`]): while it is open, a
+/// request that needs Redis is refused 503 at once.
 #[tracing::instrument(name = "issue_coupon", skip_all, fields(coupon_id = %coupon, user_id = %caller.user_id))]
 async fn issue_coupon(
     State(state): State<AppState>,
@@ -143,11 +148,12 @@ async fn check(state: &AppState, coupon: CouponId, user: UserId) -> Result<(), A
         // read-only SISMEMBER. A holder asking again still hears ALREADY_ISSUED.
         let holder = match sold_out {
             Some(holders) => holders.contains(user),
-            None => state
-                .admission
-                .is_admitted(coupon, user)
-                .await
-                .map_err(ApiError::unavailable)?,
+            None => {
+                state
+                    .breaker
+                    .call(state.admission.is_admitted(coupon, user))
+                    .await?
+            }
         };
         return Err(match holder {
             true => ApiError::AlreadyIssued,
@@ -164,10 +170,9 @@ async fn admit_and_publish(
     user: UserId,
 ) -> Result<Uuid, ApiError> {
     match state
-        .admission
-        .admit(coupon, user)
-        .await
-        .map_err(ApiError::unavailable)?
+        .breaker
+        .call(state.admission.admit(coupon, user))
+        .await?
     {
         AdmitOutcome::Admitted => {}
         AdmitOutcome::AlreadyIssued => return Err(ApiError::AlreadyIssued),

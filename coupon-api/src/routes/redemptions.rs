@@ -3,6 +3,7 @@
 //! `…/reserve/cancel`.
 
 use axum::extract::State;
+use axum::middleware;
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
@@ -11,9 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::extract::{ApiJson, UserIssuePath};
+use crate::rate_limit;
 use crate::state::AppState;
 
-/// Routes of this module.
+/// Routes of this module, all rate-limited ([`rate_limit`]).
 pub fn router() -> Router<AppState> {
     Router::new()
         .route(
@@ -36,6 +38,7 @@ pub fn router() -> Router<AppState> {
             "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/reserve/cancel",
             post(release_reservation),
         )
+        .route_layer(middleware::from_fn(rate_limit::middleware))
 }
 
 /// Body of a redeem: `{"order_id": "order-1", "order_amount": 30000}` (smallest currency unit).

@@ -21,7 +21,10 @@ struct Cli {
 /// A running API and a client pointed at it.
 pub struct TestApp {
     pub base: String,
+    /// Sends an admin bearer token unless a request sets its own `Authorization`.
     pub client: reqwest::Client,
+    /// A client with no token.
+    pub anonymous: reqwest::Client,
     pub state: AppState,
     pub stores: StoreConfig,
     stop: CancellationToken,
@@ -49,6 +52,10 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut ApiConfig)) -> TestApp {
     ])
     .api;
     config.stores = testing::isolated_stores();
+    config.auth.jwt_secret = Some(testing::JWT_SECRET.into());
+    // Many tests send bursts from one address and user; tests/api/rate_limits.rs turns the
+    // limits on.
+    config.rate_limits.rate_limits = false;
     adjust(&mut config);
     let stores = config.stores.clone();
     let app = Application::build(config)
@@ -64,11 +71,23 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut ApiConfig)) -> TestApp {
     tokio::spawn(app.run_until_stopped(async move { stopped.cancelled().await }));
     TestApp {
         base,
-        client: reqwest::Client::new(),
+        client: admin_client(),
+        anonymous: reqwest::Client::new(),
         state,
         stores,
         stop,
     }
+}
+
+/// A client that sends the test admin token with every request.
+fn admin_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = format!("Bearer {}", testing::admin_token());
+    headers.insert(reqwest::header::AUTHORIZATION, value.parse().unwrap());
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 impl TestApp {
@@ -95,10 +114,11 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `user` asks for `coupon` with their own token and no body.
     pub async fn issue(&self, coupon: i64, user: i64) -> reqwest::Response {
         self.client
             .post(self.url(&format!("/api/v1/coupons/{coupon}/issues")))
-            .json(&serde_json::json!({ "user_id": user }))
+            .bearer_auth(testing::user_token(user))
             .send()
             .await
             .unwrap()
@@ -122,6 +142,7 @@ impl TestApp {
     pub async fn issue_status(&self, coupon: i64, user: i64) -> reqwest::Response {
         self.client
             .get(self.url(&format!("/api/v1/coupons/{coupon}/issues/{user}")))
+            .bearer_auth(testing::user_token(user))
             .send()
             .await
             .unwrap()

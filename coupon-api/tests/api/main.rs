@@ -4,12 +4,15 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod admin;
+mod auth;
 mod codes;
 mod coupons;
 mod errors;
+mod failures;
 mod helpers;
 mod idempotency;
 mod issues;
 mod queries;
+mod rate_limits;
 mod redemptions;
 mod reservations;

@@ -1,0 +1,113 @@
+//! Failure handling against a Redis server of the test's own, stopped and frozen mid-test.
+
+use std::time::{Duration, Instant};
+
+use coupon_core::domain::CouponId;
+use coupon_core::testing::{self, OwnRedis};
+
+use crate::helpers::{assert_error, spawn_app_with, TestApp};
+
+async fn app_on(redis: &OwnRedis) -> TestApp {
+    let url = redis.url();
+    spawn_app_with(move |c| {
+        c.stores.redis_url = url.into();
+        c.stores.redis_timeout_ms = 300;
+        c.breaker.redis_breaker_failures = 2;
+        c.breaker.redis_breaker_open_ms = 200;
+    })
+    .await
+}
+
+async fn admitted(app: &TestApp, coupon: i64) -> i64 {
+    let coupon = CouponId::parse(coupon).unwrap();
+    app.state.admission.admitted_count(coupon).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_dead_redis_opens_the_breaker_and_issuing_fails_closed_until_it_answers_again() {
+    let mut redis = OwnRedis::start(true).await;
+    let app = app_on(&redis).await;
+    let coupon = app.open_coupon(10).await;
+    assert_eq!(app.issue(coupon, 1).await.status(), 202);
+
+    redis.stop();
+    for user in 2..=6 {
+        let response = app.issue(coupon, user).await;
+        assert!(
+            response.headers().contains_key("retry-after"),
+            "user {user}"
+        );
+        assert_error(response, 503, "UNAVAILABLE").await;
+    }
+    assert!(
+        app.state.breaker.is_open(),
+        "5 failures in a row left the breaker closed"
+    );
+
+    redis.restart().await;
+    testing::eventually("the breaker closes", Duration::from_secs(10), || async {
+        (!app.state.breaker.is_open()).then_some(())
+    })
+    .await;
+    assert_eq!(app.issue(coupon, 2).await.status(), 202);
+    assert_eq!(
+        admitted(&app, coupon).await,
+        2,
+        "someone was admitted while Redis was down"
+    );
+}
+
+#[tokio::test]
+async fn a_frozen_redis_answers_503_within_the_timeout_instead_of_hanging() {
+    let redis = OwnRedis::start(false).await;
+    let app = app_on(&redis).await;
+    let coupon = app.open_coupon(10).await;
+    assert_eq!(app.issue(coupon, 1).await.status(), 202);
+
+    redis.pause();
+    let mut slowest = Duration::ZERO;
+    for user in 2..=5 {
+        let started = Instant::now();
+        let response = app.issue(coupon, user).await;
+        slowest = slowest.max(started.elapsed());
+        assert_error(response, 503, "UNAVAILABLE").await;
+    }
+    redis.resume();
+
+    // The bound is behaviour, not speed: a hung request would take as long as the client
+    // waits; each call has REDIS_TIMEOUT_MS (300 ms here) and at most one retry.
+    assert!(
+        slowest < Duration::from_secs(3),
+        "a request hung for {slowest:?}"
+    );
+    testing::eventually("the breaker closes", Duration::from_secs(10), || async {
+        (!app.state.breaker.is_open()).then_some(())
+    })
+    .await;
+    // The scripts sent while Redis was frozen may still run once it thaws: those admissions
+    // are in doubt (the user heard 503, no message was published). Issuing goes on.
+    assert_eq!(app.issue(coupon, 6).await.status(), 202);
+    assert!((2..=6).contains(&admitted(&app, coupon).await));
+}
+
+#[tokio::test]
+async fn a_request_still_unanswered_at_the_request_timeout_gets_503() {
+    let redis = OwnRedis::start(false).await;
+    let url = redis.url();
+    let app = spawn_app_with(move |c| {
+        c.stores.redis_url = url.into();
+        c.stores.redis_timeout_ms = 20_000;
+        c.request_timeout_ms = 300;
+    })
+    .await;
+    let coupon = app.open_coupon(10).await;
+
+    redis.pause();
+    let started = Instant::now();
+    let response = app.issue(coupon, 1).await;
+    let waited = started.elapsed();
+    redis.resume();
+
+    assert_error(response, 503, "UNAVAILABLE").await;
+    assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
+}
