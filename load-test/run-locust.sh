@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs load-test/locust/locustfile.py headless with the pinned Locust of
-# load-test/locust/requirements.txt, installed into .local/load-test/venv on first use (the same
-# virtual environment run-k6.sh uses). Locust needs Python 3.11 or newer.
+# load-test/locust/requirements.txt (and PyJWT, which signs the tokens), installed into
+# .local/load-test/venv on first use (the same virtual environment run-k6.sh uses). Locust needs
+# Python 3.11 or newer.
 #
 # Defaults match the k6 script: host http://127.0.0.1:8080 (or $BASE_URL), 200 users all started
 # at once, 10,000 issue requests (give-up time 5 minutes). Extra arguments go to `locust` after
@@ -15,6 +16,9 @@
 # The run ends by checking exactness against the API's own stats (test stop in the locustfile);
 # the exit code is non-zero when that check or a threshold (--max-error-ratio, --max-p99-ms)
 # fails.
+# Tokens are signed with $JWT_SECRET, or the local stack's development secret when it is unset
+# (as in scripts/services.sh); it must be the secret coupon-api runs with. Run coupon-api with
+# RATE_LIMITS=off, or its per-address limit answers most of the race 429 (load-test/README.md).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -30,11 +34,18 @@ if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 
 venv=.local/load-test/venv
+# Whether every `name==version` pin of the requirements is installed at that version.
 installed() {
   [ -x "$venv/bin/python" ] && [ -x "$venv/bin/locust" ] &&
-    "$venv/bin/python" -c 'import importlib.metadata as m, sys; print(m.version(sys.argv[1]))' locust 2>/dev/null
+    "$venv/bin/python" - "$requirements" 2>/dev/null <<'PY'
+import importlib.metadata as m, re, sys
+for line in open(sys.argv[1]):
+    pin = re.match(r"\s*([A-Za-z0-9_.-]+)==(\S+)", line)
+    if pin and m.version(pin[1]) != pin[2]:
+        sys.exit(1)
+PY
 }
-if [ "$(installed || true)" != "$LOCUST_VERSION" ]; then
+if ! installed; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet -r "$requirements"
 fi

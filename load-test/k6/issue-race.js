@@ -9,6 +9,19 @@
 // setup() creates a fresh coupon with STOCK units (or reuses COUPON_ID), then REQUESTS issue
 // requests (iterations) are fired for user ids USER_ID_START .. USER_ID_START+USER_ID_COUNT-1.
 //
+// Tokens: coupon-api wants a bearer token (JWT, HS256) on every request but GET /ready. Each
+// issue request is sent as its user, with no body and `Authorization: Bearer <token>`, the
+// token's claims being {"sub": "<user id>", "role": "user", "exp": ..., "iat": ...}. The script
+// signs the tokens itself with JWT_SECRET (k6/crypto HMAC-SHA256): one per user id, all minted
+// once before the race and shared by every VU (a SharedArray), valid for an hour or the planned
+// run plus margin, whichever is longer. setup() (creating the coupon) and teardown() (the stats)
+// use an admin token, {"sub": "load-test", "role": "admin"}. A 401 means JWT_SECRET differs from
+// coupon-api's (or coupon-api expects iss/aud claims: JWT_ISSUER/JWT_AUDIENCE, not sent here).
+//
+// Rate limits: coupon-api's per-address limit (500 req/s, burst 1000, on by default) answers a
+// load generator on one address 429 RATE_LIMITED; run coupon-api with RATE_LIMITS=off. 429s
+// are counted as their own outcome and, being unexpected, as failed requests.
+//
 // Fresh and repeat requests (USER_PICK=share, the default): a share REPEAT_SHARE of the requests
 // re-sends a user id that an earlier request already used (picked at random among those, so
 // some repeats race their user's first request), the others each take the next unused id. The
@@ -20,6 +33,8 @@
 //
 // Parameters, all optional environment variables (-e NAME=value):
 //   BASE_URL          http://127.0.0.1:8080   the coupon-api under test
+//   JWT_SECRET        couponrush-local-development-secret (the local stack's, scripts/services.sh)
+//                              HS256 secret the tokens are signed with: coupon-api's JWT_SECRET
 //   COUPON_ID         -        race for an existing coupon instead of creating one
 //   STOCK             500      total_quantity of the coupon setup() creates
 //   USER_ID_COUNT     5000     number of distinct user ids (users) the requests are for
@@ -47,13 +62,17 @@
 //   SUMMARY_JSON      -        if set, also write k6's full summary JSON to this path
 //
 // k6 exits non-zero (99) when a threshold fails: a 5xx other than 503, more accepted issues than
-// stock (oversold; only when setup() created the coupon), error ratio or p99 above its limit.
+// stock (oversold; only when setup() created the coupon), error ratio (429s included) or p99
+// above its limit.
 // teardown() then checks exactness against GET /api/v1/coupons/{id}/stats: it waits up to 60 s
 // for pending 0 and aborts the run (non-zero exit, 108) when more were admitted or issued than
 // the coupon's total, or admissions stay unpersisted.
 
 import http from 'k6/http';
 import { check, sleep } from 'k6';
+import crypto from 'k6/crypto';
+import { SharedArray } from 'k6/data';
+import encoding from 'k6/encoding';
 import exec from 'k6/execution';
 import { Counter } from 'k6/metrics';
 
@@ -76,6 +95,8 @@ const MAX_ERROR_RATIO = __ENV.MAX_ERROR_RATIO
   : numEnv('MAX_FAILED_RATE', 0.01, 0, 1);
 const P99_MS = numEnv('P99_MS', 1000, 0, Infinity);
 const READY_TIMEOUT_S = intEnv('READY_TIMEOUT_S', 30);
+// The local stack's development secret (scripts/services.sh) unless JWT_SECRET is set.
+const JWT_SECRET = __ENV.JWT_SECRET || 'couponrush-local-development-secret';
 if (!['share', 'random', 'cycle'].includes(USER_PICK)) {
   throw new Error(`USER_PICK must be share, random or cycle, got "${__ENV.USER_PICK}"`);
 }
@@ -86,6 +107,8 @@ const SCENARIO = 'issue_race';
 // One name for every issue URL, so k6 groups them instead of making a series per coupon id.
 const ISSUE_ROUTE = 'POST /api/v1/coupons/{coupon_id}/issues';
 const JSON_HEADERS = { 'Content-Type': 'application/json', Accept: 'application/json' };
+// Subject of the admin token that creates the coupon and reads its stats.
+const ADMIN_SUBJECT = 'load-test';
 
 function intEnv(name, fallback) {
   const raw = __ENV[name];
@@ -106,11 +129,68 @@ function numEnv(name, fallback, min, max) {
   return n;
 }
 
+// Seconds in a k6 duration such as 30s, 2m, 1h30m or 500ms; 0 when the text is not one.
+function durationSeconds(text) {
+  const unit = { ms: 0.001, s: 1, m: 60, h: 3600 };
+  let rest = String(text || '').trim();
+  let total = 0;
+  while (rest) {
+    const m = /^(\d+(?:\.\d+)?)(ms|h|m|s)/.exec(rest);
+    if (!m) return 0;
+    total += Number(m[1]) * unit[m[2]];
+    rest = rest.slice(m[0].length);
+  }
+  return total;
+}
+
+// How long the race may run: DURATION, REQUESTS at RATE, or the give-up time MAX_DURATION.
+function plannedSeconds() {
+  if (DURATION) return durationSeconds(DURATION);
+  if (EXECUTOR === 'constant-arrival-rate') return Math.ceil(REQUESTS / Math.max(1, RATE));
+  return durationSeconds(MAX_DURATION);
+}
+
+// Lifetime of the user tokens, minted once before the race: they must outlast setup()'s wait
+// for /ready and the whole race; at least an hour.
+const TOKEN_TTL_S = Math.max(3600, Math.ceil(plannedSeconds()) + READY_TIMEOUT_S + 600);
+
+// An HS256 JWT for `sub` with `role`, valid for `ttlS` seconds from now, with the claims
+// coupon-api's own signer (`coupon-api token --sub ... --role ...`) puts in.
+const JWT_HEADER = encoding.b64encode(JSON.stringify({ alg: 'HS256', typ: 'JWT' }), 'rawurl');
+function jwt(sub, role, ttlS) {
+  const iat = Math.floor(Date.now() / 1000);
+  const claims = { sub: String(sub), role, exp: iat + ttlS, iat };
+  const unsigned = `${JWT_HEADER}.${encoding.b64encode(JSON.stringify(claims), 'rawurl')}`;
+  return `${unsigned}.${crypto.hmac('sha256', JWT_SECRET, unsigned, 'base64rawurl')}`;
+}
+
+// User tokens, one per user id (index: user id - USER_ID_START), minted once when the test
+// starts and shared read-only by every VU, so the race itself signs nothing.
+const userTokens = new SharedArray('user tokens', () => {
+  const tokens = new Array(USER_ID_COUNT);
+  for (let i = 0; i < USER_ID_COUNT; i++) tokens[i] = jwt(USER_ID_START + i, 'user', TOKEN_TTL_S);
+  return tokens;
+});
+
+// Headers of setup()'s and teardown()'s requests: JSON and a fresh admin token.
+function adminHeaders() {
+  const token = jwt(ADMIN_SUBJECT, 'admin', 3600);
+  return Object.assign({}, JSON_HEADERS, { Authorization: `Bearer ${token}` });
+}
+
+// Why a 401 or 403 happened, for the messages of setup() and teardown().
+function authHint(status) {
+  if (status === 401) return ' (token refused: is JWT_SECRET the secret coupon-api runs with?)';
+  if (status === 403) return ' (the admin token was not accepted as admin)';
+  return '';
+}
+
 // Outcome counters, by HTTP status and, for 409, by the error body's `code`.
 const accepted = new Counter('issue_accepted'); // 202 {"request_id": ..., "status": "PENDING"}
 const alreadyIssued = new Counter('issue_already_issued'); // 409 ALREADY_ISSUED
 const soldOut = new Counter('issue_sold_out'); // 409 SOLD_OUT
 const conflictOther = new Counter('issue_conflict_other'); // 409 with any other code
+const rateLimited = new Counter('issue_rate_limited'); // 429 RATE_LIMITED: coupon-api's limits are on
 const unavailable = new Counter('issue_unavailable'); // 503: Redis/Kafka failing closed
 const serverError = new Counter('issue_server_error'); // 5xx other than 503: a bug
 const other = new Counter('issue_other'); // anything else (4xx, timeouts: status 0)
@@ -227,7 +307,7 @@ export function setup() {
     valid_days: 30,
   };
   const res = http.post(`${BASE_URL}/api/v1/coupons`, JSON.stringify(body), {
-    headers: JSON_HEADERS,
+    headers: adminHeaders(),
     tags: { name: 'POST /api/v1/coupons' },
     responseCallback: http.expectedStatuses(201),
   });
@@ -238,7 +318,7 @@ export function setup() {
     couponId = null;
   }
   if (res.status !== 201 || couponId === undefined || couponId === null) {
-    exec.test.abort(`creating the coupon failed: HTTP ${res.status} ${res.body}`);
+    exec.test.abort(`creating the coupon failed: HTTP ${res.status} ${res.body}${authHint(res.status)}`);
   }
   console.log(`created coupon ${couponId} with stock ${STOCK}`);
   return { couponId: String(couponId), stock: STOCK };
@@ -276,11 +356,16 @@ function jsonField(res, key) {
 export function issue(data) {
   const { userId, repeat } = pickUserId();
   if (repeat) repeats.add(1);
+  // The user is the token's subject; no body (and so no Content-Type: with one, coupon-api
+  // would parse the empty body as JSON and refuse it).
   const res = http.post(
     `${BASE_URL}/api/v1/coupons/${encodeURIComponent(data.couponId)}/issues`,
-    JSON.stringify({ user_id: userId }),
+    null,
     {
-      headers: JSON_HEADERS,
+      headers: {
+        Accept: 'application/json',
+        Authorization: `Bearer ${userTokens[userId - USER_ID_START]}`,
+      },
       tags: { name: ISSUE_ROUTE },
       // 409 (already issued, sold out) is a correct answer in a race, not a failure.
       responseCallback: http.expectedStatuses(202, 409),
@@ -296,6 +381,8 @@ export function issue(data) {
     if (code === 'ALREADY_ISSUED') alreadyIssued.add(1);
     else if (code === 'SOLD_OUT') soldOut.add(1);
     else conflictOther.add(1, { code: code || 'none' });
+  } else if (res.status === 429) {
+    rateLimited.add(1);
   } else if (res.status === 503) {
     unavailable.add(1);
   } else if (res.status >= 500) {
@@ -310,16 +397,20 @@ export function issue(data) {
 // (k6 exits non-zero) when they disagree.
 export function teardown(data) {
   const url = `${BASE_URL}/api/v1/coupons/${data.couponId}/stats`;
+  const headers = adminHeaders();
   let stats = null;
+  let last = null;
   for (let i = 0; i < 120; i++) {
-    const res = http.get(url, { tags: { name: 'GET /api/v1/coupons/{coupon_id}/stats' } });
-    if (res.status === 200) {
-      stats = res.json();
+    last = http.get(url, { headers, tags: { name: 'GET /api/v1/coupons/{coupon_id}/stats' } });
+    if (last.status === 200) {
+      stats = last.json();
       if (stats.pending === 0) break;
     }
     sleep(0.5);
   }
-  if (stats === null) exec.test.abort(`exactness: ${url} never answered 200`);
+  if (stats === null) {
+    exec.test.abort(`exactness: ${url} never answered 200 (last HTTP ${last.status}${authHint(last.status)})`);
+  }
   console.log(`exactness: total ${stats.total}, admitted ${stats.admitted}, issued ${stats.issued}, pending ${stats.pending}`);
   if (stats.total !== null && (stats.admitted > stats.total || stats.issued > stats.total)) {
     exec.test.abort(`exactness: OVERSOLD (admitted ${stats.admitted}, issued ${stats.issued}, total ${stats.total})`);
@@ -344,6 +435,7 @@ export function handleSummary(data) {
     ['409 ALREADY_ISSUED', count(data, 'issue_already_issued')],
     ['409 SOLD_OUT', count(data, 'issue_sold_out')],
     ['409 other code', count(data, 'issue_conflict_other')],
+    ['429 RATE_LIMITED', count(data, 'issue_rate_limited')],
     ['503 unavailable', count(data, 'issue_unavailable')],
     ['5xx other (bug)', count(data, 'issue_server_error')],
     ['other / timeout', count(data, 'issue_other')],
@@ -373,6 +465,10 @@ export function handleSummary(data) {
   const secs = data.state && data.state.testRunDurationMs ? data.state.testRunDurationMs / 1000 : 0;
   if (secs > 0) lines.push(`  throughput ${(total / secs).toFixed(0)} req/s over the whole run (${secs.toFixed(1)}s, setup included)`);
 
+  const limited = count(data, 'issue_rate_limited');
+  if (limited > 0) {
+    lines.push(`  ${limited} answers were 429 RATE_LIMITED: coupon-api's rate limits are on; start it with RATE_LIMITS=off`);
+  }
   if (!COUPON_ID) {
     const got = count(data, 'issue_accepted');
     const verdict = got > STOCK ? 'OVERSOLD' : got === STOCK ? 'sold out exactly' : 'not sold out';

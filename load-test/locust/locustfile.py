@@ -13,6 +13,20 @@ POST /api/v1/coupons/{id}/issues back to back for user ids from --user-id-start 
 --run-time, whichever comes first; --max-requests 0 runs for --run-time alone) and prints the
 outcome counts.
 
+Tokens: coupon-api wants a bearer token (JWT, HS256) on every request but GET /ready. Each issue
+request is sent as its user, with no body and `Authorization: Bearer <token>`, the claims being
+{"sub": "<user id>", "role": "user", "exp": ..., "iat": ...}, signed here with PyJWT and the
+secret in the environment variable JWT_SECRET (default: the local stack's development secret,
+as in scripts/services.sh). Each process mints one token per user id, on the user's first
+request, and keeps it (valid for an hour; renewed when it gets close to expiry). Creating the
+coupon and reading its stats use an admin token, {"sub": "load-test", "role": "admin"}. A 401
+means JWT_SECRET differs from coupon-api's (or coupon-api expects iss/aud claims: JWT_ISSUER /
+JWT_AUDIENCE, not sent here).
+
+Rate limits: coupon-api's per-address limit (500 req/s, burst 1000, on by default) answers a
+load generator on one address 429 RATE_LIMITED; run coupon-api with RATE_LIMITS=off. 429s are
+counted as their own outcome and, being unexpected, as failures.
+
 Fresh and repeat requests (--user-pick share, the default): a share --repeat-share of the
 requests re-sends a user id that an earlier request already used (picked at random among those,
 so some repeats race their user's first request), the others each take the next unused id. The
@@ -27,6 +41,8 @@ ids last), 1 means one user asks every time.
 Parameters (options this file adds; each also read from the environment variable in brackets):
 
     --host (LOCUST_HOST, or BASE_URL)  http://127.0.0.1:8080   the coupon-api under test
+    (JWT_SECRET, environment only)     couponrush-local-development-secret (scripts/services.sh's)
+                                               HS256 secret of the tokens: coupon-api's JWT_SECRET
     --coupon-id (COUPON_ID)            -       race for an existing coupon instead of creating one
     --stock (STOCK)                    500     stock of the coupon created at test start
     --user-id-count (USER_ID_COUNT)    5000    number of distinct user ids (users)
@@ -47,11 +63,11 @@ Parameters (options this file adds; each also read from the environment variable
 Locust's own -u (users, i.e. concurrent clients), -r (spawn rate) and --run-time complete the
 set; load-test/run-locust.sh defaults them to 200, 200 and 5m.
 
-202 and 409 count as successes in Locust's statistics; 503 (the service failing closed), any
-other status and connection errors count as failures. The exit code is decided here, not by
-Locust's "any failure" rule: it is non-zero when the error ratio or the p99 exceeds its
-threshold, a 5xx other than 503 was seen, more issues were accepted than the coupon had stock,
-the locustfile raised, or the exactness check fails.
+202 and 409 count as successes in Locust's statistics; 503 (the service failing closed), 429
+(rate limited), any other status and connection errors count as failures. The exit code is
+decided here, not by Locust's "any failure" rule: it is non-zero when the error ratio or the p99
+exceeds its threshold, a 5xx other than 503 was seen, more issues were accepted than the coupon
+had stock, the locustfile raised, or the exactness check fails.
 
 Exactness check (when the test stops, on the master or the local runner): new requests are held
 back and those in flight answered, then GET /api/v1/coupons/{id}/stats is polled for up to 60 s
@@ -85,6 +101,10 @@ from locust.contrib.fasthttp import FastHttpUser
 from locust.env import Environment
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 
+# PyJWT, imported after locust: locust monkey-patches ssl when imported, and PyJWT imports ssl
+# (gevent warns about modules that imported ssl before the patch).
+import jwt  # noqa: E402
+
 DEFAULT_HOST = (os.environ.get("BASE_URL") or "http://127.0.0.1:8080").rstrip("/")
 # Every issue request is reported under the route, not the URL, so the statistics have one row
 # instead of one per coupon id.
@@ -101,12 +121,21 @@ STATS_WAIT_S = 60.0
 DRAIN_WAIT_S = 15.0
 # How long a user without work sleeps before looking again.
 IDLE_S = 0.25
+# HS256 secret of the tokens: coupon-api's JWT_SECRET; the local stack's development secret
+# (scripts/services.sh) unless set.
+JWT_SECRET = os.environ.get("JWT_SECRET") or "couponrush-local-development-secret"
+# Subject of the admin token that creates the coupon and reads its stats.
+ADMIN_SUBJECT = "load-test"
+# Lifetime of a token (s), and how long before its expiry a cached one is replaced.
+TOKEN_TTL_S = 3600
+TOKEN_RENEW_S = 300
 
 OUTCOMES = (
     ("accepted", "202 accepted"),
     ("already_issued", "409 ALREADY_ISSUED"),
     ("sold_out", "409 SOLD_OUT"),
     ("conflict_other", "409 other code"),
+    ("rate_limited", "429 RATE_LIMITED"),
     ("unavailable", "503 unavailable"),
     ("server_error", "5xx other (bug)"),
     ("other", "other / conn. error"),
@@ -170,6 +199,39 @@ class Race:
 
 
 race = Race()
+
+
+def mint_token(subject: str, role: str) -> tuple[str, int]:
+    """An HS256 JWT for `subject` with `role` (the claims coupon-api reads), and its expiry."""
+    now = int(time.time())
+    exp = now + TOKEN_TTL_S
+    claims = {"sub": subject, "role": role, "exp": exp, "iat": now}
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256"), exp
+
+
+# This process's user tokens by user id: (token, expiry). Minted on a user's first request.
+user_tokens: dict[int, tuple[str, int]] = {}
+
+
+def user_token(user_id: int) -> str:
+    """The token acting for `user_id`: minted once per user (per process), renewed near expiry."""
+    cached = user_tokens.get(user_id)
+    if cached is None or cached[1] - TOKEN_RENEW_S <= time.time():
+        cached = user_tokens[user_id] = mint_token(str(user_id), "user")
+    return cached[0]
+
+
+def admin_token() -> str:
+    return mint_token(ADMIN_SUBJECT, "admin")[0]
+
+
+def auth_hint(status: int) -> str:
+    """Why a 401 or 403 happened, for set-up and check messages."""
+    if status == 401:
+        return " (token refused: is JWT_SECRET the secret coupon-api runs with?)"
+    if status == 403:
+        return " (the admin token was not accepted as admin)"
+    return ""
 
 
 def ratio(text: str) -> float:
@@ -256,12 +318,16 @@ def rfc3339(moment: datetime) -> str:
 
 
 def http_json(method: str, url: str, body: dict[str, Any] | None = None,
-              timeout: float = 10.0) -> tuple[int, Any]:
-    """One request outside Locust's statistics (set-up, checks). Returns (status, parsed body)."""
+              timeout: float = 10.0, token: str | None = None) -> tuple[int, Any]:
+    """One request outside Locust's statistics (set-up, checks), with `token` as its bearer
+    token if given. Returns (status, parsed body)."""
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json",
-                                          "Accept": "application/json"})
+    headers = {"Accept": "application/json"}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as res:
             status, raw = res.status, res.read()
@@ -302,9 +368,10 @@ def create_coupon(host: str, stock: int) -> str:
         "issue_ends_at": rfc3339(now + timedelta(hours=1)),
         "valid_days": 30,
     }
-    status, payload = http_json("POST", f"{host}/api/v1/coupons", body)
+    status, payload = http_json("POST", f"{host}/api/v1/coupons", body, token=admin_token())
     if status != 201 or not isinstance(payload, dict) or payload.get("id") is None:
-        raise RuntimeError(f"creating the coupon failed: HTTP {status} {payload!r}")
+        raise RuntimeError(f"creating the coupon failed: HTTP {status} {payload!r}"
+                           f"{auth_hint(status)}")
     return str(payload["id"])
 
 
@@ -478,15 +545,16 @@ def check_exactness(environment: Environment) -> None:
     stats: dict[str, Any] | None = None
     last: Any = None
     deadline = time.monotonic() + STATS_WAIT_S
+    token = admin_token()
     while True:
         try:
-            status, body = http_json("GET", url, timeout=5)
+            status, body = http_json("GET", url, timeout=5, token=token)
             if status == 200 and isinstance(body, dict):
                 stats = body
                 if body.get("pending") == 0:
                     break
             else:
-                last = f"HTTP {status} {body!r}"
+                last = f"HTTP {status} {body!r}{auth_hint(status)}"
         except OSError as err:
             last = err
         if time.monotonic() >= deadline:
@@ -557,6 +625,8 @@ def classify(status: int, body: Any) -> str:
     if status == 409:
         code = body.get("code") if isinstance(body, dict) else None
         return {"ALREADY_ISSUED": "already_issued", "SOLD_OUT": "sold_out"}.get(code, "conflict_other")
+    if status == 429:
+        return "rate_limited"
     if status == 503:
         return "unavailable"
     if status >= 500:
@@ -614,9 +684,12 @@ class CouponRaceUser(FastHttpUser):
             user_id, repeat = self.pick_user_id(number)
             if repeat:
                 race.record(REPEAT_KEY)
+            # The user is the token's subject; no body (and so no Content-Type: with one,
+            # coupon-api would parse the empty body as JSON and refuse it).
             with self.client.post(
                 f"/api/v1/coupons/{self.coupon_id}/issues",
-                json={"user_id": user_id},
+                headers={"Accept": "application/json",
+                         "Authorization": f"Bearer {user_token(user_id)}"},
                 name=ISSUE_ROUTE,
                 catch_response=True,
             ) as res:
@@ -632,6 +705,8 @@ class CouponRaceUser(FastHttpUser):
                     res.success()
                 elif outcome == "unavailable":
                     res.failure("503 unavailable")
+                elif outcome == "rate_limited":
+                    res.failure("429 RATE_LIMITED")
                 elif res.status_code:
                     res.failure(f"HTTP {res.status_code}")
                 else:
@@ -674,6 +749,9 @@ def on_quitting(environment: Environment, **_kw: Any) -> None:
         lines.append(f"  {'repeat user ids':<20} {repeats:>8}  ({repeats / total:.3f} of requests)")
     if totals.get(UNANSWERED_KEY, 0):
         lines.append(f"  {'cut off, unanswered':<20} {totals[UNANSWERED_KEY]:>8}  (not in the total)")
+    if totals.get("rate_limited", 0):
+        lines.append(f"  {totals['rate_limited']} answers were 429 RATE_LIMITED: coupon-api's rate "
+                     f"limits are on; start it with RATE_LIMITS=off")
 
     s = environment.stats.total
     p50, p95, p99 = (s.get_response_time_percentile(q) if s.num_requests else None
