@@ -36,6 +36,11 @@ pub struct ApiConfig {
     #[arg(long, env = "API_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// The consumer group of coupon-consumer: its committed offsets tell a rebuild of a lost
+    /// admission set which issue messages MySQL does not hold yet.
+    #[arg(long, env = "KAFKA_CONSUMER_GROUP", default_value = "coupon-consumer")]
+    pub kafka_consumer_group: String,
+
     /// Most policies kept in the local cache (count).
     #[arg(long, env = "POLICY_CACHE_CAPACITY", default_value_t = 10_000)]
     pub policy_cache_capacity: u64,

@@ -14,6 +14,7 @@ use axum::{Extension, Router};
 use coupon_core::admission::{AdmissionStore, RedisKeys};
 use coupon_core::auth::TokenVerifier;
 use coupon_core::kafka::IssuePublisher;
+use coupon_core::recovery::IssueLog;
 use coupon_core::stores::Connections;
 use coupon_core::telemetry::{self, names};
 use tokio::net::TcpListener;
@@ -210,6 +211,14 @@ impl Application {
             verifier,
             rate_limits: rate_limits.clone(),
             breaker,
+            issue_log: IssueLog {
+                brokers: stores.kafka_brokers.clone(),
+                topic: stores.kafka_issue_topic.clone(),
+                group: config.kafka_consumer_group.clone(),
+                timeout: Duration::from_secs(5),
+            },
+            rebuild_settle: stores.kafka_message_timeout(),
+            rebuilding: std::sync::Mutex::default(),
         });
 
         let invalidations_ready = CancellationToken::new();

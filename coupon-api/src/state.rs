@@ -50,6 +50,12 @@ pub struct Shared {
     pub stats: moka::future::Cache<CouponId, Arc<StatsView>>,
     /// Runner of code generation jobs.
     pub code_jobs: CodeJobs,
+    /// Where the issue messages are, for rebuilding lost admission sets.
+    pub issue_log: coupon_core::recovery::IssueLog,
+    /// Wait before a rebuild reads the log: the producer's message timeout.
+    pub rebuild_settle: std::time::Duration,
+    /// Coupons this instance is rebuilding now.
+    pub rebuilding: std::sync::Mutex<std::collections::HashSet<CouponId>>,
     /// Circuit breaker of the issue path's Redis calls.
     pub breaker: crate::breaker::RedisBreaker,
     /// Per-user and per-address limits of the issue and redeem endpoints.

@@ -50,6 +50,11 @@ impl RedisKeys {
         format!("{}coupon:{{{coupon}}}:policy", self.prefix)
     }
 
+    /// The lock of `coupon`'s rebuild ([`crate::recovery`]).
+    pub fn rebuild_lock(&self, coupon: CouponId) -> String {
+        format!("{}coupon:{{{coupon}}}:rebuild", self.prefix)
+    }
+
     /// The invalidation channel every API instance subscribes to.
     pub fn invalidation_channel(&self) -> String {
         format!("{}coupon:invalidation", self.prefix)
@@ -286,6 +291,71 @@ impl AdmissionStore {
             .clone()
             .publish(self.keys.invalidation_channel(), json)
             .await
+    }
+
+    /// Takes `coupon`'s rebuild lock for `lease` (`SET NX PX`); false when another instance
+    /// holds it.
+    ///
+    /// # Errors
+    /// Redis is unreachable or timed out.
+    pub async fn lock_rebuild(
+        &self,
+        coupon: CouponId,
+        lease: Duration,
+    ) -> redis::RedisResult<bool> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.keys.rebuild_lock(coupon))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Releases `coupon`'s rebuild lock.
+    ///
+    /// # Errors
+    /// Redis is unreachable or timed out.
+    pub async fn unlock_rebuild(&self, coupon: CouponId) -> redis::RedisResult<()> {
+        self.conn.clone().del(self.keys.rebuild_lock(coupon)).await
+    }
+
+    /// Whether `coupon`'s stock key exists (false: its state was never prepared or was lost).
+    ///
+    /// # Errors
+    /// Redis is unreachable or timed out.
+    pub async fn is_prepared(&self, coupon: CouponId) -> redis::RedisResult<bool> {
+        self.conn.clone().exists(self.keys.stock(coupon)).await
+    }
+
+    /// Restores a lost admission state: adds `members` to the set (10,000 per `SADD`), then
+    /// writes the stock bound only if no stock key exists (`SET NX`) and the policy copy.
+    /// Never deletes: while the stock key is absent nobody can be admitted, so adding members
+    /// first is safe, and a set another rebuild already reopened only gains users who hold
+    /// (or will hold) a row. Returns whether this call wrote the stock key.
+    ///
+    /// # Errors
+    /// Redis is unreachable, timed out, or the policy does not serialise.
+    pub async fn restore(
+        &self,
+        policy: &CouponPolicy,
+        members: &[i64],
+    ) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        for chunk in members.chunks(10_000) {
+            conn.sadd::<_, _, ()>(self.keys.issued(policy.id), chunk)
+                .await?;
+        }
+        self.store_policy(policy).await?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.keys.stock(policy.id))
+            .arg(policy.stock_bound())
+            .arg("NX")
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
     }
 
     /// `PING`, for readiness checks.

@@ -49,6 +49,7 @@ async fn ten_thousand_requests_from_five_thousand_users_issue_exactly_the_stock(
         ConsumerCli::parse_from(["coupon-consumer", "--metrics-listen", "off"]).consumer;
     consumer.stores = stores.clone();
     consumer.group_id = format!("e2e-{}", Uuid::new_v4().simple());
+    api.kafka_consumer_group = consumer.group_id.clone();
 
     let stop = CancellationToken::new();
     let app = Application::build(api)

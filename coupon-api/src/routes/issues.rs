@@ -10,8 +10,8 @@ use chrono::Utc;
 use coupon_core::admission::AdmitOutcome;
 use coupon_core::domain::{CouponId, CouponStatus, IssueState, IssueWindow, UserId};
 use coupon_core::message::IssueMessage;
-use coupon_core::repository;
 use coupon_core::telemetry::names;
+use coupon_core::{recovery, repository};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -72,6 +72,8 @@ pub struct IssueAccepted {
 ///    for step 3).
 ///
 /// If the publish fails, the admission is undone and the client gets 503 with `Retry-After`.
+/// If Redis lost the coupon's state (no stock key), the client gets 503 and the state is
+/// rebuilt ([`coupon_core::recovery`]) before anyone is admitted again.
 /// Redis calls go through the circuit breaker ([`crate::breaker`]): while it is open, a
 /// request that needs Redis is refused 503 at once.
 #[tracing::instrument(name = "issue_coupon", skip_all, fields(coupon_id = %coupon, user_id = %caller.user_id))]
@@ -178,9 +180,10 @@ async fn admit_and_publish(
         AdmitOutcome::AlreadyIssued => return Err(ApiError::AlreadyIssued),
         AdmitOutcome::SoldOut => return Err(ApiError::SoldOut),
         AdmitOutcome::NotPrepared => {
+            start_rebuild(&state, coupon).await;
             return Err(ApiError::unavailable(anyhow::anyhow!(
-                "coupon {coupon} has no stock bound in Redis; its admission state must be rebuilt"
-            )))
+                "coupon {coupon} has no stock bound in Redis; its admission state is being rebuilt"
+            )));
         }
     }
     let message = IssueMessage {
@@ -209,6 +212,41 @@ async fn admit_and_publish(
             ))
         }
     }
+}
+
+/// Starts rebuilding `coupon`'s lost Redis state in the background ([`recovery::rebuild`]),
+/// unless this instance already is; the lock inside keeps other instances from doing it
+/// twice. Issuing for the coupon stays closed (503) until the rebuild writes the stock key.
+async fn start_rebuild(state: &AppState, coupon: CouponId) {
+    if !state
+        .rebuilding
+        .lock()
+        .map(|mut set| set.insert(coupon))
+        .unwrap_or(false)
+    {
+        return;
+    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        let outcome = match state.cache.get(coupon).await {
+            Ok(policy) => recovery::rebuild(
+                &state.pool,
+                &state.admission,
+                &state.issue_log,
+                &policy,
+                state.rebuild_settle,
+            )
+            .await
+            .map(drop),
+            Err(err) => Err(anyhow::anyhow!("loading the policy: {err}")),
+        };
+        if let Err(err) = outcome {
+            tracing::error!(coupon_id = %coupon, error = ?err, "rebuilding the admission state failed; the next request retries");
+        }
+        if let Ok(mut set) = state.rebuilding.lock() {
+            set.remove(&coupon);
+        }
+    });
 }
 
 /// Body of the issue status: `{"coupon_id": 42, "user_id": 7, "status": "ISSUED"}`.

@@ -111,3 +111,49 @@ async fn a_request_still_unanswered_at_the_request_timeout_gets_503() {
     assert_error(response, 503, "UNAVAILABLE").await;
     assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
 }
+
+#[tokio::test]
+async fn after_redis_lost_its_data_the_set_is_rebuilt_from_mysql_and_unpersisted_messages_first() {
+    let mut redis = OwnRedis::start(false).await;
+    let url = redis.url();
+    let app = spawn_app_with(move |c| {
+        c.stores.redis_url = url.into();
+        c.stores.kafka_message_timeout_ms = 3_000;
+    })
+    .await;
+    let coupon = app.open_coupon(5).await;
+    // Users 1 and 2: admitted and published; no consumer runs here, so only the topic has them.
+    assert_eq!(app.issue(coupon, 1).await.status(), 202);
+    assert_eq!(app.issue(coupon, 2).await.status(), 202);
+    // User 3: a row in MySQL whose message the consumer group already committed.
+    testing::persist_issue(&app.state.pool, coupon, 3).await;
+
+    redis.restart().await; // no persistence: every key is gone
+    let id = CouponId::parse(coupon).unwrap();
+    let prepared = testing::eventually(
+        "the restarted Redis answers",
+        Duration::from_secs(10),
+        || async { app.state.admission.is_prepared(id).await.ok() },
+    )
+    .await;
+    assert!(!prepared, "the restart kept the stock key");
+
+    // Closed (503) until the rebuild wrote the stock key back, then open again.
+    let refused = std::sync::atomic::AtomicUsize::new(0);
+    testing::eventually("issuing resumes", Duration::from_secs(30), || async {
+        if app.issue(coupon, 4).await.status() == 202 {
+            return Some(());
+        }
+        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        None
+    })
+    .await;
+    let refused = refused.into_inner();
+    assert!(refused >= 1, "a request was admitted before the rebuild");
+    let mut members = app.state.admission.members(id).await.unwrap();
+    members.sort_unstable();
+    assert_eq!(members, [1, 2, 3, 4]);
+    assert_error(app.issue(coupon, 3).await, 409, "ALREADY_ISSUED").await;
+    assert_eq!(app.issue(coupon, 5).await.status(), 202);
+    assert_error(app.issue(coupon, 6).await, 409, "SOLD_OUT").await;
+}
