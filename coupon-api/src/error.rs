@@ -213,7 +213,7 @@ impl From<sqlx::Error> for ApiError {
 }
 
 /// Error body: `{"code": "SOLD_OUT", "message": "the coupon is sold out"}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Stable code.
     pub code: &'static str,

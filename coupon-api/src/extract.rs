@@ -143,10 +143,11 @@ fn path_rejection(rejection: PathRejection) -> ApiError {
 
 /// Body of an issue (`POST /api/v1/coupons/{coupon_id}/issues`) or of a redeem by code: none,
 /// `{}` or `{"user_id": 7}`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct IssueRequestBody {
-    user_id: Option<UserId>,
+pub struct IssueRequestBody {
+    /// The user the request acts for; defaults to the token's subject.
+    pub user_id: Option<UserId>,
 }
 
 /// Who an issue or a redeem by code acts for: the bearer token's user (see [`Principal::act_for`]). The

@@ -15,6 +15,7 @@ pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod invalidation;
+pub mod openapi;
 pub mod rate_limit;
 pub mod routes;
 pub mod startup;

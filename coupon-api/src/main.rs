@@ -1,5 +1,6 @@
 //! `coupon-api` binary: `coupon-api` serves; `coupon-api migrate` only applies migrations;
-//! `coupon-api token --sub 7 [--role admin]` prints a bearer token;
+//! `coupon-api token --sub 7 [--role admin]` prints a bearer token; `coupon-api openapi`
+//! prints the OpenAPI document;
 //! `coupon-api archive show|list|run` reads the code archive or runs the archival now.
 
 use std::process::ExitCode;
@@ -49,6 +50,8 @@ enum Command {
         #[arg(long)]
         private_key: Option<std::path::PathBuf>,
     },
+    /// Print the OpenAPI document (the one served at `/openapi.json`) and exit.
+    Openapi,
     /// Read the code archive, or move long-deleted codes into it now (MySQL only).
     Archive {
         #[command(subcommand)]
@@ -144,6 +147,9 @@ async fn main() -> anyhow::Result<ExitCode> {
         } => {
             let signer = TokenSigner::from_config(&cli.config.auth, private_key.as_deref())?;
             println!("{}", signer.mint(&sub, role, ttl_secs)?);
+        }
+        Command::Openapi => {
+            println!("{}", coupon_api::openapi::document().to_pretty_json()?);
         }
         Command::Archive { action } => {
             return archive(cli.config.stores.database_url(), action).await;

@@ -15,7 +15,7 @@ use crate::codes;
 
 /// Progress of a generation job: `{"job_id": 4, "topic_id": 3, "requested": 1000000,
 /// "generated": 250000, "status": "RUNNING" | "DONE"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct GenerationJob {
     /// Primary key.
     pub job_id: i64,

@@ -27,7 +27,7 @@ const ALPHABET: &[u8; 36] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 pub const CODE_LEN: usize = 16;
 
 /// A well-formed code: exactly 16 upper-case letters and digits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 pub struct Code(String);
 
 impl Code {
@@ -66,7 +66,7 @@ impl Code {
 }
 
 /// A topic: `{"id": 3, "coupon_id": 1, "name": "Influencer A", "created_at": "…"}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Topic {
     /// Primary key.
     pub id: i64,
@@ -201,7 +201,7 @@ pub enum CodeError {
 
 /// A successful redeem by code: `{"code": "…", "topic_id": 3, "coupon_id": 1,
 /// "coupon_issue_id": 9, "user_id": 7, "status": "ISSUED", "expires_at": "…"}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CodeRedemption {
     /// The code used.
     pub code: Code,
@@ -497,7 +497,7 @@ pub struct CodeFilter {
 
 /// One code as listed: `{"id": 1, "code": "…", "status": "ACTIVE", "redeemed_by": null,
 /// "redeemed_at": null, "created_at": "…"}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CodeView {
     /// Row id (the pagination cursor).
     pub id: i64,
@@ -728,7 +728,7 @@ pub async fn archive_deleted(
 }
 
 /// An archived code: [`CodeView`] plus its topic and when it was archived.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ArchivedCode {
     /// The code as it was.
     #[serde(flatten)]

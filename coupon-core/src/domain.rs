@@ -16,8 +16,9 @@ pub struct ValidationError(pub String);
 macro_rules! positive_id {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(try_from = "i64", into = "i64")]
+        #[schema(value_type = i64)]
         pub struct $name(i64);
 
         impl $name {
@@ -72,7 +73,7 @@ positive_id!(
 );
 
 /// How a policy's stock is bounded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CouponType {
     /// A fixed stock (`total_quantity`) handed out first come, first served.
@@ -82,7 +83,7 @@ pub enum CouponType {
 }
 
 /// How the discount is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DiscountType {
     /// `discount_value` is an amount in the smallest currency unit.
@@ -92,7 +93,7 @@ pub enum DiscountType {
 }
 
 /// Lifecycle state of a policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CouponStatus {
     /// Issuable inside its issue window.
@@ -128,7 +129,7 @@ sql_enum!(DiscountType { Fixed => "FIXED", Percentage => "PERCENTAGE" });
 sql_enum!(CouponStatus { Active => "ACTIVE", Suspended => "SUSPENDED" });
 
 /// A request to create a coupon policy, as the API receives it (`POST /api/v1/coupons`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCouponPolicy {
     /// Shown to users; 1–200 characters.
@@ -239,7 +240,7 @@ impl NewCouponPolicy {
 }
 
 /// A stored coupon policy (`coupons` row), as cached and served.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CouponPolicy {
     /// Primary key.
     pub id: CouponId,
@@ -345,7 +346,7 @@ pub fn expiry(
 }
 
 /// Where one user's issue of one coupon stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum IssueState {
     /// Admitted in Redis and published to Kafka, not yet persisted in MySQL.

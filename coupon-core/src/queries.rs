@@ -46,7 +46,7 @@ impl Page {
 }
 
 /// One page of `T`: `{"items": [...], "next_cursor": "123" | null}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PageOf<T> {
     /// The items, newest first.
     pub items: Vec<T>,
@@ -67,7 +67,7 @@ fn paginate<T>(mut items: Vec<T>, page: Page, id_of: impl Fn(&T) -> i64) -> Page
 pub const ISSUE_STATES: [&str; 4] = ["ISSUED", "RESERVED", "USED", "EXPIRED"];
 
 /// One of a user's coupons, with the policy's display fields.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UserCoupon {
     /// `coupon_issues.id`: what redeem and reserve take.
     pub coupon_issue_id: i64,

@@ -14,7 +14,7 @@ use crate::events::{self, EventType};
 use crate::repository;
 
 /// An order reference from the shop: 1–64 characters of `A-Z a-z 0-9 - _ . :`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct OrderId(String);
 
 impl OrderId {
@@ -46,7 +46,7 @@ impl OrderId {
 /// A successful redemption: `{"coupon_issue_id": 9, "coupon_id": 1, "user_id": 7,
 /// "order_id": "o-1", "order_amount": 30000, "discount_amount": 5000, "final_amount": 25000,
 /// "status": "USED", "redeemed_at": "…"}`. Amounts in the smallest currency unit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Redemption {
     /// The issued coupon (`coupon_issues.id`).
     pub coupon_issue_id: i64,
@@ -315,7 +315,7 @@ pub async fn cancel_redemption(
 /// A checkout hold: `{"coupon_issue_id": 9, "coupon_id": 1, "user_id": 7, "order_id": "o-1",
 /// "order_amount": 30000, "discount_amount": 5000, "final_amount": 25000,
 /// "status": "RESERVED", "reserved_until": "…"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Reservation {
     /// The held coupon.
     pub coupon_issue_id: i64,

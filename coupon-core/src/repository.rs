@@ -299,7 +299,7 @@ pub async fn persist_batch(
 
 /// Changes an operator may make to a live policy; absent fields stay as they are. The stock,
 /// the discount and the start of the issue window are fixed once users may hold the coupon.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyUpdate {
     /// New title, 1–200 characters.

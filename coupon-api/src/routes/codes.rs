@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use crate::auth::Admin;
-use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiQuery, Caller};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiQuery, Caller, IssueRequestBody};
 use crate::rate_limit;
 use crate::state::AppState;
 
@@ -69,7 +69,7 @@ async fn topic_of(state: &AppState, raw: &str) -> Result<Topic, ApiError> {
 }
 
 /// Body of a topic: `{"coupon_id": 1, "name": "Influencer A"}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewTopic {
     coupon_id: CouponId,
@@ -77,6 +77,21 @@ struct NewTopic {
 }
 
 /// `POST /api/v1/topics`: 201 with the topic; 404 `COUPON_NOT_FOUND` for an unknown policy.
+#[utoipa::path(
+    post,
+    path = "/api/v1/topics",
+    tag = "codes",
+    request_body = NewTopic,
+    responses(
+        (status = 201, body = Topic),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
+        (status = 400, description = "VALIDATION_FAILED: unreadable body or path", body = ErrorBody),
+        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn create_topic(
     State(state): State<AppState>,
     _admin: Admin,
@@ -95,7 +110,8 @@ async fn create_topic(
 }
 
 /// Query of the topic list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
     cursor: Option<String>,
@@ -103,6 +119,19 @@ struct ListParams {
 }
 
 /// `GET /api/v1/topics?cursor=&limit=`: newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/topics",
+    tag = "codes",
+    params(ListParams),
+    responses(
+        (status = 200, body = PageOf<Topic>),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn list_topics(
     State(state): State<AppState>,
     _admin: Admin,
@@ -119,6 +148,19 @@ async fn list_topics(
 }
 
 /// `GET /api/v1/topics/{topic_id}`: the topic, or 404 `TOPIC_NOT_FOUND`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/topics/{topic_id}",
+    tag = "codes",
+    params(("topic_id" = i64, Path, description = "topic id")),
+    responses(
+        (status = 200, body = Topic),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 404, description = "TOPIC_NOT_FOUND", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn get_topic(
     State(state): State<AppState>,
     _admin: Admin,
@@ -128,7 +170,7 @@ async fn get_topic(
 }
 
 /// Body of a generation request: `{"count": 1000}` (1–10,000,000).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GenerateBody {
     count: i64,
@@ -138,6 +180,22 @@ struct GenerateBody {
 /// "requested": 1000000, "generated": 0, "status": "RUNNING"}`) whose progress
 /// `GET …/code-jobs/{job_id}` reports. The job commits 1,000 codes per transaction, so memory
 /// stays flat whatever the count, and it survives this instance: see [`crate::code_jobs`].
+#[utoipa::path(
+    post,
+    path = "/api/v1/topics/{topic_id}/codes",
+    tag = "codes",
+    params(("topic_id" = i64, Path, description = "topic id")),
+    request_body = GenerateBody,
+    responses(
+        (status = 202, description = "generation job started", body = GenerationJob),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 404, description = "TOPIC_NOT_FOUND", body = ErrorBody),
+        (status = 400, description = "VALIDATION_FAILED: unreadable body or path", body = ErrorBody),
+        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn generate_codes(
     State(state): State<AppState>,
     _admin: Admin,
@@ -163,6 +221,19 @@ async fn generate_codes(
 }
 
 /// `GET /api/v1/topics/{topic_id}/code-jobs/{job_id}`: a generation job's progress, or 404.
+#[utoipa::path(
+    get,
+    path = "/api/v1/topics/{topic_id}/code-jobs/{job_id}",
+    tag = "codes",
+    params(("topic_id" = i64, Path, description = "topic id"), ("job_id" = i64, Path, description = "generation job id")),
+    responses(
+        (status = 200, body = GenerationJob),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 404, description = "TOPIC_NOT_FOUND or NOT_FOUND", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn generation_job(
     State(state): State<AppState>,
     _admin: Admin,
@@ -177,6 +248,19 @@ async fn generation_job(
 
 /// `GET /api/v1/topics/{topic_id}/codes.csv`: every live code of the topic as CSV
 /// (`code,status,redeemed_by,redeemed_at,created_at`), streamed row by row from MySQL.
+#[utoipa::path(
+    get,
+    path = "/api/v1/topics/{topic_id}/codes.csv",
+    tag = "codes",
+    params(("topic_id" = i64, Path, description = "topic id")),
+    responses(
+        (status = 200, description = "CSV: code,status,redeemed_by,redeemed_at,created_at", content_type = "text/csv", body = String),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 404, description = "TOPIC_NOT_FOUND", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn export_codes(
     State(state): State<AppState>,
     _admin: Admin,
@@ -247,6 +331,23 @@ fn csv_rows(
 /// issued coupon; acts for the token's user ([`Caller`]: 401, 403). 400 `INVALID_CODE`; 404 `CODE_NOT_FOUND`; 409 `CODE_ALREADY_USED`,
 /// `CODE_SUSPENDED`, `ALREADY_ISSUED`, `COUPON_SUSPENDED`, `SOLD_OUT`. Runs on MySQL alone.
 #[tracing::instrument(name = "redeem_code", skip_all)]
+#[utoipa::path(
+    post,
+    path = "/api/v1/codes/{code}/redeem",
+    tag = "codes",
+    params(("code" = String, Path, description = "16 letters and digits; any case, with - _ or space separators")),
+    request_body(content = Option<IssueRequestBody>, description = "none, {}, or {\"user_id\": n}"),
+    responses(
+        (status = 200, body = CodeRedemption),
+        (status = 400, description = "INVALID_CODE or VALIDATION_FAILED", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token may not act for this user", body = ErrorBody),
+        (status = 404, description = "CODE_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "CODE_ALREADY_USED, CODE_SUSPENDED, ALREADY_ISSUED, COUPON_SUSPENDED or SOLD_OUT", body = ErrorBody),
+        (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn redeem_code(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -259,7 +360,7 @@ async fn redeem_code(
 }
 
 /// Answer of a bulk change: `{"topic_id": 3, "changed": 1000000}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct BulkChanged {
     topic_id: i64,
     changed: u64,
@@ -286,6 +387,19 @@ async fn bulk(
 
 /// `POST /api/v1/topics/{topic_id}/codes/suspend`: every active code suspended, in batches of
 /// 1,000 short transactions; 200 with the count changed (0 on a repeat).
+#[utoipa::path(
+    post,
+    path = "/api/v1/topics/{topic_id}/codes/suspend",
+    tag = "codes",
+    params(("topic_id" = i64, Path, description = "topic id")),
+    responses(
+        (status = 200, body = BulkChanged),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 404, description = "TOPIC_NOT_FOUND", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn suspend_codes(
     State(state): State<AppState>,
     _admin: Admin,
@@ -295,6 +409,19 @@ async fn suspend_codes(
 }
 
 /// `POST /api/v1/topics/{topic_id}/codes/activate`: every suspended code active again.
+#[utoipa::path(
+    post,
+    path = "/api/v1/topics/{topic_id}/codes/activate",
+    tag = "codes",
+    params(("topic_id" = i64, Path, description = "topic id")),
+    responses(
+        (status = 200, body = BulkChanged),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 404, description = "TOPIC_NOT_FOUND", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn activate_codes(
     State(state): State<AppState>,
     _admin: Admin,
@@ -304,6 +431,19 @@ async fn activate_codes(
 }
 
 /// `DELETE /api/v1/topics/{topic_id}/codes`: every code soft-deleted (`DELETED`).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/topics/{topic_id}/codes",
+    tag = "codes",
+    params(("topic_id" = i64, Path, description = "topic id")),
+    responses(
+        (status = 200, body = BulkChanged),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 404, description = "TOPIC_NOT_FOUND", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn delete_codes(
     State(state): State<AppState>,
     _admin: Admin,
@@ -313,7 +453,8 @@ async fn delete_codes(
 }
 
 /// Query of the code search.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SearchParams {
     status: Option<String>,
@@ -327,6 +468,20 @@ struct SearchParams {
 /// `GET /api/v1/topics/{topic_id}/codes?status=&redeemed=&created_from=&created_to=&cursor=&limit=`:
 /// newest first (by id; by creation time for a creation range alone), keyset pagination,
 /// `{"items": [...], "next_cursor": ...}`; a cursor from another search shape is 422.
+#[utoipa::path(
+    get,
+    path = "/api/v1/topics/{topic_id}/codes",
+    tag = "codes",
+    params(("topic_id" = i64, Path, description = "topic id"), SearchParams),
+    responses(
+        (status = 200, body = PageOf<CodeView>),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 404, description = "TOPIC_NOT_FOUND", body = ErrorBody),
+        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn search_codes(
     State(state): State<AppState>,
     _admin: Admin,
@@ -369,6 +524,20 @@ async fn search_codes(
 
 /// `GET /api/v1/archive/codes/{code}`: a code the archival job moved out of the hot table
 /// (soft-deleted long ago), with its redemption; 404 `CODE_NOT_FOUND` otherwise.
+#[utoipa::path(
+    get,
+    path = "/api/v1/archive/codes/{code}",
+    tag = "codes",
+    params(("code" = String, Path, description = "16 letters and digits; any case, with - _ or space separators")),
+    responses(
+        (status = 200, body = ArchivedCode),
+        (status = 400, description = "INVALID_CODE", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 404, description = "CODE_NOT_FOUND", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn archived_code(
     State(state): State<AppState>,
     _admin: Admin,
@@ -380,3 +549,21 @@ async fn archived_code(
         archived.ok_or(ApiError::Code(codes::CodeError::NotFound))?,
     ))
 }
+
+/// The OpenAPI description of this module's routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    create_topic,
+    list_topics,
+    get_topic,
+    generate_codes,
+    generation_job,
+    export_codes,
+    redeem_code,
+    suspend_codes,
+    activate_codes,
+    delete_codes,
+    search_codes,
+    archived_code
+))]
+pub(crate) struct Doc;

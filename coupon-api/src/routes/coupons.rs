@@ -16,7 +16,7 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use crate::auth::Admin;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, CouponPath};
 use crate::state::AppState;
 
@@ -39,6 +39,21 @@ pub fn router() -> Router<AppState> {
 /// 201 with the stored policy; 422 `VALIDATION_FAILED` for a policy that breaks a rule;
 /// 503 `UNAVAILABLE` when MySQL or Redis cannot take it (nothing is stored then).
 #[tracing::instrument(name = "create_policy", skip_all)]
+#[utoipa::path(
+    post,
+    path = "/api/v1/coupons",
+    tag = "policies",
+    request_body = NewCouponPolicy,
+    responses(
+        (status = 201, body = CouponPolicy),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 400, description = "VALIDATION_FAILED: unreadable body or path", body = ErrorBody),
+        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody),
+        (status = 503, description = "UNAVAILABLE: a store cannot serve now; Retry-After", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn create_policy(
     State(state): State<AppState>,
     _admin: Admin,
@@ -58,7 +73,7 @@ async fn create_policy(
 }
 
 /// A policy with its live counts.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PolicyView {
     /// The stored policy (fields as in `coupons`).
     #[serde(flatten)]
@@ -74,6 +89,18 @@ pub struct PolicyView {
 /// The policy, read fresh from MySQL, with counts from MySQL (`issued`) and the Redis admission
 /// set (`pending`, `remaining`). 404 `COUPON_NOT_FOUND`; 503 when a store cannot answer.
 #[tracing::instrument(name = "get_policy", skip_all, fields(coupon_id = %coupon))]
+#[utoipa::path(
+    get,
+    path = "/api/v1/coupons/{coupon_id}",
+    tag = "policies",
+    params(("coupon_id" = i64, Path, description = "coupon policy id")),
+    responses(
+        (status = 200, body = PolicyView),
+        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
+        (status = 400, description = "VALIDATION_FAILED: unreadable body or path", body = ErrorBody),
+        (status = 503, description = "UNAVAILABLE: a store cannot serve now; Retry-After", body = ErrorBody)
+    )
+)]
 async fn get_policy(
     State(state): State<AppState>,
     CouponPath(coupon): CouponPath,
@@ -141,6 +168,23 @@ async fn change(
 /// `valid_until`: 200 with the policy; 422 for a change that breaks a rule; 404 when absent.
 /// Validity changes apply to coupons issued from then on.
 #[tracing::instrument(name = "update_policy", skip_all, fields(coupon_id = %id))]
+#[utoipa::path(
+    patch,
+    path = "/api/v1/coupons/{coupon_id}",
+    tag = "policies",
+    params(("coupon_id" = i64, Path, description = "coupon policy id")),
+    request_body = PolicyUpdate,
+    responses(
+        (status = 200, body = CouponPolicy),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "the change is not allowed once users may hold the coupon", body = ErrorBody),
+        (status = 400, description = "VALIDATION_FAILED: unreadable body or path", body = ErrorBody),
+        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn update_policy(
     State(state): State<AppState>,
     _admin: Admin,
@@ -152,6 +196,19 @@ async fn update_policy(
 
 /// `POST /api/v1/coupons/{coupon_id}/suspend`: stops issuing and using; 200 with the policy.
 #[tracing::instrument(name = "suspend_policy", skip_all, fields(coupon_id = %id))]
+#[utoipa::path(
+    post,
+    path = "/api/v1/coupons/{coupon_id}/suspend",
+    tag = "policies",
+    params(("coupon_id" = i64, Path, description = "coupon policy id")),
+    responses(
+        (status = 200, body = CouponPolicy),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn suspend_policy(
     State(state): State<AppState>,
     _admin: Admin,
@@ -168,6 +225,19 @@ async fn suspend_policy(
 
 /// `POST /api/v1/coupons/{coupon_id}/resume`: issuing and using again; 200 with the policy.
 #[tracing::instrument(name = "resume_policy", skip_all, fields(coupon_id = %id))]
+#[utoipa::path(
+    post,
+    path = "/api/v1/coupons/{coupon_id}/resume",
+    tag = "policies",
+    params(("coupon_id" = i64, Path, description = "coupon policy id")),
+    responses(
+        (status = 200, body = CouponPolicy),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn resume_policy(
     State(state): State<AppState>,
     _admin: Admin,
@@ -185,6 +255,19 @@ async fn resume_policy(
 /// `DELETE /api/v1/coupons/{coupon_id}`: soft delete; 204. The policy then reads as 404 and
 /// issues as `COUPON_NOT_FOUND`; coupons already issued keep their rows but cannot be used.
 #[tracing::instrument(name = "delete_policy", skip_all, fields(coupon_id = %id))]
+#[utoipa::path(
+    delete,
+    path = "/api/v1/coupons/{coupon_id}",
+    tag = "policies",
+    params(("coupon_id" = i64, Path, description = "coupon policy id")),
+    responses(
+        (status = 204, description = "soft-deleted"),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn delete_policy(
     State(state): State<AppState>,
     _admin: Admin,
@@ -199,7 +282,8 @@ async fn delete_policy(
 }
 
 /// Query parameters of the policy search.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SearchParams {
     status: Option<CouponStatus>,
@@ -213,6 +297,16 @@ struct SearchParams {
 /// `status` `ACTIVE`/`SUSPENDED`, `active_at` an RFC 3339 instant inside the issue window, `q`
 /// text in the title, `limit` 1–100 (default 20). `{"items": [...], "next_cursor": ...}`.
 #[tracing::instrument(name = "search_policies", skip_all)]
+#[utoipa::path(
+    get,
+    path = "/api/v1/coupons",
+    tag = "policies",
+    params(SearchParams),
+    responses(
+        (status = 200, body = PageOf<CouponPolicy>),
+        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody)
+    )
+)]
 async fn search_policies(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<SearchParams>,
@@ -232,7 +326,7 @@ async fn search_policies(
 /// "issued": 500, "pending": 0, "available": 480, "reserved": 5, "used": 10, "expired": 5,
 /// "remaining": 0, "redemption_rate": 0.02}` (counts; `total` and `remaining` are `null` for
 /// unlimited coupons; `redemption_rate` = used / issued).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StatsView {
     /// The coupon.
     pub coupon_id: CouponId,
@@ -262,6 +356,20 @@ pub struct StatsView {
 /// (concurrent pollers share one computation), from the `(coupon_id, status)` index and one
 /// `SCARD`, so dashboards can poll every second during a drop.
 #[tracing::instrument(name = "policy_stats", skip_all, fields(coupon_id = %id))]
+#[utoipa::path(
+    get,
+    path = "/api/v1/coupons/{coupon_id}/stats",
+    tag = "policies",
+    params(("coupon_id" = i64, Path, description = "coupon policy id")),
+    responses(
+        (status = 200, body = StatsView),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
+        (status = 503, description = "UNAVAILABLE: a store cannot serve now; Retry-After", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn policy_stats(
     State(state): State<AppState>,
     _admin: Admin,
@@ -306,3 +414,17 @@ async fn policy_stats(
         })?;
     Ok(Json((*stats).clone()))
 }
+
+/// The OpenAPI description of this module's routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    create_policy,
+    get_policy,
+    update_policy,
+    suspend_policy,
+    resume_policy,
+    delete_policy,
+    search_policies,
+    policy_stats
+))]
+pub(crate) struct Doc;

@@ -21,12 +21,20 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Liveness: `200 {"status":"UP"}` while the process serves HTTP.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    responses(
+        (status = 200, description = "the process serves HTTP")
+    )
+)]
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "UP"}))
 }
 
 /// Readiness report: each dependency `true` when it answered in time.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Readiness {
     mysql: bool,
     redis: bool,
@@ -35,6 +43,15 @@ struct Readiness {
 
 /// Readiness: 200 when MySQL, Redis and Kafka all answered within 2 s, else 503 with the
 /// per-dependency report.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "health",
+    responses(
+        (status = 200, body = Readiness),
+        (status = 503, description = "a dependency did not answer", body = Readiness)
+    )
+)]
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let mysql = async {
         tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&state.pool))
@@ -62,3 +79,8 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
         }),
     )
 }
+
+/// The OpenAPI description of this module's routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(health, ready))]
+pub(crate) struct Doc;

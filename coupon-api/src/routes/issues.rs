@@ -15,8 +15,8 @@ use coupon_core::{recovery, repository};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::error::ApiError;
-use crate::extract::{Caller, CouponPath, CouponUserPath};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{Caller, CouponPath, CouponUserPath, IssueRequestBody};
 use crate::rate_limit;
 use crate::state::AppState;
 
@@ -52,7 +52,7 @@ pub(crate) fn register_metrics() {
 }
 
 /// Body of a `202 Accepted`: `{"request_id": "0193…", "status": "PENDING"}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IssueAccepted {
     /// Id of this issue request (UUIDv7); stored with the row.
     pub request_id: Uuid,
@@ -77,6 +77,25 @@ pub struct IssueAccepted {
 /// Redis calls go through the circuit breaker ([`crate::breaker`]): while it is open, a
 /// request that needs Redis is refused 503 at once.
 #[tracing::instrument(name = "issue_coupon", skip_all, fields(coupon_id = %coupon, user_id = %caller.user_id))]
+#[utoipa::path(
+    post,
+    path = "/api/v1/coupons/{coupon_id}/issues",
+    tag = "issues",
+    params(("coupon_id" = i64, Path, description = "coupon policy id")),
+    request_body(content = Option<IssueRequestBody>, description = "none, {}, or {\"user_id\": n} (must be the token's user; names the user for an admin token)"),
+    responses(
+        (status = 202, description = "admitted; the issue message is on the broker", body = IssueAccepted),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token may not act for this user", body = ErrorBody),
+        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "ALREADY_ISSUED, SOLD_OUT, ISSUE_WINDOW_CLOSED or COUPON_SUSPENDED", body = ErrorBody),
+        (status = 400, description = "VALIDATION_FAILED: unreadable body or path", body = ErrorBody),
+        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody),
+        (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody),
+        (status = 503, description = "UNAVAILABLE: a store cannot serve now; Retry-After", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn issue_coupon(
     State(state): State<AppState>,
     CouponPath(coupon): CouponPath,
@@ -250,7 +269,7 @@ async fn start_rebuild(state: &AppState, coupon: CouponId) {
 }
 
 /// Body of the issue status: `{"coupon_id": 42, "user_id": 7, "status": "ISSUED"}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IssueStatusView {
     /// The coupon policy.
     pub coupon_id: CouponId,
@@ -264,6 +283,21 @@ pub struct IssueStatusView {
 /// when only the admission set has the user, else 404 `ISSUE_NOT_FOUND` (404
 /// `COUPON_NOT_FOUND` when the coupon itself is unknown).
 #[tracing::instrument(name = "issue_status", skip_all, fields(coupon_id = %coupon, user_id = %user))]
+#[utoipa::path(
+    get,
+    path = "/api/v1/coupons/{coupon_id}/issues/{user_id}",
+    tag = "issues",
+    params(("coupon_id" = i64, Path, description = "coupon policy id"), ("user_id" = i64, Path, description = "user id; must be the token's subject unless the token is admin")),
+    responses(
+        (status = 200, body = IssueStatusView),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token may not act for this user", body = ErrorBody),
+        (status = 404, description = "COUPON_NOT_FOUND or ISSUE_NOT_FOUND", body = ErrorBody),
+        (status = 400, description = "VALIDATION_FAILED: unreadable body or path", body = ErrorBody),
+        (status = 503, description = "UNAVAILABLE: a store cannot serve now; Retry-After", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn issue_status(
     State(state): State<AppState>,
     CouponUserPath(coupon, user): CouponUserPath,
@@ -287,3 +321,8 @@ async fn issue_status(
         status,
     }))
 }
+
+/// The OpenAPI description of this module's routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(issue_coupon, issue_status))]
+pub(crate) struct Doc;

@@ -21,5 +21,6 @@ pub fn router() -> Router<AppState> {
         .merge(redemptions::router())
         .merge(users::router())
         .merge(health::router())
+        .merge(crate::openapi::router())
         .fallback(|| async { ApiError::RouteNotFound })
 }

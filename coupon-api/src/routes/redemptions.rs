@@ -10,7 +10,7 @@ use chrono::Utc;
 use coupon_core::redemption::{self, OrderId, Redemption, Reservation};
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, UserIssuePath};
 use crate::rate_limit;
 use crate::state::AppState;
@@ -42,7 +42,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Body of a redeem: `{"order_id": "order-1", "order_amount": 30000}` (smallest currency unit).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RedeemBody {
     order_id: String,
@@ -53,6 +53,23 @@ struct RedeemBody {
 /// 404 `COUPON_NOT_FOUND`, 409 `ALREADY_USED` / `COUPON_RESERVED` / `COUPON_EXPIRED` /
 /// `COUPON_NOT_YET_VALID` / `COUPON_SUSPENDED`, 422 `MIN_ORDER_AMOUNT_NOT_MET`.
 #[tracing::instrument(name = "redeem", skip_all, fields(user_id = %user, coupon_issue_id = issue))]
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/redeem",
+    tag = "redemptions",
+    params(("user_id" = i64, Path, description = "user id; must be the token's subject unless the token is admin"), ("coupon_issue_id" = i64, Path, description = "coupon_issues.id")),
+    request_body = RedeemBody,
+    responses(
+        (status = 200, body = Redemption),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token may not act for this user", body = ErrorBody),
+        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "ALREADY_USED, COUPON_RESERVED, COUPON_EXPIRED, COUPON_NOT_YET_VALID or COUPON_SUSPENDED", body = ErrorBody),
+        (status = 422, description = "MIN_ORDER_AMOUNT_NOT_MET or VALIDATION_FAILED", body = ErrorBody),
+        (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn redeem(
     State(state): State<AppState>,
     UserIssuePath(user, issue): UserIssuePath,
@@ -77,14 +94,14 @@ async fn redeem(
 }
 
 /// Body naming an order: `{"order_id": "order-1"}` (cancel, confirm, release).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CancelBody {
     order_id: String,
 }
 
 /// Answer of a cancellation: `{"coupon_issue_id": 9, "status": "ISSUED"}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Restored {
     coupon_issue_id: i64,
     status: &'static str,
@@ -94,6 +111,23 @@ struct Restored {
 /// 404 `COUPON_NOT_FOUND` / `REDEMPTION_NOT_FOUND`, 409 `ALREADY_CANCELLED` /
 /// `RESTORE_NOT_ALLOWED`.
 #[tracing::instrument(name = "cancel_redemption", skip_all, fields(user_id = %user, coupon_issue_id = issue))]
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/redeem/cancel",
+    tag = "redemptions",
+    params(("user_id" = i64, Path, description = "user id; must be the token's subject unless the token is admin"), ("coupon_issue_id" = i64, Path, description = "coupon_issues.id")),
+    request_body = CancelBody,
+    responses(
+        (status = 200, body = Restored),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token may not act for this user", body = ErrorBody),
+        (status = 404, description = "COUPON_NOT_FOUND or REDEMPTION_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "ALREADY_CANCELLED or RESTORE_NOT_ALLOWED", body = ErrorBody),
+        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody),
+        (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn cancel(
     State(state): State<AppState>,
     UserIssuePath(user, issue): UserIssuePath,
@@ -112,7 +146,7 @@ const MAX_HOLD_SECS: i64 = 86_400;
 
 /// Body of a reserve: `{"order_id": "o-1", "order_amount": 30000, "hold_seconds": 600}`
 /// (`hold_seconds` optional, 1–86400; default `RESERVATION_HOLD_SECS`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReserveBody {
     order_id: String,
@@ -123,6 +157,23 @@ struct ReserveBody {
 /// Holds the coupon for an order during checkout: 200 with the hold (discount preview and
 /// `reserved_until`). Refusals as for redeem; a held coupon is 409 `COUPON_RESERVED`.
 #[tracing::instrument(name = "reserve", skip_all, fields(user_id = %user, coupon_issue_id = issue))]
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/reserve",
+    tag = "redemptions",
+    params(("user_id" = i64, Path, description = "user id; must be the token's subject unless the token is admin"), ("coupon_issue_id" = i64, Path, description = "coupon_issues.id")),
+    request_body = ReserveBody,
+    responses(
+        (status = 200, body = Reservation),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token may not act for this user", body = ErrorBody),
+        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "the coupon cannot be held now", body = ErrorBody),
+        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody),
+        (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn reserve(
     State(state): State<AppState>,
     UserIssuePath(user, issue): UserIssuePath,
@@ -159,6 +210,22 @@ async fn reserve(
 /// Payment succeeded: the held coupon becomes used; 200 with the redemption. 404
 /// `RESERVATION_NOT_FOUND` when the coupon is not held for this order (released, or confirmed).
 #[tracing::instrument(name = "confirm_reservation", skip_all, fields(user_id = %user, coupon_issue_id = issue))]
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/reserve/confirm",
+    tag = "redemptions",
+    params(("user_id" = i64, Path, description = "user id; must be the token's subject unless the token is admin"), ("coupon_issue_id" = i64, Path, description = "coupon_issues.id")),
+    request_body = CancelBody,
+    responses(
+        (status = 200, body = Redemption),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token may not act for this user", body = ErrorBody),
+        (status = 404, description = "COUPON_NOT_FOUND or RESERVATION_NOT_FOUND", body = ErrorBody),
+        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody),
+        (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn confirm_reservation(
     State(state): State<AppState>,
     UserIssuePath(user, issue): UserIssuePath,
@@ -173,6 +240,22 @@ async fn confirm_reservation(
 /// Checkout abandoned: the hold is released and the coupon usable again; 200
 /// `{"coupon_issue_id": 9, "status": "ISSUED"}`. 404 `RESERVATION_NOT_FOUND` otherwise.
 #[tracing::instrument(name = "release_reservation", skip_all, fields(user_id = %user, coupon_issue_id = issue))]
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/reserve/cancel",
+    tag = "redemptions",
+    params(("user_id" = i64, Path, description = "user id; must be the token's subject unless the token is admin"), ("coupon_issue_id" = i64, Path, description = "coupon_issues.id")),
+    request_body = CancelBody,
+    responses(
+        (status = 200, body = Restored),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token may not act for this user", body = ErrorBody),
+        (status = 404, description = "COUPON_NOT_FOUND or RESERVATION_NOT_FOUND", body = ErrorBody),
+        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody),
+        (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn release_reservation(
     State(state): State<AppState>,
     UserIssuePath(user, issue): UserIssuePath,
@@ -185,3 +268,8 @@ async fn release_reservation(
         status: "ISSUED",
     }))
 }
+
+/// The OpenAPI description of this module's routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(redeem, cancel, reserve, confirm_reservation, release_reservation))]
+pub(crate) struct Doc;

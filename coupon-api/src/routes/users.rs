@@ -6,7 +6,7 @@ use axum::{Json, Router};
 use coupon_core::queries::{self, Page, PageOf, UserCoupon, ISSUE_STATES};
 use serde::Deserialize;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiQuery, UserPath};
 use crate::state::AppState;
 
@@ -16,7 +16,8 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Query parameters of the list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
     status: Option<String>,
@@ -28,6 +29,19 @@ struct ListParams {
 /// `{"items": [{"coupon_issue_id": 9, "coupon_id": 1, "status": "ISSUED", …}], "next_cursor": "9"}`.
 /// `status` is one of `ISSUED`, `RESERVED`, `USED`, `EXPIRED`; `limit` 1–100 (default 20).
 #[tracing::instrument(name = "list_user_coupons", skip_all, fields(user_id = %user))]
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{user_id}/coupons",
+    tag = "users",
+    params(("user_id" = i64, Path, description = "user id; must be the token's subject unless the token is admin"), ListParams),
+    responses(
+        (status = 200, body = PageOf<UserCoupon>),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token may not act for this user", body = ErrorBody),
+        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn list_user_coupons(
     State(state): State<AppState>,
     UserPath(user): UserPath,
@@ -45,3 +59,8 @@ async fn list_user_coupons(
     let coupons = queries::user_coupons(&state.pool, user, params.status.as_deref(), page).await?;
     Ok(Json(coupons))
 }
+
+/// The OpenAPI description of this module's routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list_user_coupons))]
+pub(crate) struct Doc;

@@ -12,6 +12,7 @@ mod failures;
 mod helpers;
 mod idempotency;
 mod issues;
+mod openapi;
 mod queries;
 mod rate_limits;
 mod redemptions;
