@@ -70,6 +70,16 @@ pub struct ApiConfig {
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
 
+    /// Longest time (ms) a client may take to send a request's headers; past it the
+    /// connection is closed (slow clients, "slowloris").
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 5_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// Longest wait (ms) for the next piece of a request body; past it the request is refused
+    /// with 408 `REQUEST_TIMEOUT`.
+    #[arg(long, env = "BODY_READ_TIMEOUT_MS", default_value_t = 5_000)]
+    pub body_read_timeout_ms: u64,
+
     /// Largest request body accepted (bytes); a larger one is refused with VALIDATION_FAILED.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,

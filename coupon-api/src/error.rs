@@ -73,6 +73,9 @@ pub enum ApiError {
     /// 403 `FORBIDDEN`: a valid token that may not do this (wrong role, another user's id).
     #[error("{0}")]
     Forbidden(String),
+    /// 408 `REQUEST_TIMEOUT`: the client stopped sending the body (`BODY_READ_TIMEOUT_MS`).
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     /// 429 `RATE_LIMITED` with `Retry-After` (whole seconds, at least 1): this user or client
     /// address sent more requests than its limit allows.
     #[error("too many requests; retry after the time in Retry-After")]
@@ -166,6 +169,7 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -189,6 +193,7 @@ impl ApiError {
             Self::Unauthorized(_) => "UNAUTHORIZED",
             Self::Forbidden(_) => "FORBIDDEN",
             Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::RequestTimeout => "REQUEST_TIMEOUT",
         }
     }
 }

@@ -3,7 +3,7 @@
 //! [`crate::auth`]).
 
 use axum::body::Bytes;
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
@@ -33,13 +33,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::BadRequest(
                 "expected a body with `Content-Type: application/json`".into(),
             )),
-            Err(JsonRejection::BytesRejection(e)) => Err(ApiError::BadRequest(format!(
-                "request body could not be read: {}",
-                e.body_text()
-            ))),
+            Err(JsonRejection::BytesRejection(e)) => Err(unreadable_body(&e)),
             Err(other) => Err(ApiError::BadRequest(other.body_text())),
         }
     }
+}
+
+/// A body that could not be read: 408 when the client stopped sending it in time
+/// (`BODY_READ_TIMEOUT_MS`), else 400 (too large, broken connection).
+fn unreadable_body(rejection: &BytesRejection) -> ApiError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(err) = cause {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return ApiError::RequestTimeout;
+        }
+        cause = err.source();
+    }
+    ApiError::BadRequest(format!(
+        "request body could not be read: {}",
+        rejection.body_text()
+    ))
 }
 
 /// `axum::extract::Query` whose rejection (unknown or wrong-typed parameter) is a 422
@@ -171,9 +184,9 @@ impl<S: Send + Sync> FromRequest<S> for Caller {
                 .await?
                 .0
         } else {
-            let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-                ApiError::BadRequest(format!("request body could not be read: {}", e.body_text()))
-            })?;
+            let bytes = Bytes::from_request(req, state)
+                .await
+                .map_err(|e| unreadable_body(&e))?;
             if !bytes.is_empty() {
                 return Err(ApiError::BadRequest(
                     "expected a body with `Content-Type: application/json`".into(),

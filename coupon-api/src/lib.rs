@@ -18,5 +18,6 @@ pub mod invalidation;
 pub mod openapi;
 pub mod rate_limit;
 pub mod routes;
+pub mod serve;
 pub mod startup;
 pub mod state;

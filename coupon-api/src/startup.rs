@@ -19,6 +19,7 @@ use coupon_core::stores::Connections;
 use coupon_core::telemetry::{self, names};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Authenticator;
@@ -36,12 +37,13 @@ use crate::state::{AppState, Shared};
 /// The whole app with `state`: routes, bearer-token checking, rate limits, `Idempotency-Key`
 /// handling, body limit of `max_body_bytes`, the request timeout, request metrics and error
 /// logging. Tests can drive it with `tower::ServiceExt::oneshot`, no socket needed.
-pub fn router(
-    state: AppState,
-    max_body_bytes: usize,
-    idempotency_ttl: chrono::Duration,
-    request_timeout: Duration,
-) -> Router {
+pub fn router(state: AppState, limits: HttpLimits) -> Router {
+    let HttpLimits {
+        max_body_bytes,
+        idempotency_ttl,
+        request_timeout,
+        body_read_timeout,
+    } = limits;
     let idempotency = Idempotency {
         pool: state.pool.clone(),
         ttl: idempotency_ttl,
@@ -56,12 +58,38 @@ pub fn router(
         .layer(Extension(authenticator))
         .layer(Extension(state.rate_limits.clone()))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(RequestBodyTimeoutLayer::new(body_read_timeout))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             bounded(request_timeout, request, next)
         }))
         .layer(middleware::from_fn(observe))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Bounds on one request, from [`ApiConfig`].
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Largest body read (bytes).
+    pub max_body_bytes: usize,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl: chrono::Duration,
+    /// Longest wait for the response head.
+    pub request_timeout: Duration,
+    /// Longest wait for the next piece of the body.
+    pub body_read_timeout: Duration,
+}
+
+impl HttpLimits {
+    /// The limits `config` sets.
+    pub fn from_config(config: &ApiConfig) -> Self {
+        Self {
+            max_body_bytes: config.max_body_bytes,
+            idempotency_ttl: chrono::Duration::seconds(i64::from(config.idempotency_ttl_secs)),
+            request_timeout: config.request_timeout(),
+            body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
+        }
+    }
 }
 
 /// Answers 503 `UNAVAILABLE` when the response head is not ready within `limit`.
@@ -159,6 +187,7 @@ pub struct Application {
     background: CancellationToken,
     invalidations_ready: CancellationToken,
     grace: Duration,
+    header_read_timeout: Duration,
 }
 
 impl Application {
@@ -235,12 +264,8 @@ impl Application {
             .with_context(|| format!("binding {}", config.listen))?;
         Ok(Self {
             listener,
-            router: router(
-                state.clone(),
-                config.max_body_bytes,
-                chrono::Duration::seconds(i64::from(config.idempotency_ttl_secs)),
-                config.request_timeout(),
-            ),
+            router: router(state.clone(), HttpLimits::from_config(&config)),
+            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
             state,
             background,
             invalidations_ready,
@@ -275,28 +300,18 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let stopping = CancellationToken::new();
-        let signal = {
-            let stopping = stopping.clone();
-            async move {
-                shutdown.await;
-                tracing::info!("shutting down: draining in-flight requests");
-                stopping.cancel();
-            }
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight requests");
         };
-        let server = axum::serve(
+        crate::serve::serve(
             self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
+            self.router,
+            self.header_read_timeout,
+            self.grace,
+            signal,
         )
-        .with_graceful_shutdown(signal);
-        let grace = self.grace;
-        tokio::select! {
-            result = server => result.context("serving HTTP")?,
-            () = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(?grace, "in-flight requests did not drain in time; stopping anyway");
-            }
-        }
+        .await?;
         self.background.cancel();
         self.state.publisher.flush(Duration::from_secs(5));
         Ok(())

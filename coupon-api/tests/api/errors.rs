@@ -1,6 +1,6 @@
 //! Malformed input gets a JSON error with a stable code and a 4xx status, never a 500.
 
-use crate::helpers::{assert_error, spawn_app, TestApp};
+use crate::helpers::{assert_error, spawn_app, spawn_app_with, TestApp};
 
 async fn post_raw(
     app: &TestApp,
@@ -98,4 +98,122 @@ async fn unknown_routes_are_json_404() {
         .unwrap();
 
     assert_error(response, 404, "NOT_FOUND").await;
+}
+
+#[tokio::test]
+async fn unknown_fields_huge_numbers_and_non_utf8_bodies_are_refused_as_json() {
+    let app = spawn_app().await;
+    let id = app.open_coupon(5).await;
+    let issue = format!("/api/v1/coupons/{id}/issues");
+    let json = Some("application/json");
+    let cases: [(&str, String, u16); 5] = [
+        (issue.as_str(), r#"{"user_id": 1, "admin": true}"#.into(), 422),
+        (issue.as_str(), r#"{"user_id": 99999999999999999999999999}"#.into(), 422),
+        (issue.as_str(), r#"{"user_id": 1e400}"#.into(), 400),
+        (
+            "/api/v1/coupons",
+            r#"{"title":"t","coupon_type":"FIRST_COME_FIRST_SERVED","total_quantity":1e30,"discount_type":"FIXED","discount_value":1,"issue_starts_at":"2026-01-01T00:00:00Z","issue_ends_at":"2027-01-01T00:00:00Z","valid_days":7}"#.into(),
+            422,
+        ),
+        (
+            "/api/v1/coupons",
+            r#"{"title":"t","coupon_type":"FIRST_COME_FIRST_SERVED","total_quantity":18446744073709551616,"discount_type":"FIXED","discount_value":1,"issue_starts_at":"2026-01-01T00:00:00Z","issue_ends_at":"2027-01-01T00:00:00Z","valid_days":7}"#.into(),
+            422,
+        ),
+    ];
+    for (path, body, status) in cases {
+        let shown = body.chars().take(60).collect::<String>();
+        let response = post_raw(&app, path, json, body).await;
+        assert_eq!(response.status().as_u16(), status, "{path} {shown}");
+        assert_error(response, status, "VALIDATION_FAILED").await;
+    }
+
+    let not_utf8 = app
+        .client
+        .post(app.url(&issue))
+        .header("content-type", "application/json")
+        .body(vec![b'{', 0xff, 0xfe, b'}'])
+        .send()
+        .await
+        .unwrap();
+    assert_error(not_utf8, 400, "VALIDATION_FAILED").await;
+}
+
+#[tokio::test]
+async fn codes_with_path_tricks_are_invalid_codes_not_files() {
+    let app = spawn_app().await;
+
+    for code in [
+        "..%2F..%2F..%2Fetc%2Fpasswd",
+        "%2e%2e%2f%2e%2e%2fetc",
+        "ABCD%00EFGH23456789",
+        "ABCDEFGH2345678%C3%A9",
+    ] {
+        let redeem = app
+            .client
+            .post(app.url(&format!("/api/v1/codes/{code}/redeem")))
+            .header("content-type", "application/json")
+            .body(r#"{"user_id": 7}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_error(redeem, 400, "INVALID_CODE").await;
+        let archived = app
+            .client
+            .get(app.url(&format!("/api/v1/archive/codes/{code}")))
+            .send()
+            .await
+            .unwrap();
+        assert_error(archived, 400, "INVALID_CODE").await;
+    }
+}
+
+/// Raw HTTP/1.1 over TCP, for clients no HTTP library would imitate.
+async fn raw_client(app: &TestApp) -> tokio::net::TcpStream {
+    let addr = app.base.trim_start_matches("http://");
+    tokio::net::TcpStream::connect(addr).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|c| c.header_read_timeout_ms = 300).await;
+    let mut stream = raw_client(&app).await;
+
+    stream
+        .write_all(b"POST /api/v1/coupons/1/issues HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buffer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut buffer),
+    )
+    .await;
+
+    assert!(read.is_ok(), "the connection was still open after 10 s");
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_a_json_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|c| c.body_read_timeout_ms = 300).await;
+    let id = app.open_coupon(5).await;
+    let mut stream = raw_client(&app).await;
+
+    let head = format!(
+        "POST /api/v1/coupons/{id}/issues HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 40\r\n\r\n{{\"user_id\"",
+        coupon_core::testing::admin_token()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buffer = vec![0; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buffer))
+        .await
+        .expect("an answer before the client sent the rest")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buffer[..n]);
+
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"REQUEST_TIMEOUT\""), "{answer}");
 }
