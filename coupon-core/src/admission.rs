@@ -344,10 +344,7 @@ impl AdmissionStore {
         members: &[i64],
     ) -> redis::RedisResult<bool> {
         let mut conn = self.conn.clone();
-        for chunk in members.chunks(10_000) {
-            conn.sadd::<_, _, ()>(self.keys.issued(policy.id), chunk)
-                .await?;
-        }
+        self.add_members(policy.id, members).await?;
         self.store_policy(policy).await?;
         let set: Option<String> = redis::cmd("SET")
             .arg(self.keys.stock(policy.id))
@@ -356,6 +353,20 @@ impl AdmissionStore {
             .query_async(&mut conn)
             .await?;
         Ok(set.is_some())
+    }
+
+    /// Adds `members` to `coupon`'s admission set, 10,000 per `SADD` (reconciliation and
+    /// rebuild only: the issue path admits through the script).
+    ///
+    /// # Errors
+    /// Redis is unreachable or timed out.
+    pub async fn add_members(&self, coupon: CouponId, members: &[i64]) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        for chunk in members.chunks(10_000) {
+            conn.sadd::<_, _, ()>(self.keys.issued(coupon), chunk)
+                .await?;
+        }
+        Ok(())
     }
 
     /// `PING`, for readiness checks.

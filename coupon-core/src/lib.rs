@@ -11,6 +11,7 @@
 //! - [`db`] and [`repository`]: the MySQL pool, migrations and queries;
 //! - [`redemption`]: using an issued coupon for an order, and cancelling that;
 //! - [`idempotency`]: idempotency keys of state-changing requests;
+//! - [`reconcile`]: comparing admissions, messages in flight and rows, and repairing them;
 //! - [`recovery`]: rebuilding a coupon's Redis admission state after Redis lost it;
 //! - [`queries`]: a user's coupons, policy search and per-coupon counts;
 //! - [`stores`]: the start-up both services share;
@@ -31,6 +32,7 @@ pub mod idempotency;
 pub mod kafka;
 pub mod message;
 pub mod queries;
+pub mod reconcile;
 pub mod recovery;
 pub mod redemption;
 pub mod repository;

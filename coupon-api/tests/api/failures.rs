@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use coupon_core::domain::CouponId;
+use coupon_core::domain::{CouponId, UserId};
 use coupon_core::testing::{self, OwnRedis};
 
 use crate::helpers::{assert_error, spawn_app_with, TestApp};
@@ -156,4 +156,69 @@ async fn after_redis_lost_its_data_the_set_is_rebuilt_from_mysql_and_unpersisted
     assert_error(app.issue(coupon, 3).await, 409, "ALREADY_ISSUED").await;
     assert_eq!(app.issue(coupon, 5).await.status(), 202);
     assert_error(app.issue(coupon, 6).await, 409, "SOLD_OUT").await;
+}
+
+#[tokio::test]
+async fn reconciliation_republishes_lost_admissions_readmits_rows_and_fixes_the_count_once() {
+    use coupon_core::reconcile::Reconciler;
+    use coupon_core::recovery::IssueLog;
+
+    let app = crate::helpers::spawn_app().await;
+    let coupon = app.open_coupon(10).await;
+    let id = CouponId::parse(coupon).unwrap();
+    // Users 1 and 2: admitted and published (on the topic; no consumer runs here).
+    assert_eq!(app.issue(coupon, 1).await.status(), 202);
+    assert_eq!(app.issue(coupon, 2).await.status(), 202);
+    // User 3: admitted, but the message never reached the broker.
+    app.state.admission.add_members(id, &[3]).await.unwrap();
+    // User 4: a row whose admission the set lost.
+    testing::persist_issue(&app.state.pool, coupon, 4).await;
+    // And a drifted count.
+    sqlx::query("UPDATE coupons SET issued_quantity = 7 WHERE id = ?")
+        .bind(coupon)
+        .execute(&app.state.pool)
+        .await
+        .unwrap();
+    let log = IssueLog {
+        brokers: app.stores.kafka_brokers.clone(),
+        topic: app.stores.kafka_issue_topic.clone(),
+        group: "coupon-consumer".into(),
+        timeout: Duration::from_secs(5),
+    };
+    let reconciler = Reconciler {
+        pool: &app.state.pool,
+        admission: &app.state.admission,
+        log: &log,
+        publisher: &app.state.publisher,
+        grace: Duration::from_millis(200),
+        dry_run: false,
+    };
+
+    let first = reconciler.reconcile(id).await.unwrap();
+
+    assert_eq!(first.republished, [3]);
+    assert_eq!(first.readmitted, [4]);
+    assert_eq!(
+        (first.issued_quantity_before, first.issued_quantity_after),
+        (7, 1)
+    );
+    assert_eq!(first.in_flight, 2);
+    assert!(log.unpersisted_users(id).await.unwrap().contains(&3));
+    assert!(app
+        .state
+        .admission
+        .is_admitted(id, UserId::parse(4).unwrap())
+        .await
+        .unwrap());
+
+    let second = reconciler.reconcile(id).await.unwrap();
+    assert!(
+        second.republished.is_empty() && second.readmitted.is_empty(),
+        "{second:?}"
+    );
+    assert_eq!(
+        (second.issued_quantity_before, second.issued_quantity_after),
+        (1, 1)
+    );
+    assert_eq!(second.in_flight, 3);
 }

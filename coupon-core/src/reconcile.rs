@@ -1,0 +1,209 @@
+//! Reconciliation: compares, per coupon, the Redis admission set, the issue messages not yet
+//! persisted and the MySQL rows, and repairs what a failure left behind.
+//!
+//! | found | meaning | repair |
+//! | --- | --- | --- |
+//! | admitted, no row, no message, in two reads `grace` apart | an admission whose message never reached the broker (a Redis call that timed out but ran, an undo that failed) | re-publish its issue message: the consumer persists it (INVARIANTS 3) |
+//! | a row whose user is not in the set | the set lost members (Redis restarted with `appendfsync everysec`) | add the user back (INVARIANTS 4) |
+//! | `issued_quantity` ≠ rows | a count drifted | set it to the row count, under the coupon row's lock (INVARIANTS 5) |
+//!
+//! Safe to run repeatedly and beside live traffic: the grace period outlasts any publish in
+//! flight (the producer's message timeout), so an admission still being published or undone
+//! is never touched; a re-published message is idempotent at the consumer (the unique key);
+//! adding a row's user to the set only restores what the rows already hold; the count repair
+//! takes the same row lock as the consumer's batch.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use serde::Serialize;
+use sqlx::MySqlPool;
+use uuid::Uuid;
+
+use crate::admission::AdmissionStore;
+use crate::domain::{CouponId, UserId};
+use crate::kafka::IssuePublisher;
+use crate::message::IssueMessage;
+use crate::recovery::IssueLog;
+
+/// What one pass found and did for one coupon (counts), printed as a JSON line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CouponReport {
+    /// The coupon.
+    pub coupon_id: i64,
+    /// Members of the admission set (`SCARD`).
+    pub admitted: usize,
+    /// Rows in `coupon_issues`.
+    pub rows: usize,
+    /// Users of issue messages after the consumer group's committed offsets.
+    pub in_flight: usize,
+    /// Admissions with neither row nor message, in both reads: re-published.
+    pub republished: Vec<i64>,
+    /// Rows whose user was missing from the set: added back.
+    pub readmitted: Vec<i64>,
+    /// `issued_quantity` before the pass.
+    pub issued_quantity_before: i64,
+    /// `issued_quantity` after the pass (the row count when it drifted).
+    pub issued_quantity_after: i64,
+    /// Whether the coupon's Redis state was missing (nothing to compare: the API rebuilds it).
+    pub not_prepared: bool,
+}
+
+/// The stores reconciliation reads and repairs.
+pub struct Reconciler<'a> {
+    /// MySQL.
+    pub pool: &'a MySqlPool,
+    /// Redis admission sets.
+    pub admission: &'a AdmissionStore,
+    /// Reads the messages not yet persisted.
+    pub log: &'a IssueLog,
+    /// Re-publishes lost issue messages.
+    pub publisher: &'a IssuePublisher,
+    /// Wait between the two reads that must both show an admission as lost.
+    pub grace: Duration,
+    /// Report only; change nothing.
+    pub dry_run: bool,
+}
+
+impl Reconciler<'_> {
+    /// Ids of every coupon not soft-deleted, oldest first.
+    ///
+    /// # Errors
+    /// MySQL failed.
+    pub async fn coupons(&self) -> anyhow::Result<Vec<CouponId>> {
+        let ids: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM coupons WHERE deleted_at IS NULL ORDER BY id")
+                .fetch_all(self.pool)
+                .await
+                .context("listing coupons")?;
+        ids.into_iter()
+            .map(|id| CouponId::parse(id).map_err(|e| anyhow::anyhow!(e.0)))
+            .collect()
+    }
+
+    /// One pass over `coupon`: two reads `grace` apart, then the repairs.
+    ///
+    /// # Errors
+    /// Redis, MySQL or the broker failed; a repair already made stays made (each is safe
+    /// alone), and a rerun finishes the rest.
+    pub async fn reconcile(&self, coupon: CouponId) -> anyhow::Result<CouponReport> {
+        let mut report = CouponReport {
+            coupon_id: coupon.get(),
+            ..CouponReport::default()
+        };
+        if !self.admission.is_prepared(coupon).await? {
+            report.not_prepared = true;
+            report.issued_quantity_before = self.issued_quantity(coupon).await?;
+            report.issued_quantity_after = report.issued_quantity_before;
+            return Ok(report);
+        }
+        let first = self.lost(coupon).await?;
+        if !first.is_empty() {
+            tokio::time::sleep(self.grace).await;
+        }
+        let (admitted, in_flight, rows) = self.read(coupon).await?;
+        let lost: Vec<i64> = first
+            .intersection(&missing(&admitted, &in_flight, &rows))
+            .copied()
+            .collect();
+        let readmit: Vec<i64> = rows.difference(&admitted).copied().collect();
+        report.admitted = admitted.len();
+        report.rows = rows.len();
+        report.in_flight = in_flight.len();
+        report.issued_quantity_before = self.issued_quantity(coupon).await?;
+        report.issued_quantity_after = report.issued_quantity_before;
+        if !self.dry_run {
+            for &user in &lost {
+                let message = IssueMessage {
+                    coupon_id: coupon,
+                    user_id: UserId::parse(user).map_err(|e| anyhow::anyhow!(e.0))?,
+                    request_id: Uuid::now_v7(),
+                    admitted_at: Utc::now(),
+                };
+                self.publisher
+                    .publish(&message)
+                    .await
+                    .with_context(|| format!("re-publishing user {user}'s issue"))?;
+            }
+            if !readmit.is_empty() {
+                self.admission.add_members(coupon, &readmit).await?;
+            }
+            report.issued_quantity_after = self.repair_count(coupon).await?;
+        }
+        report.republished = lost;
+        report.readmitted = readmit;
+        Ok(report)
+    }
+
+    /// Admitted users with neither a row nor a message, now.
+    async fn lost(&self, coupon: CouponId) -> anyhow::Result<BTreeSet<i64>> {
+        let (admitted, in_flight, rows) = self.read(coupon).await?;
+        Ok(missing(&admitted, &in_flight, &rows))
+    }
+
+    /// The set, then the messages after the committed offsets, then the rows: in that order,
+    /// so a user admitted before the read is in the set, and a message persisted between the
+    /// last two reads is in one of them (as in [`crate::recovery`]).
+    async fn read(
+        &self,
+        coupon: CouponId,
+    ) -> anyhow::Result<(BTreeSet<i64>, BTreeSet<i64>, BTreeSet<i64>)> {
+        let admitted: BTreeSet<i64> = self.admission.members(coupon).await?.into_iter().collect();
+        let in_flight = self.log.unpersisted_users(coupon).await?;
+        let rows: Vec<i64> =
+            sqlx::query_scalar("SELECT user_id FROM coupon_issues WHERE coupon_id = ?")
+                .bind(coupon.get())
+                .fetch_all(self.pool)
+                .await
+                .context("reading the coupon's rows")?;
+        Ok((admitted, in_flight, rows.into_iter().collect()))
+    }
+
+    async fn issued_quantity(&self, coupon: CouponId) -> anyhow::Result<i64> {
+        sqlx::query_scalar("SELECT issued_quantity FROM coupons WHERE id = ?")
+            .bind(coupon.get())
+            .fetch_one(self.pool)
+            .await
+            .context("reading issued_quantity")
+    }
+
+    /// Sets `issued_quantity` to the row count if they differ, holding the coupon row's lock
+    /// (the lock the consumer's batch takes first), so no batch commits in between.
+    async fn repair_count(&self, coupon: CouponId) -> anyhow::Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let issued: i64 =
+            sqlx::query_scalar("SELECT issued_quantity FROM coupons WHERE id = ? FOR UPDATE")
+                .bind(coupon.get())
+                .fetch_one(&mut *tx)
+                .await?;
+        let rows: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM coupon_issues WHERE coupon_id = ?")
+                .bind(coupon.get())
+                .fetch_one(&mut *tx)
+                .await?;
+        if rows != issued {
+            sqlx::query("UPDATE coupons SET issued_quantity = ? WHERE id = ?")
+                .bind(rows)
+                .bind(coupon.get())
+                .execute(&mut *tx)
+                .await?;
+            tracing::warn!(coupon_id = %coupon, issued, rows, "issued_quantity drifted; set to the row count");
+        }
+        tx.commit().await?;
+        Ok(rows)
+    }
+}
+
+fn missing(
+    admitted: &BTreeSet<i64>,
+    in_flight: &BTreeSet<i64>,
+    rows: &BTreeSet<i64>,
+) -> BTreeSet<i64> {
+    admitted
+        .iter()
+        .filter(|u| !in_flight.contains(u) && !rows.contains(u))
+        .copied()
+        .collect()
+}
