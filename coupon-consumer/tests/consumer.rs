@@ -257,6 +257,49 @@ async fn a_mysql_error_commits_no_offset_until_the_batch_persists() {
 }
 
 #[tokio::test]
+async fn a_killed_mysql_loses_no_message_and_the_backlog_drains_after_it_restarts() {
+    let mut mysql = testing::OwnMariaDb::start().await;
+    let url = mysql.url(&format!(
+        "{}fault_{}",
+        testing::TEST_DATABASE_PREFIX,
+        Uuid::new_v4().simple()
+    ));
+    let (built, config) = build(|c| c.stores.database_url = url.into()).await;
+    let consumer = run(built, config).await;
+    let coupon = consumer.coupon(500).await;
+    for user in 1..=50 {
+        consumer.send(&issue(coupon, user)).await;
+    }
+    consumer.wait_committed(50).await;
+
+    mysql.stop();
+    for user in 51..=150 {
+        consumer.send(&issue(coupon, user)).await;
+    }
+    testing::eventually("failed attempts while MySQL is down", WAIT, || async {
+        (consumer.stats.failed_attempts.load(Ordering::Relaxed) >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        consumer.committed_total(),
+        50,
+        "an offset moved past what MySQL holds"
+    );
+    mysql.restart().await;
+
+    consumer.wait_committed(150).await;
+    assert_eq!(testing::count_rows(&consumer.pool, coupon.get()).await, 150);
+    assert_eq!(consumer.issued_quantity(coupon).await, 150);
+    let distinct: i64 =
+        sqlx::query_scalar("SELECT COUNT(DISTINCT user_id) FROM coupon_issues WHERE coupon_id = ?")
+            .bind(coupon.get())
+            .fetch_one(&consumer.pool)
+            .await
+            .unwrap();
+    assert_eq!(distinct, 150);
+}
+
+#[tokio::test]
 async fn selling_out_broadcasts_an_invalidation() {
     let consumer = start().await;
     let coupon = consumer.coupon(3).await;

@@ -307,3 +307,110 @@ impl Drop for OwnRedis {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A MariaDB server of a test's own (`mariadbd` on a free port, data in a temporary
+/// directory, no grant tables), so a test can kill and restart it: the MySQL failure
+/// scenarios. Killed when dropped.
+#[derive(Debug)]
+pub struct OwnMariaDb {
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl OwnMariaDb {
+    /// Initialises a data directory (`mariadb-install-db`) and starts `mariadbd` on it.
+    ///
+    /// # Panics
+    /// The MariaDB server binaries are missing or the server does not answer within 30 s.
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("couponrush-mariadb-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let installed = std::process::Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .args([
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("running mariadb-install-db (apt-get install mariadb-server)");
+        assert!(installed.success(), "mariadb-install-db failed");
+        let mut db = Self {
+            port,
+            dir,
+            child: None,
+        };
+        db.restart().await;
+        db
+    }
+
+    /// `mysql://root@127.0.0.1:{port}/{database}`.
+    pub fn url(&self, database: &str) -> String {
+        format!("mysql://root@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: InnoDB recovers committed work on restart).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data, and waits until it answers.
+    ///
+    /// # Panics
+    /// `mariadbd` cannot start or does not answer within 30 s.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let child = std::process::Command::new("mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", self.dir.join("data").display()))
+            .arg(format!("--socket={}", self.dir.join("sock").display()))
+            .arg(format!("--port={}", self.port))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--user=root",
+                "--skip-grant-tables",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=32M",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting mariadbd");
+        self.child = Some(child);
+        let url = self.url("mysql");
+        eventually(
+            "the test's mariadbd answers",
+            Duration::from_secs(30),
+            || {
+                let url = url.clone();
+                async move {
+                    let pool = MySqlPool::connect(&url).await.ok()?;
+                    sqlx::query("SELECT 1").execute(&pool).await.ok()?;
+                    pool.close().await;
+                    Some(())
+                }
+            },
+        )
+        .await;
+    }
+}
+
+impl Drop for OwnMariaDb {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
