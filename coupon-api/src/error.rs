@@ -73,6 +73,9 @@ pub enum ApiError {
     /// 403 `FORBIDDEN`: a valid token that may not do this (wrong role, another user's id).
     #[error("{0}")]
     Forbidden(String),
+    /// 405 `METHOD_NOT_ALLOWED`: the route exists, not with this method.
+    #[error("this resource does not support this method")]
+    MethodNotAllowed,
     /// 408 `REQUEST_TIMEOUT`: the client stopped sending the body (`BODY_READ_TIMEOUT_MS`).
     #[error("the request body did not arrive in time")]
     RequestTimeout,
@@ -170,6 +173,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -194,6 +198,7 @@ impl ApiError {
             Self::Forbidden(_) => "FORBIDDEN",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::RequestTimeout => "REQUEST_TIMEOUT",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
         }
     }
 }

@@ -71,6 +71,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// `axum::extract::Path` whose rejection (a segment of the wrong type, not UTF-8) is a 400
+/// `VALIDATION_FAILED` JSON error instead of axum's plain-text one.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| Self(value))
+            .map_err(path_rejection)
+    }
+}
+
 /// `{coupon_id}` of the path, parsed as a positive [`CouponId`]: not a number → 400,
 /// zero or negative → 422.
 #[derive(Debug, Clone, Copy)]

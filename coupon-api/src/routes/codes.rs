@@ -2,7 +2,7 @@
 //! redeem by code.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::middleware;
 use axum::response::Response;
@@ -21,7 +21,7 @@ use sqlx::Row;
 
 use crate::auth::Admin;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery, Caller, IssueRequestBody};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller, IssueRequestBody};
 use crate::rate_limit;
 use crate::state::AppState;
 
@@ -164,7 +164,7 @@ async fn list_topics(
 async fn get_topic(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<Topic>, ApiError> {
     Ok(Json(topic_of(&state, &raw).await?))
 }
@@ -199,7 +199,7 @@ struct GenerateBody {
 async fn generate_codes(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     ApiJson(body): ApiJson<GenerateBody>,
 ) -> Result<(StatusCode, Json<GenerationJob>), ApiError> {
     let topic = topic_of(&state, &raw).await?;
@@ -237,7 +237,7 @@ async fn generate_codes(
 async fn generation_job(
     State(state): State<AppState>,
     _admin: Admin,
-    Path((raw_topic, job_id)): Path<(String, i64)>,
+    ApiPath((raw_topic, job_id)): ApiPath<(String, i64)>,
 ) -> Result<Json<GenerationJob>, ApiError> {
     let topic = topic_id(&raw_topic)?;
     let job = code_jobs::find(&state.pool, topic, job_id)
@@ -264,7 +264,7 @@ async fn generation_job(
 async fn export_codes(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let topic = topic_of(&state, &raw).await?;
     let pool = state.pool.clone();
@@ -350,7 +350,7 @@ fn csv_rows(
 )]
 async fn redeem_code(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     caller: Caller,
 ) -> Result<Json<CodeRedemption>, ApiError> {
     let code = Code::parse(&raw).map_err(|e| ApiError::InvalidCode(e.0))?;
@@ -403,7 +403,7 @@ async fn bulk(
 async fn suspend_codes(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<BulkChanged>, ApiError> {
     bulk(&state, &raw, BulkAction::Suspend).await
 }
@@ -425,7 +425,7 @@ async fn suspend_codes(
 async fn activate_codes(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<BulkChanged>, ApiError> {
     bulk(&state, &raw, BulkAction::Activate).await
 }
@@ -447,7 +447,7 @@ async fn activate_codes(
 async fn delete_codes(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<BulkChanged>, ApiError> {
     bulk(&state, &raw, BulkAction::Delete).await
 }
@@ -485,7 +485,7 @@ struct SearchParams {
 async fn search_codes(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     ApiQuery(params): ApiQuery<SearchParams>,
 ) -> Result<Json<PageOf<CodeView>>, ApiError> {
     let topic = topic_of(&state, &raw).await?;
@@ -541,7 +541,7 @@ async fn search_codes(
 async fn archived_code(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<ArchivedCode>, ApiError> {
     let code = Code::parse(&raw).map_err(|e| ApiError::InvalidCode(e.0))?;
     let archived = codes::find_archived(&state.pool, &code).await?;

@@ -23,4 +23,5 @@ pub fn router() -> Router<AppState> {
         .merge(health::router())
         .merge(crate::openapi::router())
         .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
 }

@@ -217,3 +217,27 @@ async fn a_body_that_stops_arriving_is_a_json_408() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"code\":\"REQUEST_TIMEOUT\""), "{answer}");
 }
+
+#[tokio::test]
+async fn an_unsupported_method_and_a_mistyped_path_segment_are_json_errors() {
+    // Both found by the schemathesis run (scripts/fuzz.sh): axum's own answers had no JSON body.
+    let app = spawn_app().await;
+
+    for method in ["PUT", "TRACE"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = app
+            .client
+            .request(method.clone(), app.url("/api/v1/coupons"))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 405, "METHOD_NOT_ALLOWED").await;
+    }
+    let job = app
+        .client
+        .get(app.url("/api/v1/topics/1/code-jobs/not-a-number"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(job, 400, "VALIDATION_FAILED").await;
+}
