@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Datelike, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Why a value was refused; the text is safe to show to a client.
@@ -171,8 +171,21 @@ fn default_true() -> bool {
     true
 }
 
+/// Most days of use after issue (100 years): keeps every expiry within MySQL's range.
+pub const MAX_VALID_DAYS: i32 = 36_500;
+
+/// Whether `at` fits MySQL's `DATETIME` (years 1000 to 9999; an earlier or later time is
+/// refused or stored as NULL, depending on the server's SQL mode).
+pub fn storable(at: DateTime<Utc>) -> bool {
+    (1000..=9999).contains(&at.year())
+}
+
 impl NewCouponPolicy {
     /// Checks every rule a policy must satisfy before it is stored.
+    ///
+    /// Times must lie in MySQL's `DATETIME` range, years 1000 to 9999
+    /// (<https://dev.mysql.com/doc/refman/8.0/en/datetime.html>; [`storable`]), and
+    /// `valid_days` is at most [`MAX_VALID_DAYS`], so an issue's expiry is storable too.
     ///
     /// # Errors
     /// [`ValidationError`] naming the first field that breaks a rule.
@@ -214,6 +227,18 @@ impl NewCouponPolicy {
         }
         if self.min_order_amount < 0 {
             return fail("min_order_amount must not be negative");
+        }
+        let times = [
+            Some(self.issue_starts_at),
+            Some(self.issue_ends_at),
+            self.valid_until,
+            self.valid_from,
+        ];
+        if !times.into_iter().flatten().all(storable) {
+            return fail("times must lie between the years 1000 and 9999");
+        }
+        if self.valid_days.is_some_and(|d| d > MAX_VALID_DAYS) {
+            return fail("valid_days must be at most 36500");
         }
         if self.issue_starts_at >= self.issue_ends_at {
             return fail("issue_starts_at must be before issue_ends_at");

@@ -329,6 +329,16 @@ impl PolicyUpdate {
             }
             next.title = title.trim().to_owned();
         }
+        let times = [self.issue_ends_at, self.valid_until];
+        if !times.into_iter().flatten().all(crate::domain::storable) {
+            return fail("times must lie between the years 1000 and 9999");
+        }
+        if self
+            .valid_days
+            .is_some_and(|d| d > crate::domain::MAX_VALID_DAYS)
+        {
+            return fail("valid_days must be at most 36500");
+        }
         if let Some(ends) = self.issue_ends_at {
             if ends <= next.issue_starts_at {
                 return fail("issue_ends_at must be after issue_starts_at");

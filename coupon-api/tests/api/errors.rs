@@ -241,3 +241,31 @@ async fn an_unsupported_method_and_a_mistyped_path_segment_are_json_errors() {
         .unwrap();
     assert_error(job, 400, "VALIDATION_FAILED").await;
 }
+
+#[tokio::test]
+async fn policy_times_outside_mysqls_datetime_range_are_422_not_500() {
+    // The body the schemathesis run found answered 500: MySQL cannot store the year 0199.
+    let app = spawn_app().await;
+    let found = r#"{"issue_ends_at": "2026-11-22T02:40:26.382774Z", "title": "t", "valid_until": "1357-07-18T22:51:59-23:26", "issue_starts_at": "0199-03-06T18:42:48-06:26", "min_order_amount": 0, "discount_value": 3, "coupon_type": "UNLIMITED", "discount_type": "PERCENTAGE"}"#;
+    let long = r#"{"title": "t", "coupon_type": "UNLIMITED", "discount_type": "FIXED", "discount_value": 1, "issue_starts_at": "2026-01-01T00:00:00Z", "issue_ends_at": "2027-01-01T00:00:00Z", "valid_days": 2000000000}"#;
+
+    for body in [found, long] {
+        let response = post_raw(
+            &app,
+            "/api/v1/coupons",
+            Some("application/json"),
+            body.into(),
+        )
+        .await;
+        assert_error(response, 422, "VALIDATION_FAILED").await;
+    }
+    let id = app.open_coupon(5).await;
+    let patch = app
+        .client
+        .patch(app.url(&format!("/api/v1/coupons/{id}")))
+        .json(&serde_json::json!({ "valid_until": "0999-12-31T23:59:59Z" }))
+        .send()
+        .await
+        .unwrap();
+    assert_error(patch, 422, "VALIDATION_FAILED").await;
+}
