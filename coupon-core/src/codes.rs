@@ -166,7 +166,9 @@ pub async fn insert_codes(
             "INSERT IGNORE INTO coupon_codes (code, topic_id, created_at) ",
         );
         insert.push_values(&codes, |mut row, code| {
-            row.push_bind(code.as_str()).push_bind(topic).push_bind(now);
+            row.push_bind(code.as_str())
+                .push_bind(topic)
+                .push_bind(crate::db::datetime(now));
         });
         inserted += insert.build().execute(&mut *conn).await?.rows_affected();
     }
@@ -296,7 +298,7 @@ async fn redeem_once(
     let claim =
         sqlx::query("UPDATE coupon_codes SET redeemed_by = ?, redeemed_at = ? WHERE id = ?")
             .bind(user.get())
-            .bind(now)
+            .bind(crate::db::datetime(now))
             .bind(code_id)
             .execute(&mut *tx)
             .await;
@@ -314,8 +316,8 @@ async fn redeem_once(
     )
     .bind(coupon_id)
     .bind(user.get())
-    .bind(now)
-    .bind(expires_at)
+    .bind(crate::db::datetime(now))
+    .bind(crate::db::datetime(expires_at))
     .bind(uuid::Uuid::now_v7().to_string())
     .execute(&mut *tx)
     .await;
@@ -461,7 +463,9 @@ pub async fn bulk_change(
                 let mut update = QueryBuilder::<MySql>::new("UPDATE coupon_codes SET status = ");
                 update.push_bind(to);
                 if action == BulkAction::Delete {
-                    update.push(", deleted_at = ").push_bind(now);
+                    update
+                        .push(", deleted_at = ")
+                        .push_bind(crate::db::datetime(now));
                 }
                 update.push(" WHERE id IN ");
                 repository::push_id_list(&mut update, &ids);
@@ -626,18 +630,26 @@ pub fn search_sql(
         query.push(" AND redeemed = ").push_bind(redeemed);
     }
     if let Some(from) = filter.created_from {
-        query.push(" AND created_at >= ").push_bind(from);
+        query
+            .push(" AND created_at >= ")
+            .push_bind(crate::db::datetime(from));
     }
     if let Some(to) = filter.created_to {
-        query.push(" AND created_at < ").push_bind(to);
+        query
+            .push(" AND created_at < ")
+            .push_bind(crate::db::datetime(to));
     }
     match before {
         Some(CodeCursor {
             id,
             created_at: Some(at),
         }) => {
-            query.push(" AND (created_at < ").push_bind(at);
-            query.push(" OR (created_at = ").push_bind(at);
+            query
+                .push(" AND (created_at < ")
+                .push_bind(crate::db::datetime(at));
+            query
+                .push(" OR (created_at = ")
+                .push_bind(crate::db::datetime(at));
             query.push(" AND id < ").push_bind(id).push("))");
         }
         Some(CodeCursor { id, .. }) => {
@@ -707,7 +719,7 @@ pub async fn archive_deleted(
          WHERE status = 'DELETED' AND deleted_at < ? ORDER BY deleted_at LIMIT ? \
          FOR UPDATE SKIP LOCKED",
     )
-    .bind(deleted_before)
+    .bind(crate::db::datetime(deleted_before))
     .bind(batch)
     .fetch_all(&mut *tx)
     .await?;
@@ -717,7 +729,8 @@ pub async fn archive_deleted(
     let mut copy = QueryBuilder::<MySql>::new(format!(
         "INSERT INTO coupon_codes_archive ({CODE_COLUMNS}, archived_at) SELECT {CODE_COLUMNS}, "
     ));
-    copy.push_bind(now).push(" FROM coupon_codes WHERE id IN ");
+    copy.push_bind(crate::db::datetime(now))
+        .push(" FROM coupon_codes WHERE id IN ");
     repository::push_id_list(&mut copy, &ids);
     copy.build().execute(&mut *tx).await?;
     let mut delete = QueryBuilder::<MySql>::new("DELETE FROM coupon_codes WHERE id IN ");

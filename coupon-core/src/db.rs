@@ -92,3 +92,40 @@ pub async fn prepare(url: &str, max_connections: u32) -> anyhow::Result<MySqlPoo
     drop(conn);
     Ok(pool)
 }
+
+/// A UTC instant as a MySQL `DATETIME` query parameter: `datetime(t)` for a
+/// `DateTime<Utc>`, or for an `Option<DateTime<Utc>>` (NULL stays NULL).
+///
+/// Every time bound into a query goes through this. sqlx sends a `DateTime<Utc>` typed as
+/// `TIMESTAMP`, and MariaDB converts a `TIMESTAMP` parameter outside that type's range
+/// (1970-01-01 00:00:01 to 2038-01-19 03:14:07 UTC, per the MariaDB `TIMESTAMP` docs) to NULL
+/// before storing it in a `DATETIME(6)` column, which holds the years 1000 to 9999: a
+/// policy starting in 1969 failed as "cannot be null" and a `valid_until` in 2100 was lost.
+/// A `NaiveDateTime` is sent typed as `DATETIME`. The session time zone is UTC (sqlx sets
+/// `time_zone = '+00:00'`), so the naive value is the UTC wall time and reads back as the
+/// same instant.
+pub fn datetime<T: DatetimeParam>(t: T) -> T::Param {
+    t.into_param()
+}
+
+/// What [`datetime`] accepts: a UTC instant, or an optional one.
+pub trait DatetimeParam {
+    /// The parameter sent: `NaiveDateTime` (UTC wall time), or an `Option` of it.
+    type Param;
+    /// The UTC wall time of `self`.
+    fn into_param(self) -> Self::Param;
+}
+
+impl DatetimeParam for chrono::DateTime<chrono::Utc> {
+    type Param = chrono::NaiveDateTime;
+    fn into_param(self) -> chrono::NaiveDateTime {
+        self.naive_utc()
+    }
+}
+
+impl DatetimeParam for Option<chrono::DateTime<chrono::Utc>> {
+    type Param = Option<chrono::NaiveDateTime>;
+    fn into_param(self) -> Option<chrono::NaiveDateTime> {
+        self.map(|t| t.naive_utc())
+    }
+}

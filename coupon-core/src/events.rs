@@ -148,7 +148,7 @@ pub(crate) async fn record_rows(
             .push_bind(event.event_type.as_str())
             .push_bind(event.coupon_issue_id)
             .push_bind(serde_json::to_string(event).unwrap_or_default())
-            .push_bind(now);
+            .push_bind(crate::db::datetime(now));
     });
     insert.build().execute(&mut **tx).await?;
     Ok(())
@@ -178,8 +178,8 @@ pub async fn notice_expiring(
 ) -> Result<usize, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let ids: Vec<i64> = sqlx::query_scalar(EXPIRING_BATCH_SQL)
-        .bind(now)
-        .bind(now + window)
+        .bind(crate::db::datetime(now))
+        .bind(crate::db::datetime(now + window))
         .bind(batch)
         .fetch_all(&mut *tx)
         .await?;
@@ -211,7 +211,7 @@ pub async fn expire(
         "SELECT id FROM coupon_issues WHERE status = 'ISSUED' AND expires_at <= ? \
          ORDER BY expires_at LIMIT ? FOR UPDATE SKIP LOCKED",
     )
-    .bind(now)
+    .bind(crate::db::datetime(now))
     .bind(batch)
     .fetch_all(&mut *tx)
     .await?;
@@ -237,7 +237,9 @@ async fn update_ids(
         return Ok(());
     }
     let mut update = QueryBuilder::<MySql>::new(set);
-    update.push_bind(now).push(" WHERE id IN ");
+    update
+        .push_bind(crate::db::datetime(now))
+        .push(" WHERE id IN ");
     push_id_list(&mut update, ids);
     update.build().execute(&mut **tx).await?;
     Ok(())

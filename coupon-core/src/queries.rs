@@ -176,8 +176,12 @@ pub async fn search_policies(
         query.push(" AND status = ").push_bind(status.as_str());
     }
     if let Some(at) = filter.active_at {
-        query.push(" AND issue_starts_at <= ").push_bind(at);
-        query.push(" AND issue_ends_at > ").push_bind(at);
+        query
+            .push(" AND issue_starts_at <= ")
+            .push_bind(crate::db::datetime(at));
+        query
+            .push(" AND issue_ends_at > ")
+            .push_bind(crate::db::datetime(at));
     }
     if let Some(text) = &filter.title_contains {
         let escaped = text
@@ -269,8 +273,8 @@ pub async fn live_stocks(
            AND issue_starts_at <= ? AND issue_ends_at >= ? \
          ORDER BY issue_starts_at DESC, id DESC LIMIT ?",
     )
-    .bind(now)
-    .bind(closed_since)
+    .bind(crate::db::datetime(now))
+    .bind(crate::db::datetime(closed_since))
     .bind(limit)
     .fetch_all(pool)
     .await?;

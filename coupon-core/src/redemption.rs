@@ -200,11 +200,11 @@ pub async fn redeem(
         "UPDATE coupon_issues SET status = 'USED', used_at = ?, order_id = ? \
          WHERE id = ? AND user_id = ? AND status = 'ISSUED' AND (expires_at IS NULL OR expires_at > ?)",
     )
-    .bind(now)
+    .bind(crate::db::datetime(now))
     .bind(order_id.as_str())
     .bind(issue_id)
     .bind(user.get())
-    .bind(now)
+    .bind(crate::db::datetime(now))
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -251,7 +251,7 @@ async fn record(
     .bind(r.order_amount)
     .bind(r.discount_amount)
     .bind(r.final_amount)
-    .bind(r.redeemed_at)
+    .bind(crate::db::datetime(r.redeemed_at))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -295,7 +295,7 @@ pub async fn cancel_redemption(
     sqlx::query(
         "UPDATE coupon_redemptions SET status = 'CANCELLED', cancelled_at = ? WHERE id = ?",
     )
-    .bind(now)
+    .bind(crate::db::datetime(now))
     .bind(redemption_id)
     .execute(&mut *tx)
     .await?;
@@ -363,10 +363,10 @@ pub async fn reserve(
     )
     .bind(order_id.as_str())
     .bind(order_amount)
-    .bind(reserved_until)
+    .bind(crate::db::datetime(reserved_until))
     .bind(issue_id)
     .bind(user.get())
-    .bind(now)
+    .bind(crate::db::datetime(now))
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -425,7 +425,7 @@ async fn confirm_in(
         "UPDATE coupon_issues SET status = 'USED', used_at = ?, reserved_until = NULL \
          WHERE id = ? AND status = 'RESERVED'",
     )
-    .bind(now)
+    .bind(crate::db::datetime(now))
     .bind(issue_id)
     .execute(&mut **tx)
     .await?;
@@ -572,7 +572,7 @@ pub async fn release_expired_holds(
         "SELECT id FROM coupon_issues WHERE status = 'RESERVED' AND reserved_until <= ? \
          ORDER BY reserved_until LIMIT ? FOR UPDATE SKIP LOCKED",
     )
-    .bind(now)
+    .bind(crate::db::datetime(now))
     .bind(batch)
     .fetch_all(&mut *tx)
     .await?;

@@ -81,11 +81,11 @@ pub async fn insert_policy(
     .bind(new.discount_value)
     .bind(new.max_discount_amount)
     .bind(new.min_order_amount)
-    .bind(new.issue_starts_at)
-    .bind(new.issue_ends_at)
+    .bind(crate::db::datetime(new.issue_starts_at))
+    .bind(crate::db::datetime(new.issue_ends_at))
     .bind(new.valid_days)
-    .bind(new.valid_until)
-    .bind(new.valid_from)
+    .bind(crate::db::datetime(new.valid_until))
+    .bind(crate::db::datetime(new.valid_from))
     .bind(new.restore_on_cancel)
     .execute(&mut **tx)
     .await?
@@ -228,12 +228,12 @@ pub async fn persist_batch(
             let msg = &batch[i];
             row.push_bind(msg.coupon_id.get())
                 .push_bind(msg.user_id.get())
-                .push_bind(msg.admitted_at)
-                .push_bind(crate::domain::expiry(
+                .push_bind(crate::db::datetime(msg.admitted_at))
+                .push_bind(crate::db::datetime(crate::domain::expiry(
                     valid_days,
                     valid_until,
                     msg.admitted_at,
-                ))
+                )))
                 .push_bind("ISSUED")
                 .push_bind(msg.request_id.to_string());
         });
@@ -375,9 +375,9 @@ pub async fn save_policy_admin_fields(
          WHERE id = ? AND deleted_at IS NULL",
     )
     .bind(&policy.title)
-    .bind(policy.issue_ends_at)
+    .bind(crate::db::datetime(policy.issue_ends_at))
     .bind(policy.valid_days)
-    .bind(policy.valid_until)
+    .bind(crate::db::datetime(policy.valid_until))
     .bind(policy.status.as_str())
     .bind(policy.id.get())
     .execute(pool)
@@ -399,7 +399,7 @@ pub async fn delete_policy(
     let deleted = sqlx::query(
         "UPDATE coupons SET deleted_at = ?, status = 'SUSPENDED' WHERE id = ? AND deleted_at IS NULL",
     )
-    .bind(now)
+    .bind(crate::db::datetime(now))
     .bind(id.get())
     .execute(pool)
     .await?

@@ -170,3 +170,40 @@ async fn services_starting_together_migrate_once_without_clashing() {
         assert_eq!(applied, db::MIGRATOR.iter().count() as i64);
     }
 }
+
+/// MySQL `DATETIME` holds 1000-9999; a `TIMESTAMP`-typed parameter only 1970-2038. Times
+/// outside the narrower range must still be stored, not turned into NULL.
+#[tokio::test]
+async fn times_outside_the_timestamp_range_round_trip() {
+    use chrono::TimeZone;
+    let pool = pool().await;
+    let starts = Utc.with_ymd_and_hms(1969, 7, 20, 20, 17, 0).unwrap();
+    let ends = Utc.with_ymd_and_hms(2040, 1, 1, 0, 0, 0).unwrap();
+    let until = Utc.with_ymd_and_hms(2100, 12, 31, 23, 59, 59).unwrap();
+    let mut new = testing::policy_with_window(Some(10), starts, ends);
+    new.valid_days = Some(36_500);
+    new.valid_until = Some(until);
+    let mut tx = pool.begin().await.unwrap();
+    let policy = repository::insert_policy(&mut tx, &new).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let stored = repository::find_policy(&pool, policy.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.issue_starts_at, starts);
+    assert_eq!(stored.issue_ends_at, ends);
+    assert_eq!(stored.valid_until, Some(until));
+
+    // An issue expires at min(now + 36,500 days, 2100-12-31): after 2038 either way.
+    repository::persist_batch(&pool, &[issue(policy.id, 1)])
+        .await
+        .unwrap();
+    let expires: Option<chrono::DateTime<Utc>> =
+        sqlx::query_scalar("SELECT expires_at FROM coupon_issues WHERE coupon_id = ?")
+            .bind(policy.id.get())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(expires, Some(until));
+}

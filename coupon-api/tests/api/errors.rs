@@ -269,3 +269,43 @@ async fn policy_times_outside_mysqls_datetime_range_are_422_not_500() {
         .unwrap();
     assert_error(patch, 422, "VALIDATION_FAILED").await;
 }
+
+#[tokio::test]
+async fn policy_times_outside_1970_to_2038_are_stored_and_returned() {
+    // The schemathesis run found these answered 500 (1969) or lost the value (2100): MySQL's
+    // TIMESTAMP range, not the DATETIME columns' own.
+    let app = spawn_app().await;
+    let body = r#"{"title": "t", "coupon_type": "UNLIMITED", "discount_type": "FIXED", "discount_value": 1, "issue_starts_at": "1969-07-20T20:17:00Z", "issue_ends_at": "2037-01-01T00:00:00Z", "valid_until": "2100-12-31T23:59:59Z"}"#;
+    let created = post_raw(
+        &app,
+        "/api/v1/coupons",
+        Some("application/json"),
+        body.into(),
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+    let created: serde_json::Value = created.json().await.unwrap();
+    assert_eq!(created["issue_starts_at"], "1969-07-20T20:17:00Z");
+    assert_eq!(created["valid_until"], "2100-12-31T23:59:59Z");
+
+    let id = created["id"].as_i64().unwrap();
+    let patch = app
+        .client
+        .patch(app.url(&format!("/api/v1/coupons/{id}")))
+        .json(&serde_json::json!({ "issue_ends_at": "2040-01-01T00:00:00Z" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), 200);
+    let read: serde_json::Value = app
+        .client
+        .get(app.url(&format!("/api/v1/coupons/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["issue_ends_at"], "2040-01-01T00:00:00Z");
+    assert_eq!(read["valid_until"], "2100-12-31T23:59:59Z");
+}
