@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: up down status demo test fuzz bench bench-codes build fmt lint migrate
+.PHONY: up down status demo test chaos fuzz bench bench-codes build fmt lint migrate
 
 ## up: install (where missing) and start MariaDB, Redis and the tansu Kafka broker
 up:
@@ -24,6 +24,11 @@ demo: up
 ## test: the whole test suite against the real local stack
 test: up
 	scripts/test.sh
+
+## chaos: the fault-injection suite: six faults, each injected into a race of 10,000 requests
+## from 5,000 users for 500 units; prints the counts (about 10 minutes); see scripts/chaos.sh
+chaos: up
+	scripts/chaos.sh
 
 ## fuzz: schemathesis against a running coupon-api from its own OpenAPI document, at least
 ## 100,000 requests (FUZZ_REQUESTS); fails on any 5xx or error body without a "code" (about

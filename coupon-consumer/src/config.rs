@@ -19,6 +19,13 @@ pub struct ConsumerConfig {
     #[arg(long, env = "KAFKA_CONSUMER_GROUP", default_value = "coupon-consumer")]
     pub group_id: String,
 
+    /// Static group membership (KIP-345): this instance's stable id in the group, e.g. the
+    /// pod or host name. A restarted instance with the same id takes its partitions back at
+    /// once instead of waiting for the dead member's session timeout (10 s) and a rebalance.
+    /// Two instances must never share an id. Unset: dynamic membership.
+    #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
+
     /// Most messages persisted in one MySQL transaction (count).
     #[arg(long, env = "BATCH_MAX_MESSAGES", default_value_t = 500)]
     pub batch_max_messages: usize,

@@ -95,8 +95,14 @@ pub const RETRY_STEPS: [&str; 4] = [
 /// Client settings of the group member: offsets are committed by hand, only after the batch is
 /// durable (`enable.auto.commit=false`), and a new group starts from the earliest offset so no
 /// message published before the first consumer joined is skipped. A fetch waits at most
-/// `fetch_wait_ms` for data ([`ConsumerConfig::kafka_fetch_wait_ms`]).
-pub fn consumer_config(brokers: &str, group_id: &str, fetch_wait_ms: u32) -> ClientConfig {
+/// `fetch_wait_ms` for data ([`ConsumerConfig::kafka_fetch_wait_ms`]). With `instance_id`, the
+/// member is static (`group.instance.id`, [`ConsumerConfig::group_instance_id`]).
+pub fn consumer_config(
+    brokers: &str,
+    group_id: &str,
+    instance_id: Option<&str>,
+    fetch_wait_ms: u32,
+) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
@@ -107,6 +113,9 @@ pub fn consumer_config(brokers: &str, group_id: &str, fetch_wait_ms: u32) -> Cli
         .set("session.timeout.ms", "10000")
         .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
         .set("socket.connection.setup.timeout.ms", "3000");
+    if let Some(id) = instance_id {
+        config.set("group.instance.id", id);
+    }
     config
 }
 
@@ -124,6 +133,7 @@ impl IssueConsumer {
         let consumer: StreamConsumer<GroupContext> = consumer_config(
             &stores.kafka_brokers,
             &config.group_id,
+            config.group_instance_id.as_deref(),
             config.kafka_fetch_wait_ms,
         )
         .create_with_context(GroupContext)
@@ -140,6 +150,7 @@ impl IssueConsumer {
         let payments: StreamConsumer<GroupContext> = consumer_config(
             &stores.kafka_brokers,
             &format!("{}-payments", config.group_id),
+            config.group_instance_id.as_deref(),
             config.kafka_fetch_wait_ms,
         )
         .create_with_context(GroupContext)

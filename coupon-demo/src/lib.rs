@@ -5,6 +5,8 @@
 //! consumer, and [`verify`] reads MySQL and Redis directly and checks that every count equals
 //! the stock and that exactly the users answered 202 hold a row.
 
+pub mod chaos;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::time::{Duration, Instant};

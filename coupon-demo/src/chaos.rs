@@ -1,0 +1,794 @@
+//! The fault-injection suite behind `make chaos` (`coupon-chaos`): real coupon-api,
+//! coupon-consumer, Redis, MariaDB and tansu processes, a paced race of issue requests, one
+//! fault injected mid-race, at most one reconciliation pass, then the counts.
+//!
+//! Each [`Fault`] gets fresh stores: its own `redis-server` ([`testing::OwnRedis`]), its own
+//! database (on a `mariadbd` of its own, [`testing::OwnMariaDb`], when the fault stops MySQL),
+//! its own topics (on a tansu broker of its own when the fault stops the broker). The race
+//! fires [`ChaosPlan::requests`] requests from [`ChaosPlan::users`] users at
+//! [`ChaosPlan::rate`] per second; the fault starts once [`ChaosPlan::trigger`] requests were
+//! answered 202, so admissions happen before, during and after it.
+//!
+//! What [`Counts::holds`] asserts, after the consumer drained and one `coupon-api reconcile`
+//! pass: rows in MySQL = distinct users in them = Redis `SCARD` = `issued_quantity` ≤ stock;
+//! every user answered 202 has a row; and every row belongs to a user answered 202, or, where
+//! an API process died mid-request, to a user whose request got no answer ("in doubt": the
+//! process may have admitted and published before it died).
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use coupon_core::admission::{self, AdmissionStore, RedisKeys};
+use coupon_core::auth::{Role, TokenSigner};
+use coupon_core::domain::CouponId;
+use coupon_core::recovery::IssueLog;
+use coupon_core::testing::{self, OwnMariaDb, OwnRedis};
+use futures::StreamExt;
+use sqlx::MySqlPool;
+
+use crate::RacePlan;
+
+/// One fault of the suite (the issue's numbering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// 1. The Kafka broker stopped (SIGTERM) for 7 s mid-race, then started again on its data.
+    BrokerStopped,
+    /// 2. coupon-consumer killed with SIGKILL mid-stream, started again 2 s later with the
+    ///    same `KAFKA_GROUP_INSTANCE_ID` (static membership). With dynamic membership, tansu
+    ///    0.6 never assigned the restarted member any partition while the dead one was still
+    ///    within its session timeout (nothing consumed in 4 minutes).
+    ConsumerKilled,
+    /// 3. MySQL killed (SIGKILL) mid-race, started again 10 s later.
+    MysqlStopped,
+    /// 4. Redis restarted mid-race without persistence: everything in it lost, then rebuilt.
+    RedisRestarted,
+    /// 5. One of two coupon-api processes killed with SIGKILL mid-race.
+    ApiKilled,
+    /// 6. Every message delivered twice: a second consumer group replays the topic from the
+    ///    start while the first consumes it.
+    DeliveredTwice,
+}
+
+impl Fault {
+    /// Every fault, in the issue's order.
+    pub const ALL: [Self; 6] = [
+        Self::BrokerStopped,
+        Self::ConsumerKilled,
+        Self::MysqlStopped,
+        Self::RedisRestarted,
+        Self::ApiKilled,
+        Self::DeliveredTwice,
+    ];
+
+    /// Kebab-case name (as on the command line).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BrokerStopped => "broker-stopped",
+            Self::ConsumerKilled => "consumer-killed",
+            Self::MysqlStopped => "mysql-stopped",
+            Self::RedisRestarted => "redis-restarted",
+            Self::ApiKilled => "api-killed",
+            Self::DeliveredTwice => "delivered-twice",
+        }
+    }
+}
+
+/// The executables a scenario runs.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// coupon-api.
+    pub api: PathBuf,
+    /// coupon-consumer.
+    pub consumer: PathBuf,
+    /// tansu (for the scenario that stops the broker).
+    pub tansu: PathBuf,
+}
+
+/// Shape of every scenario's race.
+#[derive(Debug, Clone, Copy)]
+pub struct ChaosPlan {
+    /// Units in stock (count).
+    pub stock: i64,
+    /// Requests fired (count).
+    pub requests: usize,
+    /// Distinct users (count).
+    pub users: usize,
+    /// Requests in flight at most (count).
+    pub concurrency: usize,
+    /// Requests started per second at most.
+    pub rate: f64,
+    /// 202 answers after which the fault starts (count).
+    pub trigger: usize,
+    /// Seed of the request order.
+    pub seed: u64,
+}
+
+/// What one scenario counted. [`Counts::holds`] is the verdict.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Requests fired (count).
+    pub requests: usize,
+    /// Answers by `"<status> <code>"` (`"000 IN_DOUBT"`: no answer, the connection broke
+    /// after the request was sent).
+    pub answers: BTreeMap<String, usize>,
+    /// Users answered 202 (count).
+    pub accepted: usize,
+    /// Users whose request got no answer (count).
+    pub in_doubt: usize,
+    /// Rows in `coupon_issues` (count).
+    pub rows: i64,
+    /// Distinct users among the rows (count).
+    pub distinct_users: i64,
+    /// `SCARD` of the admission set.
+    pub admitted: i64,
+    /// `coupons.issued_quantity`.
+    pub issued_quantity: i64,
+    /// Users answered 202 without a row (count; must be 0).
+    pub accepted_without_row: usize,
+    /// Rows of users neither answered 202 nor in doubt (count; must be 0).
+    pub row_without_accept: usize,
+    /// Rows of users in doubt (count; allowed).
+    pub in_doubt_with_row: usize,
+    /// Users answered 409 `ALREADY_ISSUED` who hold no row (count; reported, see the README).
+    pub already_issued_without_row: usize,
+    /// Users of issue messages some consumer group had not consumed at the end (count; must
+    /// be 0: for [`Fault::DeliveredTwice`] it shows both groups read every message).
+    pub unconsumed: usize,
+    /// What the reconciliation pass repaired: (re-published, re-admitted, issued_quantity
+    /// before, after).
+    pub reconciled: (usize, usize, i64, i64),
+    /// Wall time of the race.
+    pub race: Duration,
+}
+
+impl Counts {
+    /// Answers that are none of 202, 409 `ALREADY_ISSUED` / `SOLD_OUT`, 503 `UNAVAILABLE`,
+    /// or no answer (count; must be 0).
+    pub fn unexpected(&self) -> usize {
+        const EXPECTED: [&str; 5] = [
+            "202 ACCEPTED",
+            "409 ALREADY_ISSUED",
+            "409 SOLD_OUT",
+            "503 UNAVAILABLE",
+            "000 IN_DOUBT",
+        ];
+        self.answers
+            .iter()
+            .filter(|(label, _)| !EXPECTED.contains(&label.as_str()))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// The suite's assertion for one scenario (see the module documentation).
+    pub fn holds(&self, stock: i64) -> bool {
+        self.rows == self.distinct_users
+            && self.rows == self.admitted
+            && self.rows == self.issued_quantity
+            && self.rows <= stock
+            && self.accepted_without_row == 0
+            && self.row_without_accept == 0
+            && self.unconsumed == 0
+            && self.unexpected() == 0
+    }
+}
+
+impl fmt::Display for Counts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let answers = self
+            .answers
+            .iter()
+            .map(|(label, n)| format!("{label}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        writeln!(
+            f,
+            "  race: {} requests in {:.1} s; {answers}",
+            self.requests,
+            self.race.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "  202 users {}, rows {}, distinct users {}, SCARD {}, issued_quantity {}",
+            self.accepted, self.rows, self.distinct_users, self.admitted, self.issued_quantity
+        )?;
+        writeln!(
+            f,
+            "  202 without row {}, row without 202 {}, in doubt {} (with a row {}), \
+             409 ALREADY_ISSUED without row {}, unconsumed messages' users {}",
+            self.accepted_without_row,
+            self.row_without_accept,
+            self.in_doubt,
+            self.in_doubt_with_row,
+            self.already_issued_without_row,
+            self.unconsumed
+        )?;
+        let (republished, readmitted, before, after) = self.reconciled;
+        write!(
+            f,
+            "  reconciliation: {republished} re-published, {readmitted} re-admitted, \
+             issued_quantity {before} -> {after}"
+        )
+    }
+}
+
+/// A child process that can be signalled, stopped and started again with the same command.
+struct Process {
+    name: String,
+    command: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: Option<PathBuf>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Process {
+    fn new(name: &str, program: &Path, env: Vec<(String, String)>, log_dir: &Path) -> Self {
+        Self {
+            name: name.to_owned(),
+            command: vec![program.display().to_string()],
+            env,
+            cwd: None,
+            log: log_dir.join(format!("{name}.log")),
+            child: None,
+        }
+    }
+
+    fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut command = Command::new(&self.command[0]);
+        command
+            .args(&self.command[1..])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(cwd) = &self.cwd {
+            command.current_dir(cwd);
+        }
+        self.child = Some(
+            command
+                .spawn()
+                .with_context(|| format!("starting {}", self.command[0]))?,
+        );
+        Ok(())
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`) and waits for the exit: 15 s, then SIGKILL.
+    fn stop(&mut self, signal: &str) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop("KILL");
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        if Instant::now() > deadline {
+            bail!("{what}: not within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// A tansu broker of the scenario's own, on SQLite in `dir`: stopping and starting it keeps
+/// its topics and offsets.
+fn broker(bins: &Binaries, dir: &Path, port: u16) -> anyhow::Result<Process> {
+    let data = dir.join("tansu");
+    std::fs::create_dir_all(&data)?;
+    let listener = format!("tcp://127.0.0.1:{port}");
+    let mut process = Process::new("tansu", &bins.tansu, vec![], dir);
+    process.command.extend(
+        [
+            "broker",
+            "--storage-engine",
+            "sqlite://tansu.db",
+            "--listener-url",
+            &listener,
+            "--advertised-listener-url",
+            &listener,
+        ]
+        .map(str::to_owned),
+    );
+    process.cwd = Some(data);
+    Ok(process)
+}
+
+async fn start_broker(process: &mut Process, port: u16) -> anyhow::Result<()> {
+    process.start()?;
+    wait_for("tansu listens", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await
+}
+
+async fn start_api(
+    process: &mut Process,
+    client: &reqwest::Client,
+    base: &str,
+) -> anyhow::Result<()> {
+    process.start()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if !process.alive() {
+            bail!("{} exited; see {}", process.name, process.log.display());
+        }
+        let ready = client.get(format!("{base}/ready")).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} not ready in 60 s; see {}",
+                process.name,
+                process.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn start_consumer(process: &mut Process) -> anyhow::Result<()> {
+    let runs = std::fs::read_to_string(&process.log)
+        .map(|s| s.matches("coupon-consumer running").count())
+        .unwrap_or(0);
+    process.start()?;
+    wait_for(
+        &format!("{} running", process.name),
+        Duration::from_secs(60),
+        || {
+            std::fs::read_to_string(&process.log)
+                .map(|s| s.matches("coupon-consumer running").count())
+                .unwrap_or(0)
+                > runs
+        },
+    )
+    .await?;
+    // The log line comes before the group join; give it the rebalance.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
+}
+
+/// What the race was answered, by user.
+#[derive(Default)]
+struct Answers {
+    labels: BTreeMap<String, usize>,
+    accepted: HashSet<i64>,
+    already_issued: HashSet<i64>,
+    in_doubt: HashSet<i64>,
+}
+
+/// Sends one issue request for `user`, to `bases[first]` or, when that refuses the connection
+/// (nothing was sent: a dead process), to the next base.
+async fn send(
+    client: &reqwest::Client,
+    bases: &[String],
+    first: usize,
+    coupon: CouponId,
+    token: &str,
+) -> String {
+    for attempt in 0..bases.len() {
+        let base = &bases[(first + attempt) % bases.len()];
+        let sent = client
+            .post(format!("{base}/api/v1/coupons/{coupon}/issues"))
+            .bearer_auth(token)
+            .send()
+            .await;
+        match sent {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                if status == 202 {
+                    return "202 ACCEPTED".to_owned();
+                }
+                let code = response
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|b| b["code"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "?".to_owned());
+                return format!("{status} {code}");
+            }
+            Err(err) if err.is_connect() => continue,
+            Err(_) => return "000 IN_DOUBT".to_owned(),
+        }
+    }
+    "000 UNREACHABLE".to_owned()
+}
+
+async fn race(
+    client: &reqwest::Client,
+    bases: &[String],
+    signer: &TokenSigner,
+    coupon: CouponId,
+    plan: &ChaosPlan,
+    accepted_so_far: &AtomicUsize,
+) -> anyhow::Result<(Answers, Duration)> {
+    let ids = RacePlan {
+        requests: plan.requests,
+        users: plan.users,
+        concurrency: plan.concurrency,
+        seed: plan.seed,
+    }
+    .user_ids()?;
+    let tokens = ids
+        .iter()
+        .map(|u| Ok((*u, signer.mint(&u.to_string(), Role::User, 3_600)?)))
+        .collect::<anyhow::Result<BTreeMap<i64, String>>>()?;
+    let started = tokio::time::Instant::now();
+    let answers: Vec<(i64, String)> = futures::stream::iter(ids.into_iter().enumerate())
+        .map(|(i, user)| {
+            let token = &tokens[&user];
+            async move {
+                let at = started + Duration::from_secs_f64(i as f64 / plan.rate);
+                tokio::time::sleep_until(at).await;
+                let label = send(client, bases, i, coupon, token).await;
+                if label == "202 ACCEPTED" {
+                    accepted_so_far.fetch_add(1, Ordering::Relaxed);
+                }
+                (user, label)
+            }
+        })
+        .buffer_unordered(plan.concurrency.max(1))
+        .collect()
+        .await;
+    let mut out = Answers::default();
+    for (user, label) in answers {
+        match label.as_str() {
+            "202 ACCEPTED" => {
+                out.accepted.insert(user);
+            }
+            "409 ALREADY_ISSUED" => {
+                out.already_issued.insert(user);
+            }
+            "000 IN_DOUBT" => {
+                out.in_doubt.insert(user);
+            }
+            _ => {}
+        }
+        *out.labels.entry(label).or_default() += 1;
+    }
+    Ok((out, started.elapsed()))
+}
+
+/// (rows, distinct users, issued_quantity, SCARD) of `coupon`.
+async fn read_counts(
+    pool: &MySqlPool,
+    redis: &AdmissionStore,
+    coupon: CouponId,
+) -> anyhow::Result<(i64, i64, i64, i64)> {
+    let (rows, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COUNT(DISTINCT user_id) FROM coupon_issues WHERE coupon_id = ?",
+    )
+    .bind(coupon.get())
+    .fetch_one(pool)
+    .await?;
+    let issued: i64 = sqlx::query_scalar("SELECT issued_quantity FROM coupons WHERE id = ?")
+        .bind(coupon.get())
+        .fetch_one(pool)
+        .await?;
+    Ok((rows, distinct, issued, redis.admitted_count(coupon).await?))
+}
+
+/// Waits until rows = `issued_quantity` = SCARD and the counts held still for 3 s, or
+/// `timeout` passed (the verdict then shows what differs). Store errors count as "not yet".
+async fn settle(pool: &MySqlPool, redis: &AdmissionStore, coupon: CouponId, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    let mut still_since = Instant::now();
+    while Instant::now() < deadline {
+        if let Ok(now) = read_counts(pool, redis, coupon).await {
+            let consistent = now.0 == now.2 && now.0 == now.3;
+            if last != Some(now) {
+                last = Some(now);
+                still_since = Instant::now();
+            } else if consistent && still_since.elapsed() >= Duration::from_secs(3) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Users of `coupon`'s issue messages that one of `groups` has not consumed yet, once every
+/// group caught up or after `timeout` (count).
+async fn unconsumed(
+    brokers: &str,
+    topic: &str,
+    groups: &[String],
+    coupon: CouponId,
+    timeout: Duration,
+) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut behind = 0;
+        for group in groups {
+            let log = IssueLog {
+                brokers: brokers.to_owned(),
+                topic: topic.to_owned(),
+                group: group.clone(),
+                timeout: Duration::from_secs(10),
+            };
+            behind += log.unpersisted_users(coupon).await?.len();
+        }
+        if behind == 0 || Instant::now() > deadline {
+            return Ok(behind);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Runs `coupon-api reconcile --coupon ID` once; returns (re-published, re-admitted,
+/// issued_quantity before, after).
+fn reconcile(
+    bins: &Binaries,
+    env: &[(String, String)],
+    coupon: CouponId,
+) -> anyhow::Result<(usize, usize, i64, i64)> {
+    let output = Command::new(&bins.api)
+        .args([
+            "reconcile",
+            "--coupon",
+            &coupon.to_string(),
+            "--grace-secs",
+            "6",
+        ])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running coupon-api reconcile")?;
+    if !output.status.success() {
+        bail!("coupon-api reconcile exited {}", output.status);
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("reading the reconcile report")?;
+    let len = |key: &str| report[key].as_array().map_or(0, Vec::len);
+    Ok((
+        len("republished"),
+        len("readmitted"),
+        report["issued_quantity_before"].as_i64().unwrap_or(-1),
+        report["issued_quantity_after"].as_i64().unwrap_or(-1),
+    ))
+}
+
+/// Runs one scenario: fresh stores and services, the race with `fault` injected, the drain,
+/// one reconciliation pass, the counts. Logs go to `log_dir`.
+///
+/// # Errors
+/// A process or store could not be started or read; a failed assertion is not an error but
+/// [`Counts::holds`] returning false.
+pub async fn run(
+    fault: Fault,
+    bins: &Binaries,
+    plan: &ChaosPlan,
+    log_dir: &Path,
+) -> anyhow::Result<Counts> {
+    std::fs::create_dir_all(log_dir)?;
+    let tag = format!("chaos-{}-{}", fault.name(), std::process::id());
+    let mut redis = OwnRedis::start(false).await;
+    let mut own_mysql = match fault {
+        Fault::MysqlStopped => Some(OwnMariaDb::start().await),
+        _ => None,
+    };
+    let database = tag.replace('-', "_");
+    let database_url = match &own_mysql {
+        Some(own) => own.url(&database),
+        None => format!("mysql://root@127.0.0.1:3306/{database}"),
+    };
+    let broker_port = match fault {
+        Fault::BrokerStopped => free_port()?,
+        _ => 9092,
+    };
+    let mut own_broker = match fault {
+        Fault::BrokerStopped => {
+            let mut process = broker(bins, log_dir, broker_port)?;
+            start_broker(&mut process, broker_port).await?;
+            Some(process)
+        }
+        _ => None,
+    };
+    let env: Vec<(String, String)> = [
+        ("DATABASE_URL", database_url.clone()),
+        ("REDIS_URL", redis.url()),
+        ("KAFKA_BROKERS", format!("127.0.0.1:{broker_port}")),
+        ("KAFKA_ISSUE_TOPIC", format!("{tag}-issues")),
+        ("KAFKA_DEAD_LETTER_TOPIC", format!("{tag}-issues-dlq")),
+        ("KAFKA_PAYMENTS_TOPIC", format!("{tag}-payments")),
+        ("KAFKA_EVENTS_TOPIC", format!("{tag}-events")),
+        ("KAFKA_CONSUMER_GROUP", tag.clone()),
+        ("JWT_SECRET", testing::JWT_SECRET.to_owned()),
+        ("RATE_LIMITS", "off".to_owned()),
+        ("METRICS_LISTEN", "off".to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+
+    let client = crate::http_client(plan.concurrency)?;
+    let instances = if fault == Fault::ApiKilled { 2 } else { 1 };
+    let mut apis = Vec::new();
+    let mut bases = Vec::new();
+    for i in 0..instances {
+        let port = free_port()?;
+        let mut api_env = env.clone();
+        api_env.push(("API_LISTEN".into(), format!("127.0.0.1:{port}")));
+        let mut api = Process::new(&format!("coupon-api-{i}"), &bins.api, api_env, log_dir);
+        let base = format!("http://127.0.0.1:{port}");
+        start_api(&mut api, &client, &base).await?;
+        apis.push(api);
+        bases.push(base);
+    }
+    let mut consumer_env = env.clone();
+    consumer_env.push((
+        "KAFKA_GROUP_INSTANCE_ID".into(),
+        format!("{tag}-consumer-0"),
+    ));
+    let mut consumer = Process::new("coupon-consumer", &bins.consumer, consumer_env, log_dir);
+    start_consumer(&mut consumer).await?;
+    let mut replay_env = env.clone();
+    replay_env.push(("KAFKA_CONSUMER_GROUP".into(), format!("{tag}-replay")));
+    let mut replay = Process::new(
+        "coupon-consumer-replay",
+        &bins.consumer,
+        replay_env,
+        log_dir,
+    );
+
+    let signer = TokenSigner::hs256(testing::JWT_SECRET);
+    let coupon = crate::create_coupon(&client, &bases[0], &signer, plan.stock).await?;
+    let pool = coupon_core::db::connect(&database_url, 4).await?;
+    let redis_conn = admission::connect(&redis.url(), Duration::from_secs(2)).await?;
+    let admission = AdmissionStore::new(redis_conn, RedisKeys::new(String::new()));
+
+    let accepted_so_far = AtomicUsize::new(0);
+    let fault_log = log_dir.join("fault.log");
+    let note = |what: &str| {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&fault_log)
+        {
+            let _ = writeln!(f, "{} {what}", chrono::Utc::now().to_rfc3339());
+        }
+    };
+    let inject = async {
+        while accepted_so_far.load(Ordering::Relaxed) < plan.trigger {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        note(&format!("fault {} starts", fault.name()));
+        match fault {
+            Fault::BrokerStopped => {
+                let broker = own_broker.as_mut().context("own broker")?;
+                broker.stop("TERM");
+                tokio::time::sleep(Duration::from_secs(7)).await;
+                start_broker(broker, broker_port).await?;
+            }
+            Fault::ConsumerKilled => {
+                consumer.stop("KILL");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                start_consumer(&mut consumer).await?;
+            }
+            Fault::MysqlStopped => {
+                let mysql = own_mysql.as_mut().context("own MariaDB")?;
+                mysql.stop();
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                mysql.restart().await;
+            }
+            Fault::RedisRestarted => {
+                redis.stop();
+                redis.restart().await;
+            }
+            Fault::ApiKilled => apis[1].stop("KILL"),
+            Fault::DeliveredTwice => start_consumer(&mut replay).await?,
+        }
+        note(&format!("fault {} ends", fault.name()));
+        anyhow::Ok(())
+    };
+    let (raced, injected) = tokio::join!(
+        race(&client, &bases, &signer, coupon, plan, &accepted_so_far),
+        inject
+    );
+    let (answers, elapsed) = raced?;
+    injected?;
+    note("race ends");
+
+    settle(&pool, &admission, coupon, Duration::from_secs(120)).await;
+    let reconciled = reconcile(bins, &env, coupon)?;
+    note("reconciled");
+    settle(&pool, &admission, coupon, Duration::from_secs(60)).await;
+    let mut groups = vec![tag.clone()];
+    if fault == Fault::DeliveredTwice {
+        groups.push(format!("{tag}-replay"));
+    }
+    let unconsumed = unconsumed(
+        &format!("127.0.0.1:{broker_port}"),
+        &format!("{tag}-issues"),
+        &groups,
+        coupon,
+        Duration::from_secs(60),
+    )
+    .await?;
+
+    let users: Vec<i64> =
+        sqlx::query_scalar("SELECT user_id FROM coupon_issues WHERE coupon_id = ?")
+            .bind(coupon.get())
+            .fetch_all(&pool)
+            .await?;
+    let with_row: HashSet<i64> = users.iter().copied().collect();
+    let (rows, distinct_users, issued_quantity, admitted) =
+        read_counts(&pool, &admission, coupon).await?;
+    let without_accept: HashSet<i64> = with_row.difference(&answers.accepted).copied().collect();
+    let counts = Counts {
+        requests: plan.requests,
+        accepted: answers.accepted.len(),
+        in_doubt: answers.in_doubt.len(),
+        rows,
+        distinct_users,
+        admitted,
+        issued_quantity,
+        accepted_without_row: answers.accepted.difference(&with_row).count(),
+        row_without_accept: without_accept.difference(&answers.in_doubt).count(),
+        in_doubt_with_row: without_accept.intersection(&answers.in_doubt).count(),
+        already_issued_without_row: answers.already_issued.difference(&with_row).count(),
+        unconsumed,
+        reconciled,
+        race: elapsed,
+        answers: answers.labels,
+    };
+    drop(apis);
+    drop(consumer);
+    drop(replay);
+    drop(own_broker);
+    pool.close().await;
+    if own_mysql.is_none() {
+        // The scenario's database on the shared server; an own server goes with its directory.
+        let admin = coupon_core::db::connect("mysql://root@127.0.0.1:3306/mysql", 1).await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS `{database}`"))
+            .execute(&admin)
+            .await?;
+        admin.close().await;
+    }
+    Ok(counts)
+}
