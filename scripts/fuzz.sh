@@ -38,6 +38,13 @@ log() { printf '[fuzz] %s\n' "$*" >&2; }
 
 # --- schemathesis, pinned, in its own virtual environment (as load-test/run-locust.sh does) ---
 requirements=fuzz/requirements.txt
+# A fresh Debian machine may lack Python or its venv module (Debian splits it out).
+if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  # shellcheck source=scripts/apt.sh
+  source scripts/apt.sh
+  log "installing python3 and python3-venv (Debian packages)"
+  apt_install python3 python3-venv
+fi
 if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   echo "fuzz.sh: schemathesis needs Python 3.11 or newer, python3 is $(python3 --version 2>&1)" >&2
   exit 2
