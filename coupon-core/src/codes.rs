@@ -452,32 +452,57 @@ pub async fn bulk_change(
     let mut changed = 0;
     for status in from {
         loop {
-            let mut tx = pool.begin().await?;
-            let ids: Vec<i64> = sqlx::query_scalar(BULK_BATCH_SQL)
-                .bind(topic)
-                .bind(*status)
-                .bind(BULK_BATCH)
-                .fetch_all(&mut *tx)
-                .await?;
-            if !ids.is_empty() {
-                let mut update = QueryBuilder::<MySql>::new("UPDATE coupon_codes SET status = ");
-                update.push_bind(to);
-                if action == BulkAction::Delete {
-                    update
-                        .push(", deleted_at = ")
-                        .push_bind(crate::db::datetime(now));
+            // Two bulk changes of one topic at once lock overlapping batches in different
+            // orders; InnoDB picks one as the deadlock victim (1213) and rolls its batch back,
+            // so that batch is simply run again.
+            let mut attempts = 0;
+            let (batch_changed, batch_len) = loop {
+                match bulk_batch(pool, topic, status, to, action, now).await {
+                    Err(err) if is_deadlock(&err) && attempts < 5 => attempts += 1,
+                    other => break other?,
                 }
-                update.push(" WHERE id IN ");
-                repository::push_id_list(&mut update, &ids);
-                changed += update.build().execute(&mut *tx).await?.rows_affected();
-            }
-            tx.commit().await?;
-            if ids.len() < BULK_BATCH as usize {
+            };
+            changed += batch_changed;
+            if batch_len < BULK_BATCH as usize {
                 break;
             }
         }
     }
     Ok(changed)
+}
+
+/// One transaction of [`bulk_change`]: locks up to [`BULK_BATCH`] codes of `topic` in
+/// `status` and sets them to `to`; returns (codes changed, codes locked).
+async fn bulk_batch(
+    pool: &MySqlPool,
+    topic: i64,
+    status: &str,
+    to: &str,
+    action: BulkAction,
+    now: DateTime<Utc>,
+) -> Result<(u64, usize), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let ids: Vec<i64> = sqlx::query_scalar(BULK_BATCH_SQL)
+        .bind(topic)
+        .bind(status)
+        .bind(BULK_BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut changed = 0;
+    if !ids.is_empty() {
+        let mut update = QueryBuilder::<MySql>::new("UPDATE coupon_codes SET status = ");
+        update.push_bind(to);
+        if action == BulkAction::Delete {
+            update
+                .push(", deleted_at = ")
+                .push_bind(crate::db::datetime(now));
+        }
+        update.push(" WHERE id IN ");
+        repository::push_id_list(&mut update, &ids);
+        changed = update.build().execute(&mut *tx).await?.rows_affected();
+    }
+    tx.commit().await?;
+    Ok((changed, ids.len()))
 }
 
 /// Locks the next batch of a bulk change: the first `?` (limit) codes of a topic (`?`) in a
