@@ -26,7 +26,7 @@ test: up
 	scripts/test.sh
 
 ## chaos: the fault-injection suite: six faults, each injected into a race of 10,000 requests
-## from 5,000 users for 500 units; prints the counts (about 10 minutes); see scripts/chaos.sh
+## from 5,000 users for 500 units; prints the counts (about 8 minutes); see scripts/chaos.sh
 chaos: up
 	scripts/chaos.sh
 

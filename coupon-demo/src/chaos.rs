@@ -41,9 +41,8 @@ pub enum Fault {
     ///    coordinator's offset commit.)
     BrokerStopped,
     /// 2. coupon-consumer killed with SIGKILL mid-stream, started again 2 s later with the
-    ///    same `KAFKA_GROUP_INSTANCE_ID` (static membership). With dynamic membership, tansu
-    ///    0.6 never assigned the restarted member any partition while the dead one was still
-    ///    within its session timeout (nothing consumed in 4 minutes).
+    ///    same `KAFKA_GROUP_INSTANCE_ID` (static membership). With dynamic membership, the
+    ///    restarted member consumed nothing for 4 minutes against tansu 0.6.
     ConsumerKilled,
     /// 3. MySQL killed (SIGKILL) mid-race, started again 10 s later.
     MysqlStopped,
