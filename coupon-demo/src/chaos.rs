@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -370,25 +370,22 @@ async fn start_api(
     }
 }
 
+/// Starts coupon-consumer and waits for one more "coupon-consumer running" line in its log.
+/// The group join follows that line; messages published meanwhile wait in the topic.
 async fn start_consumer(process: &mut Process) -> anyhow::Result<()> {
-    let runs = std::fs::read_to_string(&process.log)
-        .map(|s| s.matches("coupon-consumer running").count())
-        .unwrap_or(0);
+    let started = |log: &Path| {
+        std::fs::read_to_string(log)
+            .map(|s| s.matches("coupon-consumer running").count())
+            .unwrap_or(0)
+    };
+    let before = started(&process.log);
     process.start()?;
     wait_for(
         &format!("{} running", process.name),
         Duration::from_secs(60),
-        || {
-            std::fs::read_to_string(&process.log)
-                .map(|s| s.matches("coupon-consumer running").count())
-                .unwrap_or(0)
-                > runs
-        },
+        || started(&process.log) > before,
     )
-    .await?;
-    // The log line comes before the group join; give it the rebalance.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    Ok(())
+    .await
 }
 
 /// What the race was answered, by user.
@@ -697,8 +694,15 @@ pub async fn run(
             let _ = writeln!(f, "{} {what}", chrono::Utc::now().to_rfc3339());
         }
     };
+    let race_over = AtomicBool::new(false);
     let inject = async {
         while accepted_so_far.load(Ordering::Relaxed) < plan.trigger {
+            if race_over.load(Ordering::Relaxed) {
+                bail!(
+                    "the race ended before {} requests were accepted",
+                    plan.trigger
+                );
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         note(&format!("fault {} starts", fault.name()));
@@ -731,7 +735,11 @@ pub async fn run(
         anyhow::Ok(())
     };
     let (raced, injected) = tokio::join!(
-        race(&client, &bases, &signer, coupon, plan, &accepted_so_far),
+        async {
+            let raced = race(&client, &bases, &signer, coupon, plan, &accepted_so_far).await;
+            race_over.store(true, Ordering::Relaxed);
+            raced
+        },
         inject
     );
     let (answers, elapsed) = raced?;
