@@ -171,7 +171,7 @@ fn path_rejection(rejection: PathRejection) -> ApiError {
 }
 
 /// Body of an issue (`POST /api/v1/coupons/{coupon_id}/issues`) or of a redeem by code: none,
-/// `{}` or `{"user_id": 7}`.
+/// `null`, `{}` or `{"user_id": 7}`.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssueRequestBody {
@@ -196,9 +196,11 @@ impl<S: Send + Sync> FromRequest<S> for Caller {
         let principal = Principal::from_request_parts(&mut parts, state).await?;
         let req = Request::from_parts(parts, body);
         let body = if req.headers().contains_key(CONTENT_TYPE) {
-            ApiJson::<IssueRequestBody>::from_request(req, state)
+            // JSON `null` is no body too.
+            ApiJson::<Option<IssueRequestBody>>::from_request(req, state)
                 .await?
                 .0
+                .unwrap_or_default()
         } else {
             let bytes = Bytes::from_request(req, state)
                 .await

@@ -1,5 +1,7 @@
 //! Malformed input gets a JSON error with a stable code and a 4xx status, never a 500.
 
+use coupon_core::testing;
+
 use crate::helpers::{assert_error, spawn_app, spawn_app_with, TestApp};
 
 async fn post_raw(
@@ -308,4 +310,30 @@ async fn policy_times_outside_1970_to_2038_are_stored_and_returned() {
         .unwrap();
     assert_eq!(read["issue_ends_at"], "2040-01-01T00:00:00Z");
     assert_eq!(read["valid_until"], "2100-12-31T23:59:59Z");
+}
+
+#[tokio::test]
+async fn a_json_null_issue_body_is_no_body() {
+    // The document allows `null` for the optional body; it acts as no body at all.
+    let app = spawn_app().await;
+    let id = app.open_coupon(5).await;
+    let response = app
+        .anonymous
+        .post(app.url(&format!("/api/v1/coupons/{id}/issues")))
+        .bearer_auth(testing::user_token(7))
+        .header("content-type", "application/json")
+        .body("null")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let admitted = app
+        .state
+        .admission
+        .is_admitted(
+            coupon_core::domain::CouponId::parse(id).unwrap(),
+            coupon_core::domain::UserId::parse(7).unwrap(),
+        )
+        .await;
+    assert!(admitted.unwrap());
 }
