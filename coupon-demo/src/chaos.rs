@@ -145,6 +145,9 @@ pub struct Counts {
     pub reconciled: (usize, usize, i64, i64),
     /// Wall time of the race.
     pub race: Duration,
+    /// How long coupon-consumer took to exit on SIGTERM after the drain (reported; 15 s and
+    /// it is killed).
+    pub consumer_shutdown: Duration,
 }
 
 impl Counts {
@@ -209,10 +212,15 @@ impl fmt::Display for Counts {
             self.unconsumed
         )?;
         let (republished, readmitted, before, after) = self.reconciled;
-        write!(
+        writeln!(
             f,
             "  reconciliation: {republished} re-published, {readmitted} re-admitted, \
              issued_quantity {before} -> {after}"
+        )?;
+        write!(
+            f,
+            "  coupon-consumer exited {:.1} s after SIGTERM",
+            self.consumer_shutdown.as_secs_f64()
         )
     }
 }
@@ -772,7 +780,7 @@ pub async fn run(
     let (rows, distinct_users, issued_quantity, admitted) =
         read_counts(&pool, &admission, coupon).await?;
     let without_accept: HashSet<i64> = with_row.difference(&answers.accepted).copied().collect();
-    let counts = Counts {
+    let mut counts = Counts {
         requests: plan.requests,
         accepted: answers.accepted.len(),
         in_doubt: answers.in_doubt.len(),
@@ -788,7 +796,11 @@ pub async fn run(
         reconciled,
         race: elapsed,
         answers: answers.labels,
+        consumer_shutdown: Duration::ZERO,
     };
+    let stopping = Instant::now();
+    consumer.stop("TERM");
+    counts.consumer_shutdown = stopping.elapsed();
     drop(apis);
     drop(consumer);
     drop(replay);

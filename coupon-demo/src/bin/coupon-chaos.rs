@@ -75,8 +75,8 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         cli.fault.clone()
     };
     let mut table = vec![
-        "| scenario | requests | 202 | 409 duplicate | 409 sold out | 503 | in doubt | rows | SCARD | issued_quantity | 202 without row | row without 202 | 409 duplicate without row | reconciliation (re-published / re-admitted) | verdict |".to_owned(),
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |".to_owned(),
+        "| scenario | requests | 202 | 409 duplicate | 409 sold out | 503 | in doubt | rows | SCARD | issued_quantity | 202 without row | row without 202 | 409 duplicate without row | reconciliation (re-published / re-admitted) | consumer exit on SIGTERM (s) | verdict |".to_owned(),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |".to_owned(),
     ];
     let mut failed = 0;
     for fault in faults {
@@ -98,7 +98,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
                 );
                 failed += 1;
                 table.push(format!(
-                    "| {} | could not finish: {err:#} ||||||||||||| FAILED |",
+                    "| {} | could not finish: {err:#} |||||||||||||| FAILED |",
                     fault.name()
                 ));
                 continue;
@@ -116,7 +116,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         }
         let n = |label: &str| counts.answers.get(label).copied().unwrap_or(0);
         table.push(format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {:.1} | {} |",
             fault.name(),
             counts.requests,
             counts.accepted,
@@ -132,6 +132,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             counts.already_issued_without_row,
             counts.reconciled.0,
             counts.reconciled.1,
+            counts.consumer_shutdown.as_secs_f64(),
             if holds { "passed" } else { "FAILED" },
         ));
     }
