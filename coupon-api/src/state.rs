@@ -40,7 +40,7 @@ pub struct Shared {
     pub pool: MySqlPool,
     /// Redis admission state and policy copies.
     pub admission: AdmissionStore,
-    /// Idempotent Kafka producer of issue messages.
+    /// Kafka producer of issue messages (`acks=all`).
     pub publisher: IssuePublisher,
     /// Local policy cache and sold-out marks.
     pub cache: PolicyCache,

@@ -27,7 +27,7 @@ pub struct DeadLetter<'a> {
     pub detail: String,
 }
 
-/// Producer of the dead-letter topic (idempotent, `acks=all`).
+/// Producer of the dead-letter topic (`acks=all`).
 pub struct DeadLetters {
     /// The producer.
     pub producer: FutureProducer,

@@ -1,4 +1,4 @@
-//! Kafka clients shared by both services: the idempotent producer, topic set-up and the issue
+//! Kafka clients shared by both services: the `acks=all` producer, topic set-up and the issue
 //! publisher.
 
 use std::time::{Duration, Instant};
@@ -106,7 +106,7 @@ pub struct IssuePublisher {
 }
 
 impl IssuePublisher {
-    /// Builds the idempotent producer of [`producer_config`] for `topic`.
+    /// Builds the producer of [`producer_config`] for `topic`.
     ///
     /// # Errors
     /// librdkafka refused the configuration.

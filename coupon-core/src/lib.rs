@@ -7,7 +7,7 @@
 //! - [`admission`]: the atomic Redis admission script and the per-coupon Redis keys;
 //! - [`message`]: the issue message carried by Kafka;
 //! - [`events`]: coupon events for notification services (transactional outbox);
-//! - [`kafka`]: the idempotent producer and topic set-up;
+//! - [`kafka`]: the `acks=all` producer and topic set-up;
 //! - [`db`] and [`repository`]: the MySQL pool, migrations and queries;
 //! - [`redemption`]: using an issued coupon for an order, and cancelling that;
 //! - [`idempotency`]: idempotency keys of state-changing requests;
