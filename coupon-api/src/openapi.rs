@@ -31,6 +31,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         .build();
     for part in [
         routes::issues::Doc::openapi(),
+        routes::reconciliations::Doc::openapi(),
         routes::coupons::Doc::openapi(),
         routes::codes::Doc::openapi(),
         routes::redemptions::Doc::openapi(),

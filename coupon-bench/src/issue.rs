@@ -1193,6 +1193,15 @@ async fn drain(bench: &Bench) -> anyhow::Result<Run> {
     let args = &bench.args;
     let total = args.drain_messages as i64;
     let coupon = bench.create_coupon(total).await?;
+    // The consumer persists only users in the admission set (an undone admission's message
+    // is dead-lettered): admit every user first, as the API would have.
+    let redis_url = format!("redis://{}:{}", args.redis_host, args.redis_port);
+    let store = AdmissionStore::new(
+        admission::connect(&redis_url, Duration::from_secs(2)).await?,
+        RedisKeys::new(bench.prefix.clone()),
+    );
+    let users: Vec<i64> = (1..=total).collect();
+    store.add_members(coupon, &users).await?;
     let topic = format!("{}-drain-{coupon}", bench.issue_topic);
     create_topic(&args.kafka_brokers, &topic, args.partitions).await?;
     let publisher = IssuePublisher::new(&args.kafka_brokers, &topic, Duration::from_secs(30))?;

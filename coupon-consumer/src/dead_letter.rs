@@ -7,10 +7,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::Message;
 
-/// Every reason a message is dead-lettered for: the issue consumer's `malformed` and the
+/// Every reason a message is dead-lettered for: the issue consumer's `malformed` and `admission_undone`, the
 /// [`coupon_core::repository::Rejection`]s, and the payment consumer's `malformed_payment`.
-pub const REASONS: [&str; 4] = [
+pub const REASONS: [&str; 5] = [
     "malformed",
+    "admission_undone",
     "unknown_coupon",
     "stock_exceeded",
     "malformed_payment",

@@ -85,7 +85,8 @@ pub struct IssueConsumer {
 }
 
 /// Every `step` label of `coupon_consumer_retries_total` (monitoring/METRICS.md).
-pub const RETRY_STEPS: [&str; 4] = [
+pub const RETRY_STEPS: [&str; 5] = [
+    "admission_check",
     "persist",
     "dead_letter",
     "payment_apply",
@@ -281,6 +282,41 @@ impl IssueConsumer {
         batch
     }
 
+    /// Indexes of `issues` whose user is not in the coupon's admission set although the set
+    /// exists: their admission was undone. That happens when the API's publish timed out
+    /// after the broker had written the message but before it acknowledged it (a broker
+    /// killed mid-request; librdkafka calls such a message "possibly persisted"): the user
+    /// heard 503, and persisting the message would give them a coupon, and with it a unit
+    /// that belongs to a user who heard 202. One `SMISMEMBER` per coupon in the batch. A
+    /// coupon without Redis state (no stock key: Redis lost it and the API has not rebuilt it
+    /// yet) cannot be checked and is persisted as before.
+    async fn undone_admissions(
+        &self,
+        issues: &[IssueMessage],
+    ) -> anyhow::Result<std::collections::HashSet<usize>> {
+        let mut by_coupon: std::collections::BTreeMap<coupon_core::domain::CouponId, Vec<usize>> =
+            Default::default();
+        for (i, issue) in issues.iter().enumerate() {
+            by_coupon.entry(issue.coupon_id).or_default().push(i);
+        }
+        let mut undone = std::collections::HashSet::new();
+        for (coupon, indexes) in by_coupon {
+            if !self.admission.is_prepared(coupon).await? {
+                continue;
+            }
+            let users: Vec<i64> = indexes.iter().map(|&i| issues[i].user_id.get()).collect();
+            let admitted = self.admission.admitted_among(coupon, &users).await?;
+            undone.extend(
+                indexes
+                    .iter()
+                    .zip(admitted)
+                    .filter(|(_, admitted)| !admitted)
+                    .map(|(&i, _)| i),
+            );
+        }
+        Ok(undone)
+    }
+
     /// Persists, dead-letters, broadcasts and commits one batch. `None` when shutdown came
     /// while a step was still failing (nothing committed).
     async fn handle(&self, batch: &[OwnedMessage], shutdown: &CancellationToken) -> Option<()> {
@@ -304,6 +340,28 @@ impl IssueConsumer {
 
         if batch.len() >= self.batch_max_messages {
             self.note_full_batch();
+        }
+        let check = || self.undone_admissions(&issues);
+        let undone = self.retrying("admission_check", check, shutdown).await?;
+        if !undone.is_empty() {
+            let mut index = 0;
+            issues.retain(|_| {
+                index += 1;
+                !undone.contains(&(index - 1))
+            });
+            let mut kept_sources = Vec::with_capacity(sources.len());
+            for (i, source) in sources.into_iter().enumerate() {
+                if undone.contains(&i) {
+                    dead.push(DeadLetter {
+                        message: source,
+                        reason: "admission_undone",
+                        detail: "the user is not in the coupon's admission set".into(),
+                    });
+                } else {
+                    kept_sources.push(source);
+                }
+            }
+            sources = kept_sources;
         }
         let persist = || repository::persist_batch(&self.pool, &issues);
         let report: PersistReport = self.retrying("persist", persist, shutdown).await?;

@@ -542,3 +542,67 @@ async fn the_event_relay_waits_until_the_issue_backlog_is_persisted() {
     })
     .await;
 }
+
+/// A message whose admission was undone (the API's publish timed out after the broker had
+/// written it: a broker killed mid-request, `make chaos` scenario 1) must not become a row:
+/// that user heard 503, and the unit belongs to a user who heard 202.
+#[tokio::test]
+async fn a_message_whose_admission_was_undone_is_dead_lettered_not_persisted() {
+    use coupon_core::admission::{self, AdmissionStore};
+
+    let consumer = start().await;
+    let mut tx = consumer.pool.begin().await.unwrap();
+    let policy = repository::insert_policy(&mut tx, &testing::open_policy(10))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let store = AdmissionStore::new(
+        admission::connect(consumer.stores.redis_url(), Duration::from_secs(2))
+            .await
+            .unwrap(),
+        RedisKeys::new(consumer.stores.redis_key_prefix.clone()),
+    );
+    store.prepare(&policy).await.unwrap();
+    // Users 1 and 2 are admitted; user 3's admission was undone after its message was written.
+    store.add_members(policy.id, &[1, 2]).await.unwrap();
+    let messages: Vec<_> = (1..=3).map(|user| issue(policy.id, user)).collect();
+    for message in &messages {
+        consumer.send(message).await;
+    }
+    consumer.wait_committed(3).await;
+
+    let mut rows: Vec<i64> = sqlx::query_scalar(
+        "SELECT user_id FROM coupon_issues WHERE coupon_id = ? ORDER BY user_id",
+    )
+    .bind(policy.id.get())
+    .fetch_all(&consumer.pool)
+    .await
+    .unwrap();
+    rows.sort_unstable();
+    assert_eq!(rows, [1, 2]);
+    assert_eq!(consumer.issued_quantity(policy.id).await, 2);
+
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &consumer.stores.kafka_brokers)
+        .set(
+            "group.id",
+            format!("dlq-reader-{}", Uuid::new_v4().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader
+        .subscribe(&[&consumer.stores.kafka_dead_letter_topic])
+        .unwrap();
+    let message = tokio::time::timeout(WAIT, reader.recv())
+        .await
+        .expect("a dead letter")
+        .unwrap();
+    let reason = message
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == "x-dead-letter-reason"))
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    assert_eq!(reason.as_deref(), Some("admission_undone"));
+    assert_eq!(message.payload().unwrap(), messages[2].to_json());
+}

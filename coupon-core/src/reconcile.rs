@@ -17,8 +17,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::Utc;
-use serde::Serialize;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 use uuid::Uuid;
 
@@ -29,7 +29,7 @@ use crate::message::IssueMessage;
 use crate::recovery::IssueLog;
 
 /// What one pass found and did for one coupon (counts), printed as a JSON line.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CouponReport {
     /// The coupon.
     pub coupon_id: i64,
@@ -81,6 +81,22 @@ impl Reconciler<'_> {
         ids.into_iter()
             .map(|id| CouponId::parse(id).map_err(|e| anyhow::anyhow!(e.0)))
             .collect()
+    }
+
+    /// One pass over `coupon`, or over every coupon not soft-deleted when `None`.
+    ///
+    /// # Errors
+    /// As [`Self::reconcile`]; the coupons before the failing one stay reconciled.
+    pub async fn run(&self, coupon: Option<CouponId>) -> anyhow::Result<Vec<CouponReport>> {
+        let coupons = match coupon {
+            Some(id) => vec![id],
+            None => self.coupons().await?,
+        };
+        let mut reports = Vec::with_capacity(coupons.len());
+        for coupon in coupons {
+            reports.push(self.reconcile(coupon).await?);
+        }
+        Ok(reports)
     }
 
     /// One pass over `coupon`: two reads `grace` apart, then the repairs.
@@ -206,4 +222,139 @@ fn missing(
         .filter(|u| !in_flight.contains(u) && !rows.contains(u))
         .copied()
         .collect()
+}
+
+/// Where a reconciliation job started through the admin API stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobStatus {
+    /// The pass is running (or its instance died: a new pass is always safe).
+    Running,
+    /// Every coupon was reconciled; `reports` says what was found and done.
+    Done,
+    /// A store failed mid-pass; `error` says which. Repairs already made stay made.
+    Failed,
+}
+
+impl JobStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "RUNNING",
+            Self::Done => "DONE",
+            Self::Failed => "FAILED",
+        }
+    }
+}
+
+/// A reconciliation pass started through the admin API, as stored in `reconciliation_jobs`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ReconciliationJob {
+    /// The job's id.
+    pub job_id: i64,
+    /// The coupon reconciled; `null`: every coupon not soft-deleted.
+    pub coupon_id: Option<i64>,
+    /// Wait between the pass's two reads (ms).
+    pub grace_ms: i64,
+    /// Whether the pass only reported.
+    pub dry_run: bool,
+    /// Running, done or failed.
+    pub status: JobStatus,
+    /// One report per coupon, once done.
+    pub reports: Vec<CouponReport>,
+    /// Why the pass failed.
+    pub error: Option<String>,
+    /// When the job was started.
+    pub created_at: DateTime<Utc>,
+    /// When the pass ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Records a new RUNNING job; returns its id.
+///
+/// # Errors
+/// MySQL failed.
+pub async fn create_job(
+    pool: &MySqlPool,
+    coupon: Option<CouponId>,
+    grace: Duration,
+    dry_run: bool,
+) -> Result<i64, sqlx::Error> {
+    let id = sqlx::query(
+        "INSERT INTO reconciliation_jobs (coupon_id, grace_ms, dry_run, status, created_at) \
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(coupon.map(CouponId::get))
+    .bind(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX))
+    .bind(dry_run)
+    .bind(JobStatus::Running.as_str())
+    .bind(crate::db::datetime(Utc::now()))
+    .execute(pool)
+    .await?
+    .last_insert_id();
+    Ok(i64::try_from(id).unwrap_or(i64::MAX))
+}
+
+/// Marks job `id` DONE with `reports`, or FAILED with the error's text.
+///
+/// # Errors
+/// MySQL failed.
+pub async fn finish_job(
+    pool: &MySqlPool,
+    id: i64,
+    outcome: &anyhow::Result<Vec<CouponReport>>,
+) -> Result<(), sqlx::Error> {
+    let (status, reports, error) = match outcome {
+        Ok(reports) => (JobStatus::Done, serde_json::to_string(reports).ok(), None),
+        Err(err) => (JobStatus::Failed, None, Some(format!("{err:#}"))),
+    };
+    sqlx::query(
+        "UPDATE reconciliation_jobs SET status = ?, reports = ?, error = ?, finished_at = ? \
+         WHERE id = ?",
+    )
+    .bind(status.as_str())
+    .bind(reports)
+    .bind(error)
+    .bind(crate::db::datetime(Utc::now()))
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Job `id`, or `None`.
+///
+/// # Errors
+/// MySQL failed, or a stored row does not parse.
+pub async fn find_job(pool: &MySqlPool, id: i64) -> anyhow::Result<Option<ReconciliationJob>> {
+    use sqlx::Row;
+    let Some(row) = sqlx::query(
+        "SELECT id, coupon_id, grace_ms, dry_run, status, reports, error, created_at, \
+         finished_at FROM reconciliation_jobs WHERE id = ?",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let status = match row.try_get::<String, _>("status")?.as_str() {
+        "DONE" => JobStatus::Done,
+        "FAILED" => JobStatus::Failed,
+        _ => JobStatus::Running,
+    };
+    let reports = match row.try_get::<Option<String>, _>("reports")? {
+        Some(json) => serde_json::from_str(&json).context("reading a job's reports")?,
+        None => Vec::new(),
+    };
+    Ok(Some(ReconciliationJob {
+        job_id: row.try_get("id")?,
+        coupon_id: row.try_get("coupon_id")?,
+        grace_ms: row.try_get("grace_ms")?,
+        dry_run: row.try_get("dry_run")?,
+        status,
+        reports,
+        error: row.try_get("error")?,
+        created_at: row.try_get("created_at")?,
+        finished_at: row.try_get("finished_at")?,
+    }))
 }

@@ -4,6 +4,7 @@ pub mod codes;
 pub mod coupons;
 pub mod health;
 pub mod issues;
+pub mod reconciliations;
 pub mod redemptions;
 pub mod users;
 
@@ -18,6 +19,7 @@ pub fn router() -> Router<AppState> {
         .merge(coupons::router())
         .merge(codes::router())
         .merge(issues::router())
+        .merge(reconciliations::router())
         .merge(redemptions::router())
         .merge(users::router())
         .merge(health::router())

@@ -222,3 +222,75 @@ async fn reconciliation_republishes_lost_admissions_readmits_rows_and_fixes_the_
     );
     assert_eq!(second.in_flight, 3);
 }
+
+#[tokio::test]
+async fn reconciliation_through_the_admin_api_runs_as_a_job_and_reports_its_repairs() {
+    let app = spawn_app_with(|c| c.stores.kafka_message_timeout_ms = 1_000).await;
+    let coupon = app.open_coupon(10).await;
+    let id = CouponId::parse(coupon).unwrap();
+    assert_eq!(app.issue(coupon, 1).await.status(), 202);
+    // User 3: admitted, but the message never reached the broker.
+    app.state.admission.add_members(id, &[3]).await.unwrap();
+    let start = |body: serde_json::Value| {
+        app.client
+            .post(app.url("/api/v1/admin/reconciliations"))
+            .json(&body)
+            .send()
+    };
+
+    // A grace period shorter than the message timeout could re-publish a publish in flight.
+    let short = start(serde_json::json!({ "coupon_id": coupon, "grace_secs": 0 }))
+        .await
+        .unwrap();
+    assert_error(short, 422, "VALIDATION_FAILED").await;
+    let unknown = start(serde_json::json!({ "coupon_id": 999_999 }))
+        .await
+        .unwrap();
+    assert_error(unknown, 404, "COUPON_NOT_FOUND").await;
+    let as_user = app
+        .anonymous
+        .post(app.url("/api/v1/admin/reconciliations"))
+        .bearer_auth(testing::user_token(1))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(as_user, 403, "FORBIDDEN").await;
+
+    let started = start(serde_json::json!({ "coupon_id": coupon, "grace_secs": 1 }))
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    let location = started.headers()["location"].to_str().unwrap().to_owned();
+    let job: serde_json::Value = started.json().await.unwrap();
+    assert_eq!(job["status"], "RUNNING");
+    assert_eq!(
+        location,
+        format!("/api/v1/admin/reconciliations/{}", job["job_id"])
+    );
+    let done = testing::eventually("the job is done", Duration::from_secs(30), || async {
+        let job: serde_json::Value = app
+            .client
+            .get(app.url(&location))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (job["status"] != "RUNNING").then_some(job)
+    })
+    .await;
+    assert_eq!(done["status"], "DONE", "{done}");
+    assert_eq!(done["reports"][0]["coupon_id"], coupon);
+    assert_eq!(done["reports"][0]["republished"], serde_json::json!([3]));
+    assert!(done["finished_at"].is_string());
+
+    let missing = app
+        .client
+        .get(app.url("/api/v1/admin/reconciliations/999999"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(missing, 404, "NOT_FOUND").await;
+}

@@ -1,0 +1,152 @@
+//! Reconciliation through the admin API: `POST /api/v1/admin/reconciliations` starts a pass
+//! ([`coupon_core::reconcile`], the same as `coupon-api reconcile`) as a background job and
+//! answers 202 at once, since a pass waits out its grace period and may take longer than
+//! `REQUEST_TIMEOUT_MS`; `GET /api/v1/admin/reconciliations/{job_id}` reports it. Jobs are
+//! rows of `reconciliation_jobs`, so any instance can report a job another one started.
+
+use axum::extract::State;
+use axum::http::header::LOCATION;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use coupon_core::domain::CouponId;
+use coupon_core::reconcile::{self, Reconciler, ReconciliationJob};
+use coupon_core::repository;
+use serde::Deserialize;
+
+use crate::auth::Admin;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiPath};
+use crate::state::AppState;
+
+/// Longest grace period a job may ask for (s).
+const MAX_GRACE_SECS: u64 = 3_600;
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/admin/reconciliations", post(start_reconciliation))
+        .route(
+            "/api/v1/admin/reconciliations/{job_id}",
+            get(reconciliation_job),
+        )
+}
+
+/// Body of `POST /api/v1/admin/reconciliations`; every field is optional (`{}`).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReconciliationRequest {
+    /// Only this coupon; absent: every coupon not soft-deleted.
+    #[schema(value_type = Option<i64>)]
+    pub coupon_id: Option<CouponId>,
+    /// Wait between the two reads that must both show an admission as lost (s): at least the
+    /// producer's message timeout, so no publish is still in flight; at most 3,600. Absent:
+    /// twice the message timeout.
+    pub grace_secs: Option<u64>,
+    /// Report only; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Starts a reconciliation pass in the background: 202 with the RUNNING job and a
+/// `Location` to poll. 404 `COUPON_NOT_FOUND` for an unknown `coupon_id`; 422 for a grace
+/// period shorter than the message timeout or longer than an hour.
+#[tracing::instrument(name = "start_reconciliation", skip_all)]
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/reconciliations",
+    tag = "reconciliation",
+    request_body = ReconciliationRequest,
+    responses(
+        (status = 202, description = "pass started; poll the Location", body = ReconciliationJob),
+        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+async fn start_reconciliation(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiJson(request): ApiJson<ReconciliationRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let minimum = state.rebuild_settle.as_secs_f64().ceil() as u64;
+    let grace = match request.grace_secs {
+        None => state.rebuild_settle * 2,
+        Some(secs) if (minimum..=MAX_GRACE_SECS).contains(&secs) => {
+            std::time::Duration::from_secs(secs)
+        }
+        Some(_) => {
+            return Err(ApiError::Validation(format!(
+                "grace_secs must be from {minimum} (the producer's message timeout) to \
+                 {MAX_GRACE_SECS}"
+            )))
+        }
+    };
+    if let Some(coupon) = request.coupon_id {
+        if repository::find_policy(&state.pool, coupon)
+            .await?
+            .is_none()
+        {
+            return Err(ApiError::CouponNotFound);
+        }
+    }
+    let job_id =
+        reconcile::create_job(&state.pool, request.coupon_id, grace, request.dry_run).await?;
+    let job = reconcile::find_job(&state.pool, job_id)
+        .await
+        .map_err(ApiError::Internal)?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("job {job_id} vanished")))?;
+    let (coupon, dry_run) = (request.coupon_id, request.dry_run);
+    tokio::spawn(async move {
+        let reconciler = Reconciler {
+            pool: &state.pool,
+            admission: &state.admission,
+            log: &state.issue_log,
+            publisher: &state.publisher,
+            grace,
+            dry_run,
+        };
+        let outcome = reconciler.run(coupon).await;
+        match &outcome {
+            Ok(reports) => tracing::info!(job_id, coupons = reports.len(), "reconciliation done"),
+            Err(err) => tracing::error!(job_id, err = %format!("{err:#}"), "reconciliation failed"),
+        }
+        if let Err(err) = reconcile::finish_job(&state.pool, job_id, &outcome).await {
+            tracing::error!(job_id, %err, "recording the reconciliation's end failed");
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        [(LOCATION, format!("/api/v1/admin/reconciliations/{job_id}"))],
+        Json(job),
+    ))
+}
+
+/// A reconciliation job: RUNNING, DONE with one report per coupon, or FAILED with the error;
+/// 404 `NOT_FOUND` for an unknown id.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/reconciliations/{job_id}",
+    tag = "reconciliation",
+    params(("job_id" = i64, Path, description = "reconciliation job id")),
+    responses(
+        (status = 200, body = ReconciliationJob),
+        (status = 404, description = "NOT_FOUND", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+async fn reconciliation_job(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(job_id): ApiPath<i64>,
+) -> Result<Json<ReconciliationJob>, ApiError> {
+    reconcile::find_job(&state.pool, job_id)
+        .await
+        .map_err(ApiError::Internal)?
+        .map(Json)
+        .ok_or(ApiError::RouteNotFound)
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(start_reconciliation, reconciliation_job))]
+pub(crate) struct Doc;
