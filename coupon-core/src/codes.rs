@@ -452,9 +452,8 @@ pub async fn bulk_change(
     let mut changed = 0;
     for status in from {
         loop {
-            // Two bulk changes of one topic at once lock overlapping batches in different
-            // orders; InnoDB picks one as the deadlock victim (1213) and rolls its batch back,
-            // so that batch is simply run again.
+            // A batch InnoDB rolled back as a deadlock victim (1213), say against a redeem or
+            // a generation job on the same codes, is simply run again.
             let mut attempts = 0;
             let (batch_changed, batch_len) = loop {
                 match bulk_batch(pool, topic, status, to, action, now).await {
@@ -482,6 +481,12 @@ async fn bulk_batch(
     now: DateTime<Utc>,
 ) -> Result<(u64, usize), sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // Bulk changes of one topic take turns batch by batch: without this lock, a suspend and
+    // an activate walking the same (topic, status) index deadlocked again and again.
+    sqlx::query("SELECT id FROM coupon_topics WHERE id = ? FOR UPDATE")
+        .bind(topic)
+        .execute(&mut *tx)
+        .await?;
     let ids: Vec<i64> = sqlx::query_scalar(BULK_BATCH_SQL)
         .bind(topic)
         .bind(status)
