@@ -26,8 +26,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
+        match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            // serde builds a struct from an array of its fields too (`[null, null]`); no body
+            // of this API is an array, so one is refused before it can be read that way.
+            Ok(axum::Json(serde_json::Value::Array(_))) => Err(ApiError::Validation(
+                "expected a JSON object, not an array".into(),
+            )),
+            Ok(axum::Json(value)) => serde_json::from_value(value)
+                .map(Self)
+                .map_err(|e| ApiError::Validation(e.to_string())),
             Err(JsonRejection::JsonDataError(e)) => Err(ApiError::Validation(e.body_text())),
             Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::BadRequest(e.body_text())),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::BadRequest(

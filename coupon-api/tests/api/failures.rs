@@ -243,6 +243,13 @@ async fn reconciliation_through_the_admin_api_runs_as_a_job_and_reports_its_repa
         .await
         .unwrap();
     assert_error(short, 422, "VALIDATION_FAILED").await;
+    for body in [
+        serde_json::json!([null, null]),
+        serde_json::json!({ "coupon_id": "x" }),
+    ] {
+        let refused = start(body).await.unwrap();
+        assert_error(refused, 422, "VALIDATION_FAILED").await;
+    }
     let unknown = start(serde_json::json!({ "coupon_id": 999_999 }))
         .await
         .unwrap();
