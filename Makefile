@@ -4,7 +4,10 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: up down status demo test chaos fuzz bench bench-codes build fmt lint migrate
+.PHONY: up down status demo test chaos fuzz bench bench-codes build fmt lint migrate help
+
+# Each target has a `## target: description` line above it, one line, which `make help` prints;
+# more detail goes in plain `#` lines below it. `make` alone runs the first target, `up`.
 
 ## up: install (where missing) and start MariaDB, Redis and the tansu Kafka broker
 up:
@@ -14,6 +17,7 @@ up:
 down:
 	scripts/stack.sh down
 
+## status: show whether MariaDB, Redis and the tansu broker are running
 status:
 	scripts/stack.sh status
 
@@ -25,36 +29,47 @@ demo: up
 test: up
 	scripts/test.sh
 
-## chaos: the fault-injection suite: six faults, each injected into a race of 10,000 requests
-## from 5,000 users for 500 units; prints the counts (about 8 minutes); see scripts/chaos.sh
+## chaos: the fault-injection suite: six faults, each in a race for 500 units (about 8 minutes)
+# Each race is 10,000 requests from 5,000 users; prints the counts; see scripts/chaos.sh.
 chaos: up
 	scripts/chaos.sh
 
-## fuzz: schemathesis against a running coupon-api from its own OpenAPI document, at least
-## 100,000 requests (FUZZ_REQUESTS); fails on any 5xx or error body without a "code" (about
-## 14 minutes); see fuzz/README.md
+## fuzz: schemathesis against coupon-api from its own OpenAPI document (about 14 minutes)
+# At least 100,000 requests (FUZZ_REQUESTS); fails on any 5xx or error body without a "code";
+# see fuzz/README.md.
 fuzz: up
 	scripts/fuzz.sh
 
-## bench: the issue path against this machine's own limits (about 10 minutes); writes
-## bench/results/issue.{json,md}
+## bench: the issue path against this machine's own limits (about 10 minutes)
+# Writes bench/results/issue.{json,md}.
 bench: up
 	scripts/bench.sh
 
-## bench-codes: code generation rate, then redeem and search latency at 10,000,000 codes
-## before and after archiving (about half an hour); writes bench/results/codes.{json,md}
+## bench-codes: code generation, redeem and search latency at 10,000,000 codes (about 50 minutes)
+# Latencies before and after archiving; writes bench/results/codes.{json,md}.
 bench-codes: up
 	scripts/bench-codes.sh
 
+## build: compile every crate of the workspace (debug)
 build:
 	$(CARGO) build --workspace --locked
 
+## migrate: create the database and apply the migrations
 migrate: up
 	$(CARGO) run --locked -p coupon-api -- migrate
 
+## fmt: format every crate with rustfmt
 fmt:
 	$(CARGO) fmt --all
 
+## lint: rustfmt check and clippy with -D warnings, as CI runs them
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## help: list every target with its one-line description
+help:
+	@echo 'make targets (`make` alone runs `up`):'
+	@awk '/^## [a-z][a-z-]*: / { n = index($$0, ": "); desc[substr($$0, 4, n - 4)] = substr($$0, n + 2); next } \
+	  /^[a-z][a-z-]*:([^=]|$$)/ { t = substr($$0, 1, index($$0, ":") - 1); \
+	  printf "  %-12s %s\n", t, (t in desc) ? desc[t] : "(no ## description)" }' $(MAKEFILE_LIST)
