@@ -3,23 +3,24 @@
 //!
 //! [`race`] fires issue requests through real HTTP, [`wait_until_drained`] waits for the
 //! consumer, and [`verify`] reads MySQL and Redis directly and checks that every count equals
-//! the stock and that exactly the users answered 202 hold a row.
+//! the stock and that exactly the users answered 202 hold a row. [`exactness`] holds those
+//! checks, and also the one `coupon-demo verify` runs after another load tool's race.
 
 pub mod chaos;
+pub mod exactness;
+
+pub use exactness::{row_count, verify, wait_until_drained, Verification};
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use coupon_core::admission::AdmissionStore;
 use coupon_core::auth::{Role, TokenSigner};
 use coupon_core::domain::CouponId;
 use futures::StreamExt;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
-use sqlx::MySqlPool;
 
 /// Shape of a race: `requests` requests from `users` distinct users (ids `1..=users`, each at
 /// least once, the rest repeats drawn at random), `concurrency` in flight at once.
@@ -204,197 +205,6 @@ pub async fn race(
     }
     report.latencies.sort_unstable();
     Ok(report)
-}
-
-/// Rows of `coupon` in `coupon_issues` (count).
-///
-/// # Errors
-/// Any database error.
-pub async fn row_count(pool: &MySqlPool, coupon: CouponId) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT COUNT(*) FROM coupon_issues WHERE coupon_id = ?")
-            .bind(coupon.get())
-            .fetch_one(pool)
-            .await?,
-    )
-}
-
-/// Polls MySQL until `coupon` has `expected` rows and its `issued_quantity` says so too.
-///
-/// # Errors
-/// Not drained within `timeout` (the message says how far it got), or a database error.
-pub async fn wait_until_drained(
-    pool: &MySqlPool,
-    coupon: CouponId,
-    expected: i64,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let rows = row_count(pool, coupon).await?;
-        let issued: i64 = sqlx::query_scalar("SELECT issued_quantity FROM coupons WHERE id = ?")
-            .bind(coupon.get())
-            .fetch_one(pool)
-            .await?;
-        if rows >= expected && issued >= expected {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("not drained after {timeout:?}: {rows} rows, issued_quantity {issued}, expected {expected}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Everything [`verify`] read after the race.
-#[derive(Debug)]
-pub struct Verification {
-    /// The stock every count must equal.
-    pub stock: i64,
-    /// `202 Accepted` answers (count).
-    pub accepted: i64,
-    /// Rows in `coupon_issues` (count).
-    pub rows: i64,
-    /// Distinct users among the rows (count).
-    pub distinct_users: i64,
-    /// `coupons.issued_quantity`.
-    pub issued_quantity: i64,
-    /// `SCARD` of the Redis admission set.
-    pub admitted: i64,
-    /// Users answered 202 without a row (count; must be 0).
-    pub accepted_without_row: usize,
-    /// Users with a row who were not answered 202 (count; must be 0).
-    pub row_without_accept: usize,
-    /// `409 ALREADY_ISSUED` answers (count).
-    pub already_issued: usize,
-    /// `409 SOLD_OUT` answers (count).
-    pub sold_out: usize,
-    /// Any other answer (count; must be 0).
-    pub unexpected: usize,
-}
-
-impl Verification {
-    /// Whether every count equals the stock and the user sets match.
-    pub fn holds(&self) -> bool {
-        [
-            self.accepted,
-            self.rows,
-            self.distinct_users,
-            self.issued_quantity,
-            self.admitted,
-        ]
-        .iter()
-        .all(|&n| n == self.stock)
-            && self.accepted_without_row == 0
-            && self.row_without_accept == 0
-            && self.unexpected == 0
-    }
-}
-
-impl fmt::Display for Verification {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mark = |ok: bool| if ok { "ok" } else { "MISMATCH" };
-        let row = |f: &mut fmt::Formatter<'_>, name: &str, value: i64, ok: bool| {
-            writeln!(f, "  {name:<34} {value:>7}  {}", mark(ok))
-        };
-        writeln!(f, "verification (stock {}):", self.stock)?;
-        row(
-            f,
-            "202 Accepted answers",
-            self.accepted,
-            self.accepted == self.stock,
-        )?;
-        row(
-            f,
-            "rows in coupon_issues",
-            self.rows,
-            self.rows == self.stock,
-        )?;
-        row(
-            f,
-            "distinct users in coupon_issues",
-            self.distinct_users,
-            self.distinct_users == self.stock,
-        )?;
-        row(
-            f,
-            "coupons.issued_quantity",
-            self.issued_quantity,
-            self.issued_quantity == self.stock,
-        )?;
-        row(
-            f,
-            "Redis SCARD of the admission set",
-            self.admitted,
-            self.admitted == self.stock,
-        )?;
-        row(
-            f,
-            "accepted users without a row",
-            self.accepted_without_row as i64,
-            self.accepted_without_row == 0,
-        )?;
-        row(
-            f,
-            "rows of users not accepted",
-            self.row_without_accept as i64,
-            self.row_without_accept == 0,
-        )?;
-        writeln!(
-            f,
-            "  {:<34} {:>7}",
-            "409 ALREADY_ISSUED (duplicates)", self.already_issued
-        )?;
-        writeln!(f, "  {:<34} {:>7}", "409 SOLD_OUT", self.sold_out)?;
-        row(
-            f,
-            "other answers",
-            self.unexpected as i64,
-            self.unexpected == 0,
-        )?;
-        write!(
-            f,
-            "result: {}",
-            if self.holds() { "EXACT" } else { "FAILED" }
-        )
-    }
-}
-
-/// Reads MySQL and Redis after the race and compares them with what the race was answered.
-///
-/// # Errors
-/// A store cannot be read.
-pub async fn verify(
-    pool: &MySqlPool,
-    redis: &AdmissionStore,
-    coupon: CouponId,
-    stock: i64,
-    report: &RaceReport,
-) -> anyhow::Result<Verification> {
-    let users: Vec<i64> =
-        sqlx::query_scalar("SELECT user_id FROM coupon_issues WHERE coupon_id = ?")
-            .bind(coupon.get())
-            .fetch_all(pool)
-            .await?;
-    let with_row: HashSet<i64> = users.iter().copied().collect();
-    let issued_quantity: i64 =
-        sqlx::query_scalar("SELECT issued_quantity FROM coupons WHERE id = ?")
-            .bind(coupon.get())
-            .fetch_one(pool)
-            .await?;
-    Ok(Verification {
-        stock,
-        accepted: i64::try_from(report.accepted.len())?,
-        rows: i64::try_from(users.len())?,
-        distinct_users: i64::try_from(with_row.len())?,
-        issued_quantity,
-        admitted: redis.admitted_count(coupon).await?,
-        accepted_without_row: report.accepted.difference(&with_row).count(),
-        row_without_accept: with_row.difference(&report.accepted).count(),
-        already_issued: report.count("409 ALREADY_ISSUED"),
-        sold_out: report.count("409 SOLD_OUT"),
-        unexpected: report.unexpected(),
-    })
 }
 
 /// An HTTP client sized for `concurrency` requests in flight.

@@ -1,19 +1,42 @@
 //! `coupon-demo`: creates a coupon, races issue requests at a running coupon-api, waits for
 //! coupon-consumer to drain, and verifies MySQL and Redis. Exits 1 when any count differs.
+//!
+//! `coupon-demo verify --coupon N [--accepted M]` runs the verification alone, for a coupon
+//! another load tool raced (load-test/run-k6.sh and run-locust.sh call it after their race).
 
+use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use coupon_core::admission::{self, AdmissionStore, RedisKeys};
 use coupon_core::auth::{AuthConfig, TokenSigner};
 use coupon_core::config::StoreConfig;
 use coupon_core::db;
-use coupon_demo::RacePlan;
+use coupon_core::domain::CouponId;
+use coupon_demo::{exactness, RacePlan};
+use sqlx::MySqlPool;
 
 /// Race a coupon drop through real HTTP and verify the result.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    race: RaceArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Verify a coupon another load tool raced, once the consumer has drained: no more rows
+    /// than stock, one per user, issued_quantity and the Redis admission set in agreement with
+    /// them, and as many rows as 202 answers (--accepted). Exits 1 when inexact.
+    Verify(VerifyArgs),
+}
+
+/// The race of `make demo` (the default command).
+#[derive(Debug, Args)]
+struct RaceArgs {
     /// Base URL of coupon-api.
     #[arg(long, env = "API_BASE_URL", default_value = "http://127.0.0.1:8080")]
     base_url: String,
@@ -44,9 +67,73 @@ struct Cli {
     stores: StoreConfig,
 }
 
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// The coupon to verify (`coupons.id`).
+    #[arg(long, value_parser = parse_coupon)]
+    coupon: CouponId,
+    /// `202 Accepted` answers the load tool counted for it; the rows must equal them. Leave
+    /// it out when unknown (a coupon raced before, requests left unanswered).
+    #[arg(long)]
+    accepted: Option<i64>,
+    /// Longest wait (s) for the consumer to persist every admission.
+    #[arg(long, default_value_t = 60)]
+    drain_timeout_secs: u64,
+    /// Where to read the results (the same stores the services use).
+    #[command(flatten)]
+    stores: StoreConfig,
+}
+
+fn parse_coupon(text: &str) -> Result<CouponId, String> {
+    let raw: i64 = text.parse().map_err(|e| format!("{e}"))?;
+    CouponId::parse(raw).map_err(|e| e.0)
+}
+
+async fn connect(stores: &StoreConfig) -> anyhow::Result<(MySqlPool, AdmissionStore)> {
+    let pool = db::connect(stores.database_url(), 4).await?;
+    let redis = admission::connect(stores.redis_url(), stores.redis_timeout()).await?;
+    let keys = RedisKeys::new(stores.redis_key_prefix.clone());
+    Ok((pool, AdmissionStore::new(redis, keys)))
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    let exact = match cli.command {
+        Some(Command::Verify(args)) => verify(args).await?,
+        None => race(cli.race).await?,
+    };
+    Ok(if exact {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `coupon-demo verify`: waits for the consumer, prints the verdict; whether it is exact.
+async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
+    let (pool, redis) = connect(&args.stores).await?;
+    let holdings = exactness::wait_until_settled(
+        &pool,
+        &redis,
+        args.coupon,
+        args.accepted.unwrap_or(0),
+        Duration::from_secs(args.drain_timeout_secs),
+    )
+    .await?;
+    if !holdings.settled() {
+        println!(
+            "the consumer had not caught up after {} s",
+            args.drain_timeout_secs
+        );
+    }
+    let verdict = exactness::audit(args.coupon, &holdings, args.accepted);
+    println!("{verdict}");
+    Ok(verdict.holds())
+}
+
+/// `coupon-demo`: the race of `make demo` and its verification; whether it is exact.
+async fn race(cli: RaceArgs) -> anyhow::Result<bool> {
     let plan = RacePlan {
         requests: cli.requests,
         users: cli.users,
@@ -55,9 +142,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let client = coupon_demo::http_client(cli.concurrency)?;
     let signer = TokenSigner::from_config(&cli.auth, None)?;
-    let pool = db::connect(cli.stores.database_url(), 4).await?;
-    let redis = admission::connect(cli.stores.redis_url(), cli.stores.redis_timeout()).await?;
-    let redis = AdmissionStore::new(redis, RedisKeys::new(cli.stores.redis_key_prefix.clone()));
+    let (pool, redis) = connect(&cli.stores).await?;
 
     let coupon = coupon_demo::create_coupon(&client, &cli.base_url, &signer, cli.stock).await?;
     println!(
@@ -86,8 +171,5 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let verification = coupon_demo::verify(&pool, &redis, coupon, cli.stock, &report).await?;
     println!("{verification}");
-    if !verification.holds() {
-        std::process::exit(1);
-    }
-    Ok(())
+    Ok(verification.holds())
 }
