@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use coupon_core::auth::AuthConfig;
-use coupon_core::config::{MetricsConfig, StoreConfig};
+use coupon_core::config::{parse_optional_addr, OptionalAddr, StoreConfig};
 
 use crate::breaker::BreakerConfig;
 use crate::rate_limit::RateLimitConfig;
@@ -28,9 +28,10 @@ pub struct ApiConfig {
     #[command(flatten)]
     pub rate_limits: RateLimitConfig,
 
-    /// Prometheus exporter settings.
-    #[command(flatten)]
-    pub metrics: MetricsConfig,
+    /// Address of the Prometheus `/metrics` endpoint, apart from public traffic. `off`
+    /// disables it. coupon-consumer's default is the next port, so both start side by side.
+    #[arg(long, env = "METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_optional_addr)]
+    pub metrics_listen: OptionalAddr,
 
     /// Address of the public HTTP API. Port 0 picks a free port (tests).
     #[arg(long, env = "API_LISTEN", default_value = "127.0.0.1:8080")]

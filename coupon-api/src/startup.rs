@@ -202,7 +202,7 @@ impl Application {
         let verifier = Arc::new(
             TokenVerifier::from_config(&config.auth).context("configuring bearer tokens")?,
         );
-        telemetry::install_metrics(config.metrics.metrics_listen)?;
+        telemetry::install_metrics(config.metrics_listen)?;
         register_metrics();
         let Connections { pool, redis } = coupon_core::stores::connect(stores).await?;
         let publisher = IssuePublisher::new(

@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
-use coupon_core::config::{MetricsConfig, StoreConfig};
+use coupon_core::config::{parse_optional_addr, OptionalAddr, StoreConfig};
+
+/// The consumer's default `METRICS_LISTEN`: coupon-api's default (`127.0.0.1:9464`) plus one,
+/// so both services start side by side with their defaults.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9465";
 
 /// Everything coupon-consumer reads at start-up (flags or environment variables).
 #[derive(Debug, Clone, clap::Args)]
@@ -11,9 +15,10 @@ pub struct ConsumerConfig {
     #[command(flatten)]
     pub stores: StoreConfig,
 
-    /// Prometheus exporter settings.
-    #[command(flatten)]
-    pub metrics: MetricsConfig,
+    /// Address of the Prometheus `/metrics` endpoint, apart from public traffic. `off`
+    /// disables it.
+    #[arg(long, env = "METRICS_LISTEN", default_value = DEFAULT_METRICS_LISTEN, value_parser = parse_optional_addr)]
+    pub metrics_listen: OptionalAddr,
 
     /// Kafka consumer group id; every instance of the group shares the issue topic's partitions.
     #[arg(long, env = "KAFKA_CONSUMER_GROUP", default_value = "coupon-consumer")]
@@ -78,6 +83,14 @@ pub struct ConsumerConfig {
     #[arg(long, env = "RETRY_MAX_DELAY_MS", default_value_t = 5_000)]
     pub retry_max_delay_ms: u64,
 
+    /// Longest time (ms) a stop waits for the work in hand: on SIGTERM each loop takes no new
+    /// work and the batch in hand is still persisted and committed (a failing step is retried
+    /// at once, then with back-off); whatever still fails this long after the signal is
+    /// abandoned uncommitted and redelivered to the next member. Keep it below the
+    /// orchestrator's kill timeout (Kubernetes: `terminationGracePeriodSeconds`, 30 s).
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+
     /// How often the per-coupon gauges are sampled from MySQL and Redis (ms).
     #[arg(long, env = "METRICS_SAMPLE_INTERVAL_MS", default_value_t = 5_000)]
     pub metrics_sample_interval_ms: u64,
@@ -116,6 +129,11 @@ impl ConsumerConfig {
     /// [`Self::metrics_sample_interval_ms`] as a [`Duration`].
     pub fn metrics_sample_interval(&self) -> Duration {
         Duration::from_millis(self.metrics_sample_interval_ms)
+    }
+
+    /// [`Self::shutdown_grace_ms`] as a [`Duration`].
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
     }
 
     /// [`Self::retry_max_delay_ms`] as a [`Duration`].

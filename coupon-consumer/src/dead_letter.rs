@@ -28,7 +28,8 @@ pub struct DeadLetter<'a> {
     pub detail: String,
 }
 
-/// Producer of the dead-letter topic (`acks=all`).
+/// Producer of the dead-letter topic (`acks=all`); clones share the producer.
+#[derive(Clone)]
 pub struct DeadLetters {
     /// The producer.
     pub producer: FutureProducer,

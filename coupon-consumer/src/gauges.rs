@@ -1,17 +1,19 @@
 //! Consumer-side gauges: lag per partition (high watermark minus position), and the per-coupon
 //! stock gauges sampled from MySQL and Redis (monitoring/METRICS.md).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use coupon_core::admission::AdmissionStore;
 use coupon_core::queries;
 use coupon_core::telemetry::names;
-use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio_util::sync::CancellationToken;
+use sqlx::MySqlPool;
 
-use crate::IssueConsumer;
+use crate::retry::Shutdown;
 
 /// How long after its issue window closed a coupon keeps its gauges.
 const CLOSED_GRACE: chrono::Duration = chrono::Duration::hours(1);
@@ -33,7 +35,23 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-impl IssueConsumer {
+/// Samples the lag and per-coupon stock gauges.
+pub struct GaugeSampler {
+    /// The group members whose lag is reported (issue and payments).
+    pub(crate) members: Vec<Arc<StreamConsumer<GroupContext>>>,
+    /// A group-less client for the partitions' high watermarks.
+    pub(crate) watermarks: Arc<BaseConsumer>,
+    /// Stock and `issued_quantity`.
+    pub(crate) pool: MySqlPool,
+    /// The admission sets' sizes.
+    pub(crate) admission: AdmissionStore,
+    /// Pause between samples.
+    pub(crate) interval: Duration,
+    /// Most coupons given gauges at once (count).
+    pub(crate) coupon_limit: u32,
+}
+
+impl GaugeSampler {
     /// Sets `coupon_consumer_lag_messages{topic, partition}` for every partition assigned to
     /// this member: the partition's high watermark minus this member's position (the next
     /// offset it will process), as Kafka's own consumer reports `records-lag`. The positions
@@ -41,7 +59,7 @@ impl IssueConsumer {
     /// thread. Partitions without a position yet are left out.
     async fn sample_lag(&self) {
         let mut assigned = Vec::new();
-        for consumer in [&self.consumer, &self.payments] {
+        for consumer in &self.members {
             let Ok(positions) = consumer.position() else {
                 continue;
             };
@@ -72,16 +90,17 @@ impl IssueConsumer {
         }
     }
 
-    /// Sets the `coupon_policy_*` gauges every `METRICS_SAMPLE_INTERVAL_MS` until `shutdown`,
+    /// Sets the `coupon_policy_*` gauges every `METRICS_SAMPLE_INTERVAL_MS` until `shutdown`
+    /// stops it,
     /// and the lag gauges ([`Self::sample_lag`]) at the same pace:
     /// stock and `issued_quantity` from MySQL, admitted from the Redis set's `SCARD`, for the
     /// coupons of [`queries::live_stocks`]. A failed sample is logged and skipped (the gauges
     /// keep their last value until the exporter's idle timeout).
-    pub(crate) async fn sample_stock_gauges(&self, shutdown: &CancellationToken) {
-        let mut tick = tokio::time::interval(self.metrics_sample_interval);
+    pub async fn run(&self, shutdown: &Shutdown) {
+        let mut tick = tokio::time::interval(self.interval);
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.stopping() => return,
                 _ = tick.tick() => {}
             }
             self.sample_lag().await;
@@ -93,13 +112,8 @@ impl IssueConsumer {
 
     async fn sample_stock_gauges_once(&self) -> anyhow::Result<()> {
         let now = Utc::now();
-        let live = queries::live_stocks(
-            &self.pool,
-            now,
-            now - CLOSED_GRACE,
-            self.metrics_coupon_limit,
-        )
-        .await?;
+        let live =
+            queries::live_stocks(&self.pool, now, now - CLOSED_GRACE, self.coupon_limit).await?;
         for stock in live {
             let admitted = self.admission.admitted_count(stock.coupon_id).await?;
             let coupon = stock.coupon_id.to_string();
@@ -138,7 +152,7 @@ pub fn register_metrics() {
     for reason in crate::dead_letter::REASONS {
         metrics::counter!(names::CONSUMER_DEAD_LETTERS, "reason" => reason).increment(0);
     }
-    for step in crate::RETRY_STEPS {
+    for step in crate::retry::RETRY_STEPS {
         metrics::counter!(names::CONSUMER_RETRIES, "step" => step).increment(0);
     }
 }

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use coupon_consumer::config::ConsumerConfig;
-use coupon_consumer::IssueConsumer;
+use coupon_consumer::Application;
 
 /// mimalloc instead of glibc's malloc: under load the issue path spent about 30 % of its CPU in
 /// glibc's allocator and its arena locks (perf, `make bench` rejection path); mimalloc's
@@ -23,7 +23,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     coupon_core::telemetry::init_tracing();
     let cli = Cli::parse();
-    let consumer = IssueConsumer::build(&cli.config).await?;
+    let consumer = Application::build(&cli.config).await?;
     tracing::info!(group = %cli.config.group_id, topic = %cli.config.stores.kafka_issue_topic, "coupon-consumer running");
     consumer
         .run_until_stopped(coupon_core::shutdown::shutdown_signal())

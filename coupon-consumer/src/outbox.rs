@@ -6,15 +6,19 @@
 //! Batches are taken with `FOR UPDATE SKIP LOCKED`, so several relays can run.
 
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use coupon_core::events;
-use rdkafka::producer::FutureRecord;
+use coupon_core::telemetry::names;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use tokio_util::sync::CancellationToken;
+use sqlx::MySqlPool;
+use tracing::Instrument;
 
-use crate::IssueConsumer;
+use crate::retry::Shutdown;
+use crate::ConsumerStats;
 
 /// Most events relayed in one transaction (count).
 const RELAY_BATCH: u32 = 500;
@@ -22,56 +26,84 @@ const RELAY_BATCH: u32 = 500;
 /// A full issue batch this recent means the issue consumer has a backlog.
 const BACKLOG_WINDOW: Duration = Duration::from_secs(1);
 
-impl IssueConsumer {
-    /// Relays until `shutdown`; a full batch is followed at once by another (shutdown is
-    /// checked between batches, so a backlog does not hold up a stop).
+/// When the issue loop last took a full batch: the issue loop writes it, the relay reads it
+/// (clones share it).
+#[derive(Debug, Clone, Default)]
+pub struct Backlog(Arc<Mutex<Option<Instant>>>);
+
+impl Backlog {
+    /// Records that the issue loop just took a full batch.
+    pub fn note_full_batch(&self) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some(Instant::now());
+        }
+    }
+
+    /// Whether the issue loop took a full batch within [`BACKLOG_WINDOW`].
+    fn is_recent(&self) -> bool {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|last| *last)
+            .is_some_and(|at| at.elapsed() < BACKLOG_WINDOW)
+    }
+}
+
+/// Publishes the outbox to the events topic.
+pub struct OutboxRelay {
+    /// Where the outbox is.
+    pub(crate) pool: MySqlPool,
+    /// The relay's own producer (`acks=all`).
+    pub(crate) producer: FutureProducer,
+    /// The events topic.
+    pub(crate) topic: String,
+    /// Pause between polls of an empty outbox.
+    pub(crate) interval: Duration,
+    /// Longest pause while the issue loop has a backlog.
+    pub(crate) max_defer: Duration,
+    /// The issue loop's backlog.
+    pub(crate) backlog: Backlog,
+    /// Live counters.
+    pub(crate) stats: Arc<ConsumerStats>,
+}
+
+impl OutboxRelay {
+    /// Relays until `shutdown` stops it; a full batch is followed at once by another (the stop
+    /// is checked between batches, so a backlog does not hold it up).
     ///
-    /// While the issue consumer has a backlog (a full batch within the last second), the relay
-    /// pauses for up to `relay_max_defer` between batches: both compete for MySQL and the
-    /// broker, and a drop's issues come first (with the relay running, the drain into MySQL
-    /// was about a third slower in `make bench`). Events then trail by up to the backlog's
-    /// drain time.
-    pub(crate) async fn relay_events(&self, shutdown: &CancellationToken) {
+    /// While the issue loop has a backlog (a full batch within the last second), the relay
+    /// pauses for up to `max_defer` between batches: both compete for MySQL and the broker, and
+    /// a drop's issues come first (with the relay running, the drain into MySQL was about a
+    /// third slower in `make bench`). Events then trail by up to the backlog's drain time.
+    pub async fn run(&self, shutdown: &Shutdown) {
         let mut last_run = Instant::now();
         loop {
-            if self.backlog() && last_run.elapsed() < self.relay_max_defer {
+            if self.backlog.is_recent() && last_run.elapsed() < self.max_defer {
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(self.relay_interval) => continue,
+                    () = shutdown.stopping() => return,
+                    () = tokio::time::sleep(self.interval) => continue,
                 }
             }
             last_run = Instant::now();
-            let relayed = match self.relay_once().await {
+            let relayed = match self
+                .relay_once()
+                .instrument(tracing::debug_span!("outbox_batch"))
+                .await
+            {
                 Ok(n) => n,
                 Err(err) => {
                     tracing::warn!(error = %err, "event relay failed; retrying");
                     0
                 }
             };
-            if relayed as u32 == RELAY_BATCH && !shutdown.is_cancelled() {
+            if relayed as u32 == RELAY_BATCH && !shutdown.is_stopping() {
                 continue;
             }
             tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(self.relay_interval) => {}
+                () = shutdown.stopping() => return,
+                () = tokio::time::sleep(self.interval) => {}
             }
         }
-    }
-
-    /// Records that the issue consumer just took a full batch.
-    pub(crate) fn note_full_batch(&self) {
-        if let Ok(mut last) = self.last_full_batch.lock() {
-            *last = Some(Instant::now());
-        }
-    }
-
-    /// Whether the issue consumer took a full batch within [`BACKLOG_WINDOW`].
-    fn backlog(&self) -> bool {
-        self.last_full_batch
-            .lock()
-            .ok()
-            .and_then(|last| *last)
-            .is_some_and(|at| at.elapsed() < BACKLOG_WINDOW)
     }
 
     /// Publishes one batch of unpublished events; returns how many.
@@ -82,18 +114,17 @@ impl IssueConsumer {
             return Ok(0);
         }
         let sends = pending.iter().map(|event| {
-            let record = FutureRecord::to(&self.events_topic)
+            let record = FutureRecord::to(&self.topic)
                 .key(&event.key)
                 .payload(&event.payload);
-            self.dead_letters.producer.send(record, Timeout::Never)
+            self.producer.send(record, Timeout::Never)
         });
         for result in futures::future::join_all(sends).await {
             result.map_err(|(err, _)| err)?;
         }
         events::mark_published(&mut tx, &pending, Utc::now()).await?;
         tx.commit().await?;
-        metrics::counter!(coupon_core::telemetry::names::EVENTS_PUBLISHED)
-            .increment(pending.len() as u64);
+        metrics::counter!(names::EVENTS_PUBLISHED).increment(pending.len() as u64);
         self.stats
             .events_published
             .fetch_add(pending.len() as u64, Ordering::Relaxed);

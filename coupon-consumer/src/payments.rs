@@ -5,16 +5,23 @@
 //! result is idempotent (a repeat finds no hold left), so at-least-once delivery is enough; the
 //! offset is committed only after the result is applied or dead-lettered.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
 use chrono::Utc;
 use coupon_core::redemption::{self, OrderId};
-use rdkafka::consumer::{CommitMode, Consumer};
+use coupon_core::telemetry::names;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
+use sqlx::MySqlPool;
+use tracing::Instrument;
 
-use crate::dead_letter::DeadLetter;
-use crate::IssueConsumer;
+use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::gauges::GroupContext;
+use crate::retry::{Retrier, Shutdown};
+use crate::ConsumerStats;
 
 /// What a payment service reports.
 #[derive(Debug, Deserialize)]
@@ -30,13 +37,28 @@ enum PaymentStatus {
     Failed,
 }
 
-impl IssueConsumer {
-    /// The payments loop: one message at a time, committed once applied.
-    pub(crate) async fn consume_payments(&self, shutdown: &CancellationToken) {
+/// The payments topic's group member: applies each result to the order's checkout holds.
+pub struct PaymentConsumer {
+    /// Member of the `<group>-payments` consumer group (shared with the lag gauges).
+    pub(crate) consumer: Arc<StreamConsumer<GroupContext>>,
+    /// Where the holds are.
+    pub(crate) pool: MySqlPool,
+    /// Where malformed results go.
+    pub(crate) dead_letters: DeadLetters,
+    /// Retries of applying a result.
+    pub(crate) retry: Retrier,
+    /// Live counters.
+    pub(crate) stats: Arc<ConsumerStats>,
+}
+
+impl PaymentConsumer {
+    /// One result at a time, each committed once applied or dead-lettered, until `shutdown`
+    /// stops it.
+    pub async fn run(&self, shutdown: &Shutdown) {
         loop {
             let received = tokio::select! {
-                () = shutdown.cancelled() => return,
-                received = self.payments.recv() => received,
+                () = shutdown.stopping() => return,
+                received = self.consumer.recv() => received,
             };
             let message = match received {
                 Ok(message) => message.detach(),
@@ -45,14 +67,22 @@ impl IssueConsumer {
                     continue;
                 }
             };
-            if self.settle(&message, shutdown).await.is_none() {
+            let span = tracing::info_span!(
+                "payment_result",
+                partition = message.partition(),
+                offset = message.offset()
+            );
+            if self
+                .settle(&message, shutdown)
+                .instrument(span)
+                .await
+                .is_none()
+            {
                 return;
             }
-            self.stats
-                .payments_applied
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.stats.payments_applied.fetch_add(1, Ordering::Relaxed);
             if let Err(err) = self
-                .payments
+                .consumer
                 .commit(&next_offset(&message), CommitMode::Sync)
             {
                 tracing::warn!(%err, "payments offset commit failed; the result will be re-applied (harmless)");
@@ -60,8 +90,9 @@ impl IssueConsumer {
         }
     }
 
-    /// Applies one payment result (or dead-letters it); `None` on shutdown while retrying.
-    async fn settle(&self, message: &OwnedMessage, shutdown: &CancellationToken) -> Option<()> {
+    /// Applies one payment result (or dead-letters it); `None` when the grace period of a stop
+    /// ended while retrying.
+    async fn settle(&self, message: &OwnedMessage, shutdown: &Shutdown) -> Option<()> {
         let parsed = serde_json::from_slice::<PaymentResult>(message.payload().unwrap_or_default())
             .map_err(|e| e.to_string())
             .and_then(|r| {
@@ -78,13 +109,13 @@ impl IssueConsumer {
                     detail,
                 }];
                 let send = || self.dead_letters.send(&letter);
-                return self.retrying("payment_dead_letter", send, shutdown).await;
+                return self.retry.run("payment_dead_letter", send, shutdown).await;
             }
         };
         let paid = matches!(status, PaymentStatus::Completed);
         let apply = || redemption::settle_order(&self.pool, &order_id, paid, Utc::now());
-        let changed = self.retrying("payment_apply", apply, shutdown).await?;
-        metrics::counter!(coupon_core::telemetry::names::PAYMENT_RESULTS, "status" => if paid { "completed" } else { "failed" })
+        let changed = self.retry.run("payment_apply", apply, shutdown).await?;
+        metrics::counter!(names::PAYMENT_RESULTS, "status" => if paid { "completed" } else { "failed" })
             .increment(1);
         tracing::info!(
             order_id = order_id.as_str(),
@@ -92,9 +123,6 @@ impl IssueConsumer {
             changed,
             "payment result applied"
         );
-        self.stats
-            .payments_applied
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some(())
     }
 }

@@ -100,14 +100,6 @@ impl StoreConfig {
     }
 }
 
-/// Where the Prometheus exporter listens.
-#[derive(Debug, Clone, clap::Args)]
-pub struct MetricsConfig {
-    /// Address of the Prometheus `/metrics` endpoint, apart from public traffic. `off` disables it.
-    #[arg(long, env = "METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_optional_addr)]
-    pub metrics_listen: OptionalAddr,
-}
-
 /// A socket address or none (`off`). An alias, so clap parses the `Option` as one value
 /// instead of treating the flag as optional.
 pub type OptionalAddr = Option<SocketAddr>;
@@ -132,8 +124,6 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         stores: StoreConfig,
-        #[command(flatten)]
-        metrics: MetricsConfig,
     }
 
     #[test]
@@ -143,10 +133,6 @@ mod tests {
         assert_eq!(
             cli.stores.database_url(),
             "mysql://root@127.0.0.1:3306/coupon"
-        );
-        assert_eq!(
-            cli.metrics.metrics_listen,
-            Some("127.0.0.1:9464".parse().unwrap())
         );
     }
 

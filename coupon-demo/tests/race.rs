@@ -9,7 +9,7 @@ use clap::Parser;
 use coupon_api::config::ApiConfig;
 use coupon_api::startup::Application;
 use coupon_consumer::config::ConsumerConfig;
-use coupon_consumer::IssueConsumer;
+use coupon_consumer::Application as Consumer;
 use coupon_core::auth::TokenSigner;
 use coupon_core::testing;
 use coupon_demo::RacePlan;
@@ -59,9 +59,7 @@ async fn ten_thousand_requests_from_five_thousand_users_issue_exactly_the_stock(
     let state = app.state();
     let api_stop = stop.clone();
     let api_task = tokio::spawn(app.run_until_stopped(async move { api_stop.cancelled().await }));
-    let consumer = IssueConsumer::build(&consumer)
-        .await
-        .expect("coupon-consumer");
+    let consumer = Consumer::build(&consumer).await.expect("coupon-consumer");
     let consumer_stop = stop.clone();
     let consumer_task =
         tokio::spawn(consumer.run_until_stopped(async move { consumer_stop.cancelled().await }));
