@@ -1,9 +1,12 @@
 //! Every metric that a Grafana panel or a Prometheus alert rule queries is one the services
 //! export: coupon-api runs in this process with its exporter on a real port, coupon-consumer
 //! runs as its own binary with its own exporter; both are scraped over HTTP after a small
-//! drop, the text format is parsed, and the names are compared with the metric names found in
-//! `monitoring/grafana/dashboards/*.json` and `monitoring/alerts.yml`. The catalogue
-//! `monitoring/METRICS.md` is checked the same way, per service.
+//! drop, the text format is parsed, and the names are compared with the metric names
+//! promql-parser finds in `monitoring/grafana/dashboards/*.json` and `monitoring/alerts.yml`.
+//! The catalogue `monitoring/METRICS.md` is checked the same way, per service.
+//!
+//! Both services, and the monitoring that spans them: the test lives with the other
+//! cross-service test (`race.rs`), not in either service's crate.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -18,6 +21,9 @@ use coupon_api::config::ApiConfig;
 use coupon_api::startup::Application;
 use coupon_core::config::StoreConfig;
 use coupon_core::testing;
+use promql_parser::label::{MatchOp, METRIC_NAME};
+use promql_parser::parser::{self, AggregateExpr, Expr};
+use promql_parser::util::{walk_expr, ExprVisitor};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -55,8 +61,51 @@ fn repo_root() -> PathBuf {
         .to_owned()
 }
 
-fn start_consumer(stores: &StoreConfig, metrics_port: u16) -> ConsumerProcess {
-    let child = Command::new(env!("CARGO_BIN_EXE_coupon-consumer"))
+/// The coupon-consumer binary, built by the cargo running this test, in the test's profile.
+/// Each service installs its Prometheus exporter for the whole process, so the consumer
+/// cannot share this one with coupon-api; and cargo builds only the binaries of the package
+/// under test, so `CARGO_BIN_EXE_coupon-consumer` does not exist here.
+fn consumer_binary() -> PathBuf {
+    let test = std::env::current_exe().unwrap();
+    // target/<profile dir>/deps/<this test>; the dev profile's directory is `debug`.
+    let profile = test
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap();
+    let profile = if profile == "debug" {
+        "dev".into()
+    } else {
+        profile.to_owned()
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["build", "--locked", "--quiet", "--message-format=json"])
+        .args([
+            "-p",
+            "coupon-consumer",
+            "--bin",
+            "coupon-consumer",
+            "--profile",
+        ])
+        .arg(profile)
+        .current_dir(repo_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running cargo build");
+    assert!(output.status.success(), "building coupon-consumer failed");
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find_map(|message| Some(PathBuf::from(message["executable"].as_str()?)))
+        .expect("cargo names the coupon-consumer executable")
+}
+
+fn start_consumer(binary: &Path, stores: &StoreConfig, metrics_port: u16) -> ConsumerProcess {
+    let child = Command::new(binary)
         .env("DATABASE_URL", stores.database_url.expose_secret())
         .env("REDIS_URL", stores.redis_url.expose_secret())
         .env("REDIS_KEY_PREFIX", &stores.redis_key_prefix)
@@ -112,110 +161,52 @@ fn has_series(text: &str, name: &str, label: &str) -> bool {
         .any(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
 }
 
-/// Metric names a PromQL expression reads: identifiers outside label matchers, strings, range
-/// selectors and `by`/`without`/`on`/`ignoring`/`group_*` label lists, that are neither
-/// function calls nor keywords. Grafana's `$variables` are dropped first.
+/// Metric names a PromQL expression reads: the metric of every vector and range selector, as
+/// promql-parser finds them. Grafana's interval variables become a duration first; its other
+/// variables appear only inside label values, which parse as they are.
 fn promql_metric_names(expr: &str) -> BTreeSet<String> {
-    // Aggregation operators take their `by`/`without` clause before the parenthesis.
-    const KEYWORDS: &[&str] = &[
-        "and",
-        "or",
-        "unless",
-        "bool",
-        "offset",
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-        "inf",
-        "nan",
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "count",
-        "group",
-        "stddev",
-        "stdvar",
-        "topk",
-        "bottomk",
-        "quantile",
-        "count_values",
-    ];
-    const LABEL_LISTS: &[&str] = &[
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-    ];
-    let chars: Vec<char> = expr.chars().collect();
-    let mut names = BTreeSet::new();
-    let mut i = 0;
-    let mut skip_next_group = false;
-    while i < chars.len() {
-        let c = chars[i];
-        let closing = match c {
-            '{' => Some('}'),
-            '[' => Some(']'),
-            '"' | '\'' | '`' => Some(c),
-            '(' if skip_next_group => Some(')'),
-            _ => None,
-        };
-        if let Some(close) = closing {
-            skip_next_group = false;
-            i = skip_past(&chars, i + 1, close);
-            continue;
-        }
-        if c == '$' {
-            i += 1;
-            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
-                i += 1;
-            }
-            continue;
-        }
-        if c.is_ascii_alphabetic() || c == '_' || c == ':' {
-            let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i])) {
-                i += 1;
-            }
-            let word: String = chars[start..i].iter().collect();
-            let next = chars[i..].iter().find(|c| !c.is_whitespace());
-            if LABEL_LISTS.contains(&word.as_str()) {
-                skip_next_group = true;
-            } else if next != Some(&'(') && !KEYWORDS.contains(&word.to_lowercase().as_str()) {
-                names.insert(word);
-            }
-            continue;
-        }
-        if c.is_ascii_digit() {
-            // numbers and durations (5m, 1.5, 1e3)
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
-                i += 1;
-            }
-            continue;
-        }
-        i += 1;
-    }
-    names
+    let expr = ["$__rate_interval", "$__interval", "$__range"]
+        .iter()
+        .fold(expr.to_owned(), |e, variable| e.replace(variable, "5m"));
+    let ast = parser::parse(&expr).unwrap_or_else(|e| panic!("not PromQL: {expr}\n{e}"));
+    let mut names = MetricNames(BTreeSet::new());
+    walk_expr(&mut names, &ast).unwrap();
+    names.0
 }
 
-/// The index after the `close` that ends a group opened just before `i`; quoted strings
-/// inside (label values such as `"a{b}"`) are skipped whole.
-fn skip_past(chars: &[char], mut i: usize, close: char) -> usize {
-    while i < chars.len() && chars[i] != close {
-        if chars[i] == '\\' {
-            i += 2;
-        } else if close != '"' && close != '\'' && (chars[i] == '"' || chars[i] == '\'') {
-            i = skip_past(chars, i + 1, chars[i]);
-        } else {
-            i += 1;
-        }
+/// Collects the metric name of each selector of an expression.
+struct MetricNames(BTreeSet<String>);
+
+impl ExprVisitor for MetricNames {
+    type Error = std::convert::Infallible;
+
+    fn pre_visit(&mut self, expr: &Expr) -> Result<bool, Self::Error> {
+        let selector = match expr {
+            Expr::VectorSelector(selector) => selector,
+            Expr::MatrixSelector(range) => &range.vs,
+            // walk_expr does not descend into an aggregation's parameter (`quantile(φ, …)`).
+            Expr::Aggregate(AggregateExpr {
+                param: Some(param), ..
+            }) => {
+                walk_expr(self, param)?;
+                return Ok(true);
+            }
+            _ => return Ok(true),
+        };
+        // `{__name__="x"}` names its metric with a matcher; a selector naming none (or only
+        // by regex) could read anything, so no dashboard may have one.
+        let name = selector.name.clone().or_else(|| {
+            selector
+                .matchers
+                .find_matchers(METRIC_NAME)
+                .into_iter()
+                .find(|m| matches!(m.op, MatchOp::Equal))
+                .map(|m| m.value)
+        });
+        let name = name.unwrap_or_else(|| panic!("a selector without a metric name: {expr}"));
+        self.0.insert(name);
+        Ok(true)
     }
-    i + 1
 }
 
 /// Every `expr` of the alert rules file (block scalars `|`/`>` or one-line values).
@@ -320,13 +311,16 @@ fn the_promql_reader_finds_metric_names_and_nothing_else() {
     let names = promql_metric_names(
         r#"histogram_quantile(0.99, sum by (le, route) (rate(http_request_duration_seconds_bucket{route!~"/health|/ready", x="a{b}"}[$__rate_interval]))) > 0.25
            and on (instance) sum without (partition) (coupon_consumer_lag_messages{coupon_id=~"$coupon_id"} offset 5m) / 1e3
-           unless max(coupon_policy_admitted) - ignoring(job) group_left(le) up == bool 0"#,
+           unless max(coupon_policy_admitted) - ignoring(job) group_left(le) up == bool 0
+           or quantile(scalar(coupon_policy_stock), max_over_time({__name__="coupon_policy_issued"}[$__range:1m]))"#,
     );
     let expected: BTreeSet<String> = [
         "http_request_duration_seconds_bucket",
         "coupon_consumer_lag_messages",
         "coupon_policy_admitted",
         "up",
+        "coupon_policy_stock",
+        "coupon_policy_issued",
     ]
     .into_iter()
     .map(String::from)
@@ -344,6 +338,7 @@ fn the_promql_reader_finds_metric_names_and_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_a_dashboard_or_alert_queries_is_exported() {
+    let consumer_binary = tokio::task::spawn_blocking(consumer_binary).await.unwrap();
     let stores = testing::isolated_stores();
     let (api_metrics, consumer_metrics) = (free_port(), free_port());
     let mut api = ApiCli::parse_from([
@@ -364,7 +359,7 @@ async fn every_metric_a_dashboard_or_alert_queries_is_exported() {
     let api_stop = stop.clone();
     let api_task = tokio::spawn(app.run_until_stopped(async move { api_stop.cancelled().await }));
     // The API created the database and topics; the consumer binary joins them.
-    let _consumer = start_consumer(&stores, consumer_metrics);
+    let _consumer = start_consumer(&consumer_binary, &stores, consumer_metrics);
     let client = reqwest::Client::new();
     let root = repo_root();
     let markdown = std::fs::read_to_string(root.join("monitoring/METRICS.md")).unwrap();
