@@ -21,7 +21,7 @@ logs=.local/load-test/services
 mkdir -p "$logs"
 
 echo "[serve] building (release)"
-cargo build --release --locked -p coupon-api -p coupon-consumer
+cargo build --release --locked -p coupon-api -p coupon-consumer -p coupon-demo
 
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
