@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coupon_core::admission::AdmissionStore;
+use coupon_core::issue::admission::AdmissionStore;
 use coupon_core::telemetry::names;
 use failsafe::failure_policy::{self, ConsecutiveFailures};
 use failsafe::futures::CircuitBreaker as _;

@@ -1,12 +1,18 @@
-//! The local policy cache in front of Redis and MySQL, and the sold-out marks set by the
-//! consumer's invalidation broadcasts, each with a copy of the coupon's holders where it fits.
+//! What each API instance keeps in memory for the issue path, in three caches:
+//!
+//! - [`PolicyCache`]: coupon policies, in front of the Redis copy and MySQL;
+//! - [`SoldOutMarks`]: the sell-outs the consumer broadcast, each with a copy of the coupon's
+//!   holders where it fits;
+//! - [`AdmittedHere`]: the admissions this instance made and published.
+//!
+//! The invalidation broadcasts ([`crate::invalidation`]) keep the first two fresh.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use coupon_core::admission::{AdmissionStore, Invalidation, InvalidationReason};
 use coupon_core::domain::{CouponId, CouponPolicy, UserId};
-use coupon_core::repository;
+use coupon_core::issue::admission::AdmissionStore;
+use coupon_core::policies;
 use coupon_core::telemetry::names;
 use moka::future::Cache;
 use moka::policy::EvictionPolicy;
@@ -71,47 +77,17 @@ pub type SoldOut = Option<Arc<Holders>>;
 #[derive(Clone)]
 pub struct PolicyCache {
     policies: Cache<CouponId, Arc<CouponPolicy>>,
-    /// Weighed in members (1 + holders), up to the policy capacity plus `holders_max`.
-    sold_out: Cache<CouponId, SoldOut>,
-    holders_max: u64,
-    /// Users this instance admitted and published, per coupon (see [`Self::note_admitted`]).
-    admitted: Cache<(CouponId, UserId), ()>,
     redis: AdmissionStore,
     pool: MySqlPool,
 }
 
 impl PolicyCache {
-    /// A cache of at most `capacity` policies, each trusted for `ttl`, of sold-out marks
-    /// holding copies of at most `holders_max` holders in all (count), and of at most
-    /// `admitted_capacity` users admitted here (count).
-    pub fn new(
-        capacity: u64,
-        ttl: Duration,
-        holders_max: u64,
-        admitted_capacity: u64,
-        redis: AdmissionStore,
-        pool: MySqlPool,
-    ) -> Self {
+    /// A cache of at most `capacity` policies (count), each trusted for `ttl`.
+    pub fn new(capacity: u64, ttl: Duration, redis: AdmissionStore, pool: MySqlPool) -> Self {
         Self {
             policies: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
-                .build(),
-            sold_out: Cache::builder()
-                .max_capacity(capacity.saturating_add(holders_max))
-                .weigher(|_, holders: &SoldOut| {
-                    let members = holders.as_ref().map_or(0, |h| h.len());
-                    u32::try_from(members).map_or(u32::MAX, |m| m.saturating_add(1))
-                })
-                .time_to_live(SOLD_OUT_TTL)
-                .build(),
-            holders_max,
-            admitted: Cache::builder()
-                .max_capacity(admitted_capacity)
-                // The newest admissions are the likeliest to be clicked again: LRU keeps them,
-                // where the default TinyLFU admission turned most of them away once full.
-                .eviction_policy(EvictionPolicy::lru())
-                .time_to_idle(ADMITTED_TTI)
                 .build(),
             redis,
             pool,
@@ -152,7 +128,7 @@ impl PolicyCache {
                 tracing::warn!(%err, coupon_id = %coupon, "Redis policy read failed; asking MySQL")
             }
         }
-        let policy = repository::find_policy(&self.pool, coupon)
+        let policy = policies::find_policy(&self.pool, coupon)
             .await?
             .ok_or(ApiError::CouponNotFound)?;
         if let Err(err) = self.redis.store_policy(&policy).await {
@@ -161,45 +137,68 @@ impl PolicyCache {
         Ok(Arc::new(policy))
     }
 
+    /// Forgets `coupon`'s policy (it changed).
+    pub async fn invalidate(&self, coupon: CouponId) {
+        self.policies.invalidate(&coupon).await;
+    }
+
+    /// Drops every cached policy (after a gap in the invalidation subscription, when
+    /// broadcasts may have been missed). Sold-out marks stay: they never go stale.
+    pub fn invalidate_all(&self) {
+        self.policies.invalidate_all();
+    }
+}
+
+/// The coupons the consumer announced sold out, each with its [`Holders`] once copied.
+/// Weighed in members (1 + holders), up to the policy capacity plus `holders_max`.
+#[derive(Clone)]
+pub struct SoldOutMarks {
+    marks: Cache<CouponId, SoldOut>,
+    holders_max: u64,
+    redis: AdmissionStore,
+}
+
+impl SoldOutMarks {
+    /// Marks for at most `coupons` coupons (count) holding copies of at most `holders_max`
+    /// holders in all (count; 0 copies none).
+    pub fn new(coupons: u64, holders_max: u64, redis: AdmissionStore) -> Self {
+        Self {
+            marks: Cache::builder()
+                .max_capacity(coupons.saturating_add(holders_max))
+                .weigher(|_, holders: &SoldOut| {
+                    let members = holders.as_ref().map_or(0, |h| h.len());
+                    u32::try_from(members).map_or(u32::MAX, |m| m.saturating_add(1))
+                })
+                .time_to_live(SOLD_OUT_TTL)
+                .build(),
+            holders_max,
+            redis,
+        }
+    }
+
     /// `None` unless the consumer announced that `coupon` sold out; then its mark, with the
     /// holders once they were copied.
-    pub async fn sold_out(&self, coupon: CouponId) -> Option<SoldOut> {
-        self.sold_out.get(&coupon).await
+    pub async fn get(&self, coupon: CouponId) -> Option<SoldOut> {
+        self.marks.get(&coupon).await
     }
 
-    /// Remembers that this instance admitted `user` to `coupon` and the broker acknowledged
-    /// the issue message. Such an admission is never undone (undo only follows a failed
-    /// publish), so the user holds the coupon for good (INVARIANTS.md 2, 3).
-    pub async fn note_admitted(&self, coupon: CouponId, user: UserId) {
-        self.admitted.insert((coupon, user), ()).await;
-    }
-
-    /// Whether this instance remembers admitting `user` to `coupon` ([`Self::note_admitted`]).
-    pub async fn admitted_here(&self, coupon: CouponId, user: UserId) -> bool {
-        self.admitted.contains_key(&(coupon, user))
-    }
-
-    /// Applies one invalidation broadcast. A sell-out is marked at once; the holders are then
-    /// copied in the background when the set has at most `holders_max` members.
-    pub async fn apply(&self, invalidation: Invalidation) {
-        match invalidation.reason {
-            InvalidationReason::SoldOut => {
-                let coupon = invalidation.coupon_id;
-                match self.sold_out.get(&coupon).await {
-                    Some(Some(_)) => return, // marked, holders copied
-                    Some(None) => {}         // marked; an earlier copy may have failed
-                    None => self.sold_out.insert(coupon, None).await,
-                }
-                if self.holders_max > 0 {
-                    let cache = self.clone();
-                    tokio::spawn(async move { cache.copy_holders(coupon).await });
-                }
-            }
-            InvalidationReason::PolicyChanged => {
-                self.policies.invalidate(&invalidation.coupon_id).await;
-                self.sold_out.invalidate(&invalidation.coupon_id).await;
-            }
+    /// Marks `coupon` sold out at once, then copies its holders in the background when the
+    /// set has at most `holders_max` members.
+    pub async fn mark(&self, coupon: CouponId) {
+        match self.marks.get(&coupon).await {
+            Some(Some(_)) => return, // marked, holders copied
+            Some(None) => {}         // marked; an earlier copy may have failed
+            None => self.marks.insert(coupon, None).await,
         }
+        if self.holders_max > 0 {
+            let marks = self.clone();
+            tokio::spawn(async move { marks.copy_holders(coupon).await });
+        }
+    }
+
+    /// Drops `coupon`'s mark (its policy changed, e.g. the stock was raised).
+    pub async fn clear(&self, coupon: CouponId) {
+        self.marks.invalidate(&coupon).await;
     }
 
     /// Copies `coupon`'s admission set into its sold-out mark when it has at most
@@ -217,9 +216,9 @@ impl PolicyCache {
             Ok(members) => {
                 let holders = Arc::new(Holders::new(members));
                 // Only upgrade a mark still present (a policy change may have dropped it).
-                if self.sold_out.contains_key(&coupon) {
+                if self.marks.contains_key(&coupon) {
                     tracing::info!(coupon_id = %coupon, holders = holders.len(), "sold-out holders copied");
-                    self.sold_out.insert(coupon, Some(holders)).await;
+                    self.marks.insert(coupon, Some(holders)).await;
                 }
             }
             Err(err) => {
@@ -227,10 +226,39 @@ impl PolicyCache {
             }
         }
     }
+}
 
-    /// Drops every cached policy (after a gap in the invalidation subscription, when
-    /// broadcasts may have been missed). Sold-out marks stay: they never go stale.
-    pub fn invalidate_all(&self) {
-        self.policies.invalidate_all();
+/// The users this instance admitted and whose issue message the broker acknowledged, per
+/// coupon. Such an admission is never undone (undo only follows a failed publish), so the user
+/// holds the coupon for good (INVARIANTS.md 2, 3) and a repeat click is answered from here.
+#[derive(Clone)]
+pub struct AdmittedHere {
+    admitted: Cache<(CouponId, UserId), ()>,
+}
+
+impl AdmittedHere {
+    /// Remembers at most `capacity` admissions (count), each for [`ADMITTED_TTI`] after it
+    /// was last asked about.
+    pub fn new(capacity: u64) -> Self {
+        Self {
+            admitted: Cache::builder()
+                .max_capacity(capacity)
+                // The newest admissions are the likeliest to be clicked again: LRU keeps them,
+                // where the default TinyLFU admission turned most of them away once full.
+                .eviction_policy(EvictionPolicy::lru())
+                .time_to_idle(ADMITTED_TTI)
+                .build(),
+        }
+    }
+
+    /// Remembers that this instance admitted `user` to `coupon` and the broker acknowledged
+    /// the issue message.
+    pub async fn note(&self, coupon: CouponId, user: UserId) {
+        self.admitted.insert((coupon, user), ()).await;
+    }
+
+    /// Whether this instance remembers admitting `user` to `coupon` ([`Self::note`]).
+    pub fn contains(&self, coupon: CouponId, user: UserId) -> bool {
+        self.admitted.contains_key(&(coupon, user))
     }
 }

@@ -1,4 +1,4 @@
-//! Runs code generation jobs ([`coupon_core::code_jobs`]) in this process: jobs it was asked to
+//! Runs code generation jobs ([`coupon_core::codes::jobs`]) in this process: jobs it was asked to
 //! start, and jobs another instance abandoned (its lease ran out), found by a scan every third
 //! of the lease. On shutdown each running job gives its lease up after its current batch, so
 //! another instance resumes it at once.
@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use coupon_core::code_jobs::{self, Lease, Step};
+use coupon_core::codes::jobs::{self, Lease, Step};
 use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
 
@@ -53,13 +53,12 @@ impl CodeJobs {
         tracing::info!(job, "code generation job running");
         loop {
             if self.shutdown.is_cancelled() {
-                if let Err(err) = code_jobs::release(&self.pool, job, &self.lease).await {
+                if let Err(err) = jobs::release(&self.pool, job, &self.lease).await {
                     tracing::warn!(job, %err, "could not release the job's lease; it resumes when the lease runs out");
                 }
                 return;
             }
-            match code_jobs::step(&self.pool, job, &self.lease, GENERATION_BATCH, Utc::now()).await
-            {
+            match jobs::step(&self.pool, job, &self.lease, GENERATION_BATCH, Utc::now()).await {
                 Ok(Step::Progressed) => {}
                 Ok(Step::Done) => {
                     tracing::info!(job, "code generation job done");
@@ -90,7 +89,7 @@ impl CodeJobs {
             / 3;
         loop {
             loop {
-                match code_jobs::claim_abandoned(&self.pool, &self.lease, Utc::now()).await {
+                match jobs::claim_abandoned(&self.pool, &self.lease, Utc::now()).await {
                     Ok(Some(job)) => {
                         tracing::info!(job, "resuming an abandoned code generation job");
                         self.spawn(job);

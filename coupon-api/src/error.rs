@@ -39,6 +39,18 @@ pub enum ApiError {
     /// 404 `NOT_FOUND`: no route matches.
     #[error("no such resource")]
     RouteNotFound,
+    /// 404 `NOT_FOUND`: no reconciliation or code generation job has this id (under this
+    /// topic).
+    #[error("no job has this id")]
+    JobNotFound,
+    /// 422 `IDEMPOTENCY_KEY_REUSED`: this `Idempotency-Key` was used for a different request
+    /// (method, path or body) by the same caller.
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyKeyReused,
+    /// 409 `IDEMPOTENCY_KEY_IN_PROGRESS`: the first request with this key is still being
+    /// processed after the repeat waited 5 s for it.
+    #[error("a request with this Idempotency-Key is still being processed; retry shortly")]
+    IdempotencyKeyInProgress,
     /// 400 `VALIDATION_FAILED`: the body or path could not be read (malformed JSON, wrong
     /// content type, too large, a path segment that is not a number).
     #[error("{0}")]
@@ -157,10 +169,13 @@ impl ApiError {
             Self::AlreadyIssued
             | Self::SoldOut
             | Self::IssueWindowClosed(_)
-            | Self::CouponSuspended => StatusCode::CONFLICT,
-            Self::CouponNotFound | Self::IssueNotFound | Self::RouteNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            | Self::CouponSuspended
+            | Self::IdempotencyKeyInProgress => StatusCode::CONFLICT,
+            Self::CouponNotFound
+            | Self::IssueNotFound
+            | Self::RouteNotFound
+            | Self::JobNotFound => StatusCode::NOT_FOUND,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -186,7 +201,9 @@ impl ApiError {
             Self::CouponSuspended => "COUPON_SUSPENDED",
             Self::CouponNotFound => "COUPON_NOT_FOUND",
             Self::IssueNotFound => "ISSUE_NOT_FOUND",
-            Self::RouteNotFound => "NOT_FOUND",
+            Self::RouteNotFound | Self::JobNotFound => "NOT_FOUND",
+            Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Self::IdempotencyKeyInProgress => "IDEMPOTENCY_KEY_IN_PROGRESS",
             Self::BadRequest(_) | Self::Validation(_) => "VALIDATION_FAILED",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
@@ -219,6 +236,14 @@ impl From<sqlx::Error> for ApiError {
             | sqlx::Error::WorkerCrashed => Self::Unavailable(err.into()),
             other => Self::Internal(other.into()),
         }
+    }
+}
+
+impl From<redis::RedisError> for ApiError {
+    /// Redis failing (unreachable, timed out, refusing) is a 503: nothing was admitted and a
+    /// retry may succeed.
+    fn from(err: redis::RedisError) -> Self {
+        Self::Unavailable(err.into())
     }
 }
 

@@ -15,14 +15,13 @@ use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use chrono::Utc;
 use coupon_core::idempotency::{self, Claim};
 use sha2::{Digest, Sha256};
 use sqlx::MySqlPool;
 
 use crate::auth::Principal;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 
 /// The request header carrying the key.
 pub const HEADER: &str = "idempotency-key";
@@ -39,17 +38,6 @@ pub struct Idempotency {
     pub ttl: chrono::Duration,
     /// Largest body buffered (bytes); the same bound as the JSON extractors.
     pub max_body_bytes: usize,
-}
-
-fn conflict(status: StatusCode, code: &'static str, message: &str) -> Response {
-    (
-        status,
-        Json(ErrorBody {
-            code,
-            message: message.to_owned(),
-        }),
-    )
-        .into_response()
 }
 
 /// The stored form of `key`: SHA-256 (hex) of the caller's role, subject and the key, so each
@@ -117,13 +105,7 @@ pub async fn middleware(
             idempotency::claim(&settings.pool, &key, &fingerprint, Utc::now(), settings.ttl).await;
         match claim {
             Err(err) => return ApiError::unavailable(err).into_response(),
-            Ok(Claim::Mismatch) => {
-                return conflict(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "IDEMPOTENCY_KEY_REUSED",
-                    "this Idempotency-Key was used for a different request",
-                )
-            }
+            Ok(Claim::Mismatch) => return ApiError::IdempotencyKeyReused.into_response(),
             Ok(Claim::Replay { status, body }) => {
                 let mut response = Response::new(Body::from(body));
                 *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
@@ -138,13 +120,7 @@ pub async fn middleware(
             Ok(Claim::InProgress) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
-            Ok(Claim::InProgress) => {
-                return conflict(
-                    StatusCode::CONFLICT,
-                    "IDEMPOTENCY_KEY_IN_PROGRESS",
-                    "a request with this Idempotency-Key is still being processed; retry shortly",
-                )
-            }
+            Ok(Claim::InProgress) => return ApiError::IdempotencyKeyInProgress.into_response(),
             Ok(Claim::Acquired) => break,
         }
     }

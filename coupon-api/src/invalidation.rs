@@ -7,21 +7,44 @@
 
 use std::time::Duration;
 
-use coupon_core::admission::Invalidation;
+use coupon_core::issue::admission::{Invalidation, InvalidationReason};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::PolicyCache;
+use crate::cache::{PolicyCache, SoldOutMarks};
 
 /// Pause before resubscribing after the connection dropped.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+
+/// The caches the broadcasts keep fresh.
+#[derive(Clone)]
+pub struct Invalidated {
+    /// Policies: a changed one is dropped, all are dropped after a gap in the subscription.
+    pub policies: PolicyCache,
+    /// Sold-out marks: set by a sell-out, dropped by a policy change.
+    pub sold_out: SoldOutMarks,
+}
+
+impl Invalidated {
+    /// Applies one invalidation broadcast.
+    pub async fn apply(&self, invalidation: Invalidation) {
+        let coupon = invalidation.coupon_id;
+        match invalidation.reason {
+            InvalidationReason::SoldOut => self.sold_out.mark(coupon).await,
+            InvalidationReason::PolicyChanged => {
+                self.policies.invalidate(coupon).await;
+                self.sold_out.clear(coupon).await;
+            }
+        }
+    }
+}
 
 /// Applies invalidations from `channel` to `cache` until `shutdown` fires, resubscribing after
 /// any failure. `subscribed` is cancelled once the first subscription is active (tests wait on it).
 pub async fn run(
     redis_url: String,
     channel: String,
-    cache: PolicyCache,
+    cache: Invalidated,
     shutdown: CancellationToken,
     subscribed: CancellationToken,
 ) {
@@ -45,13 +68,13 @@ pub async fn run(
 async fn subscribe_and_apply(
     redis_url: &str,
     channel: &str,
-    cache: &PolicyCache,
+    cache: &Invalidated,
     subscribed: &CancellationToken,
 ) -> redis::RedisResult<()> {
     let client = redis::Client::open(redis_url)?;
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(channel).await?;
-    cache.invalidate_all();
+    cache.policies.invalidate_all();
     subscribed.cancel();
     let mut messages = pubsub.on_message();
     while let Some(msg) = messages.next().await {

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod breaker;
 pub mod cache;
+pub mod cli;
 pub mod code_jobs;
 pub mod config;
 pub mod error;
@@ -17,7 +18,9 @@ pub mod idempotency;
 pub mod invalidation;
 pub mod openapi;
 pub mod rate_limit;
+pub mod rebuild;
 pub mod routes;
 pub mod serve;
 pub mod startup;
 pub mod state;
+pub mod stats;

@@ -11,11 +11,11 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
-use coupon_core::admission::{AdmissionStore, RedisKeys};
 use coupon_core::auth::TokenVerifier;
-use coupon_core::kafka::IssuePublisher;
-use coupon_core::recovery::IssueLog;
-use coupon_core::stores::Connections;
+use coupon_core::issue::admission::{AdmissionStore, RedisKeys};
+use coupon_core::issue::recovery::IssueLog;
+use coupon_core::store::kafka::IssuePublisher;
+use coupon_core::store::Connections;
 use coupon_core::telemetry::{self, names};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,20 +24,22 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::Authenticator;
 use crate::breaker::RedisBreaker;
-use crate::cache::PolicyCache;
+use crate::cache::{AdmittedHere, PolicyCache, SoldOutMarks};
 use crate::code_jobs::CodeJobs;
 use crate::config::ApiConfig;
 use crate::error::{ApiError, ErrorCode, ErrorDetail};
 use crate::idempotency::Idempotency;
 use crate::invalidation;
 use crate::rate_limit::RateLimits;
+use crate::rebuild::Rebuilds;
 use crate::routes;
 use crate::state::{AppState, Shared};
+use crate::stats::StatsCache;
 
 /// The whole app with `state`: routes, bearer-token checking, rate limits, `Idempotency-Key`
 /// handling, body limit of `max_body_bytes`, the request timeout, request metrics and error
 /// logging. Tests can drive it with `tower::ServiceExt::oneshot`, no socket needed.
-pub fn router(state: AppState, limits: HttpLimits) -> Router {
+pub fn router(state: AppState, limits: HttpLimits, guards: Guards) -> Router {
     let HttpLimits {
         max_body_bytes,
         idempotency_ttl,
@@ -49,14 +51,17 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         ttl: idempotency_ttl,
         max_body_bytes,
     };
-    let authenticator = Authenticator(state.verifier.clone());
+    let Guards {
+        verifier,
+        rate_limits,
+    } = guards;
     routes::router()
         .layer(middleware::from_fn_with_state(
             idempotency,
             crate::idempotency::middleware,
         ))
-        .layer(Extension(authenticator))
-        .layer(Extension(state.rate_limits.clone()))
+        .layer(Extension(Authenticator(verifier)))
+        .layer(Extension(rate_limits))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(RequestBodyTimeoutLayer::new(body_read_timeout))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
@@ -65,6 +70,18 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .layer(middleware::from_fn(observe))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Who may call, and how often: the token verifier the extractors find as an
+/// [`Authenticator`] request extension ([`crate::auth`]), and the limits the rate-limit layer
+/// finds as a [`RateLimits`] extension ([`crate::rate_limit`]). Request extensions are their
+/// only home, so a router without them refuses every request that needs them.
+#[derive(Clone)]
+pub struct Guards {
+    /// Checks bearer tokens.
+    pub verifier: Arc<TokenVerifier>,
+    /// Per-user and per-address limits of the issue and redeem endpoints.
+    pub rate_limits: RateLimits,
 }
 
 /// Bounds on one request, from [`ApiConfig`].
@@ -154,7 +171,7 @@ fn record_request(
 /// every answer it can give, the issue outcomes, the policy cache and Redis series (the Kafka
 /// producer's are registered by [`IssuePublisher::sample_queue_depth`]).
 fn register_metrics() {
-    coupon_core::admission::register_metrics();
+    coupon_core::issue::admission::register_metrics();
     crate::routes::issues::register_metrics();
     crate::cache::register_metrics();
     crate::rate_limit::register_metrics();
@@ -204,7 +221,7 @@ impl Application {
         );
         telemetry::install_metrics(config.metrics_listen)?;
         register_metrics();
-        let Connections { pool, redis } = coupon_core::stores::connect(stores).await?;
+        let Connections { pool, redis } = coupon_core::store::connect(stores).await?;
         let publisher = IssuePublisher::new(
             &stores.kafka_brokers,
             &stores.kafka_issue_topic,
@@ -213,13 +230,16 @@ impl Application {
         .context("creating the Kafka producer")?;
         let keys = RedisKeys::new(stores.redis_key_prefix.clone());
         let admission = AdmissionStore::new(redis, keys.clone());
-        let cache = PolicyCache::new(
+        let policies = PolicyCache::new(
             config.policy_cache_capacity,
             config.policy_cache_ttl(),
-            config.sold_out_holders_max,
-            config.admitted_cache_capacity,
             admission.clone(),
             pool.clone(),
+        );
+        let sold_out = SoldOutMarks::new(
+            config.policy_cache_capacity,
+            config.sold_out_holders_max,
+            admission.clone(),
         );
         let background = CancellationToken::new();
         let code_jobs = CodeJobs::new(pool.clone(), config.code_job_lease(), background.clone());
@@ -229,32 +249,32 @@ impl Application {
         tokio::spawn(breaker.clone().probe(admission.clone(), background.clone()));
         let rate_limits = RateLimits::new(&config.rate_limits);
         tokio::spawn(rate_limits.clone().retain_recent(background.clone()));
+        let rebuilds = Rebuilds::new(
+            pool.clone(),
+            admission.clone(),
+            policies.clone(),
+            IssueLog::new(stores, &config.kafka_consumer_group),
+            stores.kafka_message_timeout(),
+        );
         let state = AppState::new(Shared {
             pool,
             admission,
             publisher,
-            cache: cache.clone(),
+            policies: policies.clone(),
+            sold_out: sold_out.clone(),
+            admitted_here: AdmittedHere::new(config.admitted_cache_capacity),
             reservation_hold: chrono::Duration::seconds(i64::from(config.reservation_hold_secs)),
-            stats: crate::state::stats_cache(),
+            stats: StatsCache::default(),
             code_jobs,
-            verifier,
-            rate_limits: rate_limits.clone(),
             breaker,
-            issue_log: IssueLog {
-                brokers: stores.kafka_brokers.clone(),
-                topic: stores.kafka_issue_topic.clone(),
-                group: config.kafka_consumer_group.clone(),
-                timeout: Duration::from_secs(5),
-            },
-            rebuild_settle: stores.kafka_message_timeout(),
-            rebuilding: std::sync::Mutex::default(),
+            rebuilds,
         });
 
         let invalidations_ready = CancellationToken::new();
         tokio::spawn(invalidation::run(
             stores.redis_url().to_owned(),
             keys.invalidation_channel(),
-            cache,
+            invalidation::Invalidated { policies, sold_out },
             background.clone(),
             invalidations_ready.clone(),
         ));
@@ -264,7 +284,14 @@ impl Application {
             .with_context(|| format!("binding {}", config.listen))?;
         Ok(Self {
             listener,
-            router: router(state.clone(), HttpLimits::from_config(&config)),
+            router: router(
+                state.clone(),
+                HttpLimits::from_config(&config),
+                Guards {
+                    verifier,
+                    rate_limits,
+                },
+            ),
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
             state,
             background,

@@ -1,21 +1,20 @@
 //! State shared by every handler.
 
-use coupon_core::admission::AdmissionStore;
-use coupon_core::kafka::IssuePublisher;
+use coupon_core::issue::admission::AdmissionStore;
+use coupon_core::store::kafka::IssuePublisher;
 use sqlx::MySqlPool;
 
 use std::sync::Arc;
 
-use coupon_core::domain::CouponId;
-
-use crate::cache::PolicyCache;
+use crate::cache::{AdmittedHere, PolicyCache, SoldOutMarks};
 use crate::code_jobs::CodeJobs;
-use crate::routes::coupons::StatsView;
+use crate::rebuild::Rebuilds;
+use crate::stats::StatsCache;
 
 /// The state every handler sees: one shared [`Shared`] behind an `Arc`, so the per-request
 /// clone axum's `State` extractor makes is one reference-count increment (cloning the handles
 /// themselves cost several allocations per request on the issue path). Fields are reached
-/// through `Deref`: `state.pool`, `state.cache`, ….
+/// through `Deref`: `state.pool`, `state.policies`, ….
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
@@ -42,32 +41,20 @@ pub struct Shared {
     pub admission: AdmissionStore,
     /// Kafka producer of issue messages (`acks=all`).
     pub publisher: IssuePublisher,
-    /// Local policy cache and sold-out marks.
-    pub cache: PolicyCache,
+    /// Local policy cache.
+    pub policies: PolicyCache,
+    /// The sell-outs the consumer announced, with their holders.
+    pub sold_out: SoldOutMarks,
+    /// The admissions this instance made and published.
+    pub admitted_here: AdmittedHere,
     /// Default length of a checkout hold.
     pub reservation_hold: chrono::Duration,
     /// Per-coupon stats, each kept for one second.
-    pub stats: moka::future::Cache<CouponId, Arc<StatsView>>,
+    pub stats: StatsCache,
     /// Runner of code generation jobs.
     pub code_jobs: CodeJobs,
-    /// Where the issue messages are, for rebuilding lost admission sets.
-    pub issue_log: coupon_core::recovery::IssueLog,
-    /// Wait before a rebuild reads the log: the producer's message timeout.
-    pub rebuild_settle: std::time::Duration,
-    /// Coupons this instance is rebuilding now.
-    pub rebuilding: std::sync::Mutex<std::collections::HashSet<CouponId>>,
+    /// Rebuilds of lost admission state started here.
+    pub rebuilds: Rebuilds,
     /// Circuit breaker of the issue path's Redis calls.
     pub breaker: crate::breaker::RedisBreaker,
-    /// Per-user and per-address limits of the issue and redeem endpoints.
-    pub rate_limits: crate::rate_limit::RateLimits,
-    /// Checks bearer tokens ([`crate::auth`]).
-    pub verifier: Arc<coupon_core::auth::TokenVerifier>,
-}
-
-/// The stats cache of [`AppState::stats`]: entries live one second.
-pub fn stats_cache() -> moka::future::Cache<CouponId, Arc<StatsView>> {
-    moka::future::Cache::builder()
-        .max_capacity(10_000)
-        .time_to_live(std::time::Duration::from_secs(1))
-        .build()
 }

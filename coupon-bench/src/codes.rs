@@ -140,7 +140,7 @@ pub async fn run(args: CodesArgs) -> anyhow::Result<()> {
         http,
         base: args.base_url.trim_end_matches('/').to_owned(),
     };
-    let pool = coupon_core::db::connect(&args.database_url, 4).await?;
+    let pool = coupon_core::store::db::connect(&args.database_url, 4).await?;
 
     let live = api.topic("bench live").await?;
     println!(

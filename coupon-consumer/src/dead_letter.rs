@@ -8,7 +8,7 @@ use rdkafka::util::Timeout;
 use rdkafka::Message;
 
 /// Every reason a message is dead-lettered for: the issue consumer's `malformed` and `admission_undone`, the
-/// [`coupon_core::repository::Rejection`]s, and the payment consumer's `malformed_payment`.
+/// [`coupon_core::issue::persistence::Rejection`]s, and the payment consumer's `malformed_payment`.
 pub const REASONS: [&str; 5] = [
     "malformed",
     "admission_undone",

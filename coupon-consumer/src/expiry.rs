@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use coupon_core::telemetry::names;
-use coupon_core::{codes, events};
+use coupon_core::{codes, expiry};
 use sqlx::MySqlPool;
 use tracing::Instrument;
 
@@ -49,13 +49,13 @@ impl ExpiryJobs {
 
     async fn run_once(&self) -> Result<(), sqlx::Error> {
         let now = Utc::now();
-        while events::notice_expiring(&self.pool, now, self.expiring_soon, EXPIRY_BATCH).await?
+        while expiry::notice_expiring(&self.pool, now, self.expiring_soon, EXPIRY_BATCH).await?
             as u32
             == EXPIRY_BATCH
         {}
         let mut expired = 0;
         loop {
-            let n = events::expire(&self.pool, now, EXPIRY_BATCH).await?;
+            let n = expiry::expire(&self.pool, now, EXPIRY_BATCH).await?;
             expired += n;
             if (n as u32) < EXPIRY_BATCH {
                 break;

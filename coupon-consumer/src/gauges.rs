@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use coupon_core::admission::AdmissionStore;
+use coupon_core::issue::admission::AdmissionStore;
 use coupon_core::queries;
 use coupon_core::telemetry::names;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};

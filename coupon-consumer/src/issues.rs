@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coupon_core::admission::{AdmissionStore, Invalidation, InvalidationReason};
 use coupon_core::domain::CouponId;
-use coupon_core::message::IssueMessage;
-use coupon_core::repository::{self, PersistReport};
+use coupon_core::issue::admission::{AdmissionStore, Invalidation, InvalidationReason};
+use coupon_core::issue::message::IssueMessage;
+use coupon_core::issue::persistence::PersistReport;
 use coupon_core::telemetry::names;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
@@ -180,7 +180,7 @@ impl IssueConsumer {
             }
             sources = kept_sources;
         }
-        let persist = || repository::persist_batch(&self.pool, &issues);
+        let persist = || coupon_core::issue::persistence::persist_batch(&self.pool, &issues);
         let report: PersistReport = self.retry.run("persist", persist, shutdown).await?;
         for &(index, rejection) in &report.rejected {
             let issue = &issues[index];

@@ -25,9 +25,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use anyhow::Context;
-use coupon_core::admission::{AdmissionStore, RedisKeys};
-use coupon_core::kafka::producer_config;
-use coupon_core::stores::Connections;
+use coupon_core::issue::admission::{AdmissionStore, RedisKeys};
+use coupon_core::store::kafka::producer_config;
+use coupon_core::store::Connections;
 use coupon_core::telemetry;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::ClientConfig;
@@ -113,7 +113,7 @@ impl Application {
         let stores = &config.stores;
         telemetry::install_metrics(config.metrics_listen)?;
         gauges::register_metrics();
-        let Connections { pool, redis } = coupon_core::stores::connect(stores).await?;
+        let Connections { pool, redis } = coupon_core::store::connect(stores).await?;
         let admission = AdmissionStore::new(redis, RedisKeys::new(stores.redis_key_prefix.clone()));
         let member = |group: &str, topic: &str, what: &str| -> anyhow::Result<_> {
             let consumer: StreamConsumer<GroupContext> = consumer_config(

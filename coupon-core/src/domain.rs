@@ -180,16 +180,36 @@ pub fn storable(at: DateTime<Utc>) -> bool {
     (1000..=9999).contains(&at.year())
 }
 
+/// A [`NewCouponPolicy`] that satisfies every rule a stored policy must, the only form
+/// [`crate::policies::insert_policy`] takes. Built by `ValidPolicy::try_from(new)`, which
+/// fails with a [`ValidationError`] naming the first field that breaks a rule.
+///
+/// Times must lie in MySQL's `DATETIME` range, years 1000 to 9999
+/// (<https://dev.mysql.com/doc/refman/8.0/en/datetime.html>; [`storable`]), and
+/// `valid_days` is at most [`MAX_VALID_DAYS`], so an issue's expiry is storable too.
+#[derive(Debug, Clone)]
+pub struct ValidPolicy(NewCouponPolicy);
+
+impl TryFrom<NewCouponPolicy> for ValidPolicy {
+    type Error = ValidationError;
+
+    fn try_from(new: NewCouponPolicy) -> Result<Self, ValidationError> {
+        new.check()?;
+        Ok(Self(new))
+    }
+}
+
+impl std::ops::Deref for ValidPolicy {
+    type Target = NewCouponPolicy;
+
+    fn deref(&self) -> &NewCouponPolicy {
+        &self.0
+    }
+}
+
 impl NewCouponPolicy {
-    /// Checks every rule a policy must satisfy before it is stored.
-    ///
-    /// Times must lie in MySQL's `DATETIME` range, years 1000 to 9999
-    /// (<https://dev.mysql.com/doc/refman/8.0/en/datetime.html>; [`storable`]), and
-    /// `valid_days` is at most [`MAX_VALID_DAYS`], so an issue's expiry is storable too.
-    ///
-    /// # Errors
-    /// [`ValidationError`] naming the first field that breaks a rule.
-    pub fn validate(&self) -> Result<(), ValidationError> {
+    /// The rules of [`ValidPolicy`]; the first broken one.
+    fn check(&self) -> Result<(), ValidationError> {
         let fail = |msg: &str| Err(ValidationError(msg.to_owned()));
         let title_len = self.title.trim().chars().count();
         if title_len == 0 || self.title.chars().count() > 200 {
@@ -438,7 +458,7 @@ mod tests {
 
     #[test]
     fn a_sound_policy_validates() {
-        assert_eq!(new_policy().validate(), Ok(()));
+        assert!(ValidPolicy::try_from(new_policy()).is_ok());
     }
 
     #[test]
@@ -479,7 +499,7 @@ mod tests {
         for (field, break_it) in cases {
             let mut p = new_policy();
             break_it(&mut p);
-            let err = p.validate().expect_err(field);
+            let err = ValidPolicy::try_from(p).expect_err(field);
             assert!(err.0.contains(field), "{field}: {err}");
         }
     }

@@ -10,13 +10,13 @@
 //! `{"schema_version": 1, "event_id": "0193…", "event_type": "ISSUED", "occurred_at": "…",
 //! "coupon_id": 1, "coupon_issue_id": 9, "user_id": 7, "order_id": null, "expires_at": "…"}`.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::mysql::MySqlRow;
-use sqlx::{MySql, MySqlPool, QueryBuilder, Row, Transaction};
+use sqlx::{MySql, QueryBuilder, Row, Transaction};
 use uuid::Uuid;
 
-use crate::repository::push_id_list;
+use crate::policies::push_id_list;
 
 /// Version of the event JSON; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -148,86 +148,14 @@ pub(crate) async fn record_rows(
             .push_bind(event.event_type.as_str())
             .push_bind(event.coupon_issue_id)
             .push_bind(serde_json::to_string(event).unwrap_or_default())
-            .push_bind(crate::db::datetime(now));
+            .push_bind(crate::store::db::datetime(now));
     });
     insert.build().execute(&mut **tx).await?;
     Ok(())
 }
 
-/// One batch of [`notice_expiring`]: binds `now`, `now + window`, `batch`. The index
-/// `(status, expiring_notified_at, expires_at)` is forced so a batch reads only the rows it
-/// takes, never the ones noticed before (the optimizer may otherwise pick `(status, expires_at)`
-/// and walk them all).
-pub const EXPIRING_BATCH_SQL: &str = "SELECT id FROM coupon_issues \
-     FORCE INDEX (idx_coupon_issues_expiring) \
-     WHERE status = 'ISSUED' AND expiring_notified_at IS NULL \
-     AND expires_at > ? AND expires_at <= ? \
-     ORDER BY expires_at LIMIT ? FOR UPDATE SKIP LOCKED";
-
-/// Marks up to `batch` usable coupons whose validity ends within `window` of `now` as notified
-/// and records their `EXPIRING_SOON` events; each coupon is noticed once. Rows are taken with
-/// `FOR UPDATE SKIP LOCKED`, so several instances can run it. Returns how many were noticed.
-///
-/// # Errors
-/// Any database error.
-pub async fn notice_expiring(
-    pool: &MySqlPool,
-    now: DateTime<Utc>,
-    window: Duration,
-    batch: u32,
-) -> Result<usize, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let ids: Vec<i64> = sqlx::query_scalar(EXPIRING_BATCH_SQL)
-        .bind(crate::db::datetime(now))
-        .bind(crate::db::datetime(now + window))
-        .bind(batch)
-        .fetch_all(&mut *tx)
-        .await?;
-    update_ids(
-        &mut tx,
-        "UPDATE coupon_issues SET expiring_notified_at = ",
-        now,
-        &ids,
-    )
-    .await?;
-    record(&mut tx, EventType::ExpiringSoon, &ids, now).await?;
-    tx.commit().await?;
-    Ok(ids.len())
-}
-
-/// Marks up to `batch` usable coupons past their validity `EXPIRED` and records their events.
-/// Held coupons are left to the sweeper (they expire once released). Safe with several
-/// instances (`FOR UPDATE SKIP LOCKED`). Returns how many expired.
-///
-/// # Errors
-/// Any database error.
-pub async fn expire(
-    pool: &MySqlPool,
-    now: DateTime<Utc>,
-    batch: u32,
-) -> Result<usize, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "SELECT id FROM coupon_issues WHERE status = 'ISSUED' AND expires_at <= ? \
-         ORDER BY expires_at LIMIT ? FOR UPDATE SKIP LOCKED",
-    )
-    .bind(crate::db::datetime(now))
-    .bind(batch)
-    .fetch_all(&mut *tx)
-    .await?;
-    update_ids(
-        &mut tx,
-        "UPDATE coupon_issues SET status = 'EXPIRED', updated_at = ",
-        now,
-        &ids,
-    )
-    .await?;
-    record(&mut tx, EventType::Expired, &ids, now).await?;
-    tx.commit().await?;
-    Ok(ids.len())
-}
-
-async fn update_ids(
+/// Sets the column `set` names to `now` on the `coupon_issues` or `coupon_events` rows `ids`.
+pub(crate) async fn update_ids(
     tx: &mut Transaction<'_, MySql>,
     set: &str,
     now: DateTime<Utc>,
@@ -238,7 +166,7 @@ async fn update_ids(
     }
     let mut update = QueryBuilder::<MySql>::new(set);
     update
-        .push_bind(crate::db::datetime(now))
+        .push_bind(crate::store::db::datetime(now))
         .push(" WHERE id IN ");
     push_id_list(&mut update, ids);
     update.build().execute(&mut **tx).await?;

@@ -44,7 +44,7 @@ pub async fn claim(
 ) -> Result<Claim, sqlx::Error> {
     sqlx::query("DELETE FROM idempotency_keys WHERE idempotency_key = ? AND expires_at <= ?")
         .bind(key)
-        .bind(crate::db::datetime(now))
+        .bind(crate::store::db::datetime(now))
         .execute(pool)
         .await?;
     let inserted = sqlx::query(
@@ -54,9 +54,9 @@ pub async fn claim(
     )
     .bind(key)
     .bind(fingerprint)
-    .bind(crate::db::datetime(now + LEASE))
-    .bind(crate::db::datetime(now))
-    .bind(crate::db::datetime(now + ttl))
+    .bind(crate::store::db::datetime(now + LEASE))
+    .bind(crate::store::db::datetime(now))
+    .bind(crate::store::db::datetime(now + ttl))
     .execute(pool)
     .await?
     .rows_affected();
@@ -89,9 +89,9 @@ pub async fn claim(
         "UPDATE idempotency_keys SET locked_until = ? \
          WHERE idempotency_key = ? AND state = 'IN_PROGRESS' AND locked_until <= ?",
     )
-    .bind(crate::db::datetime(now + LEASE))
+    .bind(crate::store::db::datetime(now + LEASE))
     .bind(key)
-    .bind(crate::db::datetime(now))
+    .bind(crate::store::db::datetime(now))
     .execute(pool)
     .await?
     .rows_affected();

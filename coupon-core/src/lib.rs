@@ -1,43 +1,38 @@
 //! `coupon-core`: what coupon-api and coupon-consumer share.
 //!
-//! - [`codes`]: code coupons (topics, codes, redeem by code, bulk changes, archival);
-//! - [`code_jobs`]: resumable code generation jobs;
-//! - [`domain`]: identifiers, the coupon policy and its validation;
-//! - [`auth`]: bearer tokens (JWT): claims, roles, checking and minting;
-//! - [`admission`]: the atomic Redis admission script and the per-coupon Redis keys;
-//! - [`message`]: the issue message carried by Kafka;
+//! - [`issue`]: issuance: the Redis admission, the issue message, its persistence, recovery
+//!   after Redis lost state, reconciliation;
+//! - [`codes`]: code coupons: topics, generation, redeem by code, bulk changes, search,
+//!   archival, generation jobs;
+//! - [`store`]: the MySQL pool and migrations, the Kafka clients, the Redis connection, and
+//!   the start-up both services share;
+//! - [`domain`]: identifiers, the coupon policy and its validation; [`policies`]: the policy
+//!   repository;
+//! - [`redemption`]: using an issued coupon for an order (redeem, reserve, confirm, release),
+//!   and cancelling that;
 //! - [`events`]: coupon events for notification services (transactional outbox);
-//! - [`kafka`]: the `acks=all` producer and topic set-up;
-//! - [`db`] and [`repository`]: the MySQL pool, migrations and queries;
-//! - [`redemption`]: using an issued coupon for an order, and cancelling that;
-//! - [`idempotency`]: idempotency keys of state-changing requests;
-//! - [`reconcile`]: comparing admissions, messages in flight and rows, and repairing them;
-//! - [`recovery`]: rebuilding a coupon's Redis admission state after Redis lost it;
+//!   [`expiry`]: the expiring-soon and expiry jobs;
 //! - [`queries`]: a user's coupons, policy search and per-coupon counts;
-//! - [`stores`]: the start-up both services share;
+//! - [`idempotency`]: idempotency keys of state-changing requests;
+//! - [`auth`]: bearer tokens (JWT): claims, roles, checking and minting;
 //! - [`config`], [`telemetry`] and [`shutdown`]: typed configuration, tracing, metrics and
 //!   the shutdown signal.
 //!
 //! This crate knows nothing of HTTP or of the consumer loop.
 
-pub mod admission;
 pub mod auth;
-pub mod code_jobs;
 pub mod codes;
 pub mod config;
-pub mod db;
 pub mod domain;
 pub mod events;
+pub mod expiry;
 pub mod idempotency;
-pub mod kafka;
-pub mod message;
+pub mod issue;
+pub mod policies;
 pub mod queries;
-pub mod reconcile;
-pub mod recovery;
 pub mod redemption;
-pub mod repository;
 pub mod shutdown;
-pub mod stores;
+pub mod store;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

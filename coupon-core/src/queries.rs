@@ -10,7 +10,7 @@ use sqlx::mysql::MySqlRow;
 use sqlx::{MySql, MySqlPool, QueryBuilder, Row};
 
 use crate::domain::{CouponId, CouponStatus, UserId, ValidationError};
-use crate::repository;
+use crate::policies;
 
 /// Most items one page may hold (count).
 pub const MAX_PAGE: u32 = 100;
@@ -170,7 +170,7 @@ pub async fn search_policies(
 ) -> Result<PageOf<crate::domain::CouponPolicy>, sqlx::Error> {
     let mut query = QueryBuilder::<MySql>::new(format!(
         "SELECT {} FROM coupons WHERE deleted_at IS NULL",
-        repository::POLICY_COLUMNS
+        policies::POLICY_COLUMNS
     ));
     if let Some(status) = filter.status {
         query.push(" AND status = ").push_bind(status.as_str());
@@ -178,10 +178,10 @@ pub async fn search_policies(
     if let Some(at) = filter.active_at {
         query
             .push(" AND issue_starts_at <= ")
-            .push_bind(crate::db::datetime(at));
+            .push_bind(crate::store::db::datetime(at));
         query
             .push(" AND issue_ends_at > ")
-            .push_bind(crate::db::datetime(at));
+            .push_bind(crate::store::db::datetime(at));
     }
     if let Some(text) = &filter.title_contains {
         let escaped = text
@@ -201,7 +201,7 @@ pub async fn search_policies(
     let rows = query.build().fetch_all(pool).await?;
     let items = rows
         .iter()
-        .map(repository::policy_from_row)
+        .map(policies::policy_from_row)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(paginate(items, page, |p| p.id.get()))
 }
@@ -273,8 +273,8 @@ pub async fn live_stocks(
            AND issue_starts_at <= ? AND issue_ends_at >= ? \
          ORDER BY issue_starts_at DESC, id DESC LIMIT ?",
     )
-    .bind(crate::db::datetime(now))
-    .bind(crate::db::datetime(closed_since))
+    .bind(crate::store::db::datetime(now))
+    .bind(crate::store::db::datetime(closed_since))
     .bind(limit)
     .fetch_all(pool)
     .await?;

@@ -11,7 +11,7 @@ use sqlx::{MySqlPool, Row};
 
 use crate::domain::{CouponId, CouponStatus, UserId, ValidationError};
 use crate::events::{self, EventType};
-use crate::repository;
+use crate::policies;
 
 /// An order reference from the shop: 1–64 characters of `A-Z a-z 0-9 - _ . :`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -156,7 +156,7 @@ async fn usable(
     now: DateTime<Utc>,
 ) -> Result<(IssueRow, crate::domain::CouponPolicy), RedeemError> {
     let issue = issue_of(pool, issue_id, user).await?;
-    let policy = repository::find_policy(pool, issue.coupon_id)
+    let policy = policies::find_policy(pool, issue.coupon_id)
         .await?
         .ok_or(RedeemError::Suspended)?;
     if policy.status != CouponStatus::Active {
@@ -200,11 +200,11 @@ pub async fn redeem(
         "UPDATE coupon_issues SET status = 'USED', used_at = ?, order_id = ? \
          WHERE id = ? AND user_id = ? AND status = 'ISSUED' AND (expires_at IS NULL OR expires_at > ?)",
     )
-    .bind(crate::db::datetime(now))
+    .bind(crate::store::db::datetime(now))
     .bind(order_id.as_str())
     .bind(issue_id)
     .bind(user.get())
-    .bind(crate::db::datetime(now))
+    .bind(crate::store::db::datetime(now))
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -251,7 +251,7 @@ async fn record(
     .bind(r.order_amount)
     .bind(r.discount_amount)
     .bind(r.final_amount)
-    .bind(crate::db::datetime(r.redeemed_at))
+    .bind(crate::store::db::datetime(r.redeemed_at))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -295,7 +295,7 @@ pub async fn cancel_redemption(
     sqlx::query(
         "UPDATE coupon_redemptions SET status = 'CANCELLED', cancelled_at = ? WHERE id = ?",
     )
-    .bind(crate::db::datetime(now))
+    .bind(crate::store::db::datetime(now))
     .bind(redemption_id)
     .execute(&mut *tx)
     .await?;
@@ -363,10 +363,10 @@ pub async fn reserve(
     )
     .bind(order_id.as_str())
     .bind(order_amount)
-    .bind(crate::db::datetime(reserved_until))
+    .bind(crate::store::db::datetime(reserved_until))
     .bind(issue_id)
     .bind(user.get())
-    .bind(crate::db::datetime(now))
+    .bind(crate::store::db::datetime(now))
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -415,17 +415,17 @@ async fn confirm_in(
     let order_amount: i64 = row.try_get::<Option<i64>, _>("order_amount")?.unwrap_or(0);
     let policy = sqlx::query(&format!(
         "SELECT {} FROM coupons WHERE id = ?",
-        repository::POLICY_COLUMNS
+        policies::POLICY_COLUMNS
     ))
     .bind(coupon.get())
     .fetch_one(&mut **tx)
     .await?;
-    let discount = repository::policy_from_row(&policy)?.discount_for(order_amount);
+    let discount = policies::policy_from_row(&policy)?.discount_for(order_amount);
     sqlx::query(
         "UPDATE coupon_issues SET status = 'USED', used_at = ?, reserved_until = NULL \
          WHERE id = ? AND status = 'RESERVED'",
     )
-    .bind(crate::db::datetime(now))
+    .bind(crate::store::db::datetime(now))
     .bind(issue_id)
     .execute(&mut **tx)
     .await?;
@@ -512,7 +512,7 @@ async fn release_ids(
     for chunk in ids.chunks(500) {
         let mut release = sqlx::QueryBuilder::<sqlx::MySql>::new(RELEASE);
         release.push("id IN ");
-        repository::push_id_list(&mut release, chunk);
+        policies::push_id_list(&mut release, chunk);
         release.build().execute(&mut **tx).await?;
     }
     Ok(())
@@ -572,7 +572,7 @@ pub async fn release_expired_holds(
         "SELECT id FROM coupon_issues WHERE status = 'RESERVED' AND reserved_until <= ? \
          ORDER BY reserved_until LIMIT ? FOR UPDATE SKIP LOCKED",
     )
-    .bind(crate::db::datetime(now))
+    .bind(crate::store::db::datetime(now))
     .bind(batch)
     .fetch_all(&mut *tx)
     .await?;

@@ -137,8 +137,11 @@ pub async fn count_rows(pool: &MySqlPool, coupon_id: i64) -> i64 {
 ///
 /// # Panics
 /// When `user` is not positive (a test mistake).
-pub fn issue_message(coupon: crate::domain::CouponId, user: i64) -> crate::message::IssueMessage {
-    crate::message::IssueMessage {
+pub fn issue_message(
+    coupon: crate::domain::CouponId,
+    user: i64,
+) -> crate::issue::message::IssueMessage {
+    crate::issue::message::IssueMessage {
         coupon_id: coupon,
         user_id: crate::domain::UserId::parse(user).expect("positive user id"),
         request_id: uuid::Uuid::now_v7(),
@@ -152,7 +155,7 @@ pub fn issue_message(coupon: crate::domain::CouponId, user: i64) -> crate::messa
 /// On a bad id or any database error (a test failure).
 pub async fn persist_issue(pool: &MySqlPool, coupon: i64, user: i64) {
     let coupon = crate::domain::CouponId::parse(coupon).expect("positive coupon id");
-    crate::repository::persist_batch(pool, &[issue_message(coupon, user)])
+    crate::issue::persistence::persist_batch(pool, &[issue_message(coupon, user)])
         .await
         .expect("persist");
 }
@@ -165,18 +168,23 @@ pub async fn persist_issue(pool: &MySqlPool, coupon: i64, user: i64) {
 /// On any database error (a test failure).
 pub async fn issued_to_users(
     users: i64,
-) -> (MySqlPool, Vec<crate::message::IssueMessage>, Vec<i64>) {
+) -> (
+    MySqlPool,
+    Vec<crate::issue::message::IssueMessage>,
+    Vec<i64>,
+) {
     let stores = isolated_stores();
-    let pool = crate::db::prepare(stores.database_url(), 8)
+    let pool = crate::store::db::prepare(stores.database_url(), 8)
         .await
         .expect("MySQL/MariaDB must run on DATABASE_URL (make up)");
     let mut tx = pool.begin().await.expect("begin");
-    let policy = crate::repository::insert_policy(&mut tx, &open_policy(users))
+    let valid = open_policy(users).try_into().expect("open_policy is valid");
+    let policy = crate::policies::insert_policy(&mut tx, &valid)
         .await
         .expect("insert policy");
     tx.commit().await.expect("commit");
     let batch: Vec<_> = (1..=users).map(|u| issue_message(policy.id, u)).collect();
-    crate::repository::persist_batch(&pool, &batch)
+    crate::issue::persistence::persist_batch(&pool, &batch)
         .await
         .expect("persist");
     let ids = sqlx::query_scalar("SELECT id FROM coupon_issues ORDER BY user_id")

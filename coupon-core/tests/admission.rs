@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use coupon_core::admission::{self, AdmissionStore, AdmitOutcome, RedisKeys};
 use coupon_core::domain::{CouponId, CouponPolicy, CouponStatus, UserId};
+use coupon_core::issue::admission::{AdmissionStore, AdmitOutcome, RedisKeys};
 use coupon_core::testing;
 
 async fn store() -> AdmissionStore {
     let stores = testing::isolated_stores();
-    let conn = admission::connect(stores.redis_url(), Duration::from_secs(2))
+    let conn = coupon_core::store::redis::connect(stores.redis_url(), Duration::from_secs(2))
         .await
         .expect("Redis must run on REDIS_URL (make up)");
     AdmissionStore::new(conn, RedisKeys::new(stores.redis_key_prefix))

@@ -4,10 +4,10 @@
 
 use chrono::{Duration, Utc};
 use coupon_core::domain::UserId;
-use coupon_core::events::{self, CouponEvent, EventType};
-use coupon_core::message::IssueMessage;
+use coupon_core::events::{CouponEvent, EventType};
+use coupon_core::issue::message::IssueMessage;
 use coupon_core::redemption::{self, OrderId};
-use coupon_core::{repository, testing};
+use coupon_core::testing;
 use sqlx::MySqlPool;
 
 async fn issued(users: i64) -> (MySqlPool, Vec<IssueMessage>, Vec<i64>) {
@@ -31,7 +31,9 @@ async fn events_of(pool: &MySqlPool, event_type: &str) -> Vec<CouponEvent> {
 async fn an_issue_is_announced_once_even_when_its_message_is_redelivered() {
     let (pool, batch, ids) = issued(5).await;
 
-    repository::persist_batch(&pool, &batch).await.unwrap();
+    coupon_core::issue::persistence::persist_batch(&pool, &batch)
+        .await
+        .unwrap();
 
     let issued = events_of(&pool, "ISSUED").await;
     assert_eq!(issued.len(), 5);
@@ -120,13 +122,14 @@ async fn expiring_soon_is_sent_once_and_only_inside_the_window() {
     let now = Utc::now();
     let window = Duration::days(7);
 
-    let too_early = events::notice_expiring(&pool, now, window, 100)
+    let too_early = coupon_core::expiry::notice_expiring(&pool, now, window, 100)
         .await
         .unwrap();
-    let in_window = events::notice_expiring(&pool, now + Duration::days(24), window, 100)
-        .await
-        .unwrap();
-    let again = events::notice_expiring(&pool, now + Duration::days(25), window, 100)
+    let in_window =
+        coupon_core::expiry::notice_expiring(&pool, now + Duration::days(24), window, 100)
+            .await
+            .unwrap();
+    let again = coupon_core::expiry::notice_expiring(&pool, now + Duration::days(25), window, 100)
         .await
         .unwrap();
 
@@ -151,13 +154,13 @@ async fn coupons_past_their_validity_expire_unless_used() {
     .unwrap();
 
     assert_eq!(
-        events::expire(&pool, now + Duration::days(29), 100)
+        coupon_core::expiry::expire(&pool, now + Duration::days(29), 100)
             .await
             .unwrap(),
         0
     );
     assert_eq!(
-        events::expire(&pool, now + Duration::days(31), 100)
+        coupon_core::expiry::expire(&pool, now + Duration::days(31), 100)
             .await
             .unwrap(),
         2
@@ -179,18 +182,21 @@ async fn expiring_notices_read_only_unnoticed_rows() {
     let window = Duration::days(400);
     // Notice some, so there are noticed rows in the window to walk past.
     assert_eq!(
-        events::notice_expiring(&pool, now, window, 20)
+        coupon_core::expiry::notice_expiring(&pool, now, window, 20)
             .await
             .unwrap(),
         20
     );
-    let plan = sqlx::query(&format!("EXPLAIN {}", events::EXPIRING_BATCH_SQL))
-        .bind(now)
-        .bind(now + window)
-        .bind(20)
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let plan = sqlx::query(&format!(
+        "EXPLAIN {}",
+        coupon_core::expiry::EXPIRING_BATCH_SQL
+    ))
+    .bind(now)
+    .bind(now + window)
+    .bind(20)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     let key: Option<String> = sqlx::Row::try_get(&plan[0], "key").unwrap();
     assert_eq!(key.as_deref(), Some("idx_coupon_issues_expiring"));
     let extra: Option<String> = sqlx::Row::try_get(&plan[0], "Extra").unwrap();
@@ -200,13 +206,13 @@ async fn expiring_notices_read_only_unnoticed_rows() {
     );
     // The rest are noticed exactly once.
     assert_eq!(
-        events::notice_expiring(&pool, now, window, 100)
+        coupon_core::expiry::notice_expiring(&pool, now, window, 100)
             .await
             .unwrap(),
         30
     );
     assert_eq!(
-        events::notice_expiring(&pool, now, window, 100)
+        coupon_core::expiry::notice_expiring(&pool, now, window, 100)
             .await
             .unwrap(),
         0

@@ -4,9 +4,10 @@
 
 use chrono::Utc;
 use coupon_core::domain::{CouponId, CouponPolicy};
-use coupon_core::message::IssueMessage;
-use coupon_core::repository::{self, Rejection};
-use coupon_core::{db, testing};
+use coupon_core::issue::message::IssueMessage;
+use coupon_core::issue::persistence::Rejection;
+use coupon_core::policies;
+use coupon_core::{store::db, testing};
 use sqlx::MySqlPool;
 
 async fn pool() -> MySqlPool {
@@ -23,7 +24,9 @@ async fn create(pool: &MySqlPool, total: Option<i64>) -> CouponPolicy {
         new.coupon_type = coupon_core::domain::CouponType::Unlimited;
     }
     let mut tx = pool.begin().await.unwrap();
-    let policy = repository::insert_policy(&mut tx, &new).await.unwrap();
+    let policy = policies::insert_policy(&mut tx, &new.clone().try_into().unwrap())
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     policy
 }
@@ -33,7 +36,7 @@ fn issue(coupon: CouponId, user: i64) -> IssueMessage {
 }
 
 async fn issued_quantity(pool: &MySqlPool, coupon: CouponId) -> i64 {
-    repository::find_policy(pool, coupon)
+    policies::find_policy(pool, coupon)
         .await
         .unwrap()
         .unwrap()
@@ -46,8 +49,12 @@ async fn a_batch_delivered_twice_persists_once_and_counts_once() {
     let coupon = create(&pool, Some(100)).await;
     let batch: Vec<_> = (1..=20).map(|u| issue(coupon.id, u)).collect();
 
-    let first = repository::persist_batch(&pool, &batch).await.unwrap();
-    let second = repository::persist_batch(&pool, &batch).await.unwrap();
+    let first = coupon_core::issue::persistence::persist_batch(&pool, &batch)
+        .await
+        .unwrap();
+    let second = coupon_core::issue::persistence::persist_batch(&pool, &batch)
+        .await
+        .unwrap();
 
     assert_eq!(first.inserted.get(&coupon.id), Some(&20));
     assert_eq!(first.duplicates, 0);
@@ -67,7 +74,9 @@ async fn duplicates_inside_one_batch_count_once() {
         issue(coupon.id, 2),
     ];
 
-    let report = repository::persist_batch(&pool, &batch).await.unwrap();
+    let report = coupon_core::issue::persistence::persist_batch(&pool, &batch)
+        .await
+        .unwrap();
 
     assert_eq!(report.inserted.get(&coupon.id), Some(&2));
     assert_eq!(report.duplicates, 1);
@@ -81,7 +90,9 @@ async fn messages_of_an_unknown_coupon_are_rejected_and_the_rest_persist() {
     let unknown = CouponId::parse(coupon.id.get() + 1000).unwrap();
     let batch = vec![issue(coupon.id, 1), issue(unknown, 1), issue(coupon.id, 2)];
 
-    let report = repository::persist_batch(&pool, &batch).await.unwrap();
+    let report = coupon_core::issue::persistence::persist_batch(&pool, &batch)
+        .await
+        .unwrap();
 
     assert_eq!(report.rejected, vec![(1, Rejection::UnknownCoupon)]);
     assert_eq!(report.inserted.get(&coupon.id), Some(&2));
@@ -93,7 +104,9 @@ async fn a_group_that_would_exceed_the_stock_is_rejected_whole() {
     let coupon = create(&pool, Some(2)).await;
     let batch: Vec<_> = (1..=3).map(|u| issue(coupon.id, u)).collect();
 
-    let report = repository::persist_batch(&pool, &batch).await.unwrap();
+    let report = coupon_core::issue::persistence::persist_batch(&pool, &batch)
+        .await
+        .unwrap();
 
     assert_eq!(report.rejected.len(), 3);
     assert!(report
@@ -108,13 +121,16 @@ async fn a_group_that_would_exceed_the_stock_is_rejected_whole() {
 async fn reaching_the_stock_reports_the_coupon_sold_out_once() {
     let pool = pool().await;
     let coupon = create(&pool, Some(3)).await;
-    let first = repository::persist_batch(&pool, &[issue(coupon.id, 1), issue(coupon.id, 2)])
+    let first = coupon_core::issue::persistence::persist_batch(
+        &pool,
+        &[issue(coupon.id, 1), issue(coupon.id, 2)],
+    )
+    .await
+    .unwrap();
+    let last = coupon_core::issue::persistence::persist_batch(&pool, &[issue(coupon.id, 3)])
         .await
         .unwrap();
-    let last = repository::persist_batch(&pool, &[issue(coupon.id, 3)])
-        .await
-        .unwrap();
-    let again = repository::persist_batch(&pool, &[issue(coupon.id, 3)])
+    let again = coupon_core::issue::persistence::persist_batch(&pool, &[issue(coupon.id, 3)])
         .await
         .unwrap();
 
@@ -132,7 +148,7 @@ async fn rows_carry_the_request_id_and_expiry() {
     let coupon = create(&pool, Some(5)).await;
     let msg = issue(coupon.id, 9);
 
-    repository::persist_batch(&pool, std::slice::from_ref(&msg))
+    coupon_core::issue::persistence::persist_batch(&pool, std::slice::from_ref(&msg))
         .await
         .unwrap();
 
@@ -147,9 +163,11 @@ async fn rows_carry_the_request_id_and_expiry() {
     let expected = msg.admitted_at + chrono::Duration::days(30);
     let drift = (expires_at.unwrap() - expected).num_milliseconds().abs();
     assert!(drift < 1, "expires_at {expires_at:?} vs {expected}");
-    assert!(repository::issue_exists(&pool, coupon.id, msg.user_id)
-        .await
-        .unwrap());
+    assert!(
+        coupon_core::issue::persistence::issue_exists(&pool, coupon.id, msg.user_id)
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test]
@@ -184,10 +202,12 @@ async fn times_outside_the_timestamp_range_round_trip() {
     new.valid_days = Some(36_500);
     new.valid_until = Some(until);
     let mut tx = pool.begin().await.unwrap();
-    let policy = repository::insert_policy(&mut tx, &new).await.unwrap();
+    let policy = policies::insert_policy(&mut tx, &new.clone().try_into().unwrap())
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 
-    let stored = repository::find_policy(&pool, policy.id)
+    let stored = policies::find_policy(&pool, policy.id)
         .await
         .unwrap()
         .unwrap();
@@ -196,7 +216,7 @@ async fn times_outside_the_timestamp_range_round_trip() {
     assert_eq!(stored.valid_until, Some(until));
 
     // An issue expires at min(now + 36,500 days, 2100-12-31): after 2038 either way.
-    repository::persist_batch(&pool, &[issue(policy.id, 1)])
+    coupon_core::issue::persistence::persist_batch(&pool, &[issue(policy.id, 1)])
         .await
         .unwrap();
     let expires: Option<chrono::DateTime<Utc>> =

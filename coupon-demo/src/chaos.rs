@@ -23,10 +23,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use coupon_core::admission::{self, AdmissionStore, RedisKeys};
 use coupon_core::auth::{Role, TokenSigner};
 use coupon_core::domain::CouponId;
-use coupon_core::recovery::IssueLog;
+use coupon_core::issue::admission::{AdmissionStore, RedisKeys};
+use coupon_core::issue::recovery::IssueLog;
 use coupon_core::testing::{self, OwnMariaDb, OwnRedis};
 use futures::StreamExt;
 use sqlx::MySqlPool;
@@ -686,8 +686,9 @@ pub async fn run(
 
     let signer = TokenSigner::hs256(testing::JWT_SECRET);
     let coupon = crate::create_coupon(&client, &bases[0], &signer, plan.stock).await?;
-    let pool = coupon_core::db::connect(&database_url, 4).await?;
-    let redis_conn = admission::connect(&redis.url(), Duration::from_secs(2)).await?;
+    let pool = coupon_core::store::db::connect(&database_url, 4).await?;
+    let redis_conn =
+        coupon_core::store::redis::connect(&redis.url(), Duration::from_secs(2)).await?;
     let admission = AdmissionStore::new(redis_conn, RedisKeys::new(String::new()));
 
     let accepted_so_far = AtomicUsize::new(0);
@@ -808,7 +809,7 @@ pub async fn run(
     pool.close().await;
     if own_mysql.is_none() {
         // The scenario's database on the shared server; an own server goes with its directory.
-        let admin = coupon_core::db::connect("mysql://root@127.0.0.1:3306/mysql", 1).await?;
+        let admin = coupon_core::store::db::connect("mysql://root@127.0.0.1:3306/mysql", 1).await?;
         sqlx::query(&format!("DROP DATABASE IF EXISTS `{database}`"))
             .execute(&admin)
             .await?;

@@ -18,8 +18,8 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use coupon_core::admission::AdmissionStore;
 use coupon_core::domain::CouponId;
+use coupon_core::issue::admission::AdmissionStore;
 use sqlx::MySqlPool;
 
 use crate::RaceReport;

@@ -8,11 +8,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use coupon_core::admission::{self, AdmissionStore, RedisKeys};
 use coupon_core::auth::{AuthConfig, TokenSigner};
 use coupon_core::config::StoreConfig;
-use coupon_core::db;
 use coupon_core::domain::CouponId;
+use coupon_core::issue::admission::{AdmissionStore, RedisKeys};
+use coupon_core::store::db;
 use coupon_demo::{exactness, RacePlan};
 use sqlx::MySqlPool;
 
@@ -91,7 +91,8 @@ fn parse_coupon(text: &str) -> Result<CouponId, String> {
 
 async fn connect(stores: &StoreConfig) -> anyhow::Result<(MySqlPool, AdmissionStore)> {
     let pool = db::connect(stores.database_url(), 4).await?;
-    let redis = admission::connect(stores.redis_url(), stores.redis_timeout()).await?;
+    let redis =
+        coupon_core::store::redis::connect(stores.redis_url(), stores.redis_timeout()).await?;
     let keys = RedisKeys::new(stores.redis_key_prefix.clone());
     Ok((pool, AdmissionStore::new(redis, keys)))
 }

@@ -9,7 +9,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use coupon_core::code_jobs::{self, GenerationJob};
+use coupon_core::codes::jobs::{self, GenerationJob};
 use coupon_core::codes::{
     self, ArchivedCode, BulkAction, Code, CodeCursor, CodeFilter, CodeRedemption, CodeView, Topic,
 };
@@ -208,7 +208,7 @@ async fn generate_codes(
             "count must be from 1 to {MAX_CODES_PER_REQUEST}"
         )));
     }
-    let job = code_jobs::create(
+    let job = jobs::create(
         &state.pool,
         topic.id,
         body.count,
@@ -240,9 +240,9 @@ async fn generation_job(
     ApiPath((raw_topic, job_id)): ApiPath<(String, i64)>,
 ) -> Result<Json<GenerationJob>, ApiError> {
     let topic = topic_id(&raw_topic)?;
-    let job = code_jobs::find(&state.pool, topic, job_id)
+    let job = jobs::find(&state.pool, topic, job_id)
         .await?
-        .ok_or(ApiError::RouteNotFound)?;
+        .ok_or(ApiError::JobNotFound)?;
     Ok(Json(job))
 }
 

@@ -5,20 +5,20 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use coupon_core::admission::{Invalidation, InvalidationReason};
 use coupon_core::domain::{CouponId, CouponStatus};
-use coupon_core::domain::{CouponPolicy, NewCouponPolicy};
+use coupon_core::domain::{CouponPolicy, NewCouponPolicy, ValidPolicy};
+use coupon_core::issue::admission::{Invalidation, InvalidationReason};
+use coupon_core::policies;
+use coupon_core::policies::PolicyUpdate;
 use coupon_core::queries::{self, Page, PageOf, PolicyFilter};
-use coupon_core::repository;
-use coupon_core::repository::PolicyUpdate;
 use serde::Deserialize;
 use serde::Serialize;
-use std::sync::Arc;
 
 use crate::auth::Admin;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, CouponPath};
 use crate::state::AppState;
+use crate::stats::StatsView;
 
 /// Routes of this module.
 pub fn router() -> Router<AppState> {
@@ -59,14 +59,10 @@ async fn create_policy(
     _admin: Admin,
     ApiJson(new): ApiJson<NewCouponPolicy>,
 ) -> Result<(StatusCode, Json<CouponPolicy>), ApiError> {
-    new.validate()?;
+    let new = ValidPolicy::try_from(new)?;
     let mut tx = state.pool.begin().await?;
-    let policy = repository::insert_policy(&mut tx, &new).await?;
-    state
-        .admission
-        .prepare(&policy)
-        .await
-        .map_err(ApiError::unavailable)?;
+    let policy = policies::insert_policy(&mut tx, &new).await?;
+    state.admission.prepare(&policy).await?;
     tx.commit().await?;
     tracing::info!(coupon_id = %policy.id, total = ?policy.total_quantity, "coupon policy created");
     Ok((StatusCode::CREATED, Json(policy)))
@@ -105,14 +101,10 @@ async fn get_policy(
     State(state): State<AppState>,
     CouponPath(coupon): CouponPath,
 ) -> Result<Json<PolicyView>, ApiError> {
-    let policy = repository::find_policy(&state.pool, coupon)
+    let policy = policies::find_policy(&state.pool, coupon)
         .await?
         .ok_or(ApiError::CouponNotFound)?;
-    let admitted = state
-        .admission
-        .admitted_count(coupon)
-        .await
-        .map_err(ApiError::unavailable)?;
+    let admitted = state.admission.admitted_count(coupon).await?;
     let issued = policy.issued_quantity;
     Ok(Json(PolicyView {
         issued,
@@ -133,17 +125,12 @@ async fn announce(
     match policy {
         Some(policy) => state.admission.store_policy(policy).await,
         None => state.admission.remove_policy(id).await,
-    }
-    .map_err(ApiError::unavailable)?;
+    }?;
     let invalidation = Invalidation {
         coupon_id: id,
         reason: InvalidationReason::PolicyChanged,
     };
-    state
-        .admission
-        .publish_invalidation(invalidation)
-        .await
-        .map_err(ApiError::unavailable)?;
+    state.admission.publish_invalidation(invalidation).await?;
     Ok(())
 }
 
@@ -152,11 +139,11 @@ async fn change(
     id: CouponId,
     edit: impl FnOnce(&CouponPolicy) -> Result<CouponPolicy, ApiError>,
 ) -> Result<Json<CouponPolicy>, ApiError> {
-    let current = repository::find_policy(&state.pool, id)
+    let current = policies::find_policy(&state.pool, id)
         .await?
         .ok_or(ApiError::CouponNotFound)?;
     let next = edit(&current)?;
-    let saved = repository::save_policy_admin_fields(&state.pool, &next)
+    let saved = policies::save_policy_admin_fields(&state.pool, &next)
         .await?
         .ok_or(ApiError::CouponNotFound)?;
     announce(state, id, Some(&saved)).await?;
@@ -273,7 +260,7 @@ async fn delete_policy(
     _admin: Admin,
     CouponPath(id): CouponPath,
 ) -> Result<StatusCode, ApiError> {
-    if !repository::delete_policy(&state.pool, id, Utc::now()).await? {
+    if !policies::delete_policy(&state.pool, id, Utc::now()).await? {
         return Err(ApiError::CouponNotFound);
     }
     announce(&state, id, None).await?;
@@ -322,36 +309,6 @@ async fn search_policies(
     ))
 }
 
-/// `GET /api/v1/coupons/{coupon_id}/stats`: `{"coupon_id": 1, "total": 500, "admitted": 500,
-/// "issued": 500, "pending": 0, "available": 480, "reserved": 5, "used": 10, "expired": 5,
-/// "remaining": 0, "redemption_rate": 0.02}` (counts; `total` and `remaining` are `null` for
-/// unlimited coupons; `redemption_rate` = used / issued).
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct StatsView {
-    /// The coupon.
-    pub coupon_id: CouponId,
-    /// Stock.
-    pub total: Option<i64>,
-    /// Admitted in Redis (`SCARD`).
-    pub admitted: i64,
-    /// Persisted rows (`issued_quantity`).
-    pub issued: i64,
-    /// Admitted, not yet persisted.
-    pub pending: i64,
-    /// Persisted and usable (`ISSUED`).
-    pub available: i64,
-    /// Held by a reservation.
-    pub reserved: i64,
-    /// Used.
-    pub used: i64,
-    /// Past validity.
-    pub expired: i64,
-    /// Stock not yet admitted.
-    pub remaining: Option<i64>,
-    /// `used / issued`, 0 when nothing was issued.
-    pub redemption_rate: f64,
-}
-
 /// Stats of one coupon. Each API instance computes them at most once a second per coupon
 /// (concurrent pollers share one computation), from the `(coupon_id, status)` index and one
 /// `SCARD`, so dashboards can poll every second during a drop.
@@ -375,43 +332,7 @@ async fn policy_stats(
     _admin: Admin,
     CouponPath(id): CouponPath,
 ) -> Result<Json<StatsView>, ApiError> {
-    let load = async {
-        let policy = repository::find_policy(&state.pool, id)
-            .await?
-            .ok_or(ApiError::CouponNotFound)?;
-        let admitted = state
-            .admission
-            .admitted_count(id)
-            .await
-            .map_err(ApiError::unavailable)?;
-        let counts = queries::issue_counts(&state.pool, id).await?;
-        let issued = policy.issued_quantity;
-        Ok::<_, ApiError>(Arc::new(StatsView {
-            coupon_id: id,
-            total: policy.total_quantity,
-            admitted,
-            issued,
-            pending: (admitted - issued).max(0),
-            available: counts.issued,
-            reserved: counts.reserved,
-            used: counts.used,
-            expired: counts.expired,
-            remaining: policy.total_quantity.map(|t| (t - admitted).max(0)),
-            redemption_rate: if issued > 0 {
-                counts.used as f64 / issued as f64
-            } else {
-                0.0
-            },
-        }))
-    };
-    let stats = state
-        .stats
-        .try_get_with(id, load)
-        .await
-        .map_err(|err| match &*err {
-            ApiError::CouponNotFound => ApiError::CouponNotFound,
-            other => ApiError::unavailable(anyhow::anyhow!("stats failed: {other:?}")),
-        })?;
+    let stats = state.stats.get(&state.pool, &state.admission, id).await?;
     Ok(Json((*stats).clone()))
 }
 

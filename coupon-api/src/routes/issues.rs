@@ -7,11 +7,10 @@ use axum::middleware;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use coupon_core::admission::AdmitOutcome;
 use coupon_core::domain::{CouponId, CouponStatus, IssueState, IssueWindow, UserId};
-use coupon_core::message::IssueMessage;
+use coupon_core::issue::admission::AdmitOutcome;
+use coupon_core::issue::message::IssueMessage;
 use coupon_core::telemetry::names;
-use coupon_core::{recovery, repository};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -73,7 +72,7 @@ pub struct IssueAccepted {
 ///
 /// If the publish fails, the admission is undone and the client gets 503 with `Retry-After`.
 /// If Redis lost the coupon's state (no stock key), the client gets 503 and the state is
-/// rebuilt ([`coupon_core::recovery`]) before anyone is admitted again.
+/// rebuilt ([`coupon_core::issue::recovery`]) before anyone is admitted again.
 /// Redis calls go through the circuit breaker ([`crate::breaker`]): while it is open, a
 /// request that needs Redis is refused 503 at once.
 #[tracing::instrument(name = "issue_coupon", skip_all, fields(coupon_id = %coupon, user_id = %caller.user_id))]
@@ -144,7 +143,7 @@ fn record_outcome(result: Result<&Uuid, &ApiError>) {
 /// The checks before the admission: the policy exists, is active and in its issue window, the
 /// user is not one this instance already admitted, and the coupon is not sold out.
 async fn check(state: &AppState, coupon: CouponId, user: UserId) -> Result<(), ApiError> {
-    let policy = state.cache.get(coupon).await?;
+    let policy = state.policies.get(coupon).await?;
     if policy.status != CouponStatus::Active {
         return Err(ApiError::CouponSuspended);
     }
@@ -159,11 +158,11 @@ async fn check(state: &AppState, coupon: CouponId, user: UserId) -> Result<(), A
         }
         IssueWindow::Open => {}
     }
-    if state.cache.admitted_here(coupon, user).await {
+    if state.admitted_here.contains(coupon, user) {
         // This instance admitted the user and published the message: a repeat click.
         return Err(ApiError::AlreadyIssued);
     }
-    if let Some(sold_out) = state.cache.sold_out(coupon).await {
+    if let Some(sold_out) = state.sold_out.get(coupon).await {
         // MySQL holds the whole stock: no admission can succeed, so a membership check
         // replaces the script: in the local copy of the holders when there is one, else a
         // read-only SISMEMBER. A holder asking again still hears ALREADY_ISSUED.
@@ -199,7 +198,7 @@ async fn admit_and_publish(
         AdmitOutcome::AlreadyIssued => return Err(ApiError::AlreadyIssued),
         AdmitOutcome::SoldOut => return Err(ApiError::SoldOut),
         AdmitOutcome::NotPrepared => {
-            start_rebuild(&state, coupon).await;
+            state.rebuilds.start(coupon);
             return Err(ApiError::unavailable(anyhow::anyhow!(
                 "coupon {coupon} has no stock bound in Redis; its admission state is being rebuilt"
             )));
@@ -213,7 +212,7 @@ async fn admit_and_publish(
     };
     match state.publisher.publish(&message).await {
         Ok(()) => {
-            state.cache.note_admitted(coupon, user).await;
+            state.admitted_here.note(coupon, user).await;
             Ok(message.request_id)
         }
         Err(publish_err) => {
@@ -231,41 +230,6 @@ async fn admit_and_publish(
             ))
         }
     }
-}
-
-/// Starts rebuilding `coupon`'s lost Redis state in the background ([`recovery::rebuild`]),
-/// unless this instance already is; the lock inside keeps other instances from doing it
-/// twice. Issuing for the coupon stays closed (503) until the rebuild writes the stock key.
-async fn start_rebuild(state: &AppState, coupon: CouponId) {
-    if !state
-        .rebuilding
-        .lock()
-        .map(|mut set| set.insert(coupon))
-        .unwrap_or(false)
-    {
-        return;
-    }
-    let state = state.clone();
-    tokio::spawn(async move {
-        let outcome = match state.cache.get(coupon).await {
-            Ok(policy) => recovery::rebuild(
-                &state.pool,
-                &state.admission,
-                &state.issue_log,
-                &policy,
-                state.rebuild_settle,
-            )
-            .await
-            .map(drop),
-            Err(err) => Err(anyhow::anyhow!("loading the policy: {err}")),
-        };
-        if let Err(err) = outcome {
-            tracing::error!(coupon_id = %coupon, error = ?err, "rebuilding the admission state failed; the next request retries");
-        }
-        if let Ok(mut set) = state.rebuilding.lock() {
-            set.remove(&coupon);
-        }
-    });
 }
 
 /// Body of the issue status: `{"coupon_id": 42, "user_id": 7, "status": "ISSUED"}`.
@@ -302,15 +266,11 @@ async fn issue_status(
     State(state): State<AppState>,
     CouponUserPath(coupon, user): CouponUserPath,
 ) -> Result<Json<IssueStatusView>, ApiError> {
-    state.cache.get(coupon).await?;
-    let status = if repository::issue_exists(&state.pool, coupon, user).await? {
-        IssueState::Issued
-    } else if state
-        .admission
-        .is_admitted(coupon, user)
-        .await
-        .map_err(ApiError::unavailable)?
+    state.policies.get(coupon).await?;
+    let status = if coupon_core::issue::persistence::issue_exists(&state.pool, coupon, user).await?
     {
+        IssueState::Issued
+    } else if state.admission.is_admitted(coupon, user).await? {
         IssueState::Pending
     } else {
         return Err(ApiError::IssueNotFound);

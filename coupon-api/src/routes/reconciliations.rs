@@ -1,5 +1,5 @@
 //! Reconciliation through the admin API: `POST /api/v1/admin/reconciliations` starts a pass
-//! ([`coupon_core::reconcile`], the same as `coupon-api reconcile`) as a background job and
+//! ([`coupon_core::issue::reconciliation`], the same as `coupon-api reconcile`) as a background job and
 //! answers 202 at once, since a pass waits out its grace period and may take longer than
 //! `REQUEST_TIMEOUT_MS`; `GET /api/v1/admin/reconciliations/{job_id}` reports it. Jobs are
 //! rows of `reconciliation_jobs`, so any instance can report a job another one started.
@@ -11,8 +11,8 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use coupon_core::domain::CouponId;
-use coupon_core::reconcile::{self, Reconciler, ReconciliationJob};
-use coupon_core::repository;
+use coupon_core::issue::reconciliation::{self, Reconciler, ReconciliationJob};
+use coupon_core::policies;
 use serde::Deserialize;
 
 use crate::auth::Admin;
@@ -73,9 +73,9 @@ async fn start_reconciliation(
     // array (`[null, null]`), which the schemathesis run rightly flagged as accepted.
     let request: ReconciliationRequest =
         serde_json::from_value(body.into()).map_err(|e| ApiError::Validation(e.to_string()))?;
-    let minimum = state.rebuild_settle.as_secs_f64().ceil() as u64;
+    let minimum = state.rebuilds.settle().as_secs_f64().ceil() as u64;
     let grace = match request.grace_secs {
-        None => state.rebuild_settle * 2,
+        None => state.rebuilds.settle() * 2,
         Some(secs) if (minimum..=MAX_GRACE_SECS).contains(&secs) => {
             std::time::Duration::from_secs(secs)
         }
@@ -87,25 +87,21 @@ async fn start_reconciliation(
         }
     };
     if let Some(coupon) = request.coupon_id {
-        if repository::find_policy(&state.pool, coupon)
-            .await?
-            .is_none()
-        {
+        if policies::find_policy(&state.pool, coupon).await?.is_none() {
             return Err(ApiError::CouponNotFound);
         }
     }
     let job_id =
-        reconcile::create_job(&state.pool, request.coupon_id, grace, request.dry_run).await?;
-    let job = reconcile::find_job(&state.pool, job_id)
-        .await
-        .map_err(ApiError::Internal)?
+        reconciliation::create_job(&state.pool, request.coupon_id, grace, request.dry_run).await?;
+    let job = reconciliation::find_job(&state.pool, job_id)
+        .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("job {job_id} vanished")))?;
     let (coupon, dry_run) = (request.coupon_id, request.dry_run);
     tokio::spawn(async move {
         let reconciler = Reconciler {
             pool: &state.pool,
             admission: &state.admission,
-            log: &state.issue_log,
+            log: state.rebuilds.log(),
             publisher: &state.publisher,
             grace,
             dry_run,
@@ -115,7 +111,7 @@ async fn start_reconciliation(
             Ok(reports) => tracing::info!(job_id, coupons = reports.len(), "reconciliation done"),
             Err(err) => tracing::error!(job_id, err = %format!("{err:#}"), "reconciliation failed"),
         }
-        if let Err(err) = reconcile::finish_job(&state.pool, job_id, &outcome).await {
+        if let Err(err) = reconciliation::finish_job(&state.pool, job_id, &outcome).await {
             tracing::error!(job_id, %err, "recording the reconciliation's end failed");
         }
     });
@@ -144,11 +140,10 @@ async fn reconciliation_job(
     _admin: Admin,
     ApiPath(job_id): ApiPath<i64>,
 ) -> Result<Json<ReconciliationJob>, ApiError> {
-    reconcile::find_job(&state.pool, job_id)
-        .await
-        .map_err(ApiError::Internal)?
+    reconciliation::find_job(&state.pool, job_id)
+        .await?
         .map(Json)
-        .ok_or(ApiError::RouteNotFound)
+        .ok_or(ApiError::JobNotFound)
 }
 
 #[derive(utoipa::OpenApi)]

@@ -96,7 +96,7 @@ async fn redeem(
 /// Body naming an order: `{"order_id": "order-1"}` (cancel, confirm, release).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CancelBody {
+struct OrderBody {
     order_id: String,
 }
 
@@ -116,7 +116,7 @@ struct Restored {
     path = "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/redeem/cancel",
     tag = "redemptions",
     params(("user_id" = i64, Path, description = "user id; must be the token's subject unless the token is admin"), ("coupon_issue_id" = i64, Path, description = "coupon_issues.id")),
-    request_body = CancelBody,
+    request_body = OrderBody,
     responses(
         (status = 200, body = Restored),
         (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
@@ -131,7 +131,7 @@ struct Restored {
 async fn cancel(
     State(state): State<AppState>,
     UserIssuePath(user, issue): UserIssuePath,
-    ApiJson(body): ApiJson<CancelBody>,
+    ApiJson(body): ApiJson<OrderBody>,
 ) -> Result<Json<Restored>, ApiError> {
     let order_id = OrderId::parse(&body.order_id)?;
     redemption::cancel_redemption(&state.pool, issue, user, &order_id, Utc::now()).await?;
@@ -215,7 +215,7 @@ async fn reserve(
     path = "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/reserve/confirm",
     tag = "redemptions",
     params(("user_id" = i64, Path, description = "user id; must be the token's subject unless the token is admin"), ("coupon_issue_id" = i64, Path, description = "coupon_issues.id")),
-    request_body = CancelBody,
+    request_body = OrderBody,
     responses(
         (status = 200, body = Redemption),
         (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
@@ -229,7 +229,7 @@ async fn reserve(
 async fn confirm_reservation(
     State(state): State<AppState>,
     UserIssuePath(user, issue): UserIssuePath,
-    ApiJson(body): ApiJson<CancelBody>,
+    ApiJson(body): ApiJson<OrderBody>,
 ) -> Result<Json<Redemption>, ApiError> {
     let order_id = OrderId::parse(&body.order_id)?;
     let redemption =
@@ -245,7 +245,7 @@ async fn confirm_reservation(
     path = "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/reserve/cancel",
     tag = "redemptions",
     params(("user_id" = i64, Path, description = "user id; must be the token's subject unless the token is admin"), ("coupon_issue_id" = i64, Path, description = "coupon_issues.id")),
-    request_body = CancelBody,
+    request_body = OrderBody,
     responses(
         (status = 200, body = Restored),
         (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
@@ -259,7 +259,7 @@ async fn confirm_reservation(
 async fn release_reservation(
     State(state): State<AppState>,
     UserIssuePath(user, issue): UserIssuePath,
-    ApiJson(body): ApiJson<CancelBody>,
+    ApiJson(body): ApiJson<OrderBody>,
 ) -> Result<Json<Restored>, ApiError> {
     let order_id = OrderId::parse(&body.order_id)?;
     redemption::release_reservation(&state.pool, issue, user, &order_id, Utc::now()).await?;

@@ -498,7 +498,7 @@ async fn codes_deleted_long_ago_move_to_the_archive_in_resumable_batches() {
 
 #[tokio::test]
 async fn a_generation_job_abandoned_by_a_dead_instance_is_resumed_exactly() {
-    use coupon_core::code_jobs::{self, Lease, Step};
+    use coupon_core::codes::jobs::{self, Lease, Step};
     let app = spawn_app_with(|c| c.code_job_lease_ms = 300).await;
     let topic = topic(&app).await;
     let pool = &app.state.pool;
@@ -508,11 +508,9 @@ async fn a_generation_job_abandoned_by_a_dead_instance_is_resumed_exactly() {
         owner: "dead-instance".into(),
         length: chrono::Duration::seconds(60),
     };
-    let abandoned = code_jobs::create(pool, topic, 2_500, &dead, now)
-        .await
-        .unwrap();
+    let abandoned = jobs::create(pool, topic, 2_500, &dead, now).await.unwrap();
     assert_eq!(
-        code_jobs::step(pool, abandoned.job_id, &dead, 1_000, now)
+        jobs::step(pool, abandoned.job_id, &dead, 1_000, now)
             .await
             .unwrap(),
         Step::Progressed
@@ -528,19 +526,17 @@ async fn a_generation_job_abandoned_by_a_dead_instance_is_resumed_exactly() {
         owner: "live-instance".into(),
         length: chrono::Duration::seconds(60),
     };
-    let held = code_jobs::create(pool, topic, 10, &live, now)
-        .await
-        .unwrap();
+    let held = jobs::create(pool, topic, 10, &live, now).await.unwrap();
 
     testing::eventually("the resumed job", Duration::from_secs(30), || async {
-        let job = code_jobs::find(pool, topic, abandoned.job_id)
+        let job = jobs::find(pool, topic, abandoned.job_id)
             .await
             .unwrap()
             .unwrap();
         (job.status == "DONE").then_some(job)
     })
     .await;
-    let job = code_jobs::find(pool, topic, abandoned.job_id)
+    let job = jobs::find(pool, topic, abandoned.job_id)
         .await
         .unwrap()
         .unwrap();
@@ -549,16 +545,13 @@ async fn a_generation_job_abandoned_by_a_dead_instance_is_resumed_exactly() {
 
     // The dead instance, coming back, can no longer write to the job it lost.
     assert_eq!(
-        code_jobs::step(pool, abandoned.job_id, &dead, 1_000, now)
+        jobs::step(pool, abandoned.job_id, &dead, 1_000, now)
             .await
             .unwrap(),
         Step::LeaseLost
     );
     assert_eq!(codes_of(pool, topic).await, 2_500);
-    let untouched = code_jobs::find(pool, topic, held.job_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let untouched = jobs::find(pool, topic, held.job_id).await.unwrap().unwrap();
     assert_eq!(
         (untouched.generated, untouched.status.as_str()),
         (0, "RUNNING")

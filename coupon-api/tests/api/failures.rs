@@ -160,8 +160,8 @@ async fn after_redis_lost_its_data_the_set_is_rebuilt_from_mysql_and_unpersisted
 
 #[tokio::test]
 async fn reconciliation_republishes_lost_admissions_readmits_rows_and_fixes_the_count_once() {
-    use coupon_core::reconcile::Reconciler;
-    use coupon_core::recovery::IssueLog;
+    use coupon_core::issue::reconciliation::Reconciler;
+    use coupon_core::issue::recovery::IssueLog;
 
     let app = crate::helpers::spawn_app().await;
     let coupon = app.open_coupon(10).await;

@@ -1,9 +1,9 @@
 use std::time::Duration;
 
 use chrono::{Duration as Span, Utc};
-use coupon_core::admission::{Invalidation, InvalidationReason};
 use coupon_core::domain::{CouponId, UserId};
-use coupon_core::message::IssueMessage;
+use coupon_core::issue::admission::{Invalidation, InvalidationReason};
+use coupon_core::issue::message::IssueMessage;
 use coupon_core::testing;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message};
@@ -181,7 +181,7 @@ async fn sold_out_coupon(app: &TestApp, users: std::ops::RangeInclusive<i64>) ->
         .unwrap();
     assert!(receivers >= 1, "the API subscribes to the channel");
     testing::eventually("the sold-out mark", Duration::from_secs(5), || async {
-        app.state.cache.sold_out(coupon).await.map(drop)
+        app.state.sold_out.get(coupon).await.map(drop)
     })
     .await;
     coupon
@@ -199,7 +199,7 @@ async fn a_sold_out_broadcast_is_applied_by_the_api() {
 
     // Stock is left in Redis, but the API trusts the consumer's broadcast and admits nobody;
     // a holder asking again is still told ALREADY_ISSUED (by SISMEMBER: no copy was made).
-    assert!(app.state.cache.sold_out(coupon).await.unwrap().is_none());
+    assert!(app.state.sold_out.get(coupon).await.unwrap().is_none());
     assert_error(app.issue(id, 2).await, 409, "SOLD_OUT").await;
     assert_error(app.issue(id, 1).await, 409, "ALREADY_ISSUED").await;
     assert_eq!(app.state.admission.admitted_count(coupon).await.unwrap(), 1);
@@ -211,7 +211,7 @@ async fn a_sold_out_coupon_is_answered_from_the_copied_holders_without_asking_re
     let coupon = sold_out_coupon(&app, 1..=3).await;
     let id = coupon.get();
     let holders = testing::eventually("the holders copied", Duration::from_secs(5), || async {
-        app.state.cache.sold_out(coupon).await.flatten()
+        app.state.sold_out.get(coupon).await.flatten()
     })
     .await;
     assert_eq!(holders.len(), 3);

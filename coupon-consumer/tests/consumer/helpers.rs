@@ -8,9 +8,9 @@ use coupon_consumer::config::ConsumerConfig;
 use coupon_consumer::{Application, ConsumerStats};
 use coupon_core::config::StoreConfig;
 use coupon_core::domain::CouponId;
-use coupon_core::kafka::producer_config;
-use coupon_core::message::IssueMessage;
-use coupon_core::{db, repository, testing};
+use coupon_core::issue::message::IssueMessage;
+use coupon_core::store::kafka::producer_config;
+use coupon_core::{policies, store::db, testing};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -85,9 +85,10 @@ impl Running {
     /// A fresh open policy of `total` units.
     pub async fn coupon(&self, total: i64) -> CouponId {
         let mut tx = self.pool.begin().await.unwrap();
-        let policy = repository::insert_policy(&mut tx, &testing::open_policy(total))
-            .await
-            .unwrap();
+        let policy =
+            policies::insert_policy(&mut tx, &testing::open_policy(total).try_into().unwrap())
+                .await
+                .unwrap();
         tx.commit().await.unwrap();
         policy.id
     }
@@ -156,7 +157,7 @@ impl Running {
 
     /// `coupons.issued_quantity` of `coupon`.
     pub async fn issued_quantity(&self, coupon: CouponId) -> i64 {
-        repository::find_policy(&self.pool, coupon)
+        policies::find_policy(&self.pool, coupon)
             .await
             .unwrap()
             .unwrap()

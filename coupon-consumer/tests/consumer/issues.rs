@@ -3,9 +3,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use coupon_core::admission::{Invalidation, InvalidationReason, RedisKeys};
 use coupon_core::domain::CouponId;
-use coupon_core::{repository, testing};
+use coupon_core::issue::admission::{Invalidation, InvalidationReason, RedisKeys};
+use coupon_core::{policies, testing};
 use futures::StreamExt;
 use uuid::Uuid;
 
@@ -163,16 +163,16 @@ async fn selling_out_broadcasts_an_invalidation() {
 /// that user heard 503, and the unit belongs to a user who heard 202.
 #[tokio::test]
 async fn a_message_whose_admission_was_undone_is_dead_lettered_not_persisted() {
-    use coupon_core::admission::{self, AdmissionStore};
+    use coupon_core::issue::admission::AdmissionStore;
 
     let consumer = start().await;
     let mut tx = consumer.pool.begin().await.unwrap();
-    let policy = repository::insert_policy(&mut tx, &testing::open_policy(10))
+    let policy = policies::insert_policy(&mut tx, &testing::open_policy(10).try_into().unwrap())
         .await
         .unwrap();
     tx.commit().await.unwrap();
     let store = AdmissionStore::new(
-        admission::connect(consumer.stores.redis_url(), Duration::from_secs(2))
+        coupon_core::store::redis::connect(consumer.stores.redis_url(), Duration::from_secs(2))
             .await
             .unwrap(),
         RedisKeys::new(consumer.stores.redis_key_prefix.clone()),

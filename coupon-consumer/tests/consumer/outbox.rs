@@ -2,8 +2,8 @@
 
 use std::sync::atomic::Ordering;
 
-use coupon_core::kafka::producer_config;
-use coupon_core::{db, repository, testing};
+use coupon_core::store::kafka::producer_config;
+use coupon_core::{policies, store::db, testing};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -74,7 +74,7 @@ async fn the_event_relay_waits_until_the_issue_backlog_is_persisted() {
     .await;
     let pool = db::connect(config.stores.database_url(), 2).await.unwrap();
     let mut tx = pool.begin().await.unwrap();
-    let coupon = repository::insert_policy(&mut tx, &testing::open_policy(300))
+    let coupon = policies::insert_policy(&mut tx, &testing::open_policy(300).try_into().unwrap())
         .await
         .unwrap()
         .id;

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use chrono::Utc;
 use coupon_core::domain::UserId;
 use coupon_core::redemption::{self, OrderId};
-use coupon_core::{repository, testing};
+use coupon_core::testing;
 
 use crate::helpers::{issue, start, WAIT};
 
@@ -13,9 +13,12 @@ use crate::helpers::{issue, start, WAIT};
 async fn payment_results_confirm_or_release_holds_once_even_when_repeated() {
     let consumer = start().await;
     let coupon = consumer.coupon(10).await;
-    repository::persist_batch(&consumer.pool, &[issue(coupon, 1), issue(coupon, 2)])
-        .await
-        .unwrap();
+    coupon_core::issue::persistence::persist_batch(
+        &consumer.pool,
+        &[issue(coupon, 1), issue(coupon, 2)],
+    )
+    .await
+    .unwrap();
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM coupon_issues ORDER BY user_id")
         .fetch_all(&consumer.pool)
         .await

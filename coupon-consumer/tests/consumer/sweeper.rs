@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use chrono::Utc;
 use coupon_core::domain::UserId;
 use coupon_core::redemption::{self, OrderId};
-use coupon_core::{repository, testing};
+use coupon_core::testing;
 
 use crate::helpers::{issue, start, WAIT};
 
@@ -13,7 +13,7 @@ use crate::helpers::{issue, start, WAIT};
 async fn the_sweeper_releases_expired_holds_by_itself() {
     let consumer = start().await;
     let coupon = consumer.coupon(10).await;
-    repository::persist_batch(&consumer.pool, &[issue(coupon, 1)])
+    coupon_core::issue::persistence::persist_batch(&consumer.pool, &[issue(coupon, 1)])
         .await
         .unwrap();
     let id: i64 = sqlx::query_scalar("SELECT id FROM coupon_issues")

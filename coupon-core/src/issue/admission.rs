@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
@@ -35,8 +35,10 @@ impl RedisKeys {
         }
     }
 
-    /// The admission set of `coupon`.
-    pub fn issued(&self, coupon: CouponId) -> String {
+    /// The admission set of `coupon`: the user ids admitted so far (members), whose size is
+    /// checked against the stock. The key keeps its historical suffix `:issued` so existing
+    /// deployments keep their state; it is not the MySQL `ISSUED` state.
+    pub fn admission_set(&self, coupon: CouponId) -> String {
         format!("{}coupon:{{{coupon}}}:issued", self.prefix)
     }
 
@@ -50,7 +52,7 @@ impl RedisKeys {
         format!("{}coupon:{{{coupon}}}:policy", self.prefix)
     }
 
-    /// The lock of `coupon`'s rebuild ([`crate::recovery`]).
+    /// The lock of `coupon`'s rebuild ([`crate::issue::recovery`]).
     pub fn rebuild_lock(&self, coupon: CouponId) -> String {
         format!("{}coupon:{{{coupon}}}:rebuild", self.prefix)
     }
@@ -108,20 +110,6 @@ pub struct AdmissionStore {
     undo: Arc<Script>,
 }
 
-/// Opens a multiplexed, self-reconnecting Redis connection whose every command is bounded by
-/// `timeout`, so an unreachable Redis fails requests quickly instead of hanging them.
-///
-/// # Errors
-/// The URL is malformed or the first connection fails.
-pub async fn connect(url: &str, timeout: Duration) -> redis::RedisResult<ConnectionManager> {
-    let client = redis::Client::open(url)?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(1);
-    ConnectionManager::new_with_config(client, config).await
-}
-
 impl AdmissionStore {
     /// Wraps a connection; `keys` names this deployment's keys.
     pub fn new(conn: ConnectionManager, keys: RedisKeys) -> Self {
@@ -146,7 +134,7 @@ impl AdmissionStore {
     /// Redis is unreachable, timed out, or answered something the script never returns.
     pub async fn admit(&self, coupon: CouponId, user: UserId) -> redis::RedisResult<AdmitOutcome> {
         let mut conn = self.conn.clone();
-        let mut invocation = self.admit.key(self.keys.issued(coupon));
+        let mut invocation = self.admit.key(self.keys.admission_set(coupon));
         invocation.key(self.keys.stock(coupon)).arg(user.get());
         let code: i64 = timed_script("admit", invocation.invoke_async(&mut conn)).await?;
         match code {
@@ -169,7 +157,7 @@ impl AdmissionStore {
     /// Redis is unreachable or timed out.
     pub async fn undo(&self, coupon: CouponId, user: UserId) -> redis::RedisResult<bool> {
         let mut conn = self.conn.clone();
-        let mut invocation = self.undo.key(self.keys.issued(coupon));
+        let mut invocation = self.undo.key(self.keys.admission_set(coupon));
         invocation.arg(user.get());
         let removed: i64 = timed_script("undo", invocation.invoke_async(&mut conn)).await?;
         Ok(removed == 1)
@@ -188,7 +176,7 @@ impl AdmissionStore {
         })?;
         redis::pipe()
             .atomic()
-            .del(self.keys.issued(policy.id))
+            .del(self.keys.admission_set(policy.id))
             .ignore()
             .set(self.keys.stock(policy.id), policy.stock_bound())
             .ignore()
@@ -241,7 +229,7 @@ impl AdmissionStore {
     pub async fn is_admitted(&self, coupon: CouponId, user: UserId) -> redis::RedisResult<bool> {
         self.conn
             .clone()
-            .sismember(self.keys.issued(coupon), user.get())
+            .sismember(self.keys.admission_set(coupon), user.get())
             .await
             .inspect_err(|_| count_error("is_admitted"))
     }
@@ -260,7 +248,7 @@ impl AdmissionStore {
             return Ok(Vec::new());
         }
         redis::cmd("SMISMEMBER")
-            .arg(self.keys.issued(coupon))
+            .arg(self.keys.admission_set(coupon))
             .arg(users)
             .query_async(&mut self.conn.clone())
             .await
@@ -272,7 +260,10 @@ impl AdmissionStore {
     /// # Errors
     /// Redis is unreachable or timed out.
     pub async fn admitted_count(&self, coupon: CouponId) -> redis::RedisResult<i64> {
-        self.conn.clone().scard(self.keys.issued(coupon)).await
+        self.conn
+            .clone()
+            .scard(self.keys.admission_set(coupon))
+            .await
     }
 
     /// Every member of `coupon`'s admission set (user ids), read with `SSCAN … COUNT 1000` so
@@ -285,7 +276,7 @@ impl AdmissionStore {
     pub async fn members(&self, coupon: CouponId) -> redis::RedisResult<Vec<i64>> {
         let mut conn = self.conn.clone();
         let mut scan = redis::cmd("SSCAN");
-        scan.arg(self.keys.issued(coupon))
+        scan.arg(self.keys.admission_set(coupon))
             .cursor_arg(0)
             .arg("COUNT")
             .arg(1000);
@@ -384,7 +375,7 @@ impl AdmissionStore {
     pub async fn add_members(&self, coupon: CouponId, members: &[i64]) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
         for chunk in members.chunks(10_000) {
-            conn.sadd::<_, _, ()>(self.keys.issued(coupon), chunk)
+            conn.sadd::<_, _, ()>(self.keys.admission_set(coupon), chunk)
                 .await?;
         }
         Ok(())
@@ -440,7 +431,7 @@ mod tests {
     fn keys_share_the_coupon_hash_tag() {
         let keys = RedisKeys::new("t1:");
         let c = CouponId::parse(42).unwrap();
-        assert_eq!(keys.issued(c), "t1:coupon:{42}:issued");
+        assert_eq!(keys.admission_set(c), "t1:coupon:{42}:issued");
         assert_eq!(keys.stock(c), "t1:coupon:{42}:stock");
         assert_eq!(keys.policy(c), "t1:coupon:{42}:policy");
     }

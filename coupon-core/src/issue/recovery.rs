@@ -25,9 +25,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sqlx::MySqlPool;
 
-use crate::admission::AdmissionStore;
 use crate::domain::{CouponId, CouponPolicy};
-use crate::message::IssueMessage;
+use crate::issue::admission::AdmissionStore;
+use crate::issue::message::IssueMessage;
 
 /// Where the issue messages are, and how long to wait for the broker.
 #[derive(Debug, Clone)]
@@ -40,6 +40,19 @@ pub struct IssueLog {
     pub group: String,
     /// Bound on each broker request (metadata, offsets, one poll).
     pub timeout: Duration,
+}
+
+impl IssueLog {
+    /// The issue topic of `stores`, read up to `group`'s committed offsets, each broker request
+    /// bounded by 5 s.
+    pub fn new(stores: &crate::config::StoreConfig, group: &str) -> Self {
+        Self {
+            brokers: stores.kafka_brokers.clone(),
+            topic: stores.kafka_issue_topic.clone(),
+            group: group.to_owned(),
+            timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// What a rebuild restored.

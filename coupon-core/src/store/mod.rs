@@ -1,11 +1,16 @@
-//! Start-up of the stores both services share.
+//! The stores both services use, and their start-up: [`db`] the MySQL pool and migrations,
+//! [`kafka`] the Kafka clients, [`redis`] the Redis connection (the one place that chooses
+//! what kind of Redis deployment to talk to).
 
+pub mod db;
+pub mod kafka;
+pub mod redis;
+
+use ::redis::aio::ConnectionManager;
 use anyhow::Context;
-use redis::aio::ConnectionManager;
 use sqlx::MySqlPool;
 
 use crate::config::StoreConfig;
-use crate::{admission, db, kafka};
 
 /// Open connections to MySQL and Redis.
 pub struct Connections {
@@ -22,7 +27,7 @@ pub struct Connections {
 /// A store is unreachable; the error says which.
 pub async fn connect(stores: &StoreConfig) -> anyhow::Result<Connections> {
     let pool = db::prepare(stores.database_url(), stores.database_max_connections).await?;
-    let redis = admission::connect(stores.redis_url(), stores.redis_timeout())
+    let redis = redis::connect(stores.redis_url(), stores.redis_timeout())
         .await
         .context("connecting to Redis")?;
     if stores.kafka_create_topics {

@@ -11,7 +11,7 @@ use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 
 use crate::config::StoreConfig;
-use crate::message::IssueMessage;
+use crate::issue::message::IssueMessage;
 use crate::telemetry::names;
 
 /// Most messages librdkafka holds in its local queue and in flight (count); its default, set

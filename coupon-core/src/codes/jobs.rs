@@ -56,7 +56,7 @@ pub async fn create(
     .bind(topic)
     .bind(requested)
     .bind(&lease.owner)
-    .bind(crate::db::datetime(now + lease.length))
+    .bind(crate::store::db::datetime(now + lease.length))
     .execute(pool)
     .await?
     .last_insert_id();
@@ -115,7 +115,7 @@ pub async fn claim_abandoned(
          WHERE status = 'RUNNING' AND (lease_until IS NULL OR lease_until < ?) \
          ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
     )
-    .bind(crate::db::datetime(now))
+    .bind(crate::store::db::datetime(now))
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(job) = job {
@@ -123,7 +123,7 @@ pub async fn claim_abandoned(
             "UPDATE code_generation_jobs SET lease_owner = ?, lease_until = ? WHERE id = ?",
         )
         .bind(&lease.owner)
-        .bind(crate::db::datetime(now + lease.length))
+        .bind(crate::store::db::datetime(now + lease.length))
         .bind(job)
         .execute(&mut *tx)
         .await?;
@@ -183,7 +183,7 @@ pub async fn step(
     )
     .bind(generated + n)
     .bind(if done { "DONE" } else { "RUNNING" })
-    .bind(crate::db::datetime(now + lease.length))
+    .bind(crate::store::db::datetime(now + lease.length))
     .bind(job)
     .execute(&mut *tx)
     .await?;

@@ -22,11 +22,11 @@ use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 use uuid::Uuid;
 
-use crate::admission::AdmissionStore;
 use crate::domain::{CouponId, UserId};
-use crate::kafka::IssuePublisher;
-use crate::message::IssueMessage;
-use crate::recovery::IssueLog;
+use crate::issue::admission::AdmissionStore;
+use crate::issue::message::IssueMessage;
+use crate::issue::recovery::IssueLog;
+use crate::store::kafka::IssuePublisher;
 
 /// What one pass found and did for one coupon (counts), printed as a JSON line.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -49,6 +49,16 @@ pub struct CouponReport {
     pub issued_quantity_after: i64,
     /// Whether the coupon's Redis state was missing (nothing to compare: the API rebuilds it).
     pub not_prepared: bool,
+}
+
+impl CouponReport {
+    /// Whether the pass repaired something, or in a dry run found something to repair.
+    pub fn needed_repair(&self) -> bool {
+        !self.republished.is_empty()
+            || !self.readmitted.is_empty()
+            || self.issued_quantity_after != self.issued_quantity_before
+            || i64::try_from(self.rows).is_ok_and(|rows| rows != self.issued_quantity_before)
+    }
 }
 
 /// The stores reconciliation reads and repairs.
@@ -161,7 +171,7 @@ impl Reconciler<'_> {
 
     /// The set, then the messages after the committed offsets, then the rows: in that order,
     /// so a user admitted before the read is in the set, and a message persisted between the
-    /// last two reads is in one of them (as in [`crate::recovery`]).
+    /// last two reads is in one of them (as in [`crate::issue::recovery`]).
     async fn read(
         &self,
         coupon: CouponId,
@@ -287,7 +297,7 @@ pub async fn create_job(
     .bind(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX))
     .bind(dry_run)
     .bind(JobStatus::Running.as_str())
-    .bind(crate::db::datetime(Utc::now()))
+    .bind(crate::store::db::datetime(Utc::now()))
     .execute(pool)
     .await?
     .last_insert_id();
@@ -314,7 +324,7 @@ pub async fn finish_job(
     .bind(status.as_str())
     .bind(reports)
     .bind(error)
-    .bind(crate::db::datetime(Utc::now()))
+    .bind(crate::store::db::datetime(Utc::now()))
     .bind(id)
     .execute(pool)
     .await?;
@@ -324,8 +334,8 @@ pub async fn finish_job(
 /// Job `id`, or `None`.
 ///
 /// # Errors
-/// MySQL failed, or a stored row does not parse.
-pub async fn find_job(pool: &MySqlPool, id: i64) -> anyhow::Result<Option<ReconciliationJob>> {
+/// MySQL failed, or a stored row does not parse (`sqlx::Error::ColumnDecode`).
+pub async fn find_job(pool: &MySqlPool, id: i64) -> Result<Option<ReconciliationJob>, sqlx::Error> {
     use sqlx::Row;
     let Some(row) = sqlx::query(
         "SELECT id, coupon_id, grace_ms, dry_run, status, reports, error, created_at, \
@@ -343,7 +353,10 @@ pub async fn find_job(pool: &MySqlPool, id: i64) -> anyhow::Result<Option<Reconc
         _ => JobStatus::Running,
     };
     let reports = match row.try_get::<Option<String>, _>("reports")? {
-        Some(json) => serde_json::from_str(&json).context("reading a job's reports")?,
+        Some(json) => serde_json::from_str(&json).map_err(|err| sqlx::Error::ColumnDecode {
+            index: "reports".to_owned(),
+            source: Box::new(err),
+        })?,
         None => Vec::new(),
     };
     Ok(Some(ReconciliationJob {

@@ -1,0 +1,200 @@
+//! The issue-path benchmark behind `make bench`, in one run on one machine:
+//!
+//! - **(a) ceilings**: the plain axum server of [`crate::ceiling`] under wrk; the admission
+//!   script alone under `redis-benchmark` (with Redis' own CPU time per call from
+//!   `INFO commandstats`); the broker's acknowledged produce rate for issue messages through
+//!   [`IssuePublisher`] (the API's producer settings) and its consume rate to a plain consumer;
+//! - **(b) issue, all admitted**: coupon-api (release) with the consumer stopped, wrk sending a
+//!   fresh user id per request to a coupon whose stock never runs out;
+//! - **(d) consumer drain**: per run, a topic pre-filled with issue messages, then
+//!   coupon-consumer in a new group; rows/s from the first persisted row to the last;
+//! - **(c) rejection path**: a sold-out coupon (after the consumer's sold-out broadcast, so the
+//!   API's copy of the holders answers), then repeat users admitted by another instance (the
+//!   script answers) and by the measured one (its memory of its admissions answers);
+//! - **exactness**: for every coupon, rows in MySQL = `issued_quantity` = Redis `SCARD` = 202
+//!   answers ≤ stock.
+//!
+//! Every load figure is `--runs` runs of `--seconds` s each at `--connections` connections
+//! (after a `--warmup-seconds` warm-up), reported as min/median/max. Outcomes are counted by the API's own
+//! `coupon_issue_requests_total`, scraped before and after each run. Writes `issue.json` and
+//! `issue.md` into `--out-dir`, then fails if a coupon is inexact or a figure had errors.
+//!
+//! One module per figure: [`ceilings`] (a), [`admitted`] (b), [`rejections`] (c), [`drain`]
+//! (d); [`harness`] is what they share, [`report`] the tables and the exactness check.
+
+mod admitted;
+mod broker;
+mod ceilings;
+mod drain;
+mod figure;
+mod harness;
+mod rejections;
+mod report;
+mod wrk;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, ensure};
+
+use harness::{wait_for, Bench};
+use report::Report;
+
+/// Stock of the coupons that must never sell out during a run (count).
+const OPEN_STOCK: i64 = 1_000_000_000;
+
+/// Settings of `coupon-bench issue`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IssueArgs {
+    /// The coupon-api binary (release).
+    #[arg(long, default_value = "target/release/coupon-api")]
+    api_bin: PathBuf,
+    /// The coupon-consumer binary (release).
+    #[arg(long, default_value = "target/release/coupon-consumer")]
+    consumer_bin: PathBuf,
+    /// The wrk script.
+    #[arg(long, default_value = "bench/wrk/issue.lua")]
+    wrk_script: PathBuf,
+    /// Measured runs per figure (count).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Length of one load run (s).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Length of the unmeasured load run before each HTTP figure's runs (s).
+    #[arg(long, default_value_t = 2)]
+    warmup_seconds: u64,
+    /// wrk connections, the same for every HTTP figure (count).
+    #[arg(long, default_value_t = 128)]
+    connections: u32,
+    /// wrk threads (count).
+    #[arg(long, default_value_t = 1)]
+    threads: u32,
+    /// Admission script calls per `redis-benchmark` run (count).
+    #[arg(long, default_value_t = 1_000_000)]
+    redis_calls: u64,
+    /// Issue messages per produce-ceiling run (count).
+    #[arg(long, default_value_t = 200_000)]
+    produce_messages: usize,
+    /// Publishes in flight during the produce ceiling (count); by default `--connections`, the
+    /// most the API can have in flight (it answers 202 only after the acknowledgement).
+    #[arg(long)]
+    produce_concurrency: Option<usize>,
+    /// Issue messages pre-filled per consumer-drain run (count).
+    #[arg(long, default_value_t = 100_000)]
+    drain_messages: usize,
+    /// Measure only one part, for tuning: `kafka` (the broker ceilings), `drain` (the
+    /// consumer drain), `issue` (figure (b)) or `rejection` (the (c) figures); coupon-api (and
+    /// for `rejection` coupon-consumer) must be built, they are started for the coupons.
+    #[arg(long)]
+    only: Option<String>,
+    /// The benchmark's own database (dropped and recreated).
+    #[arg(long, default_value = "mysql://root@127.0.0.1:3306/coupon_bench_issue")]
+    database_url: String,
+    /// Redis host for redis-benchmark and the services.
+    #[arg(long, default_value = "127.0.0.1")]
+    redis_host: String,
+    /// Redis port.
+    #[arg(long, default_value_t = 6379)]
+    redis_port: u16,
+    /// Kafka bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    kafka_brokers: String,
+    /// Partitions of the benchmark's topics. tansu's cost is per partition batch: with 64
+    /// publishes in flight it acknowledged about 6,500 msg/s on 12 partitions and 11,300 on 3.
+    #[arg(long, default_value_t = 3)]
+    partitions: i32,
+    /// Port of coupon-api (its metrics port is this + 1000, the consumer's this + 1001, the
+    /// ceiling server's this + 9).
+    #[arg(long, default_value_t = 8090)]
+    api_port: u16,
+    /// Where `issue.json` and `issue.md` go.
+    #[arg(long, default_value = "bench/results")]
+    out_dir: PathBuf,
+    /// Where the services' logs go.
+    #[arg(long, default_value = ".local/bench")]
+    log_dir: PathBuf,
+}
+
+/// Runs the whole benchmark (or the part `--only` names) and writes the report.
+///
+/// # Errors
+/// A tool or service is missing or failed, a coupon is inexact or a figure had errors (the
+/// report is still written first).
+pub async fn run(args: IssueArgs) -> anyhow::Result<()> {
+    ensure!(args.runs >= 1, "--runs must be at least 1");
+    let bench = Bench::connect(args).await?;
+    if let Some(part) = bench.args.only.as_deref() {
+        return only(&bench, part).await;
+    }
+
+    let ceilings = ceilings::measure(&bench).await?;
+    let api = bench.start_api().await?;
+    let drain = drain::figure(&bench).await?;
+    // (b) with the consumer stopped.
+    let (issue, open) = admitted::figure(&bench, OPEN_STOCK).await?;
+
+    // From here on the consumer runs: it persists (b)'s messages and relays their events
+    // (both waited for, so they do not share the CPU with (c)) and broadcasts the sell-out.
+    let consumer = bench.start_consumer(None, &bench.group)?;
+    persisted(&bench, open.coupon, "(b)'s messages persisted").await?;
+    bench.outbox_relayed().await?;
+    let rejection = rejections::figures(&bench, OPEN_STOCK).await?;
+
+    // Exactness: persist everything, then compare every count.
+    let mut issued = vec![open];
+    issued.extend(rejection.issued);
+    for coupon in &issued {
+        persisted(&bench, coupon.coupon, "the final drain").await?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    consumer.stop();
+    api.stop();
+    let exactness = report::exactness(&bench, &issued).await?;
+
+    let report = Report::new(&bench.args, ceilings, issue, rejection, drain, exactness);
+    let out_dir = &bench.args.out_dir;
+    std::fs::create_dir_all(out_dir)?;
+    std::fs::write(
+        out_dir.join("issue.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    let markdown = report.markdown();
+    std::fs::write(out_dir.join("issue.md"), &markdown)?;
+    println!("{markdown}");
+    report.check()
+}
+
+/// Waits until MySQL holds a row for every member of `coupon`'s admission set.
+async fn persisted(
+    bench: &Bench,
+    coupon: coupon_core::domain::CouponId,
+    what: &str,
+) -> anyhow::Result<()> {
+    let admitted = bench.admitted(coupon).await?;
+    wait_for(what, Duration::from_secs(600), || async {
+        (bench.issued_quantity(coupon).await.ok()? >= admitted).then_some(())
+    })
+    .await
+}
+
+/// `--only`: one part, for tuning, with no report.
+async fn only(bench: &Bench, part: &str) -> anyhow::Result<()> {
+    match part {
+        "kafka" => ceilings::measure_kafka(bench).await.map(drop),
+        "drain" => {
+            let _api = bench.start_api().await?;
+            drain::figure(bench).await.map(drop)
+        }
+        "issue" => {
+            let _api = bench.start_api().await?;
+            admitted::figure(bench, OPEN_STOCK).await.map(drop)
+        }
+        "rejection" => {
+            let _api = bench.start_api().await?;
+            let _consumer = bench.start_consumer(None, &bench.group)?;
+            rejections::figures(bench, OPEN_STOCK).await.map(drop)
+        }
+        other => bail!("--only takes kafka, drain, issue or rejection, not {other}"),
+    }
+}

@@ -1,0 +1,15 @@
+//! Issuance, from the request's admission to the row in MySQL, and the repairs after faults:
+//!
+//! - [`admission`]: the atomic Redis admission script (duplicate check, stock check, admit),
+//!   its undo, the per-coupon Redis keys, the policy copy in Redis and the invalidation
+//!   channel;
+//! - [`message`]: the issue message coupon-api publishes to Kafka once admitted;
+//! - [`persistence`]: coupon-consumer's idempotent, batched write of those messages;
+//! - [`recovery`]: rebuilding a coupon's admission state after Redis lost it;
+//! - [`reconciliation`]: comparing admissions, messages in flight and rows, and repairing them.
+
+pub mod admission;
+pub mod message;
+pub mod persistence;
+pub mod reconciliation;
+pub mod recovery;
