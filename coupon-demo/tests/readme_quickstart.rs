@@ -10,14 +10,14 @@
 //!   starts the stack and the services, which this test does itself);
 //! - this test sets what that block sets: `API` (its coupon-api) and `JWT_SECRET`; the blocks
 //!   run in a directory where `target/release/coupon-api` is this workspace's debug build of
-//!   coupon-api, which `cargo test --workspace` (`make test`) builds;
+//!   coupon-api (built by `cargo test --workspace`, or by this test when missing or stale);
 //! - every `curl` is followed by a comment line starting with the status it answers (`# 202 …`).
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::Parser;
 use coupon_api::config::ApiConfig;
@@ -144,19 +144,66 @@ async fn run(script: &str, dir: &Path, api: &str) -> Run {
     Run { output, statuses }
 }
 
-/// The debug build of coupon-api beside this test's own binary (`target/debug/deps/…`).
+/// The workspace root (the README's directory).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// The newest modification time of the files under `path` (recursively).
+fn newest(path: &Path) -> SystemTime {
+    let own = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let children = std::fs::read_dir(path).into_iter().flatten().flatten();
+    children
+        .map(|entry| newest(&entry.path()))
+        .fold(own, SystemTime::max)
+}
+
+/// The coupon-api binary of this test's profile, beside this test's own binary
+/// (`target/<profile>/deps/…`). `cargo test --workspace` (`make test`) builds it in the same
+/// run; when it is missing or older than coupon-api's or coupon-core's sources (this test run
+/// alone after a change), it is built with the cargo running this test, as
+/// `dashboard_metrics.rs` builds coupon-consumer.
 fn coupon_api_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let binary = exe
+    let profile_dir = exe
         .parent()
         .and_then(Path::parent)
-        .expect("test binary in target/<profile>/deps")
-        .join("coupon-api");
-    assert!(
-        binary.is_file(),
-        "{} is missing: `make test` builds it, or run `cargo build -p coupon-api` first",
-        binary.display()
-    );
+        .expect("test binary in target/<profile>/deps");
+    let binary = profile_dir.join("coupon-api");
+    let root = repo_root();
+    let sources = [
+        "coupon-api/src",
+        "coupon-api/assets",
+        "coupon-api/Cargo.toml",
+        "coupon-core/src",
+        "coupon-core/migrations",
+        "coupon-core/Cargo.toml",
+    ]
+    .iter()
+    .map(|path| newest(&root.join(path)))
+    .fold(SystemTime::UNIX_EPOCH, SystemTime::max);
+    let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
+    if built.is_some_and(|built| built >= sources) {
+        return binary;
+    }
+    let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--locked", "--quiet", "-p", "coupon-api", "--bin"])
+        .args(["coupon-api", "--profile", profile])
+        .current_dir(&root)
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "building coupon-api failed");
+    assert!(binary.is_file(), "{} is missing", binary.display());
     binary
 }
 
