@@ -1,7 +1,10 @@
 //! Domain types: identifiers, the coupon policy and its validation.
 //!
-//! Types here are built by a `parse`/`validate` that returns `Result`; once built they are valid.
-//! Amounts are integers in the smallest currency unit (KRW has no minor unit, so 1 = ₩1).
+//! Types here are built by a `parse` or `TryFrom` that returns `Result`; once built they are
+//! valid. Amounts are integers in the smallest currency unit (KRW has no minor unit, so 1 = ₩1).
+//!
+//! Over 500 lines with its tests (about 150): the policy's rules and the tests that break
+//! each rule are kept side by side.
 
 use std::fmt;
 
