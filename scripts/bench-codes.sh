@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The code-coupon benchmark (`make bench-codes`): a fresh `coupon_bench` database, a release
-# coupon-api on it, then `coupon-bench codes` (see coupon-bench/src/codes.rs for the steps):
+# coupon-api on it, then `coupon-bench codes` (see coupon-bench/src/codes/mod.rs for the steps):
 # the generation rate of 1,000,000 codes with the API's memory, then redeem-by-code and search
 # latency with 10,000,000 codes in the hot table, before and after archiving 9,000,000 of them.
 # Results: bench/results/codes.json and codes.md. Takes about half an hour on 2 cores.

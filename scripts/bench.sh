@@ -4,12 +4,32 @@
 # ceilings (plain axum with the API's extractors, the admission script under redis-benchmark,
 # the broker's produce and consume rates), (b) the issue endpoint with every request admitted,
 # (c) the rejection path (sold out, repeat users), (d) the consumer's drain rate into MySQL,
-# and the exactness of every coupon it touched. See coupon-bench/src/issue.rs.
+# and the exactness of every coupon it touched. See coupon-bench/src/issue/mod.rs.
 # Results: bench/results/issue.json and issue.md. Takes about 10 minutes on 2 cores.
+# Fails (non-zero exit) if a figure errors, a request fails, or a coupon is inexact.
 #
-# Settings (env): BENCH_ARGS (extra flags, e.g. "--runs 5 --seconds 20 --connections 128").
+#   scripts/bench.sh           the full benchmark
+#   scripts/bench.sh --smoke   one short run of each figure (`make bench-smoke`, CI): checks
+#                              that every figure runs and every coupon is exact, measures
+#                              nothing worth keeping; results in .local/bench/smoke/
+#
+# Settings (env): BENCH_ARGS (extra flags, after the smoke's, e.g.
+# "--runs 5 --seconds 20 --connections 128"; see `coupon-bench issue --help`).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+mode_args=()
+case "${1:-}" in
+  "") ;;
+  --smoke)
+    mode_args=(--runs 1 --seconds 2 --warmup-seconds 1 --redis-calls 100000
+      --produce-messages 20000 --drain-messages 20000 --out-dir .local/bench/smoke)
+    ;;
+  *)
+    echo "usage: $0 [--smoke]" >&2
+    exit 2
+    ;;
+esac
 
 # shellcheck source=scripts/apt.sh
 source scripts/apt.sh
@@ -17,7 +37,8 @@ command -v wrk >/dev/null || apt_install wrk
 command -v redis-benchmark >/dev/null || apt_install redis-tools
 
 echo "[bench] building (release)"
-cargo build --release --locked -p coupon-api -p coupon-consumer -p coupon-bench
+# The demo's binaries too: one release build serves `make demo` and `make bench` alike.
+cargo build --release --locked -p coupon-api -p coupon-consumer -p coupon-demo -p coupon-bench
 
 # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
-target/release/coupon-bench issue ${BENCH_ARGS:-}
+target/release/coupon-bench issue "${mode_args[@]}" ${BENCH_ARGS:-}

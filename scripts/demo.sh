@@ -12,7 +12,9 @@ logs=.local/demo
 mkdir -p "$logs"
 
 echo "[demo] building (release)"
-cargo build --release --locked -p coupon-api -p coupon-consumer -p coupon-demo
+# The same package set as scripts/bench.sh, so one release build (one feature resolution)
+# serves `make demo` and `make bench` alike.
+cargo build --release --locked -p coupon-api -p coupon-consumer -p coupon-demo -p coupon-bench
 
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
