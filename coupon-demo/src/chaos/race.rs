@@ -1,0 +1,228 @@
+//! The race and what follows it: paced issue requests and their answers by user, the
+//! counts read back, the wait for the consumer to drain, and the reconciliation pass.
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use coupon_core::auth::{Role, TokenSigner};
+use coupon_core::domain::CouponId;
+use coupon_core::issue::admission::AdmissionStore;
+use coupon_core::issue::recovery::IssueLog;
+use futures::StreamExt;
+use sqlx::MySqlPool;
+
+use crate::RacePlan;
+
+use super::*;
+
+/// What the race was answered, by user.
+#[derive(Default)]
+pub(super) struct Answers {
+    pub(super) labels: BTreeMap<String, usize>,
+    pub(super) accepted: HashSet<i64>,
+    pub(super) already_issued: HashSet<i64>,
+    pub(super) in_doubt: HashSet<i64>,
+}
+
+/// Sends one issue request for `user`, to `bases[first]` or, when that refuses the connection
+/// (nothing was sent: a dead process), to the next base.
+pub(super) async fn send(
+    client: &reqwest::Client,
+    bases: &[String],
+    first: usize,
+    coupon: CouponId,
+    token: &str,
+) -> String {
+    for attempt in 0..bases.len() {
+        let base = &bases[(first + attempt) % bases.len()];
+        let sent = client
+            .post(format!("{base}/api/v1/coupons/{coupon}/issues"))
+            .bearer_auth(token)
+            .send()
+            .await;
+        match sent {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                if status == 202 {
+                    return "202 ACCEPTED".to_owned();
+                }
+                let code = response
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|b| b["code"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "?".to_owned());
+                return format!("{status} {code}");
+            }
+            Err(err) if err.is_connect() => continue,
+            Err(_) => return "000 IN_DOUBT".to_owned(),
+        }
+    }
+    "000 UNREACHABLE".to_owned()
+}
+
+pub(super) async fn race(
+    client: &reqwest::Client,
+    bases: &[String],
+    signer: &TokenSigner,
+    coupon: CouponId,
+    plan: &ChaosPlan,
+    accepted_so_far: &AtomicUsize,
+) -> anyhow::Result<(Answers, Duration)> {
+    let ids = RacePlan {
+        requests: plan.requests,
+        users: plan.users,
+        concurrency: plan.concurrency,
+        seed: plan.seed,
+    }
+    .user_ids()?;
+    let tokens = ids
+        .iter()
+        .map(|u| Ok((*u, signer.mint(&u.to_string(), Role::User, 3_600)?)))
+        .collect::<anyhow::Result<BTreeMap<i64, String>>>()?;
+    let started = tokio::time::Instant::now();
+    let answers: Vec<(i64, String)> = futures::stream::iter(ids.into_iter().enumerate())
+        .map(|(i, user)| {
+            let token = &tokens[&user];
+            async move {
+                let at = started + Duration::from_secs_f64(i as f64 / plan.rate);
+                tokio::time::sleep_until(at).await;
+                let label = send(client, bases, i, coupon, token).await;
+                if label == "202 ACCEPTED" {
+                    accepted_so_far.fetch_add(1, Ordering::Relaxed);
+                }
+                (user, label)
+            }
+        })
+        .buffer_unordered(plan.concurrency.max(1))
+        .collect()
+        .await;
+    let mut out = Answers::default();
+    for (user, label) in answers {
+        match label.as_str() {
+            "202 ACCEPTED" => {
+                out.accepted.insert(user);
+            }
+            "409 ALREADY_ISSUED" => {
+                out.already_issued.insert(user);
+            }
+            "000 IN_DOUBT" => {
+                out.in_doubt.insert(user);
+            }
+            _ => {}
+        }
+        *out.labels.entry(label).or_default() += 1;
+    }
+    Ok((out, started.elapsed()))
+}
+
+/// (rows, distinct users, issued_quantity, SCARD) of `coupon`.
+pub(super) async fn read_counts(
+    pool: &MySqlPool,
+    redis: &AdmissionStore,
+    coupon: CouponId,
+) -> anyhow::Result<(i64, i64, i64, i64)> {
+    let (rows, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COUNT(DISTINCT user_id) FROM coupon_issues WHERE coupon_id = ?",
+    )
+    .bind(coupon.get())
+    .fetch_one(pool)
+    .await?;
+    let issued: i64 = sqlx::query_scalar("SELECT issued_quantity FROM coupons WHERE id = ?")
+        .bind(coupon.get())
+        .fetch_one(pool)
+        .await?;
+    Ok((rows, distinct, issued, redis.admitted_count(coupon).await?))
+}
+
+/// Waits until rows = `issued_quantity` = SCARD and the counts held still for 3 s, or they
+/// differ but held still for 15 s (an admission without a message waits for reconciliation),
+/// or `timeout` passed (the verdict then shows what differs). Store errors count as "not
+/// yet".
+pub(super) async fn settle(
+    pool: &MySqlPool,
+    redis: &AdmissionStore,
+    coupon: CouponId,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    let mut still_since = Instant::now();
+    while Instant::now() < deadline {
+        if let Ok(now) = read_counts(pool, redis, coupon).await {
+            let consistent = now.0 == now.2 && now.0 == now.3;
+            if last != Some(now) {
+                last = Some(now);
+                still_since = Instant::now();
+            } else if still_since.elapsed() >= Duration::from_secs(if consistent { 3 } else { 15 })
+            {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Users of `coupon`'s issue messages that one of `groups` has not consumed yet, once every
+/// group caught up or after `timeout` (count).
+pub(super) async fn unconsumed(
+    brokers: &str,
+    topic: &str,
+    groups: &[String],
+    coupon: CouponId,
+    timeout: Duration,
+) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut behind = 0;
+        for group in groups {
+            let log = IssueLog {
+                brokers: brokers.to_owned(),
+                topic: topic.to_owned(),
+                group: group.clone(),
+                timeout: Duration::from_secs(10),
+            };
+            behind += log.unpersisted_users(coupon).await?.len();
+        }
+        if behind == 0 || Instant::now() > deadline {
+            return Ok(behind);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Runs `coupon-api reconcile --coupon ID` once; returns (re-published, re-admitted,
+/// issued_quantity before, after).
+pub(super) fn reconcile(
+    bins: &Binaries,
+    env: &[(String, String)],
+    coupon: CouponId,
+) -> anyhow::Result<(usize, usize, i64, i64)> {
+    let output = Command::new(&bins.api)
+        .args([
+            "reconcile",
+            "--coupon",
+            &coupon.to_string(),
+            "--grace-secs",
+            "6",
+        ])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running coupon-api reconcile")?;
+    if !output.status.success() {
+        bail!("coupon-api reconcile exited {}", output.status);
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("reading the reconcile report")?;
+    let len = |key: &str| report[key].as_array().map_or(0, Vec::len);
+    Ok((
+        len("republished"),
+        len("readmitted"),
+        report["issued_quantity_before"].as_i64().unwrap_or(-1),
+        report["issued_quantity_after"].as_i64().unwrap_or(-1),
+    ))
+}
