@@ -66,18 +66,24 @@ pub enum ApiError {
     /// 500 `INTERNAL`: a fault of ours; detail is logged, never sent.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
-    /// A redemption rule refused the request; see [`redeem_status_and_code`].
-    #[error("{0}")]
-    Redeem(RedeemError),
+    /// A redemption or redeem-by-code rule refused the request: the status and code of the
+    /// refusal (see the `From<RedeemError>` and `From<CodeError>` impls), its text as the
+    /// message.
+    #[error("{message}")]
+    Refused {
+        /// 404, 409 or 422.
+        status: StatusCode,
+        /// The refusal's stable code, e.g. `ALREADY_USED`, `CODE_NOT_FOUND`.
+        code: &'static str,
+        /// What the rule says.
+        message: String,
+    },
     /// 400 `INVALID_CODE`: not 16 letters and digits (separators aside).
     #[error("{0}")]
     InvalidCode(String),
     /// 404 `TOPIC_NOT_FOUND`: no topic has this id.
     #[error("no topic has this id")]
     TopicNotFound,
-    /// A redeem by code was refused; see [`code_status_and_code`].
-    #[error("{0}")]
-    Code(CodeError),
     /// 401 `UNAUTHORIZED` with `WWW-Authenticate: Bearer`: the bearer token is missing,
     /// malformed, expired or wrongly signed.
     #[error("{0}")]
@@ -100,59 +106,63 @@ pub enum ApiError {
     },
 }
 
-/// Status and code of each redeem-by-code refusal: `CODE_NOT_FOUND` 404, `CODE_ALREADY_USED`,
-/// `CODE_SUSPENDED`, `ALREADY_ISSUED`, `COUPON_SUSPENDED`, `SOLD_OUT` 409.
-pub fn code_status_and_code(err: &CodeError) -> (StatusCode, &'static str) {
-    match err {
-        CodeError::NotFound => (StatusCode::NOT_FOUND, "CODE_NOT_FOUND"),
-        CodeError::AlreadyUsed => (StatusCode::CONFLICT, "CODE_ALREADY_USED"),
-        CodeError::Suspended => (StatusCode::CONFLICT, "CODE_SUSPENDED"),
-        CodeError::AlreadyIssued => (StatusCode::CONFLICT, "ALREADY_ISSUED"),
-        CodeError::PolicySuspended => (StatusCode::CONFLICT, "COUPON_SUSPENDED"),
-        CodeError::SoldOut => (StatusCode::CONFLICT, "SOLD_OUT"),
-        CodeError::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+impl ApiError {
+    fn refused(status: StatusCode, code: &'static str, message: String) -> Self {
+        Self::Refused {
+            status,
+            code,
+            message,
+        }
     }
 }
 
 impl From<CodeError> for ApiError {
+    /// A refusal: `CODE_NOT_FOUND` 404; `CODE_ALREADY_USED`, `CODE_SUSPENDED`,
+    /// `ALREADY_ISSUED`, `COUPON_SUSPENDED`, `SOLD_OUT` 409. A database error as
+    /// `From<sqlx::Error>`.
     fn from(err: CodeError) -> Self {
+        let message = err.to_string();
+        let refused = |status, code| Self::refused(status, code, message);
         match err {
             CodeError::Database(db) => db.into(),
-            other => Self::Code(other),
+            CodeError::NotFound => refused(StatusCode::NOT_FOUND, "CODE_NOT_FOUND"),
+            CodeError::AlreadyUsed => refused(StatusCode::CONFLICT, "CODE_ALREADY_USED"),
+            CodeError::Suspended => refused(StatusCode::CONFLICT, "CODE_SUSPENDED"),
+            CodeError::AlreadyIssued => refused(StatusCode::CONFLICT, "ALREADY_ISSUED"),
+            CodeError::PolicySuspended => refused(StatusCode::CONFLICT, "COUPON_SUSPENDED"),
+            CodeError::SoldOut => refused(StatusCode::CONFLICT, "SOLD_OUT"),
         }
-    }
-}
-
-/// Status and code of each redemption refusal:
-/// `COUPON_NOT_FOUND` 404 (also for another user's coupon), `REDEMPTION_NOT_FOUND` and
-/// `RESERVATION_NOT_FOUND` 404,
-/// `ALREADY_USED`, `COUPON_RESERVED`, `COUPON_EXPIRED`, `COUPON_NOT_YET_VALID`,
-/// `COUPON_SUSPENDED`, `ALREADY_CANCELLED`, `RESTORE_NOT_ALLOWED` 409,
-/// `MIN_ORDER_AMOUNT_NOT_MET` 422.
-pub fn redeem_status_and_code(err: &RedeemError) -> (StatusCode, &'static str) {
-    match err {
-        RedeemError::NotFound => (StatusCode::NOT_FOUND, "COUPON_NOT_FOUND"),
-        RedeemError::RedemptionNotFound => (StatusCode::NOT_FOUND, "REDEMPTION_NOT_FOUND"),
-        RedeemError::ReservationNotFound => (StatusCode::NOT_FOUND, "RESERVATION_NOT_FOUND"),
-        RedeemError::AlreadyUsed => (StatusCode::CONFLICT, "ALREADY_USED"),
-        RedeemError::Reserved => (StatusCode::CONFLICT, "COUPON_RESERVED"),
-        RedeemError::Expired => (StatusCode::CONFLICT, "COUPON_EXPIRED"),
-        RedeemError::NotYetValid => (StatusCode::CONFLICT, "COUPON_NOT_YET_VALID"),
-        RedeemError::Suspended => (StatusCode::CONFLICT, "COUPON_SUSPENDED"),
-        RedeemError::AlreadyCancelled => (StatusCode::CONFLICT, "ALREADY_CANCELLED"),
-        RedeemError::RestoreNotAllowed => (StatusCode::CONFLICT, "RESTORE_NOT_ALLOWED"),
-        RedeemError::MinOrderNotMet { .. } => {
-            (StatusCode::UNPROCESSABLE_ENTITY, "MIN_ORDER_AMOUNT_NOT_MET")
-        }
-        RedeemError::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
     }
 }
 
 impl From<RedeemError> for ApiError {
+    /// A refusal: `COUPON_NOT_FOUND` 404 (also for another user's coupon),
+    /// `REDEMPTION_NOT_FOUND` and `RESERVATION_NOT_FOUND` 404; `ALREADY_USED`,
+    /// `COUPON_RESERVED`, `COUPON_EXPIRED`, `COUPON_NOT_YET_VALID`, `COUPON_SUSPENDED`,
+    /// `ALREADY_CANCELLED`, `RESTORE_NOT_ALLOWED` 409; `MIN_ORDER_AMOUNT_NOT_MET` 422. A
+    /// database error as `From<sqlx::Error>`.
     fn from(err: RedeemError) -> Self {
+        let message = err.to_string();
+        let refused = |status, code| Self::refused(status, code, message);
         match err {
             RedeemError::Database(db) => db.into(),
-            other => Self::Redeem(other),
+            RedeemError::NotFound => refused(StatusCode::NOT_FOUND, "COUPON_NOT_FOUND"),
+            RedeemError::RedemptionNotFound => {
+                refused(StatusCode::NOT_FOUND, "REDEMPTION_NOT_FOUND")
+            }
+            RedeemError::ReservationNotFound => {
+                refused(StatusCode::NOT_FOUND, "RESERVATION_NOT_FOUND")
+            }
+            RedeemError::AlreadyUsed => refused(StatusCode::CONFLICT, "ALREADY_USED"),
+            RedeemError::Reserved => refused(StatusCode::CONFLICT, "COUPON_RESERVED"),
+            RedeemError::Expired => refused(StatusCode::CONFLICT, "COUPON_EXPIRED"),
+            RedeemError::NotYetValid => refused(StatusCode::CONFLICT, "COUPON_NOT_YET_VALID"),
+            RedeemError::Suspended => refused(StatusCode::CONFLICT, "COUPON_SUSPENDED"),
+            RedeemError::AlreadyCancelled => refused(StatusCode::CONFLICT, "ALREADY_CANCELLED"),
+            RedeemError::RestoreNotAllowed => refused(StatusCode::CONFLICT, "RESTORE_NOT_ALLOWED"),
+            RedeemError::MinOrderNotMet { .. } => {
+                refused(StatusCode::UNPROCESSABLE_ENTITY, "MIN_ORDER_AMOUNT_NOT_MET")
+            }
         }
     }
 }
@@ -180,10 +190,9 @@ impl ApiError {
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Redeem(err) => redeem_status_and_code(err).0,
+            Self::Refused { status, .. } => *status,
             Self::InvalidCode(_) => StatusCode::BAD_REQUEST,
             Self::TopicNotFound => StatusCode::NOT_FOUND,
-            Self::Code(err) => code_status_and_code(err).0,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -207,10 +216,9 @@ impl ApiError {
             Self::BadRequest(_) | Self::Validation(_) => "VALIDATION_FAILED",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
-            Self::Redeem(err) => redeem_status_and_code(err).1,
+            Self::Refused { code, .. } => code,
             Self::InvalidCode(_) => "INVALID_CODE",
             Self::TopicNotFound => "TOPIC_NOT_FOUND",
-            Self::Code(err) => code_status_and_code(err).1,
             Self::Unauthorized(_) => "UNAUTHORIZED",
             Self::Forbidden(_) => "FORBIDDEN",
             Self::RateLimited { .. } => "RATE_LIMITED",

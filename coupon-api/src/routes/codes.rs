@@ -545,9 +545,9 @@ async fn archived_code(
 ) -> Result<Json<ArchivedCode>, ApiError> {
     let code = Code::parse(&raw).map_err(|e| ApiError::InvalidCode(e.0))?;
     let archived = codes::find_archived(&state.pool, &code).await?;
-    Ok(Json(
-        archived.ok_or(ApiError::Code(codes::CodeError::NotFound))?,
-    ))
+    Ok(Json(archived.ok_or_else(|| {
+        ApiError::from(codes::CodeError::NotFound)
+    })?))
 }
 
 /// The OpenAPI description of this module's routes.
