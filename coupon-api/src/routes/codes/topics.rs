@@ -1,0 +1,116 @@
+//! Topics: create, list and read the topic that ties a batch of codes to a coupon policy.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use coupon_core::codes::{self, Topic};
+use coupon_core::domain::CouponId;
+use coupon_core::queries::{Page, PageOf};
+use serde::Deserialize;
+
+use super::topic_of;
+use crate::auth::Admin;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::state::AppState;
+
+/// Body of a topic: `{"coupon_id": 1, "name": "Influencer A"}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewTopic {
+    coupon_id: CouponId,
+    name: String,
+}
+
+/// `POST /api/v1/topics`: 201 with the topic; 404 `COUPON_NOT_FOUND` for an unknown policy.
+#[utoipa::path(
+    post,
+    path = "/api/v1/topics",
+    tag = "codes",
+    request_body = NewTopic,
+    responses(
+        (status = 201, body = Topic),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
+        (status = 400, description = "VALIDATION_FAILED: unreadable body or path", body = ErrorBody),
+        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn create_topic(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiJson(body): ApiJson<NewTopic>,
+) -> Result<(StatusCode, Json<Topic>), ApiError> {
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::Validation(
+            "name must have 1 to 200 characters".into(),
+        ));
+    }
+    let topic = codes::create_topic(&state.pool, body.coupon_id, name)
+        .await?
+        .ok_or(ApiError::CouponNotFound)?;
+    Ok((StatusCode::CREATED, Json(topic)))
+}
+
+/// Query of the topic list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListParams {
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/topics?cursor=&limit=`: newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/topics",
+    tag = "codes",
+    params(ListParams),
+    responses(
+        (status = 200, body = PageOf<Topic>),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn list_topics(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<PageOf<Topic>>, ApiError> {
+    let page = Page::parse(params.limit, params.cursor.as_deref())?;
+    let mut items = codes::list_topics(&state.pool, page.before_id, page.limit + 1).await?;
+    let more = items.len() > page.limit as usize;
+    items.truncate(page.limit as usize);
+    let next_cursor = more
+        .then(|| items.last().map(|t| t.id.to_string()))
+        .flatten();
+    Ok(Json(PageOf { items, next_cursor }))
+}
+
+/// `GET /api/v1/topics/{topic_id}`: the topic, or 404 `TOPIC_NOT_FOUND`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/topics/{topic_id}",
+    tag = "codes",
+    params(("topic_id" = i64, Path, description = "topic id")),
+    responses(
+        (status = 200, body = Topic),
+        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
+        (status = 404, description = "TOPIC_NOT_FOUND", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn get_topic(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Json<Topic>, ApiError> {
+    Ok(Json(topic_of(&state, &raw).await?))
+}
