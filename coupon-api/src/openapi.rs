@@ -10,12 +10,46 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::tag::TagBuilder;
 use utoipa::OpenApi;
 
 use crate::routes;
 use crate::state::AppState;
 
-/// The whole document: every module's paths, the schemas they use, and the bearer scheme.
+/// The document's tags, in the order an API user meets them, with their descriptions.
+const TAGS: [(&str, &str); 7] = [
+    (
+        "coupons",
+        "Coupon policies: what a coupon gives, how many there are and when they can be had. \
+         Anyone may read them; operators (admin) create, change, suspend and delete them.",
+    ),
+    (
+        "issues",
+        "Asking for a coupon of a first-come-first-served drop, and where that request stands.",
+    ),
+    ("users", "A user's own coupons."),
+    (
+        "redemptions",
+        "Using a coupon for an order: redeem at once, or reserve during checkout and then \
+         confirm or release; cancelling a redemption when the order is cancelled.",
+    ),
+    (
+        "codes",
+        "Code coupons: a user trades a printed code for a coupon. Operators create topics, \
+         generate, export, search and suspend codes.",
+    ),
+    (
+        "admin",
+        "Operators' repairs: reconciliation of the admission state against what was stored.",
+    ),
+    (
+        "health",
+        "Liveness and readiness for load balancers and orchestrators.",
+    ),
+];
+
+/// The whole document: every module's paths, the schemas they use, the tags in [`TAGS`]'s
+/// order and the bearer scheme.
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = utoipa::openapi::OpenApiBuilder::new()
         .info(
@@ -30,16 +64,26 @@ pub fn document() -> utoipa::openapi::OpenApi {
         )
         .build();
     for part in [
-        routes::issues::Doc::openapi(),
-        routes::reconciliations::Doc::openapi(),
         routes::coupons::Doc::openapi(),
-        routes::codes::Doc::openapi(),
-        routes::redemptions::Doc::openapi(),
+        routes::issues::Doc::openapi(),
         routes::users::Doc::openapi(),
+        routes::redemptions::Doc::openapi(),
+        routes::codes::Doc::openapi(),
+        routes::reconciliations::Doc::openapi(),
         routes::health::Doc::openapi(),
     ] {
         doc.merge(part);
     }
+    doc.tags = Some(
+        TAGS.iter()
+            .map(|(name, description)| {
+                TagBuilder::new()
+                    .name(*name)
+                    .description(Some(*description))
+                    .build()
+            })
+            .collect(),
+    );
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         "bearer",
@@ -48,8 +92,11 @@ pub fn document() -> utoipa::openapi::OpenApi {
                 .scheme(HttpAuthScheme::Bearer)
                 .bearer_format("JWT")
                 .description(Some(
-                    "HS256 (or RS256/ES256) token; claims sub, role (user|admin), exp. \
-                     Mint one with `coupon-api token --sub 7`.",
+                    "A JWT (HS256, or RS256/ES256) with the claims `sub` (the user id), `role` \
+                     (`user` or `admin`) and `exp`. Each operation lists the roles that may \
+                     call it; a `user` token acts only for its own user id. For a local \
+                     stack, mint one with `coupon-api token --sub 7` (add `--role admin` \
+                     for an operator).",
                 ))
                 .build(),
         ),
@@ -62,7 +109,8 @@ pub fn document() -> utoipa::openapi::OpenApi {
 /// whatever the handler does, where its own annotation does not list them: 400 and 422 for a
 /// path id that is not a number or not positive (`ApiPath`, `CouponPath`), 422 for a bad query
 /// parameter (`ApiQuery`), 400, 408 and 422 for an unreadable, stalled or invalid JSON body
-/// (`ApiJson`), 401 and 403 where a bearer token is required, and 503 for a request past
+/// (`ApiJson`), 401 and 403 where a bearer token is required (the 403 worded by the roles the
+/// operation names), and 503 for a request past
 /// `REQUEST_TIMEOUT_MS`. Every one is an `ErrorBody`.
 fn add_shared_responses(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::ParameterIn;
@@ -97,6 +145,7 @@ fn add_shared_responses(doc: &mut utoipa::openapi::OpenApi) {
                 .any(|p| matches!(p.parameter_in, ParameterIn::Query));
             let body = operation.request_body.is_some();
             let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+            let roles = roles(operation);
             let mut shared = Vec::new();
             if in_path || body {
                 shared.push((
@@ -118,7 +167,14 @@ fn add_shared_responses(doc: &mut utoipa::openapi::OpenApi) {
                     "401",
                     "UNAUTHORIZED: missing, malformed, expired or forged token",
                 ));
-                shared.push(("403", "FORBIDDEN: the token may not do this"));
+                shared.push((
+                    "403",
+                    if roles == ["admin"] {
+                        "FORBIDDEN: the token lacks the admin role"
+                    } else {
+                        "FORBIDDEN: a user token may act only for its own user id"
+                    },
+                ));
             }
             shared.push((
                 "503",
@@ -133,6 +189,21 @@ fn add_shared_responses(doc: &mut utoipa::openapi::OpenApi) {
             }
         }
     }
+}
+
+/// The roles an operation's bearer requirement names (`security(("bearer" = ["admin"]))`).
+/// OpenAPI 3.1 lets a non-OAuth requirement list role names (Security Requirement Object);
+/// utoipa keeps them private, so they are read back from JSON.
+fn roles(operation: &utoipa::openapi::path::Operation) -> Vec<String> {
+    let security = serde_json::to_value(&operation.security).unwrap_or_default();
+    security
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|requirement| requirement.get("bearer")?.as_array().cloned())
+        .flatten()
+        .filter_map(|role| role.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// The document as JSON, rendered once.
@@ -214,5 +285,92 @@ mod tests {
                 "{status} in {health:?}"
             );
         }
+    }
+
+    #[test]
+    fn tags_come_in_the_order_a_user_meets_them_and_every_operation_has_one_of_them() {
+        let doc = serde_json::to_value(document()).unwrap_or_default();
+        let tags: Vec<&str> = doc["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["name"].as_str())
+            .collect();
+        assert_eq!(
+            tags,
+            [
+                "coupons",
+                "issues",
+                "users",
+                "redemptions",
+                "codes",
+                "admin",
+                "health"
+            ]
+        );
+        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+            for (method, operation) in item.as_object().into_iter().flatten() {
+                let tag = operation["tags"][0].as_str().unwrap_or_default();
+                assert!(tags.contains(&tag), "{method} {path} has tag {tag:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn summaries_speak_to_api_users_not_to_rust_readers() {
+        let doc = serde_json::to_value(document()).unwrap_or_default();
+        let mut operations = 0;
+        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+            for (method, operation) in item.as_object().into_iter().flatten() {
+                operations += 1;
+                let summary = operation["summary"].as_str().unwrap_or_default();
+                let description = operation["description"].as_str().unwrap_or_default();
+                assert!(
+                    !summary.is_empty() && summary.len() <= 60 && !summary.contains('\n'),
+                    "{method} {path}: the summary should be one short line: {summary:?}"
+                );
+                assert!(
+                    !summary.contains("/api/v1") && !summary.contains('`'),
+                    "{method} {path}: the summary repeats the path or code: {summary:?}"
+                );
+                for text in [summary, description] {
+                    for rust in ["[`", "crate::", "coupon_core::", "Caller"] {
+                        assert!(
+                            !text.contains(rust),
+                            "{method} {path}: {rust:?} in {text:?}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(operations >= 30, "{operations}");
+    }
+
+    #[test]
+    fn secured_operations_name_their_roles_and_word_403_by_them() {
+        let doc = serde_json::to_value(document()).unwrap_or_default();
+        let operation = |method: &str, path: &str| doc["paths"][path][method].clone();
+        let create = operation("post", "/api/v1/coupons");
+        assert_eq!(
+            create["security"][0]["bearer"],
+            serde_json::json!(["admin"])
+        );
+        assert!(create["responses"]["403"]["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("admin role"));
+        let issue = operation("post", "/api/v1/coupons/{coupon_id}/issues");
+        assert_eq!(
+            issue["security"][0]["bearer"],
+            serde_json::json!(["user", "admin"])
+        );
+        assert!(issue["responses"]["403"]["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("its own user id"));
+        // Public reads name no roles and document no token answers.
+        let read = operation("get", "/api/v1/coupons/{coupon_id}");
+        assert!(read["security"].is_null(), "{read}");
+        assert!(read["responses"]["401"].is_null(), "{read}");
     }
 }

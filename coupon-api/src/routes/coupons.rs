@@ -33,26 +33,29 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/coupons/{coupon_id}/resume", post(resume_policy))
 }
 
-/// Creates a policy and prepares its Redis state (stock bound and policy copy) before the
-/// MySQL transaction commits, so no committed policy lacks its stock bound.
+/// Create a coupon policy
 ///
-/// 201 with the stored policy; 422 `VALIDATION_FAILED` for a policy that breaks a rule;
-/// 503 `UNAVAILABLE` when MySQL or Redis cannot take it (nothing is stored then).
+/// Needs an admin token. Amounts are integers in the smallest currency unit (KRW); a
+/// `FIRST_COME_FIRST_SERVED` policy has a `total_quantity`, an `UNLIMITED` one has none. Times
+/// are UTC; users may ask for the coupon from `issue_starts_at` (inclusive) to `issue_ends_at`
+/// (exclusive), and `valid_days` and/or `valid_until` bound how long an issued coupon can be
+/// used.
+///
+/// Answers 201 with the stored policy. 422 `VALIDATION_FAILED` names the first field that breaks
+/// a rule (for example an issue window that ends before it starts). After a 503 nothing was
+/// stored: send the request again.
+// The Redis state (stock bound and policy copy) is prepared before the MySQL transaction
+// commits, so no committed policy lacks its stock bound.
 #[tracing::instrument(name = "create_policy", skip_all)]
 #[utoipa::path(
     post,
     path = "/api/v1/coupons",
-    tag = "policies",
+    tag = "coupons",
     request_body = NewCouponPolicy,
     responses(
-        (status = 201, body = CouponPolicy),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
-        (status = 400, description = "VALIDATION_FAILED: unreadable body or path", body = ErrorBody),
-        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody),
-        (status = 503, description = "UNAVAILABLE: a store cannot serve now; Retry-After", body = ErrorBody)
+        (status = 201, body = CouponPolicy)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 async fn create_policy(
     State(state): State<AppState>,
@@ -82,19 +85,22 @@ pub struct PolicyView {
     pub remaining: Option<i64>,
 }
 
-/// The policy, read fresh from MySQL, with counts from MySQL (`issued`) and the Redis admission
-/// set (`pending`, `remaining`). 404 `COUPON_NOT_FOUND`; 503 when a store cannot answer.
+/// Read a coupon policy with its live counts
+///
+/// Public: no token needed. Answers 200 with the policy and how many coupons are `issued`
+/// (stored), `pending` (granted, being stored) and `remaining` (still to be had; `null` for an
+/// unlimited coupon). 404 `COUPON_NOT_FOUND` for an unknown or deleted policy.
+// The policy is read fresh from MySQL, `issued` from MySQL, `pending` and `remaining` from the
+// Redis admission set.
 #[tracing::instrument(name = "get_policy", skip_all, fields(coupon_id = %coupon))]
 #[utoipa::path(
     get,
     path = "/api/v1/coupons/{coupon_id}",
-    tag = "policies",
+    tag = "coupons",
     params(("coupon_id" = i64, Path, description = "coupon policy id")),
     responses(
         (status = 200, body = PolicyView),
-        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
-        (status = 400, description = "VALIDATION_FAILED: unreadable body or path", body = ErrorBody),
-        (status = 503, description = "UNAVAILABLE: a store cannot serve now; Retry-After", body = ErrorBody)
+        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody)
     )
 )]
 async fn get_policy(
@@ -151,26 +157,25 @@ async fn change(
     Ok(Json(saved))
 }
 
-/// `PATCH /api/v1/coupons/{coupon_id}` with any of `title`, `issue_ends_at`, `valid_days`,
-/// `valid_until`: 200 with the policy; 422 for a change that breaks a rule; 404 when absent.
-/// Validity changes apply to coupons issued from then on.
+/// Change a coupon policy
+///
+/// Needs an admin token. Send any of `title`, `issue_ends_at`, `valid_days` and `valid_until`;
+/// the others keep their values. Answers 200 with the changed policy. A change to how long
+/// coupons stay valid applies to coupons issued from then on. 422 `VALIDATION_FAILED` for a
+/// change that breaks a rule; 404 `COUPON_NOT_FOUND` for an unknown or deleted policy.
 #[tracing::instrument(name = "update_policy", skip_all, fields(coupon_id = %id))]
 #[utoipa::path(
     patch,
     path = "/api/v1/coupons/{coupon_id}",
-    tag = "policies",
+    tag = "coupons",
     params(("coupon_id" = i64, Path, description = "coupon policy id")),
     request_body = PolicyUpdate,
     responses(
         (status = 200, body = CouponPolicy),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
         (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
-        (status = 409, description = "the change is not allowed once users may hold the coupon", body = ErrorBody),
-        (status = 400, description = "VALIDATION_FAILED: unreadable body or path", body = ErrorBody),
-        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody)
+        (status = 409, description = "the change is not allowed once users may hold the coupon", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 async fn update_policy(
     State(state): State<AppState>,
@@ -181,20 +186,22 @@ async fn update_policy(
     change(&state, id, |current| Ok(update.apply(current)?)).await
 }
 
-/// `POST /api/v1/coupons/{coupon_id}/suspend`: stops issuing and using; 200 with the policy.
+/// Suspend a coupon policy
+///
+/// Needs an admin token. While suspended, nobody can be issued the coupon (409
+/// `COUPON_SUSPENDED`) and issued coupons cannot be used. Answers 200 with the policy; repeating
+/// it changes nothing.
 #[tracing::instrument(name = "suspend_policy", skip_all, fields(coupon_id = %id))]
 #[utoipa::path(
     post,
     path = "/api/v1/coupons/{coupon_id}/suspend",
-    tag = "policies",
+    tag = "coupons",
     params(("coupon_id" = i64, Path, description = "coupon policy id")),
     responses(
         (status = 200, body = CouponPolicy),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
         (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 async fn suspend_policy(
     State(state): State<AppState>,
@@ -210,20 +217,21 @@ async fn suspend_policy(
     .await
 }
 
-/// `POST /api/v1/coupons/{coupon_id}/resume`: issuing and using again; 200 with the policy.
+/// Resume a suspended coupon policy
+///
+/// Needs an admin token. The coupon can be issued and used again. Answers 200 with the policy;
+/// repeating it changes nothing.
 #[tracing::instrument(name = "resume_policy", skip_all, fields(coupon_id = %id))]
 #[utoipa::path(
     post,
     path = "/api/v1/coupons/{coupon_id}/resume",
-    tag = "policies",
+    tag = "coupons",
     params(("coupon_id" = i64, Path, description = "coupon policy id")),
     responses(
         (status = 200, body = CouponPolicy),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
         (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 async fn resume_policy(
     State(state): State<AppState>,
@@ -239,21 +247,21 @@ async fn resume_policy(
     .await
 }
 
-/// `DELETE /api/v1/coupons/{coupon_id}`: soft delete; 204. The policy then reads as 404 and
-/// issues as `COUPON_NOT_FOUND`; coupons already issued keep their rows but cannot be used.
+/// Delete a coupon policy
+///
+/// Needs an admin token. Answers 204. The policy then reads as 404 `COUPON_NOT_FOUND` and can no
+/// longer be issued; coupons already issued are kept on record but cannot be used.
 #[tracing::instrument(name = "delete_policy", skip_all, fields(coupon_id = %id))]
 #[utoipa::path(
     delete,
     path = "/api/v1/coupons/{coupon_id}",
-    tag = "policies",
+    tag = "coupons",
     params(("coupon_id" = i64, Path, description = "coupon policy id")),
     responses(
         (status = 204, description = "soft-deleted"),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
         (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 async fn delete_policy(
     State(state): State<AppState>,
@@ -273,25 +281,32 @@ async fn delete_policy(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SearchParams {
+    /// Only policies in this status: `ACTIVE` or `SUSPENDED`.
     status: Option<CouponStatus>,
+    /// Only policies whose issue window holds this time (RFC 3339).
     active_at: Option<chrono::DateTime<Utc>>,
+    /// Only policies whose title contains this text.
     q: Option<String>,
+    /// The `next_cursor` of the previous page; absent for the first page.
     cursor: Option<String>,
+    /// Items per page, 1 to 100 (default 20).
     limit: Option<u32>,
 }
 
-/// `GET /api/v1/coupons?status=&active_at=&q=&cursor=&limit=`: live policies, newest first;
-/// `status` `ACTIVE`/`SUSPENDED`, `active_at` an RFC 3339 instant inside the issue window, `q`
-/// text in the title, `limit` 1–100 (default 20). `{"items": [...], "next_cursor": ...}`.
+/// List coupon policies
+///
+/// Public: no token needed. Newest first, 20 per page unless `limit` says otherwise (1 to 100);
+/// pass the answer's `next_cursor` as `cursor` for the next page (`null` on the last). Filters:
+/// `status` (`ACTIVE` or `SUSPENDED`), `active_at` (an RFC 3339 time inside the issue window)
+/// and `q` (text in the title). Deleted policies are never listed.
 #[tracing::instrument(name = "search_policies", skip_all)]
 #[utoipa::path(
     get,
     path = "/api/v1/coupons",
-    tag = "policies",
+    tag = "coupons",
     params(SearchParams),
     responses(
-        (status = 200, body = PageOf<CouponPolicy>),
-        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody)
+        (status = 200, body = PageOf<CouponPolicy>)
     )
 )]
 async fn search_policies(
@@ -309,23 +324,23 @@ async fn search_policies(
     ))
 }
 
-/// Stats of one coupon. Each API instance computes them at most once a second per coupon
-/// (concurrent pollers share one computation), from the `(coupon_id, status)` index and one
-/// `SCARD`, so dashboards can poll every second during a drop.
+/// Read a coupon's statistics
+///
+/// Needs an admin token. Answers 200 with the coupon's counts by state and its remaining stock,
+/// at most one second old, so a dashboard can poll it every second during a drop.
+// Each API instance computes them at most once a second per coupon (concurrent pollers share
+// one computation), from the `(coupon_id, status)` index and one `SCARD`.
 #[tracing::instrument(name = "policy_stats", skip_all, fields(coupon_id = %id))]
 #[utoipa::path(
     get,
     path = "/api/v1/coupons/{coupon_id}/stats",
-    tag = "policies",
+    tag = "coupons",
     params(("coupon_id" = i64, Path, description = "coupon policy id")),
     responses(
         (status = 200, body = StatsView),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
-        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
-        (status = 503, description = "UNAVAILABLE: a store cannot serve now; Retry-After", body = ErrorBody)
+        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 async fn policy_stats(
     State(state): State<AppState>,

@@ -20,7 +20,9 @@ pub fn router() -> Router<AppState> {
         .route("/ready", get(ready))
 }
 
-/// Liveness: `200 {"status":"UP"}` while the process serves HTTP.
+/// Liveness
+///
+/// Answers 200 `{"status":"UP"}` while the process serves HTTP.
 #[utoipa::path(
     get,
     path = "/health",
@@ -41,8 +43,10 @@ struct Readiness {
     kafka: bool,
 }
 
-/// Readiness: 200 when MySQL, Redis and Kafka all answered within 2 s, else 503 with the
-/// per-dependency report.
+/// Readiness
+///
+/// Answers 200 when MySQL, Redis and Kafka all answered within 2 seconds, else 503; both carry
+/// the report per dependency. Send traffic only to an instance that answers 200.
 #[utoipa::path(
     get,
     path = "/ready",

@@ -59,22 +59,23 @@ pub struct IssueAccepted {
     pub status: IssueState,
 }
 
-/// Handles one FCFS issue request:
-/// 1. the policy from the local cache (Redis, then MySQL, behind it): 404 if absent;
-/// 2. the policy's status and issue window: 409 `COUPON_SUSPENDED`, `ISSUE_WINDOW_CLOSED`;
-/// 3. a user this instance already admitted asking again: 409 `ALREADY_ISSUED` at once;
-/// 4. a sold-out mark broadcast by the consumer: 409 `SOLD_OUT` (or `ALREADY_ISSUED` for a
-///    holder) from the instance's copy of the holders, or a read-only `SISMEMBER` where
-///    there is none, instead of the script;
-/// 5. the atomic admission script: 409 `ALREADY_ISSUED` / `SOLD_OUT`;
-/// 6. the issue message, published and acknowledged by Kafka: 202 (and the user remembered
-///    for step 3).
+/// Ask for a coupon
 ///
-/// If the publish fails, the admission is undone and the client gets 503 with `Retry-After`.
-/// If Redis lost the coupon's state (no stock key), the client gets 503 and the state is
-/// rebuilt ([`coupon_core::issue::recovery`]) before anyone is admitted again.
-/// Redis calls go through the circuit breaker ([`crate::breaker`]): while it is open, a
-/// request that needs Redis is refused 503 at once.
+/// Needs a user token (an admin token names the user in `user_id`). First come, first served:
+/// the answer is 202 when the coupon is yours. The coupon is then stored within moments; its
+/// issue status reads `PENDING` until then and `ISSUED` after, and it appears in your coupons.
+///
+/// Refusals: 404 `COUPON_NOT_FOUND`; 409 `ALREADY_ISSUED` (you hold it already, or a request of
+/// yours got it), `SOLD_OUT`, `ISSUE_WINDOW_CLOSED` (outside the issue window) or
+/// `COUPON_SUSPENDED`; 429 `RATE_LIMITED` when asking too often (wait `Retry-After` seconds).
+/// A 503 means nothing was granted: ask again after `Retry-After`.
+// Steps: the policy from the local cache (Redis, then MySQL, behind it); the policy's status
+// and issue window; a user this instance already admitted (409 at once); a sold-out mark
+// broadcast by the consumer (409 from the instance's copy of the holders, or a read-only
+// SISMEMBER, instead of the script); the atomic admission script; the issue message, published
+// and acknowledged by Kafka (202). A failed publish undoes the admission (503). Lost Redis
+// state (no stock key) is a 503 while it is rebuilt (coupon_core::issue::recovery). Redis calls
+// go through the circuit breaker (crate::breaker): while it is open, 503 at once.
 #[tracing::instrument(name = "issue_coupon", skip_all, fields(coupon_id = %coupon, user_id = %caller.user_id))]
 #[utoipa::path(
     post,
@@ -84,16 +85,11 @@ pub struct IssueAccepted {
     request_body(content = Option<IssueRequestBody>, description = "none, {}, or {\"user_id\": n} (must be the token's user; names the user for an admin token)"),
     responses(
         (status = 202, description = "admitted; the issue message is on the broker", body = IssueAccepted),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token may not act for this user", body = ErrorBody),
         (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "ALREADY_ISSUED, SOLD_OUT, ISSUE_WINDOW_CLOSED or COUPON_SUSPENDED", body = ErrorBody),
-        (status = 400, description = "VALIDATION_FAILED: unreadable body or path", body = ErrorBody),
-        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody),
-        (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody),
-        (status = 503, description = "UNAVAILABLE: a store cannot serve now; Retry-After", body = ErrorBody)
+        (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["user", "admin"]))
 )]
 async fn issue_coupon(
     State(state): State<AppState>,
@@ -243,9 +239,13 @@ pub struct IssueStatusView {
     pub status: IssueState,
 }
 
-/// Where `user_id`'s issue of `coupon_id` stands: `ISSUED` when MySQL has the row, `PENDING`
-/// when only the admission set has the user, else 404 `ISSUE_NOT_FOUND` (404
-/// `COUPON_NOT_FOUND` when the coupon itself is unknown).
+/// Read where a user's issue request stands
+///
+/// Needs a user token for that user (or an admin token). Answers 200 with `ISSUED` when the
+/// coupon is stored, or `PENDING` when it was granted and is being stored. 404
+/// `ISSUE_NOT_FOUND` when the user was not granted the coupon; 404 `COUPON_NOT_FOUND` for an
+/// unknown coupon.
+// `ISSUED` when MySQL has the row, `PENDING` when only the admission set has the user.
 #[tracing::instrument(name = "issue_status", skip_all, fields(coupon_id = %coupon, user_id = %user))]
 #[utoipa::path(
     get,
@@ -254,13 +254,9 @@ pub struct IssueStatusView {
     params(("coupon_id" = i64, Path, description = "coupon policy id"), ("user_id" = i64, Path, description = "user id; must be the token's subject unless the token is admin")),
     responses(
         (status = 200, body = IssueStatusView),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token may not act for this user", body = ErrorBody),
-        (status = 404, description = "COUPON_NOT_FOUND or ISSUE_NOT_FOUND", body = ErrorBody),
-        (status = 400, description = "VALIDATION_FAILED: unreadable body or path", body = ErrorBody),
-        (status = 503, description = "UNAVAILABLE: a store cannot serve now; Retry-After", body = ErrorBody)
+        (status = 404, description = "COUPON_NOT_FOUND or ISSUE_NOT_FOUND", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["user", "admin"]))
 )]
 async fn issue_status(
     State(state): State<AppState>,

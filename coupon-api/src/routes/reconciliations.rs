@@ -33,7 +33,7 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-/// Body of `POST /api/v1/admin/reconciliations`; every field is optional (`{}`).
+/// Body of a reconciliation request; every field is optional (`{}`).
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReconciliationRequest {
@@ -49,20 +49,26 @@ pub struct ReconciliationRequest {
     pub dry_run: bool,
 }
 
-/// Starts a reconciliation pass in the background: 202 with the RUNNING job and a
-/// `Location` to poll. 404 `COUPON_NOT_FOUND` for an unknown `coupon_id`; 422 for a grace
-/// period shorter than the message timeout or longer than an hour.
+/// Start a reconciliation
+///
+/// Needs an admin token. Compares, per coupon, who was granted the coupon with what was
+/// stored, and repairs what a failure left behind: a grant whose message never reached the
+/// broker is sent again (the coupon is then stored), a stored coupon missing from the grants is
+/// added back, and a drifted issued count is set to the stored rows. Runs in the background:
+/// answers 202 with the `RUNNING` job and a `Location` to poll. `dry_run` reports without
+/// changing anything. 404 `COUPON_NOT_FOUND` for an unknown `coupon_id`; 422 for a
+/// `grace_secs` shorter than the broker's message timeout or longer than an hour.
 #[tracing::instrument(name = "start_reconciliation", skip_all)]
 #[utoipa::path(
     post,
     path = "/api/v1/admin/reconciliations",
-    tag = "reconciliation",
+    tag = "admin",
     request_body = ReconciliationRequest,
     responses(
         (status = 202, description = "pass started; poll the Location", body = ReconciliationJob),
         (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 async fn start_reconciliation(
     State(state): State<AppState>,
@@ -122,18 +128,20 @@ async fn start_reconciliation(
     ))
 }
 
-/// A reconciliation job: RUNNING, DONE with one report per coupon, or FAILED with the error;
-/// 404 `NOT_FOUND` for an unknown id.
+/// Read a reconciliation job
+///
+/// Needs an admin token. Answers 200 with the job: `RUNNING`, `DONE` with one report per coupon,
+/// or `FAILED` with the reason. 404 `NOT_FOUND` for an unknown job.
 #[utoipa::path(
     get,
     path = "/api/v1/admin/reconciliations/{job_id}",
-    tag = "reconciliation",
+    tag = "admin",
     params(("job_id" = i64, Path, description = "reconciliation job id")),
     responses(
         (status = 200, body = ReconciliationJob),
         (status = 404, description = "NOT_FOUND", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 async fn reconciliation_job(
     State(state): State<AppState>,

@@ -49,9 +49,13 @@ struct RedeemBody {
     order_amount: i64,
 }
 
-/// Uses the coupon for an order: 200 with the discount and the final amount. Refusals:
-/// 404 `COUPON_NOT_FOUND`, 409 `ALREADY_USED` / `COUPON_RESERVED` / `COUPON_EXPIRED` /
-/// `COUPON_NOT_YET_VALID` / `COUPON_SUSPENDED`, 422 `MIN_ORDER_AMOUNT_NOT_MET`.
+/// Use a coupon for an order
+///
+/// Needs a user token for that user (or an admin token). Give the order's id and amount (KRW);
+/// answers 200 with the discount and the amount to pay. Refusals: 404 `COUPON_NOT_FOUND`; 409
+/// `ALREADY_USED`, `COUPON_RESERVED` (held for a checkout), `COUPON_EXPIRED`,
+/// `COUPON_NOT_YET_VALID` or `COUPON_SUSPENDED`; 422 `MIN_ORDER_AMOUNT_NOT_MET`. Send an
+/// `Idempotency-Key` header to make a retry safe.
 #[tracing::instrument(name = "redeem", skip_all, fields(user_id = %user, coupon_issue_id = issue))]
 #[utoipa::path(
     post,
@@ -61,14 +65,12 @@ struct RedeemBody {
     request_body = RedeemBody,
     responses(
         (status = 200, body = Redemption),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token may not act for this user", body = ErrorBody),
         (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "ALREADY_USED, COUPON_RESERVED, COUPON_EXPIRED, COUPON_NOT_YET_VALID or COUPON_SUSPENDED", body = ErrorBody),
         (status = 422, description = "MIN_ORDER_AMOUNT_NOT_MET or VALIDATION_FAILED", body = ErrorBody),
         (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["user", "admin"]))
 )]
 async fn redeem(
     State(state): State<AppState>,
@@ -107,9 +109,12 @@ struct Restored {
     status: &'static str,
 }
 
-/// The order was cancelled: gives the coupon back (when the policy allows), once. Refusals:
-/// 404 `COUPON_NOT_FOUND` / `REDEMPTION_NOT_FOUND`, 409 `ALREADY_CANCELLED` /
-/// `RESTORE_NOT_ALLOWED`.
+/// Cancel a redemption
+///
+/// Needs a user token for that user (or an admin token). For a cancelled order: the coupon
+/// becomes usable again when its policy allows it (`restore_on_cancel`), once. Answers 200 with
+/// the coupon's new status. Refusals: 404 `COUPON_NOT_FOUND` or `REDEMPTION_NOT_FOUND` (no
+/// redemption for this order); 409 `ALREADY_CANCELLED` or `RESTORE_NOT_ALLOWED`.
 #[tracing::instrument(name = "cancel_redemption", skip_all, fields(user_id = %user, coupon_issue_id = issue))]
 #[utoipa::path(
     post,
@@ -119,14 +124,11 @@ struct Restored {
     request_body = OrderBody,
     responses(
         (status = 200, body = Restored),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token may not act for this user", body = ErrorBody),
         (status = 404, description = "COUPON_NOT_FOUND or REDEMPTION_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "ALREADY_CANCELLED or RESTORE_NOT_ALLOWED", body = ErrorBody),
-        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody),
         (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["user", "admin"]))
 )]
 async fn cancel(
     State(state): State<AppState>,
@@ -154,8 +156,13 @@ struct ReserveBody {
     hold_seconds: Option<i64>,
 }
 
-/// Holds the coupon for an order during checkout: 200 with the hold (discount preview and
-/// `reserved_until`). Refusals as for redeem; a held coupon is 409 `COUPON_RESERVED`.
+/// Reserve a coupon during checkout
+///
+/// Needs a user token for that user (or an admin token). Holds the coupon for one order for
+/// `hold_seconds` (1 to 86,400; default set by the operator); answers 200 with the discount it
+/// will give and `reserved_until`. Confirm the reservation when payment succeeds, release it
+/// when checkout is abandoned; an unconfirmed hold is released by itself when it runs out.
+/// Refusals as for a redemption; a coupon held already is 409 `COUPON_RESERVED`.
 #[tracing::instrument(name = "reserve", skip_all, fields(user_id = %user, coupon_issue_id = issue))]
 #[utoipa::path(
     post,
@@ -165,14 +172,11 @@ struct ReserveBody {
     request_body = ReserveBody,
     responses(
         (status = 200, body = Reservation),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token may not act for this user", body = ErrorBody),
         (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "the coupon cannot be held now", body = ErrorBody),
-        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody),
         (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["user", "admin"]))
 )]
 async fn reserve(
     State(state): State<AppState>,
@@ -207,8 +211,12 @@ async fn reserve(
     Ok(Json(reservation))
 }
 
-/// Payment succeeded: the held coupon becomes used; 200 with the redemption. 404
-/// `RESERVATION_NOT_FOUND` when the coupon is not held for this order (released, or confirmed).
+/// Confirm a reservation
+///
+/// Needs a user token for that user (or an admin token). Payment succeeded: the held coupon
+/// becomes used for the order it was held for. Answers 200 with the redemption. 404
+/// `RESERVATION_NOT_FOUND` when the coupon is not held for this order (released, ran out, or
+/// confirmed already).
 #[tracing::instrument(name = "confirm_reservation", skip_all, fields(user_id = %user, coupon_issue_id = issue))]
 #[utoipa::path(
     post,
@@ -218,13 +226,10 @@ async fn reserve(
     request_body = OrderBody,
     responses(
         (status = 200, body = Redemption),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token may not act for this user", body = ErrorBody),
         (status = 404, description = "COUPON_NOT_FOUND or RESERVATION_NOT_FOUND", body = ErrorBody),
-        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody),
         (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["user", "admin"]))
 )]
 async fn confirm_reservation(
     State(state): State<AppState>,
@@ -237,8 +242,11 @@ async fn confirm_reservation(
     Ok(Json(redemption))
 }
 
-/// Checkout abandoned: the hold is released and the coupon usable again; 200
-/// `{"coupon_issue_id": 9, "status": "ISSUED"}`. 404 `RESERVATION_NOT_FOUND` otherwise.
+/// Release a reservation
+///
+/// Needs a user token for that user (or an admin token). Checkout abandoned: the hold ends and
+/// the coupon is usable again. Answers 200 with the coupon's status (`ISSUED`). 404
+/// `RESERVATION_NOT_FOUND` when the coupon is not held for this order.
 #[tracing::instrument(name = "release_reservation", skip_all, fields(user_id = %user, coupon_issue_id = issue))]
 #[utoipa::path(
     post,
@@ -248,13 +256,10 @@ async fn confirm_reservation(
     request_body = OrderBody,
     responses(
         (status = 200, body = Restored),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token may not act for this user", body = ErrorBody),
         (status = 404, description = "COUPON_NOT_FOUND or RESERVATION_NOT_FOUND", body = ErrorBody),
-        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody),
         (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["user", "admin"]))
 )]
 async fn release_reservation(
     State(state): State<AppState>,

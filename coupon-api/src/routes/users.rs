@@ -6,7 +6,7 @@ use axum::{Json, Router};
 use coupon_core::queries::{self, Page, PageOf, UserCoupon, ISSUE_STATES};
 use serde::Deserialize;
 
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::{ApiQuery, UserPath};
 use crate::state::AppState;
 
@@ -20,14 +20,20 @@ pub fn router() -> Router<AppState> {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
+    /// Only coupons in this status: `ISSUED`, `RESERVED`, `USED` or `EXPIRED`.
     status: Option<String>,
+    /// The `next_cursor` of the previous page; absent for the first page.
     cursor: Option<String>,
+    /// Items per page, 1 to 100 (default 20).
     limit: Option<u32>,
 }
 
-/// The user's coupons, newest first, with the policy's display fields:
-/// `{"items": [{"coupon_issue_id": 9, "coupon_id": 1, "status": "ISSUED", …}], "next_cursor": "9"}`.
-/// `status` is one of `ISSUED`, `RESERVED`, `USED`, `EXPIRED`; `limit` 1–100 (default 20).
+/// List a user's coupons
+///
+/// Needs a user token for that user (or an admin token). Newest first, with the coupon's title
+/// and discount; `status` filters by `ISSUED`, `RESERVED`, `USED` or `EXPIRED`. 20 per page
+/// unless `limit` says otherwise (1 to 100); pass the answer's `next_cursor` as `cursor` for the
+/// next page.
 #[tracing::instrument(name = "list_user_coupons", skip_all, fields(user_id = %user))]
 #[utoipa::path(
     get,
@@ -35,12 +41,9 @@ struct ListParams {
     tag = "users",
     params(("user_id" = i64, Path, description = "user id; must be the token's subject unless the token is admin"), ListParams),
     responses(
-        (status = 200, body = PageOf<UserCoupon>),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token may not act for this user", body = ErrorBody),
-        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody)
+        (status = 200, body = PageOf<UserCoupon>)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["user", "admin"]))
 )]
 async fn list_user_coupons(
     State(state): State<AppState>,

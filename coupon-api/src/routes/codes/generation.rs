@@ -28,10 +28,14 @@ pub(super) struct GenerateBody {
     count: i64,
 }
 
-/// `POST /api/v1/topics/{topic_id}/codes`: 202 with a job (`{"job_id": 4, "topic_id": 3,
-/// "requested": 1000000, "generated": 0, "status": "RUNNING"}`) whose progress
-/// `GET …/code-jobs/{job_id}` reports. The job commits 1,000 codes per transaction, so memory
-/// stays flat whatever the count, and it survives this instance: see [`crate::code_jobs`].
+/// Generate codes for a topic
+///
+/// Needs an admin token. Asks for `count` new codes (1 to 10,000,000). Generation runs in the
+/// background: answers 202 with the job, whose progress the generation job's own address
+/// reports (`generated` of `requested`, then `DONE`). It carries on if this instance stops. 404
+/// `TOPIC_NOT_FOUND` for an unknown topic.
+// The job commits 1,000 codes per transaction, so memory stays flat whatever the count; the
+// lease lets another instance take it over (crate::code_jobs).
 #[utoipa::path(
     post,
     path = "/api/v1/topics/{topic_id}/codes",
@@ -40,13 +44,9 @@ pub(super) struct GenerateBody {
     request_body = GenerateBody,
     responses(
         (status = 202, description = "generation job started", body = GenerationJob),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
-        (status = 404, description = "TOPIC_NOT_FOUND", body = ErrorBody),
-        (status = 400, description = "VALIDATION_FAILED: unreadable body or path", body = ErrorBody),
-        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody)
+        (status = 404, description = "TOPIC_NOT_FOUND", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 pub(super) async fn generate_codes(
     State(state): State<AppState>,
@@ -72,7 +72,10 @@ pub(super) async fn generate_codes(
     Ok((StatusCode::ACCEPTED, Json(job)))
 }
 
-/// `GET /api/v1/topics/{topic_id}/code-jobs/{job_id}`: a generation job's progress, or 404.
+/// Read a code generation job
+///
+/// Needs an admin token. Answers 200 with how many codes were `generated` of those `requested`
+/// and the job's status. 404 `TOPIC_NOT_FOUND` or `NOT_FOUND` (no such job for this topic).
 #[utoipa::path(
     get,
     path = "/api/v1/topics/{topic_id}/code-jobs/{job_id}",
@@ -80,11 +83,9 @@ pub(super) async fn generate_codes(
     params(("topic_id" = i64, Path, description = "topic id"), ("job_id" = i64, Path, description = "generation job id")),
     responses(
         (status = 200, body = GenerationJob),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
         (status = 404, description = "TOPIC_NOT_FOUND or NOT_FOUND", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 pub(super) async fn generation_job(
     State(state): State<AppState>,
@@ -98,8 +99,12 @@ pub(super) async fn generation_job(
     Ok(Json(job))
 }
 
-/// `GET /api/v1/topics/{topic_id}/codes.csv`: every live code of the topic as CSV
-/// (`code,status,redeemed_by,redeemed_at,created_at`), streamed row by row from MySQL.
+/// Download a topic's codes as CSV
+///
+/// Needs an admin token. Every code that is not deleted, one per line, with its status and,
+/// once redeemed, who redeemed it and when: `code,status,redeemed_by,redeemed_at,created_at`.
+/// Large topics stream; the download starts at once. 404 `TOPIC_NOT_FOUND`.
+// Streamed in keyset pages of 10,000 rows from MySQL.
 #[utoipa::path(
     get,
     path = "/api/v1/topics/{topic_id}/codes.csv",
@@ -107,11 +112,9 @@ pub(super) async fn generation_job(
     params(("topic_id" = i64, Path, description = "topic id")),
     responses(
         (status = 200, description = "CSV: code,status,redeemed_by,redeemed_at,created_at", content_type = "text/csv", body = String),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
         (status = 404, description = "TOPIC_NOT_FOUND", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 pub(super) async fn export_codes(
     State(state): State<AppState>,

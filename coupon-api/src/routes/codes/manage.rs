@@ -40,8 +40,12 @@ async fn bulk(
     }))
 }
 
-/// `POST /api/v1/topics/{topic_id}/codes/suspend`: every active code suspended, in batches of
-/// 1,000 short transactions; 200 with the count changed (0 on a repeat).
+/// Suspend a topic's codes
+///
+/// Needs an admin token. Every active code of the topic stops being redeemable (409
+/// `CODE_SUSPENDED`) until activated again. Answers 200 with how many codes changed (0 on a
+/// repeat). 404 `TOPIC_NOT_FOUND`.
+// In batches of 1,000 short transactions.
 #[utoipa::path(
     post,
     path = "/api/v1/topics/{topic_id}/codes/suspend",
@@ -49,11 +53,9 @@ async fn bulk(
     params(("topic_id" = i64, Path, description = "topic id")),
     responses(
         (status = 200, body = BulkChanged),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
         (status = 404, description = "TOPIC_NOT_FOUND", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 pub(super) async fn suspend_codes(
     State(state): State<AppState>,
@@ -63,7 +65,10 @@ pub(super) async fn suspend_codes(
     bulk(&state, &raw, BulkAction::Suspend).await
 }
 
-/// `POST /api/v1/topics/{topic_id}/codes/activate`: every suspended code active again.
+/// Activate a topic's suspended codes
+///
+/// Needs an admin token. Every suspended code of the topic is redeemable again. Answers 200 with
+/// how many codes changed (0 on a repeat). 404 `TOPIC_NOT_FOUND`.
 #[utoipa::path(
     post,
     path = "/api/v1/topics/{topic_id}/codes/activate",
@@ -71,11 +76,9 @@ pub(super) async fn suspend_codes(
     params(("topic_id" = i64, Path, description = "topic id")),
     responses(
         (status = 200, body = BulkChanged),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
         (status = 404, description = "TOPIC_NOT_FOUND", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 pub(super) async fn activate_codes(
     State(state): State<AppState>,
@@ -85,7 +88,12 @@ pub(super) async fn activate_codes(
     bulk(&state, &raw, BulkAction::Activate).await
 }
 
-/// `DELETE /api/v1/topics/{topic_id}/codes`: every code soft-deleted (`DELETED`).
+/// Delete a topic's codes
+///
+/// Needs an admin token. Every code of the topic not deleted yet is deleted: none can be
+/// redeemed any more and the export no longer lists them; coupons already redeemed with them
+/// stay with their users. Answers 200 with how many codes changed (0 on a repeat). 404 `TOPIC_NOT_FOUND`.
+// Soft delete: status `DELETED`; the archival job moves them out of the hot table later.
 #[utoipa::path(
     delete,
     path = "/api/v1/topics/{topic_id}/codes",
@@ -93,11 +101,9 @@ pub(super) async fn activate_codes(
     params(("topic_id" = i64, Path, description = "topic id")),
     responses(
         (status = 200, body = BulkChanged),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
         (status = 404, description = "TOPIC_NOT_FOUND", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 pub(super) async fn delete_codes(
     State(state): State<AppState>,
@@ -112,17 +118,28 @@ pub(super) async fn delete_codes(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SearchParams {
+    /// Only codes in this status: `ACTIVE`, `SUSPENDED` or `DELETED`.
     status: Option<String>,
+    /// Only redeemed codes (`true`) or only unredeemed ones (`false`).
     redeemed: Option<bool>,
+    /// Only codes created at or after this time (RFC 3339).
     created_from: Option<chrono::DateTime<Utc>>,
+    /// Only codes created before this time (RFC 3339).
     created_to: Option<chrono::DateTime<Utc>>,
+    /// The `next_cursor` of the previous page; absent for the first page.
     cursor: Option<String>,
+    /// Items per page, 1 to 100 (default 20).
     limit: Option<u32>,
 }
 
-/// `GET /api/v1/topics/{topic_id}/codes?status=&redeemed=&created_from=&created_to=&cursor=&limit=`:
-/// newest first (by id; by creation time for a creation range alone), keyset pagination,
-/// `{"items": [...], "next_cursor": ...}`; a cursor from another search shape is 422.
+/// Search a topic's codes
+///
+/// Needs an admin token. Filters: `status` (`ACTIVE`, `SUSPENDED` or `DELETED`), `redeemed`
+/// (true or false) and a creation range (`created_from` inclusive, `created_to` exclusive, RFC
+/// 3339). Newest first, 20 per page unless `limit` says otherwise (1 to 100); pass the answer's
+/// `next_cursor` as `cursor` for the next page of the same search (422 with another search's
+/// cursor). 404 `TOPIC_NOT_FOUND`.
+// Ordered by id; by creation time for a creation range alone.
 #[utoipa::path(
     get,
     path = "/api/v1/topics/{topic_id}/codes",
@@ -130,12 +147,9 @@ pub(super) struct SearchParams {
     params(("topic_id" = i64, Path, description = "topic id"), SearchParams),
     responses(
         (status = 200, body = PageOf<CodeView>),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
-        (status = 404, description = "TOPIC_NOT_FOUND", body = ErrorBody),
-        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody)
+        (status = 404, description = "TOPIC_NOT_FOUND", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 pub(super) async fn search_codes(
     State(state): State<AppState>,
@@ -177,8 +191,11 @@ pub(super) async fn search_codes(
     Ok(Json(PageOf { items, next_cursor }))
 }
 
-/// `GET /api/v1/archive/codes/{code}`: a code the archival job moved out of the hot table
-/// (soft-deleted long ago), with its redemption; 404 `CODE_NOT_FOUND` otherwise.
+/// Look up an archived code
+///
+/// Needs an admin token. Codes deleted long ago are moved to an archive; this finds one there,
+/// with its redemption if it had one. 400 `INVALID_CODE`; 404 `CODE_NOT_FOUND` when the archive
+/// does not hold it.
 #[utoipa::path(
     get,
     path = "/api/v1/archive/codes/{code}",
@@ -187,11 +204,9 @@ pub(super) async fn search_codes(
     responses(
         (status = 200, body = ArchivedCode),
         (status = 400, description = "INVALID_CODE", body = ErrorBody),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
         (status = 404, description = "CODE_NOT_FOUND", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 pub(super) async fn archived_code(
     State(state): State<AppState>,

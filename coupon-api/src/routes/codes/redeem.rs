@@ -9,9 +9,15 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiPath, Caller, IssueRequestBody};
 use crate::state::AppState;
 
-/// `POST /api/v1/codes/{code}/redeem`: issues the topic's coupon to the user; 200 with the
-/// issued coupon; acts for the token's user ([`Caller`]: 401, 403). 400 `INVALID_CODE`; 404 `CODE_NOT_FOUND`; 409 `CODE_ALREADY_USED`,
-/// `CODE_SUSPENDED`, `ALREADY_ISSUED`, `COUPON_SUSPENDED`, `SOLD_OUT`. Runs on MySQL alone.
+/// Redeem a code
+///
+/// Needs a user token (an admin token names the user in `user_id`). Trades a printed code for
+/// its topic's coupon, which is issued to the user at once: answers 200 with the issued coupon.
+/// Codes are 16 letters and digits, in any case, with or without `-`, `_` or space separators.
+/// Refusals: 400 `INVALID_CODE` (not a code's shape); 404 `CODE_NOT_FOUND`; 409
+/// `CODE_ALREADY_USED`, `CODE_SUSPENDED`, `ALREADY_ISSUED` (the user holds the coupon already),
+/// `COUPON_SUSPENDED` or `SOLD_OUT`; 429 `RATE_LIMITED` when trying too often.
+// Runs on MySQL alone.
 #[tracing::instrument(name = "redeem_code", skip_all)]
 #[utoipa::path(
     post,
@@ -22,13 +28,11 @@ use crate::state::AppState;
     responses(
         (status = 200, body = CodeRedemption),
         (status = 400, description = "INVALID_CODE or VALIDATION_FAILED", body = ErrorBody),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token may not act for this user", body = ErrorBody),
         (status = 404, description = "CODE_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "CODE_ALREADY_USED, CODE_SUSPENDED, ALREADY_ISSUED, COUPON_SUSPENDED or SOLD_OUT", body = ErrorBody),
         (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["user", "admin"]))
 )]
 pub(super) async fn redeem_code(
     State(state): State<AppState>,

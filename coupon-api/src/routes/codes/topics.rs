@@ -22,7 +22,11 @@ pub(super) struct NewTopic {
     name: String,
 }
 
-/// `POST /api/v1/topics`: 201 with the topic; 404 `COUPON_NOT_FOUND` for an unknown policy.
+/// Create a topic for code coupons
+///
+/// Needs an admin token. A topic ties a batch of printed codes to one coupon policy: redeeming
+/// one of its codes issues that coupon. Answers 201 with the topic. 404 `COUPON_NOT_FOUND` for an
+/// unknown policy; 422 for a name that is empty or longer than 200 characters.
 #[utoipa::path(
     post,
     path = "/api/v1/topics",
@@ -30,13 +34,9 @@ pub(super) struct NewTopic {
     request_body = NewTopic,
     responses(
         (status = 201, body = Topic),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
-        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
-        (status = 400, description = "VALIDATION_FAILED: unreadable body or path", body = ErrorBody),
-        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody)
+        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 pub(super) async fn create_topic(
     State(state): State<AppState>,
@@ -60,23 +60,25 @@ pub(super) async fn create_topic(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListParams {
+    /// The `next_cursor` of the previous page; absent for the first page.
     cursor: Option<String>,
+    /// Items per page, 1 to 100 (default 20).
     limit: Option<u32>,
 }
 
-/// `GET /api/v1/topics?cursor=&limit=`: newest first.
+/// List topics
+///
+/// Needs an admin token. Newest first; pass the answer's `next_cursor` as `cursor` for the next
+/// page.
 #[utoipa::path(
     get,
     path = "/api/v1/topics",
     tag = "codes",
     params(ListParams),
     responses(
-        (status = 200, body = PageOf<Topic>),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
-        (status = 422, description = "VALIDATION_FAILED: a field breaks a rule", body = ErrorBody)
+        (status = 200, body = PageOf<Topic>)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 pub(super) async fn list_topics(
     State(state): State<AppState>,
@@ -93,7 +95,9 @@ pub(super) async fn list_topics(
     Ok(Json(PageOf { items, next_cursor }))
 }
 
-/// `GET /api/v1/topics/{topic_id}`: the topic, or 404 `TOPIC_NOT_FOUND`.
+/// Read a topic
+///
+/// Needs an admin token. 404 `TOPIC_NOT_FOUND` for an unknown topic.
 #[utoipa::path(
     get,
     path = "/api/v1/topics/{topic_id}",
@@ -101,11 +105,9 @@ pub(super) async fn list_topics(
     params(("topic_id" = i64, Path, description = "topic id")),
     responses(
         (status = 200, body = Topic),
-        (status = 401, description = "UNAUTHORIZED: missing, malformed, expired or wrongly signed token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the admin role", body = ErrorBody),
         (status = 404, description = "TOPIC_NOT_FOUND", body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 pub(super) async fn get_topic(
     State(state): State<AppState>,
