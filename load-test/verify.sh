@@ -34,6 +34,8 @@ args=(verify --coupon "$coupon")
 if [ -n "$accepted" ]; then
   args+=(--accepted "$accepted")
 fi
-cargo build --release --locked --quiet -p coupon-demo
+# The package set of scripts/demo.sh: building coupon-demo alone would resolve other features
+# for the shared dependencies and rebuild them (and relink the binary) after `make demo`.
+cargo build --release --locked --quiet -p coupon-api -p coupon-consumer -p coupon-demo -p coupon-bench
 echo "[verify] coupon-demo ${args[*]}"
 exec target/release/coupon-demo "${args[@]}"
