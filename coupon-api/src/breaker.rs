@@ -11,14 +11,17 @@
 //! The state machine is the `failsafe` crate's (consecutive-failures policy, exponential
 //! back-off); its state is the gauge `coupon_redis_circuit_state` (0 closed, 1 half-open,
 //! 2 open). Undoing an admission after a failed publish is never gated: it is compensation
-//! and is always attempted.
+//! and is always attempted. Redeem by code of a limited policy admits through the breaker too
+//! ([`GuardedAdmission`]).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coupon_core::issue::admission::AdmissionStore;
+use coupon_core::codes::CodeAdmission;
+use coupon_core::domain::{CouponId, UserId};
+use coupon_core::issue::admission::{AdmissionStore, AdmitOutcome};
 use coupon_core::telemetry::names;
 use failsafe::failure_policy::{self, ConsecutiveFailures};
 use failsafe::futures::CircuitBreaker as _;
@@ -173,5 +176,32 @@ impl RedisBreaker {
                 }
             }
         }
+    }
+}
+
+/// The admission behind the breaker, for redeem by code ([`CodeAdmission`]): the admission
+/// goes through [`RedisBreaker::call`] (refused at once while open); the undo and the holder
+/// note are compensation and bypass it, as the issue path's undo does.
+pub struct GuardedAdmission<'a> {
+    /// The breaker.
+    pub breaker: &'a RedisBreaker,
+    /// The admission store.
+    pub admission: &'a AdmissionStore,
+}
+
+impl CodeAdmission for GuardedAdmission<'_> {
+    async fn admit(&self, coupon: CouponId, user: UserId) -> anyhow::Result<AdmitOutcome> {
+        Ok(self
+            .breaker
+            .call(self.admission.admit(coupon, user))
+            .await?)
+    }
+
+    async fn undo(&self, coupon: CouponId, user: UserId) -> anyhow::Result<bool> {
+        Ok(self.admission.undo(coupon, user).await?)
+    }
+
+    async fn note_holder(&self, coupon: CouponId, user: UserId) -> anyhow::Result<()> {
+        Ok(self.admission.add_members(coupon, &[user.get()]).await?)
     }
 }

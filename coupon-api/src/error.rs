@@ -119,7 +119,8 @@ impl ApiError {
 impl From<CodeError> for ApiError {
     /// A refusal: `CODE_NOT_FOUND` 404; `CODE_ALREADY_USED`, `CODE_SUSPENDED`,
     /// `ALREADY_ISSUED`, `COUPON_SUSPENDED`, `SOLD_OUT` 409. A database error as
-    /// `From<sqlx::Error>`.
+    /// `From<sqlx::Error>`; the admission state unreachable or missing 503 `UNAVAILABLE`
+    /// (nothing was issued).
     fn from(err: CodeError) -> Self {
         let message = err.to_string();
         let refused = |status, code| Self::refused(status, code, message);
@@ -131,6 +132,8 @@ impl From<CodeError> for ApiError {
             CodeError::AlreadyIssued => refused(StatusCode::CONFLICT, "ALREADY_ISSUED"),
             CodeError::PolicySuspended => refused(StatusCode::CONFLICT, "COUPON_SUSPENDED"),
             CodeError::SoldOut => refused(StatusCode::CONFLICT, "SOLD_OUT"),
+            CodeError::AdmissionUnavailable(err) => Self::unavailable(err),
+            err @ CodeError::NotPrepared(_) => Self::unavailable(err),
         }
     }
 }

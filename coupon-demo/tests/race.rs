@@ -30,39 +30,75 @@ struct ConsumerCli {
 
 const STOCK: i64 = 500;
 
+/// coupon-api and coupon-consumer on isolated stores, each under the one stop token.
+struct Stack {
+    base: String,
+    state: coupon_api::state::AppState,
+    stores: coupon_core::config::StoreConfig,
+    group: String,
+    stop: CancellationToken,
+    api: tokio::task::JoinHandle<anyhow::Result<()>>,
+    consumer: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Stack {
+    async fn start() -> Self {
+        let stores = testing::isolated_stores();
+        let mut api = ApiCli::parse_from([
+            "coupon-api",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+        ])
+        .api;
+        api.stores = stores.clone();
+        api.auth.jwt_secret = Some(testing::JWT_SECRET.into());
+        // One client address: the per-address limit would refuse most of the race.
+        api.rate_limits.rate_limits = false;
+        let mut consumer =
+            ConsumerCli::parse_from(["coupon-consumer", "--metrics-listen", "off"]).consumer;
+        consumer.stores = stores.clone();
+        consumer.group_id = format!("e2e-{}", Uuid::new_v4().simple());
+        api.kafka_consumer_group = consumer.group_id.clone();
+
+        let stop = CancellationToken::new();
+        let app = Application::build(api)
+            .await
+            .expect("coupon-api (is `make up` running?)");
+        let base = format!("http://{}", app.local_addr().unwrap());
+        let state = app.state();
+        let api_stop = stop.clone();
+        let api_task =
+            tokio::spawn(app.run_until_stopped(async move { api_stop.cancelled().await }));
+        let group = consumer.group_id.clone();
+        let consumer = Consumer::build(&consumer).await.expect("coupon-consumer");
+        let consumer_stop = stop.clone();
+        let consumer_task = tokio::spawn(
+            consumer.run_until_stopped(async move { consumer_stop.cancelled().await }),
+        );
+        Self {
+            base,
+            state,
+            stores,
+            group,
+            stop,
+            api: api_task,
+            consumer: consumer_task,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.api.await.unwrap().unwrap();
+        self.consumer.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_thousand_requests_from_five_thousand_users_issue_exactly_the_stock() {
-    let stores = testing::isolated_stores();
-    let mut api = ApiCli::parse_from([
-        "coupon-api",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "off",
-    ])
-    .api;
-    api.stores = stores.clone();
-    api.auth.jwt_secret = Some(testing::JWT_SECRET.into());
-    // One client address: the per-address limit would refuse most of the race.
-    api.rate_limits.rate_limits = false;
-    let mut consumer =
-        ConsumerCli::parse_from(["coupon-consumer", "--metrics-listen", "off"]).consumer;
-    consumer.stores = stores.clone();
-    consumer.group_id = format!("e2e-{}", Uuid::new_v4().simple());
-    api.kafka_consumer_group = consumer.group_id.clone();
-
-    let stop = CancellationToken::new();
-    let app = Application::build(api)
-        .await
-        .expect("coupon-api (is `make up` running?)");
-    let base = format!("http://{}", app.local_addr().unwrap());
-    let state = app.state();
-    let api_stop = stop.clone();
-    let api_task = tokio::spawn(app.run_until_stopped(async move { api_stop.cancelled().await }));
-    let consumer = Consumer::build(&consumer).await.expect("coupon-consumer");
-    let consumer_stop = stop.clone();
-    let consumer_task =
-        tokio::spawn(consumer.run_until_stopped(async move { consumer_stop.cancelled().await }));
+    let stack = Stack::start().await;
+    let (base, state) = (&stack.base, &stack.state);
 
     let plan = RacePlan {
         requests: 10_000,
@@ -72,10 +108,10 @@ async fn ten_thousand_requests_from_five_thousand_users_issue_exactly_the_stock(
     };
     let client = coupon_demo::http_client(plan.concurrency).unwrap();
     let signer = TokenSigner::hs256(testing::JWT_SECRET);
-    let coupon = coupon_demo::create_coupon(&client, &base, &signer, STOCK)
+    let coupon = coupon_demo::create_coupon(&client, base, &signer, STOCK)
         .await
         .unwrap();
-    let report = coupon_demo::race(&client, &base, &signer, coupon, plan)
+    let report = coupon_demo::race(&client, base, &signer, coupon, plan)
         .await
         .unwrap();
     coupon_demo::wait_until_drained(&state.pool, coupon, STOCK, Duration::from_secs(180))
@@ -108,7 +144,168 @@ async fn ten_thousand_requests_from_five_thousand_users_issue_exactly_the_stock(
     );
     assert!(verification.already_issued > 0, "the plan repeats users");
 
-    stop.cancel();
-    api_task.await.unwrap().unwrap();
-    consumer_task.await.unwrap().unwrap();
+    stack.stop().await;
+}
+
+/// Generates `count` codes of a new topic for `coupon` through the API; returns them.
+async fn generate_codes(
+    client: &reqwest::Client,
+    base: &str,
+    state: &coupon_api::state::AppState,
+    coupon: coupon_core::domain::CouponId,
+    count: i64,
+) -> Vec<String> {
+    let admin = testing::admin_token();
+    let topic: serde_json::Value = client
+        .post(format!("{base}/api/v1/topics"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"coupon_id": coupon.get(), "name": "influencer drop"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let topic = topic["id"].as_i64().unwrap();
+    let job: serde_json::Value = client
+        .post(format!("{base}/api/v1/topics/{topic}/codes"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"count": count}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = job["job_id"].as_i64().unwrap();
+    let url = format!("{base}/api/v1/topics/{topic}/code-jobs/{job}");
+    testing::eventually("the generation job", Duration::from_secs(60), || async {
+        let job: serde_json::Value = client
+            .get(&url)
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (job["status"] == "DONE").then_some(())
+    })
+    .await;
+    sqlx::query_scalar("SELECT code FROM coupon_codes WHERE topic_id = ? ORDER BY id")
+        .bind(topic)
+        .fetch_all(&state.pool)
+        .await
+        .unwrap()
+}
+
+/// One unit pool for code redeems and issue requests: a 100-unit drop with a topic of 150
+/// codes; 150 users redeem a code each while 300 other users, and 50 of the code users, call
+/// the issue endpoint, all at once. Every success answer (200 for a code, 202 for an issue) is
+/// a promise: exactly the stock of rows, each owner told once, nobody else told, no 5xx, and a
+/// reconciliation pass after the drain finds nothing to repair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn code_redeems_and_issue_requests_share_one_stock() {
+    const STOCK: i64 = 100;
+    let stack = Stack::start().await;
+    let (base, state) = (stack.base.as_str(), &stack.state);
+    let client = coupon_demo::http_client(500).unwrap();
+    let signer = TokenSigner::hs256(testing::JWT_SECRET);
+    let coupon = coupon_demo::create_coupon(&client, base, &signer, STOCK)
+        .await
+        .unwrap();
+    let codes = generate_codes(&client, base, state, coupon, 150).await;
+    assert_eq!(codes.len(), 150);
+
+    // (user, what it called, status)
+    let code_users = codes.iter().zip(1_i64..).map(|(code, user)| {
+        let client = &client;
+        async move {
+            let status = client
+                .post(format!("{base}/api/v1/codes/{code}/redeem"))
+                .bearer_auth(testing::user_token(user))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
+            (user, "code", status)
+        }
+    });
+    let issue_users = (1_001..=1_300).chain(1..=50).map(|user| {
+        let client = &client;
+        async move {
+            let status = client
+                .post(format!("{base}/api/v1/coupons/{coupon}/issues"))
+                .bearer_auth(testing::user_token(user))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
+            (user, "issue", status)
+        }
+    });
+    let (by_code, by_issue) = tokio::join!(
+        futures::future::join_all(code_users),
+        futures::future::join_all(issue_users)
+    );
+    let answers: Vec<(i64, &str, u16)> = by_code.into_iter().chain(by_issue).collect();
+
+    let failed: Vec<_> = answers.iter().filter(|(_, _, s)| *s >= 500).collect();
+    assert!(failed.is_empty(), "5xx answers: {failed:?}");
+    let mut told: std::collections::BTreeMap<i64, usize> = Default::default();
+    for (user, _, status) in &answers {
+        if matches!(status, 200 | 202) {
+            *told.entry(*user).or_default() += 1;
+        }
+    }
+    let promised: i64 = answers
+        .iter()
+        .filter(|(_, _, s)| matches!(s, 200 | 202))
+        .count()
+        .try_into()
+        .unwrap();
+    assert!(
+        promised <= STOCK,
+        "{promised} success answers for {STOCK} units"
+    );
+    // 450 distinct users for 100 units: the drop sells out.
+    coupon_demo::wait_until_drained(&state.pool, coupon, STOCK, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let holdings = coupon_demo::exactness::Holdings::read(&state.pool, &state.admission, coupon)
+        .await
+        .unwrap();
+    let owners: std::collections::BTreeSet<i64> = holdings.row_users.iter().copied().collect();
+    assert_eq!(holdings.rows(), STOCK, "rows");
+    assert_eq!(holdings.issued_quantity, STOCK, "issued_quantity");
+    assert_eq!(holdings.admitted, STOCK, "SCARD");
+    assert_eq!(owners.len(), holdings.row_users.len(), "nobody twice");
+    let told_users: std::collections::BTreeSet<i64> = told.keys().copied().collect();
+    assert_eq!(told_users, owners, "the users told success are the owners");
+    assert!(
+        told.values().all(|n| *n == 1),
+        "an owner told twice: {told:?}"
+    );
+    assert!(
+        answers.iter().all(|(_, _, s)| matches!(s, 200 | 202 | 409)),
+        "{answers:?}"
+    );
+
+    let log = coupon_core::issue::recovery::IssueLog::new(&stack.stores, &stack.group);
+    let report = coupon_core::issue::reconciliation::Reconciler {
+        pool: &state.pool,
+        admission: &state.admission,
+        log: &log,
+        publisher: &state.publisher,
+        grace: Duration::from_millis(200),
+        dry_run: true,
+    }
+    .reconcile(coupon)
+    .await
+    .unwrap();
+    assert!(!report.needed_repair(), "{report:?}");
+
+    stack.stop().await;
 }

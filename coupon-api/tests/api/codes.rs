@@ -14,7 +14,12 @@ async fn topic(app: &TestApp) -> i64 {
     let mut policy = testing::open_policy(1);
     policy.coupon_type = CouponType::Unlimited;
     policy.total_quantity = None;
-    let coupon = app.create_policy(&policy).await["id"].as_i64().unwrap();
+    topic_of(app, &policy).await
+}
+
+/// A topic for a new `policy`; returns the topic id.
+async fn topic_of(app: &TestApp, policy: &coupon_core::domain::NewCouponPolicy) -> i64 {
+    let coupon = app.create_policy(policy).await["id"].as_i64().unwrap();
     let response = app
         .client
         .post(app.url("/api/v1/topics"))
@@ -241,12 +246,28 @@ async fn redeeming_by_code_works_without_redis() {
     .await;
     let id = topic(&app).await;
     let codes = generate(&app, id, 2).await;
+    let limited = topic_of(&app, &testing::open_policy(10)).await;
+    let limited_codes = generate(&app, limited, 1).await;
 
     redis.child.kill().unwrap();
     redis.child.wait().unwrap();
 
     assert_eq!(redeem(&app, &codes[0], 7).await.status(), 200);
     assert_error(redeem(&app, &codes[0], 8).await, 409, "CODE_ALREADY_USED").await;
+    // A limited drop's unit is taken through the Redis admission: without Redis, nothing is
+    // issued and the code stays unused (fail closed, INVARIANTS 7).
+    assert_error(redeem(&app, &limited_codes[0], 7).await, 503, "UNAVAILABLE").await;
+    let unused: Option<i64> =
+        sqlx::query_scalar("SELECT redeemed_by FROM coupon_codes WHERE code = ?")
+            .bind(&limited_codes[0])
+            .fetch_one(&app.state.pool)
+            .await
+            .unwrap();
+    assert_eq!(unused, None);
+    assert_eq!(
+        testing::count_rows(&app.state.pool, coupon_of(&app, limited).await).await,
+        0
+    );
 }
 
 async fn coupon_of(app: &TestApp, topic: i64) -> i64 {

@@ -8,8 +8,14 @@
 //! Redeem by code runs in one MySQL transaction. The code row is locked (`FOR UPDATE`), so of
 //! concurrent redeems of one code exactly one sees it unused; `UNIQUE (topic_id, redeemed_by)`
 //! makes a second code of the same topic for the same user impossible, and
-//! `UNIQUE (coupon_id, user_id)` a second coupon. No Redis state is involved, so losing Redis
-//! cannot allow a double use.
+//! `UNIQUE (coupon_id, user_id)` a second coupon. A policy with a stock (`total_quantity`)
+//! hands out one pool of units to code redeemers and issue requests alike: inside that
+//! transaction the redeem takes its unit through the issue endpoint's atomic admission script
+//! ([`crate::issue::admission`]), so the admission set holds every holder, `SCARD` never passes
+//! the stock, and a code holder asking the issue endpoint hears `ALREADY_ISSUED`. Such a redeem
+//! needs Redis (refused 503 without it, nothing issued); a policy without a stock needs MySQL
+//! alone and adds its holder to the set after the commit, best effort. Losing Redis cannot
+//! allow a double use either way: the locks and unique keys above are MySQL's.
 //!
 //! Modules: this one holds codes and topics and generates codes; [`redeem`] redeems one,
 //! [`bulk`] changes many, [`search`] finds them, [`archive`] moves deleted ones away, and

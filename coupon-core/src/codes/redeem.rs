@@ -1,13 +1,17 @@
 //! Redeem by code: one MySQL transaction that locks the code row, checks it, issues the
-//! topic's coupon to the user and marks the code redeemed (the guarantees are in
+//! topic's coupon to the user and marks the code redeemed; a limited policy's unit is taken
+//! through the issue path's atomic admission inside that transaction (the guarantees are in
 //! [`crate::codes`]).
+
+use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{MySqlPool, Row};
 
-use crate::domain::{CouponStatus, UserId};
+use crate::domain::{CouponId, CouponStatus, UserId};
 use crate::events::{self, EventType};
+use crate::issue::admission::{AdmissionStore, AdmitOutcome};
 use crate::policies;
 
 use super::*;
@@ -33,6 +37,14 @@ pub enum CodeError {
     /// The topic's policy has no stock left.
     #[error("the coupon is sold out")]
     SoldOut,
+    /// The admission state (Redis) could not be reached: nothing was issued, the code is
+    /// unused.
+    #[error("the admission state cannot be reached")]
+    AdmissionUnavailable(#[source] anyhow::Error),
+    /// The policy's admission state is missing from Redis (never prepared, or lost): nothing
+    /// was issued; the state must be rebuilt ([`crate::issue::recovery`]) first.
+    #[error("the coupon's admission state is missing")]
+    NotPrepared(CouponId),
     /// The database failed.
     #[error("database error")]
     Database(#[from] sqlx::Error),
@@ -58,6 +70,50 @@ pub struct CodeRedemption {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
+/// The atomic admission a redeem by code takes a limited policy's unit through: the issue
+/// endpoint's own script ([`AdmissionStore::admit`]), so code redeems and issue requests draw
+/// on one unit pool and one admission set. Implemented by [`AdmissionStore`]; coupon-api puts
+/// its circuit breaker in front.
+pub trait CodeAdmission: Sync {
+    /// Admits `user` to `coupon` (see [`AdmissionStore::admit`]).
+    fn admit(
+        &self,
+        coupon: CouponId,
+        user: UserId,
+    ) -> impl Future<Output = anyhow::Result<AdmitOutcome>> + Send;
+
+    /// Undoes the admission this redeem made, when its transaction rolled back (see
+    /// [`AdmissionStore::undo`]).
+    fn undo(
+        &self,
+        coupon: CouponId,
+        user: UserId,
+    ) -> impl Future<Output = anyhow::Result<bool>> + Send;
+
+    /// Adds the holder of an unlimited policy's coupon to its admission set after the commit,
+    /// so the issue endpoint answers `ALREADY_ISSUED` to them (INVARIANTS 4). Best effort: a
+    /// failure is left to reconciliation, which adds a row's missing user back.
+    fn note_holder(
+        &self,
+        coupon: CouponId,
+        user: UserId,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+impl CodeAdmission for AdmissionStore {
+    async fn admit(&self, coupon: CouponId, user: UserId) -> anyhow::Result<AdmitOutcome> {
+        Ok(AdmissionStore::admit(self, coupon, user).await?)
+    }
+
+    async fn undo(&self, coupon: CouponId, user: UserId) -> anyhow::Result<bool> {
+        Ok(AdmissionStore::undo(self, coupon, user).await?)
+    }
+
+    async fn note_holder(&self, coupon: CouponId, user: UserId) -> anyhow::Result<()> {
+        Ok(self.add_members(coupon, &[user.get()]).await?)
+    }
+}
+
 pub(super) fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
 }
@@ -67,20 +123,27 @@ pub(super) fn is_deadlock(err: &sqlx::Error) -> bool {
 }
 
 /// Redeems `code` for `user`: marks the code used and issues the topic's coupon, in one
-/// transaction. A deadlock between concurrent redeems (InnoDB may pick a victim when they
-/// touch the same unique-index ranges) is retried a few times.
+/// transaction. For a policy with a stock (`total_quantity`), the unit is taken through
+/// `admission` (the issue endpoint's script) after the MySQL checks and before the writes, so
+/// code redeems and issue requests share one pool: rows = `SCARD` <= stock (INVARIANTS 1). A
+/// transaction that then rolls back undoes that admission; a commit whose outcome is unknown
+/// keeps it, since the row may exist (reconciliation re-publishes an admission that has no
+/// row, so its unit is never handed out twice). A deadlock between concurrent redeems (InnoDB
+/// may pick a victim when they touch the same unique-index ranges) is retried a few times.
 ///
 /// # Errors
-/// A [`CodeError`] naming the refusal, or a database error.
+/// A [`CodeError`] naming the refusal, the admission state being unreachable or missing, or a
+/// database error.
 pub async fn redeem_code(
     pool: &MySqlPool,
+    admission: &impl CodeAdmission,
     code: &Code,
     user: UserId,
     now: DateTime<Utc>,
 ) -> Result<CodeRedemption, CodeError> {
     let mut attempts = 0;
     loop {
-        match redeem_once(pool, code, user, now).await {
+        match redeem_once(pool, admission, code, user, now).await {
             Err(CodeError::Database(err)) if is_deadlock(&err) && attempts < 5 => attempts += 1,
             other => return other,
         }
@@ -89,6 +152,7 @@ pub async fn redeem_code(
 
 async fn redeem_once(
     pool: &MySqlPool,
+    admission: &impl CodeAdmission,
     code: &Code,
     user: UserId,
     now: DateTime<Utc>,
@@ -132,47 +196,45 @@ async fn redeem_once(
     {
         return Err(CodeError::SoldOut);
     }
-    let claim =
-        sqlx::query("UPDATE coupon_codes SET redeemed_by = ?, redeemed_at = ? WHERE id = ?")
-            .bind(user.get())
-            .bind(crate::store::db::datetime(now))
-            .bind(code_id)
-            .execute(&mut *tx)
-            .await;
-    if let Err(err) = claim {
-        return Err(if is_unique_violation(&err) {
-            CodeError::AlreadyIssued
-        } else {
-            err.into()
-        });
+    let limited = policy.total_quantity.is_some();
+    if limited {
+        match admission
+            .admit(policy.id, user)
+            .await
+            .map_err(CodeError::AdmissionUnavailable)?
+        {
+            AdmitOutcome::Admitted => {}
+            AdmitOutcome::AlreadyIssued => return Err(CodeError::AlreadyIssued),
+            AdmitOutcome::SoldOut => return Err(CodeError::SoldOut),
+            AdmitOutcome::NotPrepared => return Err(CodeError::NotPrepared(policy.id)),
+        }
     }
     let expires_at = policy.expires_at(now);
-    let issued = sqlx::query(
-        "INSERT INTO coupon_issues (coupon_id, user_id, issued_at, expires_at, status, request_id) \
-         VALUES (?, ?, ?, ?, 'ISSUED', ?)",
-    )
-    .bind(coupon_id)
-    .bind(user.get())
-    .bind(crate::store::db::datetime(now))
-    .bind(crate::store::db::datetime(expires_at))
-    .bind(uuid::Uuid::now_v7().to_string())
-    .execute(&mut *tx)
-    .await;
-    let issue_id = match issued {
-        Err(err) if is_unique_violation(&err) => return Err(CodeError::AlreadyIssued),
-        other => i64::try_from(other?.last_insert_id()).unwrap_or(i64::MAX),
+    let issue_id = match write(&mut tx, code_id, coupon_id, user, now, expires_at).await {
+        Ok(issue_id) => issue_id,
+        Err(err) => {
+            // Rolled back (the transaction is dropped): nothing of this redeem is stored, so
+            // its admission must not hold a unit.
+            drop(tx);
+            if limited {
+                if let Err(undo_err) = admission.undo(policy.id, user).await {
+                    tracing::error!(
+                        %undo_err, coupon_id, user_id = %user,
+                        "a redeem by code rolled back AND its admission could not be undone: \
+                         the unit is held until reconciliation re-publishes it"
+                    );
+                }
+            }
+            return Err(err);
+        }
     };
-    sqlx::query("UPDATE coupon_codes SET coupon_issue_id = ? WHERE id = ?")
-        .bind(issue_id)
-        .bind(code_id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE coupons SET issued_quantity = issued_quantity + 1 WHERE id = ?")
-        .bind(coupon_id)
-        .execute(&mut *tx)
-        .await?;
-    events::record(&mut tx, EventType::Issued, &[issue_id], now).await?;
     tx.commit().await?;
+    if !limited {
+        if let Err(err) = admission.note_holder(policy.id, user).await {
+            tracing::warn!(%err, coupon_id, user_id = %user,
+                "the holder was not added to the admission set; reconciliation adds it back");
+        }
+    }
     Ok(CodeRedemption {
         code: code.clone(),
         topic_id,
@@ -182,4 +244,56 @@ async fn redeem_once(
         status: "ISSUED",
         expires_at,
     })
+}
+
+/// The writes of one redeem, inside its transaction: the code claimed, the issue row, the
+/// code's link to it, `issued_quantity` and the issued event. Returns the issue row's id.
+async fn write(
+    tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+    code_id: i64,
+    coupon_id: i64,
+    user: UserId,
+    now: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<i64, CodeError> {
+    let claim =
+        sqlx::query("UPDATE coupon_codes SET redeemed_by = ?, redeemed_at = ? WHERE id = ?")
+            .bind(user.get())
+            .bind(crate::store::db::datetime(now))
+            .bind(code_id)
+            .execute(&mut **tx)
+            .await;
+    if let Err(err) = claim {
+        return Err(if is_unique_violation(&err) {
+            CodeError::AlreadyIssued
+        } else {
+            err.into()
+        });
+    }
+    let issued = sqlx::query(
+        "INSERT INTO coupon_issues (coupon_id, user_id, issued_at, expires_at, status, request_id) \
+         VALUES (?, ?, ?, ?, 'ISSUED', ?)",
+    )
+    .bind(coupon_id)
+    .bind(user.get())
+    .bind(crate::store::db::datetime(now))
+    .bind(crate::store::db::datetime(expires_at))
+    .bind(uuid::Uuid::now_v7().to_string())
+    .execute(&mut **tx)
+    .await;
+    let issue_id = match issued {
+        Err(err) if is_unique_violation(&err) => return Err(CodeError::AlreadyIssued),
+        other => i64::try_from(other?.last_insert_id()).unwrap_or(i64::MAX),
+    };
+    sqlx::query("UPDATE coupon_codes SET coupon_issue_id = ? WHERE id = ?")
+        .bind(issue_id)
+        .bind(code_id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE coupons SET issued_quantity = issued_quantity + 1 WHERE id = ?")
+        .bind(coupon_id)
+        .execute(&mut **tx)
+        .await?;
+    events::record(tx, EventType::Issued, &[issue_id], now).await?;
+    Ok(issue_id)
 }

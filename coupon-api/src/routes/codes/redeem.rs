@@ -3,8 +3,9 @@
 use axum::extract::State;
 use axum::Json;
 use chrono::Utc;
-use coupon_core::codes::{self, Code, CodeRedemption};
+use coupon_core::codes::{self, Code, CodeError, CodeRedemption};
 
+use crate::breaker::GuardedAdmission;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiPath, Caller, IssueRequestBody};
 use crate::state::AppState;
@@ -16,8 +17,11 @@ use crate::state::AppState;
 /// Codes are 16 letters and digits, in any case, with or without `-`, `_` or space separators.
 /// Refusals: 400 `INVALID_CODE` (not a code's shape); 404 `CODE_NOT_FOUND`; 409
 /// `CODE_ALREADY_USED`, `CODE_SUSPENDED`, `ALREADY_ISSUED` (the user holds the coupon already),
-/// `COUPON_SUSPENDED` or `SOLD_OUT`; 429 `RATE_LIMITED` when trying too often.
-// Runs on MySQL alone.
+/// `COUPON_SUSPENDED` or `SOLD_OUT`; 429 `RATE_LIMITED` when trying too often. Codes of a
+/// limited drop share its stock with the issue endpoint; a 503 means nothing was issued and
+/// the code is unused: try again after `Retry-After`.
+// A limited policy's unit goes through the issue path's admission script (behind the Redis
+// breaker) inside the MySQL transaction; an unlimited one runs on MySQL alone.
 #[tracing::instrument(name = "redeem_code", skip_all)]
 #[utoipa::path(
     post,
@@ -40,7 +44,21 @@ pub(super) async fn redeem_code(
     caller: Caller,
 ) -> Result<Json<CodeRedemption>, ApiError> {
     let code = Code::parse(&raw).map_err(|e| ApiError::InvalidCode(e.0))?;
-    Ok(Json(
-        codes::redeem_code(&state.pool, &code, caller.user_id, Utc::now()).await?,
-    ))
+    let user = caller.user_id;
+    // Spawned, as the issue path's admission is: an admission made must end committed or
+    // undone even if the client goes away (axum drops a handler's future on disconnect).
+    let redeemed = tokio::spawn(async move {
+        let admission = GuardedAdmission {
+            breaker: &state.breaker,
+            admission: &state.admission,
+        };
+        let redeemed = codes::redeem_code(&state.pool, &admission, &code, user, Utc::now()).await;
+        if let Err(CodeError::NotPrepared(coupon)) = &redeemed {
+            state.rebuilds.start(*coupon);
+        }
+        redeemed
+    })
+    .await
+    .map_err(|join_err| ApiError::Internal(join_err.into()))?;
+    Ok(Json(redeemed?))
 }
