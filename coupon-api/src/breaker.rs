@@ -27,6 +27,7 @@ use failsafe::failure_policy::{self, ConsecutiveFailures};
 use failsafe::futures::CircuitBreaker as _;
 use failsafe::{Config, Instrument, StateMachine};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::error::ApiError;
 
@@ -190,15 +191,25 @@ pub struct GuardedAdmission<'a> {
 }
 
 impl CodeAdmission for GuardedAdmission<'_> {
-    async fn admit(&self, coupon: CouponId, user: UserId) -> anyhow::Result<AdmitOutcome> {
+    async fn admit(
+        &self,
+        coupon: CouponId,
+        user: UserId,
+        request: Uuid,
+    ) -> anyhow::Result<AdmitOutcome> {
         Ok(self
             .breaker
-            .call(self.admission.admit(coupon, user))
+            .call(self.admission.admit(coupon, user, request))
             .await?)
     }
 
-    async fn undo(&self, coupon: CouponId, user: UserId) -> anyhow::Result<bool> {
-        Ok(self.admission.undo(coupon, user).await?)
+    async fn undo(&self, coupon: CouponId, user: UserId, request: Uuid) -> anyhow::Result<bool> {
+        Ok(self.admission.undo(coupon, user, request).await?)
+    }
+
+    async fn settle(&self, coupon: CouponId, user: UserId) -> anyhow::Result<()> {
+        self.admission.settle(coupon, &[user.get()]).await?;
+        Ok(())
     }
 
     async fn note_holder(&self, coupon: CouponId, user: UserId) -> anyhow::Result<()> {

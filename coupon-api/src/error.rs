@@ -18,9 +18,15 @@ pub const RETRY_AFTER_SECS: u32 = 1;
 /// Why a request failed. Each variant names its status and code.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// 409 `ALREADY_ISSUED`: this user already holds (or is being issued) this coupon.
+    /// 409 `ALREADY_ISSUED`: this user already holds this coupon, or was granted it by a request
+    /// whose issue message the broker acknowledged (it is being stored).
     #[error("this user has already been issued this coupon")]
     AlreadyIssued,
+    /// 409 `ISSUE_IN_PROGRESS`: another request of this user for this coupon was admitted and
+    /// is not yet settled (its issue message not yet acknowledged, or its code redeem not yet
+    /// committed); that request's own answer tells whether the coupon is the user's.
+    #[error("another request of this user for this coupon is still being processed; its answer, or the issue status, tells the outcome")]
+    IssueInProgress,
     /// 409 `SOLD_OUT`: the stock is exhausted.
     #[error("the coupon is sold out")]
     SoldOut,
@@ -118,7 +124,7 @@ impl ApiError {
 
 impl From<CodeError> for ApiError {
     /// A refusal: `CODE_NOT_FOUND` 404; `CODE_ALREADY_USED`, `CODE_SUSPENDED`,
-    /// `ALREADY_ISSUED`, `COUPON_SUSPENDED`, `SOLD_OUT` 409. A database error as
+    /// `ALREADY_ISSUED`, `ISSUE_IN_PROGRESS`, `COUPON_SUSPENDED`, `SOLD_OUT` 409. A database error as
     /// `From<sqlx::Error>`; the admission state unreachable or missing 503 `UNAVAILABLE`
     /// (nothing was issued).
     fn from(err: CodeError) -> Self {
@@ -130,6 +136,7 @@ impl From<CodeError> for ApiError {
             CodeError::AlreadyUsed => refused(StatusCode::CONFLICT, "CODE_ALREADY_USED"),
             CodeError::Suspended => refused(StatusCode::CONFLICT, "CODE_SUSPENDED"),
             CodeError::AlreadyIssued => refused(StatusCode::CONFLICT, "ALREADY_ISSUED"),
+            CodeError::InProgress => Self::IssueInProgress,
             CodeError::PolicySuspended => refused(StatusCode::CONFLICT, "COUPON_SUSPENDED"),
             CodeError::SoldOut => refused(StatusCode::CONFLICT, "SOLD_OUT"),
             CodeError::AdmissionUnavailable(err) => Self::unavailable(err),
@@ -180,6 +187,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::AlreadyIssued
+            | Self::IssueInProgress
             | Self::SoldOut
             | Self::IssueWindowClosed(_)
             | Self::CouponSuspended
@@ -208,6 +216,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::AlreadyIssued => "ALREADY_ISSUED",
+            Self::IssueInProgress => "ISSUE_IN_PROGRESS",
             Self::SoldOut => "SOLD_OUT",
             Self::IssueWindowClosed(_) => "ISSUE_WINDOW_CLOSED",
             Self::CouponSuspended => "COUPON_SUSPENDED",

@@ -136,6 +136,29 @@ impl IssueConsumer {
         Ok(undone)
     }
 
+    /// Clears the pending marks of the users this batch gave a row (inserted now or found
+    /// present), one `HDEL` per coupon: their admissions are durable, so a repeat request hears
+    /// `ALREADY_ISSUED` from now on ([`coupon_core::issue::admission`], pending admissions).
+    /// Best effort: a mark left behind only keeps answering `ISSUE_IN_PROGRESS`, and
+    /// reconciliation clears it.
+    async fn settle(&self, issues: &[IssueMessage], report: &PersistReport) {
+        let rejected: HashSet<usize> = report.rejected.iter().map(|&(i, _)| i).collect();
+        let mut by_coupon: BTreeMap<CouponId, Vec<i64>> = BTreeMap::new();
+        for (i, issue) in issues.iter().enumerate() {
+            if !rejected.contains(&i) {
+                by_coupon
+                    .entry(issue.coupon_id)
+                    .or_default()
+                    .push(issue.user_id.get());
+            }
+        }
+        for (coupon_id, users) in by_coupon {
+            if let Err(err) = self.admission.settle(coupon_id, &users).await {
+                tracing::warn!(%err, %coupon_id, "clearing pending marks failed; reconciliation clears them");
+            }
+        }
+    }
+
     /// Persists, dead-letters, broadcasts and commits one batch. `None` when the grace period
     /// of a stop ended while a step was still failing (nothing committed).
     async fn handle(&self, batch: &[OwnedMessage], shutdown: &Shutdown) -> Option<()> {
@@ -194,6 +217,8 @@ impl IssueConsumer {
             let send = || self.dead_letters.send(&dead);
             self.retry.run("dead_letter", send, shutdown).await?;
         }
+
+        self.settle(&issues, &report).await;
 
         for &coupon_id in &report.sold_out {
             let invalidation = Invalidation {

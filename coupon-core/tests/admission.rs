@@ -7,6 +7,7 @@ use std::time::Duration;
 use coupon_core::domain::{CouponId, CouponPolicy, CouponStatus, UserId};
 use coupon_core::issue::admission::{AdmissionStore, AdmitOutcome, RedisKeys};
 use coupon_core::testing;
+use uuid::Uuid;
 
 async fn store() -> AdmissionStore {
     let stores = testing::isolated_stores();
@@ -48,18 +49,25 @@ fn user(id: i64) -> UserId {
     UserId::parse(id).unwrap()
 }
 
+/// Admits `user` under a fresh request id and, when admitted, settles it at once (as the
+/// consumer does once the row is persisted), so a repeat hears `AlreadyIssued`.
+async fn admit(store: &AdmissionStore, coupon: CouponId, user: UserId) -> AdmitOutcome {
+    let outcome = store.admit(coupon, user, Uuid::now_v7()).await.unwrap();
+    if outcome == AdmitOutcome::Admitted {
+        store.settle(coupon, &[user.get()]).await.unwrap();
+    }
+    outcome
+}
+
 #[tokio::test]
 async fn a_user_is_admitted_once_and_then_told_already_issued() {
     let store = store().await;
     let p = policy(1, Some(10));
     store.prepare(&p).await.unwrap();
 
+    assert_eq!(admit(&store, p.id, user(7)).await, AdmitOutcome::Admitted);
     assert_eq!(
-        store.admit(p.id, user(7)).await.unwrap(),
-        AdmitOutcome::Admitted
-    );
-    assert_eq!(
-        store.admit(p.id, user(7)).await.unwrap(),
+        admit(&store, p.id, user(7)).await,
         AdmitOutcome::AlreadyIssued
     );
     assert_eq!(store.admitted_count(p.id).await.unwrap(), 1);
@@ -71,22 +79,16 @@ async fn the_last_unit_goes_to_exactly_one_user_and_then_it_is_sold_out() {
     let p = policy(2, Some(2));
     store.prepare(&p).await.unwrap();
 
+    assert_eq!(admit(&store, p.id, user(1)).await, AdmitOutcome::Admitted);
     assert_eq!(
-        store.admit(p.id, user(1)).await.unwrap(),
-        AdmitOutcome::Admitted
-    );
-    assert_eq!(
-        store.admit(p.id, user(2)).await.unwrap(),
+        admit(&store, p.id, user(2)).await,
         AdmitOutcome::Admitted,
         "last unit"
     );
-    assert_eq!(
-        store.admit(p.id, user(3)).await.unwrap(),
-        AdmitOutcome::SoldOut
-    );
+    assert_eq!(admit(&store, p.id, user(3)).await, AdmitOutcome::SoldOut);
     // A holder asking again hears "already issued", not "sold out": duplicates are checked first.
     assert_eq!(
-        store.admit(p.id, user(1)).await.unwrap(),
+        admit(&store, p.id, user(1)).await,
         AdmitOutcome::AlreadyIssued
     );
     assert_eq!(store.admitted_count(p.id).await.unwrap(), 2);
@@ -101,7 +103,7 @@ async fn concurrent_admissions_never_exceed_the_stock() {
     let attempts = (1..=400).map(|u| {
         let store = store.clone();
         // Users 1..=200 each try twice.
-        async move { store.admit(p.id, user((u - 1) % 200 + 1)).await.unwrap() }
+        async move { admit(&store, p.id, user((u - 1) % 200 + 1)).await }
     });
     let outcomes = futures::future::join_all(attempts).await;
 
@@ -120,13 +122,10 @@ async fn unlimited_coupons_admit_everyone_once() {
     store.prepare(&p).await.unwrap();
 
     for u in 1..=300 {
-        assert_eq!(
-            store.admit(p.id, user(u)).await.unwrap(),
-            AdmitOutcome::Admitted
-        );
+        assert_eq!(admit(&store, p.id, user(u)).await, AdmitOutcome::Admitted);
     }
     assert_eq!(
-        store.admit(p.id, user(300)).await.unwrap(),
+        admit(&store, p.id, user(300)).await,
         AdmitOutcome::AlreadyIssued
     );
     assert_eq!(store.admitted_count(p.id).await.unwrap(), 300);
@@ -137,33 +136,65 @@ async fn a_coupon_without_redis_state_is_not_admitted() {
     let store = store().await;
     let id = CouponId::parse(5).unwrap();
 
-    assert_eq!(
-        store.admit(id, user(1)).await.unwrap(),
-        AdmitOutcome::NotPrepared
-    );
+    assert_eq!(admit(&store, id, user(1)).await, AdmitOutcome::NotPrepared);
     assert_eq!(store.admitted_count(id).await.unwrap(), 0);
 }
 
 #[tokio::test]
-async fn undo_removes_exactly_that_member_and_frees_its_unit() {
+async fn undo_removes_exactly_that_admission_and_frees_its_unit() {
     let store = store().await;
     let p = policy(6, Some(2));
     store.prepare(&p).await.unwrap();
-    store.admit(p.id, user(1)).await.unwrap();
-    store.admit(p.id, user(2)).await.unwrap();
+    admit(&store, p.id, user(1)).await;
+    let request = Uuid::now_v7();
+    store.admit(p.id, user(2), request).await.unwrap();
 
-    assert!(store.undo(p.id, user(2)).await.unwrap());
     assert!(
-        !store.undo(p.id, user(2)).await.unwrap(),
+        !store.undo(p.id, user(2), Uuid::now_v7()).await.unwrap(),
+        "another request's undo removes nothing"
+    );
+    assert!(store.undo(p.id, user(2), request).await.unwrap());
+    assert!(
+        !store.undo(p.id, user(2), request).await.unwrap(),
         "a second undo finds nothing"
     );
 
     assert!(store.is_admitted(p.id, user(1)).await.unwrap());
     assert!(!store.is_admitted(p.id, user(2)).await.unwrap());
+    assert_eq!(admit(&store, p.id, user(3)).await, AdmitOutcome::Admitted);
+}
+
+#[tokio::test]
+async fn a_repeat_while_pending_hears_in_progress_and_a_settled_admission_cannot_be_undone() {
+    let store = store().await;
+    let p = policy(8, Some(5));
+    store.prepare(&p).await.unwrap();
+    let first = Uuid::now_v7();
     assert_eq!(
-        store.admit(p.id, user(3)).await.unwrap(),
+        store.admit(p.id, user(1), first).await.unwrap(),
         AdmitOutcome::Admitted
     );
+
+    // Pending: the first request may yet be undone, so "already issued" would be a guess.
+    assert_eq!(
+        store.admit(p.id, user(1), Uuid::now_v7()).await.unwrap(),
+        AdmitOutcome::InProgress
+    );
+    assert_eq!(store.pending_users(p.id).await.unwrap(), [1]);
+
+    // Settled (the row is persisted): a repeat hears AlreadyIssued, and the first request's
+    // undo, arriving late, removes nothing.
+    assert_eq!(store.settle(p.id, &[1]).await.unwrap(), 1);
+    assert_eq!(
+        store.admit(p.id, user(1), Uuid::now_v7()).await.unwrap(),
+        AdmitOutcome::AlreadyIssued
+    );
+    assert!(!store.undo(p.id, user(1), first).await.unwrap());
+    assert!(store.is_admitted(p.id, user(1)).await.unwrap());
+
+    // An admission whose call never ran is undone as a no-op: nothing else is touched.
+    assert!(!store.undo(p.id, user(2), Uuid::now_v7()).await.unwrap());
+    assert_eq!(store.admitted_count(p.id).await.unwrap(), 1);
 }
 
 #[tokio::test]
@@ -171,24 +202,15 @@ async fn preparing_a_new_coupon_clears_state_left_under_its_id() {
     let store = store().await;
     let mut p = policy(7, Some(1));
     store.prepare(&p).await.unwrap();
-    store.admit(p.id, user(1)).await.unwrap();
+    admit(&store, p.id, user(1)).await;
     p.total_quantity = Some(2);
 
     store.prepare(&p).await.unwrap();
 
     assert_eq!(store.admitted_count(p.id).await.unwrap(), 0);
-    assert_eq!(
-        store.admit(p.id, user(1)).await.unwrap(),
-        AdmitOutcome::Admitted
-    );
-    assert_eq!(
-        store.admit(p.id, user(2)).await.unwrap(),
-        AdmitOutcome::Admitted
-    );
-    assert_eq!(
-        store.admit(p.id, user(3)).await.unwrap(),
-        AdmitOutcome::SoldOut
-    );
+    assert_eq!(admit(&store, p.id, user(1)).await, AdmitOutcome::Admitted);
+    assert_eq!(admit(&store, p.id, user(2)).await, AdmitOutcome::Admitted);
+    assert_eq!(admit(&store, p.id, user(3)).await, AdmitOutcome::SoldOut);
     assert_eq!(
         store.policy(p.id).await.unwrap().unwrap().total_quantity,
         Some(2)

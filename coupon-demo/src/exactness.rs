@@ -311,6 +311,9 @@ pub struct Verification {
     pub row_without_accept: usize,
     /// `409 ALREADY_ISSUED` answers (count).
     pub already_issued: usize,
+    /// `409 ISSUE_IN_PROGRESS` answers: a repeat while the user's first admission was still
+    /// pending (count).
+    pub in_progress: usize,
     /// `409 SOLD_OUT` answers (count).
     pub sold_out: usize,
     /// Any other answer (count; must be 0).
@@ -347,6 +350,10 @@ impl Verification {
                 self.row_without_accept == 0,
             ),
             Line::info("409 ALREADY_ISSUED (duplicates)", self.already_issued),
+            Line::info(
+                "409 ISSUE_IN_PROGRESS (repeats while pending)",
+                self.in_progress,
+            ),
             Line::info("409 SOLD_OUT", self.sold_out),
             Line::check(
                 "other answers",
@@ -397,6 +404,7 @@ pub async fn verify(
         accepted_without_row: report.accepted.difference(&with_row).count(),
         row_without_accept: with_row.difference(&report.accepted).count(),
         already_issued: report.count("409 ALREADY_ISSUED"),
+        in_progress: report.count("409 ISSUE_IN_PROGRESS"),
         sold_out: report.count("409 SOLD_OUT"),
         unexpected: report.unexpected(),
     })

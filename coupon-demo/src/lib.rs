@@ -75,13 +75,18 @@ impl RaceReport {
         self.answers.get(label).copied().unwrap_or(0)
     }
 
-    /// Answers that are none of 202, 409 `ALREADY_ISSUED`, 409 `SOLD_OUT` (count).
+    /// Answers that are none of 202, 409 `ALREADY_ISSUED`, `ISSUE_IN_PROGRESS` or `SOLD_OUT`
+    /// (count).
     pub fn unexpected(&self) -> usize {
+        const EXPECTED: [&str; 4] = [
+            "202 ACCEPTED",
+            "409 ALREADY_ISSUED",
+            "409 ISSUE_IN_PROGRESS",
+            "409 SOLD_OUT",
+        ];
         self.answers
             .iter()
-            .filter(|(label, _)| {
-                !["202 ACCEPTED", "409 ALREADY_ISSUED", "409 SOLD_OUT"].contains(&label.as_str())
-            })
+            .filter(|(label, _)| !EXPECTED.contains(&label.as_str()))
             .map(|(_, n)| n)
             .sum()
     }

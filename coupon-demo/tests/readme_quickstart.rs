@@ -19,26 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use clap::Parser;
-use coupon_api::config::ApiConfig;
-use coupon_api::startup::Application;
-use coupon_consumer::config::ConsumerConfig;
-use coupon_consumer::Application as Consumer;
+mod common;
+
+use common::Stack;
 use coupon_core::testing;
-use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
-
-#[derive(Parser)]
-struct ApiCli {
-    #[command(flatten)]
-    api: ApiConfig,
-}
-
-#[derive(Parser)]
-struct ConsumerCli {
-    #[command(flatten)]
-    consumer: ConsumerConfig,
-}
 
 /// The heading of the section whose blocks are run.
 const SECTION: &str = "## Quickstart";
@@ -210,7 +194,10 @@ fn coupon_api_binary() -> PathBuf {
 /// A directory where `target/release/coupon-api` is `binary`, as in a checkout after the
 /// quickstart's build.
 fn checkout_like_dir(binary: &Path) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("readme-quickstart-{}", Uuid::new_v4().simple()));
+    let dir = std::env::temp_dir().join(format!(
+        "readme-quickstart-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     std::fs::create_dir_all(dir.join("target/release")).unwrap();
     std::os::unix::fs::symlink(binary, dir.join("target/release/coupon-api")).unwrap();
     dir
@@ -280,34 +267,8 @@ async fn the_readme_quickstart_works_as_written_against_the_running_stack() {
     let dir = checkout_like_dir(&coupon_api_binary());
 
     // Arrange: both services, as the skipped block starts them, on stores of this test's own.
-    let stores = testing::isolated_stores();
-    let mut api = ApiCli::parse_from([
-        "coupon-api",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "off",
-    ])
-    .api;
-    api.stores = stores.clone();
-    api.auth.jwt_secret = Some(testing::JWT_SECRET.into());
-    let mut consumer =
-        ConsumerCli::parse_from(["coupon-consumer", "--metrics-listen", "off"]).consumer;
-    consumer.stores = stores;
-    consumer.group_id = format!("readme-{}", Uuid::new_v4().simple());
-    api.kafka_consumer_group = consumer.group_id.clone();
-    let stop = CancellationToken::new();
-    let app = Application::build(api)
-        .await
-        .expect("coupon-api (is `make up` running?)");
-    let base = format!("http://{}", app.local_addr().unwrap());
-    let pool = app.state().pool.clone();
-    let api_stop = stop.clone();
-    let api_task = tokio::spawn(app.run_until_stopped(async move { api_stop.cancelled().await }));
-    let consumer = Consumer::build(&consumer).await.expect("coupon-consumer");
-    let consumer_stop = stop.clone();
-    let consumer_task =
-        tokio::spawn(consumer.run_until_stopped(async move { consumer_stop.cancelled().await }));
+    let stack = Stack::start(true, "readme").await;
+    let (base, pool) = (stack.base.clone(), stack.state.pool.clone());
 
     // Act: the quickstart as written.
     let written = run(&quickstart.script, &dir, &base).await;
@@ -352,8 +313,6 @@ async fn the_readme_quickstart_works_as_written_against_the_running_stack() {
         ended.report()
     );
 
-    stop.cancel();
-    api_task.await.unwrap().unwrap();
-    consumer_task.await.unwrap().unwrap();
+    stack.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -63,7 +63,7 @@ const userTokens = new SharedArray('user tokens', () =>
 const sent = new Counter('issue_sent');
 const OUTCOMES = {
   accepted: '202 accepted', already_issued: '409 ALREADY_ISSUED', sold_out: '409 SOLD_OUT',
-  conflict_other: '409 other code', rate_limited: '429 RATE_LIMITED (RATE_LIMITS=off?)',
+  in_progress: '409 ISSUE_IN_PROGRESS', conflict_other: '409 other code', rate_limited: '429 RATE_LIMITED (RATE_LIMITS=off?)',
   unavailable: '503 unavailable', server_error: '5xx other (bug)', other: 'other status',
   no_answer: 'timeout / no answer',
 };
@@ -138,7 +138,8 @@ function outcome(res) {
   if (res.status !== 409) return 'other';
   let code = '';
   try { code = res.json('code'); } catch (_) { /* not JSON */ }
-  return { ALREADY_ISSUED: 'already_issued', SOLD_OUT: 'sold_out' }[code] || 'conflict_other';
+  const known = { ALREADY_ISSUED: 'already_issued', ISSUE_IN_PROGRESS: 'in_progress', SOLD_OUT: 'sold_out' };
+  return known[code] || 'conflict_other';
 }
 
 export function handleSummary(data) {

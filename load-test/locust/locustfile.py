@@ -38,7 +38,7 @@ import requests  # noqa: E402
 JWT_SECRET = os.environ.get("JWT_SECRET") or "couponrush-local-development-secret"
 OUTCOMES = {
     "accepted": "202 accepted", "already_issued": "409 ALREADY_ISSUED", "sold_out": "409 SOLD_OUT",
-    "conflict_other": "409 other code", "rate_limited": "429 RATE_LIMITED (RATE_LIMITS=off?)",
+    "in_progress": "409 ISSUE_IN_PROGRESS", "conflict_other": "409 other code", "rate_limited": "429 RATE_LIMITED (RATE_LIMITS=off?)",
     "unavailable": "503 unavailable", "server_error": "5xx other (bug)", "other": "other status",
     "no_answer": "timeout / no answer", "cut_off": "cut off when the test stopped",
 }
@@ -153,7 +153,8 @@ def outcome(status: int, body: Any) -> str:
     if status in (202, 429, 503, 0):
         return {202: "accepted", 429: "rate_limited", 503: "unavailable", 0: "no_answer"}[status]
     if status == 409:
-        return {"ALREADY_ISSUED": "already_issued", "SOLD_OUT": "sold_out"}.get(code, "conflict_other")
+        known = {"ALREADY_ISSUED": "already_issued", "ISSUE_IN_PROGRESS": "in_progress", "SOLD_OUT": "sold_out"}
+        return known.get(code, "conflict_other")
     return "server_error" if status >= 500 else "other"
 
 

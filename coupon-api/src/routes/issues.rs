@@ -66,14 +66,17 @@ pub struct IssueAccepted {
 /// issue status reads `PENDING` until then and `ISSUED` after, and it appears in your coupons.
 ///
 /// Refusals: 404 `COUPON_NOT_FOUND`; 409 `ALREADY_ISSUED` (you hold it already, or a request of
-/// yours got it), `SOLD_OUT`, `ISSUE_WINDOW_CLOSED` (outside the issue window) or
-/// `COUPON_SUSPENDED`; 429 `RATE_LIMITED` when asking too often (wait `Retry-After` seconds).
+/// yours got it), `ISSUE_IN_PROGRESS` (another request of yours is still being answered: its
+/// answer, or the issue status, tells whether you got it), `SOLD_OUT`, `ISSUE_WINDOW_CLOSED`
+/// (outside the issue window) or `COUPON_SUSPENDED`; 429 `RATE_LIMITED` when asking too often (wait `Retry-After` seconds).
 /// A 503 means nothing was granted: ask again after `Retry-After`.
 // Steps: the policy from the local cache (Redis, then MySQL, behind it); the policy's status
 // and issue window; a user this instance already admitted (409 at once); a sold-out mark
 // broadcast by the consumer (409 from the instance's copy of the holders, or a read-only
-// SISMEMBER, instead of the script); the atomic admission script; the issue message, published
-// and acknowledged by Kafka (202). A failed publish undoes the admission (503). Lost Redis
+// SISMEMBER, instead of the script); the atomic admission script, which marks the admission
+// pending under this request's id; the issue message, published and acknowledged by Kafka
+// (202), then the mark cleared. A failed publish, or a lost script answer, undoes the admission
+// under that id only (503). Lost Redis
 // state (no stock key) is a 503 while it is rebuilt (coupon_core::issue::recovery). Redis calls
 // go through the circuit breaker (crate::breaker): while it is open, 503 at once.
 #[tracing::instrument(name = "issue_coupon", skip_all, fields(coupon_id = %coupon, user_id = %caller.user_id))]
@@ -86,7 +89,7 @@ pub struct IssueAccepted {
     responses(
         (status = 202, description = "admitted; the issue message is on the broker", body = IssueAccepted),
         (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
-        (status = 409, description = "ALREADY_ISSUED, SOLD_OUT, ISSUE_WINDOW_CLOSED or COUPON_SUSPENDED", body = ErrorBody),
+        (status = 409, description = "ALREADY_ISSUED, ISSUE_IN_PROGRESS, SOLD_OUT, ISSUE_WINDOW_CLOSED or COUPON_SUSPENDED", body = ErrorBody),
         (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
     ),
     security(("bearer" = ["user", "admin"]))
@@ -126,6 +129,7 @@ fn record_outcome(result: Result<&Uuid, &ApiError>) {
     let outcome = match result {
         Ok(_) => "issued",
         Err(ApiError::AlreadyIssued) => "duplicate",
+        Err(ApiError::IssueInProgress) => "in_progress",
         Err(ApiError::SoldOut) => "sold_out",
         Err(ApiError::IssueWindowClosed(_)) => "window_closed",
         Err(ApiError::CouponSuspended) => "suspended",
@@ -179,19 +183,42 @@ async fn check(state: &AppState, coupon: CouponId, user: UserId) -> Result<(), A
     Ok(())
 }
 
-/// The admission script, then the publish (undoing the admission when the publish fails).
+/// The admission script, then the publish (undoing the admission when the publish fails, or
+/// when the script's answer was lost).
 async fn admit_and_publish(
     state: AppState,
     coupon: CouponId,
     user: UserId,
 ) -> Result<Uuid, ApiError> {
-    match state
+    let request_id = Uuid::now_v7();
+    let outcome = match state
         .breaker
-        .call(state.admission.admit(coupon, user))
-        .await?
+        .call(state.admission.admit(coupon, user, request_id))
+        .await
     {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            if answer_lost(&err) {
+                // The script may have run: undo under this request's id, which removes its
+                // admission if it ran and nothing otherwise. In the background, so the 503
+                // is not held up by a Redis that just failed a call. Best effort: a script
+                // still queued in a stalled Redis may run after the undo; reconciliation
+                // finds such an admission (no message, no row) and re-publishes it.
+                tokio::spawn(undo(
+                    state,
+                    coupon,
+                    user,
+                    request_id,
+                    "the admission's answer was lost",
+                ));
+            }
+            return Err(err);
+        }
+    };
+    match outcome {
         AdmitOutcome::Admitted => {}
         AdmitOutcome::AlreadyIssued => return Err(ApiError::AlreadyIssued),
+        AdmitOutcome::InProgress => return Err(ApiError::IssueInProgress),
         AdmitOutcome::SoldOut => return Err(ApiError::SoldOut),
         AdmitOutcome::NotPrepared => {
             state.rebuilds.start(coupon);
@@ -203,28 +230,53 @@ async fn admit_and_publish(
     let message = IssueMessage {
         coupon_id: coupon,
         user_id: user,
-        request_id: Uuid::now_v7(),
+        request_id,
         admitted_at: Utc::now(),
     };
     match state.publisher.publish(&message).await {
         Ok(()) => {
             state.admitted_here.note(coupon, user).await;
-            Ok(message.request_id)
+            // Durable now: clear the pending mark, so a repeat on any instance hears
+            // ALREADY_ISSUED. In the background: the 202 does not wait for it, and a mark left
+            // by a failure is cleared by coupon-consumer once the row is persisted.
+            tokio::spawn(async move {
+                if let Err(err) = state.admission.settle(coupon, &[user.get()]).await {
+                    tracing::debug!(%err, coupon_id = %coupon, user_id = %user, "pending mark not cleared");
+                }
+            });
+            Ok(request_id)
         }
         Err(publish_err) => {
             metrics::counter!(names::ISSUE_ADMISSION_ROLLBACKS).increment(1);
-            let undo = state.admission.undo(coupon, user).await;
-            if let Err(undo_err) = &undo {
-                tracing::error!(
-                    %undo_err, coupon_id = %coupon, user_id = %user,
-                    "publish failed AND the admission could not be undone: the slot is held \
-                     without a message until the admission set is reconciled"
-                );
-            }
+            undo(state, coupon, user, request_id, "publish failed").await;
             Err(ApiError::unavailable(
                 anyhow::Error::new(publish_err).context("publishing the issue message failed"),
             ))
         }
+    }
+}
+
+/// Whether a failed admission call may have run in Redis with its answer lost (a timeout, a
+/// connection dropped after the command was sent), rather than never having been sent (the
+/// breaker refused it, the connection was refused).
+fn answer_lost(err: &ApiError) -> bool {
+    let ApiError::Unavailable(source) = err else {
+        return false;
+    };
+    source
+        .downcast_ref::<redis::RedisError>()
+        .is_some_and(|e| e.is_timeout() || e.is_connection_dropped())
+}
+
+/// Undoes `request_id`'s admission of `user` (a no-op unless it is still pending under that
+/// id); a failure is logged: the slot stays held until reconciliation re-publishes it.
+async fn undo(state: AppState, coupon: CouponId, user: UserId, request_id: Uuid, why: &str) {
+    if let Err(undo_err) = state.admission.undo(coupon, user, request_id).await {
+        tracing::error!(
+            %undo_err, coupon_id = %coupon, user_id = %user, %request_id,
+            "{why} AND the admission could not be undone: the slot is held without a message \
+             until the admission set is reconciled"
+        );
     }
 }
 

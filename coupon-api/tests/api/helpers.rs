@@ -7,7 +7,7 @@ use coupon_api::config::ApiConfig;
 use coupon_api::startup::Application;
 use coupon_api::state::AppState;
 use coupon_core::config::StoreConfig;
-use coupon_core::domain::{CouponId, NewCouponPolicy, UserId};
+use coupon_core::domain::{CouponId, NewCouponPolicy};
 use coupon_core::testing;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -127,16 +127,16 @@ impl TestApp {
     /// Removes `user` from `coupon`'s Redis admission set behind the API's back (asserting it
     /// was there), so only what the instance holds locally still knows the user.
     pub async fn forget_in_redis(&self, coupon: i64, user: i64) {
-        let removed = self
-            .state
-            .admission
-            .undo(
-                CouponId::parse(coupon).unwrap(),
-                UserId::parse(user).unwrap(),
-            )
+        let keys = self.state.admission.keys();
+        let coupon = CouponId::parse(coupon).unwrap();
+        let mut redis =
+            coupon_core::store::redis::connect(self.stores.redis_url(), Duration::from_secs(2))
+                .await
+                .unwrap();
+        let removed: i64 = redis::AsyncCommands::srem(&mut redis, keys.admission_set(coupon), user)
             .await
             .unwrap();
-        assert!(removed, "user {user} was admitted to coupon {coupon}");
+        assert_eq!(removed, 1, "user {user} was admitted to coupon {coupon}");
     }
 
     pub async fn issue_status(&self, coupon: i64, user: i64) -> reqwest::Response {

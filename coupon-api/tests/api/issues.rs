@@ -162,6 +162,38 @@ async fn when_the_broker_is_down_the_answer_is_503_and_the_admission_is_undone()
     );
 }
 
+#[tokio::test]
+async fn a_repeat_click_while_the_first_publish_is_failing_never_hears_already_issued() {
+    let app = spawn_app_with(|config| {
+        config.stores.kafka_create_topics = false;
+        config.stores.kafka_brokers = "127.0.0.1:1".into();
+        config.stores.kafka_message_timeout_ms = 1_500;
+    })
+    .await;
+    let id = app.open_coupon(1).await;
+
+    // The first click waits for a broker that never answers; the second comes while it waits.
+    let first = app.issue(id, 5);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.issue(id, 5).await
+    };
+    let (first, second) = tokio::join!(first, second);
+
+    // The first publish failed and its admission was undone: the user holds nothing, so the
+    // second click must not have heard ALREADY_ISSUED, a promise that did not hold.
+    assert_error(first, 503, "UNAVAILABLE").await;
+    assert_error(second, 409, "ISSUE_IN_PROGRESS").await;
+    let coupon = CouponId::parse(id).unwrap();
+    assert!(!app
+        .state
+        .admission
+        .is_admitted(coupon, UserId::parse(5).unwrap())
+        .await
+        .unwrap());
+    assert_eq!(app.state.admission.admitted_count(coupon).await.unwrap(), 0);
+}
+
 /// Issues `users` of a fresh 100-unit coupon through `app`, then broadcasts its sell-out
 /// (as the consumer does once MySQL holds the stock) and waits for the mark.
 async fn sold_out_coupon(app: &TestApp, users: std::ops::RangeInclusive<i64>) -> CouponId {

@@ -104,6 +104,7 @@ async fn redis(bench: &Bench) -> anyhow::Result<(Figure, Figure, f64)> {
         .await?;
     let issued = format!("{}ceiling:{{0}}:issued", bench.prefix);
     let stock = format!("{}ceiling:{{0}}:stock", bench.prefix);
+    let pending = format!("{}ceiling:{{0}}:pending", bench.prefix);
     let _: () = redis::cmd("SET")
         .arg(&stock)
         .arg(-1)
@@ -151,7 +152,16 @@ async fn redis(bench: &Bench) -> anyhow::Result<(Figure, Figure, f64)> {
                 .args(["-c", &clients.to_string()])
                 .args(["-P", &pipeline.to_string()])
                 .args(["-n", &calls, "-r", "1000000000", "--csv"])
-                .args(["EVALSHA", &sha, "2", &issued, &stock, "__rand_int__"])
+                .args([
+                    "EVALSHA",
+                    &sha,
+                    "3",
+                    &issued,
+                    &stock,
+                    &pending,
+                    "__rand_int__",
+                    "ceiling",
+                ])
                 .output()
                 .context("running redis-benchmark (apt-get install redis-tools)")?;
             let after = commandstats(conn.clone()).await?;
@@ -205,7 +215,12 @@ async fn redis(bench: &Bench) -> anyhow::Result<(Figure, Figure, f64)> {
         ));
     }
     let usec_per_call = if cpu.0 > 0.0 { cpu.1 / cpu.0 } else { 0.0 };
-    let _: () = redis::cmd("DEL").arg(&stock).query_async(&mut conn).await?;
+    let _: () = redis::cmd("DEL")
+        .arg(&stock)
+        .arg(&issued)
+        .arg(&pending)
+        .query_async(&mut conn)
+        .await?;
     let pipelined = figures.pop().context("two figures")?;
     let plain = figures.pop().context("two figures")?;
     Ok((plain, pipelined, usec_per_call))

@@ -323,13 +323,14 @@ impl Bench {
                 let (store, publisher) = (&store, &publisher);
                 async move {
                     let user = UserId::parse(user)?;
-                    if store.admit(coupon, user).await? != AdmitOutcome::Admitted {
+                    let request_id = Uuid::now_v7();
+                    if store.admit(coupon, user, request_id).await? != AdmitOutcome::Admitted {
                         return Ok(0);
                     }
                     let message = IssueMessage {
                         coupon_id: coupon,
                         user_id: user,
-                        request_id: Uuid::now_v7(),
+                        request_id,
                         admitted_at: Utc::now(),
                     };
                     publisher.publish(&message).await?;

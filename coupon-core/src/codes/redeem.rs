@@ -13,6 +13,7 @@ use crate::domain::{CouponId, CouponStatus, UserId};
 use crate::events::{self, EventType};
 use crate::issue::admission::{AdmissionStore, AdmitOutcome};
 use crate::policies;
+use uuid::Uuid;
 
 use super::*;
 
@@ -31,6 +32,10 @@ pub enum CodeError {
     /// The user already redeemed a code of this topic, or already holds the coupon.
     #[error("this user has already been issued this coupon")]
     AlreadyIssued,
+    /// Another request of the user for this coupon was admitted and is not yet settled
+    /// ([`AdmitOutcome::InProgress`]); nothing was issued, the code is unused.
+    #[error("another request of this user for this coupon is still being processed")]
+    InProgress,
     /// The topic's policy is suspended or deleted.
     #[error("the coupon policy is suspended")]
     PolicySuspended,
@@ -75,20 +80,30 @@ pub struct CodeRedemption {
 /// on one unit pool and one admission set. Implemented by [`AdmissionStore`]; coupon-api puts
 /// its circuit breaker in front.
 pub trait CodeAdmission: Sync {
-    /// Admits `user` to `coupon` (see [`AdmissionStore::admit`]).
+    /// Admits `user` to `coupon` under `request` (see [`AdmissionStore::admit`]).
     fn admit(
         &self,
         coupon: CouponId,
         user: UserId,
+        request: Uuid,
     ) -> impl Future<Output = anyhow::Result<AdmitOutcome>> + Send;
 
-    /// Undoes the admission this redeem made, when its transaction rolled back (see
+    /// Undoes the admission `request` made, when its transaction rolled back (see
     /// [`AdmissionStore::undo`]).
     fn undo(
         &self,
         coupon: CouponId,
         user: UserId,
+        request: Uuid,
     ) -> impl Future<Output = anyhow::Result<bool>> + Send;
+
+    /// Marks the admission durable after the commit (see [`AdmissionStore::settle`]). Best
+    /// effort: a mark left behind is cleared by reconciliation.
+    fn settle(
+        &self,
+        coupon: CouponId,
+        user: UserId,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
 
     /// Adds the holder of an unlimited policy's coupon to its admission set after the commit,
     /// so the issue endpoint answers `ALREADY_ISSUED` to them (INVARIANTS 4). Best effort: a
@@ -101,12 +116,22 @@ pub trait CodeAdmission: Sync {
 }
 
 impl CodeAdmission for AdmissionStore {
-    async fn admit(&self, coupon: CouponId, user: UserId) -> anyhow::Result<AdmitOutcome> {
-        Ok(AdmissionStore::admit(self, coupon, user).await?)
+    async fn admit(
+        &self,
+        coupon: CouponId,
+        user: UserId,
+        request: Uuid,
+    ) -> anyhow::Result<AdmitOutcome> {
+        Ok(AdmissionStore::admit(self, coupon, user, request).await?)
     }
 
-    async fn undo(&self, coupon: CouponId, user: UserId) -> anyhow::Result<bool> {
-        Ok(AdmissionStore::undo(self, coupon, user).await?)
+    async fn undo(&self, coupon: CouponId, user: UserId, request: Uuid) -> anyhow::Result<bool> {
+        Ok(AdmissionStore::undo(self, coupon, user, request).await?)
+    }
+
+    async fn settle(&self, coupon: CouponId, user: UserId) -> anyhow::Result<()> {
+        AdmissionStore::settle(self, coupon, &[user.get()]).await?;
+        Ok(())
     }
 
     async fn note_holder(&self, coupon: CouponId, user: UserId) -> anyhow::Result<()> {
@@ -197,27 +222,29 @@ async fn redeem_once(
         return Err(CodeError::SoldOut);
     }
     let limited = policy.total_quantity.is_some();
+    let request = Uuid::now_v7();
     if limited {
         match admission
-            .admit(policy.id, user)
+            .admit(policy.id, user, request)
             .await
             .map_err(CodeError::AdmissionUnavailable)?
         {
             AdmitOutcome::Admitted => {}
             AdmitOutcome::AlreadyIssued => return Err(CodeError::AlreadyIssued),
+            AdmitOutcome::InProgress => return Err(CodeError::InProgress),
             AdmitOutcome::SoldOut => return Err(CodeError::SoldOut),
             AdmitOutcome::NotPrepared => return Err(CodeError::NotPrepared(policy.id)),
         }
     }
     let expires_at = policy.expires_at(now);
-    let issue_id = match write(&mut tx, code_id, coupon_id, user, now, expires_at).await {
+    let issue_id = match write(&mut tx, code_id, coupon_id, user, request, now, expires_at).await {
         Ok(issue_id) => issue_id,
         Err(err) => {
             // Rolled back (the transaction is dropped): nothing of this redeem is stored, so
             // its admission must not hold a unit.
             drop(tx);
             if limited {
-                if let Err(undo_err) = admission.undo(policy.id, user).await {
+                if let Err(undo_err) = admission.undo(policy.id, user, request).await {
                     tracing::error!(
                         %undo_err, coupon_id, user_id = %user,
                         "a redeem by code rolled back AND its admission could not be undone: \
@@ -229,11 +256,14 @@ async fn redeem_once(
         }
     };
     tx.commit().await?;
-    if !limited {
-        if let Err(err) = admission.note_holder(policy.id, user).await {
-            tracing::warn!(%err, coupon_id, user_id = %user,
-                "the holder was not added to the admission set; reconciliation adds it back");
-        }
+    let after_commit = if limited {
+        admission.settle(policy.id, user).await
+    } else {
+        admission.note_holder(policy.id, user).await
+    };
+    if let Err(err) = after_commit {
+        tracing::warn!(%err, coupon_id, user_id = %user, limited,
+            "the admission set was not told of the commit; reconciliation repairs it");
     }
     Ok(CodeRedemption {
         code: code.clone(),
@@ -253,6 +283,7 @@ async fn write(
     code_id: i64,
     coupon_id: i64,
     user: UserId,
+    request: Uuid,
     now: DateTime<Utc>,
     expires_at: Option<DateTime<Utc>>,
 ) -> Result<i64, CodeError> {
@@ -278,7 +309,7 @@ async fn write(
     .bind(user.get())
     .bind(crate::store::db::datetime(now))
     .bind(crate::store::db::datetime(expires_at))
-    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(request.to_string())
     .execute(&mut **tx)
     .await;
     let issue_id = match issued {

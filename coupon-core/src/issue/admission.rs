@@ -4,8 +4,25 @@
 //! Key layout (`P` is [`crate::config::StoreConfig::redis_key_prefix`]):
 //! - `P coupon:{id}:issued` — set of admitted user ids (the admission set);
 //! - `P coupon:{id}:stock`  — the stock bound, `total_quantity` or `-1` for unlimited;
+//! - `P coupon:{id}:pending` — hash of the admissions not yet durable: user id → the request id
+//!   that admitted them (see [Pending admissions](#pending-admissions));
 //! - `P coupon:{id}:policy` — the policy as JSON, the layer between the local cache and MySQL;
 //! - `P coupon:invalidation` — pub/sub channel of [`Invalidation`] messages.
+//!
+//! # Pending admissions
+//! An admission is pending from the script that makes it until it is durable: its issue
+//! message acknowledged by the broker, or its code redeem committed. While it is pending it may
+//! still be undone (the publish failed), so a second request of the same user hears
+//! [`AdmitOutcome::InProgress`], not [`AdmitOutcome::AlreadyIssued`], which would be a promise
+//! that might not hold. The undo removes an admission only under the request id that made it
+//! ([`AdmissionStore::undo`]), so it can never remove another request's real admission, and an
+//! admission whose answer was lost (a Redis timeout) can be undone safely: if it never ran, the
+//! undo does nothing. Whoever makes an admission durable clears its mark
+//! ([`AdmissionStore::settle`]): coupon-api after the broker's acknowledgement (in the
+//! background), the code redeem after its commit, and coupon-consumer for every user it
+//! persisted (a mark whose clearing failed, or one of a message re-published by
+//! reconciliation). A mark left behind only makes a repeat request hear `InProgress`;
+//! reconciliation clears the marks of users with a row.
 //!
 //! The `{id}` hash tag keeps each coupon's keys in one Redis Cluster slot, which a multi-key
 //! script requires (<https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#hash-tags>).
@@ -17,6 +34,7 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::domain::{CouponId, CouponPolicy, UserId};
 use crate::telemetry::names;
@@ -47,6 +65,11 @@ impl RedisKeys {
         format!("{}coupon:{{{coupon}}}:stock", self.prefix)
     }
 
+    /// The pending admissions of `coupon`: a hash of user id → request id.
+    pub fn pending(&self, coupon: CouponId) -> String {
+        format!("{}coupon:{{{coupon}}}:pending", self.prefix)
+    }
+
     /// The JSON copy of `coupon`'s policy.
     pub fn policy(&self, coupon: CouponId) -> String {
         format!("{}coupon:{{{coupon}}}:policy", self.prefix)
@@ -64,8 +87,9 @@ impl RedisKeys {
 }
 
 /// The atomic admission script (`admission/admit.lua`): `KEYS[1]` the admission set, `KEYS[2]`
-/// the stock bound, `ARGV[1]` the user id; returns 1 admitted, -1 already admitted, -2 sold
-/// out, -3 no stock key.
+/// the stock bound, `KEYS[3]` the pending admissions, `ARGV[1]` the user id, `ARGV[2]` the
+/// request id; returns 1 admitted, -1 already admitted, -2 sold out, -3 no stock key, -4
+/// already admitted and still pending.
 pub const ADMIT_SCRIPT: &str = include_str!("admission/admit.lua");
 
 /// What the admission script decided.
@@ -73,8 +97,11 @@ pub const ADMIT_SCRIPT: &str = include_str!("admission/admit.lua");
 pub enum AdmitOutcome {
     /// The user was added to the admission set; an issue message must follow.
     Admitted,
-    /// The user was already in the set.
+    /// The user was already in the set, by an admission that is durable.
     AlreadyIssued,
+    /// The user was already in the set by another request whose admission is still pending
+    /// (it may yet be undone).
+    InProgress,
     /// The set already holds `total_quantity` members.
     SoldOut,
     /// The coupon has no stock key in Redis: its state was never prepared or was lost.
@@ -126,22 +153,35 @@ impl AdmissionStore {
         &self.keys
     }
 
-    /// Runs the atomic admission script (`admission/admit.lua`): duplicate check, stock check,
-    /// then `SADD`, all in one script execution. The script is sent by `EVALSHA` and re-sent
-    /// by `EVAL` when Redis answers `NOSCRIPT`.
+    /// Runs the atomic admission script (`admission/admit.lua`) for the request `request`:
+    /// duplicate check, stock check, then `SADD` and the pending mark, all in one script
+    /// execution. The script is sent by `EVALSHA` and re-sent by `EVAL` when Redis answers
+    /// `NOSCRIPT`.
     ///
     /// # Errors
-    /// Redis is unreachable, timed out, or answered something the script never returns.
-    pub async fn admit(&self, coupon: CouponId, user: UserId) -> redis::RedisResult<AdmitOutcome> {
+    /// Redis is unreachable, timed out, or answered something the script never returns. After
+    /// a timeout the script may still have run: [`Self::undo`] with the same `request` removes
+    /// the admission if it did, and nothing if it did not.
+    pub async fn admit(
+        &self,
+        coupon: CouponId,
+        user: UserId,
+        request: Uuid,
+    ) -> redis::RedisResult<AdmitOutcome> {
         let mut conn = self.conn.clone();
         let mut invocation = self.admit.key(self.keys.admission_set(coupon));
-        invocation.key(self.keys.stock(coupon)).arg(user.get());
+        invocation
+            .key(self.keys.stock(coupon))
+            .key(self.keys.pending(coupon))
+            .arg(user.get())
+            .arg(request.as_hyphenated().to_string());
         let code: i64 = timed_script("admit", invocation.invoke_async(&mut conn)).await?;
         match code {
             1 => Ok(AdmitOutcome::Admitted),
             -1 => Ok(AdmitOutcome::AlreadyIssued),
             -2 => Ok(AdmitOutcome::SoldOut),
             -3 => Ok(AdmitOutcome::NotPrepared),
+            -4 => Ok(AdmitOutcome::InProgress),
             other => Err(redis::RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
                 "admission script returned an unknown code",
@@ -150,17 +190,53 @@ impl AdmissionStore {
         }
     }
 
-    /// Removes exactly `user` from `coupon`'s admission set (`admission/undo.lua`), returning
-    /// whether it was there. Used when the issue message could not be published.
+    /// Undoes the admission `request` made of `user` (`admission/undo.lua`), if it is still
+    /// pending under that request id; returns whether one was removed. Used when the issue
+    /// message could not be published, a code redeem rolled back, or the admission's answer was
+    /// lost. Never removes another request's admission or a durable one.
     ///
     /// # Errors
     /// Redis is unreachable or timed out.
-    pub async fn undo(&self, coupon: CouponId, user: UserId) -> redis::RedisResult<bool> {
+    pub async fn undo(
+        &self,
+        coupon: CouponId,
+        user: UserId,
+        request: Uuid,
+    ) -> redis::RedisResult<bool> {
         let mut conn = self.conn.clone();
         let mut invocation = self.undo.key(self.keys.admission_set(coupon));
-        invocation.arg(user.get());
+        invocation
+            .key(self.keys.pending(coupon))
+            .arg(user.get())
+            .arg(request.as_hyphenated().to_string());
         let removed: i64 = timed_script("undo", invocation.invoke_async(&mut conn)).await?;
         Ok(removed == 1)
+    }
+
+    /// Marks the admissions of `users` durable (each holds a row): clears their pending marks,
+    /// 10,000 per `HDEL`, whichever request made them. Returns how many marks were cleared.
+    /// An empty slice asks nothing.
+    ///
+    /// # Errors
+    /// Redis is unreachable or timed out.
+    pub async fn settle(&self, coupon: CouponId, users: &[i64]) -> redis::RedisResult<usize> {
+        let mut conn = self.conn.clone();
+        let mut cleared = 0;
+        for chunk in users.chunks(10_000) {
+            cleared += conn
+                .hdel::<_, _, usize>(self.keys.pending(coupon), chunk)
+                .await?;
+        }
+        Ok(cleared)
+    }
+
+    /// The users whose admission to `coupon` is still pending (`HKEYS`; reconciliation only:
+    /// the hash holds the admissions in flight, a few thousand at most in a drop).
+    ///
+    /// # Errors
+    /// Redis is unreachable, timed out, or a field is not an integer.
+    pub async fn pending_users(&self, coupon: CouponId) -> redis::RedisResult<Vec<i64>> {
+        self.conn.clone().hkeys(self.keys.pending(coupon)).await
     }
 
     /// Initialises a NEW coupon's Redis state: an empty admission set, its stock bound and its
@@ -177,6 +253,8 @@ impl AdmissionStore {
         redis::pipe()
             .atomic()
             .del(self.keys.admission_set(policy.id))
+            .ignore()
+            .del(self.keys.pending(policy.id))
             .ignore()
             .set(self.keys.stock(policy.id), policy.stock_bound())
             .ignore()
@@ -434,6 +512,7 @@ mod tests {
         assert_eq!(keys.admission_set(c), "t1:coupon:{42}:issued");
         assert_eq!(keys.stock(c), "t1:coupon:{42}:stock");
         assert_eq!(keys.policy(c), "t1:coupon:{42}:policy");
+        assert_eq!(keys.pending(c), "t1:coupon:{42}:pending");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! | admitted, no row, no message, in two reads `grace` apart | an admission whose message never reached the broker (a Redis call that timed out but ran, an undo that failed) | re-publish its issue message: the consumer persists it (INVARIANTS 3) |
 //! | a row whose user is not in the set | the set lost members (Redis restarted with `appendfsync everysec`) | add the user back (INVARIANTS 4) |
 //! | `issued_quantity` ≠ rows | a count drifted | set it to the row count, under the coupon row's lock (INVARIANTS 5) |
+//! | a pending mark of a user with a row | the mark's clearing failed (Redis failed at that moment) | clear it, so a repeat request hears `ALREADY_ISSUED` ([pending admissions](crate::issue::admission#pending-admissions)) |
 //!
 //! Safe to run repeatedly and beside live traffic: the grace period outlasts any publish in
 //! flight (the producer's message timeout), so an admission still being published or undone
@@ -49,6 +50,10 @@ pub struct CouponReport {
     pub issued_quantity_after: i64,
     /// Whether the coupon's Redis state was missing (nothing to compare: the API rebuilds it).
     pub not_prepared: bool,
+    /// Pending marks of users who hold a row, cleared (count; housekeeping, not a repair of
+    /// what users were told).
+    #[serde(default)]
+    pub pending_cleared: usize,
 }
 
 impl CouponReport {
@@ -156,6 +161,14 @@ impl Reconciler<'_> {
             if !readmit.is_empty() {
                 self.admission.add_members(coupon, &readmit).await?;
             }
+            let settled: Vec<i64> = self
+                .admission
+                .pending_users(coupon)
+                .await?
+                .into_iter()
+                .filter(|user| rows.contains(user))
+                .collect();
+            report.pending_cleared = self.admission.settle(coupon, &settled).await?;
             report.issued_quantity_after = self.repair_count(coupon).await?;
         }
         report.republished = lost;

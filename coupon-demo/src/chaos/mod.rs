@@ -13,7 +13,9 @@
 //! pass: rows in MySQL = distinct users in them = Redis `SCARD` = `issued_quantity` ≤ stock;
 //! every user answered 202 has a row; and every row belongs to a user answered 202, or, where
 //! an API process died mid-request, to a user whose request got no answer ("in doubt": the
-//! process may have admitted and published before it died).
+//! process may have admitted and published before it died); and every user answered 409
+//! `ALREADY_ISSUED` has a row (that answer is given only for a durable admission: a repeat
+//! while the first admission is pending hears `ISSUE_IN_PROGRESS`).
 //!
 //! [`process`] starts and stops the services, [`race`] races and counts.
 
@@ -136,7 +138,8 @@ pub struct Counts {
     pub row_without_accept: usize,
     /// Rows of users in doubt (count; allowed).
     pub in_doubt_with_row: usize,
-    /// Users answered 409 `ALREADY_ISSUED` who hold no row (count; reported, see the README).
+    /// Users answered 409 `ALREADY_ISSUED` who hold no row (count; must be 0: that answer is a
+    /// promise, given only once an admission is durable).
     pub already_issued_without_row: usize,
     /// Users of issue messages some consumer group had not consumed at the end (count; must
     /// be 0: for [`Fault::DeliveredTwice`] it shows both groups read every message).
@@ -152,12 +155,13 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Answers that are none of 202, 409 `ALREADY_ISSUED` / `SOLD_OUT`, 503 `UNAVAILABLE`,
-    /// or no answer (count; must be 0).
+    /// Answers that are none of 202, 409 `ALREADY_ISSUED` / `ISSUE_IN_PROGRESS` / `SOLD_OUT`, 503
+    /// `UNAVAILABLE`, or no answer (count; must be 0).
     pub fn unexpected(&self) -> usize {
-        const EXPECTED: [&str; 5] = [
+        const EXPECTED: [&str; 6] = [
             "202 ACCEPTED",
             "409 ALREADY_ISSUED",
+            "409 ISSUE_IN_PROGRESS",
             "409 SOLD_OUT",
             "503 UNAVAILABLE",
             "000 IN_DOUBT",
@@ -177,6 +181,7 @@ impl Counts {
             && self.rows <= stock
             && self.accepted_without_row == 0
             && self.row_without_accept == 0
+            && self.already_issued_without_row == 0
             && self.unconsumed == 0
             && self.unexpected() == 0
     }

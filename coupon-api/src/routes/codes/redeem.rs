@@ -17,7 +17,8 @@ use crate::state::AppState;
 /// Codes are 16 letters and digits, in any case, with or without `-`, `_` or space separators.
 /// Refusals: 400 `INVALID_CODE` (not a code's shape); 404 `CODE_NOT_FOUND`; 409
 /// `CODE_ALREADY_USED`, `CODE_SUSPENDED`, `ALREADY_ISSUED` (the user holds the coupon already),
-/// `COUPON_SUSPENDED` or `SOLD_OUT`; 429 `RATE_LIMITED` when trying too often. Codes of a
+/// `ISSUE_IN_PROGRESS` (an issue request of the user is still being answered), `COUPON_SUSPENDED`
+/// or `SOLD_OUT`; 429 `RATE_LIMITED` when trying too often. Codes of a
 /// limited drop share its stock with the issue endpoint; a 503 means nothing was issued and
 /// the code is unused: try again after `Retry-After`.
 // A limited policy's unit goes through the issue path's admission script (behind the Redis
@@ -33,7 +34,7 @@ use crate::state::AppState;
         (status = 200, body = CodeRedemption),
         (status = 400, description = "INVALID_CODE or VALIDATION_FAILED", body = ErrorBody),
         (status = 404, description = "CODE_NOT_FOUND", body = ErrorBody),
-        (status = 409, description = "CODE_ALREADY_USED, CODE_SUSPENDED, ALREADY_ISSUED, COUPON_SUSPENDED or SOLD_OUT", body = ErrorBody),
+        (status = 409, description = "CODE_ALREADY_USED, CODE_SUSPENDED, ALREADY_ISSUED, ISSUE_IN_PROGRESS, COUPON_SUSPENDED or SOLD_OUT", body = ErrorBody),
         (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
     ),
     security(("bearer" = ["user", "admin"]))
