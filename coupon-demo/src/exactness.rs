@@ -350,10 +350,7 @@ impl Verification {
                 self.row_without_accept == 0,
             ),
             Line::info("409 ALREADY_ISSUED (duplicates)", self.already_issued),
-            Line::info(
-                "409 ISSUE_IN_PROGRESS (repeats while pending)",
-                self.in_progress,
-            ),
+            Line::info("409 ISSUE_IN_PROGRESS (pending)", self.in_progress),
             Line::info("409 SOLD_OUT", self.sold_out),
             Line::check(
                 "other answers",
