@@ -203,16 +203,16 @@ impl CodeAdmission for GuardedAdmission<'_> {
             .await?)
     }
 
+    // The compensations are the store's own, unguarded.
     async fn undo(&self, coupon: CouponId, user: UserId, request: Uuid) -> anyhow::Result<bool> {
-        Ok(self.admission.undo(coupon, user, request).await?)
+        CodeAdmission::undo(self.admission, coupon, user, request).await
     }
 
     async fn settle(&self, coupon: CouponId, user: UserId) -> anyhow::Result<()> {
-        self.admission.settle(coupon, &[user.get()]).await?;
-        Ok(())
+        CodeAdmission::settle(self.admission, coupon, user).await
     }
 
     async fn note_holder(&self, coupon: CouponId, user: UserId) -> anyhow::Result<()> {
-        Ok(self.admission.add_members(coupon, &[user.get()]).await?)
+        CodeAdmission::note_holder(self.admission, coupon, user).await
     }
 }

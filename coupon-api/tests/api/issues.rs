@@ -124,14 +124,19 @@ async fn the_issue_status_is_pending_until_persisted_then_issued() {
     assert_eq!(issued["status"], "ISSUED");
 }
 
-#[tokio::test]
-async fn when_the_broker_is_down_the_answer_is_503_and_the_admission_is_undone() {
-    let app = spawn_app_with(|config| {
+/// An API whose broker never answers: each publish fails after `message_timeout_ms`.
+async fn app_without_broker(message_timeout_ms: u64) -> TestApp {
+    spawn_app_with(|config| {
         config.stores.kafka_create_topics = false;
         config.stores.kafka_brokers = "127.0.0.1:1".into();
-        config.stores.kafka_message_timeout_ms = 1_000;
+        config.stores.kafka_message_timeout_ms = message_timeout_ms;
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn when_the_broker_is_down_the_answer_is_503_and_the_admission_is_undone() {
+    let app = app_without_broker(1_000).await;
     let id = app.open_coupon(1).await;
 
     let response = app.issue(id, 5).await;
@@ -164,12 +169,7 @@ async fn when_the_broker_is_down_the_answer_is_503_and_the_admission_is_undone()
 
 #[tokio::test]
 async fn a_repeat_click_while_the_first_publish_is_failing_never_hears_already_issued() {
-    let app = spawn_app_with(|config| {
-        config.stores.kafka_create_topics = false;
-        config.stores.kafka_brokers = "127.0.0.1:1".into();
-        config.stores.kafka_message_timeout_ms = 1_500;
-    })
-    .await;
+    let app = app_without_broker(1_500).await;
     let id = app.open_coupon(1).await;
 
     // The first click waits for a broker that never answers; the second comes while it waits.
