@@ -3,7 +3,7 @@
 //! [`crate::auth`]).
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
@@ -17,8 +17,13 @@ use crate::error::ApiError;
 /// `axum::Json` with [`ApiError`] rejections:
 /// - malformed JSON, a missing `Content-Type: application/json`, or a body over the size limit
 ///   → 400 `VALIDATION_FAILED`;
-/// - well-formed JSON with missing, unknown or wrong-typed fields (a non-positive id included)
-///   → 422 `VALIDATION_FAILED`.
+/// - well-formed JSON with missing, unknown, repeated or wrong-typed fields (a non-positive id
+///   included), or an array where an object belongs → 422 `VALIDATION_FAILED`.
+///
+/// A key repeated in any object of the body (`{"user_id": 7, "user_id": 8}`) is refused rather
+/// than read as its last value: JSON leaves duplicates to the parser (RFC 8259 §4, "the names
+/// within an object SHOULD be unique"), and a proxy or front end that reads the first value
+/// would check a different request than the one this service acts on.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApiJson<T>(pub T);
 
@@ -26,23 +31,106 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<serde_json::Value>::from_request(req, state).await {
-            // serde builds a struct from an array of its fields too (`[null, null]`); no body
-            // of this API is an array, so one is refused before it can be read that way.
-            Ok(axum::Json(serde_json::Value::Array(_))) => Err(ApiError::Validation(
-                "expected a JSON object, not an array".into(),
-            )),
-            Ok(axum::Json(value)) => serde_json::from_value(value)
-                .map(Self)
-                .map_err(|e| ApiError::Validation(e.to_string())),
-            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::Validation(e.body_text())),
-            Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::BadRequest(e.body_text())),
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::BadRequest(
+        if !has_json_content_type(req.headers()) {
+            return Err(ApiError::BadRequest(
                 "expected a body with `Content-Type: application/json`".into(),
-            )),
-            Err(JsonRejection::BytesRejection(e)) => Err(unreadable_body(&e)),
-            Err(other) => Err(ApiError::BadRequest(other.body_text())),
+            ));
         }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| unreadable_body(&e))?;
+        parse_json_body(&bytes).map(Self)
+    }
+}
+
+/// `application/json`, or a `+json` type (`application/problem+json`), parameters ignored.
+fn has_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(Ok(value)) = headers.get(CONTENT_TYPE).map(|v| v.to_str()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json")
+            || subtype.to_ascii_lowercase().ends_with("+json"))
+}
+
+/// Reads a request body as `T`: 400 for text that is not JSON, 422 for JSON that is not a `T`
+/// (an array, a repeated key anywhere, a missing or wrong-typed field).
+fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let refused = |e: serde_json::Error| match e.classify() {
+        serde_json::error::Category::Data => ApiError::Validation(e.to_string()),
+        _ => ApiError::BadRequest(format!("the body is not valid JSON: {e}")),
+    };
+    let mut checker = serde_json::Deserializer::from_slice(bytes);
+    serde::de::DeserializeSeed::deserialize(UniqueKeys, &mut checker).map_err(refused)?;
+    checker.end().map_err(refused)?;
+    // serde builds a struct from an array of its fields too (`[null, null]`); no body of
+    // this API is an array, so one is refused before it can be read that way.
+    if bytes.trim_ascii_start().first() == Some(&b'[') {
+        return Err(ApiError::Validation(
+            "expected a JSON object, not an array".into(),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(refused)
+}
+
+/// Walks a JSON document without keeping it, failing on the first object that repeats a key.
+#[derive(Clone, Copy)]
+struct UniqueKeys;
+
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueKeys {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "the key `{key}` appears twice in one object"
+                )));
+            }
+            map.next_value_seed(self)?;
+        }
+        Ok(())
     }
 }
 

@@ -337,3 +337,39 @@ async fn a_json_null_issue_body_is_no_body() {
         .await;
     assert!(admitted.unwrap());
 }
+
+#[tokio::test]
+async fn a_key_repeated_in_any_json_body_is_refused_not_read_as_its_last_value() {
+    // `{"user_id": 7, "user_id": 8}` under an admin token once issued for user 8: a front end
+    // reading the first value checks a different request than the one acted on.
+    let app = spawn_app().await;
+    let id = app.open_coupon(5).await;
+    let issue = format!("/api/v1/coupons/{id}/issues");
+    let policy = r#"{"title":"t","coupon_type":"FIRST_COME_FIRST_SERVED","total_quantity":5,"discount_type":"FIXED","discount_value":1,"issue_starts_at":"2026-01-01T00:00:00Z","issue_ends_at":"2027-01-01T00:00:00Z","valid_days":7,"total_quantity":500}"#;
+    let cases: [(&str, &str); 4] = [
+        (&issue, r#"{"user_id": 7, "user_id": 8}"#),
+        (&issue, r#"{"user_id": 7, "user_\u0069d": 8}"#),
+        ("/api/v1/coupons", policy),
+        (&issue, r#"[{"user_id": 7}, {"a": {"b": 1, "b": 2}}]"#),
+    ];
+    for (path, body) in cases {
+        let response = post_raw(&app, path, Some("application/json"), body.into()).await;
+        let message = assert_error(response, 422, "VALIDATION_FAILED").await;
+        assert!(
+            message.contains("twice"),
+            "{path} {body}: the message names the repeated key: {message}"
+        );
+    }
+    let coupon = coupon_core::domain::CouponId::parse(id).unwrap();
+    let admitted = app.state.admission.admitted_count(coupon).await;
+    assert_eq!(admitted.unwrap(), 0, "nobody was admitted by a repeated key");
+    let policies: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM coupons")
+        .fetch_one(&app.state.pool)
+        .await
+        .unwrap();
+    assert_eq!(policies, 1, "no policy was created by a repeated key");
+
+    // The same body without the repeat is taken.
+    let ok = post_raw(&app, &issue, Some("application/json"), r#"{"user_id": 8}"#.into()).await;
+    assert_eq!(ok.status(), 202);
+}
