@@ -9,11 +9,12 @@ use rdkafka::Message;
 
 /// Every reason a message is dead-lettered for: the issue consumer's `malformed` and `admission_undone`, the
 /// [`coupon_core::issue::persistence::Rejection`]s, and the payment consumer's `malformed_payment`.
-pub const REASONS: [&str; 5] = [
+pub const REASONS: [&str; 6] = [
     "malformed",
     "admission_undone",
     "unknown_coupon",
     "stock_exceeded",
+    "refused_by_database",
     "malformed_payment",
 ];
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use coupon_core::domain::CouponId;
 use coupon_core::issue::admission::{AdmissionStore, Invalidation, InvalidationReason};
 use coupon_core::issue::message::IssueMessage;
-use coupon_core::issue::persistence::PersistReport;
+use coupon_core::issue::persistence::{PersistReport, Rejection};
 use coupon_core::telemetry::names;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
@@ -205,12 +205,16 @@ impl IssueConsumer {
         }
         let persist = || coupon_core::issue::persistence::persist_batch(&self.pool, &issues);
         let report: PersistReport = self.retry.run("persist", persist, shutdown).await?;
-        for &(index, rejection) in &report.rejected {
-            let issue = &issues[index];
+        for (index, rejection) in &report.rejected {
+            let issue = &issues[*index];
+            let mut detail = format!("coupon {} user {}", issue.coupon_id, issue.user_id);
+            if let Rejection::RefusedByDatabase(error) = rejection {
+                detail = format!("{detail}: {error}");
+            }
             dead.push(DeadLetter {
-                message: sources[index],
+                message: sources[*index],
                 reason: rejection.as_str(),
-                detail: format!("coupon {} user {}", issue.coupon_id, issue.user_id),
+                detail,
             });
         }
         if !dead.is_empty() {

@@ -99,22 +99,61 @@ async fn messages_of_an_unknown_coupon_are_rejected_and_the_rest_persist() {
 }
 
 #[tokio::test]
-async fn a_group_that_would_exceed_the_stock_is_rejected_whole() {
+async fn a_group_that_would_exceed_the_stock_loses_only_its_excess() {
     let pool = pool().await;
-    let coupon = create(&pool, Some(2)).await;
-    let batch: Vec<_> = (1..=3).map(|u| issue(coupon.id, u)).collect();
+    let coupon = create(&pool, Some(3)).await;
+    coupon_core::issue::persistence::persist_batch(&pool, &[issue(coupon.id, 1)])
+        .await
+        .unwrap();
+    // User 1 redelivered, users 2..=5 new, user 3 twice: two units are left for four users.
+    let users = [1, 2, 3, 3, 4, 5];
+    let batch: Vec<_> = users.iter().map(|&u| issue(coupon.id, u)).collect();
 
     let report = coupon_core::issue::persistence::persist_batch(&pool, &batch)
         .await
         .unwrap();
 
-    assert_eq!(report.rejected.len(), 3);
-    assert!(report
-        .rejected
-        .iter()
-        .all(|(_, r)| *r == Rejection::StockExceeded));
-    assert_eq!(testing::count_rows(&pool, coupon.id.get()).await, 0);
-    assert_eq!(issued_quantity(&pool, coupon.id).await, 0);
+    assert_eq!(
+        report.rejected,
+        vec![(4, Rejection::StockExceeded), (5, Rejection::StockExceeded)],
+        "only the messages beyond the units left are refused, the latest of the batch"
+    );
+    assert_eq!(report.inserted.get(&coupon.id), Some(&2));
+    assert_eq!(report.duplicates, 2, "user 1's redelivery and user 3's repeat");
+    assert_eq!(report.sold_out, vec![coupon.id]);
+    assert_eq!(testing::count_rows(&pool, coupon.id.get()).await, 3);
+    assert_eq!(issued_quantity(&pool, coupon.id).await, 3);
+}
+
+#[tokio::test]
+async fn a_row_mysql_refuses_is_dead_lettered_with_its_reason_not_counted_a_duplicate() {
+    // A CHECK constraint stands for any refusal a retry cannot change (a foreign key, a
+    // truncated value): `INSERT IGNORE` once turned it into a warning and the message into a
+    // "duplicate", committed without a row.
+    let pool = pool().await;
+    let coupon = create(&pool, Some(10)).await;
+    sqlx::query("ALTER TABLE coupon_issues ADD CONSTRAINT ck_test_refused CHECK (user_id <> 666)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let batch = vec![issue(coupon.id, 1), issue(coupon.id, 666), issue(coupon.id, 2)];
+
+    let report = coupon_core::issue::persistence::persist_batch(&pool, &batch)
+        .await
+        .unwrap();
+
+    assert_eq!(report.duplicates, 0, "a refused row is no duplicate");
+    assert_eq!(report.rejected.len(), 1, "{:?}", report.rejected);
+    let (index, rejection) = &report.rejected[0];
+    assert_eq!(*index, 1);
+    assert_eq!(rejection.as_str(), "refused_by_database");
+    assert!(
+        matches!(rejection, Rejection::RefusedByDatabase(e) if e.contains("ck_test_refused")),
+        "the reason names the constraint: {rejection:?}"
+    );
+    assert_eq!(report.inserted.get(&coupon.id), Some(&2), "the rest of the group persists");
+    assert_eq!(testing::count_rows(&pool, coupon.id.get()).await, 2);
+    assert_eq!(issued_quantity(&pool, coupon.id).await, 2);
 }
 
 #[tokio::test]
