@@ -21,6 +21,7 @@ pub mod rate_limit;
 pub mod rebuild;
 pub mod routes;
 pub mod serve;
+pub mod settle;
 pub mod startup;
 pub mod state;
 pub mod stats;

@@ -33,6 +33,7 @@ use crate::invalidation;
 use crate::rate_limit::RateLimits;
 use crate::rebuild::Rebuilds;
 use crate::routes;
+use crate::settle::Settler;
 use crate::state::{AppState, Shared};
 use crate::stats::StatsCache;
 
@@ -256,6 +257,7 @@ impl Application {
             IssueLog::new(stores, &config.kafka_consumer_group),
             stores.kafka_message_timeout(),
         );
+        let settler = Settler::start(admission.clone(), background.clone());
         let state = AppState::new(Shared {
             pool,
             admission,
@@ -268,6 +270,7 @@ impl Application {
             code_jobs,
             breaker,
             rebuilds,
+            settler,
         });
 
         let invalidations_ready = CancellationToken::new();

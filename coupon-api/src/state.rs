@@ -55,6 +55,8 @@ pub struct Shared {
     pub code_jobs: CodeJobs,
     /// Rebuilds of lost admission state started here.
     pub rebuilds: Rebuilds,
+    /// Clears the pending marks of acknowledged admissions, in batches.
+    pub settler: crate::settle::Settler,
     /// Circuit breaker of the issue path's Redis calls.
     pub breaker: crate::breaker::RedisBreaker,
 }

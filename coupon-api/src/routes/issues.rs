@@ -236,14 +236,9 @@ async fn admit_and_publish(
     match state.publisher.publish(&message).await {
         Ok(()) => {
             state.admitted_here.note(coupon, user).await;
-            // Durable now: clear the pending mark, so a repeat on any instance hears
-            // ALREADY_ISSUED. In the background: the 202 does not wait for it, and a mark left
-            // by a failure is cleared by coupon-consumer once the row is persisted.
-            tokio::spawn(async move {
-                if let Err(err) = state.admission.settle(coupon, &[user.get()]).await {
-                    tracing::debug!(%err, coupon_id = %coupon, user_id = %user, "pending mark not cleared");
-                }
-            });
+            // Durable now: the pending mark goes (batched, in the background; see
+            // `crate::settle`), so a repeat on any instance hears ALREADY_ISSUED.
+            state.settler.settle(coupon, user);
             Ok(request_id)
         }
         Err(publish_err) => {
