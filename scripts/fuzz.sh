@@ -6,9 +6,9 @@
 # string "code" (fuzz/hooks.py), and on the other checks that fuzz/schemathesis.toml enables.
 # Ends with one line: `fuzz: N requests, N server errors, N error bodies without a code, ...`.
 #
-# Passes cycle through three callers so every path gets fuzzed: an admin token (most passes;
-# admins may call everything), a user token (user 7) and no token at all (the 401 paths and the
-# public reads).
+# Passes cycle through four callers so every path gets fuzzed: an admin token (most passes;
+# admins may call everything), a user token (user 7), the order service's token (role service:
+# the order routes, 403 elsewhere) and no token at all (the 401 paths and the public reads).
 #
 # Settings (env):
 #   FUZZ_REQUESTS (100000)   requests to send at least, all passes together
@@ -123,6 +123,7 @@ base="http://127.0.0.1:$API_PORT"
 
 admin_token=$("$COUPON_API_BIN" token --sub fuzz --role admin --ttl-secs 86400)
 user_token=$("$COUPON_API_BIN" token --sub 7 --ttl-secs 86400)
+service_token=$("$COUPON_API_BIN" token --sub checkout --role service --ttl-secs 86400)
 
 log "seeding coupons, a topic with codes, issued coupons and a hold"
 "$venv/bin/python" fuzz/seed.py "$base" "$admin_token" >"$run/ids.toml"
@@ -135,9 +136,9 @@ sent() {
   "$venv/bin/python" -c 'import glob, json, sys
 print(sum(json.load(open(p))["requests"] for p in glob.glob(sys.argv[1] + "/pass-*.json")))' "$run"
 }
-# Callers by pass number: admin 4 passes in 6, user 1, none 1; all three among the first three
-# passes, so a short run (FUZZ_REQUESTS=5000) has each too.
-callers=(admin user none admin admin admin)
+# Callers by pass number: admin 3 passes in 6, user 1, none 1, service 1; admin, user and none
+# among the first three passes, so a short run (FUZZ_REQUESTS=5000) has each too.
+callers=(admin user none service admin admin)
 
 # run_pass N EXAMPLES: one `st run`, in $run (schemathesis keeps its crash files in the working
 # directory); its output, JUnit report, tally and exit code go to $run/pass-N.*
@@ -149,6 +150,7 @@ run_pass() {
   case $caller in
     admin) auth=(-H "Authorization: Bearer $admin_token") ;;
     user) auth=(-H "Authorization: Bearer $user_token") ;;
+    service) auth=(-H "Authorization: Bearer $service_token") ;;
   esac
   # The coverage phase is deterministic: the same cases for the same caller every pass, so it
   # runs in each caller's first passes only.

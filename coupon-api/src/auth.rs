@@ -6,9 +6,13 @@
 //! request acts for:
 //! - [`Principal`]: any valid token (401 `UNAUTHORIZED` otherwise);
 //! - [`Admin`]: a token with the `admin` role (403 `FORBIDDEN` otherwise);
+//! - [`OrderSide`]: a token with the `service` role (the shop's order or checkout backend) or
+//!   the `admin` role: the routes that apply or settle a coupon on an order. A user token is
+//!   403 there: the amount of an order and whether it was paid or cancelled are the order
+//!   service's facts, not the shopper's;
 //! - [`Principal::act_for`]: the user a user route acts on. A `user` token acts only for its
 //!   own subject: a different user id in the path or body is 403 `FORBIDDEN`. An `admin` token
-//!   acts for the user the request names.
+//!   acts for the user the request names. A `service` token acts for nobody there (403).
 
 use std::sync::Arc;
 
@@ -41,7 +45,7 @@ impl Principal {
     ///
     /// # Errors
     /// - 403 `FORBIDDEN`: a `user` token whose subject is not a user id, or that names another
-    ///   user;
+    ///   user; a `service` token;
     /// - 422 `VALIDATION_FAILED`: an `admin` token naming no user (and whose own subject is
     ///   not a user id).
     pub fn act_for(&self, named: Option<UserId>) -> Result<UserId, ApiError> {
@@ -64,6 +68,9 @@ impl Principal {
                 "a user token may act only for its own user id".into(),
             )),
             (Role::User, _, Some(own)) => Ok(own),
+            (Role::Service, _, _) => Err(ApiError::Forbidden(
+                "a service token may call the order routes (redeem, reserve and their settling) only".into(),
+            )),
         }
     }
 }
@@ -128,6 +135,25 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
     }
 }
 
+/// A caller that may apply and settle coupons on orders: the `service` role (the shop's order
+/// or checkout backend) or `admin`; 403 `FORBIDDEN` for a user token.
+#[derive(Debug, Clone)]
+pub struct OrderSide(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for OrderSide {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        match principal.claims.role {
+            Role::Service | Role::Admin => Ok(Self(principal)),
+            Role::User => Err(ApiError::Forbidden(
+                "applying or settling a coupon on an order needs the order service's token (role service)".into(),
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +191,16 @@ mod tests {
         ));
         assert!(matches!(
             principal("0", Role::User).act_for(None),
+            Err(ApiError::Forbidden(_))
+        ));
+    }
+
+    #[test]
+    fn a_service_token_acts_for_no_user_on_the_user_routes() {
+        let p = principal("checkout", Role::Service);
+        assert!(matches!(p.act_for(None), Err(ApiError::Forbidden(_))));
+        assert!(matches!(
+            p.act_for(Some(user(7))),
             Err(ApiError::Forbidden(_))
         ));
     }

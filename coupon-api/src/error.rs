@@ -149,7 +149,7 @@ impl From<RedeemError> for ApiError {
     /// A refusal: `COUPON_NOT_FOUND` 404 (also for another user's coupon),
     /// `REDEMPTION_NOT_FOUND` and `RESERVATION_NOT_FOUND` 404; `ALREADY_USED`,
     /// `COUPON_RESERVED`, `COUPON_EXPIRED`, `COUPON_NOT_YET_VALID`, `COUPON_SUSPENDED`,
-    /// `ALREADY_CANCELLED`, `RESTORE_NOT_ALLOWED` 409; `MIN_ORDER_AMOUNT_NOT_MET` 422. A
+    /// `ALREADY_CANCELLED`, `RESTORE_NOT_ALLOWED`, `ORDER_OF_ANOTHER_USER` 409; `MIN_ORDER_AMOUNT_NOT_MET` 422. A
     /// database error as `From<sqlx::Error>`.
     fn from(err: RedeemError) -> Self {
         let message = err.to_string();
@@ -170,6 +170,9 @@ impl From<RedeemError> for ApiError {
             RedeemError::Suspended => refused(StatusCode::CONFLICT, "COUPON_SUSPENDED"),
             RedeemError::AlreadyCancelled => refused(StatusCode::CONFLICT, "ALREADY_CANCELLED"),
             RedeemError::RestoreNotAllowed => refused(StatusCode::CONFLICT, "RESTORE_NOT_ALLOWED"),
+            RedeemError::OrderOfAnotherUser => {
+                refused(StatusCode::CONFLICT, "ORDER_OF_ANOTHER_USER")
+            }
             RedeemError::MinOrderNotMet { .. } => {
                 refused(StatusCode::UNPROCESSABLE_ENTITY, "MIN_ORDER_AMOUNT_NOT_MET")
             }

@@ -11,7 +11,7 @@ use coupon_core::domain::{CouponId, UserId};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::auth::Principal;
+use crate::auth::{OrderSide, Principal};
 use crate::error::ApiError;
 
 /// `axum::Json` with [`ApiError`] rejections:
@@ -53,8 +53,7 @@ fn has_json_content_type(headers: &axum::http::HeaderMap) -> bool {
         return false;
     };
     kind.eq_ignore_ascii_case("application")
-        && (subtype.eq_ignore_ascii_case("json")
-            || subtype.to_ascii_lowercase().ends_with("+json"))
+        && (subtype.eq_ignore_ascii_case("json") || subtype.to_ascii_lowercase().ends_with("+json"))
 }
 
 /// Reads a request body as `T`: 400 for text that is not JSON, 422 for JSON that is not a `T`
@@ -242,6 +241,30 @@ impl<S: Send + Sync> FromRequestParts<S> for UserIssuePath {
             .await
             .map_err(path_rejection)?;
         let user = principal.act_for(Some(UserId::parse(user)?))?;
+        if issue <= 0 {
+            return Err(ApiError::Validation(
+                "coupon_issue_id must be a positive integer".into(),
+            ));
+        }
+        Ok(Self(user, issue))
+    }
+}
+
+/// `{user_id}` and `{coupon_issue_id}` of an order route's path, both positive; the bearer
+/// token must be the order service's or an admin's ([`OrderSide`]: 401, 403), which acts for
+/// the user the path names.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderIssuePath(pub UserId, pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for OrderIssuePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        OrderSide::from_request_parts(parts, state).await?;
+        let Path((user, issue)) = Path::<(i64, i64)>::from_request_parts(parts, state)
+            .await
+            .map_err(path_rejection)?;
+        let user = UserId::parse(user)?;
         if issue <= 0 {
             return Err(ApiError::Validation(
                 "coupon_issue_id must be a positive integer".into(),

@@ -31,7 +31,8 @@ const TAGS: [(&str, &str); 7] = [
     (
         "redemptions",
         "Using a coupon for an order: redeem at once, or reserve during checkout and then \
-         confirm or release; cancelling a redemption when the order is cancelled.",
+         confirm or release; cancelling a redemption when the order is cancelled. Called by \
+         the shop's order service (role `service`), not by shoppers.",
     ),
     (
         "codes",
@@ -92,11 +93,12 @@ pub fn document() -> utoipa::openapi::OpenApi {
                 .scheme(HttpAuthScheme::Bearer)
                 .bearer_format("JWT")
                 .description(Some(
-                    "A JWT (HS256, or RS256/ES256) with the claims `sub` (the user id), `role` \
-                     (`user` or `admin`) and `exp`. Each operation lists the roles that may \
-                     call it; a `user` token acts only for its own user id. For a local \
-                     stack, mint one with `coupon-api token --sub 7` (add `--role admin` \
-                     for an operator).",
+                    "A JWT (HS256, or RS256/ES256) with the claims `sub` (the user id, or the \
+                     service's name), `role` (`user`, `service` for the shop's order or \
+                     checkout backend, or `admin`) and `exp`. Each operation lists the roles \
+                     that may call it; a `user` token acts only for its own user id. For a \
+                     local stack, mint one with `coupon-api token --sub 7` (add `--role \
+                     service` for the order service, `--role admin` for an operator).",
                 ))
                 .build(),
         ),
@@ -171,6 +173,8 @@ fn add_shared_responses(doc: &mut utoipa::openapi::OpenApi) {
                     "403",
                     if roles == ["admin"] {
                         "FORBIDDEN: the token lacks the admin role"
+                    } else if roles.iter().any(|role| role == "service") {
+                        "FORBIDDEN: the token is neither the order service's (role service) nor an admin's"
                     } else {
                         "FORBIDDEN: a user token may act only for its own user id"
                     },
@@ -368,6 +372,18 @@ mod tests {
             .as_str()
             .unwrap_or_default()
             .contains("its own user id"));
+        let redeem = operation(
+            "post",
+            "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/redeem",
+        );
+        assert_eq!(
+            redeem["security"][0]["bearer"],
+            serde_json::json!(["service", "admin"])
+        );
+        assert!(redeem["responses"]["403"]["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("role service"));
         // Public reads name no roles and document no token answers.
         let read = operation("get", "/api/v1/coupons/{coupon_id}");
         assert!(read["security"].is_null(), "{read}");

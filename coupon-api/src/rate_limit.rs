@@ -9,8 +9,8 @@
 //! because a limit here only protects capacity: exactness does not depend on it (the admission
 //! script admits each user at most once whatever the rate).
 //!
-//! Per user, the key is the token's subject; admin tokens (trusted front ends acting for many
-//! users) are limited per address only. Per address, the key is the TCP peer's IP: behind a
+//! Per user, the key is the token's subject; admin and service tokens (trusted back ends
+//! acting for many users: a support tool, the order service) are limited per address only. Per address, the key is the TCP peer's IP: behind a
 //! proxy that is the proxy's address, so set the address limit for the proxy or turn it off
 //! (`RATE_LIMIT_IP_PER_SEC=0`).
 
@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
+use coupon_core::auth::Role;
 
 /// How often idle buckets are dropped, bounding the limiters' memory to the callers seen in
 /// the last interval or so.
@@ -171,7 +172,7 @@ pub async fn middleware(request: Request, next: Next) -> Response {
         Ok(principal) => principal,
         Err(refused) => return refused.into_response(),
     };
-    if !principal.is_admin() {
+    if principal.claims.role == Role::User {
         if let Err(not_until) = user_limiter.check_key(&principal.claims.sub) {
             return refuse(
                 "user",

@@ -30,6 +30,10 @@ pub enum Role {
     /// Manages policies, topics and codes, runs reconciliation, and may act for any user
     /// named in a request's path or body (support tools, a trusted front end).
     Admin,
+    /// The shop's order or checkout backend: applies and settles coupons on orders (redeem,
+    /// cancel a redemption, reserve, confirm, release) for the user a request names, and
+    /// nothing else. `sub` names the service (`checkout`), not a user.
+    Service,
 }
 
 /// The claims couponrush reads from a token.

@@ -33,6 +33,14 @@ pub fn user_token(user: i64) -> String {
         .expect("HS256 signing cannot fail")
 }
 
+/// A service token (the order service, `sub` = `checkout`) with the test secret, valid for an
+/// hour.
+pub fn service_token() -> String {
+    crate::auth::TokenSigner::hs256(JWT_SECRET)
+        .mint("checkout", crate::auth::Role::Service, 3_600)
+        .expect("HS256 signing cannot fail")
+}
+
 /// Store settings isolated for one test: a fresh database name, Redis prefix and topic names
 /// (3 partitions for the issue topic).
 pub fn isolated_stores() -> StoreConfig {

@@ -119,7 +119,10 @@ async fn a_group_that_would_exceed_the_stock_loses_only_its_excess() {
         "only the messages beyond the units left are refused, the latest of the batch"
     );
     assert_eq!(report.inserted.get(&coupon.id), Some(&2));
-    assert_eq!(report.duplicates, 2, "user 1's redelivery and user 3's repeat");
+    assert_eq!(
+        report.duplicates, 2,
+        "user 1's redelivery and user 3's repeat"
+    );
     assert_eq!(report.sold_out, vec![coupon.id]);
     assert_eq!(testing::count_rows(&pool, coupon.id.get()).await, 3);
     assert_eq!(issued_quantity(&pool, coupon.id).await, 3);
@@ -136,7 +139,11 @@ async fn a_row_mysql_refuses_is_dead_lettered_with_its_reason_not_counted_a_dupl
         .execute(&pool)
         .await
         .unwrap();
-    let batch = vec![issue(coupon.id, 1), issue(coupon.id, 666), issue(coupon.id, 2)];
+    let batch = vec![
+        issue(coupon.id, 1),
+        issue(coupon.id, 666),
+        issue(coupon.id, 2),
+    ];
 
     let report = coupon_core::issue::persistence::persist_batch(&pool, &batch)
         .await
@@ -151,7 +158,11 @@ async fn a_row_mysql_refuses_is_dead_lettered_with_its_reason_not_counted_a_dupl
         matches!(rejection, Rejection::RefusedByDatabase(e) if e.contains("ck_test_refused")),
         "the reason names the constraint: {rejection:?}"
     );
-    assert_eq!(report.inserted.get(&coupon.id), Some(&2), "the rest of the group persists");
+    assert_eq!(
+        report.inserted.get(&coupon.id),
+        Some(&2),
+        "the rest of the group persists"
+    );
     assert_eq!(testing::count_rows(&pool, coupon.id.get()).await, 2);
     assert_eq!(issued_quantity(&pool, coupon.id).await, 2);
 }

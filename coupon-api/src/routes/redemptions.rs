@@ -11,7 +11,7 @@ use coupon_core::redemption::{self, OrderId, Redemption, Reservation};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, UserIssuePath};
+use crate::extract::{ApiJson, OrderIssuePath};
 use crate::rate_limit;
 use crate::state::AppState;
 
@@ -51,30 +51,31 @@ struct RedeemBody {
 
 /// Use a coupon for an order
 ///
-/// Needs a user token for that user (or an admin token). Give the order's id and amount (KRW);
-/// answers 200 with the discount and the amount to pay. Refusals: 404 `COUPON_NOT_FOUND`; 409
-/// `ALREADY_USED`, `COUPON_RESERVED` (held for a checkout), `COUPON_EXPIRED`,
-/// `COUPON_NOT_YET_VALID` or `COUPON_SUSPENDED`; 422 `MIN_ORDER_AMOUNT_NOT_MET`. Send an
-/// `Idempotency-Key` header to make a retry safe.
+/// Called by the shop's order service (a `service` token, or an admin token). Give the order's id
+/// and amount (KRW); answers 200 with the discount and the amount to pay. Refusals: 404
+/// `COUPON_NOT_FOUND`; 409 `ALREADY_USED`, `COUPON_RESERVED` (held for a checkout),
+/// `COUPON_EXPIRED`, `COUPON_NOT_YET_VALID`, `COUPON_SUSPENDED` or `ORDER_OF_ANOTHER_USER` (an
+/// order belongs to the user it was first used for); 422 `MIN_ORDER_AMOUNT_NOT_MET`.
+/// Send an `Idempotency-Key` header to make a retry safe.
 #[tracing::instrument(name = "redeem", skip_all, fields(user_id = %user, coupon_issue_id = issue))]
 #[utoipa::path(
     post,
     path = "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/redeem",
     tag = "redemptions",
-    params(("user_id" = i64, Path, description = "user id; must be the token's subject unless the token is admin"), ("coupon_issue_id" = i64, Path, description = "coupon_issues.id")),
+    params(("user_id" = i64, Path, description = "the coupon's owner"), ("coupon_issue_id" = i64, Path, description = "coupon_issues.id")),
     request_body = RedeemBody,
     responses(
         (status = 200, body = Redemption),
         (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
-        (status = 409, description = "ALREADY_USED, COUPON_RESERVED, COUPON_EXPIRED, COUPON_NOT_YET_VALID or COUPON_SUSPENDED", body = ErrorBody),
+        (status = 409, description = "ALREADY_USED, COUPON_RESERVED, COUPON_EXPIRED, COUPON_NOT_YET_VALID, COUPON_SUSPENDED, or ORDER_OF_ANOTHER_USER (the order id was first used for another user)", body = ErrorBody),
         (status = 422, description = "MIN_ORDER_AMOUNT_NOT_MET or VALIDATION_FAILED", body = ErrorBody),
         (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
     ),
-    security(("bearer" = ["user", "admin"]))
+    security(("bearer" = ["service", "admin"]))
 )]
 async fn redeem(
     State(state): State<AppState>,
-    UserIssuePath(user, issue): UserIssuePath,
+    OrderIssuePath(user, issue): OrderIssuePath,
     ApiJson(body): ApiJson<RedeemBody>,
 ) -> Result<Json<Redemption>, ApiError> {
     let order_id = OrderId::parse(&body.order_id)?;
@@ -111,16 +112,17 @@ struct Restored {
 
 /// Cancel a redemption
 ///
-/// Needs a user token for that user (or an admin token). For a cancelled order: the coupon
-/// becomes usable again when its policy allows it (`restore_on_cancel`), once. Answers 200 with
-/// the coupon's new status. Refusals: 404 `COUPON_NOT_FOUND` or `REDEMPTION_NOT_FOUND` (no
-/// redemption for this order); 409 `ALREADY_CANCELLED` or `RESTORE_NOT_ALLOWED`.
+/// Called by the shop's order service (a `service` token, or an admin token). For a cancelled
+/// order: the coupon becomes usable again when its policy allows it (`restore_on_cancel`), once.
+/// Answers 200 with the coupon's new status. Refusals: 404 `COUPON_NOT_FOUND` or
+/// `REDEMPTION_NOT_FOUND` (no redemption for this order); 409 `ALREADY_CANCELLED` or
+/// `RESTORE_NOT_ALLOWED`.
 #[tracing::instrument(name = "cancel_redemption", skip_all, fields(user_id = %user, coupon_issue_id = issue))]
 #[utoipa::path(
     post,
     path = "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/redeem/cancel",
     tag = "redemptions",
-    params(("user_id" = i64, Path, description = "user id; must be the token's subject unless the token is admin"), ("coupon_issue_id" = i64, Path, description = "coupon_issues.id")),
+    params(("user_id" = i64, Path, description = "the coupon's owner"), ("coupon_issue_id" = i64, Path, description = "coupon_issues.id")),
     request_body = OrderBody,
     responses(
         (status = 200, body = Restored),
@@ -128,11 +130,11 @@ struct Restored {
         (status = 409, description = "ALREADY_CANCELLED or RESTORE_NOT_ALLOWED", body = ErrorBody),
         (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
     ),
-    security(("bearer" = ["user", "admin"]))
+    security(("bearer" = ["service", "admin"]))
 )]
 async fn cancel(
     State(state): State<AppState>,
-    UserIssuePath(user, issue): UserIssuePath,
+    OrderIssuePath(user, issue): OrderIssuePath,
     ApiJson(body): ApiJson<OrderBody>,
 ) -> Result<Json<Restored>, ApiError> {
     let order_id = OrderId::parse(&body.order_id)?;
@@ -158,29 +160,29 @@ struct ReserveBody {
 
 /// Reserve a coupon during checkout
 ///
-/// Needs a user token for that user (or an admin token). Holds the coupon for one order for
-/// `hold_seconds` (1 to 86,400; default set by the operator); answers 200 with the discount it
-/// will give and `reserved_until`. Confirm the reservation when payment succeeds, release it
-/// when checkout is abandoned; an unconfirmed hold is released by itself when it runs out.
-/// Refusals as for a redemption; a coupon held already is 409 `COUPON_RESERVED`.
+/// Called by the shop's order service (a `service` token, or an admin token). Holds the coupon for
+/// one order for `hold_seconds` (1 to 86,400; default set by the operator); answers 200 with the
+/// discount it will give and `reserved_until`. Confirm the reservation when payment succeeds,
+/// release it when checkout is abandoned; an unconfirmed hold is released by itself when it runs
+/// out. Refusals as for a redemption; a coupon held already is 409 `COUPON_RESERVED`.
 #[tracing::instrument(name = "reserve", skip_all, fields(user_id = %user, coupon_issue_id = issue))]
 #[utoipa::path(
     post,
     path = "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/reserve",
     tag = "redemptions",
-    params(("user_id" = i64, Path, description = "user id; must be the token's subject unless the token is admin"), ("coupon_issue_id" = i64, Path, description = "coupon_issues.id")),
+    params(("user_id" = i64, Path, description = "the coupon's owner"), ("coupon_issue_id" = i64, Path, description = "coupon_issues.id")),
     request_body = ReserveBody,
     responses(
         (status = 200, body = Reservation),
         (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
-        (status = 409, description = "the coupon cannot be held now", body = ErrorBody),
+        (status = 409, description = "the coupon cannot be held now, or ORDER_OF_ANOTHER_USER", body = ErrorBody),
         (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
     ),
-    security(("bearer" = ["user", "admin"]))
+    security(("bearer" = ["service", "admin"]))
 )]
 async fn reserve(
     State(state): State<AppState>,
-    UserIssuePath(user, issue): UserIssuePath,
+    OrderIssuePath(user, issue): OrderIssuePath,
     ApiJson(body): ApiJson<ReserveBody>,
 ) -> Result<Json<Reservation>, ApiError> {
     let order_id = OrderId::parse(&body.order_id)?;
@@ -213,8 +215,8 @@ async fn reserve(
 
 /// Confirm a reservation
 ///
-/// Needs a user token for that user (or an admin token). Payment succeeded: the held coupon
-/// becomes used for the order it was held for. Answers 200 with the redemption. 404
+/// Called by the shop's order service (a `service` token, or an admin token). Payment succeeded:
+/// the held coupon becomes used for the order it was held for. Answers 200 with the redemption. 404
 /// `RESERVATION_NOT_FOUND` when the coupon is not held for this order (released, ran out, or
 /// confirmed already).
 #[tracing::instrument(name = "confirm_reservation", skip_all, fields(user_id = %user, coupon_issue_id = issue))]
@@ -222,18 +224,18 @@ async fn reserve(
     post,
     path = "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/reserve/confirm",
     tag = "redemptions",
-    params(("user_id" = i64, Path, description = "user id; must be the token's subject unless the token is admin"), ("coupon_issue_id" = i64, Path, description = "coupon_issues.id")),
+    params(("user_id" = i64, Path, description = "the coupon's owner"), ("coupon_issue_id" = i64, Path, description = "coupon_issues.id")),
     request_body = OrderBody,
     responses(
         (status = 200, body = Redemption),
         (status = 404, description = "COUPON_NOT_FOUND or RESERVATION_NOT_FOUND", body = ErrorBody),
         (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
     ),
-    security(("bearer" = ["user", "admin"]))
+    security(("bearer" = ["service", "admin"]))
 )]
 async fn confirm_reservation(
     State(state): State<AppState>,
-    UserIssuePath(user, issue): UserIssuePath,
+    OrderIssuePath(user, issue): OrderIssuePath,
     ApiJson(body): ApiJson<OrderBody>,
 ) -> Result<Json<Redemption>, ApiError> {
     let order_id = OrderId::parse(&body.order_id)?;
@@ -244,26 +246,26 @@ async fn confirm_reservation(
 
 /// Release a reservation
 ///
-/// Needs a user token for that user (or an admin token). Checkout abandoned: the hold ends and
-/// the coupon is usable again. Answers 200 with the coupon's status (`ISSUED`). 404
-/// `RESERVATION_NOT_FOUND` when the coupon is not held for this order.
+/// Called by the shop's order service (a `service` token, or an admin token). Checkout abandoned:
+/// the hold ends and the coupon is usable again. Answers 200 with the coupon's status (`ISSUED`).
+/// 404 `RESERVATION_NOT_FOUND` when the coupon is not held for this order.
 #[tracing::instrument(name = "release_reservation", skip_all, fields(user_id = %user, coupon_issue_id = issue))]
 #[utoipa::path(
     post,
     path = "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/reserve/cancel",
     tag = "redemptions",
-    params(("user_id" = i64, Path, description = "user id; must be the token's subject unless the token is admin"), ("coupon_issue_id" = i64, Path, description = "coupon_issues.id")),
+    params(("user_id" = i64, Path, description = "the coupon's owner"), ("coupon_issue_id" = i64, Path, description = "coupon_issues.id")),
     request_body = OrderBody,
     responses(
         (status = 200, body = Restored),
         (status = 404, description = "COUPON_NOT_FOUND or RESERVATION_NOT_FOUND", body = ErrorBody),
         (status = 429, description = "RATE_LIMITED: over the user or address limit; Retry-After", body = ErrorBody)
     ),
-    security(("bearer" = ["user", "admin"]))
+    security(("bearer" = ["service", "admin"]))
 )]
 async fn release_reservation(
     State(state): State<AppState>,
-    UserIssuePath(user, issue): UserIssuePath,
+    OrderIssuePath(user, issue): OrderIssuePath,
     ApiJson(body): ApiJson<OrderBody>,
 ) -> Result<Json<Restored>, ApiError> {
     let order_id = OrderId::parse(&body.order_id)?;

@@ -362,7 +362,11 @@ async fn a_key_repeated_in_any_json_body_is_refused_not_read_as_its_last_value()
     }
     let coupon = coupon_core::domain::CouponId::parse(id).unwrap();
     let admitted = app.state.admission.admitted_count(coupon).await;
-    assert_eq!(admitted.unwrap(), 0, "nobody was admitted by a repeated key");
+    assert_eq!(
+        admitted.unwrap(),
+        0,
+        "nobody was admitted by a repeated key"
+    );
     let policies: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM coupons")
         .fetch_one(&app.state.pool)
         .await
@@ -370,6 +374,12 @@ async fn a_key_repeated_in_any_json_body_is_refused_not_read_as_its_last_value()
     assert_eq!(policies, 1, "no policy was created by a repeated key");
 
     // The same body without the repeat is taken.
-    let ok = post_raw(&app, &issue, Some("application/json"), r#"{"user_id": 8}"#.into()).await;
+    let ok = post_raw(
+        &app,
+        &issue,
+        Some("application/json"),
+        r#"{"user_id": 8}"#.into(),
+    )
+    .await;
     assert_eq!(ok.status(), 202);
 }

@@ -291,3 +291,154 @@ async fn malformed_redeem_requests_are_validation_failed() {
     assert_error(redeem(&app, 7, 0, "o", 10).await, 422, "VALIDATION_FAILED").await;
     assert_eq!(issue_status(&app, issue).await, "ISSUED");
 }
+
+/// POSTs `body` to `path` with `token`.
+async fn post_as(app: &TestApp, token: &str, path: &str, body: Value) -> reqwest::Response {
+    app.anonymous
+        .post(app.url(path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_order_routes_take_service_and_admin_tokens_and_refuse_user_tokens() {
+    // User 7 once redeemed their coupon for order-1001, cancelled it and redeemed it again for
+    // order-1002 with their own token: order routes are the order service's now.
+    let app = spawn_app().await;
+    let policy = testing::open_policy(10);
+    let user_token = testing::user_token(7);
+    let service = testing::service_token();
+    let admin = testing::admin_token();
+    for (caller, token, allowed) in [
+        ("user", user_token.as_str(), false),
+        ("service", service.as_str(), true),
+        ("admin", admin.as_str(), true),
+    ] {
+        // Each caller gets a fresh coupon and its own orders; every route in turn.
+        let issue = issued(&app, &policy, 7).await;
+        let base = format!("/api/v1/users/7/coupons/{issue}");
+        let redeem_order = format!("{caller}-redeemed");
+        let hold_order = format!("{caller}-held");
+        let released_order = format!("{caller}-released");
+        let steps = [
+            (
+                "redeem",
+                json!({"order_id": redeem_order, "order_amount": 30_000}),
+                "USED",
+            ),
+            ("redeem/cancel", json!({"order_id": redeem_order}), "ISSUED"),
+            (
+                "reserve",
+                json!({"order_id": hold_order, "order_amount": 30_000}),
+                "RESERVED",
+            ),
+            ("reserve/cancel", json!({"order_id": hold_order}), "ISSUED"),
+            (
+                "reserve",
+                json!({"order_id": released_order, "order_amount": 30_000}),
+                "RESERVED",
+            ),
+            (
+                "reserve/confirm",
+                json!({"order_id": released_order}),
+                "USED",
+            ),
+        ];
+        for (route, body, after) in steps {
+            let response = post_as(&app, token, &format!("{base}/{route}"), body).await;
+            if allowed {
+                assert_eq!(response.status(), 200, "{caller} {route}");
+                assert_eq!(issue_status(&app, issue).await, after, "{caller} {route}");
+            } else {
+                let message = assert_error(response, 403, "FORBIDDEN").await;
+                assert!(message.contains("role service"), "{route}: {message}");
+                assert_eq!(
+                    issue_status(&app, issue).await,
+                    "ISSUED",
+                    "{route} changed nothing"
+                );
+            }
+        }
+    }
+    let redemptions: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM coupon_redemptions WHERE order_id LIKE 'user-%'")
+            .fetch_one(&app.state.pool)
+            .await
+            .unwrap();
+    assert_eq!(redemptions, 0, "a user token recorded no redemption");
+
+    // A service token acts for nobody on the user routes.
+    let coupon = app.open_coupon(5).await;
+    let issue_request = post_as(
+        &app,
+        &service,
+        &format!("/api/v1/coupons/{coupon}/issues"),
+        json!({"user_id": 7}),
+    )
+    .await;
+    assert_error(issue_request, 403, "FORBIDDEN").await;
+    let list = app
+        .anonymous
+        .get(app.url("/api/v1/users/7/coupons"))
+        .bearer_auth(&service)
+        .send()
+        .await
+        .unwrap();
+    assert_error(list, 403, "FORBIDDEN").await;
+    let create = post_as(&app, &service, "/api/v1/coupons", json!({})).await;
+    assert_error(create, 403, "FORBIDDEN").await;
+}
+
+#[tokio::test]
+async fn an_order_belongs_to_the_user_it_was_first_used_for() {
+    let app = spawn_app().await;
+    let policy = testing::open_policy(10);
+    let sevens = issued(&app, &policy, 7).await;
+    let eights = issued(&app, &policy, 8).await;
+    let service = testing::service_token();
+    let redeem_path =
+        |user: i64, issue: i64| format!("/api/v1/users/{user}/coupons/{issue}/redeem");
+    let order = json!({"order_id": "order-1001", "order_amount": 30_000});
+    let first = post_as(&app, &service, &redeem_path(7, sevens), order.clone()).await;
+    assert_eq!(first.status(), 200);
+
+    // The same order on user 8's coupon: neither used nor held.
+    let other = post_as(&app, &service, &redeem_path(8, eights), order.clone()).await;
+    assert_error(other, 409, "ORDER_OF_ANOTHER_USER").await;
+    let hold = post_as(
+        &app,
+        &service,
+        &format!("/api/v1/users/8/coupons/{eights}/reserve"),
+        order.clone(),
+    )
+    .await;
+    assert_error(hold, 409, "ORDER_OF_ANOTHER_USER").await;
+    assert_eq!(issue_status(&app, eights).await, "ISSUED");
+
+    // Cancelling order-1001 gives back user 7's coupon only; a payment result for it finds no
+    // hold of user 8's.
+    let cancel = post_as(
+        &app,
+        &service,
+        &format!("/api/v1/users/8/coupons/{eights}/redeem/cancel"),
+        json!({"order_id": "order-1001"}),
+    )
+    .await;
+    assert_error(cancel, 404, "REDEMPTION_NOT_FOUND").await;
+    let order_id = coupon_core::redemption::OrderId::parse("order-1001").unwrap();
+    let settled =
+        coupon_core::redemption::settle_order(&app.state.pool, &order_id, true, Utc::now())
+            .await
+            .unwrap();
+    assert_eq!(settled, 0);
+    assert_eq!(issue_status(&app, eights).await, "ISSUED");
+    assert_eq!(issue_status(&app, sevens).await, "USED");
+
+    // User 7 may use the order again (a second coupon on the same order).
+    let another = issued(&app, &policy, 7).await;
+    let again = post_as(&app, &service, &redeem_path(7, another), order).await;
+    assert_eq!(again.status(), 200);
+}

@@ -63,7 +63,9 @@ impl Rejection {
 /// writer and the retry finds the row. Connection errors, deadlocks (1213) and lock wait
 /// timeouts (1205) are transient too.
 pub fn is_refusal(err: &sqlx::Error) -> bool {
-    const REFUSALS: [u16; 11] = [1048, 1264, 1265, 1292, 1366, 1406, 1451, 1452, 3819, 4025, 1690];
+    const REFUSALS: [u16; 11] = [
+        1048, 1264, 1265, 1292, 1366, 1406, 1451, 1452, 3819, 4025, 1690,
+    ];
     err.as_database_error()
         .and_then(|db| db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
         .is_some_and(|db| REFUSALS.contains(&db.number()))
@@ -261,7 +263,9 @@ async fn present_users(
     }
     query.push(") FOR UPDATE");
     let rows = query.build().fetch_all(conn).await?;
-    rows.iter().map(|row| row.try_get::<i64, _>("user_id")).collect()
+    rows.iter()
+        .map(|row| row.try_get::<i64, _>("user_id"))
+        .collect()
 }
 
 /// Inserts the rows of `indexes` (none: nothing to do) with one multi-row `INSERT`.

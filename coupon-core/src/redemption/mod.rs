@@ -114,6 +114,10 @@ pub enum RedeemError {
     /// No hold of this coupon for this order (confirm, cancel of a reservation).
     #[error("no reservation of this coupon for this order")]
     ReservationNotFound,
+    /// The order id was first used for another user's coupon (redeem, reserve): an order
+    /// belongs to one user.
+    #[error("this order belongs to another user")]
+    OrderOfAnotherUser,
     /// The database failed.
     #[error("database error")]
     Database(#[from] sqlx::Error),
@@ -186,8 +190,9 @@ async fn usable(
 /// Uses `user`'s issued coupon `issue_id` for an order of `order_amount` at instant `now`.
 ///
 /// Checks, in order: ownership, policy active, state (used, reserved, expired), use validity,
-/// minimum order; then one conditional `UPDATE` to `USED` decides among concurrent requests,
-/// and a `coupon_redemptions` row records the amounts, in the same transaction.
+/// minimum order; then, in one transaction, the order is tied to `user` ([`bind_order`]), one
+/// conditional `UPDATE` to `USED` decides among concurrent requests, and a
+/// `coupon_redemptions` row records the amounts.
 ///
 /// # Errors
 /// A [`RedeemError`] naming the rule the request broke, or [`RedeemError::Database`].
@@ -203,6 +208,7 @@ pub async fn redeem(
     let discount = policy.discount_for(order_amount);
 
     let mut tx = pool.begin().await?;
+    bind_order(&mut tx, order_id, user, now).await?;
     let claimed = sqlx::query(
         "UPDATE coupon_issues SET status = 'USED', used_at = ?, order_id = ? \
          WHERE id = ? AND user_id = ? AND status = 'ISSUED' AND (expires_at IS NULL OR expires_at > ?)",
@@ -236,6 +242,38 @@ pub async fn redeem(
     events::record(&mut tx, EventType::Used, &[issue_id], now).await?;
     tx.commit().await?;
     Ok(redemption)
+}
+
+/// Ties `order_id` to `user` inside `tx` (the first redeem or reserve naming the order writes
+/// the `coupon_orders` row; later ones lock and read it), so one order can never apply or
+/// settle coupons of two users.
+///
+/// # Errors
+/// [`RedeemError::OrderOfAnotherUser`] when the order is another user's, or a database error.
+pub(crate) async fn bind_order(
+    tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+    order_id: &OrderId,
+    user: UserId,
+    now: DateTime<Utc>,
+) -> Result<(), RedeemError> {
+    sqlx::query(
+        "INSERT INTO coupon_orders (order_id, user_id, created_at) VALUES (?, ?, ?) \
+         ON DUPLICATE KEY UPDATE order_id = order_id",
+    )
+    .bind(order_id.as_str())
+    .bind(user.get())
+    .bind(crate::store::db::datetime(now))
+    .execute(&mut **tx)
+    .await?;
+    let owner: i64 = sqlx::query_scalar("SELECT user_id FROM coupon_orders WHERE order_id = ?")
+        .bind(order_id.as_str())
+        .fetch_one(&mut **tx)
+        .await?;
+    if owner == user.get() {
+        Ok(())
+    } else {
+        Err(RedeemError::OrderOfAnotherUser)
+    }
 }
 
 /// Writes (or, for an order redeemed before and cancelled, rewrites) the redemption row.

@@ -38,7 +38,7 @@ pub struct Reservation {
 }
 
 /// Holds `user`'s coupon `issue_id` for an order until `now + hold`. The same checks as
-/// [`redeem`] apply; one conditional `UPDATE … WHERE status = 'ISSUED'` decides among
+/// [`redeem`] apply, the order is tied to `user` ([`bind_order`]); one conditional `UPDATE … WHERE status = 'ISSUED'` decides among
 /// concurrent holds, so a coupon is held for at most one order, and a held coupon cannot be
 /// redeemed directly ([`RedeemError::Reserved`]).
 ///
@@ -56,6 +56,7 @@ pub async fn reserve(
     let (issue, policy) = usable(pool, issue_id, user, order_amount, now).await?;
     let reserved_until = now + hold;
     let mut tx = pool.begin().await?;
+    bind_order(&mut tx, order_id, user, now).await?;
     let claimed = sqlx::query(
         "UPDATE coupon_issues SET status = 'RESERVED', order_id = ?, order_amount = ?, \
          reserved_until = ? WHERE id = ? AND user_id = ? AND status = 'ISSUED' \
