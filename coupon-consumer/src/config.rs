@@ -91,6 +91,22 @@ pub struct ConsumerConfig {
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
 
+    /// Pause (ms) between the periodic reconciliation passes (one instance at a time, under a
+    /// MySQL named lock); 0 turns them off.
+    #[arg(long, env = "RECONCILE_INTERVAL_MS", default_value_t = 60_000)]
+    pub reconcile_interval_ms: u64,
+
+    /// Wait (ms) between the two reads that must both show an admission as lost before a
+    /// pass re-publishes it; at least the API's producer message timeout
+    /// (`KAFKA_MESSAGE_TIMEOUT_MS`). Default: twice this process's message timeout.
+    #[arg(long, env = "RECONCILE_GRACE_MS")]
+    pub reconcile_grace_ms: Option<u64>,
+
+    /// How long (s) after its issue window closed a coupon is still reconciled by the
+    /// periodic pass.
+    #[arg(long, env = "RECONCILE_LOOKBACK_SECS", default_value_t = 86_400)]
+    pub reconcile_lookback_secs: u64,
+
     /// How often the per-coupon gauges are sampled from MySQL and Redis (ms).
     #[arg(long, env = "METRICS_SAMPLE_INTERVAL_MS", default_value_t = 5_000)]
     pub metrics_sample_interval_ms: u64,
@@ -101,6 +117,19 @@ pub struct ConsumerConfig {
 }
 
 impl ConsumerConfig {
+    /// [`Self::reconcile_interval_ms`] as a [`Duration`]; `None` when off.
+    pub fn reconcile_interval(&self) -> Option<Duration> {
+        (self.reconcile_interval_ms > 0).then(|| Duration::from_millis(self.reconcile_interval_ms))
+    }
+
+    /// [`Self::reconcile_grace_ms`], or twice the producer's message timeout.
+    pub fn reconcile_grace(&self) -> Duration {
+        self.reconcile_grace_ms.map_or(
+            self.stores.kafka_message_timeout() * 2,
+            Duration::from_millis,
+        )
+    }
+
     /// [`Self::relay_interval_ms`] as a [`Duration`].
     pub fn relay_interval(&self) -> Duration {
         Duration::from_millis(self.relay_interval_ms)

@@ -1,14 +1,15 @@
 //! `coupon-consumer`: the Kafka consumer group member that persists issue messages to MySQL,
 //! and the background jobs that keep coupons moving after they are issued.
 //!
-//! [`Application`] builds six loops, each its own type owning just what it needs, and runs them
+//! [`Application`] builds seven loops, each its own type owning just what it needs, and runs them
 //! under one [`retry::Shutdown`]:
 //! - [`issues::IssueConsumer`]: issue messages into rows, in batches;
 //! - [`payments::PaymentConsumer`]: payment results confirm or release checkout holds;
 //! - [`sweeper::HoldSweeper`]: releases holds whose time ran out;
 //! - [`outbox::OutboxRelay`]: publishes the event outbox to the events topic;
 //! - [`expiry::ExpiryJobs`]: expiry notices and marks, code archival;
-//! - [`gauges::GaugeSampler`]: consumer lag and per-coupon stock gauges.
+//! - [`gauges::GaugeSampler`]: consumer lag and per-coupon stock gauges;
+//! - [`reconcile::PeriodicReconciliation`]: the reconciliation pass, one instance at a time.
 
 pub mod config;
 pub mod dead_letter;
@@ -17,6 +18,7 @@ pub mod gauges;
 pub mod issues;
 pub mod outbox;
 pub mod payments;
+pub mod reconcile;
 pub mod retry;
 pub mod sweeper;
 
@@ -26,7 +28,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use coupon_core::issue::admission::{AdmissionStore, RedisKeys};
-use coupon_core::store::kafka::producer_config;
+use coupon_core::issue::recovery::IssueLog;
+use coupon_core::store::kafka::{producer_config, IssuePublisher};
 use coupon_core::store::Connections;
 use coupon_core::telemetry;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -39,6 +42,7 @@ use crate::gauges::{GaugeSampler, GroupContext};
 use crate::issues::IssueConsumer;
 use crate::outbox::{Backlog, OutboxRelay};
 use crate::payments::PaymentConsumer;
+use crate::reconcile::PeriodicReconciliation;
 use crate::retry::{Retrier, Shutdown};
 use crate::sweeper::HoldSweeper;
 
@@ -60,6 +64,8 @@ pub struct ConsumerStats {
     pub holds_released: AtomicU64,
     /// Events published from the outbox (count).
     pub events_published: AtomicU64,
+    /// Repairs made by the periodic reconciliation (count).
+    pub reconciliation_repairs: AtomicU64,
 }
 
 /// Client settings of the group member: offsets are committed by hand, only after the batch is
@@ -89,7 +95,7 @@ pub fn consumer_config(
     config
 }
 
-/// A built consumer: its six loops, ready to run.
+/// A built consumer: its seven loops, ready to run.
 pub struct Application {
     issues: IssueConsumer,
     payments: PaymentConsumer,
@@ -97,6 +103,7 @@ pub struct Application {
     relay: OutboxRelay,
     expiry: ExpiryJobs,
     gauges: GaugeSampler,
+    reconciliation: PeriodicReconciliation,
     shutdown_grace: std::time::Duration,
     stats: Arc<ConsumerStats>,
 }
@@ -113,6 +120,7 @@ impl Application {
         let stores = &config.stores;
         telemetry::install_metrics(config.metrics_listen)?;
         gauges::register_metrics();
+        reconcile::register_metrics();
         let Connections { pool, redis } = coupon_core::store::connect(stores).await?;
         let admission = AdmissionStore::new(redis, RedisKeys::new(stores.redis_key_prefix.clone()));
         let member = |group: &str, topic: &str, what: &str| -> anyhow::Result<_> {
@@ -164,7 +172,7 @@ impl Application {
             issues: IssueConsumer {
                 consumer: issue_member,
                 pool: pool.clone(),
-                admission,
+                admission: admission.clone(),
                 dead_letters: dead_letters.clone(),
                 batch_max_messages: config.batch_max_messages.max(1),
                 batch_max_wait: config.batch_max_wait(),
@@ -195,10 +203,25 @@ impl Application {
                 stats: Arc::clone(&stats),
             },
             expiry: ExpiryJobs {
-                pool,
+                pool: pool.clone(),
                 interval: config.expiry_interval(),
                 expiring_soon: chrono::Duration::days(i64::from(config.expiring_soon_days)),
                 archive_after: chrono::Duration::days(i64::from(config.archive_after_days)),
+            },
+            reconciliation: PeriodicReconciliation {
+                pool,
+                admission,
+                log: IssueLog::new(stores, &config.group_id),
+                publisher: IssuePublisher::new(
+                    &stores.kafka_brokers,
+                    &stores.kafka_issue_topic,
+                    stores.kafka_message_timeout(),
+                )
+                .context("creating the reconciliation's issue producer")?,
+                interval: config.reconcile_interval(),
+                grace: config.reconcile_grace(),
+                lookback: std::time::Duration::from_secs(config.reconcile_lookback_secs),
+                stats: Arc::clone(&stats),
             },
             shutdown_grace: config.shutdown_grace(),
             stats,
@@ -239,6 +262,7 @@ impl Application {
                 self.relay.run(&shutdown),
                 self.expiry.run(&shutdown),
                 self.gauges.run(&shutdown),
+                self.reconciliation.run(&shutdown),
             )
         };
         tokio::select! {

@@ -119,6 +119,10 @@ pub mod names {
     pub const REDIS_CIRCUIT_REJECTED: &str = "coupon_redis_circuit_rejected_total";
     /// Counter: requests refused 429 by a rate limit, by `scope` (`user`, `ip`).
     pub const RATE_LIMITED: &str = "coupon_rate_limited_total";
+    /// Repairs made by coupon-consumer's periodic reconciliation (counter; `kind`).
+    pub const RECONCILIATION_REPAIRS: &str = "coupon_reconciliation_repairs_total";
+    /// Periodic reconciliation passes (counter; `outcome`: done, skipped, failed).
+    pub const RECONCILIATION_PASSES: &str = "coupon_reconciliation_passes_total";
 }
 
 static INSTALLED: OnceLock<()> = OnceLock::new();

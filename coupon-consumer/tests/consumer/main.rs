@@ -7,5 +7,6 @@ mod helpers;
 mod issues;
 mod outbox;
 mod payments;
+mod reconcile;
 mod shutdown;
 mod sweeper;
