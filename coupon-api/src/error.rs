@@ -113,7 +113,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn refused(status: StatusCode, code: &'static str, message: String) -> Self {
+    pub(crate) fn refused(status: StatusCode, code: &'static str, message: String) -> Self {
         Self::Refused {
             status,
             code,

@@ -328,6 +328,14 @@ pub struct CouponPolicy {
     pub created_at: DateTime<Utc>,
     /// Last row change.
     pub updated_at: DateTime<Utc>,
+    /// Raised by every admin change (count, from 1); a change is written only under the
+    /// version it read ([`crate::policies::save_policy_admin_fields`]).
+    #[serde(default = "first_version")]
+    pub version: i64,
+}
+
+fn first_version() -> i64 {
+    1
 }
 
 /// Where an instant falls relative to a policy's issue window.
@@ -446,6 +454,7 @@ mod tests {
             restore_on_cancel: p.restore_on_cancel,
             created_at: p.issue_starts_at,
             updated_at: p.issue_starts_at,
+            version: 1,
         }
     }
 

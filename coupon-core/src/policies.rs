@@ -12,7 +12,7 @@ use crate::domain::{CouponId, CouponPolicy, CouponStatus, CouponType, DiscountTy
 pub(crate) const POLICY_COLUMNS: &str = "id, title, coupon_type, total_quantity, issued_quantity, \
      discount_type, discount_value, max_discount_amount, min_order_amount, issue_starts_at, \
      issue_ends_at, valid_days, valid_until, valid_from, status, restore_on_cancel, created_at, \
-     updated_at";
+     updated_at, version";
 
 pub(crate) fn policy_from_row(row: &MySqlRow) -> Result<CouponPolicy, sqlx::Error> {
     let decode = |column: &str, e: crate::domain::ValidationError| sqlx::Error::ColumnDecode {
@@ -40,6 +40,7 @@ pub(crate) fn policy_from_row(row: &MySqlRow) -> Result<CouponPolicy, sqlx::Erro
         status: CouponStatus::parse(row.try_get("status")?).map_err(|e| decode("status", e))?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        version: row.try_get("version")?,
     })
 }
 
@@ -178,18 +179,32 @@ impl PolicyUpdate {
     }
 }
 
-/// Stores the administrable fields of `policy` (title, issue end, validity, status) and reads
-/// the row back; `None` when the policy does not exist or was deleted.
+/// What a conditional admin change found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Saved {
+    /// Written; the row as it now reads (its version raised by one).
+    Changed(CouponPolicy),
+    /// No live policy has this id (never created, or deleted).
+    NotFound,
+    /// Another change was written since the version this one read: nothing was written.
+    Conflict,
+}
+
+/// Stores the administrable fields of `policy` (title, issue end, validity, status) if the
+/// row's version is still `policy.version` (the version the change was computed from), raising
+/// it by one, and reads the row back. A read-modify-write that lost a race against another
+/// admin change writes nothing ([`Saved::Conflict`]) instead of putting back what that change
+/// changed.
 ///
 /// # Errors
 /// Any database error.
 pub async fn save_policy_admin_fields(
     pool: &MySqlPool,
     policy: &CouponPolicy,
-) -> Result<Option<CouponPolicy>, sqlx::Error> {
-    sqlx::query(
-        "UPDATE coupons SET title = ?, issue_ends_at = ?, valid_days = ?, valid_until = ?, status = ? \
-         WHERE id = ? AND deleted_at IS NULL",
+) -> Result<Saved, sqlx::Error> {
+    let written = sqlx::query(
+        "UPDATE coupons SET title = ?, issue_ends_at = ?, valid_days = ?, valid_until = ?, status = ?, \
+         version = version + 1 WHERE id = ? AND deleted_at IS NULL AND version = ?",
     )
     .bind(&policy.title)
     .bind(crate::store::db::datetime(policy.issue_ends_at))
@@ -197,9 +212,29 @@ pub async fn save_policy_admin_fields(
     .bind(crate::store::db::datetime(policy.valid_until))
     .bind(policy.status.as_str())
     .bind(policy.id.get())
+    .bind(policy.version)
     .execute(pool)
-    .await?;
-    find_policy(pool, policy.id).await
+    .await?
+    .rows_affected();
+    match find_policy(pool, policy.id).await? {
+        None => Ok(Saved::NotFound),
+        Some(_) if written == 0 => Ok(Saved::Conflict),
+        Some(saved) => Ok(Saved::Changed(saved)),
+    }
+}
+
+/// Whether a policy with this id was soft-deleted (the row is kept): a repeated delete finds
+/// it and re-announces the delete to Redis and the other instances.
+///
+/// # Errors
+/// Any database error.
+pub async fn is_deleted(pool: &MySqlPool, id: CouponId) -> Result<bool, sqlx::Error> {
+    let deleted: Option<bool> =
+        sqlx::query_scalar("SELECT deleted_at IS NOT NULL FROM coupons WHERE id = ?")
+            .bind(id.get())
+            .fetch_optional(pool)
+            .await?;
+    Ok(deleted == Some(true))
 }
 
 /// Soft-deletes a policy: it disappears from reads and issuing; rows already issued stay, and
@@ -214,7 +249,8 @@ pub async fn delete_policy(
     now: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
     let deleted = sqlx::query(
-        "UPDATE coupons SET deleted_at = ?, status = 'SUSPENDED' WHERE id = ? AND deleted_at IS NULL",
+        "UPDATE coupons SET deleted_at = ?, status = 'SUSPENDED', version = version + 1 \
+         WHERE id = ? AND deleted_at IS NULL",
     )
     .bind(crate::store::db::datetime(now))
     .bind(id.get())

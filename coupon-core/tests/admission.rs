@@ -42,6 +42,7 @@ fn policy(id: i64, total: Option<i64>) -> CouponPolicy {
         restore_on_cancel: true,
         created_at: new.issue_starts_at,
         updated_at: new.issue_starts_at,
+        version: 1,
     }
 }
 

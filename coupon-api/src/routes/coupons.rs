@@ -9,7 +9,7 @@ use coupon_core::domain::{CouponId, CouponStatus};
 use coupon_core::domain::{CouponPolicy, NewCouponPolicy, ValidPolicy};
 use coupon_core::issue::admission::{Invalidation, InvalidationReason};
 use coupon_core::policies;
-use coupon_core::policies::PolicyUpdate;
+use coupon_core::policies::{PolicyUpdate, Saved};
 use coupon_core::queries::{self, Page, PageOf, PolicyFilter};
 use serde::Deserialize;
 use serde::Serialize;
@@ -140,6 +140,11 @@ async fn announce(
     Ok(())
 }
 
+/// Applies `edit` to the current policy as one conditional write ([`Saved`]): 409
+/// `POLICY_CHANGED` when another admin change was written between the read and the write (the
+/// caller may read the policy again and retry), so a PATCH racing a suspend can never put the
+/// policy back to `ACTIVE`. A change that changes nothing writes nothing and re-announces, so a
+/// repeat after a failed Redis step repairs the copy.
 async fn change(
     state: &AppState,
     id: CouponId,
@@ -149,11 +154,23 @@ async fn change(
         .await?
         .ok_or(ApiError::CouponNotFound)?;
     let next = edit(&current)?;
-    let saved = policies::save_policy_admin_fields(&state.pool, &next)
-        .await?
-        .ok_or(ApiError::CouponNotFound)?;
+    let saved = if next == current {
+        current
+    } else {
+        match policies::save_policy_admin_fields(&state.pool, &next).await? {
+            Saved::Changed(saved) => saved,
+            Saved::NotFound => return Err(ApiError::CouponNotFound),
+            Saved::Conflict => {
+                return Err(ApiError::refused(
+                    StatusCode::CONFLICT,
+                    "POLICY_CHANGED",
+                    "the policy was changed by another request meanwhile; read it and retry".into(),
+                ))
+            }
+        }
+    };
     announce(state, id, Some(&saved)).await?;
-    tracing::info!(coupon_id = %id, status = saved.status.as_str(), "coupon policy changed");
+    tracing::info!(coupon_id = %id, status = saved.status.as_str(), version = saved.version, "coupon policy changed");
     Ok(Json(saved))
 }
 
@@ -162,7 +179,9 @@ async fn change(
 /// Needs an admin token. Send any of `title`, `issue_ends_at`, `valid_days` and `valid_until`;
 /// the others keep their values. Answers 200 with the changed policy. A change to how long
 /// coupons stay valid applies to coupons issued from then on. 422 `VALIDATION_FAILED` for a
-/// change that breaks a rule; 404 `COUPON_NOT_FOUND` for an unknown or deleted policy.
+/// change that breaks a rule; 404 `COUPON_NOT_FOUND` for an unknown or deleted policy; 409
+/// `POLICY_CHANGED` when another change (a suspend, another PATCH) was written between this
+/// one's read and its write: nothing was changed, read the policy (its `version`) and retry.
 #[tracing::instrument(name = "update_policy", skip_all, fields(coupon_id = %id))]
 #[utoipa::path(
     patch,
@@ -173,7 +192,7 @@ async fn change(
     responses(
         (status = 200, body = CouponPolicy),
         (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
-        (status = 409, description = "the change is not allowed once users may hold the coupon", body = ErrorBody)
+        (status = 409, description = "POLICY_CHANGED: another change was written meanwhile; read the policy and retry", body = ErrorBody)
     ),
     security(("bearer" = ["admin"]))
 )]
@@ -199,7 +218,8 @@ async fn update_policy(
     params(("coupon_id" = i64, Path, description = "coupon policy id")),
     responses(
         (status = 200, body = CouponPolicy),
-        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody)
+        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "POLICY_CHANGED: another change was written meanwhile; read the policy and retry", body = ErrorBody)
     ),
     security(("bearer" = ["admin"]))
 )]
@@ -229,7 +249,8 @@ async fn suspend_policy(
     params(("coupon_id" = i64, Path, description = "coupon policy id")),
     responses(
         (status = 200, body = CouponPolicy),
-        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody)
+        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "POLICY_CHANGED: another change was written meanwhile; read the policy and retry", body = ErrorBody)
     ),
     security(("bearer" = ["admin"]))
 )]
@@ -250,7 +271,9 @@ async fn resume_policy(
 /// Delete a coupon policy
 ///
 /// Needs an admin token. Answers 204. The policy then reads as 404 `COUPON_NOT_FOUND` and can no
-/// longer be issued; coupons already issued are kept on record but cannot be used.
+/// longer be issued; coupons already issued are kept on record but cannot be used. Repeating it
+/// answers 204 again (and repeats the delete's announcement to every instance, so a retry after
+/// a 503 completes it); 404 `COUPON_NOT_FOUND` only for an id no policy ever had.
 #[tracing::instrument(name = "delete_policy", skip_all, fields(coupon_id = %id))]
 #[utoipa::path(
     delete,
@@ -268,7 +291,10 @@ async fn delete_policy(
     _admin: Admin,
     CouponPath(id): CouponPath,
 ) -> Result<StatusCode, ApiError> {
-    if !policies::delete_policy(&state.pool, id, Utc::now()).await? {
+    // A repeat of a delete whose Redis step failed finds the row deleted and announces again.
+    if !policies::delete_policy(&state.pool, id, Utc::now()).await?
+        && !policies::is_deleted(&state.pool, id).await?
+    {
         return Err(ApiError::CouponNotFound);
     }
     announce(&state, id, None).await?;

@@ -303,3 +303,40 @@ async fn reconciliation_through_the_admin_api_runs_as_a_job_and_reports_its_repa
         .unwrap();
     assert_error(missing, 404, "NOT_FOUND").await;
 }
+
+#[tokio::test]
+async fn a_delete_whose_redis_step_failed_is_completed_by_its_retry() {
+    // The soft delete committed in MySQL, then Redis froze: 503. The retry once answered 404
+    // and left the Redis policy copy (no TTL) issuable for good.
+    let redis = OwnRedis::start(false).await;
+    let app = app_on(&redis).await;
+    let coupon = app.open_coupon(10).await;
+    assert_eq!(app.issue(coupon, 1).await.status(), 202);
+    let id = CouponId::parse(coupon).unwrap();
+    assert!(app.state.admission.policy(id).await.unwrap().is_some());
+
+    redis.pause();
+    let url = app.url(&format!("/api/v1/coupons/{coupon}"));
+    let first = app.client.delete(&url).send().await.unwrap();
+    assert_error(first, 503, "UNAVAILABLE").await;
+    redis.resume();
+    testing::eventually("the breaker closes", Duration::from_secs(10), || async {
+        (!app.state.breaker.is_open()).then_some(())
+    })
+    .await;
+
+    let retry = app.client.delete(&url).send().await.unwrap();
+    assert_eq!(retry.status(), 204, "the retry completes the delete");
+    assert!(
+        app.state.admission.policy(id).await.unwrap().is_none(),
+        "the Redis policy copy is gone"
+    );
+    assert_error(app.issue(coupon, 2).await, 404, "COUPON_NOT_FOUND").await;
+    let unknown = app
+        .client
+        .delete(app.url(&format!("/api/v1/coupons/{}", coupon + 1000)))
+        .send()
+        .await
+        .unwrap();
+    assert_error(unknown, 404, "COUPON_NOT_FOUND").await;
+}

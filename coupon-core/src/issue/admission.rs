@@ -6,7 +6,10 @@
 //! - `P coupon:{id}:stock`  — the stock bound, `total_quantity` or `-1` for unlimited;
 //! - `P coupon:{id}:pending` — hash of the admissions not yet durable: user id → the request id
 //!   that admitted them (see [Pending admissions](#pending-admissions));
-//! - `P coupon:{id}:policy` — the policy as JSON, the layer between the local cache and MySQL;
+//! - `P coupon:{id}:policy` — the policy as JSON, the layer between the local cache and MySQL,
+//!   kept [`POLICY_COPY_TTL_SECS`] at most, so a copy whose delete or refresh was lost (a Redis
+//!   write that failed after MySQL changed, a broadcast nobody heard) is dropped and read again
+//!   from MySQL within that bound;
 //! - `P coupon:invalidation` — pub/sub channel of [`Invalidation`] messages.
 //!
 //! # Pending admissions
@@ -28,6 +31,12 @@
 //! script requires (<https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#hash-tags>).
 
 use std::future::Future;
+
+/// Longest life (s) of a coupon's Redis policy copy. A deleted or suspended policy is
+/// unissuable on every instance within this bound plus the local cache's `POLICY_CACHE_TTL_MS`
+/// even when its announcement was lost; while it lives, each instance's local cache misses
+/// read the copy instead of MySQL (one MySQL read per coupon and instance per bound).
+pub const POLICY_COPY_TTL_SECS: u64 = 60;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -194,7 +203,7 @@ impl AdmissionStore {
             .ignore()
             .set(self.keys.stock(policy.id), policy.stock_bound())
             .ignore()
-            .set(self.keys.policy(policy.id), json)
+            .set_ex(self.keys.policy(policy.id), json, POLICY_COPY_TTL_SECS)
             .ignore()
             .query_async::<()>(&mut self.conn.clone())
             .await
@@ -214,7 +223,8 @@ impl AdmissionStore {
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
-    /// Stores the policy copy (after a MySQL read filled the gap).
+    /// Stores the policy copy (after a MySQL read filled the gap, or a change), for
+    /// [`POLICY_COPY_TTL_SECS`].
     ///
     /// # Errors
     /// Redis is unreachable, timed out, or the policy does not serialise.
@@ -224,7 +234,7 @@ impl AdmissionStore {
         })?;
         self.conn
             .clone()
-            .set(self.keys.policy(policy.id), json)
+            .set_ex(self.keys.policy(policy.id), json, POLICY_COPY_TTL_SECS)
             .await
     }
 
