@@ -17,6 +17,7 @@ pub mod extract;
 pub mod idempotency;
 pub mod invalidation;
 pub mod openapi;
+pub mod public_reads;
 pub mod rate_limit;
 pub mod rebuild;
 pub mod routes;

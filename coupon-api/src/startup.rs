@@ -267,6 +267,7 @@ impl Application {
             admitted_here: AdmittedHere::new(config.admitted_cache_capacity),
             reservation_hold: chrono::Duration::seconds(i64::from(config.reservation_hold_secs)),
             stats: StatsCache::default(),
+            public_reads: crate::public_reads::PublicReads::default(),
             code_jobs,
             breaker,
             rebuilds,

@@ -51,6 +51,8 @@ pub struct Shared {
     pub reservation_hold: chrono::Duration,
     /// Per-coupon stats, each kept for one second.
     pub stats: StatsCache,
+    /// The public policy reads and the readiness report, each kept for one second.
+    pub public_reads: crate::public_reads::PublicReads,
     /// Runner of code generation jobs.
     pub code_jobs: CodeJobs,
     /// Rebuilds of lost admission state started here.

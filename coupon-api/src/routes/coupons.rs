@@ -1,5 +1,7 @@
 //! Coupon policies: `POST /api/v1/coupons` and `GET /api/v1/coupons/{coupon_id}`.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -72,7 +74,7 @@ async fn create_policy(
 }
 
 /// A policy with its live counts.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PolicyView {
     /// The stored policy (fields as in `coupons`).
     #[serde(flatten)]
@@ -89,9 +91,11 @@ pub struct PolicyView {
 ///
 /// Public: no token needed. Answers 200 with the policy and how many coupons are `issued`
 /// (stored), `pending` (granted, being stored) and `remaining` (still to be had; `null` for an
-/// unlimited coupon). 404 `COUPON_NOT_FOUND` for an unknown or deleted policy.
-// The policy is read fresh from MySQL, `issued` from MySQL, `pending` and `remaining` from the
-// Redis admission set.
+/// unlimited coupon). 404 `COUPON_NOT_FOUND` for an unknown or deleted policy. The answer is at
+/// most one second old (each instance reads the stores at most once a second per coupon), so
+/// shoppers refreshing the page during a drop do not load MySQL and Redis.
+// The policy from MySQL, `issued` from MySQL, `pending` and `remaining` from the Redis
+// admission set, cached by crate::public_reads.
 #[tracing::instrument(name = "get_policy", skip_all, fields(coupon_id = %coupon))]
 #[utoipa::path(
     get,
@@ -107,17 +111,32 @@ async fn get_policy(
     State(state): State<AppState>,
     CouponPath(coupon): CouponPath,
 ) -> Result<Json<PolicyView>, ApiError> {
-    let policy = policies::find_policy(&state.pool, coupon)
-        .await?
-        .ok_or(ApiError::CouponNotFound)?;
+    let view = state
+        .public_reads
+        .policies
+        .try_get_with(coupon, read_policy(&state, coupon))
+        .await
+        .map_err(|err| ApiError::unavailable(anyhow::anyhow!("reading the policy: {err}")))?;
+    let view = view.ok_or(ApiError::CouponNotFound)?;
+    Ok(Json((*view).clone()))
+}
+
+/// The policy's view from the stores; `None` for an unknown or deleted policy.
+async fn read_policy(
+    state: &AppState,
+    coupon: CouponId,
+) -> Result<Option<Arc<PolicyView>>, anyhow::Error> {
+    let Some(policy) = policies::find_policy(&state.pool, coupon).await? else {
+        return Ok(None);
+    };
     let admitted = state.admission.admitted_count(coupon).await?;
     let issued = policy.issued_quantity;
-    Ok(Json(PolicyView {
+    Ok(Some(Arc::new(PolicyView {
         issued,
         pending: (admitted - issued).max(0),
         remaining: policy.total_quantity.map(|total| (total - admitted).max(0)),
         policy,
-    }))
+    })))
 }
 
 /// Refreshes the Redis policy copy (or drops it, for a deleted policy) and broadcasts
@@ -137,6 +156,8 @@ async fn announce(
         reason: InvalidationReason::PolicyChanged,
     };
     state.admission.publish_invalidation(invalidation).await?;
+    // This instance's public read shows the change at once; the others' within a second.
+    state.public_reads.policies.invalidate(&id).await;
     Ok(())
 }
 
@@ -302,6 +323,10 @@ async fn delete_policy(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Longest search text `q` (characters): a title has at most 200, and a longer `q` would only
+/// make each search's `LIKE` scan costlier.
+pub const MAX_QUERY_CHARS: usize = 100;
+
 /// Query parameters of the policy search.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -311,7 +336,7 @@ struct SearchParams {
     status: Option<CouponStatus>,
     /// Only policies whose issue window holds this time (RFC 3339).
     active_at: Option<chrono::DateTime<Utc>>,
-    /// Only policies whose title contains this text.
+    /// Only policies whose title contains this text (at most 100 characters).
     q: Option<String>,
     /// The `next_cursor` of the previous page; absent for the first page.
     cursor: Option<String>,
@@ -324,7 +349,8 @@ struct SearchParams {
 /// Public: no token needed. Newest first, 20 per page unless `limit` says otherwise (1 to 100);
 /// pass the answer's `next_cursor` as `cursor` for the next page (`null` on the last). Filters:
 /// `status` (`ACTIVE` or `SUSPENDED`), `active_at` (an RFC 3339 time inside the issue window)
-/// and `q` (text in the title). Deleted policies are never listed.
+/// and `q` (text in the title, at most 100 characters; longer is 422 `VALIDATION_FAILED`).
+/// Deleted policies are never listed.
 #[tracing::instrument(name = "search_policies", skip_all)]
 #[utoipa::path(
     get,
@@ -340,6 +366,15 @@ async fn search_policies(
     ApiQuery(params): ApiQuery<SearchParams>,
 ) -> Result<Json<PageOf<CouponPolicy>>, ApiError> {
     let page = Page::parse(params.limit, params.cursor.as_deref())?;
+    if params
+        .q
+        .as_ref()
+        .is_some_and(|q| q.chars().count() > MAX_QUERY_CHARS)
+    {
+        return Err(ApiError::Validation(format!(
+            "q must be at most {MAX_QUERY_CHARS} characters"
+        )));
+    }
     let filter = PolicyFilter {
         status: params.status,
         active_at: params.active_at,

@@ -1,5 +1,6 @@
 //! `GET /health` (the process is up) and `GET /ready` (MySQL, Redis and Kafka answer).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -36,17 +37,28 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 /// Readiness report: each dependency `true` when it answered in time.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-struct Readiness {
-    mysql: bool,
-    redis: bool,
-    kafka: bool,
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// MySQL answered `SELECT 1`.
+    pub mysql: bool,
+    /// Redis answered `PING`.
+    pub redis: bool,
+    /// A broker answered a metadata request.
+    pub kafka: bool,
+}
+
+impl Readiness {
+    fn all_up(&self) -> bool {
+        self.mysql && self.redis && self.kafka
+    }
 }
 
 /// Readiness
 ///
 /// Answers 200 when MySQL, Redis and Kafka all answered within 2 seconds, else 503; both carry
-/// the report per dependency. Send traffic only to an instance that answers 200.
+/// the report per dependency. Send traffic only to an instance that answers 200. The report is
+/// at most one second old: each instance probes at most once a second, however often it is
+/// asked.
 #[utoipa::path(
     get,
     path = "/ready",
@@ -57,6 +69,22 @@ struct Readiness {
     )
 )]
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    // One probe per second and instance, shared by concurrent callers (crate::public_reads).
+    let report = state
+        .public_reads
+        .readiness
+        .get_with((), probe(&state))
+        .await;
+    let status = if report.all_up() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json((*report).clone()))
+}
+
+/// Probes the three stores at once, each bounded by the probe timeout.
+async fn probe(state: &AppState) -> Arc<Readiness> {
     let mysql = async {
         tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&state.pool))
             .await
@@ -69,19 +97,11 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     };
     let kafka = async { state.publisher.check_broker(PROBE_TIMEOUT).await.is_ok() };
     let (mysql, redis, kafka) = tokio::join!(mysql, redis, kafka);
-    let status = if mysql && redis && kafka {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(Readiness {
-            mysql,
-            redis,
-            kafka,
-        }),
-    )
+    Arc::new(Readiness {
+        mysql,
+        redis,
+        kafka,
+    })
 }
 
 /// The OpenAPI description of this module's routes.

@@ -208,3 +208,60 @@ async fn stats_count_every_state_of_a_coupon() {
         .unwrap();
     assert_error(missing, 404, "COUPON_NOT_FOUND").await;
 }
+
+#[tokio::test]
+async fn a_poll_flood_of_a_public_policy_read_reaches_the_stores_once_a_second() {
+    // Every GET once read MySQL and Redis: during a drop, shoppers refreshing the coupon page
+    // landed on the stores per request. A change written behind the API's back (no
+    // announcement) shows only once the one-second cache entry is gone.
+    let app = spawn_app().await;
+    let id = app.open_coupon(10).await;
+    let path = format!("/api/v1/coupons/{id}");
+    let first = get(&app, &path).await;
+    let started = std::time::Instant::now();
+    sqlx::query("UPDATE coupons SET title = 'changed behind the API' WHERE id = ?")
+        .bind(id)
+        .execute(&app.state.pool)
+        .await
+        .unwrap();
+
+    let polls = futures::future::join_all((0..50).map(|_| get(&app, &path))).await;
+    if started.elapsed() < coupon_api::public_reads::PUBLIC_READ_TTL {
+        for poll in &polls {
+            assert_eq!(poll["title"], first["title"], "served from the stores, not the cache");
+        }
+    }
+    tokio::time::sleep(coupon_api::public_reads::PUBLIC_READ_TTL).await;
+    assert_eq!(get(&app, &path).await["title"], "changed behind the API");
+    // An admin change through the API shows at once on the instance that made it.
+    let patched = app
+        .client
+        .patch(app.url(&path))
+        .json(&json!({"title": "renamed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    assert_eq!(get(&app, &path).await["title"], "renamed");
+}
+
+#[tokio::test]
+async fn the_search_text_is_bounded() {
+    let app = spawn_app().await;
+    let at_most = "a".repeat(100);
+    let ok = app
+        .anonymous
+        .get(app.url(&format!("/api/v1/coupons?q={at_most}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let too_long = app
+        .anonymous
+        .get(app.url(&format!("/api/v1/coupons?q={at_most}b")))
+        .send()
+        .await
+        .unwrap();
+    let message = assert_error(too_long, 422, "VALIDATION_FAILED").await;
+    assert!(message.contains("100"), "{message}");
+}
