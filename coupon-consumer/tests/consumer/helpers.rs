@@ -93,6 +93,31 @@ impl Running {
         policy.id
     }
 
+    /// A fresh open policy of `total` units with its Redis admission state prepared, and the
+    /// admission store on this consumer's Redis.
+    pub async fn prepared_coupon(
+        &self,
+        total: i64,
+    ) -> (
+        coupon_core::domain::CouponPolicy,
+        coupon_core::issue::admission::AdmissionStore,
+    ) {
+        let mut tx = self.pool.begin().await.unwrap();
+        let policy =
+            policies::insert_policy(&mut tx, &testing::open_policy(total).try_into().unwrap())
+                .await
+                .unwrap();
+        tx.commit().await.unwrap();
+        let store = coupon_core::issue::admission::AdmissionStore::new(
+            coupon_core::store::redis::connect(self.stores.redis_url(), Duration::from_secs(2))
+                .await
+                .unwrap(),
+            coupon_core::issue::admission::RedisKeys::new(self.stores.redis_key_prefix.clone()),
+        );
+        store.prepare(&policy).await.unwrap();
+        (policy, store)
+    }
+
     /// Sends `payload` to `topic` and waits for the broker's acknowledgement.
     pub async fn send_to(&self, topic: &str, key: &str, payload: &[u8]) {
         let record = FutureRecord::to(topic).key(key).payload(payload);

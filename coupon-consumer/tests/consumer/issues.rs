@@ -1,11 +1,10 @@
 //! The issue loop: batches of issue messages into rows, dead letters, sold-out broadcasts.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use coupon_core::domain::CouponId;
 use coupon_core::issue::admission::{Invalidation, InvalidationReason, RedisKeys};
-use coupon_core::{policies, testing};
+use coupon_core::testing;
 use futures::StreamExt;
 use uuid::Uuid;
 
@@ -163,21 +162,8 @@ async fn selling_out_broadcasts_an_invalidation() {
 /// that user heard 503, and the unit belongs to a user who heard 202.
 #[tokio::test]
 async fn a_message_whose_admission_was_undone_is_dead_lettered_not_persisted() {
-    use coupon_core::issue::admission::AdmissionStore;
-
     let consumer = start().await;
-    let mut tx = consumer.pool.begin().await.unwrap();
-    let policy = policies::insert_policy(&mut tx, &testing::open_policy(10).try_into().unwrap())
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    let store = AdmissionStore::new(
-        coupon_core::store::redis::connect(consumer.stores.redis_url(), Duration::from_secs(2))
-            .await
-            .unwrap(),
-        RedisKeys::new(consumer.stores.redis_key_prefix.clone()),
-    );
-    store.prepare(&policy).await.unwrap();
+    let (policy, store) = consumer.prepared_coupon(10).await;
     // Users 1 and 2 are admitted; user 3's admission was undone after its message was written.
     store.add_members(policy.id, &[1, 2]).await.unwrap();
     let messages: Vec<_> = (1..=3).map(|user| issue(policy.id, user)).collect();

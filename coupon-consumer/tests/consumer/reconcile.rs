@@ -5,8 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use coupon_core::domain::UserId;
-use coupon_core::issue::admission::{AdmissionStore, RedisKeys};
-use coupon_core::{policies, testing};
+use coupon_core::testing;
 use uuid::Uuid;
 
 use crate::helpers::{build, run, WAIT};
@@ -19,18 +18,7 @@ async fn an_admission_whose_message_was_lost_is_republished_by_the_consumer_itse
     })
     .await;
     let consumer = run(consumer, config).await;
-    let mut tx = consumer.pool.begin().await.unwrap();
-    let policy = policies::insert_policy(&mut tx, &testing::open_policy(10).try_into().unwrap())
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    let store = AdmissionStore::new(
-        coupon_core::store::redis::connect(consumer.stores.redis_url(), Duration::from_secs(2))
-            .await
-            .unwrap(),
-        RedisKeys::new(consumer.stores.redis_key_prefix.clone()),
-    );
-    store.prepare(&policy).await.unwrap();
+    let (policy, store) = consumer.prepared_coupon(10).await;
 
     // Another instance is reconciling: this one skips its turns meanwhile.
     let mut holder = consumer.pool.acquire().await.unwrap().detach();
