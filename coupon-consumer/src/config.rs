@@ -79,6 +79,26 @@ pub struct ConsumerConfig {
     #[arg(long, env = "ARCHIVE_AFTER_DAYS", default_value_t = 183)]
     pub archive_after_days: u32,
 
+    /// Pause (ms) between purges of expired idempotency keys, published outbox events past
+    /// `OUTBOX_RETENTION_SECS` and finished jobs past `JOB_RETENTION_SECS`; 0 turns them off.
+    #[arg(long, env = "PURGE_INTERVAL_MS", default_value_t = 60_000)]
+    pub purge_interval_ms: u64,
+
+    /// Most rows one purge statement deletes (count); each table is purged batch after batch,
+    /// each its own short statement, until a batch comes back short.
+    #[arg(long, env = "PURGE_BATCH", default_value_t = 1_000)]
+    pub purge_batch: u32,
+
+    /// How long (s) a published outbox event is kept after its publication (7 days by
+    /// default); unpublished events are never purged.
+    #[arg(long, env = "OUTBOX_RETENTION_SECS", default_value_t = 604_800)]
+    pub outbox_retention_secs: u64,
+
+    /// How long (s) a finished reconciliation job (DONE, FAILED) or code generation job (DONE)
+    /// is kept after it finished (30 days by default); running jobs are never purged.
+    #[arg(long, env = "JOB_RETENTION_SECS", default_value_t = 2_592_000)]
+    pub job_retention_secs: u64,
+
     /// Longest pause (ms) between retries of a batch that failed on a MySQL or Kafka error.
     #[arg(long, env = "RETRY_MAX_DELAY_MS", default_value_t = 5_000)]
     pub retry_max_delay_ms: u64,
@@ -128,6 +148,11 @@ impl ConsumerConfig {
             self.stores.kafka_message_timeout() * 2,
             Duration::from_millis,
         )
+    }
+
+    /// [`Self::purge_interval_ms`] as a [`Duration`]; `None` when off.
+    pub fn purge_interval(&self) -> Option<Duration> {
+        (self.purge_interval_ms > 0).then(|| Duration::from_millis(self.purge_interval_ms))
     }
 
     /// [`Self::relay_interval_ms`] as a [`Duration`].

@@ -1,7 +1,7 @@
 //! `coupon-consumer`: the Kafka consumer group member that persists issue messages to MySQL,
 //! and the background jobs that keep coupons moving after they are issued.
 //!
-//! [`Application`] builds seven loops, each its own type owning just what it needs, and runs them
+//! [`Application`] builds eight loops, each its own type owning just what it needs, and runs them
 //! under one [`retry::Shutdown`]:
 //! - [`issues::IssueConsumer`]: issue messages into rows, in batches;
 //! - [`payments::PaymentConsumer`]: payment results confirm or release checkout holds;
@@ -9,7 +9,9 @@
 //! - [`outbox::OutboxRelay`]: publishes the event outbox to the events topic;
 //! - [`expiry::ExpiryJobs`]: expiry notices and marks, code archival;
 //! - [`gauges::GaugeSampler`]: consumer lag and per-coupon stock gauges;
-//! - [`reconcile::PeriodicReconciliation`]: the reconciliation pass, one instance at a time.
+//! - [`reconcile::PeriodicReconciliation`]: the reconciliation pass, one instance at a time;
+//! - [`purge::PurgeJobs`]: deletes expired idempotency keys, published events and finished
+//!   jobs past their retention.
 
 pub mod config;
 pub mod dead_letter;
@@ -18,6 +20,7 @@ pub mod gauges;
 pub mod issues;
 pub mod outbox;
 pub mod payments;
+pub mod purge;
 pub mod reconcile;
 pub mod retry;
 pub mod sweeper;
@@ -42,6 +45,7 @@ use crate::gauges::{GaugeSampler, GroupContext};
 use crate::issues::IssueConsumer;
 use crate::outbox::{Backlog, OutboxRelay};
 use crate::payments::PaymentConsumer;
+use crate::purge::PurgeJobs;
 use crate::reconcile::PeriodicReconciliation;
 use crate::retry::{Retrier, Shutdown};
 use crate::sweeper::HoldSweeper;
@@ -95,7 +99,7 @@ pub fn consumer_config(
     config
 }
 
-/// A built consumer: its seven loops, ready to run.
+/// A built consumer: its eight loops, ready to run.
 pub struct Application {
     issues: IssueConsumer,
     payments: PaymentConsumer,
@@ -104,6 +108,7 @@ pub struct Application {
     expiry: ExpiryJobs,
     gauges: GaugeSampler,
     reconciliation: PeriodicReconciliation,
+    purge: PurgeJobs,
     shutdown_grace: std::time::Duration,
     stats: Arc<ConsumerStats>,
 }
@@ -121,6 +126,7 @@ impl Application {
         telemetry::install_metrics(config.metrics_listen)?;
         gauges::register_metrics();
         reconcile::register_metrics();
+        purge::register_metrics();
         let Connections { pool, redis } = coupon_core::store::connect(stores).await?;
         let admission = AdmissionStore::new(redis, RedisKeys::new(stores.redis_key_prefix.clone()));
         let member = |group: &str, topic: &str, what: &str| -> anyhow::Result<_> {
@@ -202,6 +208,13 @@ impl Application {
                 backlog,
                 stats: Arc::clone(&stats),
             },
+            purge: PurgeJobs {
+                pool: pool.clone(),
+                interval: config.purge_interval(),
+                batch: config.purge_batch,
+                outbox_retention: std::time::Duration::from_secs(config.outbox_retention_secs),
+                job_retention: std::time::Duration::from_secs(config.job_retention_secs),
+            },
             expiry: ExpiryJobs {
                 pool: pool.clone(),
                 interval: config.expiry_interval(),
@@ -263,6 +276,7 @@ impl Application {
                 self.expiry.run(&shutdown),
                 self.gauges.run(&shutdown),
                 self.reconciliation.run(&shutdown),
+                self.purge.run(&shutdown),
             )
         };
         tokio::select! {

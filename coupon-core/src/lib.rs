@@ -13,7 +13,8 @@
 //! - [`events`]: coupon events for notification services (transactional outbox);
 //!   [`expiry`]: the expiring-soon and expiry jobs;
 //! - [`queries`]: a user's coupons, policy search and per-coupon counts;
-//! - [`idempotency`]: idempotency keys of state-changing requests;
+//! - [`idempotency`]: idempotency keys of state-changing requests; [`purge`]: deleting keys,
+//!   events and jobs past their retention;
 //! - [`auth`]: bearer tokens (JWT): claims, roles, checking and minting;
 //! - [`config`], [`telemetry`] and [`shutdown`]: typed configuration, tracing, metrics and
 //!   the shutdown signal.
@@ -29,6 +30,7 @@ pub mod expiry;
 pub mod idempotency;
 pub mod issue;
 pub mod policies;
+pub mod purge;
 pub mod queries;
 pub mod redemption;
 pub mod shutdown;

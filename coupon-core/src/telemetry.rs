@@ -123,6 +123,9 @@ pub mod names {
     pub const RECONCILIATION_REPAIRS: &str = "coupon_reconciliation_repairs_total";
     /// Periodic reconciliation passes (counter; `outcome`: done, skipped, failed).
     pub const RECONCILIATION_PASSES: &str = "coupon_reconciliation_passes_total";
+    /// Rows deleted by coupon-consumer's purge (counter; `table`: idempotency_keys,
+    /// coupon_events, reconciliation_jobs, code_generation_jobs).
+    pub const PURGED: &str = "coupon_purged_rows_total";
 }
 
 static INSTALLED: OnceLock<()> = OnceLock::new();

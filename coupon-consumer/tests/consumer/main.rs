@@ -7,6 +7,7 @@ mod helpers;
 mod issues;
 mod outbox;
 mod payments;
+mod purge;
 mod reconcile;
 mod shutdown;
 mod sweeper;
