@@ -5,6 +5,9 @@
 //! A claim is leased: if the process that claimed a key dies (or the client hangs up and the
 //! request is dropped) before storing a response, another request may take the key over once
 //! the lease ran out.
+//!
+//! A key is kept until `expires_at`; coupon-consumer's purge deletes it afterwards
+//! ([`crate::purge`]).
 
 use chrono::{DateTime, Duration, Utc};
 use sqlx::{MySqlPool, Row};
@@ -124,8 +127,8 @@ pub async fn complete(
     Ok(())
 }
 
-/// Frees `key` without a stored response (the request failed on our side, so a repeat should
-/// act again).
+/// Frees `key` without a stored response: the request failed on our side (5xx) or its caller
+/// was refused (401, 403, 429), so a repeat should act again.
 ///
 /// # Errors
 /// Any database error.

@@ -1,9 +1,13 @@
 //! `Idempotency-Key` on state-changing endpoints.
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use coupon_api::idempotency::RATE_LIMITED_ROUTES;
 use coupon_core::testing;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, spawn_app, TestApp};
+use crate::helpers::{assert_error, spawn_app, spawn_app_with, TestApp};
 
 async fn create_with_key(app: &TestApp, key: &str, body: &Value) -> reqwest::Response {
     app.client
@@ -11,6 +15,33 @@ async fn create_with_key(app: &TestApp, key: &str, body: &Value) -> reqwest::Res
         .header("Idempotency-Key", key)
         .json(body)
         .send()
+        .await
+        .unwrap()
+}
+
+async fn key_rows(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_keys")
+        .fetch_one(&app.state.pool)
+        .await
+        .unwrap()
+}
+
+/// From now on, every row ever inserted into `idempotency_keys` is also counted in a table of
+/// its own (a trigger), so a claim written and deleted again is still seen.
+async fn count_claims(app: &TestApp) {
+    sqlx::raw_sql(
+        "CREATE TABLE claims_written (n INT NOT NULL); \
+         CREATE TRIGGER count_claims AFTER INSERT ON idempotency_keys \
+         FOR EACH ROW INSERT INTO claims_written VALUES (1)",
+    )
+    .execute(&app.state.pool)
+    .await
+    .unwrap();
+}
+
+async fn claims_written(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM claims_written")
+        .fetch_one(&app.state.pool)
         .await
         .unwrap()
 }
@@ -133,4 +164,190 @@ async fn a_malformed_key_is_validation_failed() {
     )
     .await;
     assert_eq!(policy_rows(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_key_with_a_bad_token_writes_nothing() {
+    let app = spawn_app().await;
+    let coupon = app.open_coupon(5).await;
+    count_claims(&app).await;
+
+    for path in [
+        "/api/v1/coupons".to_owned(),
+        format!("/api/v1/coupons/{coupon}/issues"),
+    ] {
+        let refused = app
+            .anonymous
+            .post(app.url(&path))
+            .bearer_auth("not-a-token")
+            .header("Idempotency-Key", "bad-token")
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_error(refused, 401, "UNAUTHORIZED").await;
+    }
+
+    assert_eq!(claims_written(&app).await, 0);
+    assert_eq!(key_rows(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_throttled_request_writes_no_key_and_its_retry_acts_once_allowed() {
+    let app = spawn_app_with(|c| {
+        c.rate_limits.rate_limits = true;
+        c.rate_limits.rate_limit_user_per_sec = 1;
+        c.rate_limits.rate_limit_user_burst = 1;
+        c.rate_limits.rate_limit_ip_per_sec = 0;
+    })
+    .await;
+    let coupon = app.open_coupon(5).await;
+    count_claims(&app).await;
+    let issue_with_key = || {
+        app.client
+            .post(app.url(&format!("/api/v1/coupons/{coupon}/issues")))
+            .bearer_auth(testing::user_token(7))
+            .header("Idempotency-Key", "issue-after-429")
+            .send()
+    };
+    // User 7's one token, on a coupon that does not exist (answered at once, nothing published).
+    assert_eq!(app.issue(coupon + 1_000, 7).await.status(), 404);
+
+    let throttled = issue_with_key().await.unwrap();
+    let retry_after: u64 = throttled.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_error(throttled, 429, "RATE_LIMITED").await;
+    assert_eq!(
+        claims_written(&app).await,
+        0,
+        "a throttled request writes no key"
+    );
+    assert_eq!(key_rows(&app).await, 0);
+
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let allowed = issue_with_key().await.unwrap();
+
+    assert_eq!(allowed.status(), 202, "acted, not the 429 replayed");
+    assert!(allowed.headers().get("idempotent-replayed").is_none());
+    let coupon = coupon_core::domain::CouponId::parse(coupon).unwrap();
+    assert_eq!(app.state.admission.admitted_count(coupon).await.unwrap(), 1);
+    assert_eq!(key_rows(&app).await, 1, "the 202 is stored for replay");
+}
+
+#[tokio::test]
+async fn a_request_with_a_key_counts_once_against_the_rate_limit() {
+    let app = spawn_app_with(|c| {
+        c.rate_limits.rate_limits = true;
+        c.rate_limits.rate_limit_user_per_sec = 1;
+        c.rate_limits.rate_limit_user_burst = 2;
+        c.rate_limits.rate_limit_ip_per_sec = 0;
+    })
+    .await;
+
+    // Coupons that do not exist: answered at once, so the bucket has no time to refill.
+    for (coupon, key) in [(1_001, "first"), (1_002, "second")] {
+        let response = app
+            .client
+            .post(app.url(&format!("/api/v1/coupons/{coupon}/issues")))
+            .bearer_auth(testing::user_token(7))
+            .header("Idempotency-Key", key)
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 404, "COUPON_NOT_FOUND").await;
+    }
+}
+
+#[tokio::test]
+async fn a_forbidden_request_stores_no_answer_and_its_repeat_is_answered_afresh() {
+    let app = spawn_app().await;
+    let body = serde_json::to_value(testing::open_policy(10)).unwrap();
+    let create_as_user = || {
+        app.client
+            .post(app.url("/api/v1/coupons"))
+            .bearer_auth(testing::user_token(7))
+            .header("Idempotency-Key", "create-as-user")
+            .json(&body)
+            .send()
+    };
+
+    assert_error(create_as_user().await.unwrap(), 403, "FORBIDDEN").await;
+    assert_eq!(key_rows(&app).await, 0, "the claim is released");
+
+    let repeat = create_as_user().await.unwrap();
+    assert!(
+        repeat.headers().get("idempotent-replayed").is_none(),
+        "the 403 is not replayed"
+    );
+    assert_error(repeat, 403, "FORBIDDEN").await;
+    assert_eq!(policy_rows(&app).await, 0);
+}
+
+/// The routes of `RATE_LIMITED_ROUTES` are exactly those the rate limit covers: every
+/// state-changing operation of the OpenAPI document is called twice by a fresh user whose
+/// limit is one request, with no key and ids that name nothing (nothing acts); the second
+/// call answers 429 only on a limited route.
+#[tokio::test]
+async fn the_routes_claimed_behind_the_rate_limit_are_the_rate_limited_ones() {
+    let app = spawn_app_with(|c| {
+        c.rate_limits.rate_limits = true;
+        c.rate_limits.rate_limit_user_per_sec = 1;
+        c.rate_limits.rate_limit_user_burst = 1;
+        c.rate_limits.rate_limit_ip_per_sec = 0;
+    })
+    .await;
+    let doc: Value = app
+        .anonymous
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let mut limited = BTreeSet::new();
+    let mut operations: usize = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let url = app.url(&fill_parameters(path));
+        for method in ["POST", "PUT", "PATCH", "DELETE"] {
+            if item.get(method.to_lowercase()).is_none() {
+                continue;
+            }
+            operations += 1;
+            let user = 10_000 + i64::try_from(operations).unwrap();
+            let call = || {
+                app.anonymous
+                    .request(method.parse().unwrap(), &url)
+                    .bearer_auth(testing::user_token(user))
+                    .send()
+            };
+            let first = call().await.unwrap().status();
+            assert_ne!(first.as_u16(), 429, "{method} {path}: the first call");
+            if call().await.unwrap().status() == 429 {
+                assert_eq!(method, "POST", "{path}");
+                limited.insert(path.as_str());
+            }
+        }
+    }
+
+    assert!(operations > RATE_LIMITED_ROUTES.len());
+    assert_eq!(limited, RATE_LIMITED_ROUTES.into_iter().collect());
+}
+
+/// `path` with every `{parameter}` replaced by `1`.
+fn fill_parameters(path: &str) -> String {
+    path.split('/')
+        .map(|segment| {
+            if segment.starts_with('{') {
+                "1"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }

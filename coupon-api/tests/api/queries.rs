@@ -228,7 +228,10 @@ async fn a_poll_flood_of_a_public_policy_read_reaches_the_stores_once_a_second()
     let polls = futures::future::join_all((0..50).map(|_| get(&app, &path))).await;
     if started.elapsed() < coupon_api::public_reads::PUBLIC_READ_TTL {
         for poll in &polls {
-            assert_eq!(poll["title"], first["title"], "served from the stores, not the cache");
+            assert_eq!(
+                poll["title"], first["title"],
+                "served from the stores, not the cache"
+            );
         }
     }
     tokio::time::sleep(coupon_api::public_reads::PUBLIC_READ_TTL).await;
