@@ -35,14 +35,23 @@ async fn an_admission_whose_message_was_lost_is_republished_by_the_consumer_itse
         .admit(policy.id, UserId::parse(7).unwrap(), Uuid::now_v7())
         .await
         .unwrap();
-    assert_eq!(admitted, coupon_core::issue::admission::AdmitOutcome::Admitted);
+    assert_eq!(
+        admitted,
+        coupon_core::issue::admission::AdmitOutcome::Admitted
+    );
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(
         testing::count_rows(&consumer.pool, policy.id.get()).await,
         0,
         "no pass ran while another instance held the lock"
     );
-    assert_eq!(consumer.stats.reconciliation_repairs.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        consumer
+            .stats
+            .reconciliation_repairs
+            .load(Ordering::Relaxed),
+        0
+    );
 
     sqlx::Connection::close(holder).await.unwrap();
     testing::eventually("the lost admission persisted", WAIT, || async {
@@ -50,7 +59,13 @@ async fn an_admission_whose_message_was_lost_is_republished_by_the_consumer_itse
     })
     .await;
     assert_eq!(consumer.issued_quantity(policy.id).await, 1);
-    assert!(consumer.stats.reconciliation_repairs.load(Ordering::Relaxed) >= 1);
+    assert!(
+        consumer
+            .stats
+            .reconciliation_repairs
+            .load(Ordering::Relaxed)
+            >= 1
+    );
     let holder: i64 = sqlx::query_scalar("SELECT user_id FROM coupon_issues WHERE coupon_id = ?")
         .bind(policy.id.get())
         .fetch_one(&consumer.pool)
