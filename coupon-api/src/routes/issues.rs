@@ -1,11 +1,14 @@
 //! The FCFS issue path: `POST /api/v1/coupons/{coupon_id}/issues` and the issue status
 //! `GET /api/v1/coupons/{coupon_id}/issues/{user_id}`.
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use coupon_core::domain::{CouponId, CouponStatus, IssueState, IssueWindow, UserId};
 use coupon_core::issue::admission::AdmitOutcome;
@@ -264,15 +267,45 @@ fn answer_lost(err: &ApiError) -> bool {
 }
 
 /// Undoes `request_id`'s admission of `user` (a no-op unless it is still pending under that
-/// id); a failure is logged: the slot stays held until reconciliation re-publishes it.
-async fn undo(state: AppState, coupon: CouponId, user: UserId, request_id: Uuid, why: &str) {
-    if let Err(undo_err) = state.admission.undo(coupon, user, request_id).await {
-        tracing::error!(
-            %undo_err, coupon_id = %coupon, user_id = %user, %request_id,
-            "{why} AND the admission could not be undone: the slot is held without a message \
-             until the admission set is reconciled"
-        );
+/// id). An undo that fails (a Redis call timed out while a burst of publishes failed at once,
+/// as when a broker dies mid-drop) is retried in the background with back-off (100 ms doubling
+/// to 2 s, 8 more attempts, about 10 s in all): retrying is safe because the undo removes the
+/// admission only while it is pending under this request's id, and it must land before
+/// reconciliation (whose grace is twice the producer's message timeout) takes the slot for a
+/// lost message and gives the coupon to a user who heard 503. Only when every attempt failed
+/// is the slot left to reconciliation, which re-publishes it.
+async fn undo(
+    state: AppState,
+    coupon: CouponId,
+    user: UserId,
+    request_id: Uuid,
+    why: &'static str,
+) {
+    if state.admission.undo(coupon, user, request_id).await.is_ok() {
+        return;
     }
+    tokio::spawn(async move {
+        let attempt = || state.admission.undo(coupon, user, request_id);
+        let retried = attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_max_times(8)
+                    .with_jitter(),
+            )
+            .notify(|err: &redis::RedisError, pause: Duration| {
+                tracing::warn!(%err, ?pause, coupon_id = %coupon, user_id = %user, %request_id, "{why}; undoing the admission failed, retrying");
+            })
+            .await;
+        if let Err(undo_err) = retried {
+            tracing::error!(
+                %undo_err, coupon_id = %coupon, user_id = %user, %request_id,
+                "{why} AND the admission could not be undone: the slot is held without a message \
+                 until the admission set is reconciled"
+            );
+        }
+    });
 }
 
 /// Body of the issue status: `{"coupon_id": 42, "user_id": 7, "status": "ISSUED"}`.

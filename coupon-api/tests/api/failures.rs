@@ -340,3 +340,58 @@ async fn a_delete_whose_redis_step_failed_is_completed_by_its_retry() {
         .unwrap();
     assert_error(unknown, 404, "COUPON_NOT_FOUND").await;
 }
+
+#[tokio::test]
+async fn an_undo_that_failed_is_retried_until_the_admission_is_gone() {
+    // The broker is unreachable, so the publish fails after its 1 s timeout; Redis is down
+    // meanwhile, so the undo fails too. The slot once stayed held without a message, and
+    // reconciliation then gave the coupon to a user who heard 503 (`make chaos`, scenario 1,
+    // "row without 202", after undos timed out under load).
+    let mut redis = OwnRedis::start(true).await;
+    let url = redis.url();
+    let app = spawn_app_with(move |c| {
+        c.stores.redis_url = url.into();
+        c.stores.redis_timeout_ms = 300;
+        c.stores.kafka_create_topics = false;
+        c.stores.kafka_brokers = "127.0.0.1:1".into();
+        c.stores.kafka_message_timeout_ms = 1_000;
+    })
+    .await;
+    let coupon = app.open_coupon(10).await;
+    let request = tokio::spawn({
+        let client = app.client.clone();
+        let url = app.url(&format!("/api/v1/coupons/{coupon}/issues"));
+        async move {
+            client
+                .post(url)
+                .json(&serde_json::json!({"user_id": 7}))
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    // Admitted by now (the admission is on disk: appendfsync always); down until after the
+    // publish failed and the undo's first attempt failed.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(admitted(&app, coupon).await, 1, "the request was admitted");
+    redis.stop();
+    let response = request.await.unwrap();
+    assert_error(response, 503, "UNAVAILABLE").await;
+    redis.restart().await;
+
+    testing::eventually(
+        "the admission is undone",
+        Duration::from_secs(15),
+        || async {
+            (app.state
+                .admission
+                .admitted_count(CouponId::parse(coupon).unwrap())
+                .await
+                .ok()
+                == Some(0))
+            .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(testing::count_rows(&app.state.pool, coupon).await, 0);
+}
