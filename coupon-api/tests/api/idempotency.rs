@@ -19,6 +19,17 @@ async fn create_with_key(app: &TestApp, key: &str, body: &Value) -> reqwest::Res
         .unwrap()
 }
 
+/// An app whose rate limit lets one user send one request per second (no address limit).
+async fn one_request_per_second() -> TestApp {
+    spawn_app_with(|c| {
+        c.rate_limits.rate_limits = true;
+        c.rate_limits.rate_limit_user_per_sec = 1;
+        c.rate_limits.rate_limit_user_burst = 1;
+        c.rate_limits.rate_limit_ip_per_sec = 0;
+    })
+    .await
+}
+
 async fn key_rows(app: &TestApp) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_keys")
         .fetch_one(&app.state.pool)
@@ -194,13 +205,7 @@ async fn a_key_with_a_bad_token_writes_nothing() {
 
 #[tokio::test]
 async fn a_throttled_request_writes_no_key_and_its_retry_acts_once_allowed() {
-    let app = spawn_app_with(|c| {
-        c.rate_limits.rate_limits = true;
-        c.rate_limits.rate_limit_user_per_sec = 1;
-        c.rate_limits.rate_limit_user_burst = 1;
-        c.rate_limits.rate_limit_ip_per_sec = 0;
-    })
-    .await;
+    let app = one_request_per_second().await;
     let coupon = app.open_coupon(5).await;
     count_claims(&app).await;
     let issue_with_key = || {
@@ -292,13 +297,7 @@ async fn a_forbidden_request_stores_no_answer_and_its_repeat_is_answered_afresh(
 /// call answers 429 only on a limited route.
 #[tokio::test]
 async fn the_routes_claimed_behind_the_rate_limit_are_the_rate_limited_ones() {
-    let app = spawn_app_with(|c| {
-        c.rate_limits.rate_limits = true;
-        c.rate_limits.rate_limit_user_per_sec = 1;
-        c.rate_limits.rate_limit_user_burst = 1;
-        c.rate_limits.rate_limit_ip_per_sec = 0;
-    })
-    .await;
+    let app = one_request_per_second().await;
     let doc: Value = app
         .anonymous
         .get(app.url("/openapi.json"))
