@@ -84,13 +84,18 @@ pub async fn run(consumer: Application, config: ConsumerConfig) -> Running {
 impl Running {
     /// A fresh open policy of `total` units.
     pub async fn coupon(&self, total: i64) -> CouponId {
+        self.policy(total).await.id
+    }
+
+    /// A fresh open policy of `total` units, as stored.
+    async fn policy(&self, total: i64) -> coupon_core::domain::CouponPolicy {
         let mut tx = self.pool.begin().await.unwrap();
         let policy =
             policies::insert_policy(&mut tx, &testing::open_policy(total).try_into().unwrap())
                 .await
                 .unwrap();
         tx.commit().await.unwrap();
-        policy.id
+        policy
     }
 
     /// A fresh open policy of `total` units with its Redis admission state prepared, and the
@@ -102,12 +107,7 @@ impl Running {
         coupon_core::domain::CouponPolicy,
         coupon_core::issue::admission::AdmissionStore,
     ) {
-        let mut tx = self.pool.begin().await.unwrap();
-        let policy =
-            policies::insert_policy(&mut tx, &testing::open_policy(total).try_into().unwrap())
-                .await
-                .unwrap();
-        tx.commit().await.unwrap();
+        let policy = self.policy(total).await;
         let store = coupon_core::issue::admission::AdmissionStore::new(
             coupon_core::store::redis::connect(self.stores.redis_url(), Duration::from_secs(2))
                 .await
