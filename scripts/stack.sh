@@ -6,13 +6,17 @@
 #   scripts/stack.sh down   stop what `up` started (services found already running are left alone)
 #   scripts/stack.sh status
 #
-# Settings (env): DB_NAME (coupon), KAFKA_PORT (9092), STACK_DIR (.local/ in the repo).
+# Settings (env): DB_NAME (coupon), KAFKA_PORT (9092), STACK_DIR (.local/ in the repo),
+# REDIS_MODE (single; `cluster` also starts a local Redis Cluster: 3 masters and 3 replicas on
+# 127.0.0.1:7000-7005, REDIS_CLUSTER_PORT the first port; see docs/scale.md).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STACK_DIR="${STACK_DIR:-$here/.local}"
 DB_NAME="${DB_NAME:-coupon}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
+REDIS_MODE="${REDIS_MODE:-single}"
+REDIS_CLUSTER_PORT="${REDIS_CLUSTER_PORT:-7000}"
 mkdir -p "$STACK_DIR"
 
 log() { printf '[stack] %s\n' "$*" >&2; }
@@ -67,6 +71,51 @@ redis_up() {
   fi
 }
 
+cluster_ports() { seq "$REDIS_CLUSTER_PORT" $((REDIS_CLUSTER_PORT + 5)); }
+
+# Six redis-server processes in cluster mode, each in its own directory (nodes.conf lives
+# there), then `redis-cli --cluster create` once. cluster-node-timeout 1000 ms: a killed master
+# is replaced by its replica within about 2 s (the chaos suite kills one).
+cluster_up() {
+  command -v redis-server >/dev/null || { log "installing Redis"; apt_install redis-server; }
+  local port dir
+  for port in $(cluster_ports); do
+    port_open "$port" && continue
+    dir="$STACK_DIR/redis-cluster/$port"
+    mkdir -p "$dir"
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --dir "$dir" \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 1000 \
+      --save "" --appendonly no --logfile "$dir/redis.log" --pidfile "$dir/redis.pid"
+    wait_port "$port" "Redis Cluster node" 30
+  done
+  if [ "$(redis-cli -p "$REDIS_CLUSTER_PORT" cluster info | tr -d '\r' | sed -n 's/^cluster_state://p')" != ok ]; then
+    local nodes=()
+    for port in $(cluster_ports); do nodes+=("127.0.0.1:$port"); done
+    if [ "$(redis-cli -p "$REDIS_CLUSTER_PORT" cluster info | tr -d '\r' | sed -n 's/^cluster_known_nodes://p')" = 1 ]; then
+      log "creating the Redis Cluster (3 masters, 3 replicas) on ${nodes[*]}"
+      redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$STACK_DIR/redis-cluster/create.log"
+    fi
+    local i
+    for ((i = 0; i < 300; i++)); do
+      [ "$(redis-cli -p "$REDIS_CLUSTER_PORT" cluster info | tr -d '\r' | sed -n 's/^cluster_state://p')" = ok ] && break
+      sleep 0.1
+    done
+  fi
+  redis-cli --cluster check "127.0.0.1:$REDIS_CLUSTER_PORT" >/dev/null ||
+    { log "the Redis Cluster on $REDIS_CLUSTER_PORT is not healthy"; redis-cli --cluster check "127.0.0.1:$REDIS_CLUSTER_PORT" >&2; return 1; }
+}
+
+cluster_down() {
+  local port
+  for port in $(cluster_ports); do
+    [ -f "$STACK_DIR/redis-cluster/$port/redis.pid" ] || continue
+    redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || kill "$(cat "$STACK_DIR/redis-cluster/$port/redis.pid")" 2>/dev/null || true
+  done
+  # A cluster is re-created from scratch next time: the nodes' state files go with it.
+  [ -d "$STACK_DIR/redis-cluster" ] && log "stopping the Redis Cluster" && rm -rf "$STACK_DIR/redis-cluster"
+  return 0
+}
+
 kafka_up() {
   if port_open "$KAFKA_PORT"; then
     return 0
@@ -104,11 +153,15 @@ case "${1:-}" in
     command -v mariadb >/dev/null || { log "installing the MariaDB client"; apt_install mariadb-client; }
     mariadb_up
     redis_up
+    [ "$REDIS_MODE" = cluster ] && cluster_up
     kafka_up
     log "up: MariaDB 127.0.0.1:3306 (database $DB_NAME), Redis 127.0.0.1:6379, Kafka 127.0.0.1:$KAFKA_PORT"
+    [ "$REDIS_MODE" = cluster ] && log "up: Redis Cluster 127.0.0.1:$REDIS_CLUSTER_PORT-$((REDIS_CLUSTER_PORT + 5)) (REDIS_MODE=cluster REDIS_URL=redis://127.0.0.1:$REDIS_CLUSTER_PORT)"
+    true
     ;;
   down)
     kafka_down
+    cluster_down
     if [ -f "$STACK_DIR/started" ]; then
       if grep -qx redis "$STACK_DIR/started"; then log "stopping Redis"; redis-cli -p 6379 shutdown nosave >/dev/null 2>&1 || true; fi
       if grep -qx mariadb "$STACK_DIR/started"; then log "stopping MariaDB"; as_root mariadb-admin shutdown >/dev/null 2>&1 || true; fi
@@ -117,7 +170,7 @@ case "${1:-}" in
     log "down"
     ;;
   status)
-    for p in 3306 6379 "$KAFKA_PORT"; do
+    for p in 3306 6379 "$KAFKA_PORT" $(cluster_ports); do
       if port_open "$p"; then echo "127.0.0.1:$p open"; else echo "127.0.0.1:$p closed"; fi
     done
     ;;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite (`make test`): unit tests plus black-box tests against the real
-# MariaDB/MySQL, Redis and Kafka-protocol broker that `make up` started.
+# MariaDB/MySQL, Redis and Kafka-protocol broker that `make up` started, run twice: on the
+# single Redis node, then on a local Redis Cluster (docs/scale.md).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -32,4 +33,17 @@ fi
 # Each alert has a case that fires it and one that must not (promtool's rule unit tests).
 "$promtool" test rules monitoring/alerts_test.yml
 
+echo "[test] the suite against the single Redis node (127.0.0.1:6379)"
 cargo test --workspace --locked "$@"
+
+# Again against a Redis Cluster (3 masters, 3 replicas on 127.0.0.1:7000-7005, started here
+# where missing): every Redis-touching test (admission, the issue race, rebuild,
+# reconciliation, invalidation, the breaker) then runs on both engines. Tests that start a
+# redis-server of their own (faults) use a single node either way.
+cluster_port="${REDIS_CLUSTER_PORT:-7000}"
+REDIS_MODE=cluster scripts/stack.sh up
+for port in $(redis-cli -p "$cluster_port" cluster nodes | awk '/master/ && !/fail/ { split($2, a, "[:@]"); print a[2] }'); do
+  redis-cli -p "$port" --scan --pattern 'test:*' | xargs -r -n 500 redis-cli -p "$port" DEL >/dev/null || true
+done
+echo "[test] the suite against the Redis Cluster (REDIS_MODE=cluster, 127.0.0.1:7000)"
+REDIS_MODE=cluster REDIS_URL="redis://127.0.0.1:$cluster_port" cargo test --workspace --locked "$@"

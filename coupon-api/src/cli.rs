@@ -206,8 +206,7 @@ async fn reconcile(
         .map(|id| CouponId::parse(id).map_err(|e| anyhow::anyhow!(e.0)))
         .transpose()?;
     let pool = coupon_core::store::db::connect(stores.database_url(), 4).await?;
-    let redis =
-        coupon_core::store::redis::connect(stores.redis_url(), stores.redis_timeout()).await?;
+    let redis = stores.connect_redis(stores.redis_timeout()).await?;
     let admission = AdmissionStore::new(redis, RedisKeys::new(stores.redis_key_prefix.clone()));
     let publisher = IssuePublisher::new(
         &stores.kafka_brokers,

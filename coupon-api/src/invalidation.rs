@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use coupon_core::issue::admission::{Invalidation, InvalidationReason};
+use coupon_core::store::redis::{subscriber_urls, RedisConnection};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -41,15 +42,29 @@ impl Invalidated {
 
 /// Applies invalidations from `channel` to `cache` until `shutdown` fires, resubscribing after
 /// any failure. `subscribed` is cancelled once the first subscription is active (tests wait on it).
+///
+/// The subscriber holds its own connection to one node: on a cluster any node will do (classic
+/// `PUBLISH` reaches every node's subscribers; sharded pub/sub would tie the subscription to
+/// the channel's slot owner and need re-subscribing on every failover, for a few messages a
+/// minute), and each (re)subscription tries the nodes of [`subscriber_urls`] in turn, so the
+/// loss of the node it listened to costs one resubscription.
 pub async fn run(
-    redis_url: String,
+    redis: RedisConnection,
+    redis_urls: String,
     channel: String,
     cache: Invalidated,
     shutdown: CancellationToken,
     subscribed: CancellationToken,
 ) {
+    let mut attempt = 0usize;
     loop {
-        let session = subscribe_and_apply(&redis_url, &channel, &cache, &subscribed);
+        let urls = subscriber_urls(&redis, &redis_urls).await;
+        let Some(url) = urls.get(attempt % urls.len().max(1)) else {
+            tracing::error!("no Redis URL to subscribe to invalidations");
+            return;
+        };
+        attempt += 1;
+        let session = subscribe_and_apply(url, &channel, &cache, &subscribed);
         tokio::select! {
             () = shutdown.cancelled() => return,
             result = session => {

@@ -230,7 +230,9 @@ impl Application {
         )
         .context("creating the Kafka producer")?;
         let keys = RedisKeys::new(stores.redis_key_prefix.clone());
-        let admission = AdmissionStore::new(redis, keys.clone());
+        let redis_for_subscriber = redis.clone();
+        let admission = AdmissionStore::new(redis, keys.clone())
+            .with_replica_acks(stores.redis_wait_replicas, stores.redis_wait_timeout());
         let policies = PolicyCache::new(
             config.policy_cache_capacity,
             config.policy_cache_ttl(),
@@ -276,6 +278,7 @@ impl Application {
 
         let invalidations_ready = CancellationToken::new();
         tokio::spawn(invalidation::run(
+            redis_for_subscriber,
             stores.redis_url().to_owned(),
             keys.invalidation_channel(),
             invalidation::Invalidated { policies, sold_out },

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::store::redis::RedisMode;
+
 /// Connections to the three stores every service talks to.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreConfig {
@@ -25,9 +27,25 @@ pub struct StoreConfig {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
 
-    /// Redis URL, e.g. `redis://127.0.0.1:6379/0`.
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/0`; with `REDIS_MODE=cluster`, one or more seed
+    /// nodes of the cluster, comma-separated. Kept secret: it may hold a password.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: SecretString,
+
+    /// What `REDIS_URL` names: `single` (one node) or `cluster` (a Redis Cluster).
+    #[arg(long, env = "REDIS_MODE", value_enum, default_value_t = RedisMode::Single)]
+    pub redis_mode: RedisMode,
+
+    /// Replicas (count) that must acknowledge an admission before coupon-api answers 202
+    /// (`WAIT`, see `docs/scale.md`); 0 does not wait. With 1 on a cluster of one replica per
+    /// master, an admission survives the loss of its master. An admission not acknowledged
+    /// within `REDIS_WAIT_TIMEOUT_MS` is undone and answered 503.
+    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
+    /// Longest wait (ms) for `REDIS_WAIT_REPLICAS` acknowledgements of one admission.
+    #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 200)]
+    pub redis_wait_timeout_ms: u64,
 
     /// Prefix put before every Redis key and channel, so several deployments (or test runs) can
     /// share one Redis. Empty in production.
@@ -97,6 +115,23 @@ impl StoreConfig {
     /// [`Self::redis_timeout_ms`] as a [`Duration`].
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    /// [`Self::redis_wait_timeout_ms`] as a [`Duration`].
+    pub fn redis_wait_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_wait_timeout_ms)
+    }
+
+    /// Opens the Redis connection these settings name, commands bounded by `timeout`
+    /// ([`crate::store::redis::connect`]).
+    ///
+    /// # Errors
+    /// As [`crate::store::redis::connect`].
+    pub async fn connect_redis(
+        &self,
+        timeout: Duration,
+    ) -> redis::RedisResult<crate::store::redis::RedisConnection> {
+        crate::store::redis::connect(self.redis_mode, self.redis_url(), timeout).await
     }
 }
 

@@ -3,7 +3,9 @@
 //! in parallel without seeing each other.
 //!
 //! Server addresses come from the same environment variables as the services
-//! (`DATABASE_URL`, `REDIS_URL`, `KAFKA_BROKERS`), defaulting to the local stack.
+//! (`DATABASE_URL`, `REDIS_URL`, `REDIS_MODE`, `KAFKA_BROKERS`), defaulting to the local stack;
+//! `REDIS_MODE=cluster REDIS_URL=redis://127.0.0.1:7000` runs the suites against the local
+//! cluster of `REDIS_MODE=cluster make up`.
 
 use std::time::Duration;
 
@@ -41,6 +43,14 @@ pub fn service_token() -> String {
         .expect("HS256 signing cannot fail")
 }
 
+/// `REDIS_MODE` of the test run: `cluster` when so set, else `single`.
+pub fn redis_mode() -> crate::store::redis::RedisMode {
+    match std::env::var("REDIS_MODE").as_deref() {
+        Ok("cluster") => crate::store::redis::RedisMode::Cluster,
+        _ => crate::store::redis::RedisMode::Single,
+    }
+}
+
 /// Store settings isolated for one test: a fresh database name, Redis prefix and topic names
 /// (3 partitions for the issue topic).
 pub fn isolated_stores() -> StoreConfig {
@@ -56,6 +66,9 @@ pub fn isolated_stores() -> StoreConfig {
         database_url: format!("{server}/{TEST_DATABASE_PREFIX}{tag}").into(),
         database_max_connections: 8,
         redis_url: env("REDIS_URL", "redis://127.0.0.1:6379").into(),
+        redis_mode: redis_mode(),
+        redis_wait_replicas: 0,
+        redis_wait_timeout_ms: 200,
         redis_key_prefix: format!("test:{tag}:"),
         redis_timeout_ms: 2_000,
         kafka_brokers: env("KAFKA_BROKERS", "127.0.0.1:9092"),

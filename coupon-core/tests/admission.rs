@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 async fn store() -> AdmissionStore {
     let stores = testing::isolated_stores();
-    let conn = coupon_core::store::redis::connect(stores.redis_url(), Duration::from_secs(2))
+    let conn = stores
+        .connect_redis(Duration::from_secs(2))
         .await
         .expect("Redis must run on REDIS_URL (make up)");
     AdmissionStore::new(conn, RedisKeys::new(stores.redis_key_prefix))
@@ -216,4 +217,70 @@ async fn preparing_a_new_coupon_clears_state_left_under_its_id() {
         store.policy(p.id).await.unwrap().unwrap().total_quantity,
         Some(2)
     );
+}
+
+#[tokio::test]
+async fn the_same_request_sent_again_hears_admitted_and_holds_one_unit() {
+    // A script re-sent after its connection dropped (the cluster client does so) must answer
+    // what its first run did; another request of the same user still hears IN_PROGRESS.
+    let store = store().await;
+    let p = policy(8_001, Some(2));
+    store.prepare(&p).await.unwrap();
+    let request = Uuid::now_v7();
+    for _ in 0..2 {
+        assert_eq!(
+            store.admit(p.id, user(1), request).await.unwrap(),
+            AdmitOutcome::Admitted
+        );
+    }
+    assert_eq!(
+        store.admit(p.id, user(1), Uuid::now_v7()).await.unwrap(),
+        AdmitOutcome::InProgress
+    );
+    assert_eq!(store.admitted_count(p.id).await.unwrap(), 1);
+    assert!(store.undo(p.id, user(1), request).await.unwrap());
+    assert_eq!(store.admitted_count(p.id).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn an_admission_no_replica_acknowledged_is_undone_and_reported_as_a_timeout() {
+    // The test's own redis-server has no replica, so WAIT 1 can only time out.
+    let redis = testing::OwnRedis::start(false).await;
+    let conn = coupon_core::store::redis::connect(
+        coupon_core::store::redis::RedisMode::Single,
+        &redis.url(),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    let store = AdmissionStore::new(conn, RedisKeys::new(""))
+        .with_replica_acks(1, Duration::from_millis(50));
+    let p = policy(8_002, Some(1));
+    store.prepare(&p).await.unwrap();
+    let err = store
+        .admit(p.id, user(1), Uuid::now_v7())
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert_eq!(store.admitted_count(p.id).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn on_a_cluster_an_admission_waits_for_its_masters_replica() {
+    // Only meaningful where the run has replicas: the cluster of `REDIS_MODE=cluster make up`
+    // has one per master. On a single node this checks that waiting for 0 replicas is a no-op.
+    let cluster = testing::redis_mode() == coupon_core::store::redis::RedisMode::Cluster;
+    let stores = testing::isolated_stores();
+    let conn = stores.connect_redis(Duration::from_secs(2)).await.unwrap();
+    let store = AdmissionStore::new(conn, RedisKeys::new(stores.redis_key_prefix))
+        .with_replica_acks(u32::from(cluster), Duration::from_secs(1));
+    for id in 8_010..8_016 {
+        // Six coupons: their keys fall on the slots of different masters.
+        let p = policy(id, Some(1));
+        store.prepare(&p).await.unwrap();
+        assert_eq!(
+            store.admit(p.id, user(1), Uuid::now_v7()).await.unwrap(),
+            AdmitOutcome::Admitted
+        );
+    }
 }

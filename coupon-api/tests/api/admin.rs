@@ -250,10 +250,11 @@ async fn the_redis_policy_copy_expires_so_a_lost_delete_or_refresh_cannot_outliv
             .status(),
         200
     );
-    let mut redis =
-        coupon_core::store::redis::connect(app.stores.redis_url(), Duration::from_secs(2))
-            .await
-            .unwrap();
+    let mut redis = app
+        .stores
+        .connect_redis(Duration::from_secs(2))
+        .await
+        .unwrap();
     let key = coupon_core::issue::admission::RedisKeys::new(app.stores.redis_key_prefix.clone())
         .policy(coupon);
     let ttl: i64 = redis::cmd("TTL")

@@ -241,6 +241,7 @@ async fn redeeming_by_code_works_without_redis() {
     let mut redis = OwnRedis::start().await;
     let app = spawn_app_with(|config| {
         config.stores.redis_url = format!("redis://127.0.0.1:{}", redis.port).into();
+        config.stores.redis_mode = coupon_core::store::redis::RedisMode::Single;
         config.stores.redis_timeout_ms = 300;
     })
     .await;

@@ -11,6 +11,7 @@ async fn app_on(redis: &OwnRedis) -> TestApp {
     let url = redis.url();
     spawn_app_with(move |c| {
         c.stores.redis_url = url.into();
+        c.stores.redis_mode = coupon_core::store::redis::RedisMode::Single;
         c.stores.redis_timeout_ms = 300;
         c.breaker.redis_breaker_failures = 2;
         c.breaker.redis_breaker_open_ms = 200;
@@ -98,6 +99,7 @@ async fn a_request_still_unanswered_at_the_request_timeout_gets_503() {
     let url = redis.url();
     let app = spawn_app_with(move |c| {
         c.stores.redis_url = url.into();
+        c.stores.redis_mode = coupon_core::store::redis::RedisMode::Single;
         c.stores.redis_timeout_ms = 20_000;
         c.request_timeout_ms = 300;
     })
@@ -120,6 +122,7 @@ async fn after_redis_lost_its_data_the_set_is_rebuilt_from_mysql_and_unpersisted
     let url = redis.url();
     let app = spawn_app_with(move |c| {
         c.stores.redis_url = url.into();
+        c.stores.redis_mode = coupon_core::store::redis::RedisMode::Single;
         c.stores.kafka_message_timeout_ms = 3_000;
     })
     .await;
@@ -351,6 +354,7 @@ async fn an_undo_that_failed_is_retried_until_the_admission_is_gone() {
     let url = redis.url();
     let app = spawn_app_with(move |c| {
         c.stores.redis_url = url.into();
+        c.stores.redis_mode = coupon_core::store::redis::RedisMode::Single;
         c.stores.redis_timeout_ms = 300;
         c.stores.kafka_create_topics = false;
         c.stores.kafka_brokers = "127.0.0.1:1".into();

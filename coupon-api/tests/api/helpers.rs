@@ -129,10 +129,11 @@ impl TestApp {
     pub async fn forget_in_redis(&self, coupon: i64, user: i64) {
         let keys = self.state.admission.keys();
         let coupon = CouponId::parse(coupon).unwrap();
-        let mut redis =
-            coupon_core::store::redis::connect(self.stores.redis_url(), Duration::from_secs(2))
-                .await
-                .unwrap();
+        let mut redis = self
+            .stores
+            .connect_redis(Duration::from_secs(2))
+            .await
+            .unwrap();
         let removed: i64 = redis::AsyncCommands::srem(&mut redis, keys.admission_set(coupon), user)
             .await
             .unwrap();

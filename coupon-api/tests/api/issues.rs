@@ -202,8 +202,9 @@ async fn sold_out_coupon(app: &TestApp, users: std::ops::RangeInclusive<i64>) ->
     for user in users {
         assert_eq!(app.issue(id, user).await.status(), 202);
     }
-    let receivers = app
-        .state
+    // On a cluster PUBLISH counts only the receivers on the node it reached, so the count
+    // proves nothing there: the mark arriving below is what shows the broadcast was heard.
+    app.state
         .admission
         .publish_invalidation(Invalidation {
             coupon_id: coupon,
@@ -211,7 +212,6 @@ async fn sold_out_coupon(app: &TestApp, users: std::ops::RangeInclusive<i64>) ->
         })
         .await
         .unwrap();
-    assert!(receivers >= 1, "the API subscribes to the channel");
     testing::eventually("the sold-out mark", Duration::from_secs(5), || async {
         app.state.sold_out.get(coupon).await.map(drop)
     })
@@ -339,6 +339,7 @@ async fn when_redis_is_down_issue_requests_fail_fast_with_503_and_nothing_hangs(
     let mut redis = OwnRedis::start().await;
     let app = spawn_app_with(|config| {
         config.stores.redis_url = format!("redis://127.0.0.1:{}", redis.port).into();
+        config.stores.redis_mode = coupon_core::store::redis::RedisMode::Single;
         config.stores.redis_timeout_ms = 300;
     })
     .await;

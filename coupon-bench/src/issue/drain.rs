@@ -42,7 +42,12 @@ async fn run(bench: &Bench) -> anyhow::Result<Run> {
     // is dead-lettered): admit every user first, as the API would have.
     let redis_url = format!("redis://{}:{}", args.redis_host, args.redis_port);
     let store = AdmissionStore::new(
-        coupon_core::store::redis::connect(&redis_url, Duration::from_secs(2)).await?,
+        coupon_core::store::redis::connect(
+            coupon_core::store::redis::RedisMode::Single,
+            &redis_url,
+            Duration::from_secs(2),
+        )
+        .await?,
         RedisKeys::new(bench.prefix.clone()),
     );
     let users: Vec<i64> = (1..=total).collect();

@@ -310,7 +310,12 @@ impl Bench {
     ) -> anyhow::Result<u64> {
         let redis_url = format!("redis://{}:{}", self.args.redis_host, self.args.redis_port);
         let store = AdmissionStore::new(
-            coupon_core::store::redis::connect(&redis_url, Duration::from_secs(2)).await?,
+            coupon_core::store::redis::connect(
+                coupon_core::store::redis::RedisMode::Single,
+                &redis_url,
+                Duration::from_secs(2),
+            )
+            .await?,
             RedisKeys::new(self.prefix.clone()),
         );
         let publisher = IssuePublisher::new(

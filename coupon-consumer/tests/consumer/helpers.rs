@@ -109,7 +109,8 @@ impl Running {
     ) {
         let policy = self.policy(total).await;
         let store = coupon_core::issue::admission::AdmissionStore::new(
-            coupon_core::store::redis::connect(self.stores.redis_url(), Duration::from_secs(2))
+            self.stores
+                .connect_redis(Duration::from_secs(2))
                 .await
                 .unwrap(),
             coupon_core::issue::admission::RedisKeys::new(self.stores.redis_key_prefix.clone()),

@@ -132,7 +132,9 @@ async fn a_killed_mysql_loses_no_message_and_the_backlog_drains_after_it_restart
 async fn selling_out_broadcasts_an_invalidation() {
     let consumer = start().await;
     let coupon = consumer.coupon(3).await;
-    let client = redis::Client::open(consumer.stores.redis_url()).unwrap();
+    // Any node of a cluster hears a classic PUBLISH; the first seed will do.
+    let url = coupon_core::store::redis::node_urls(consumer.stores.redis_url())[0].to_owned();
+    let client = redis::Client::open(url).unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     let channel = RedisKeys::new(consumer.stores.redis_key_prefix.clone()).invalidation_channel();
     pubsub.subscribe(&channel).await.unwrap();

@@ -40,11 +40,11 @@ pub const POLICY_COPY_TTL_SECS: u64 = 60;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
 use crate::domain::{CouponId, CouponPolicy, UserId};
+use crate::store::redis::RedisConnection;
 use crate::telemetry::names;
 
 mod keys;
@@ -75,22 +75,41 @@ pub enum AdmitOutcome {
 /// Handle on the Redis admission state; cheap to clone (one multiplexed connection).
 #[derive(Clone)]
 pub struct AdmissionStore {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     keys: RedisKeys,
     // Behind `Arc`: a `Script` owns its source and hash, which a clone would copy.
     admit: Arc<Script>,
     undo: Arc<Script>,
+    replica_acks: Option<ReplicaAcks>,
+}
+
+/// How many replicas must acknowledge an admission, within how long (`WAIT`).
+#[derive(Debug, Clone, Copy)]
+struct ReplicaAcks {
+    replicas: u32,
+    timeout: Duration,
 }
 
 impl AdmissionStore {
     /// Wraps a connection; `keys` names this deployment's keys.
-    pub fn new(conn: ConnectionManager, keys: RedisKeys) -> Self {
+    pub fn new(conn: RedisConnection, keys: RedisKeys) -> Self {
         Self {
             conn,
             keys,
             admit: Arc::new(Script::new(ADMIT_SCRIPT)),
             undo: Arc::new(Script::new(include_str!("admission/undo.lua"))),
+            replica_acks: None,
         }
+    }
+
+    /// Makes [`Self::admit`] wait until `replicas` replicas acknowledged each admission, for
+    /// `timeout` at most (`WAIT`, [`RedisConnection::wait_for_replicas`]); 0 replicas (the
+    /// default) does not wait. An admission not acknowledged in time is undone and reported as
+    /// a timeout, so no caller promises a unit that a failover could lose.
+    #[must_use]
+    pub fn with_replica_acks(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replica_acks = (replicas > 0).then_some(ReplicaAcks { replicas, timeout });
+        self
     }
 
     /// The key names in use.
@@ -103,10 +122,14 @@ impl AdmissionStore {
     /// execution. The script is sent by `EVALSHA` and re-sent by `EVAL` when Redis answers
     /// `NOSCRIPT`.
     ///
+    /// With [`Self::with_replica_acks`], an admission is answered only once enough replicas
+    /// acknowledged it.
+    ///
     /// # Errors
     /// Redis is unreachable, timed out, or answered something the script never returns. After
     /// a timeout the script may still have run: [`Self::undo`] with the same `request` removes
-    /// the admission if it did, and nothing if it did not.
+    /// the admission if it did, and nothing if it did not. Too few replica acknowledgements
+    /// count as a timeout (an [`std::io::ErrorKind::TimedOut`] error), after one undo here.
     pub async fn admit(
         &self,
         coupon: CouponId,
@@ -122,7 +145,13 @@ impl AdmissionStore {
             .arg(request.as_hyphenated().to_string());
         let code: i64 = timed_script("admit", invocation.invoke_async(&mut conn)).await?;
         match code {
-            1 => Ok(AdmitOutcome::Admitted),
+            1 => {
+                if let Some(acks) = self.replica_acks {
+                    self.await_replicas(&mut conn, coupon, user, request, acks)
+                        .await?;
+                }
+                Ok(AdmitOutcome::Admitted)
+            }
             -1 => Ok(AdmitOutcome::AlreadyIssued),
             -2 => Ok(AdmitOutcome::SoldOut),
             -3 => Ok(AdmitOutcome::NotPrepared),
@@ -133,6 +162,42 @@ impl AdmissionStore {
                 other.to_string(),
             ))),
         }
+    }
+
+    /// Waits for `acks` of the admission `request` made of `user`; undoes it when too few came.
+    async fn await_replicas(
+        &self,
+        conn: &mut RedisConnection,
+        coupon: CouponId,
+        user: UserId,
+        request: Uuid,
+        acks: ReplicaAcks,
+    ) -> redis::RedisResult<()> {
+        let started = Instant::now();
+        let acked = conn
+            .wait_for_replicas(
+                &self.keys.admission_set(coupon),
+                acks.replicas,
+                acks.timeout,
+            )
+            .await
+            .inspect_err(|_| count_error("wait"))?;
+        metrics::histogram!(names::REDIS_SCRIPT_DURATION, "script" => "wait")
+            .record(started.elapsed());
+        if acked >= acks.replicas {
+            return Ok(());
+        }
+        count_error("wait");
+        // Best effort: the caller undoes again under the same request id on a timeout.
+        let _ = self.undo(coupon, user, request).await;
+        Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "{acked} of {} replicas acknowledged the admission within {} ms",
+                acks.replicas,
+                acks.timeout.as_millis()
+            ),
+        )))
     }
 
     /// Undoes the admission `request` made of `user` (`admission/undo.lua`), if it is still
@@ -312,7 +377,11 @@ impl AdmissionStore {
         Ok(members)
     }
 
-    /// Broadcasts `invalidation` to every subscribed API instance; returns how many received it.
+    /// Broadcasts `invalidation` to every subscribed API instance (classic `PUBLISH`); returns
+    /// how many subscribers the receiving node delivered it to. On a Redis Cluster the message
+    /// reaches the subscribers of every node through the cluster bus, but the count is only
+    /// that of the node the command went to, so 0 there does not mean nobody heard it
+    /// (<https://redis.io/docs/latest/commands/publish/>).
     ///
     /// # Errors
     /// Redis is unreachable or timed out.
@@ -436,13 +505,14 @@ fn count_error(op: &'static str) {
     metrics::counter!(names::REDIS_ERRORS, "op" => op).increment(1);
 }
 
-/// Registers the issue path's Redis series (`script`: `admit`, `undo`; `op`: those plus
+/// Registers the issue path's Redis series (`script`: `admit`, `undo`, `wait` (the replica
+/// acknowledgements); `op`: those plus
 /// `is_admitted`, `policy`), so they are exported before the first call.
 pub fn register_metrics() {
-    for script in ["admit", "undo"] {
+    for script in ["admit", "undo", "wait"] {
         let _ = metrics::histogram!(names::REDIS_SCRIPT_DURATION, "script" => script);
     }
-    for op in ["admit", "undo", "is_admitted", "policy"] {
+    for op in ["admit", "undo", "wait", "is_admitted", "policy"] {
         metrics::counter!(names::REDIS_ERRORS, "op" => op).increment(0);
     }
 }

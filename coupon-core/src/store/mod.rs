@@ -6,7 +6,6 @@ pub mod db;
 pub mod kafka;
 pub mod redis;
 
-use ::redis::aio::ConnectionManager;
 use anyhow::Context;
 use sqlx::MySqlPool;
 
@@ -16,8 +15,8 @@ use crate::config::StoreConfig;
 pub struct Connections {
     /// MySQL pool, migrations applied.
     pub pool: MySqlPool,
-    /// Multiplexed Redis connection with bounded commands.
-    pub redis: ConnectionManager,
+    /// Multiplexed Redis connection (one node or a cluster) with bounded commands.
+    pub redis: redis::RedisConnection,
 }
 
 /// What every service does first: create the database when missing and apply migrations,
@@ -27,7 +26,8 @@ pub struct Connections {
 /// A store is unreachable; the error says which.
 pub async fn connect(stores: &StoreConfig) -> anyhow::Result<Connections> {
     let pool = db::prepare(stores.database_url(), stores.database_max_connections).await?;
-    let redis = redis::connect(stores.redis_url(), stores.redis_timeout())
+    let redis = stores
+        .connect_redis(stores.redis_timeout())
         .await
         .context("connecting to Redis")?;
     if stores.kafka_create_topics {

@@ -317,8 +317,12 @@ pub async fn run(
     let signer = TokenSigner::hs256(testing::JWT_SECRET);
     let coupon = crate::create_coupon(&client, &bases[0], &signer, plan.stock).await?;
     let pool = coupon_core::store::db::connect(&database_url, 4).await?;
-    let redis_conn =
-        coupon_core::store::redis::connect(&redis.url(), Duration::from_secs(2)).await?;
+    let redis_conn = coupon_core::store::redis::connect(
+        coupon_core::store::redis::RedisMode::Single,
+        &redis.url(),
+        Duration::from_secs(2),
+    )
+    .await?;
     let admission = AdmissionStore::new(redis_conn, RedisKeys::new(String::new()));
 
     let accepted_so_far = AtomicUsize::new(0);

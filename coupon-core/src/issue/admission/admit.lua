@@ -6,7 +6,11 @@
 -- ARGV[1]  user id
 -- ARGV[2]  request id of this admission (a UUID)
 --
--- Returns  1  admitted (the user was added to the set, and marked pending under ARGV[2])
+-- Returns  1  admitted (the user was added to the set, and marked pending under ARGV[2]), also
+--             when this same request (ARGV[2]) admitted the user before: a script re-sent
+--             after its connection dropped (the cluster client re-sends to the slot's new
+--             master) answers what its first run did, so a retry can never turn a real
+--             admission into "in progress"
 --         -1  already admitted (duplicate), and no longer pending: the admission stands
 --         -2  sold out (the set already holds `stock` members)
 --         -3  not prepared (no stock key: the coupon's Redis state is missing)
@@ -24,7 +28,11 @@ if not stock then
   return -3
 end
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
-  if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
+  local pending = redis.call('HGET', KEYS[3], ARGV[1])
+  if pending == ARGV[2] then
+    return 1
+  end
+  if pending then
     return -4
   end
   return -1
