@@ -58,11 +58,15 @@ pub struct CouponReport {
 
 impl CouponReport {
     /// Whether the pass repaired something, or in a dry run found something to repair.
+    ///
+    /// A coupon whose Redis state is missing was not compared (its `rows` were not read), so
+    /// it needed no repair of this pass.
     pub fn needed_repair(&self) -> bool {
-        !self.republished.is_empty()
-            || !self.readmitted.is_empty()
-            || self.issued_quantity_after != self.issued_quantity_before
-            || i64::try_from(self.rows).is_ok_and(|rows| rows != self.issued_quantity_before)
+        !self.not_prepared
+            && (!self.republished.is_empty()
+                || !self.readmitted.is_empty()
+                || self.issued_quantity_after != self.issued_quantity_before
+                || i64::try_from(self.rows).is_ok_and(|rows| rows != self.issued_quantity_before))
     }
 }
 
@@ -383,4 +387,28 @@ pub async fn find_job(pool: &MySqlPool, id: i64) -> Result<Option<Reconciliation
         created_at: row.try_get("created_at")?,
         finished_at: row.try_get("finished_at")?,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_coupon_without_redis_state_was_not_compared_so_it_needed_no_repair() {
+        // Its rows are not read: 0 rows beside issued_quantity 500 is no drift.
+        let skipped = CouponReport {
+            coupon_id: 1,
+            issued_quantity_before: 500,
+            issued_quantity_after: 500,
+            not_prepared: true,
+            ..CouponReport::default()
+        };
+        assert!(!skipped.needed_repair());
+        let drifted = CouponReport {
+            rows: 499,
+            not_prepared: false,
+            ..skipped
+        };
+        assert!(drifted.needed_repair());
+    }
 }
