@@ -4,12 +4,39 @@
 # waits for the consumer to drain, and prints the verification. Exits non-zero on any mismatch.
 #
 # Settings (env): API_PORT (8080), DEMO_ARGS (extra coupon-demo flags, e.g. "--stock 1000").
+# Two flags in DEMO_ARGS are the script's own, not coupon-demo's:
+#   --api-instances N  N coupon-api processes (1): instance i listens on API_PORT+i, metrics on
+#                      127.0.0.1:9464+2i; the race is spread over them round-robin.
+#   --consumers M      M coupon-consumer processes (1), one Kafka consumer group: consumer j
+#                      serves metrics on 127.0.0.1:9465+2j.
+# e.g. DEMO_ARGS="--api-instances 3 --consumers 2" make demo.
+# REDIS_MODE=cluster runs everything on the local Redis Cluster that `make up` then starts
+# (REDIS_URL defaults to its first node), e.g.
+#   REDIS_MODE=cluster DEMO_ARGS="--api-instances 3 --consumers 2" make demo
+# With several instances of one binary each logs to its own file, $logs/NAME-i.log; with one,
+# to $logs/NAME.log as before.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 API_PORT="${API_PORT:-8080}"
 logs=.local/demo
 mkdir -p "$logs"
+
+api_instances=1 consumers=1 demo_args=()
+read -r -a words <<<"${DEMO_ARGS:-}"
+set -- "${words[@]}"
+while [ $# -gt 0 ]; do
+  case $1 in
+    --api-instances) api_instances=${2:-}; shift 2 || shift ;;
+    --api-instances=*) api_instances=${1#*=}; shift ;;
+    --consumers) consumers=${2:-}; shift 2 || shift ;;
+    --consumers=*) consumers=${1#*=}; shift ;;
+    *) demo_args+=("$1"); shift ;;
+  esac
+done
+for count in "$api_instances" "$consumers"; do
+  [[ $count =~ ^[1-9][0-9]*$ ]] || { echo "[demo] --api-instances and --consumers take a count of at least 1, not '$count'" >&2; exit 2; }
+done
 
 echo "[demo] building (release)"
 # The same package set as scripts/bench.sh, so one release build (one feature resolution)
@@ -18,12 +45,68 @@ cargo build --release --locked -p coupon-api -p coupon-consumer -p coupon-demo -
 
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
-export API_LISTEN="127.0.0.1:$API_PORT" RUST_LOG="${RUST_LOG:-info}"
-# One load client on one address: the per-address rate limit would refuse most of the race.
-start_service coupon-api METRICS_LISTEN=127.0.0.1:9464 RATE_LIMITS=off
-start_service coupon-consumer METRICS_LISTEN=127.0.0.1:9465
-echo "[demo] waiting for coupon-api (127.0.0.1:$API_PORT/ready) and coupon-consumer"
-wait_ready api_ready consumer_running
+export RUST_LOG="${RUST_LOG:-info}"
+if [ "${REDIS_MODE:-single}" = cluster ]; then
+  export REDIS_MODE REDIS_URL="${REDIS_URL:-redis://127.0.0.1:${REDIS_CLUSTER_PORT:-7000}}"
+fi
+# A run on the cluster or with several consumers keeps to a database, topics and consumer group
+# of its own (unless set), named by its Redis mode and consumer count: one database must
+# always be paired with one Redis (reconciliation repairs the one against the other), and
+# tansu 0.6 stopped assigning partitions to a group whose member count changed between runs
+# (a one-consumer run after a two-consumer run in the same group consumed nothing for 180 s).
+if [ "${REDIS_MODE:-single}" = cluster ] || [ "$consumers" -gt 1 ]; then
+  ns="scale-${REDIS_MODE:-single}-c$consumers"
+  export DATABASE_URL="${DATABASE_URL:-mysql://root@127.0.0.1:3306/coupon_${ns//-/_}}" \
+    KAFKA_ISSUE_TOPIC="${KAFKA_ISSUE_TOPIC:-coupon-issues-$ns}" \
+    KAFKA_DEAD_LETTER_TOPIC="${KAFKA_DEAD_LETTER_TOPIC:-coupon-issues-dlq-$ns}" \
+    KAFKA_PAYMENTS_TOPIC="${KAFKA_PAYMENTS_TOPIC:-payments-$ns}" \
+    KAFKA_EVENTS_TOPIC="${KAFKA_EVENTS_TOPIC:-coupon.events-$ns}" \
+    KAFKA_CONSUMER_GROUP="${KAFKA_CONSUMER_GROUP:-coupon-consumer-$ns}"
+fi
+# tag N I: the log tag of instance I of N, none when it is the only one (NAME.log as before).
+tag() { [ "$1" = 1 ] || echo ":$2"; }
+api_ports=() base_urls=() consumer_tags=()
+for ((i = 0; i < api_instances; i++)); do
+  port=$((API_PORT + i))
+  # One load client on one address: the per-address rate limit would refuse most of the race.
+  start_service "coupon-api$(tag "$api_instances" "$i")" API_LISTEN="127.0.0.1:$port" \
+    METRICS_LISTEN="127.0.0.1:$((9464 + 2 * i))" RATE_LIMITS=off
+  api_ports+=("$port")
+  base_urls+=("http://127.0.0.1:$port")
+done
+# The consumers join once the APIs are ready, so the topics exist when the group first
+# assigns partitions (tansu 0.6 gave every partition to the first member of a group that
+# joined before its topic existed).
+wait_ready "api_ready ${api_ports[*]}"
+for ((j = 0; j < consumers; j++)); do
+  start_service "coupon-consumer$(tag "$consumers" "$j")" METRICS_LISTEN="127.0.0.1:$((9465 + 2 * j))"
+  consumer_tags+=("$(tag "$consumers" "$j" | tr -d :)")
+done
+echo "[demo] waiting for $api_instances coupon-api (/ready on 127.0.0.1 port ${api_ports[*]}) and $consumers coupon-consumer"
+wait_ready "api_ready ${api_ports[*]}" "consumer_running ${consumer_tags[*]}"
+if [ "$consumers" -gt 1 ]; then
+  # Race only once every member holds issue partitions: a member still joining would take
+  # no share of this run.
+  echo "[demo] waiting until each of the $consumers consumers is assigned partitions of ${KAFKA_ISSUE_TOPIC:-coupon-issues}"
+  wait_ready "consumer_assigned ${KAFKA_ISSUE_TOPIC:-coupon-issues} ${consumer_tags[*]}"
+fi
 
-# shellcheck disable=SC2086 # DEMO_ARGS is a list of flags
-target/release/coupon-demo --base-url "http://127.0.0.1:$API_PORT" ${DEMO_ARGS:-}
+status=0
+target/release/coupon-demo --base-url "$(IFS=,; echo "${base_urls[*]}")" "${demo_args[@]}" || status=$?
+if [ "$api_instances" -gt 1 ] || [ "$consumers" -gt 1 ]; then
+  # Each process's share, from its own metrics: issue answers served, rows inserted.
+  for ((i = 0; i < api_instances; i++)); do
+    echo "[demo] coupon-api ${api_ports[$i]}: $(metric_sum $((9464 + 2 * i)) coupon_issue_requests_total) issue requests answered"
+  done
+  # The consumers join once the APIs are ready, so the topics exist when the group first
+# assigns partitions (tansu 0.6 gave every partition to the first member of a group that
+# joined before its topic existed).
+wait_ready "api_ready ${api_ports[*]}"
+for ((j = 0; j < consumers; j++)); do
+    echo "[demo] coupon-consumer $j: $(metric_sum $((9465 + 2 * j)) coupon_consumer_rows_inserted_total) rows inserted"
+  done
+fi
+echo "[demo] ran $api_instances coupon-api instance(s) on ports ${api_ports[*]} and $consumers" \
+  "coupon-consumer(s) in group ${KAFKA_CONSUMER_GROUP:-coupon-consumer} on Redis ${REDIS_MODE:-single}" \
+  "(${REDIS_URL:-redis://127.0.0.1:6379}), database ${DATABASE_URL:-mysql://root@127.0.0.1:3306/coupon}; logs in $logs/"
+exit "$status"

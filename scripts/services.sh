@@ -13,31 +13,67 @@ stop_services() {
 }
 trap stop_services EXIT
 
-# start_service NAME [VAR=value ...]: target/release/NAME with those variables, logging to
-# $logs/NAME.log; its pid is appended to `pids`.
+# start_service NAME[:TAG] [VAR=value ...]: target/release/NAME with those variables, logging to
+# $logs/NAME.log, or $logs/NAME-TAG.log with a tag (several instances of one binary); its pid
+# is appended to `pids`, and stop_services stops every one.
 start_service() {
-  local name=$1
+  local name=${1%%:*} log=${1/:/-}
   shift
-  env "$@" "target/release/$name" >"$logs/$name.log" 2>&1 &
+  env "$@" "target/release/$name" >"$logs/$log.log" 2>&1 &
   pids+=($!)
 }
 
-api_ready() { # GET /ready over bash's /dev/tcp: no curl needed
-  exec 3<>"/dev/tcp/127.0.0.1/$API_PORT" || return 1
-  printf 'GET /ready HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
-  local status
-  read -r _ status _ <&3 || true
-  exec 3<&-
-  [ "$status" = 200 ]
+# api_ready [PORT...]: GET /ready answers 200 on every PORT (default: API_PORT), over bash's
+# /dev/tcp: no curl needed.
+api_ready() {
+  local port status
+  for port in "${@:-$API_PORT}"; do
+    exec 3<>"/dev/tcp/127.0.0.1/$port" || return 1
+    printf 'GET /ready HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
+    status=
+    read -r _ status _ <&3 || true
+    exec 3<&-
+    [ "$status" = 200 ] || return 1
+  done
 }
-consumer_running() { grep -q "coupon-consumer running" "$logs/coupon-consumer.log"; }
+# consumer_running [TAG...]: every coupon-consumer started with one of these tags (default: the
+# one started untagged) logged that it runs.
+consumer_running() {
+  local tag
+  if [ $# = 0 ]; then set -- ""; fi
+  for tag in "$@"; do
+    grep -q "coupon-consumer running" "$logs/coupon-consumer${tag:+-$tag}.log" || return 1
+  done
+}
 
-# wait_ready CHECK...: polls every CHECK (a function) for up to 60 s; fails if a service exits.
+# consumer_assigned TOPIC [TAG...]: every coupon-consumer started with one of these tags was
+# assigned partitions of TOPIC (its log's "partitions assigned" line names them).
+consumer_assigned() {
+  local topic=$1 tag
+  shift
+  if [ $# = 0 ]; then set -- ""; fi
+  for tag in "$@"; do
+    grep "partitions assigned" "$logs/coupon-consumer${tag:+-$tag}.log" | grep -q "$topic:" || return 1
+  done
+}
+
+# metric_sum PORT NAME: the sum of every series of the counter NAME that the Prometheus
+# endpoint on 127.0.0.1:PORT serves (0 when it serves none), over bash's /dev/tcp.
+metric_sum() {
+  exec 3<>"/dev/tcp/127.0.0.1/$1" || { echo 0; return; }
+  printf 'GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
+  awk -v name="$2" '$1 == name || index($1, name "{") == 1 { sum += $NF } END { printf "%d\n", sum }' <&3
+  exec 3<&-
+}
+
+# wait_ready CHECK...: polls every CHECK (a function, with its arguments in the same word, e.g.
+# "api_ready 8080 8081") for up to 60 s; fails if a service exits.
 wait_ready() {
-  local all
+  local all check
   for _ in $(seq 300); do
     all=1
-    for check in "$@"; do "$check" 2>/dev/null || all=0; done
+    # shellcheck disable=SC2086 # a CHECK is a function name and its arguments
+    for check in "$@"; do $check 2>/dev/null || all=0; done
     [ "$all" = 1 ] && return 0
     for pid in "${pids[@]}"; do
       kill -0 "$pid" 2>/dev/null || { echo "a service exited; logs in $logs/" >&2; tail -n 20 "$logs"/*.log >&2; return 1; }

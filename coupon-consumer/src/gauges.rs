@@ -8,7 +8,7 @@ use chrono::Utc;
 use coupon_core::issue::admission::AdmissionStore;
 use coupon_core::queries;
 use coupon_core::telemetry::names;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sqlx::MySqlPool;
@@ -18,7 +18,7 @@ use crate::retry::Shutdown;
 /// How long after its issue window closed a coupon keeps its gauges.
 const CLOSED_GRACE: chrono::Duration = chrono::Duration::hours(1);
 
-/// Client context of the group members: logs failed asynchronous offset commits.
+/// Client context of the group members: logs rebalances and failed asynchronous offset commits.
 ///
 /// (librdkafka's statistics callback would give the lag too, but with it enabled the consumer
 /// stopped answering SIGTERM in our runs; the lag gauges come from each member's position and
@@ -28,11 +28,34 @@ pub struct GroupContext;
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
+    /// Logs each assignment and revocation, with its partitions: which member holds what is
+    /// otherwise invisible (`make demo` with several consumers waits for every member's
+    /// first "partitions assigned" line before it races).
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                tracing::info!(partitions = ?partitions(list), "partitions assigned");
+            }
+            Rebalance::Revoke(list) => {
+                tracing::info!(partitions = ?partitions(list), "partitions revoked");
+            }
+            Rebalance::Error(err) => tracing::warn!(%err, "rebalance failed"),
+        }
+    }
+
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
         if let Err(err) = result {
             tracing::warn!(%err, "offset commit failed; the batch will be redelivered and skipped");
         }
     }
+}
+
+/// `topic:partition` of each element of `list`.
+fn partitions(list: &TopicPartitionList) -> Vec<String> {
+    list.elements()
+        .iter()
+        .map(|e| format!("{}:{}", e.topic(), e.partition()))
+        .collect()
 }
 
 /// Samples the lag and per-coupon stock gauges.

@@ -1,10 +1,11 @@
 //! `coupon-demo`: the race load client and the end-to-end verification behind `make demo`
 //! and the end-to-end test.
 //!
-//! [`race`] fires issue requests through real HTTP, [`wait_until_drained`] waits for the
-//! consumer, and [`verify`] reads MySQL and Redis directly and checks that every count equals
-//! the stock and that exactly the users answered 202 hold a row. [`exactness`] holds those
-//! checks, and also the one `coupon-demo verify` runs after another load tool's race.
+//! [`race`] fires issue requests through real HTTP ([`race_across`] spreads them over several
+//! coupon-api instances), [`wait_until_drained`] waits for the consumer, and [`verify`] reads
+//! MySQL and Redis directly and checks that every count equals the stock and that exactly the
+//! users answered 202 hold a row. [`exactness`] holds those checks, and also the one
+//! `coupon-demo verify` runs after another load tool's race.
 
 pub mod chaos;
 pub mod exactness;
@@ -164,16 +165,41 @@ pub async fn race(
     coupon: CouponId,
     plan: RacePlan,
 ) -> anyhow::Result<RaceReport> {
+    race_across(client, &[base], signer, coupon, plan).await
+}
+
+/// [`race`] spread over several coupon-api instances behind `bases`, round-robin: request `i`
+/// goes to `bases[i % bases.len()]`, so each instance admits its share of the same coupon and
+/// only the shared Redis script keeps the count exact.
+///
+/// # Errors
+/// `bases` is empty, the plan is inconsistent, or a token could not be signed. Transport
+/// failures are tallied as `"000 TRANSPORT"`, not raised.
+pub async fn race_across(
+    client: &reqwest::Client,
+    bases: &[impl AsRef<str>],
+    signer: &TokenSigner,
+    coupon: CouponId,
+    plan: RacePlan,
+) -> anyhow::Result<RaceReport> {
+    if bases.is_empty() {
+        bail!("a race needs at least one coupon-api base URL");
+    }
     let ids = plan.user_ids()?;
     let tokens = ids
         .iter()
         .map(|user| Ok((*user, signer.mint(&user.to_string(), Role::User, 3_600)?)))
         .collect::<anyhow::Result<BTreeMap<i64, String>>>()?;
-    let url = format!("{base}/api/v1/coupons/{coupon}/issues");
+    let urls: Vec<String> = bases
+        .iter()
+        .map(|base| format!("{}/api/v1/coupons/{coupon}/issues", base.as_ref()))
+        .collect();
     let started = Instant::now();
-    let answers: Vec<(i64, String, Duration)> = futures::stream::iter(ids)
-        .map(|user| {
-            let request = client.post(&url).bearer_auth(&tokens[&user]);
+    let answers: Vec<(i64, String, Duration)> = futures::stream::iter(ids.into_iter().enumerate())
+        .map(|(i, user)| {
+            let request = client
+                .post(&urls[i % urls.len()])
+                .bearer_auth(&tokens[&user]);
             async move {
                 let sent = Instant::now();
                 let label = match request.send().await {

@@ -7,6 +7,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use coupon_core::auth::{AuthConfig, TokenSigner};
 use coupon_core::config::StoreConfig;
@@ -37,9 +38,15 @@ enum Command {
 /// The race of `make demo` (the default command).
 #[derive(Debug, Args)]
 struct RaceArgs {
-    /// Base URL of coupon-api.
-    #[arg(long, env = "API_BASE_URL", default_value = "http://127.0.0.1:8080")]
-    base_url: String,
+    /// Base URL of coupon-api; repeat the flag or separate URLs by commas to race several
+    /// instances, round-robin. The coupon is created through the first.
+    #[arg(
+        long,
+        env = "API_BASE_URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080"
+    )]
+    base_url: Vec<String>,
     /// Units in stock (count).
     #[arg(long, default_value_t = 500)]
     stock: i64,
@@ -91,8 +98,7 @@ fn parse_coupon(text: &str) -> Result<CouponId, String> {
 
 async fn connect(stores: &StoreConfig) -> anyhow::Result<(MySqlPool, AdmissionStore)> {
     let pool = db::connect(stores.database_url(), 4).await?;
-    let redis =
-        coupon_core::store::redis::connect(stores.redis_url(), stores.redis_timeout()).await?;
+    let redis = stores.connect_redis(stores.redis_timeout()).await?;
     let keys = RedisKeys::new(stores.redis_key_prefix.clone());
     Ok((pool, AdmissionStore::new(redis, keys)))
 }
@@ -145,12 +151,21 @@ async fn race(cli: RaceArgs) -> anyhow::Result<bool> {
     let signer = TokenSigner::from_config(&cli.auth, None)?;
     let (pool, redis) = connect(&cli.stores).await?;
 
-    let coupon = coupon_demo::create_coupon(&client, &cli.base_url, &signer, cli.stock).await?;
+    let admin_base = cli
+        .base_url
+        .first()
+        .context("--base-url needs at least one URL")?;
+    let coupon = coupon_demo::create_coupon(&client, admin_base, &signer, cli.stock).await?;
     println!(
-        "coupon {coupon}: {} units; firing {} requests from {} users, {} at a time",
-        cli.stock, cli.requests, cli.users, cli.concurrency
+        "coupon {coupon}: {} units; firing {} requests from {} users, {} at a time, \
+         round-robin over {} coupon-api instance(s)",
+        cli.stock,
+        cli.requests,
+        cli.users,
+        cli.concurrency,
+        cli.base_url.len()
     );
-    let report = coupon_demo::race(&client, &cli.base_url, &signer, coupon, plan).await?;
+    let report = coupon_demo::race_across(&client, &cli.base_url, &signer, coupon, plan).await?;
     println!(
         "race: {} requests in {:.2} s ({:.0} req/s), latency p50 {:.1} ms, p99 {:.1} ms",
         report.requests,

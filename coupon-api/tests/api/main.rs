@@ -11,6 +11,7 @@ mod errors;
 mod failures;
 mod helpers;
 mod idempotency;
+mod instances;
 mod issues;
 mod openapi;
 mod queries;
