@@ -9,6 +9,9 @@
 
 use std::time::Duration;
 
+mod cluster;
+pub use cluster::OwnRedisCluster;
+
 use chrono::{DateTime, Utc};
 use sqlx::mysql::MySqlPool;
 

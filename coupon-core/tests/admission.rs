@@ -284,3 +284,64 @@ async fn on_a_cluster_an_admission_waits_for_its_masters_replica() {
         );
     }
 }
+
+#[tokio::test]
+async fn admissions_acknowledged_by_a_replica_survive_the_loss_of_their_master() {
+    // A cluster of the test's own: its master is killed, the replica that acknowledged every
+    // admission (WAIT 1) is promoted, and the same connection follows it.
+    let mut cluster = testing::OwnRedisCluster::start().await;
+    let conn = coupon_core::store::redis::connect(
+        coupon_core::store::redis::RedisMode::Cluster,
+        &cluster.url(),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    let store =
+        AdmissionStore::new(conn, RedisKeys::new("")).with_replica_acks(1, Duration::from_secs(1));
+    let p = policy(8_100, Some(300));
+    store.prepare(&p).await.unwrap();
+    for u in 1..=200 {
+        assert_eq!(
+            store.admit(p.id, user(u), Uuid::now_v7()).await.unwrap(),
+            AdmitOutcome::Admitted
+        );
+    }
+    let master = cluster
+        .master_of(&store.keys().admission_set(p.id))
+        .expect("the slot's master");
+
+    cluster.kill(master);
+    cluster.wait_until_served(Duration::from_secs(20)).await;
+
+    let promoted = cluster
+        .master_of(&store.keys().admission_set(p.id))
+        .unwrap();
+    assert_ne!(promoted, master, "the replica took the slot over");
+    let admitted = testing::eventually(
+        "the connection follows the failover",
+        Duration::from_secs(10),
+        || async { store.admitted_count(p.id).await.ok() },
+    )
+    .await;
+    assert_eq!(admitted, 200, "every acknowledged admission survived");
+    assert_eq!(
+        store.admit(p.id, user(1), Uuid::now_v7()).await.unwrap(),
+        AdmitOutcome::InProgress,
+        "the pending mark survived too"
+    );
+    // The promoted master has no replica yet: WAIT 1 cannot be met, so admissions fail closed
+    // (undone, reported as a timeout) until the old master rejoins as its replica.
+    let err = store
+        .admit(p.id, user(201), Uuid::now_v7())
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert_eq!(store.admitted_count(p.id).await.unwrap(), 200);
+
+    cluster.restart(master).await;
+    assert_eq!(
+        store.admit(p.id, user(201), Uuid::now_v7()).await.unwrap(),
+        AdmitOutcome::Admitted
+    );
+}

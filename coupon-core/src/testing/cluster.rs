@@ -1,0 +1,258 @@
+//! A Redis Cluster of a test's own, for the fault scenarios that kill one of its masters.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Six `redis-server` processes in cluster mode on free ports (3 masters, 3 replicas, created
+/// with `redis-cli --cluster create … --cluster-replicas 1`), each in a temporary directory,
+/// no persistence, `cluster-node-timeout` 1000 ms: a killed master's replica is promoted about
+/// 2 s later. Every node is killed when this is dropped.
+#[derive(Debug)]
+pub struct OwnRedisCluster {
+    nodes: Vec<(u16, Option<Child>)>,
+    dir: PathBuf,
+}
+
+impl OwnRedisCluster {
+    /// Starts the six nodes, creates the cluster and waits until every slot is served.
+    ///
+    /// # Panics
+    /// `redis-server` or `redis-cli` is missing, or the cluster is not up within 30 s.
+    pub async fn start() -> Self {
+        let ports: Vec<u16> = (0..6)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("a free port")
+                    .port()
+            })
+            .collect();
+        let dir = std::env::temp_dir().join(format!("couponrush-redis-cluster-{}", ports[0]));
+        let _ = std::fs::remove_dir_all(&dir);
+        let nodes = ports
+            .iter()
+            .map(|&port| (port, Some(spawn_node(&dir, port))))
+            .collect();
+        let cluster = Self { nodes, dir };
+        for &port in &ports {
+            super::eventually(
+                "a cluster node answers",
+                Duration::from_secs(10),
+                || async move { cli(port, &["PING"]).filter(|r| r.trim() == "PONG") },
+            )
+            .await;
+        }
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("running redis-cli --cluster create");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        cluster.wait_until_served(Duration::from_secs(30)).await;
+        // cluster_state:ok comes before the replicas' first sync; until then WAIT 1 times out.
+        for &port in &ports {
+            super::eventually(
+                "every replica in sync",
+                Duration::from_secs(30),
+                || async move {
+                    let info = cli(port, &["INFO", "replication"])?;
+                    let synced = info.contains("role:slave")
+                        && info.contains("master_link_status:up")
+                        || info.contains("role:master") && info.contains("state=online");
+                    synced.then_some(())
+                },
+            )
+            .await;
+        }
+        cluster
+    }
+
+    /// The seed URLs of every node, comma-separated (`REDIS_URL` with `REDIS_MODE=cluster`).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(port, _)| format!("redis://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The port of the master that serves `key`'s hash slot now, as a live node reports it.
+    pub fn master_of(&self, key: &str) -> Option<u16> {
+        let port = self.live_ports().next()?;
+        let slot: u16 = cli(port, &["CLUSTER", "KEYSLOT", key])?
+            .trim()
+            .parse()
+            .ok()?;
+        masters(&cli(port, &["CLUSTER", "NODES"])?)
+            .into_iter()
+            .find(|(_, ranges)| ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .map(|(port, _)| port)
+    }
+
+    /// Kills the node on `port` (SIGKILL: it answers nothing more and saves nothing).
+    pub fn kill(&mut self, port: u16) {
+        for (p, child) in &mut self.nodes {
+            if *p == port {
+                if let Some(mut child) = child.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+    }
+
+    /// Starts the node on `port` again (after [`Self::kill`]) on its old directory: it reads
+    /// its `nodes.conf`, finds that its replica took over, and rejoins as that master's
+    /// replica with an empty dataset, which it then copies. Waits until its link is up.
+    ///
+    /// # Panics
+    /// It does not sync within 30 s.
+    pub async fn restart(&mut self, port: u16) {
+        self.kill(port);
+        let Some(node) = self.nodes.iter_mut().find(|(p, _)| *p == port) else {
+            panic!("no node of this cluster listens on {port}");
+        };
+        node.1 = Some(spawn_node(&self.dir, port));
+        super::eventually(
+            "the restarted node in sync",
+            Duration::from_secs(30),
+            || async move {
+                let info = cli(port, &["INFO", "replication"])?;
+                (info.contains("role:slave") && info.contains("master_link_status:up"))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Waits until every live node reports `cluster_state:ok` and every slot has a live
+    /// master (after a kill: until the replica was promoted).
+    ///
+    /// # Panics
+    /// Not so within `timeout`.
+    pub async fn wait_until_served(&self, timeout: Duration) {
+        let live: Vec<u16> = self.live_ports().collect();
+        super::eventually("the cluster serves every slot", timeout, || {
+            let live = live.clone();
+            async move {
+                for &port in &live {
+                    let info = cli(port, &["CLUSTER", "INFO"])?;
+                    if !info.contains("cluster_state:ok") {
+                        return None;
+                    }
+                    let served: u32 = masters(&cli(port, &["CLUSTER", "NODES"])?)
+                        .iter()
+                        .filter(|(master, _)| live.contains(master))
+                        .flat_map(|(_, ranges)| ranges.iter().map(|(a, b)| u32::from(b - a) + 1))
+                        .sum();
+                    if served != 16_384 {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        })
+        .await;
+    }
+
+    fn live_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.nodes
+            .iter()
+            .filter(|(_, child)| child.is_some())
+            .map(|(port, _)| *port)
+    }
+}
+
+impl Drop for OwnRedisCluster {
+    fn drop(&mut self) {
+        let ports: Vec<u16> = self.nodes.iter().map(|(port, _)| *port).collect();
+        for port in ports {
+            self.kill(port);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A cluster-mode `redis-server` on `port`, its files in `dir/port` (created where missing).
+fn spawn_node(dir: &std::path::Path, port: u16) -> Child {
+    let node_dir = dir.join(port.to_string());
+    std::fs::create_dir_all(&node_dir).expect("a temporary directory");
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&node_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting redis-server (apt-get install redis-server)")
+}
+
+/// `redis-cli -p port args…`'s output, if it ran.
+fn cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The masters of a `CLUSTER NODES` listing not flagged failing, each with its slot ranges
+/// (<https://redis.io/docs/latest/commands/cluster-nodes/>: `<id> <ip:port@cport> <flags>
+/// <master> <ping> <pong> <epoch> <link> <slot> <slot> …`).
+fn masters(listing: &str) -> Vec<(u16, Vec<(u16, u16)>)> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            if !flags.split(',').any(|f| f == "master")
+                || flags.split(',').any(|f| f == "fail" || f == "fail?")
+            {
+                return None;
+            }
+            let port = fields[1].split(['@', ',']).next()?.rsplit(':').next()?;
+            let ranges = fields
+                .iter()
+                .skip(8)
+                .filter(|s| !s.starts_with('['))
+                .filter_map(|s| match s.split_once('-') {
+                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                    None => s.parse().ok().map(|n| (n, n)),
+                })
+                .collect();
+            Some((port.parse().ok()?, ranges))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masters_and_their_slots_are_read_from_cluster_nodes() {
+        let listing = "\
+a 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b 127.0.0.1:7001@17001 master,fail - 0 0 2 connected 5461-10922
+c 127.0.0.1:7003@17003 slave a 0 0 1 connected
+d 127.0.0.1:7004@17004 master - 0 0 3 connected 10923-16382 16383 [5->-abc]
+";
+        assert_eq!(
+            masters(listing),
+            [
+                (7000, vec![(0, 5460)]),
+                (7004, vec![(10923, 16382), (16383, 16383)])
+            ]
+        );
+    }
+}
