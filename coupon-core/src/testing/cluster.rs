@@ -94,6 +94,59 @@ impl OwnRedisCluster {
             .map(|(port, _)| port)
     }
 
+    /// The port of the replica of the master on `port`, as a live node reports it.
+    pub fn replica_of(&self, master: u16) -> Option<u16> {
+        let live = self.live_ports().next()?;
+        let listing = cli(live, &["CLUSTER", "NODES"])?;
+        let nodes: Vec<Vec<&str>> = listing
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        let port_of = |fields: &Vec<&str>| -> Option<u16> {
+            fields
+                .get(1)?
+                .split(['@', ','])
+                .next()?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
+        };
+        let master_id = nodes.iter().find(|f| port_of(f) == Some(master))?.first()?;
+        nodes
+            .iter()
+            .find(|f| f.get(3) == Some(master_id))
+            .and_then(port_of)
+    }
+
+    /// Freezes the node on `port` (SIGSTOP): it holds its connections and answers nothing,
+    /// replication included, until [`Self::resume`].
+    pub fn pause(&self, port: u16) {
+        self.signal(port, "STOP");
+    }
+
+    /// Closes the replication links of the master on `port` (`CLIENT KILL TYPE replica`):
+    /// what it writes from now on reaches no replica until one reconnects. With the replica
+    /// frozen by [`Self::pause`], that is a replica lagging behind its master; the stream
+    /// already sent stays in the frozen replica's socket buffer and still arrives.
+    pub fn cut_replication(&self, port: u16) {
+        let _ = cli(port, &["CLIENT", "KILL", "TYPE", "replica"]);
+    }
+
+    /// Thaws a node frozen by [`Self::pause`] (SIGCONT).
+    pub fn resume(&self, port: u16) {
+        self.signal(port, "CONT");
+    }
+
+    fn signal(&self, port: u16, name: &str) {
+        if let Some((_, Some(child))) = self.nodes.iter().find(|(p, _)| *p == port) {
+            let _ = Command::new("kill")
+                .arg(format!("-{name}"))
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
     /// Kills the node on `port` (SIGKILL: it answers nothing more and saves nothing).
     pub fn kill(&mut self, port: u16) {
         for (p, child) in &mut self.nodes {
