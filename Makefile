@@ -29,7 +29,7 @@ demo: up
 test: up
 	scripts/test.sh
 
-## chaos: the fault-injection suite: six faults, each in a race for 500 units (about 8 minutes)
+## chaos: the fault-injection suite: seven faults, each in a race for 500 units (about 9 minutes)
 # Each race is 10,000 requests from 5,000 users; prints the counts; see scripts/chaos.sh.
 chaos: up
 	scripts/chaos.sh

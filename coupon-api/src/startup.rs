@@ -231,8 +231,19 @@ impl Application {
         .context("creating the Kafka producer")?;
         let keys = RedisKeys::new(stores.redis_key_prefix.clone());
         let redis_for_subscriber = redis.clone();
-        let admission = AdmissionStore::new(redis, keys.clone())
-            .with_replica_acks(stores.redis_wait_replicas, stores.redis_wait_timeout());
+        let mut admission = AdmissionStore::new(redis, keys.clone());
+        if stores.redis_wait_replicas > 0 {
+            // A connection of its own: each WAIT blocks the connection it is sent on.
+            let waits = stores
+                .connect_redis(stores.redis_timeout() + stores.redis_wait_timeout())
+                .await
+                .context("connecting to Redis for the replica acknowledgements")?;
+            admission = admission.with_replica_acks(
+                waits,
+                stores.redis_wait_replicas,
+                stores.redis_wait_timeout(),
+            );
+        }
         let policies = PolicyCache::new(
             config.policy_cache_capacity,
             config.policy_cache_ttl(),

@@ -243,26 +243,49 @@ async fn the_same_request_sent_again_hears_admitted_and_holds_one_unit() {
 }
 
 #[tokio::test]
-async fn an_admission_no_replica_acknowledged_is_undone_and_reported_as_a_timeout() {
-    // The test's own redis-server has no replica, so WAIT 1 can only time out.
+async fn admissions_no_replica_acknowledged_are_undone_and_reported_as_timeouts() {
+    // The test's own redis-server has no replica, so WAIT 1 can only time out. 64 admissions
+    // wait at once: their WAITs block only the connection of the acknowledgements, so every
+    // undo gets through within the main connection's 1 s bound. (One WAIT per admission on
+    // the main connection held up every command behind it: undos timed out and admissions
+    // stayed in the set.)
     let redis = testing::OwnRedis::start(false).await;
-    let conn = coupon_core::store::redis::connect(
-        coupon_core::store::redis::RedisMode::Single,
-        &redis.url(),
-        Duration::from_secs(2),
-    )
-    .await
-    .unwrap();
-    let store = AdmissionStore::new(conn, RedisKeys::new(""))
-        .with_replica_acks(1, Duration::from_millis(50));
-    let p = policy(8_002, Some(1));
+    let url = redis.url();
+    let connect = |timeout| {
+        coupon_core::store::redis::connect(
+            coupon_core::store::redis::RedisMode::Single,
+            &url,
+            timeout,
+        )
+    };
+    let conn = connect(Duration::from_secs(1)).await.unwrap();
+    let waits = connect(Duration::from_secs(2)).await.unwrap();
+    let store = AdmissionStore::new(conn, RedisKeys::new("")).with_replica_acks(
+        waits,
+        1,
+        Duration::from_millis(200),
+    );
+    let p = policy(8_002, Some(100));
     store.prepare(&p).await.unwrap();
-    let err = store
-        .admit(p.id, user(1), Uuid::now_v7())
-        .await
-        .unwrap_err();
-    assert!(err.is_timeout(), "{err}");
-    assert_eq!(store.admitted_count(p.id).await.unwrap(), 0);
+
+    let mut admissions = tokio::task::JoinSet::new();
+    for u in 1..=64 {
+        let store = store.clone();
+        admissions.spawn(async move { store.admit(p.id, user(u), Uuid::now_v7()).await });
+    }
+    let outcomes = admissions.join_all().await;
+
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.as_ref().is_err_and(redis::RedisError::is_timeout)),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        store.admitted_count(p.id).await.unwrap(),
+        0,
+        "every one undone"
+    );
 }
 
 #[tokio::test]
@@ -272,8 +295,9 @@ async fn on_a_cluster_an_admission_waits_for_its_masters_replica() {
     let cluster = testing::redis_mode() == coupon_core::store::redis::RedisMode::Cluster;
     let stores = testing::isolated_stores();
     let conn = stores.connect_redis(Duration::from_secs(2)).await.unwrap();
+    let waits = stores.connect_redis(Duration::from_secs(3)).await.unwrap();
     let store = AdmissionStore::new(conn, RedisKeys::new(stores.redis_key_prefix))
-        .with_replica_acks(u32::from(cluster), Duration::from_secs(1));
+        .with_replica_acks(waits, u32::from(cluster), Duration::from_secs(1));
     for id in 8_010..8_016 {
         // Six coupons: their keys fall on the slots of different masters.
         let p = policy(id, Some(1));
@@ -297,8 +321,18 @@ async fn admissions_acknowledged_by_a_replica_survive_the_loss_of_their_master()
     )
     .await
     .unwrap();
-    let store =
-        AdmissionStore::new(conn, RedisKeys::new("")).with_replica_acks(1, Duration::from_secs(1));
+    let waits = coupon_core::store::redis::connect(
+        coupon_core::store::redis::RedisMode::Cluster,
+        &cluster.url(),
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    let store = AdmissionStore::new(conn, RedisKeys::new("")).with_replica_acks(
+        waits,
+        1,
+        Duration::from_secs(1),
+    );
     let p = policy(8_100, Some(300));
     store.prepare(&p).await.unwrap();
     for u in 1..=200 {

@@ -27,6 +27,12 @@ async fn instances(n: usize) -> Vec<TestApp> {
     apps
 }
 
+/// `SCARD` of `coupon`'s admission set, as `app` reads it.
+async fn admitted(app: &TestApp, coupon: i64) -> i64 {
+    let coupon = CouponId::parse(coupon).unwrap();
+    app.state.admission.admitted_count(coupon).await.unwrap()
+}
+
 #[tokio::test]
 async fn a_race_spread_over_three_instances_admits_exactly_the_stock_and_nobody_twice() {
     let apps = instances(3).await;
@@ -67,16 +73,7 @@ async fn a_race_spread_over_three_instances_admits_exactly_the_stock_and_nobody_
     }
     assert_eq!(accepted.len(), 40, "202 answers for exactly the stock");
     assert!(accepted.values().all(|&n| n == 1), "nobody accepted twice");
-    let coupon = CouponId::parse(id).unwrap();
-    assert_eq!(
-        apps[1]
-            .state
-            .admission
-            .admitted_count(coupon)
-            .await
-            .unwrap(),
-        40
-    );
+    assert_eq!(admitted(&apps[1], id).await, 40);
 }
 
 #[tokio::test]
@@ -110,16 +107,7 @@ async fn a_user_admitted_on_one_instance_is_refused_on_the_others() {
         },
     )
     .await;
-    let coupon = CouponId::parse(id).unwrap();
-    assert_eq!(
-        apps[0]
-            .state
-            .admission
-            .admitted_count(coupon)
-            .await
-            .unwrap(),
-        3
-    );
+    assert_eq!(admitted(&apps[0], id).await, 3);
 }
 
 #[tokio::test]

@@ -10,6 +10,8 @@
 //!   kept [`POLICY_COPY_TTL_SECS`] at most, so a copy whose delete or refresh was lost (a Redis
 //!   write that failed after MySQL changed, a broadcast nobody heard) is dropped and read again
 //!   from MySQL within that bound;
+//! - `P coupon:{id}:fence` — written just before each round's `WAIT` when admissions wait for
+//!   replicas (`admission/replicas.rs`), expires after 60 s;
 //! - `P coupon:invalidation` — pub/sub channel of [`Invalidation`] messages.
 //!
 //! # Pending admissions
@@ -48,7 +50,9 @@ use crate::store::redis::RedisConnection;
 use crate::telemetry::names;
 
 mod keys;
+mod replicas;
 pub use keys::*;
+use replicas::ReplicaAcks;
 
 /// The atomic admission script (`admission/admit.lua`): `KEYS[1]` the admission set, `KEYS[2]`
 /// the stock bound, `KEYS[3]` the pending admissions, `ARGV[1]` the user id, `ARGV[2]` the
@@ -83,13 +87,6 @@ pub struct AdmissionStore {
     replica_acks: Option<ReplicaAcks>,
 }
 
-/// How many replicas must acknowledge an admission, within how long (`WAIT`).
-#[derive(Debug, Clone, Copy)]
-struct ReplicaAcks {
-    replicas: u32,
-    timeout: Duration,
-}
-
 impl AdmissionStore {
     /// Wraps a connection; `keys` names this deployment's keys.
     pub fn new(conn: RedisConnection, keys: RedisKeys) -> Self {
@@ -102,13 +99,21 @@ impl AdmissionStore {
         }
     }
 
-    /// Makes [`Self::admit`] wait until `replicas` replicas acknowledged each admission, for
-    /// `timeout` at most (`WAIT`, [`RedisConnection::wait_for_replicas`]); 0 replicas (the
-    /// default) does not wait. An admission not acknowledged in time is undone and reported as
-    /// a timeout, so no caller promises a unit that a failover could lose.
+    /// Makes [`Self::admit`] wait until `replicas` replicas hold each admission, for
+    /// `timeout` at most (`WAIT`, in rounds on `waits`, a connection of its own that nothing
+    /// else uses: a `WAIT` blocks its connection; see `admission/replicas.rs`); 0 replicas
+    /// (the default) does not wait and leaves `waits` unused. An admission not acknowledged in
+    /// time is undone and reported as a timeout, so no caller promises a unit that a failover
+    /// could lose. Must be called within a Tokio runtime (the rounds run as a task).
     #[must_use]
-    pub fn with_replica_acks(mut self, replicas: u32, timeout: Duration) -> Self {
-        self.replica_acks = (replicas > 0).then_some(ReplicaAcks { replicas, timeout });
+    pub fn with_replica_acks(
+        mut self,
+        waits: RedisConnection,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Self {
+        self.replica_acks =
+            (replicas > 0).then(|| ReplicaAcks::start(waits, self.keys.clone(), replicas, timeout));
         self
     }
 
@@ -146,9 +151,14 @@ impl AdmissionStore {
         let code: i64 = timed_script("admit", invocation.invoke_async(&mut conn)).await?;
         match code {
             1 => {
-                if let Some(acks) = self.replica_acks {
-                    self.await_replicas(&mut conn, coupon, user, request, acks)
-                        .await?;
+                if let Some(acks) = &self.replica_acks {
+                    if let Err(err) = acks.wait(coupon, user, request).await {
+                        count_error("wait");
+                        // Best effort: the caller undoes again under the same request id on a
+                        // timeout.
+                        let _ = self.undo(coupon, user, request).await;
+                        return Err(err);
+                    }
                 }
                 Ok(AdmitOutcome::Admitted)
             }
@@ -162,42 +172,6 @@ impl AdmissionStore {
                 other.to_string(),
             ))),
         }
-    }
-
-    /// Waits for `acks` of the admission `request` made of `user`; undoes it when too few came.
-    async fn await_replicas(
-        &self,
-        conn: &mut RedisConnection,
-        coupon: CouponId,
-        user: UserId,
-        request: Uuid,
-        acks: ReplicaAcks,
-    ) -> redis::RedisResult<()> {
-        let started = Instant::now();
-        let acked = conn
-            .wait_for_replicas(
-                &self.keys.admission_set(coupon),
-                acks.replicas,
-                acks.timeout,
-            )
-            .await
-            .inspect_err(|_| count_error("wait"))?;
-        metrics::histogram!(names::REDIS_SCRIPT_DURATION, "script" => "wait")
-            .record(started.elapsed());
-        if acked >= acks.replicas {
-            return Ok(());
-        }
-        count_error("wait");
-        // Best effort: the caller undoes again under the same request id on a timeout.
-        let _ = self.undo(coupon, user, request).await;
-        Err(redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!(
-                "{acked} of {} replicas acknowledged the admission within {} ms",
-                acks.replicas,
-                acks.timeout.as_millis()
-            ),
-        )))
     }
 
     /// Undoes the admission `request` made of `user` (`admission/undo.lua`), if it is still

@@ -14,7 +14,6 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 /// What kind of Redis deployment `REDIS_URL` names.
@@ -93,43 +92,6 @@ pub async fn connect(
             Ok(RedisConnection::Cluster(
                 client.get_async_connection().await?,
             ))
-        }
-    }
-}
-
-impl RedisConnection {
-    /// Blocks until `replicas` replicas of the node that owns `key` acknowledged every write
-    /// this connection sent that node so far, or `timeout` passed; returns how many did
-    /// (`WAIT`, <https://redis.io/docs/latest/commands/wait/>). On a cluster the `WAIT` goes to
-    /// the master of `key`'s slot, the node that ran the write, not to every master.
-    ///
-    /// `WAIT` makes a write survive the loss of its master when the replica that acknowledged
-    /// it is the one promoted, which holds with one replica per master; it does not make Redis
-    /// strongly consistent (the page above).
-    ///
-    /// # Errors
-    /// Redis is unreachable or timed out.
-    pub async fn wait_for_replicas(
-        &mut self,
-        key: &str,
-        replicas: u32,
-        timeout: Duration,
-    ) -> redis::RedisResult<u32> {
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas)
-            .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
-        match self {
-            Self::Single(conn) => wait.query_async(conn).await,
-            Self::Cluster(conn) => {
-                let route = Route::with_key(key, SlotAddr::Master);
-                let value = conn
-                    .route_command(
-                        wait,
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-                    )
-                    .await?;
-                Ok(redis::from_redis_value(value)?)
-            }
         }
     }
 }

@@ -11,8 +11,7 @@ use coupon_demo::chaos::{self, Binaries, ChaosPlan, Fault};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Scenarios to run (repeatable; default: the six of `make chaos`; redis-master-killed
-    /// runs only when named).
+    /// Scenarios to run (repeatable; default: all seven).
     #[arg(long, value_enum)]
     fault: Vec<Fault>,
     /// Units in stock (count).

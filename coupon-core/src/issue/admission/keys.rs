@@ -41,6 +41,12 @@ impl RedisKeys {
         format!("{}coupon:{{{coupon}}}:policy", self.prefix)
     }
 
+    /// The fence of `coupon`'s replica acknowledgements: written by each round of
+    /// `admission/fence.lua` just before its `WAIT`, expires after 60 s.
+    pub fn fence(&self, coupon: CouponId) -> String {
+        format!("{}coupon:{{{coupon}}}:fence", self.prefix)
+    }
+
     /// The lock of `coupon`'s rebuild ([`crate::issue::recovery`]).
     pub fn rebuild_lock(&self, coupon: CouponId) -> String {
         format!("{}coupon:{{{coupon}}}:rebuild", self.prefix)
@@ -83,6 +89,7 @@ mod tests {
         assert_eq!(keys.stock(c), "t1:coupon:{42}:stock");
         assert_eq!(keys.policy(c), "t1:coupon:{42}:policy");
         assert_eq!(keys.pending(c), "t1:coupon:{42}:pending");
+        assert_eq!(keys.fence(c), "t1:coupon:{42}:fence");
     }
 
     #[test]

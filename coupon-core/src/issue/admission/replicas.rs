@@ -1,0 +1,193 @@
+//! Replica acknowledgements of admissions (`REDIS_WAIT_REPLICAS`), waited for in rounds on a
+//! connection of their own.
+//!
+//! Redis replication is asynchronous: a master answers the admission script before its
+//! replicas hold the admission, so a failover can lose admissions a 202 already promised.
+//! `WAIT n timeout` blocks until `n` replicas acknowledged the last write of its connection
+//! (<https://redis.io/docs/latest/commands/wait/>). Sent after each admission on the shared,
+//! multiplexed connection, it held up every command behind it (Redis processes nothing more of
+//! a blocked client): once a master was lost, every admission's `WAIT` took its whole timeout,
+//! and the undos and admissions queued behind them timed out too (docs/scale.md). So:
+//!
+//! - the waits go over a connection of their own (no admission or undo queues behind them);
+//! - one round covers every admission that asked since the last round began (group commit):
+//!   per coupon, `admission/fence.lua` checks that each admission is still pending under its
+//!   request id on the node that serves the slot now, and writes the coupon's fence key; then
+//!   one `WAIT` on the same connection covers the fence, and so every admission before it on
+//!   that node;
+//! - an admission the fence did not find was lost in a failover between the script and the
+//!   round; it is reported as a failure, like one the replicas did not acknowledge in time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::Script;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::RedisKeys;
+use crate::domain::{CouponId, UserId};
+use crate::store::redis::RedisConnection;
+use crate::telemetry::names;
+
+/// The handle the admission path holds: it queues admissions for the next round.
+#[derive(Debug, Clone)]
+pub(super) struct ReplicaAcks {
+    sender: mpsc::UnboundedSender<Waiting>,
+    replicas: u32,
+    timeout: Duration,
+}
+
+/// One admission waiting for its round.
+#[derive(Debug)]
+struct Waiting {
+    coupon: CouponId,
+    user: UserId,
+    request: Uuid,
+    answer: oneshot::Sender<Result<(), String>>,
+}
+
+impl ReplicaAcks {
+    /// Starts the rounds on `conn` (which nothing else should use: a `WAIT` blocks it) as a
+    /// background task, which ends when every clone of the handle is dropped. Must be called
+    /// within a Tokio runtime.
+    pub(super) fn start(
+        conn: RedisConnection,
+        keys: RedisKeys,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(rounds(receiver, conn, keys, replicas, timeout));
+        Self {
+            sender,
+            replicas,
+            timeout,
+        }
+    }
+
+    /// Waits until `replicas` replicas hold `request`'s admission of `user`, for one round:
+    /// the `WAIT` timeout plus the wait for the round in flight.
+    ///
+    /// # Errors
+    /// A [`std::io::ErrorKind::TimedOut`] error when too few replicas acknowledged in time,
+    /// the admission was not found (lost in a failover), or Redis failed the round.
+    pub(super) async fn wait(
+        &self,
+        coupon: CouponId,
+        user: UserId,
+        request: Uuid,
+    ) -> redis::RedisResult<()> {
+        let (answer, answered) = oneshot::channel();
+        let waiting = Waiting {
+            coupon,
+            user,
+            request,
+            answer,
+        };
+        let outcome = match self.sender.send(waiting) {
+            Ok(()) => answered
+                .await
+                .unwrap_or_else(|_| Err("the replica acknowledgement task stopped".into())),
+            Err(_) => Err("the replica acknowledgement task stopped".into()),
+        };
+        outcome.map_err(|why| {
+            redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the admission is not known to be on {} replica(s) within {} ms: {why}",
+                    self.replicas,
+                    self.timeout.as_millis()
+                ),
+            ))
+        })
+    }
+}
+
+/// Takes every admission queued since the last round and fences and waits for each coupon of
+/// them at once, until the queue closes.
+async fn rounds(
+    mut receiver: mpsc::UnboundedReceiver<Waiting>,
+    conn: RedisConnection,
+    keys: RedisKeys,
+    replicas: u32,
+    timeout: Duration,
+) {
+    let fence = Arc::new(Script::new(include_str!("fence.lua")));
+    while let Some(first) = receiver.recv().await {
+        let mut round: HashMap<CouponId, Vec<Waiting>> = HashMap::new();
+        round.entry(first.coupon).or_default().push(first);
+        while let Ok(next) = receiver.try_recv() {
+            round.entry(next.coupon).or_default().push(next);
+        }
+        let started = Instant::now();
+        let mut fenced = tokio::task::JoinSet::new();
+        for (coupon, waiting) in round {
+            fenced.spawn(fence_and_wait(
+                conn.clone(),
+                keys.clone(),
+                Arc::clone(&fence),
+                coupon,
+                waiting,
+                replicas,
+                timeout,
+            ));
+        }
+        while fenced.join_next().await.is_some() {}
+        metrics::histogram!(names::REDIS_SCRIPT_DURATION, "script" => "wait")
+            .record(started.elapsed());
+    }
+}
+
+/// One coupon's part of a round: `SCRIPT LOAD` (a promoted replica has no script cache), the
+/// fence, `WAIT`, in one pipeline to the node of the coupon's slot; then each admission's answer.
+async fn fence_and_wait(
+    mut conn: RedisConnection,
+    keys: RedisKeys,
+    fence: Arc<Script>,
+    coupon: CouponId,
+    waiting: Vec<Waiting>,
+    replicas: u32,
+    timeout: Duration,
+) {
+    let mut invocation = fence.key(keys.pending(coupon));
+    invocation.key(keys.fence(coupon));
+    for w in &waiting {
+        invocation
+            .arg(w.user.get())
+            .arg(w.request.as_hyphenated().to_string());
+    }
+    let reply: redis::RedisResult<(Vec<i64>, u32)> = redis::pipe()
+        .load_script(&fence)
+        .ignore()
+        .invoke_script(&invocation)
+        .cmd("WAIT")
+        .arg(replicas)
+        .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
+        .query_async(&mut conn)
+        .await;
+    match reply {
+        Ok((held, acked)) => {
+            for (w, held) in waiting
+                .into_iter()
+                .zip(held.into_iter().chain(std::iter::repeat(0)))
+            {
+                let answer = if held != 1 {
+                    Err("not found on the slot's master (lost in a failover)".to_owned())
+                } else if acked < replicas {
+                    Err(format!("{acked} replica(s) acknowledged"))
+                } else {
+                    Ok(())
+                };
+                let _ = w.answer.send(answer);
+            }
+        }
+        Err(err) => {
+            let why = err.to_string();
+            for w in waiting {
+                let _ = w.answer.send(Err(why.clone()));
+            }
+        }
+    }
+}
