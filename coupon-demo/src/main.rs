@@ -156,14 +156,13 @@ async fn race(cli: RaceArgs) -> anyhow::Result<bool> {
         .first()
         .context("--base-url needs at least one URL")?;
     let coupon = coupon_demo::create_coupon(&client, admin_base, &signer, cli.stock).await?;
+    let spread = match cli.base_url.len() {
+        1 => String::new(),
+        n => format!(", round-robin over {n} coupon-api instances"),
+    };
     println!(
-        "coupon {coupon}: {} units; firing {} requests from {} users, {} at a time, \
-         round-robin over {} coupon-api instance(s)",
-        cli.stock,
-        cli.requests,
-        cli.users,
-        cli.concurrency,
-        cli.base_url.len()
+        "coupon {coupon}: {} units; firing {} requests from {} users, {} at a time{spread}",
+        cli.stock, cli.requests, cli.users, cli.concurrency
     );
     let report = coupon_demo::race_across(&client, &cli.base_url, &signer, coupon, plan).await?;
     println!(

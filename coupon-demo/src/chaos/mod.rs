@@ -301,7 +301,16 @@ pub async fn run(
             }
             .to_owned(),
         ),
-        ("REDIS_WAIT_REPLICAS", plan.wait_replicas.to_string()),
+        // Only the cluster has replicas: on a single node WAIT could only time out.
+        (
+            "REDIS_WAIT_REPLICAS",
+            if cluster.is_some() {
+                plan.wait_replicas
+            } else {
+                0
+            }
+            .to_string(),
+        ),
         ("KAFKA_BROKERS", format!("127.0.0.1:{broker_port}")),
         ("KAFKA_ISSUE_TOPIC", format!("{tag}-issues")),
         ("KAFKA_DEAD_LETTER_TOPIC", format!("{tag}-issues-dlq")),
