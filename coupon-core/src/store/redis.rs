@@ -102,11 +102,7 @@ pub async fn connect(
 /// (<https://redis.io/docs/latest/develop/interactive/pubsub/#pubsub-and-redis-cluster>), so a
 /// subscriber needs one live node, any node; asking the cluster (not only the seeds) lets it
 /// move to a node that was not a seed when its node dies. Credentials and scheme are those of
-/// the first seed.
-///
-/// # Errors
-/// None in single mode; on a cluster, an unreachable cluster leaves only the seeds, so this
-/// never fails.
+/// the first seed. It cannot fail: when the cluster does not answer, the seeds remain.
 pub async fn subscriber_urls(conn: &RedisConnection, urls: &str) -> Vec<String> {
     let seeds: Vec<String> = node_urls(urls).into_iter().map(str::to_owned).collect();
     let RedisConnection::Cluster(_) = conn else {
