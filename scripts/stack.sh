@@ -103,6 +103,18 @@ cluster_up() {
   fi
   redis-cli --cluster check "127.0.0.1:$REDIS_CLUSTER_PORT" >/dev/null ||
     { log "the Redis Cluster on $REDIS_CLUSTER_PORT is not healthy"; redis-cli --cluster check "127.0.0.1:$REDIS_CLUSTER_PORT" >&2; return 1; }
+  # cluster_state:ok comes before the replicas' first sync; until then a WAIT 1 times out.
+  local synced
+  for ((i = 0; i < 300; i++)); do
+    synced=0
+    for port in $(cluster_ports); do
+      redis-cli -p "$port" info replication | grep -q 'master_link_status:up' && synced=$((synced + 1))
+    done
+    [ "$synced" -ge 3 ] && return 0
+    sleep 0.1
+  done
+  log "the Redis Cluster's replicas did not sync within 30 s"
+  return 1
 }
 
 cluster_down() {
