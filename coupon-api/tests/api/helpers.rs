@@ -8,6 +8,7 @@ use coupon_api::startup::Application;
 use coupon_api::state::AppState;
 use coupon_core::config::StoreConfig;
 use coupon_core::domain::{CouponId, NewCouponPolicy};
+use coupon_core::issue::admission::{Invalidation, InvalidationReason};
 use coupon_core::testing;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -122,6 +123,20 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// Broadcasts that `coupon` sold out, as coupon-consumer does once MySQL holds its stock.
+    /// On a cluster PUBLISH counts only the receivers on the node it reached, so the count is
+    /// not returned: a caller waits for the mark to show it was heard.
+    pub async fn announce_sold_out(&self, coupon: CouponId) {
+        self.state
+            .admission
+            .publish_invalidation(Invalidation {
+                coupon_id: coupon,
+                reason: InvalidationReason::SoldOut,
+            })
+            .await
+            .unwrap();
     }
 
     /// Removes `user` from `coupon`'s Redis admission set behind the API's back (asserting it

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use coupon_core::domain::CouponId;
-use coupon_core::issue::admission::{Invalidation, InvalidationReason};
 use coupon_core::testing;
 use futures::StreamExt;
 use serde_json::Value;
@@ -119,15 +118,7 @@ async fn a_sell_out_broadcast_reaches_every_instance_and_each_answers_from_its_c
     }
     let coupon = CouponId::parse(id).unwrap();
 
-    apps[0]
-        .state
-        .admission
-        .publish_invalidation(Invalidation {
-            coupon_id: coupon,
-            reason: InvalidationReason::SoldOut,
-        })
-        .await
-        .unwrap();
+    apps[0].announce_sold_out(coupon).await;
 
     for app in &apps {
         let holders = testing::eventually(

@@ -2,7 +2,6 @@ use std::time::Duration;
 
 use chrono::{Duration as Span, Utc};
 use coupon_core::domain::{CouponId, UserId};
-use coupon_core::issue::admission::{Invalidation, InvalidationReason};
 use coupon_core::issue::message::IssueMessage;
 use coupon_core::testing;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -202,16 +201,7 @@ async fn sold_out_coupon(app: &TestApp, users: std::ops::RangeInclusive<i64>) ->
     for user in users {
         assert_eq!(app.issue(id, user).await.status(), 202);
     }
-    // On a cluster PUBLISH counts only the receivers on the node it reached, so the count
-    // proves nothing there: the mark arriving below is what shows the broadcast was heard.
-    app.state
-        .admission
-        .publish_invalidation(Invalidation {
-            coupon_id: coupon,
-            reason: InvalidationReason::SoldOut,
-        })
-        .await
-        .unwrap();
+    app.announce_sold_out(coupon).await;
     testing::eventually("the sold-out mark", Duration::from_secs(5), || async {
         app.state.sold_out.get(coupon).await.map(drop)
     })
