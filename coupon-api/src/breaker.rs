@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coupon_core::codes::CodeAdmission;
-use coupon_core::domain::{CouponId, UserId};
-use coupon_core::issue::admission::{AdmissionStore, AdmitOutcome};
+use coupon_core::domain::UserId;
+use coupon_core::issue::admission::{AdmissionStore, AdmitOutcome, StockShards};
 use coupon_core::telemetry::names;
 use failsafe::failure_policy::{self, ConsecutiveFailures};
 use failsafe::futures::CircuitBreaker as _;
@@ -193,7 +193,7 @@ pub struct GuardedAdmission<'a> {
 impl CodeAdmission for GuardedAdmission<'_> {
     async fn admit(
         &self,
-        coupon: CouponId,
+        coupon: StockShards,
         user: UserId,
         request: Uuid,
     ) -> anyhow::Result<AdmitOutcome> {
@@ -204,15 +204,15 @@ impl CodeAdmission for GuardedAdmission<'_> {
     }
 
     // The compensations are the store's own, unguarded.
-    async fn undo(&self, coupon: CouponId, user: UserId, request: Uuid) -> anyhow::Result<bool> {
+    async fn undo(&self, coupon: StockShards, user: UserId, request: Uuid) -> anyhow::Result<bool> {
         CodeAdmission::undo(self.admission, coupon, user, request).await
     }
 
-    async fn settle(&self, coupon: CouponId, user: UserId) -> anyhow::Result<()> {
+    async fn settle(&self, coupon: StockShards, user: UserId) -> anyhow::Result<()> {
         CodeAdmission::settle(self.admission, coupon, user).await
     }
 
-    async fn note_holder(&self, coupon: CouponId, user: UserId) -> anyhow::Result<()> {
+    async fn note_holder(&self, coupon: StockShards, user: UserId) -> anyhow::Result<()> {
         CodeAdmission::note_holder(self.admission, coupon, user).await
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coupon_core::domain::{CouponId, CouponPolicy, UserId};
-use coupon_core::issue::admission::AdmissionStore;
+use coupon_core::issue::admission::{AdmissionStore, StockShards};
 use coupon_core::policies;
 use coupon_core::telemetry::names;
 use moka::future::Cache;
@@ -184,7 +184,8 @@ impl SoldOutMarks {
 
     /// Marks `coupon` sold out at once, then copies its holders in the background when the
     /// set has at most `holders_max` members.
-    pub async fn mark(&self, coupon: CouponId) {
+    pub async fn mark(&self, shards: StockShards) {
+        let coupon = shards.coupon();
         match self.marks.get(&coupon).await {
             Some(Some(_)) => return, // marked, holders copied
             Some(None) => {}         // marked; an earlier copy may have failed
@@ -192,7 +193,7 @@ impl SoldOutMarks {
         }
         if self.holders_max > 0 {
             let marks = self.clone();
-            tokio::spawn(async move { marks.copy_holders(coupon).await });
+            tokio::spawn(async move { marks.copy_holders(shards).await });
         }
     }
 
@@ -204,10 +205,11 @@ impl SoldOutMarks {
     /// Copies `coupon`'s admission set into its sold-out mark when it has at most
     /// `holders_max` members; on any failure the mark stays without holders (each request
     /// then asks Redis).
-    async fn copy_holders(&self, coupon: CouponId) {
-        let members = match self.redis.admitted_count(coupon).await {
+    async fn copy_holders(&self, shards: StockShards) {
+        let coupon = shards.coupon();
+        let members = match self.redis.admitted_count(shards).await {
             Ok(count) if u64::try_from(count).is_ok_and(|c| c <= self.holders_max) => {
-                self.redis.members(coupon).await
+                self.redis.members(shards).await
             }
             Ok(_) => return,
             Err(err) => Err(err),

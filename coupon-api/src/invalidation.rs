@@ -31,7 +31,7 @@ impl Invalidated {
     pub async fn apply(&self, invalidation: Invalidation) {
         let coupon = invalidation.coupon_id;
         match invalidation.reason {
-            InvalidationReason::SoldOut => self.sold_out.mark(coupon).await,
+            InvalidationReason::SoldOut => self.sold_out.mark(invalidation.shards()).await,
             InvalidationReason::PolicyChanged => {
                 self.policies.invalidate(coupon).await;
                 self.sold_out.clear(coupon).await;

@@ -15,8 +15,9 @@
 
 use std::collections::HashMap;
 
-use coupon_core::domain::{CouponId, UserId};
+use coupon_core::domain::UserId;
 use coupon_core::issue::admission::AdmissionStore;
+use coupon_core::issue::admission::StockShards;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +27,7 @@ const BATCH_MAX: usize = 4_096;
 /// The issue path's handle on the settle queue; cheap to clone.
 #[derive(Clone)]
 pub struct Settler {
-    queue: mpsc::UnboundedSender<(CouponId, UserId)>,
+    queue: mpsc::UnboundedSender<(StockShards, UserId)>,
 }
 
 impl Settler {
@@ -40,7 +41,7 @@ impl Settler {
 
     /// Queues the clearing of `user`'s pending mark on `coupon` (never blocks; the queue is
     /// bounded in practice by the requests in flight, since each one queues at most one mark).
-    pub fn settle(&self, coupon: CouponId, user: UserId) {
+    pub fn settle(&self, coupon: StockShards, user: UserId) {
         // A send fails only after the task stopped (shutdown): coupon-consumer clears the mark.
         let _ = self.queue.send((coupon, user));
     }
@@ -48,7 +49,7 @@ impl Settler {
 
 async fn run(
     admission: AdmissionStore,
-    mut rx: mpsc::UnboundedReceiver<(CouponId, UserId)>,
+    mut rx: mpsc::UnboundedReceiver<(StockShards, UserId)>,
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH_MAX);
@@ -72,14 +73,14 @@ async fn run(
 }
 
 /// Clears `batch` (emptied), one `HDEL` per coupon.
-async fn clear(admission: &AdmissionStore, batch: &mut Vec<(CouponId, UserId)>) {
-    let mut by_coupon: HashMap<CouponId, Vec<i64>> = HashMap::new();
+async fn clear(admission: &AdmissionStore, batch: &mut Vec<(StockShards, UserId)>) {
+    let mut by_coupon: HashMap<StockShards, Vec<i64>> = HashMap::new();
     for (coupon, user) in batch.drain(..) {
         by_coupon.entry(coupon).or_default().push(user.get());
     }
     for (coupon, users) in by_coupon {
         if let Err(err) = admission.settle(coupon, &users).await {
-            tracing::debug!(%err, coupon_id = %coupon, marks = users.len(), "pending marks not cleared");
+            tracing::debug!(%err, coupon_id = %coupon.coupon(), marks = users.len(), "pending marks not cleared");
         }
     }
 }

@@ -75,7 +75,7 @@ impl StatsCache {
             let policy = policies::find_policy(pool, id)
                 .await?
                 .ok_or(ApiError::CouponNotFound)?;
-            let admitted = admission.admitted_count(id).await?;
+            let admitted = admission.admitted_count(policy.stock_shards()).await?;
             let counts = queries::issue_counts(pool, id).await?;
             let issued = policy.issued_quantity;
             Ok::<_, ApiError>(Arc::new(StatsView {

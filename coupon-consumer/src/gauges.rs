@@ -138,7 +138,7 @@ impl GaugeSampler {
         let live =
             queries::live_stocks(&self.pool, now, now - CLOSED_GRACE, self.coupon_limit).await?;
         for stock in live {
-            let admitted = self.admission.admitted_count(stock.coupon_id).await?;
+            let admitted = self.admission.admitted_count(stock.shards).await?;
             let coupon = stock.coupon_id.to_string();
             let set = |name: &'static str, value: i64| {
                 metrics::gauge!(name, "coupon_id" => coupon.clone()).set(value as f64);

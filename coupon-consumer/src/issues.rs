@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coupon_core::domain::CouponId;
-use coupon_core::issue::admission::{AdmissionStore, Invalidation, InvalidationReason};
+use coupon_core::issue::admission::{AdmissionStore, Invalidation, StockShards};
 use coupon_core::issue::message::IssueMessage;
 use coupon_core::issue::persistence::{PersistReport, Rejection};
 use coupon_core::telemetry::names;
@@ -114,17 +114,19 @@ impl IssueConsumer {
     /// coupon without Redis state (no stock key: Redis lost it and the API has not rebuilt it
     /// yet) cannot be checked and is persisted as before.
     async fn undone_admissions(&self, issues: &[IssueMessage]) -> anyhow::Result<HashSet<usize>> {
+        // The messages of one coupon carry the same shard count: it is fixed with the policy.
         let mut by_coupon: BTreeMap<CouponId, Vec<usize>> = BTreeMap::new();
         for (i, issue) in issues.iter().enumerate() {
             by_coupon.entry(issue.coupon_id).or_default().push(i);
         }
         let mut undone = HashSet::new();
-        for (coupon, indexes) in by_coupon {
-            if !self.admission.is_prepared(coupon).await? {
+        for indexes in by_coupon.into_values() {
+            let shards = issues[indexes[0]].shards();
+            if !self.admission.is_prepared(shards).await? {
                 continue;
             }
             let users: Vec<i64> = indexes.iter().map(|&i| issues[i].user_id.get()).collect();
-            let admitted = self.admission.admitted_among(coupon, &users).await?;
+            let admitted = self.admission.admitted_among(shards, &users).await?;
             undone.extend(
                 indexes
                     .iter()
@@ -143,17 +145,18 @@ impl IssueConsumer {
     /// reconciliation clears it.
     async fn settle(&self, issues: &[IssueMessage], report: &PersistReport) {
         let rejected: HashSet<usize> = report.rejected.iter().map(|&(i, _)| i).collect();
-        let mut by_coupon: BTreeMap<CouponId, Vec<i64>> = BTreeMap::new();
+        let mut by_coupon: BTreeMap<StockShards, Vec<i64>> = BTreeMap::new();
         for (i, issue) in issues.iter().enumerate() {
             if !rejected.contains(&i) {
                 by_coupon
-                    .entry(issue.coupon_id)
+                    .entry(issue.shards())
                     .or_default()
                     .push(issue.user_id.get());
             }
         }
-        for (coupon_id, users) in by_coupon {
-            if let Err(err) = self.admission.settle(coupon_id, &users).await {
+        for (shards, users) in by_coupon {
+            if let Err(err) = self.admission.settle(shards, &users).await {
+                let coupon_id = shards.coupon();
                 tracing::warn!(%err, %coupon_id, "clearing pending marks failed; reconciliation clears them");
             }
         }
@@ -225,10 +228,11 @@ impl IssueConsumer {
         self.settle(&issues, &report).await;
 
         for &coupon_id in &report.sold_out {
-            let invalidation = Invalidation {
-                coupon_id,
-                reason: InvalidationReason::SoldOut,
-            };
+            let shards = issues
+                .iter()
+                .find(|issue| issue.coupon_id == coupon_id)
+                .map_or(StockShards::single(coupon_id), IssueMessage::shards);
+            let invalidation = Invalidation::sold_out(shards);
             if let Err(err) = self.admission.publish_invalidation(invalidation).await {
                 tracing::warn!(%err, %coupon_id, "sold-out broadcast failed; caches expire by TTL");
             }

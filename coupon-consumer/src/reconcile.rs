@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use coupon_core::domain::CouponId;
-use coupon_core::issue::admission::AdmissionStore;
+use coupon_core::issue::admission::{AdmissionStore, StockShards};
 use coupon_core::issue::reconciliation::{CouponReport, Reconciler};
 use coupon_core::issue::recovery::IssueLog;
 use coupon_core::store::kafka::IssuePublisher;
@@ -142,8 +142,9 @@ impl PeriodicReconciliation {
 
     async fn reconcile_recent(&self) -> anyhow::Result<Vec<CouponReport>> {
         let since = Utc::now() - chrono::Duration::from_std(self.lookback).unwrap_or_default();
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM coupons WHERE deleted_at IS NULL AND issue_ends_at >= ? ORDER BY id",
+        let ids: Vec<(i64, u16)> = sqlx::query_as(
+            "SELECT id, stock_shards FROM coupons WHERE deleted_at IS NULL AND issue_ends_at >= ? \
+             ORDER BY id",
         )
         .bind(coupon_core::store::db::datetime(since))
         .fetch_all(&self.pool)
@@ -158,9 +159,13 @@ impl PeriodicReconciliation {
             dry_run: false,
         };
         let mut reports = Vec::with_capacity(ids.len());
-        for id in ids {
+        for (id, shards) in ids {
             let coupon = CouponId::parse(id).map_err(|e| anyhow::anyhow!(e.0))?;
-            reports.push(reconciler.reconcile(coupon).await?);
+            reports.push(
+                reconciler
+                    .reconcile(StockShards::new(coupon, shards))
+                    .await?,
+            );
         }
         Ok(reports)
     }

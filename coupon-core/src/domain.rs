@@ -168,6 +168,16 @@ pub struct NewCouponPolicy {
     /// Whether cancelling a redeemed order gives the coupon back to its user (default `true`).
     #[serde(default = "default_true")]
     pub restore_on_cancel: bool,
+    /// Stock shards (count, 1 to 64; default 1): how many Redis hash slots the stock is split
+    /// over, so one hot drop's admissions spread over several Redis Cluster masters. More than
+    /// 1 needs a `total_quantity` of at least that many. Fixed once the policy exists.
+    #[serde(default = "one_shard")]
+    #[schema(minimum = 1, maximum = 64)]
+    pub stock_shards: u16,
+}
+
+fn one_shard() -> u16 {
+    1
 }
 
 fn default_true() -> bool {
@@ -251,6 +261,17 @@ impl NewCouponPolicy {
         if self.min_order_amount < 0 {
             return fail("min_order_amount must not be negative");
         }
+        let max_shards = crate::issue::admission::MAX_STOCK_SHARDS;
+        if !(1..=max_shards).contains(&self.stock_shards) {
+            return fail("stock_shards must be from 1 to 64");
+        }
+        if self.stock_shards > 1
+            && self
+                .total_quantity
+                .is_none_or(|total| total < i64::from(self.stock_shards))
+        {
+            return fail("stock_shards above 1 needs a total_quantity of at least that many");
+        }
         let times = [
             Some(self.issue_starts_at),
             Some(self.issue_ends_at),
@@ -332,6 +353,10 @@ pub struct CouponPolicy {
     /// version it read ([`crate::policies::save_policy_admin_fields`]).
     #[serde(default = "first_version")]
     pub version: i64,
+    /// Stock shards of its Redis admission state (count, at least 1; see
+    /// [`crate::issue::admission::StockShards`]).
+    #[serde(default = "one_shard")]
+    pub stock_shards: u16,
 }
 
 fn first_version() -> i64 {
@@ -364,6 +389,11 @@ impl CouponPolicy {
     /// Stock bound used by the admission script: the total, or `-1` for unlimited.
     pub fn stock_bound(&self) -> i64 {
         self.total_quantity.unwrap_or(-1)
+    }
+
+    /// Where its admission state lives in Redis: `stock_shards` shards.
+    pub fn stock_shards(&self) -> crate::issue::admission::StockShards {
+        crate::issue::admission::StockShards::new(self.id, self.stock_shards)
     }
 
     /// The discount (smallest currency unit) this policy grants on an order of `order_amount`:
@@ -431,6 +461,7 @@ mod tests {
             valid_until: None,
             valid_from: None,
             restore_on_cancel: true,
+            stock_shards: 1,
         }
     }
 
@@ -455,6 +486,7 @@ mod tests {
             created_at: p.issue_starts_at,
             updated_at: p.issue_starts_at,
             version: 1,
+            stock_shards: p.stock_shards,
         }
     }
 
@@ -471,6 +503,11 @@ mod tests {
     #[test]
     fn a_sound_policy_validates() {
         assert!(ValidPolicy::try_from(new_policy()).is_ok());
+        let sharded = NewCouponPolicy {
+            stock_shards: 4,
+            ..new_policy()
+        };
+        assert!(ValidPolicy::try_from(sharded).is_ok());
     }
 
     #[test]
@@ -497,6 +534,15 @@ mod tests {
                 }),
             ),
             ("min_order_amount", Box::new(|p| p.min_order_amount = -1)),
+            ("stock_shards", Box::new(|p| p.stock_shards = 0)),
+            ("stock_shards", Box::new(|p| p.stock_shards = 65)),
+            (
+                "stock_shards",
+                Box::new(|p| {
+                    p.total_quantity = Some(3);
+                    p.stock_shards = 4;
+                }),
+            ),
             (
                 "issue_starts_at",
                 Box::new(|p| p.issue_ends_at = p.issue_starts_at),

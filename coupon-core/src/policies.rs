@@ -12,7 +12,7 @@ use crate::domain::{CouponId, CouponPolicy, CouponStatus, CouponType, DiscountTy
 pub(crate) const POLICY_COLUMNS: &str = "id, title, coupon_type, total_quantity, issued_quantity, \
      discount_type, discount_value, max_discount_amount, min_order_amount, issue_starts_at, \
      issue_ends_at, valid_days, valid_until, valid_from, status, restore_on_cancel, created_at, \
-     updated_at, version";
+     updated_at, version, stock_shards";
 
 pub(crate) fn policy_from_row(row: &MySqlRow) -> Result<CouponPolicy, sqlx::Error> {
     let decode = |column: &str, e: crate::domain::ValidationError| sqlx::Error::ColumnDecode {
@@ -41,6 +41,7 @@ pub(crate) fn policy_from_row(row: &MySqlRow) -> Result<CouponPolicy, sqlx::Erro
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         version: row.try_get("version")?,
+        stock_shards: row.try_get("stock_shards")?,
     })
 }
 
@@ -68,8 +69,8 @@ pub async fn insert_policy(
     let id = sqlx::query(
         "INSERT INTO coupons (title, coupon_type, total_quantity, discount_type, discount_value, \
          max_discount_amount, min_order_amount, issue_starts_at, issue_ends_at, valid_days, \
-         valid_until, valid_from, restore_on_cancel, status) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'ACTIVE')",
+         valid_until, valid_from, restore_on_cancel, stock_shards, status) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'ACTIVE')",
     )
     .bind(new.title.trim())
     .bind(new.coupon_type.as_str())
@@ -84,6 +85,7 @@ pub async fn insert_policy(
     .bind(crate::store::db::datetime(new.valid_until))
     .bind(crate::store::db::datetime(new.valid_from))
     .bind(new.restore_on_cancel)
+    .bind(new.stock_shards)
     .execute(&mut **tx)
     .await?
     .last_insert_id();

@@ -253,6 +253,8 @@ pub struct LiveStock {
     pub total: i64,
     /// `issued_quantity`: rows persisted (count).
     pub issued: i64,
+    /// Where its admission state lives.
+    pub shards: crate::issue::admission::StockShards,
 }
 
 /// The ACTIVE, not deleted, limited-stock coupons whose issue window has opened by `now` and
@@ -268,7 +270,7 @@ pub async fn live_stocks(
     limit: u32,
 ) -> Result<Vec<LiveStock>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT id, total_quantity, issued_quantity FROM coupons \
+        "SELECT id, total_quantity, issued_quantity, stock_shards FROM coupons \
          WHERE status = 'ACTIVE' AND deleted_at IS NULL AND total_quantity IS NOT NULL \
            AND issue_starts_at <= ? AND issue_ends_at >= ? \
          ORDER BY issue_starts_at DESC, id DESC LIMIT ?",
@@ -280,13 +282,17 @@ pub async fn live_stocks(
     .await?;
     rows.iter()
         .map(|row| {
+            let coupon_id =
+                CouponId::parse(row.try_get("id")?).map_err(|e| sqlx::Error::ColumnDecode {
+                    index: "id".to_owned(),
+                    source: Box::new(e),
+                })?;
             Ok(LiveStock {
-                coupon_id: CouponId::parse(row.try_get("id")?).map_err(|e| {
-                    sqlx::Error::ColumnDecode {
-                        index: "id".to_owned(),
-                        source: Box::new(e),
-                    }
-                })?,
+                coupon_id,
+                shards: crate::issue::admission::StockShards::new(
+                    coupon_id,
+                    row.try_get("stock_shards")?,
+                ),
                 total: row.try_get("total_quantity")?,
                 issued: row.try_get("issued_quantity")?,
             })

@@ -96,6 +96,41 @@ pub fn open_policy(total: i64) -> NewCouponPolicy {
     )
 }
 
+/// The stored form of an open policy with id `id` and `total` in stock (`None`: unlimited),
+/// unsharded, for tests that prepare Redis state without MySQL.
+///
+/// # Panics
+/// When `id` is not positive (a test mistake).
+pub fn policy_row(id: i64, total: Option<i64>) -> crate::domain::CouponPolicy {
+    let new = open_policy(1);
+    crate::domain::CouponPolicy {
+        id: crate::domain::CouponId::parse(id).expect("positive coupon id"),
+        title: new.title,
+        coupon_type: if total.is_some() {
+            new.coupon_type
+        } else {
+            crate::domain::CouponType::Unlimited
+        },
+        total_quantity: total,
+        issued_quantity: 0,
+        discount_type: new.discount_type,
+        discount_value: new.discount_value,
+        max_discount_amount: None,
+        min_order_amount: 0,
+        issue_starts_at: new.issue_starts_at,
+        issue_ends_at: new.issue_ends_at,
+        valid_days: new.valid_days,
+        valid_until: None,
+        valid_from: None,
+        status: crate::domain::CouponStatus::Active,
+        restore_on_cancel: true,
+        created_at: new.issue_starts_at,
+        updated_at: new.issue_starts_at,
+        version: 1,
+        stock_shards: 1,
+    }
+}
+
 /// A policy with `total` in stock (`None`: unlimited) and the given issue window.
 pub fn policy_with_window(
     total: Option<i64>,
@@ -120,6 +155,7 @@ pub fn policy_with_window(
         valid_until: None,
         valid_from: None,
         restore_on_cancel: true,
+        stock_shards: 1,
     }
 }
 
@@ -170,6 +206,7 @@ pub fn issue_message(
         user_id: crate::domain::UserId::parse(user).expect("positive user id"),
         request_id: uuid::Uuid::now_v7(),
         admitted_at: Utc::now(),
+        stock_shards: 1,
     }
 }
 

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use coupon_core::domain::{CouponId, CouponPolicy, CouponStatus, UserId};
-use coupon_core::issue::admission::{AdmissionStore, AdmitOutcome, RedisKeys};
+use coupon_core::domain::{CouponId, CouponPolicy, UserId};
+use coupon_core::issue::admission::{AdmissionStore, AdmitOutcome, RedisKeys, StockShards};
 use coupon_core::testing;
 use uuid::Uuid;
 
@@ -19,32 +19,7 @@ async fn store() -> AdmissionStore {
 }
 
 fn policy(id: i64, total: Option<i64>) -> CouponPolicy {
-    let new = testing::open_policy(1);
-    CouponPolicy {
-        id: CouponId::parse(id).unwrap(),
-        title: new.title,
-        coupon_type: if total.is_some() {
-            new.coupon_type
-        } else {
-            coupon_core::domain::CouponType::Unlimited
-        },
-        total_quantity: total,
-        issued_quantity: 0,
-        discount_type: new.discount_type,
-        discount_value: new.discount_value,
-        max_discount_amount: None,
-        min_order_amount: 0,
-        issue_starts_at: new.issue_starts_at,
-        issue_ends_at: new.issue_ends_at,
-        valid_days: new.valid_days,
-        valid_until: None,
-        valid_from: None,
-        status: CouponStatus::Active,
-        restore_on_cancel: true,
-        created_at: new.issue_starts_at,
-        updated_at: new.issue_starts_at,
-        version: 1,
-    }
+    testing::policy_row(id, total)
 }
 
 fn user(id: i64) -> UserId {
@@ -54,9 +29,15 @@ fn user(id: i64) -> UserId {
 /// Admits `user` under a fresh request id and, when admitted, settles it at once (as the
 /// consumer does once the row is persisted), so a repeat hears `AlreadyIssued`.
 async fn admit(store: &AdmissionStore, coupon: CouponId, user: UserId) -> AdmitOutcome {
-    let outcome = store.admit(coupon, user, Uuid::now_v7()).await.unwrap();
+    let outcome = store
+        .admit(StockShards::single(coupon), user, Uuid::now_v7())
+        .await
+        .unwrap();
     if outcome == AdmitOutcome::Admitted {
-        store.settle(coupon, &[user.get()]).await.unwrap();
+        store
+            .settle(StockShards::single(coupon), &[user.get()])
+            .await
+            .unwrap();
     }
     outcome
 }
@@ -72,7 +53,13 @@ async fn a_user_is_admitted_once_and_then_told_already_issued() {
         admit(&store, p.id, user(7)).await,
         AdmitOutcome::AlreadyIssued
     );
-    assert_eq!(store.admitted_count(p.id).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .admitted_count(StockShards::single(p.id))
+            .await
+            .unwrap(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -93,7 +80,13 @@ async fn the_last_unit_goes_to_exactly_one_user_and_then_it_is_sold_out() {
         admit(&store, p.id, user(1)).await,
         AdmitOutcome::AlreadyIssued
     );
-    assert_eq!(store.admitted_count(p.id).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .admitted_count(StockShards::single(p.id))
+            .await
+            .unwrap(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -114,7 +107,13 @@ async fn concurrent_admissions_never_exceed_the_stock() {
         .filter(|o| **o == AdmitOutcome::Admitted)
         .count();
     assert_eq!(admitted, 25);
-    assert_eq!(store.admitted_count(p.id).await.unwrap(), 25);
+    assert_eq!(
+        store
+            .admitted_count(StockShards::single(p.id))
+            .await
+            .unwrap(),
+        25
+    );
 }
 
 #[tokio::test]
@@ -130,7 +129,13 @@ async fn unlimited_coupons_admit_everyone_once() {
         admit(&store, p.id, user(300)).await,
         AdmitOutcome::AlreadyIssued
     );
-    assert_eq!(store.admitted_count(p.id).await.unwrap(), 300);
+    assert_eq!(
+        store
+            .admitted_count(StockShards::single(p.id))
+            .await
+            .unwrap(),
+        300
+    );
 }
 
 #[tokio::test]
@@ -139,7 +144,10 @@ async fn a_coupon_without_redis_state_is_not_admitted() {
     let id = CouponId::parse(5).unwrap();
 
     assert_eq!(admit(&store, id, user(1)).await, AdmitOutcome::NotPrepared);
-    assert_eq!(store.admitted_count(id).await.unwrap(), 0);
+    assert_eq!(
+        store.admitted_count(StockShards::single(id)).await.unwrap(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -149,20 +157,38 @@ async fn undo_removes_exactly_that_admission_and_frees_its_unit() {
     store.prepare(&p).await.unwrap();
     admit(&store, p.id, user(1)).await;
     let request = Uuid::now_v7();
-    store.admit(p.id, user(2), request).await.unwrap();
+    store
+        .admit(StockShards::single(p.id), user(2), request)
+        .await
+        .unwrap();
 
     assert!(
-        !store.undo(p.id, user(2), Uuid::now_v7()).await.unwrap(),
+        !store
+            .undo(StockShards::single(p.id), user(2), Uuid::now_v7())
+            .await
+            .unwrap(),
         "another request's undo removes nothing"
     );
-    assert!(store.undo(p.id, user(2), request).await.unwrap());
+    assert!(store
+        .undo(StockShards::single(p.id), user(2), request)
+        .await
+        .unwrap());
     assert!(
-        !store.undo(p.id, user(2), request).await.unwrap(),
+        !store
+            .undo(StockShards::single(p.id), user(2), request)
+            .await
+            .unwrap(),
         "a second undo finds nothing"
     );
 
-    assert!(store.is_admitted(p.id, user(1)).await.unwrap());
-    assert!(!store.is_admitted(p.id, user(2)).await.unwrap());
+    assert!(store
+        .is_admitted(StockShards::single(p.id), user(1))
+        .await
+        .unwrap());
+    assert!(!store
+        .is_admitted(StockShards::single(p.id), user(2))
+        .await
+        .unwrap());
     assert_eq!(admit(&store, p.id, user(3)).await, AdmitOutcome::Admitted);
 }
 
@@ -173,30 +199,63 @@ async fn a_repeat_while_pending_hears_in_progress_and_a_settled_admission_cannot
     store.prepare(&p).await.unwrap();
     let first = Uuid::now_v7();
     assert_eq!(
-        store.admit(p.id, user(1), first).await.unwrap(),
+        store
+            .admit(StockShards::single(p.id), user(1), first)
+            .await
+            .unwrap(),
         AdmitOutcome::Admitted
     );
 
     // Pending: the first request may yet be undone, so "already issued" would be a guess.
     assert_eq!(
-        store.admit(p.id, user(1), Uuid::now_v7()).await.unwrap(),
+        store
+            .admit(StockShards::single(p.id), user(1), Uuid::now_v7())
+            .await
+            .unwrap(),
         AdmitOutcome::InProgress
     );
-    assert_eq!(store.pending_users(p.id).await.unwrap(), [1]);
+    assert_eq!(
+        store
+            .pending_users(StockShards::single(p.id))
+            .await
+            .unwrap(),
+        [1]
+    );
 
     // Settled (the row is persisted): a repeat hears AlreadyIssued, and the first request's
     // undo, arriving late, removes nothing.
-    assert_eq!(store.settle(p.id, &[1]).await.unwrap(), 1);
     assert_eq!(
-        store.admit(p.id, user(1), Uuid::now_v7()).await.unwrap(),
+        store.settle(StockShards::single(p.id), &[1]).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .admit(StockShards::single(p.id), user(1), Uuid::now_v7())
+            .await
+            .unwrap(),
         AdmitOutcome::AlreadyIssued
     );
-    assert!(!store.undo(p.id, user(1), first).await.unwrap());
-    assert!(store.is_admitted(p.id, user(1)).await.unwrap());
+    assert!(!store
+        .undo(StockShards::single(p.id), user(1), first)
+        .await
+        .unwrap());
+    assert!(store
+        .is_admitted(StockShards::single(p.id), user(1))
+        .await
+        .unwrap());
 
     // An admission whose call never ran is undone as a no-op: nothing else is touched.
-    assert!(!store.undo(p.id, user(2), Uuid::now_v7()).await.unwrap());
-    assert_eq!(store.admitted_count(p.id).await.unwrap(), 1);
+    assert!(!store
+        .undo(StockShards::single(p.id), user(2), Uuid::now_v7())
+        .await
+        .unwrap());
+    assert_eq!(
+        store
+            .admitted_count(StockShards::single(p.id))
+            .await
+            .unwrap(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -209,7 +268,13 @@ async fn preparing_a_new_coupon_clears_state_left_under_its_id() {
 
     store.prepare(&p).await.unwrap();
 
-    assert_eq!(store.admitted_count(p.id).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .admitted_count(StockShards::single(p.id))
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(admit(&store, p.id, user(1)).await, AdmitOutcome::Admitted);
     assert_eq!(admit(&store, p.id, user(2)).await, AdmitOutcome::Admitted);
     assert_eq!(admit(&store, p.id, user(3)).await, AdmitOutcome::SoldOut);
@@ -229,17 +294,38 @@ async fn the_same_request_sent_again_hears_admitted_and_holds_one_unit() {
     let request = Uuid::now_v7();
     for _ in 0..2 {
         assert_eq!(
-            store.admit(p.id, user(1), request).await.unwrap(),
+            store
+                .admit(StockShards::single(p.id), user(1), request)
+                .await
+                .unwrap(),
             AdmitOutcome::Admitted
         );
     }
     assert_eq!(
-        store.admit(p.id, user(1), Uuid::now_v7()).await.unwrap(),
+        store
+            .admit(StockShards::single(p.id), user(1), Uuid::now_v7())
+            .await
+            .unwrap(),
         AdmitOutcome::InProgress
     );
-    assert_eq!(store.admitted_count(p.id).await.unwrap(), 1);
-    assert!(store.undo(p.id, user(1), request).await.unwrap());
-    assert_eq!(store.admitted_count(p.id).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .admitted_count(StockShards::single(p.id))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store
+        .undo(StockShards::single(p.id), user(1), request)
+        .await
+        .unwrap());
+    assert_eq!(
+        store
+            .admitted_count(StockShards::single(p.id))
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -271,7 +357,11 @@ async fn admissions_no_replica_acknowledged_are_undone_and_reported_as_timeouts(
     let mut admissions = tokio::task::JoinSet::new();
     for u in 1..=64 {
         let store = store.clone();
-        admissions.spawn(async move { store.admit(p.id, user(u), Uuid::now_v7()).await });
+        admissions.spawn(async move {
+            store
+                .admit(StockShards::single(p.id), user(u), Uuid::now_v7())
+                .await
+        });
     }
     let outcomes = admissions.join_all().await;
 
@@ -282,7 +372,10 @@ async fn admissions_no_replica_acknowledged_are_undone_and_reported_as_timeouts(
         "{outcomes:?}"
     );
     assert_eq!(
-        store.admitted_count(p.id).await.unwrap(),
+        store
+            .admitted_count(StockShards::single(p.id))
+            .await
+            .unwrap(),
         0,
         "every one undone"
     );
@@ -303,7 +396,10 @@ async fn on_a_cluster_an_admission_waits_for_its_masters_replica() {
         let p = policy(id, Some(1));
         store.prepare(&p).await.unwrap();
         assert_eq!(
-            store.admit(p.id, user(1), Uuid::now_v7()).await.unwrap(),
+            store
+                .admit(StockShards::single(p.id), user(1), Uuid::now_v7())
+                .await
+                .unwrap(),
             AdmitOutcome::Admitted
         );
     }
@@ -337,7 +433,10 @@ async fn admissions_acknowledged_by_a_replica_survive_the_loss_of_their_master()
     store.prepare(&p).await.unwrap();
     for u in 1..=200 {
         assert_eq!(
-            store.admit(p.id, user(u), Uuid::now_v7()).await.unwrap(),
+            store
+                .admit(StockShards::single(p.id), user(u), Uuid::now_v7())
+                .await
+                .unwrap(),
             AdmitOutcome::Admitted
         );
     }
@@ -355,27 +454,39 @@ async fn admissions_acknowledged_by_a_replica_survive_the_loss_of_their_master()
     let admitted = testing::eventually(
         "the connection follows the failover",
         Duration::from_secs(10),
-        || async { store.admitted_count(p.id).await.ok() },
+        || async { store.admitted_count(StockShards::single(p.id)).await.ok() },
     )
     .await;
     assert_eq!(admitted, 200, "every acknowledged admission survived");
     assert_eq!(
-        store.admit(p.id, user(1), Uuid::now_v7()).await.unwrap(),
+        store
+            .admit(StockShards::single(p.id), user(1), Uuid::now_v7())
+            .await
+            .unwrap(),
         AdmitOutcome::InProgress,
         "the pending mark survived too"
     );
     // The promoted master has no replica yet: WAIT 1 cannot be met, so admissions fail closed
     // (undone, reported as a timeout) until the old master rejoins as its replica.
     let err = store
-        .admit(p.id, user(201), Uuid::now_v7())
+        .admit(StockShards::single(p.id), user(201), Uuid::now_v7())
         .await
         .unwrap_err();
     assert!(err.is_timeout(), "{err}");
-    assert_eq!(store.admitted_count(p.id).await.unwrap(), 200);
+    assert_eq!(
+        store
+            .admitted_count(StockShards::single(p.id))
+            .await
+            .unwrap(),
+        200
+    );
 
     cluster.restart(master).await;
     assert_eq!(
-        store.admit(p.id, user(201), Uuid::now_v7()).await.unwrap(),
+        store
+            .admit(StockShards::single(p.id), user(201), Uuid::now_v7())
+            .await
+            .unwrap(),
         AdmitOutcome::Admitted
     );
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use coupon_core::domain::CouponId;
-use coupon_core::issue::admission::AdmissionStore;
+use coupon_core::issue::admission::{AdmissionStore, StockShards};
 use sqlx::MySqlPool;
 
 use crate::RaceReport;
@@ -52,15 +52,17 @@ impl Holdings {
         redis: &AdmissionStore,
         coupon: CouponId,
     ) -> anyhow::Result<Self> {
-        let counts: Option<(Option<i64>, i64)> =
-            sqlx::query_as("SELECT total_quantity, issued_quantity FROM coupons WHERE id = ?")
-                .bind(coupon.get())
-                .fetch_optional(pool)
-                .await
-                .context("reading the coupon")?;
-        let Some((stock, issued_quantity)) = counts else {
+        let counts: Option<(Option<i64>, i64, u16)> = sqlx::query_as(
+            "SELECT total_quantity, issued_quantity, stock_shards FROM coupons WHERE id = ?",
+        )
+        .bind(coupon.get())
+        .fetch_optional(pool)
+        .await
+        .context("reading the coupon")?;
+        let Some((stock, issued_quantity, shards)) = counts else {
             bail!("coupon {coupon} does not exist");
         };
+        let shards = StockShards::new(coupon, shards);
         let row_users = sqlx::query_scalar("SELECT user_id FROM coupon_issues WHERE coupon_id = ?")
             .bind(coupon.get())
             .fetch_all(pool)
@@ -70,8 +72,8 @@ impl Holdings {
             stock,
             issued_quantity,
             row_users,
-            admitted: redis.admitted_count(coupon).await?,
-            members: redis.members(coupon).await?.into_iter().collect(),
+            admitted: redis.admitted_count(shards).await?,
+            members: redis.members(shards).await?.into_iter().collect(),
         })
     }
 

@@ -113,8 +113,9 @@ struct ErrorBody {
     code: String,
 }
 
-/// Creates a first-come-first-served coupon with `stock` units, open from a minute ago for an
-/// hour, through `POST {base}/api/v1/coupons`; returns its id.
+/// Creates a first-come-first-served coupon with `stock` units split into `stock_shards`
+/// Redis stock shards (1: unsharded), open from a minute ago for an hour, through
+/// `POST {base}/api/v1/coupons`; returns its id.
 ///
 /// # Errors
 /// The API is unreachable or did not answer 201.
@@ -123,6 +124,7 @@ pub async fn create_coupon(
     base: &str,
     signer: &TokenSigner,
     stock: i64,
+    stock_shards: u16,
 ) -> anyhow::Result<CouponId> {
     let now = chrono::Utc::now();
     let body = serde_json::json!({
@@ -135,6 +137,7 @@ pub async fn create_coupon(
         "issue_starts_at": now - chrono::Duration::minutes(1),
         "issue_ends_at": now + chrono::Duration::hours(1),
         "valid_days": 7,
+        "stock_shards": stock_shards,
     });
     let response = client
         .post(format!("{base}/api/v1/coupons"))

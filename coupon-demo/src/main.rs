@@ -50,6 +50,9 @@ struct RaceArgs {
     /// Units in stock (count).
     #[arg(long, default_value_t = 500)]
     stock: i64,
+    /// Redis stock shards the coupon's stock is split into (count, 1 to 64; 1: unsharded).
+    #[arg(long, default_value_t = 1)]
+    stock_shards: u16,
     /// Issue requests fired (count).
     #[arg(long, default_value_t = 10_000)]
     requests: usize,
@@ -155,13 +158,19 @@ async fn race(cli: RaceArgs) -> anyhow::Result<bool> {
         .base_url
         .first()
         .context("--base-url needs at least one URL")?;
-    let coupon = coupon_demo::create_coupon(&client, admin_base, &signer, cli.stock).await?;
+    let coupon =
+        coupon_demo::create_coupon(&client, admin_base, &signer, cli.stock, cli.stock_shards)
+            .await?;
     let spread = match cli.base_url.len() {
         1 => String::new(),
         n => format!(", round-robin over {n} coupon-api instances"),
     };
+    let sharded = match cli.stock_shards {
+        1 => String::new(),
+        k => format!(" in {k} stock shards"),
+    };
     println!(
-        "coupon {coupon}: {} units; firing {} requests from {} users, {} at a time{spread}",
+        "coupon {coupon}: {} units{sharded}; firing {} requests from {} users, {} at a time{spread}",
         cli.stock, cli.requests, cli.users, cli.concurrency
     );
     let report = coupon_demo::race_across(&client, &cli.base_url, &signer, coupon, plan).await?;

@@ -9,6 +9,7 @@ mod common;
 
 use common::Stack;
 use coupon_core::auth::TokenSigner;
+use coupon_core::issue::admission::StockShards;
 use coupon_core::testing;
 use coupon_demo::RacePlan;
 
@@ -16,41 +17,59 @@ const STOCK: i64 = 500;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_thousand_requests_from_five_thousand_users_issue_exactly_the_stock() {
-    // One client address: the per-address limit would refuse most of the race.
-    let stack = Stack::start(false, "e2e").await;
-    let (base, state) = (&stack.base, &stack.state);
-
     let plan = RacePlan {
         requests: 10_000,
         users: 5_000,
         concurrency: 200,
         seed: 42,
     };
+    race_for_exactly_the_stock("e2e", STOCK, 1, plan).await;
+}
+
+/// Issue 16's test of stock shards, end to end: K = 4, stock 1,000, 10,000 users racing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_users_race_for_1000_units_in_four_stock_shards_exactly() {
+    let plan = RacePlan {
+        requests: 12_000,
+        users: 10_000,
+        concurrency: 200,
+        seed: 7,
+    };
+    race_for_exactly_the_stock("e2e-shards", 1_000, 4, plan).await;
+}
+
+/// Races `plan` for a coupon of `stock` units in `shards` stock shards through coupon-api,
+/// waits for coupon-consumer to persist, and checks every promise against the rows.
+async fn race_for_exactly_the_stock(name: &str, stock: i64, shards: u16, plan: RacePlan) {
+    // One client address: the per-address limit would refuse most of the race.
+    let stack = Stack::start(false, name).await;
+    let (base, state) = (&stack.base, &stack.state);
+
     let client = coupon_demo::http_client(plan.concurrency).unwrap();
     let signer = TokenSigner::hs256(testing::JWT_SECRET);
-    let coupon = coupon_demo::create_coupon(&client, base, &signer, STOCK)
+    let coupon = coupon_demo::create_coupon(&client, base, &signer, stock, shards)
         .await
         .unwrap();
     let report = coupon_demo::race(&client, base, &signer, coupon, plan)
         .await
         .unwrap();
-    coupon_demo::wait_until_drained(&state.pool, coupon, STOCK, Duration::from_secs(180))
+    coupon_demo::wait_until_drained(&state.pool, coupon, stock, Duration::from_secs(180))
         .await
         .unwrap();
-    let verification = coupon_demo::verify(&state.pool, &state.admission, coupon, STOCK, &report)
+    let verification = coupon_demo::verify(&state.pool, &state.admission, coupon, stock, &report)
         .await
         .unwrap();
 
     println!("{verification}");
-    assert_eq!(report.requests, 10_000);
-    assert_eq!(verification.accepted, STOCK, "202 answers");
-    assert_eq!(verification.rows, STOCK, "rows in coupon_issues");
+    assert_eq!(report.requests, plan.requests);
+    assert_eq!(verification.accepted, stock, "202 answers");
+    assert_eq!(verification.rows, stock, "rows in coupon_issues");
     assert_eq!(
-        verification.distinct_users, STOCK,
+        verification.distinct_users, stock,
         "no (coupon, user) twice"
     );
-    assert_eq!(verification.issued_quantity, STOCK);
-    assert_eq!(verification.admitted, STOCK, "SCARD");
+    assert_eq!(verification.issued_quantity, stock);
+    assert_eq!(verification.admitted, stock, "SCARD");
     assert_eq!(
         verification.accepted_without_row, 0,
         "every accepted user has a row"
@@ -62,10 +81,27 @@ async fn ten_thousand_requests_from_five_thousand_users_issue_exactly_the_stock(
             + verification.in_progress
             + verification.sold_out
             + report.accepted.len(),
-        10_000,
+        plan.requests,
         "every request answered 202, ALREADY_ISSUED, ISSUE_IN_PROGRESS or SOLD_OUT"
     );
     assert!(verification.already_issued > 0, "the plan repeats users");
+    // Every shard admitted users, and none has a unit left.
+    let mut redis = stack
+        .stores
+        .connect_redis(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let keys = state.admission.keys();
+    for shard in StockShards::new(coupon, shards).all() {
+        let (bound, members): (i64, i64) = redis::pipe()
+            .get(keys.stock(shard))
+            .scard(keys.admission_set(shard))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(members > 0, "shard {} admitted nobody", shard.index);
+        assert_eq!(bound, members, "shard {} has units left", shard.index);
+    }
 
     stack.stop().await;
 }
@@ -134,7 +170,7 @@ async fn code_redeems_and_issue_requests_share_one_stock() {
     let (base, state) = (stack.base.as_str(), &stack.state);
     let client = coupon_demo::http_client(500).unwrap();
     let signer = TokenSigner::hs256(testing::JWT_SECRET);
-    let coupon = coupon_demo::create_coupon(&client, base, &signer, STOCK)
+    let coupon = coupon_demo::create_coupon(&client, base, &signer, STOCK, 1)
         .await
         .unwrap();
     let codes = generate_codes(&client, base, state, coupon, 150).await;
@@ -220,7 +256,7 @@ async fn code_redeems_and_issue_requests_share_one_stock() {
         grace: Duration::from_millis(200),
         dry_run: true,
     }
-    .reconcile(coupon)
+    .reconcile(StockShards::single(coupon))
     .await
     .unwrap();
     assert!(!report.needed_repair(), "{report:?}");

@@ -9,7 +9,7 @@ use axum::{Json, Router};
 use chrono::Utc;
 use coupon_core::domain::{CouponId, CouponStatus};
 use coupon_core::domain::{CouponPolicy, NewCouponPolicy, ValidPolicy};
-use coupon_core::issue::admission::{Invalidation, InvalidationReason};
+use coupon_core::issue::admission::Invalidation;
 use coupon_core::policies;
 use coupon_core::policies::{PolicyUpdate, Saved};
 use coupon_core::queries::{self, Page, PageOf, PolicyFilter};
@@ -129,7 +129,10 @@ async fn read_policy(
     let Some(policy) = policies::find_policy(&state.pool, coupon).await? else {
         return Ok(None);
     };
-    let admitted = state.admission.admitted_count(coupon).await?;
+    let admitted = state
+        .admission
+        .admitted_count(policy.stock_shards())
+        .await?;
     let issued = policy.issued_quantity;
     Ok(Some(Arc::new(PolicyView {
         issued,
@@ -151,10 +154,7 @@ async fn announce(
         Some(policy) => state.admission.store_policy(policy).await,
         None => state.admission.remove_policy(id).await,
     }?;
-    let invalidation = Invalidation {
-        coupon_id: id,
-        reason: InvalidationReason::PolicyChanged,
-    };
+    let invalidation = Invalidation::policy_changed(id);
     state.admission.publish_invalidation(invalidation).await?;
     // This instance's public read shows the change at once; the others' within a second.
     state.public_reads.policies.invalidate(&id).await;

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use coupon_core::domain::{CouponId, CouponStatus, IssueState, IssueWindow, UserId};
-use coupon_core::issue::admission::AdmitOutcome;
+use coupon_core::issue::admission::{AdmitOutcome, StockShards};
 use coupon_core::issue::message::IssueMessage;
 use coupon_core::telemetry::names;
 use serde::Serialize;
@@ -103,16 +103,19 @@ async fn issue_coupon(
     caller: Caller,
 ) -> Result<(StatusCode, Json<IssueAccepted>), ApiError> {
     let user = caller.user_id;
-    if let Err(rejected) = check(&state, coupon, user).await {
-        record_outcome(Err(&rejected));
-        return Err(rejected);
-    }
+    let shards = match check(&state, coupon, user).await {
+        Ok(shards) => shards,
+        Err(rejected) => {
+            record_outcome(Err(&rejected));
+            return Err(rejected);
+        }
+    };
     // From the admission on, the request must run to its end even if the client goes away
     // (axum drops a handler's future on disconnect): an admitted user must get either a
     // published message or an undone admission, and is counted either way. A spawned task is
     // not dropped with the handler.
     let request_id = tokio::spawn(async move {
-        let result = admit_and_publish(state, coupon, user).await;
+        let result = admit_and_publish(state, shards, user).await;
         record_outcome(result.as_ref());
         result
     })
@@ -144,9 +147,11 @@ fn record_outcome(result: Result<&Uuid, &ApiError>) {
 }
 
 /// The checks before the admission: the policy exists, is active and in its issue window, the
-/// user is not one this instance already admitted, and the coupon is not sold out.
-async fn check(state: &AppState, coupon: CouponId, user: UserId) -> Result<(), ApiError> {
+/// user is not one this instance already admitted, and the coupon is not sold out. Returns
+/// where the coupon's admission state lives.
+async fn check(state: &AppState, coupon: CouponId, user: UserId) -> Result<StockShards, ApiError> {
     let policy = state.policies.get(coupon).await?;
+    let shards = policy.stock_shards();
     if policy.status != CouponStatus::Active {
         return Err(ApiError::CouponSuspended);
     }
@@ -174,7 +179,7 @@ async fn check(state: &AppState, coupon: CouponId, user: UserId) -> Result<(), A
             None => {
                 state
                     .breaker
-                    .call(state.admission.is_admitted(coupon, user))
+                    .call(state.admission.is_admitted(shards, user))
                     .await?
             }
         };
@@ -183,20 +188,21 @@ async fn check(state: &AppState, coupon: CouponId, user: UserId) -> Result<(), A
             false => ApiError::SoldOut,
         });
     }
-    Ok(())
+    Ok(shards)
 }
 
 /// The admission script, then the publish (undoing the admission when the publish fails, or
 /// when the script's answer was lost).
 async fn admit_and_publish(
     state: AppState,
-    coupon: CouponId,
+    shards: StockShards,
     user: UserId,
 ) -> Result<Uuid, ApiError> {
+    let coupon = shards.coupon();
     let request_id = Uuid::now_v7();
     let outcome = match state
         .breaker
-        .call(state.admission.admit(coupon, user, request_id))
+        .call(state.admission.admit(shards, user, request_id))
         .await
     {
         Ok(outcome) => outcome,
@@ -209,7 +215,7 @@ async fn admit_and_publish(
                 // finds such an admission (no message, no row) and re-publishes it.
                 tokio::spawn(undo(
                     state,
-                    coupon,
+                    shards,
                     user,
                     request_id,
                     "the admission's answer was lost",
@@ -235,18 +241,19 @@ async fn admit_and_publish(
         user_id: user,
         request_id,
         admitted_at: Utc::now(),
+        stock_shards: shards.count(),
     };
     match state.publisher.publish(&message).await {
         Ok(()) => {
             state.admitted_here.note(coupon, user).await;
             // Durable now: the pending mark goes (batched, in the background; see
             // `crate::settle`), so a repeat on any instance hears ALREADY_ISSUED.
-            state.settler.settle(coupon, user);
+            state.settler.settle(shards, user);
             Ok(request_id)
         }
         Err(publish_err) => {
             metrics::counter!(names::ISSUE_ADMISSION_ROLLBACKS).increment(1);
-            undo(state, coupon, user, request_id, "publish failed").await;
+            undo(state, shards, user, request_id, "publish failed").await;
             Err(ApiError::unavailable(
                 anyhow::Error::new(publish_err).context("publishing the issue message failed"),
             ))
@@ -276,16 +283,17 @@ fn answer_lost(err: &ApiError) -> bool {
 /// is the slot left to reconciliation, which re-publishes it.
 async fn undo(
     state: AppState,
-    coupon: CouponId,
+    shards: StockShards,
     user: UserId,
     request_id: Uuid,
     why: &'static str,
 ) {
-    if state.admission.undo(coupon, user, request_id).await.is_ok() {
+    let coupon = shards.coupon();
+    if state.admission.undo(shards, user, request_id).await.is_ok() {
         return;
     }
     tokio::spawn(async move {
-        let attempt = || state.admission.undo(coupon, user, request_id);
+        let attempt = || state.admission.undo(shards, user, request_id);
         let retried = attempt
             .retry(
                 ExponentialBuilder::default()
@@ -342,11 +350,15 @@ async fn issue_status(
     State(state): State<AppState>,
     CouponUserPath(coupon, user): CouponUserPath,
 ) -> Result<Json<IssueStatusView>, ApiError> {
-    state.policies.get(coupon).await?;
+    let policy = state.policies.get(coupon).await?;
     let status = if coupon_core::issue::persistence::issue_exists(&state.pool, coupon, user).await?
     {
         IssueState::Issued
-    } else if state.admission.is_admitted(coupon, user).await? {
+    } else if state
+        .admission
+        .is_admitted(policy.stock_shards(), user)
+        .await?
+    {
         IssueState::Pending
     } else {
         return Err(ApiError::IssueNotFound);

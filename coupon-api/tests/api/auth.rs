@@ -1,6 +1,7 @@
 //! Bearer tokens: who may call what, and for whom.
 
 use coupon_core::auth::{unix_now, Claims, Role, TokenSigner};
+use coupon_core::issue::admission::StockShards;
 use coupon_core::testing;
 use serde_json::json;
 
@@ -49,7 +50,7 @@ async fn an_issue_without_a_valid_token_is_401_with_a_bearer_challenge() {
     let admitted = app
         .state
         .admission
-        .admitted_count(coupon_id(coupon))
+        .admitted_count(StockShards::single(coupon_id(coupon)))
         .await
         .unwrap();
     assert_eq!(admitted, 0, "a refused caller was admitted");
@@ -91,14 +92,14 @@ async fn a_user_token_issues_for_its_own_subject_and_never_for_another_user() {
         assert!(app
             .state
             .admission
-            .is_admitted(coupon_id(coupon), user_id(user))
+            .is_admitted(StockShards::single(coupon_id(coupon)), user_id(user))
             .await
             .unwrap());
     }
     assert!(!app
         .state
         .admission
-        .is_admitted(coupon_id(coupon), user_id(8))
+        .is_admitted(StockShards::single(coupon_id(coupon)), user_id(8))
         .await
         .unwrap());
 }
@@ -123,7 +124,7 @@ async fn an_admin_token_issues_for_the_user_its_body_names() {
     assert!(app
         .state
         .admission
-        .is_admitted(coupon_id(coupon), user_id(31))
+        .is_admitted(StockShards::single(coupon_id(coupon)), user_id(31))
         .await
         .unwrap());
 
@@ -240,7 +241,7 @@ async fn one_idempotency_key_from_two_users_is_two_requests() {
         assert!(app
             .state
             .admission
-            .is_admitted(coupon_id(coupon), user_id(user))
+            .is_admitted(StockShards::single(coupon_id(coupon)), user_id(user))
             .await
             .unwrap());
     }

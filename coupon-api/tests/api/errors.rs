@@ -1,5 +1,6 @@
 //! Malformed input gets a JSON error with a stable code and a 4xx status, never a 500.
 
+use coupon_core::issue::admission::StockShards;
 use coupon_core::testing;
 
 use crate::helpers::{assert_error, spawn_app, spawn_app_with, TestApp};
@@ -48,7 +49,9 @@ async fn malformed_issue_bodies_are_validation_failed() {
     let admitted = app
         .state
         .admission
-        .admitted_count(coupon_core::domain::CouponId::parse(id).unwrap())
+        .admitted_count(StockShards::single(
+            coupon_core::domain::CouponId::parse(id).unwrap(),
+        ))
         .await;
     assert_eq!(admitted.unwrap(), 0, "no malformed request admitted anyone");
 }
@@ -331,7 +334,7 @@ async fn a_json_null_issue_body_is_no_body() {
         .state
         .admission
         .is_admitted(
-            coupon_core::domain::CouponId::parse(id).unwrap(),
+            StockShards::single(coupon_core::domain::CouponId::parse(id).unwrap()),
             coupon_core::domain::UserId::parse(7).unwrap(),
         )
         .await;
@@ -361,7 +364,11 @@ async fn a_key_repeated_in_any_json_body_is_refused_not_read_as_its_last_value()
         );
     }
     let coupon = coupon_core::domain::CouponId::parse(id).unwrap();
-    let admitted = app.state.admission.admitted_count(coupon).await;
+    let admitted = app
+        .state
+        .admission
+        .admitted_count(StockShards::single(coupon))
+        .await;
     assert_eq!(
         admitted.unwrap(),
         0,

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use coupon_core::domain::{CouponId, UserId};
+use coupon_core::issue::admission::StockShards;
 use coupon_core::testing::{self, OwnRedis};
 
 use crate::helpers::{assert_error, spawn_app_with, TestApp};
@@ -21,7 +22,11 @@ async fn app_on(redis: &OwnRedis) -> TestApp {
 
 async fn admitted(app: &TestApp, coupon: i64) -> i64 {
     let coupon = CouponId::parse(coupon).unwrap();
-    app.state.admission.admitted_count(coupon).await.unwrap()
+    app.state
+        .admission
+        .admitted_count(StockShards::single(coupon))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -138,7 +143,13 @@ async fn after_redis_lost_its_data_the_set_is_rebuilt_from_mysql_and_unpersisted
     let prepared = testing::eventually(
         "the restarted Redis answers",
         Duration::from_secs(10),
-        || async { app.state.admission.is_prepared(id).await.ok() },
+        || async {
+            app.state
+                .admission
+                .is_prepared(StockShards::single(id))
+                .await
+                .ok()
+        },
     )
     .await;
     assert!(!prepared, "the restart kept the stock key");
@@ -155,7 +166,12 @@ async fn after_redis_lost_its_data_the_set_is_rebuilt_from_mysql_and_unpersisted
     .await;
     let refused = refused.into_inner();
     assert!(refused >= 1, "a request was admitted before the rebuild");
-    let mut members = app.state.admission.members(id).await.unwrap();
+    let mut members = app
+        .state
+        .admission
+        .members(StockShards::single(id))
+        .await
+        .unwrap();
     members.sort_unstable();
     assert_eq!(members, [1, 2, 3, 4]);
     assert_error(app.issue(coupon, 3).await, 409, "ALREADY_ISSUED").await;
@@ -175,7 +191,11 @@ async fn reconciliation_republishes_lost_admissions_readmits_rows_and_fixes_the_
     assert_eq!(app.issue(coupon, 1).await.status(), 202);
     assert_eq!(app.issue(coupon, 2).await.status(), 202);
     // User 3: admitted, but the message never reached the broker.
-    app.state.admission.add_members(id, &[3]).await.unwrap();
+    app.state
+        .admission
+        .add_members(StockShards::single(id), &[3])
+        .await
+        .unwrap();
     // User 4: a row whose admission the set lost.
     testing::persist_issue(&app.state.pool, coupon, 4).await;
     // And a drifted count.
@@ -199,7 +219,7 @@ async fn reconciliation_republishes_lost_admissions_readmits_rows_and_fixes_the_
         dry_run: false,
     };
 
-    let first = reconciler.reconcile(id).await.unwrap();
+    let first = reconciler.reconcile(StockShards::single(id)).await.unwrap();
 
     assert_eq!(first.republished, [3]);
     assert_eq!(first.readmitted, [4]);
@@ -212,11 +232,11 @@ async fn reconciliation_republishes_lost_admissions_readmits_rows_and_fixes_the_
     assert!(app
         .state
         .admission
-        .is_admitted(id, UserId::parse(4).unwrap())
+        .is_admitted(StockShards::single(id), UserId::parse(4).unwrap())
         .await
         .unwrap());
 
-    let second = reconciler.reconcile(id).await.unwrap();
+    let second = reconciler.reconcile(StockShards::single(id)).await.unwrap();
     assert!(
         second.republished.is_empty() && second.readmitted.is_empty(),
         "{second:?}"
@@ -235,7 +255,11 @@ async fn reconciliation_through_the_admin_api_runs_as_a_job_and_reports_its_repa
     let id = CouponId::parse(coupon).unwrap();
     assert_eq!(app.issue(coupon, 1).await.status(), 202);
     // User 3: admitted, but the message never reached the broker.
-    app.state.admission.add_members(id, &[3]).await.unwrap();
+    app.state
+        .admission
+        .add_members(StockShards::single(id), &[3])
+        .await
+        .unwrap();
     let start = |body: serde_json::Value| {
         app.client
             .post(app.url("/api/v1/admin/reconciliations"))
@@ -389,7 +413,7 @@ async fn an_undo_that_failed_is_retried_until_the_admission_is_gone() {
         || async {
             (app.state
                 .admission
-                .admitted_count(CouponId::parse(coupon).unwrap())
+                .admitted_count(StockShards::single(CouponId::parse(coupon).unwrap()))
                 .await
                 .ok()
                 == Some(0))

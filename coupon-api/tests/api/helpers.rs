@@ -8,7 +8,7 @@ use coupon_api::startup::Application;
 use coupon_api::state::AppState;
 use coupon_core::config::StoreConfig;
 use coupon_core::domain::{CouponId, NewCouponPolicy};
-use coupon_core::issue::admission::{Invalidation, InvalidationReason};
+use coupon_core::issue::admission::{Invalidation, StockShards};
 use coupon_core::testing;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -131,10 +131,7 @@ impl TestApp {
     pub async fn announce_sold_out(&self, coupon: CouponId) {
         self.state
             .admission
-            .publish_invalidation(Invalidation {
-                coupon_id: coupon,
-                reason: InvalidationReason::SoldOut,
-            })
+            .publish_invalidation(Invalidation::sold_out(StockShards::single(coupon)))
             .await
             .unwrap();
     }

@@ -42,7 +42,11 @@ async fn a_user_past_their_burst_is_told_429_with_retry_after_and_is_not_admitte
     assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
     let refused = coupon_core::domain::CouponId::parse(coupons[limited[0]]).unwrap();
     assert_eq!(
-        app.state.admission.admitted_count(refused).await.unwrap(),
+        app.state
+            .admission
+            .admitted_count(coupon_core::issue::admission::StockShards::single(refused))
+            .await
+            .unwrap(),
         0
     );
     // Another user has a bucket of their own.

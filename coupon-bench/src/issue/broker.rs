@@ -56,6 +56,7 @@ pub(super) async fn publish_users(
                     user_id: UserId::parse(user).ok()?,
                     request_id: Uuid::now_v7(),
                     admitted_at: Utc::now(),
+                    stock_shards: 1,
                 };
                 let sent = Instant::now();
                 let result = publisher.publish(&message).await;

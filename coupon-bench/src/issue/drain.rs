@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
-use coupon_core::issue::admission::{AdmissionStore, RedisKeys};
+use coupon_core::issue::admission::{AdmissionStore, RedisKeys, StockShards};
 use coupon_core::store::kafka::IssuePublisher;
 
 use super::broker::{create_topic, publish_users};
@@ -51,7 +51,9 @@ async fn run(bench: &Bench) -> anyhow::Result<Run> {
         RedisKeys::new(bench.prefix.clone()),
     );
     let users: Vec<i64> = (1..=total).collect();
-    store.add_members(coupon, &users).await?;
+    store
+        .add_members(StockShards::single(coupon), &users)
+        .await?;
     let topic = format!("{}-drain-{coupon}", bench.issue_topic);
     create_topic(&args.kafka_brokers, &topic, args.partitions).await?;
     let publisher = IssuePublisher::new(&args.kafka_brokers, &topic, Duration::from_secs(30))?;

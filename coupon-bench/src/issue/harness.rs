@@ -10,7 +10,7 @@ use anyhow::{bail, ensure, Context};
 use chrono::Utc;
 use coupon_core::auth::{Role, TokenSigner};
 use coupon_core::domain::{CouponId, UserId};
-use coupon_core::issue::admission::{AdmissionStore, AdmitOutcome, RedisKeys};
+use coupon_core::issue::admission::{AdmissionStore, AdmitOutcome, RedisKeys, StockShards};
 use coupon_core::issue::message::IssueMessage;
 use coupon_core::store::kafka::IssuePublisher;
 use futures::StreamExt;
@@ -329,7 +329,8 @@ impl Bench {
                 async move {
                     let user = UserId::parse(user)?;
                     let request_id = Uuid::now_v7();
-                    if store.admit(coupon, user, request_id).await? != AdmitOutcome::Admitted {
+                    let shards = StockShards::single(coupon);
+                    if store.admit(shards, user, request_id).await? != AdmitOutcome::Admitted {
                         return Ok(0);
                     }
                     let message = IssueMessage {
@@ -337,6 +338,7 @@ impl Bench {
                         user_id: user,
                         request_id,
                         admitted_at: Utc::now(),
+                        stock_shards: 1,
                     };
                     publisher.publish(&message).await?;
                     anyhow::Ok(1_u64)

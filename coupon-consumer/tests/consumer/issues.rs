@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use coupon_core::domain::CouponId;
-use coupon_core::issue::admission::{Invalidation, InvalidationReason, RedisKeys};
+use coupon_core::issue::admission::{Invalidation, RedisKeys, StockShards};
 use coupon_core::testing;
 use futures::StreamExt;
 use uuid::Uuid;
@@ -152,10 +152,7 @@ async fn selling_out_broadcasts_an_invalidation() {
     let invalidation: Invalidation = serde_json::from_str(&payload).unwrap();
     assert_eq!(
         invalidation,
-        Invalidation {
-            coupon_id: coupon,
-            reason: InvalidationReason::SoldOut
-        }
+        Invalidation::sold_out(StockShards::single(coupon))
     );
 }
 
@@ -167,7 +164,10 @@ async fn a_message_whose_admission_was_undone_is_dead_lettered_not_persisted() {
     let consumer = start().await;
     let (policy, store) = consumer.prepared_coupon(10).await;
     // Users 1 and 2 are admitted; user 3's admission was undone after its message was written.
-    store.add_members(policy.id, &[1, 2]).await.unwrap();
+    store
+        .add_members(StockShards::single(policy.id), &[1, 2])
+        .await
+        .unwrap();
     let messages: Vec<_> = (1..=3).map(|user| issue(policy.id, user)).collect();
     for message in &messages {
         consumer.send(message).await;

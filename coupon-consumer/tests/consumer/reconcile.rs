@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use coupon_core::domain::UserId;
+use coupon_core::issue::admission::StockShards;
 use coupon_core::testing;
 use uuid::Uuid;
 
@@ -32,7 +33,11 @@ async fn an_admission_whose_message_was_lost_is_republished_by_the_consumer_itse
     // User 7 was admitted (and answered 202 by an API whose publish went nowhere): a slot
     // held without a message.
     let admitted = store
-        .admit(policy.id, UserId::parse(7).unwrap(), Uuid::now_v7())
+        .admit(
+            StockShards::single(policy.id),
+            UserId::parse(7).unwrap(),
+            Uuid::now_v7(),
+        )
         .await
         .unwrap();
     assert_eq!(

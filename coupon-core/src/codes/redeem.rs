@@ -11,7 +11,7 @@ use sqlx::{MySqlPool, Row};
 
 use crate::domain::{CouponId, CouponStatus, UserId};
 use crate::events::{self, EventType};
-use crate::issue::admission::{AdmissionStore, AdmitOutcome};
+use crate::issue::admission::{AdmissionStore, AdmitOutcome, StockShards};
 use crate::policies;
 use uuid::Uuid;
 
@@ -83,7 +83,7 @@ pub trait CodeAdmission: Sync {
     /// Admits `user` to `coupon` under `request` (see [`AdmissionStore::admit`]).
     fn admit(
         &self,
-        coupon: CouponId,
+        coupon: StockShards,
         user: UserId,
         request: Uuid,
     ) -> impl Future<Output = anyhow::Result<AdmitOutcome>> + Send;
@@ -92,7 +92,7 @@ pub trait CodeAdmission: Sync {
     /// [`AdmissionStore::undo`]).
     fn undo(
         &self,
-        coupon: CouponId,
+        coupon: StockShards,
         user: UserId,
         request: Uuid,
     ) -> impl Future<Output = anyhow::Result<bool>> + Send;
@@ -101,7 +101,7 @@ pub trait CodeAdmission: Sync {
     /// effort: a mark left behind is cleared by reconciliation.
     fn settle(
         &self,
-        coupon: CouponId,
+        coupon: StockShards,
         user: UserId,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
 
@@ -110,7 +110,7 @@ pub trait CodeAdmission: Sync {
     /// failure is left to reconciliation, which adds a row's missing user back.
     fn note_holder(
         &self,
-        coupon: CouponId,
+        coupon: StockShards,
         user: UserId,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
@@ -118,23 +118,23 @@ pub trait CodeAdmission: Sync {
 impl CodeAdmission for AdmissionStore {
     async fn admit(
         &self,
-        coupon: CouponId,
+        coupon: StockShards,
         user: UserId,
         request: Uuid,
     ) -> anyhow::Result<AdmitOutcome> {
         Ok(AdmissionStore::admit(self, coupon, user, request).await?)
     }
 
-    async fn undo(&self, coupon: CouponId, user: UserId, request: Uuid) -> anyhow::Result<bool> {
+    async fn undo(&self, coupon: StockShards, user: UserId, request: Uuid) -> anyhow::Result<bool> {
         Ok(AdmissionStore::undo(self, coupon, user, request).await?)
     }
 
-    async fn settle(&self, coupon: CouponId, user: UserId) -> anyhow::Result<()> {
+    async fn settle(&self, coupon: StockShards, user: UserId) -> anyhow::Result<()> {
         AdmissionStore::settle(self, coupon, &[user.get()]).await?;
         Ok(())
     }
 
-    async fn note_holder(&self, coupon: CouponId, user: UserId) -> anyhow::Result<()> {
+    async fn note_holder(&self, coupon: StockShards, user: UserId) -> anyhow::Result<()> {
         Ok(self.add_members(coupon, &[user.get()]).await?)
     }
 }
@@ -225,7 +225,7 @@ async fn redeem_once(
     let request = Uuid::now_v7();
     if limited {
         match admission
-            .admit(policy.id, user, request)
+            .admit(policy.stock_shards(), user, request)
             .await
             .map_err(CodeError::AdmissionUnavailable)?
         {
@@ -244,7 +244,7 @@ async fn redeem_once(
             // its admission must not hold a unit.
             drop(tx);
             if limited {
-                if let Err(undo_err) = admission.undo(policy.id, user, request).await {
+                if let Err(undo_err) = admission.undo(policy.stock_shards(), user, request).await {
                     tracing::error!(
                         %undo_err, coupon_id, user_id = %user,
                         "a redeem by code rolled back AND its admission could not be undone: \
@@ -257,9 +257,9 @@ async fn redeem_once(
     };
     tx.commit().await?;
     let after_commit = if limited {
-        admission.settle(policy.id, user).await
+        admission.settle(policy.stock_shards(), user).await
     } else {
-        admission.note_holder(policy.id, user).await
+        admission.note_holder(policy.stock_shards(), user).await
     };
     if let Err(err) = after_commit {
         tracing::warn!(%err, coupon_id, user_id = %user, limited,

@@ -14,6 +14,12 @@
 //!   replicas (`admission/replicas.rs`), expires after 60 s;
 //! - `P coupon:invalidation` — pub/sub channel of [`Invalidation`] messages.
 //!
+//! A coupon whose policy splits its stock into `K > 1` shards has the first four keys (plus a
+//! transfer count, `lent` and `borrowed`) once per shard, shard `N > 0` under the hash tag
+//! `{id:sN}` ([`StockShards`]); every method below that takes a [`StockShards`] reads or writes
+//! all of them, or the user's home shard. How units move between shards is in
+//! `admission/transfer.rs`.
+//!
 //! # Pending admissions
 //! An admission is pending from the script that makes it until it is durable: its issue
 //! message acknowledged by the broker, or its code redeem committed. While it is pending it may
@@ -50,9 +56,12 @@ use crate::store::redis::RedisConnection;
 use crate::telemetry::names;
 
 mod keys;
+mod reads;
 mod replicas;
+mod transfer;
 pub use keys::*;
 use replicas::ReplicaAcks;
+use transfer::{TransferScripts, MAX_TRANSFERS_PER_ADMISSION};
 
 /// The atomic admission script (`admission/admit.lua`): `KEYS[1]` the admission set, `KEYS[2]`
 /// the stock bound, `KEYS[3]` the pending admissions, `ARGV[1]` the user id, `ARGV[2]` the
@@ -77,6 +86,10 @@ pub enum AdmitOutcome {
 }
 
 /// Handle on the Redis admission state; cheap to clone (one multiplexed connection).
+///
+/// Methods that take a [`StockShards`] work on every shard of the coupon, or on the user's home
+/// shard; build it from the policy ([`CouponPolicy::stock_shards`]), or from the coupon id and
+/// the count an issue message carries. A wrong count reads and writes the wrong keys.
 #[derive(Clone)]
 pub struct AdmissionStore {
     conn: RedisConnection,
@@ -84,6 +97,7 @@ pub struct AdmissionStore {
     // Behind `Arc`: a `Script` owns its source and hash, which a clone would copy.
     admit: Arc<Script>,
     undo: Arc<Script>,
+    transfers: TransferScripts,
     replica_acks: Option<ReplicaAcks>,
 }
 
@@ -95,6 +109,7 @@ impl AdmissionStore {
             keys,
             admit: Arc::new(Script::new(ADMIT_SCRIPT)),
             undo: Arc::new(Script::new(include_str!("admission/undo.lua"))),
+            transfers: TransferScripts::default(),
             replica_acks: None,
         }
     }
@@ -122,10 +137,12 @@ impl AdmissionStore {
         &self.keys
     }
 
-    /// Runs the atomic admission script (`admission/admit.lua`) for the request `request`:
-    /// duplicate check, stock check, then `SADD` and the pending mark, all in one script
-    /// execution. The script is sent by `EVALSHA` and re-sent by `EVAL` when Redis answers
-    /// `NOSCRIPT`.
+    /// Runs the atomic admission script (`admission/admit.lua`) for the request `request` on
+    /// `user`'s home shard: duplicate check, stock check, then `SADD` and the pending mark, all
+    /// in one script execution. The script is sent by `EVALSHA` and re-sent by `EVAL` when
+    /// Redis answers `NOSCRIPT`. When the home shard sold out and the coupon has others, units
+    /// are moved from a shard that has some (`admission/transfer.rs`) and the script runs
+    /// again; [`AdmitOutcome::SoldOut`] means no shard had a free unit when asked.
     ///
     /// With [`Self::with_replica_acks`], an admission is answered only once enough replicas
     /// acknowledged it.
@@ -134,29 +151,56 @@ impl AdmissionStore {
     /// Redis is unreachable, timed out, or answered something the script never returns. After
     /// a timeout the script may still have run: [`Self::undo`] with the same `request` removes
     /// the admission if it did, and nothing if it did not. Too few replica acknowledgements
-    /// count as a timeout (an [`std::io::ErrorKind::TimedOut`] error), after one undo here.
+    /// count as a timeout (an [`std::io::ErrorKind::TimedOut`] error), after one undo here, and
+    /// so do [`MAX_TRANSFERS_PER_ADMISSION`] transfers that each brought units other users
+    /// took first.
     pub async fn admit(
         &self,
-        coupon: CouponId,
+        shards: StockShards,
+        user: UserId,
+        request: Uuid,
+    ) -> redis::RedisResult<AdmitOutcome> {
+        let home = shards.home(user.get());
+        for _ in 0..MAX_TRANSFERS_PER_ADMISSION {
+            let outcome = self.admit_in(home, user, request).await?;
+            if outcome != AdmitOutcome::SoldOut || shards.count() == 1 {
+                return Ok(outcome);
+            }
+            if !self.take_units(shards, home).await? {
+                // No free unit anywhere, and every unit lent to `home` is in its stock now: a
+                // concurrent transfer's second step may have landed since the first run.
+                return self.admit_in(home, user, request).await;
+            }
+        }
+        Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "every unit moved to this shard was taken by others first; try again",
+        )))
+    }
+
+    /// One run of the admission script on `home`.
+    async fn admit_in(
+        &self,
+        home: Shard,
         user: UserId,
         request: Uuid,
     ) -> redis::RedisResult<AdmitOutcome> {
         let mut conn = self.conn.clone();
-        let mut invocation = self.admit.key(self.keys.admission_set(coupon));
+        let mut invocation = self.admit.key(self.keys.admission_set(home));
         invocation
-            .key(self.keys.stock(coupon))
-            .key(self.keys.pending(coupon))
+            .key(self.keys.stock(home))
+            .key(self.keys.pending(home))
             .arg(user.get())
             .arg(request.as_hyphenated().to_string());
         let code: i64 = timed_script("admit", invocation.invoke_async(&mut conn)).await?;
         match code {
             1 => {
                 if let Some(acks) = &self.replica_acks {
-                    if let Err(err) = acks.wait(coupon, user, request).await {
+                    if let Err(err) = acks.wait(home, Some((user, request))).await {
                         count_error("wait");
                         // Best effort: the caller undoes again under the same request id on a
                         // timeout.
-                        let _ = self.undo(coupon, user, request).await;
+                        let _ = self.undo_in(home, user, request).await;
                         return Err(err);
                     }
                 }
@@ -183,14 +227,18 @@ impl AdmissionStore {
     /// Redis is unreachable or timed out.
     pub async fn undo(
         &self,
-        coupon: CouponId,
+        shards: StockShards,
         user: UserId,
         request: Uuid,
     ) -> redis::RedisResult<bool> {
+        self.undo_in(shards.home(user.get()), user, request).await
+    }
+
+    async fn undo_in(&self, home: Shard, user: UserId, request: Uuid) -> redis::RedisResult<bool> {
         let mut conn = self.conn.clone();
-        let mut invocation = self.undo.key(self.keys.admission_set(coupon));
+        let mut invocation = self.undo.key(self.keys.admission_set(home));
         invocation
-            .key(self.keys.pending(coupon))
+            .key(self.keys.pending(home))
             .arg(user.get())
             .arg(request.as_hyphenated().to_string());
         let removed: i64 = timed_script("undo", invocation.invoke_async(&mut conn)).await?;
@@ -198,35 +246,29 @@ impl AdmissionStore {
     }
 
     /// Marks the admissions of `users` durable (each holds a row): clears their pending marks,
-    /// 10,000 per `HDEL`, whichever request made them. Returns how many marks were cleared.
-    /// An empty slice asks nothing.
+    /// 10,000 per `HDEL` and home shard, whichever request made them. Returns how many marks
+    /// were cleared. An empty slice asks nothing.
     ///
     /// # Errors
     /// Redis is unreachable or timed out.
-    pub async fn settle(&self, coupon: CouponId, users: &[i64]) -> redis::RedisResult<usize> {
+    pub async fn settle(&self, shards: StockShards, users: &[i64]) -> redis::RedisResult<usize> {
         let mut conn = self.conn.clone();
         let mut cleared = 0;
-        for chunk in users.chunks(10_000) {
-            cleared += conn
-                .hdel::<_, _, usize>(self.keys.pending(coupon), chunk)
-                .await?;
+        for (shard, users) in shards.by_home(users) {
+            for chunk in users.chunks(10_000) {
+                cleared += conn
+                    .hdel::<_, _, usize>(self.keys.pending(shard), chunk)
+                    .await?;
+            }
         }
         Ok(cleared)
     }
 
-    /// The users whose admission to `coupon` is still pending (`HKEYS`; reconciliation only:
-    /// the hash holds the admissions in flight, a few thousand at most in a drop).
-    ///
-    /// # Errors
-    /// Redis is unreachable, timed out, or a field is not an integer.
-    pub async fn pending_users(&self, coupon: CouponId) -> redis::RedisResult<Vec<i64>> {
-        self.conn.clone().hkeys(self.keys.pending(coupon)).await
-    }
-
-    /// Initialises a NEW coupon's Redis state: an empty admission set, its stock bound and its
-    /// policy copy, in one `MULTI`. Called before the policy's MySQL row commits, so nobody can
-    /// have been admitted yet; anything found under these keys is stale (left by an earlier
-    /// database that reused the id) and is cleared.
+    /// Initialises a NEW coupon's Redis state: per shard, an empty admission set and its stock
+    /// bound (its allotment of the stock), in one `MULTI`, and with shard 0 the policy copy.
+    /// Called before the policy's MySQL row commits, so nobody can have been admitted yet;
+    /// anything found under these keys is stale (left by an earlier database that reused the
+    /// id) and is cleared.
     ///
     /// # Errors
     /// Redis is unreachable, timed out, or the policy does not serialise.
@@ -234,18 +276,17 @@ impl AdmissionStore {
         let json = serde_json::to_string(policy).map_err(|e| {
             redis::RedisError::from((redis::ErrorKind::Client, "policy JSON", e.to_string()))
         })?;
-        redis::pipe()
-            .atomic()
-            .del(self.keys.admission_set(policy.id))
-            .ignore()
-            .del(self.keys.pending(policy.id))
-            .ignore()
-            .set(self.keys.stock(policy.id), policy.stock_bound())
-            .ignore()
-            .set_ex(self.keys.policy(policy.id), json, POLICY_COPY_TTL_SECS)
-            .ignore()
-            .query_async::<()>(&mut self.conn.clone())
-            .await
+        let shards = policy.stock_shards();
+        for shard in shards.all() {
+            let stock = shards.allotment(policy.stock_bound(), shard.index);
+            let mut pipe = transfer::reset_shard(&self.keys, shard, stock);
+            if shard.index == 0 {
+                pipe.set_ex(self.keys.policy(policy.id), &json, POLICY_COPY_TTL_SECS)
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        }
+        Ok(())
     }
 
     /// The policy copy kept in Redis, if any (a copy that no longer parses counts as absent).
@@ -283,72 +324,6 @@ impl AdmissionStore {
     /// Redis is unreachable or timed out.
     pub async fn remove_policy(&self, coupon: CouponId) -> redis::RedisResult<()> {
         self.conn.clone().del(self.keys.policy(coupon)).await
-    }
-
-    /// Whether `user` is in `coupon`'s admission set.
-    ///
-    /// # Errors
-    /// Redis is unreachable or timed out.
-    pub async fn is_admitted(&self, coupon: CouponId, user: UserId) -> redis::RedisResult<bool> {
-        self.conn
-            .clone()
-            .sismember(self.keys.admission_set(coupon), user.get())
-            .await
-            .inspect_err(|_| count_error("is_admitted"))
-    }
-
-    /// Which of `users` are in `coupon`'s admission set, in order (`SMISMEMBER`, Redis 6.2+;
-    /// one round trip). An empty slice asks nothing.
-    ///
-    /// # Errors
-    /// Redis is unreachable or timed out.
-    pub async fn admitted_among(
-        &self,
-        coupon: CouponId,
-        users: &[i64],
-    ) -> redis::RedisResult<Vec<bool>> {
-        if users.is_empty() {
-            return Ok(Vec::new());
-        }
-        redis::cmd("SMISMEMBER")
-            .arg(self.keys.admission_set(coupon))
-            .arg(users)
-            .query_async(&mut self.conn.clone())
-            .await
-            .inspect_err(|_| count_error("admitted_among"))
-    }
-
-    /// Size of `coupon`'s admission set (`SCARD`, count).
-    ///
-    /// # Errors
-    /// Redis is unreachable or timed out.
-    pub async fn admitted_count(&self, coupon: CouponId) -> redis::RedisResult<i64> {
-        self.conn
-            .clone()
-            .scard(self.keys.admission_set(coupon))
-            .await
-    }
-
-    /// Every member of `coupon`'s admission set (user ids), read with `SSCAN … COUNT 1000` so
-    /// a large set never blocks Redis the way one `SMEMBERS` would
-    /// (<https://redis.io/docs/latest/commands/scan/>: a full iteration returns every member
-    /// present from start to end at least once; members may repeat, the caller de-duplicates).
-    ///
-    /// # Errors
-    /// Redis is unreachable, timed out, or a member is not an integer.
-    pub async fn members(&self, coupon: CouponId) -> redis::RedisResult<Vec<i64>> {
-        let mut conn = self.conn.clone();
-        let mut scan = redis::cmd("SSCAN");
-        scan.arg(self.keys.admission_set(coupon))
-            .cursor_arg(0)
-            .arg("COUNT")
-            .arg(1000);
-        let mut iter = scan.iter_async::<i64>(&mut conn).await?;
-        let mut members = Vec::new();
-        while let Some(member) = iter.next_item().await {
-            members.push(member?);
-        }
-        Ok(members)
     }
 
     /// Broadcasts `invalidation` to every subscribed API instance (classic `PUBLISH`); returns
@@ -401,19 +376,12 @@ impl AdmissionStore {
         self.conn.clone().del(self.keys.rebuild_lock(coupon)).await
     }
 
-    /// Whether `coupon`'s stock key exists (false: its state was never prepared or was lost).
-    ///
-    /// # Errors
-    /// Redis is unreachable or timed out.
-    pub async fn is_prepared(&self, coupon: CouponId) -> redis::RedisResult<bool> {
-        self.conn.clone().exists(self.keys.stock(coupon)).await
-    }
-
     /// Restores a lost admission state: adds `members` to the set (10,000 per `SADD`), then
     /// writes the stock bound only if no stock key exists (`SET NX`) and the policy copy.
     /// Never deletes: while the stock key is absent nobody can be admitted, so adding members
     /// first is safe, and a set another rebuild already reopened only gains users who hold
-    /// (or will hold) a row. Returns whether this call wrote the stock key.
+    /// (or will hold) a row. Returns whether this call wrote a stock key. A sharded coupon's
+    /// shards are restored as `admission/transfer.rs` says (`restore_shards`).
     ///
     /// # Errors
     /// Redis is unreachable, timed out, or the policy does not serialise.
@@ -422,27 +390,41 @@ impl AdmissionStore {
         policy: &CouponPolicy,
         members: &[i64],
     ) -> redis::RedisResult<bool> {
-        let mut conn = self.conn.clone();
-        self.add_members(policy.id, members).await?;
         self.store_policy(policy).await?;
+        if policy.stock_shards().count() > 1 {
+            return self.restore_shards(policy, members).await;
+        }
+        let shard = Shard::from(policy.id);
+        self.add_shard_members(shard, members).await?;
         let set: Option<String> = redis::cmd("SET")
-            .arg(self.keys.stock(policy.id))
+            .arg(self.keys.stock(shard))
             .arg(policy.stock_bound())
             .arg("NX")
-            .query_async(&mut conn)
+            .query_async(&mut self.conn.clone())
             .await?;
         Ok(set.is_some())
     }
 
-    /// Adds `members` to `coupon`'s admission set, 10,000 per `SADD` (reconciliation and
-    /// rebuild only: the issue path admits through the script).
+    /// Adds `members` to their home shards' admission sets, 10,000 per `SADD` (reconciliation
+    /// and rebuild only: the issue path admits through the script).
     ///
     /// # Errors
     /// Redis is unreachable or timed out.
-    pub async fn add_members(&self, coupon: CouponId, members: &[i64]) -> redis::RedisResult<()> {
+    pub async fn add_members(
+        &self,
+        shards: StockShards,
+        members: &[i64],
+    ) -> redis::RedisResult<()> {
+        for (shard, users) in shards.by_home(members) {
+            self.add_shard_members(shard, &users).await?;
+        }
+        Ok(())
+    }
+
+    async fn add_shard_members(&self, shard: Shard, members: &[i64]) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
         for chunk in members.chunks(10_000) {
-            conn.sadd::<_, _, ()>(self.keys.admission_set(coupon), chunk)
+            conn.sadd::<_, _, ()>(self.keys.admission_set(shard), chunk)
                 .await?;
         }
         Ok(())
@@ -480,13 +462,21 @@ fn count_error(op: &'static str) {
 }
 
 /// Registers the issue path's Redis series (`script`: `admit`, `undo`, `wait` (the replica
-/// acknowledgements); `op`: those plus
+/// acknowledgements), `lend` and `borrow` (transfers between stock shards); `op`: those plus
 /// `is_admitted`, `policy`), so they are exported before the first call.
 pub fn register_metrics() {
-    for script in ["admit", "undo", "wait"] {
+    for script in ["admit", "undo", "wait", "lend", "borrow"] {
         let _ = metrics::histogram!(names::REDIS_SCRIPT_DURATION, "script" => script);
     }
-    for op in ["admit", "undo", "wait", "is_admitted", "policy"] {
+    for op in [
+        "admit",
+        "undo",
+        "wait",
+        "lend",
+        "borrow",
+        "is_admitted",
+        "policy",
+    ] {
         metrics::counter!(names::REDIS_ERRORS, "op" => op).increment(0);
     }
 }

@@ -5,10 +5,12 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::{CouponId, UserId};
+use crate::issue::admission::StockShards;
 
 /// One admitted issue request, published as JSON after the admission script said yes.
 ///
-/// Shape: `{"coupon_id": 42, "user_id": 7, "request_id": "0193…", "admitted_at": "2026-…Z"}`.
+/// Shape: `{"coupon_id": 42, "user_id": 7, "request_id": "0193…", "admitted_at": "2026-…Z"}`,
+/// plus `"stock_shards": 4` when the coupon's stock is split into shards.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssueMessage {
     /// The coupon policy.
@@ -19,6 +21,18 @@ pub struct IssueMessage {
     pub request_id: Uuid,
     /// When the admission script admitted the user; becomes `coupon_issues.issued_at`.
     pub admitted_at: DateTime<Utc>,
+    /// The coupon's stock shards (count; absent means 1), so the consumer finds the user's
+    /// home shard without reading the policy.
+    #[serde(default = "one_shard", skip_serializing_if = "is_one_shard")]
+    pub stock_shards: u16,
+}
+
+fn one_shard() -> u16 {
+    1
+}
+
+fn is_one_shard(count: &u16) -> bool {
+    *count == 1
 }
 
 impl IssueMessage {
@@ -30,6 +44,11 @@ impl IssueMessage {
     /// users is needed: each message is an independent, idempotent insert.
     pub fn key(&self) -> String {
         format!("{}:{}", self.coupon_id, self.user_id)
+    }
+
+    /// Where the coupon's admission state lives ([`StockShards`]).
+    pub fn shards(&self) -> StockShards {
+        StockShards::new(self.coupon_id, self.stock_shards)
     }
 
     /// JSON bytes of the message.
@@ -58,9 +77,22 @@ mod tests {
             user_id: UserId::parse(7).unwrap(),
             request_id: Uuid::now_v7(),
             admitted_at: Utc::now(),
+            stock_shards: 1,
         };
         assert_eq!(IssueMessage::from_json(&msg.to_json()).unwrap(), msg);
         assert_eq!(msg.key(), "42:7");
+        assert!(!String::from_utf8(msg.to_json())
+            .unwrap()
+            .contains("stock_shards"));
+        let sharded = IssueMessage {
+            stock_shards: 4,
+            ..msg
+        };
+        assert_eq!(
+            IssueMessage::from_json(&sharded.to_json()).unwrap(),
+            sharded
+        );
+        assert_eq!(sharded.shards().count(), 4);
     }
 
     #[test]

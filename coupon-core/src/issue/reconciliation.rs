@@ -6,6 +6,7 @@
 //! | admitted, no row, no message, in two reads `grace` apart | an admission whose message never reached the broker (a Redis call that timed out but ran, an undo that failed) | re-publish its issue message: the consumer persists it (INVARIANTS 3) |
 //! | a row whose user is not in the set | the set lost members (Redis restarted with `appendfsync everysec`) | add the user back (INVARIANTS 4) |
 //! | `issued_quantity` ≠ rows | a count drifted | set it to the row count, under the coupon row's lock (INVARIANTS 5) |
+//! | a transfer of units between stock shards whose second step never ran | the admission that moved them stopped in between ([`crate::issue::admission`], stock shards) | complete it: the units reach their shard |
 //! | a pending mark of a user with a row | the mark's clearing failed (Redis failed at that moment) | clear it, so a repeat request hears `ALREADY_ISSUED` ([pending admissions](crate::issue::admission#pending-admissions)) |
 //!
 //! Safe to run repeatedly and beside live traffic: the grace period outlasts any publish in
@@ -24,7 +25,7 @@ use sqlx::MySqlPool;
 use uuid::Uuid;
 
 use crate::domain::{CouponId, UserId};
-use crate::issue::admission::AdmissionStore;
+use crate::issue::admission::{AdmissionStore, StockShards};
 use crate::issue::message::IssueMessage;
 use crate::issue::recovery::IssueLog;
 use crate::store::kafka::IssuePublisher;
@@ -54,6 +55,10 @@ pub struct CouponReport {
     /// what users were told).
     #[serde(default)]
     pub pending_cleared: usize,
+    /// Units of interrupted transfers between stock shards that reached their shard now
+    /// (count; 0 for an unsharded coupon and in a dry run).
+    #[serde(default)]
+    pub transfers_completed: i64,
 }
 
 impl CouponReport {
@@ -65,6 +70,7 @@ impl CouponReport {
         !self.not_prepared
             && (!self.republished.is_empty()
                 || !self.readmitted.is_empty()
+                || self.transfers_completed > 0
                 || self.issued_quantity_after != self.issued_quantity_before
                 || i64::try_from(self.rows).is_ok_and(|rows| rows != self.issued_quantity_before))
     }
@@ -87,19 +93,37 @@ pub struct Reconciler<'a> {
 }
 
 impl Reconciler<'_> {
-    /// Ids of every coupon not soft-deleted, oldest first.
+    /// Every coupon not soft-deleted, oldest first, with its stock shards.
     ///
     /// # Errors
     /// MySQL failed.
-    pub async fn coupons(&self) -> anyhow::Result<Vec<CouponId>> {
-        let ids: Vec<i64> =
-            sqlx::query_scalar("SELECT id FROM coupons WHERE deleted_at IS NULL ORDER BY id")
-                .fetch_all(self.pool)
-                .await
-                .context("listing coupons")?;
-        ids.into_iter()
-            .map(|id| CouponId::parse(id).map_err(|e| anyhow::anyhow!(e.0)))
+    pub async fn coupons(&self) -> anyhow::Result<Vec<StockShards>> {
+        let rows: Vec<(i64, u16)> = sqlx::query_as(
+            "SELECT id, stock_shards FROM coupons WHERE deleted_at IS NULL ORDER BY id",
+        )
+        .fetch_all(self.pool)
+        .await
+        .context("listing coupons")?;
+        rows.into_iter()
+            .map(|(id, shards)| {
+                let id = CouponId::parse(id).map_err(|e| anyhow::anyhow!(e.0))?;
+                Ok(StockShards::new(id, shards))
+            })
             .collect()
+    }
+
+    /// `coupon` with its stock shards (1 when no row has that id).
+    ///
+    /// # Errors
+    /// MySQL failed.
+    pub async fn shards_of(&self, coupon: CouponId) -> anyhow::Result<StockShards> {
+        let count: Option<u16> =
+            sqlx::query_scalar("SELECT stock_shards FROM coupons WHERE id = ?")
+                .bind(coupon.get())
+                .fetch_optional(self.pool)
+                .await
+                .context("reading the coupon's stock shards")?;
+        Ok(StockShards::new(coupon, count.unwrap_or(1)))
     }
 
     /// One pass over `coupon`, or over every coupon not soft-deleted when `None`.
@@ -108,7 +132,7 @@ impl Reconciler<'_> {
     /// As [`Self::reconcile`]; the coupons before the failing one stay reconciled.
     pub async fn run(&self, coupon: Option<CouponId>) -> anyhow::Result<Vec<CouponReport>> {
         let coupons = match coupon {
-            Some(id) => vec![id],
+            Some(id) => vec![self.shards_of(id).await?],
             None => self.coupons().await?,
         };
         let mut reports = Vec::with_capacity(coupons.len());
@@ -123,22 +147,23 @@ impl Reconciler<'_> {
     /// # Errors
     /// Redis, MySQL or the broker failed; a repair already made stays made (each is safe
     /// alone), and a rerun finishes the rest.
-    pub async fn reconcile(&self, coupon: CouponId) -> anyhow::Result<CouponReport> {
+    pub async fn reconcile(&self, shards: StockShards) -> anyhow::Result<CouponReport> {
+        let coupon = shards.coupon();
         let mut report = CouponReport {
             coupon_id: coupon.get(),
             ..CouponReport::default()
         };
-        if !self.admission.is_prepared(coupon).await? {
+        if !self.admission.is_prepared(shards).await? {
             report.not_prepared = true;
             report.issued_quantity_before = self.issued_quantity(coupon).await?;
             report.issued_quantity_after = report.issued_quantity_before;
             return Ok(report);
         }
-        let first = self.lost(coupon).await?;
+        let first = self.lost(shards).await?;
         if !first.is_empty() {
             tokio::time::sleep(self.grace).await;
         }
-        let (admitted, in_flight, rows) = self.read(coupon).await?;
+        let (admitted, in_flight, rows) = self.read(shards).await?;
         let lost: Vec<i64> = first
             .intersection(&missing(&admitted, &in_flight, &rows))
             .copied()
@@ -156,6 +181,7 @@ impl Reconciler<'_> {
                     user_id: UserId::parse(user).map_err(|e| anyhow::anyhow!(e.0))?,
                     request_id: Uuid::now_v7(),
                     admitted_at: Utc::now(),
+                    stock_shards: shards.count(),
                 };
                 self.publisher
                     .publish(&message)
@@ -163,16 +189,19 @@ impl Reconciler<'_> {
                     .with_context(|| format!("re-publishing user {user}'s issue"))?;
             }
             if !readmit.is_empty() {
-                self.admission.add_members(coupon, &readmit).await?;
+                self.admission.add_members(shards, &readmit).await?;
             }
             let settled: Vec<i64> = self
                 .admission
-                .pending_users(coupon)
+                .pending_users(shards)
                 .await?
                 .into_iter()
                 .filter(|user| rows.contains(user))
                 .collect();
-            report.pending_cleared = self.admission.settle(coupon, &settled).await?;
+            report.pending_cleared = self.admission.settle(shards, &settled).await?;
+            if shards.count() > 1 {
+                report.transfers_completed = self.admission.complete_transfers(shards).await?;
+            }
             report.issued_quantity_after = self.repair_count(coupon).await?;
         }
         report.republished = lost;
@@ -181,8 +210,8 @@ impl Reconciler<'_> {
     }
 
     /// Admitted users with neither a row nor a message, now.
-    async fn lost(&self, coupon: CouponId) -> anyhow::Result<BTreeSet<i64>> {
-        let (admitted, in_flight, rows) = self.read(coupon).await?;
+    async fn lost(&self, shards: StockShards) -> anyhow::Result<BTreeSet<i64>> {
+        let (admitted, in_flight, rows) = self.read(shards).await?;
         Ok(missing(&admitted, &in_flight, &rows))
     }
 
@@ -191,9 +220,10 @@ impl Reconciler<'_> {
     /// last two reads is in one of them (as in [`crate::issue::recovery`]).
     async fn read(
         &self,
-        coupon: CouponId,
+        shards: StockShards,
     ) -> anyhow::Result<(BTreeSet<i64>, BTreeSet<i64>, BTreeSet<i64>)> {
-        let admitted: BTreeSet<i64> = self.admission.members(coupon).await?.into_iter().collect();
+        let coupon = shards.coupon();
+        let admitted: BTreeSet<i64> = self.admission.members(shards).await?.into_iter().collect();
         let in_flight = self.log.unpersisted_users(coupon).await?;
         let rows: Vec<i64> =
             sqlx::query_scalar("SELECT user_id FROM coupon_issues WHERE coupon_id = ?")

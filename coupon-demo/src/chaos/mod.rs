@@ -357,7 +357,7 @@ pub async fn run(
     );
 
     let signer = TokenSigner::hs256(testing::JWT_SECRET);
-    let coupon = crate::create_coupon(&client, &bases[0], &signer, plan.stock).await?;
+    let coupon = crate::create_coupon(&client, &bases[0], &signer, plan.stock, 1).await?;
     let pool = coupon_core::store::db::connect(&database_url, 4).await?;
     let redis_conn =
         coupon_core::store::redis::connect(redis_mode, &redis_url, Duration::from_secs(2)).await?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use coupon_core::auth::{Role, TokenSigner};
 use coupon_core::domain::CouponId;
-use coupon_core::issue::admission::AdmissionStore;
+use coupon_core::issue::admission::{AdmissionStore, StockShards};
 use coupon_core::issue::recovery::IssueLog;
 use futures::StreamExt;
 use sqlx::MySqlPool;
@@ -135,7 +135,8 @@ pub(super) async fn read_counts(
         .bind(coupon.get())
         .fetch_one(pool)
         .await?;
-    Ok((rows, distinct, issued, redis.admitted_count(coupon).await?))
+    let shards = StockShards::single(coupon); // the chaos drops are unsharded
+    Ok((rows, distinct, issued, redis.admitted_count(shards).await?))
 }
 
 /// Waits until rows = `issued_quantity` = SCARD and the counts held still for 3 s, or they

@@ -11,10 +11,10 @@
 //!
 //! - the waits go over a connection of their own (no admission or undo queues behind them);
 //! - one round covers every admission that asked since the last round began (group commit):
-//!   per coupon, `admission/fence.lua` checks that each admission is still pending under its
-//!   request id on the node that serves the slot now, and writes the coupon's fence key; then
-//!   one `WAIT` on the same connection covers the fence, and so every admission before it on
-//!   that node;
+//!   per stock shard (one slot), `admission/fence.lua` checks that each admission is still
+//!   pending under its request id on the node that serves the slot now, and writes the shard's
+//!   fence key; then one `WAIT` on the same connection covers the fence, and so every admission
+//!   (and every loan of units, `admission/transfer.rs`) before it on that node;
 //! - an admission the fence did not find was lost in a failover between the script and the
 //!   round; it is reported as a failure, like one the replicas did not acknowledge in time.
 
@@ -26,8 +26,8 @@ use redis::Script;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::RedisKeys;
-use crate::domain::{CouponId, UserId};
+use super::{RedisKeys, Shard};
+use crate::domain::UserId;
 use crate::store::redis::RedisConnection;
 use crate::telemetry::names;
 
@@ -39,12 +39,11 @@ pub(super) struct ReplicaAcks {
     timeout: Duration,
 }
 
-/// One admission waiting for its round.
+/// One admission (or a shard's last write: a loan of units) waiting for its round.
 #[derive(Debug)]
 struct Waiting {
-    coupon: CouponId,
-    user: UserId,
-    request: Uuid,
+    shard: Shard,
+    admission: Option<(UserId, Uuid)>,
     answer: oneshot::Sender<Result<(), String>>,
 }
 
@@ -67,23 +66,22 @@ impl ReplicaAcks {
         }
     }
 
-    /// Waits until `replicas` replicas hold `request`'s admission of `user`, for one round:
-    /// the `WAIT` timeout plus the wait for the round in flight.
+    /// Waits until `replicas` replicas hold `admission` (`user`, `request`) on `shard`, or
+    /// with `None` every write `shard`'s node made before the round, for one round: the `WAIT`
+    /// timeout plus the wait for the round in flight.
     ///
     /// # Errors
     /// A [`std::io::ErrorKind::TimedOut`] error when too few replicas acknowledged in time,
     /// the admission was not found (lost in a failover), or Redis failed the round.
     pub(super) async fn wait(
         &self,
-        coupon: CouponId,
-        user: UserId,
-        request: Uuid,
+        shard: Shard,
+        admission: Option<(UserId, Uuid)>,
     ) -> redis::RedisResult<()> {
         let (answer, answered) = oneshot::channel();
         let waiting = Waiting {
-            coupon,
-            user,
-            request,
+            shard,
+            admission,
             answer,
         };
         let outcome = match self.sender.send(waiting) {
@@ -105,7 +103,7 @@ impl ReplicaAcks {
     }
 }
 
-/// Takes every admission queued since the last round and fences and waits for each coupon of
+/// Takes every admission queued since the last round and fences and waits for each shard of
 /// them at once, until the queue closes.
 async fn rounds(
     mut receiver: mpsc::UnboundedReceiver<Waiting>,
@@ -116,19 +114,19 @@ async fn rounds(
 ) {
     let fence = Arc::new(Script::new(include_str!("fence.lua")));
     while let Some(first) = receiver.recv().await {
-        let mut round: HashMap<CouponId, Vec<Waiting>> = HashMap::new();
-        round.entry(first.coupon).or_default().push(first);
+        let mut round: HashMap<Shard, Vec<Waiting>> = HashMap::new();
+        round.entry(first.shard).or_default().push(first);
         while let Ok(next) = receiver.try_recv() {
-            round.entry(next.coupon).or_default().push(next);
+            round.entry(next.shard).or_default().push(next);
         }
         let started = Instant::now();
         let mut fenced = tokio::task::JoinSet::new();
-        for (coupon, waiting) in round {
+        for (shard, waiting) in round {
             fenced.spawn(fence_and_wait(
                 conn.clone(),
                 keys.clone(),
                 Arc::clone(&fence),
-                coupon,
+                shard,
                 waiting,
                 replicas,
                 timeout,
@@ -140,23 +138,23 @@ async fn rounds(
     }
 }
 
-/// One coupon's part of a round: `SCRIPT LOAD` (a promoted replica has no script cache), the
-/// fence, `WAIT`, in one pipeline to the node of the coupon's slot; then each admission's answer.
+/// One shard's part of a round: `SCRIPT LOAD` (a promoted replica has no script cache), the
+/// fence, `WAIT`, in one pipeline to the node of the shard's slot; then each admission's answer.
 async fn fence_and_wait(
     mut conn: RedisConnection,
     keys: RedisKeys,
     fence: Arc<Script>,
-    coupon: CouponId,
+    shard: Shard,
     waiting: Vec<Waiting>,
     replicas: u32,
     timeout: Duration,
 ) {
-    let mut invocation = fence.key(keys.pending(coupon));
-    invocation.key(keys.fence(coupon));
-    for w in &waiting {
+    let mut invocation = fence.key(keys.pending(shard));
+    invocation.key(keys.fence(shard));
+    for (user, request) in waiting.iter().filter_map(|w| w.admission) {
         invocation
-            .arg(w.user.get())
-            .arg(w.request.as_hyphenated().to_string());
+            .arg(user.get())
+            .arg(request.as_hyphenated().to_string());
     }
     let reply: redis::RedisResult<(Vec<i64>, u32)> = redis::pipe()
         .load_script(&fence)
@@ -169,10 +167,14 @@ async fn fence_and_wait(
         .await;
     match reply {
         Ok((held, acked)) => {
-            for (w, held) in waiting
-                .into_iter()
-                .zip(held.into_iter().chain(std::iter::repeat(0)))
-            {
+            let mut held = held.into_iter();
+            for w in waiting {
+                // A wait without an admission checks nothing: the fence covers its write.
+                let held = if w.admission.is_some() {
+                    held.next().unwrap_or(0)
+                } else {
+                    1
+                };
                 let answer = if held != 1 {
                     Err("not found on the slot's master (lost in a failover)".to_owned())
                 } else if acked < replicas {
