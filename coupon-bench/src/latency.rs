@@ -23,6 +23,12 @@ impl Latencies {
         self.0.saturating_record(micros.max(1));
     }
 
+    /// Adds every latency `other` recorded.
+    pub fn merge(&mut self, other: &Self) {
+        // Both histograms have the same bounds, so adding cannot fail.
+        let _ = self.0.add(&other.0);
+    }
+
     /// The summary in milliseconds.
     pub fn summary(&self) -> Summary {
         let ms = |q: f64| self.0.value_at_quantile(q) as f64 / 1e3;

@@ -1,11 +1,13 @@
 //! `coupon-bench`: benchmarks of couponrush against a running coupon-api and its stores.
 //! `coupon-bench issue` is the issue-path benchmark behind `make bench`, `coupon-bench codes`
-//! the code-coupon benchmark behind `make bench-codes`.
+//! the code-coupon benchmark behind `make bench-codes`, `coupon-bench shards` the hot coupon on
+//! a Redis Cluster by stock shards (also in `make bench`).
 
 mod ceiling;
 mod codes;
 mod issue;
 mod latency;
+mod shards;
 
 /// A client for the benchmarks' own API calls that sends `Authorization: Bearer {token}` with
 /// every request and keeps up to `idle` connections.
@@ -42,6 +44,9 @@ enum Command {
     /// The issue path against the machine's own limits: ceilings, all admitted, rejections,
     /// consumer drain, exactness.
     Issue(issue::IssueArgs),
+    /// Admissions per second of one hot coupon on a Redis Cluster with its stock in 1 and in K
+    /// shards, straight at Redis.
+    Shards(shards::ShardsArgs),
     /// The plain axum server of the issue benchmark's ceiling (started by `issue`).
     CeilingServer(ceiling::CeilingArgs),
 }
@@ -51,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Codes(args) => codes::run(args).await,
         Command::Issue(args) => issue::run(args).await,
+        Command::Shards(args) => shards::run(args).await,
         Command::CeilingServer(args) => ceiling::serve(args).await,
     }
 }

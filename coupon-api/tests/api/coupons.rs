@@ -71,6 +71,50 @@ async fn unlimited_policies_have_no_remaining_count() {
 }
 
 #[tokio::test]
+async fn a_policy_with_stock_shards_splits_its_stock_and_issues_it_all() {
+    let app = spawn_app().await;
+    let mut policy = testing::open_policy(6);
+    policy.stock_shards = 3;
+    let body = app.create_policy(&policy).await;
+    assert_eq!(body["stock_shards"], 3);
+    let id = body["id"].as_i64().unwrap();
+
+    let mut answers = Vec::new();
+    for user in 1..=10 {
+        answers.push(app.issue(id, user).await.status().as_u16());
+    }
+    assert_eq!(
+        answers.iter().filter(|&&s| s == 202).count(),
+        6,
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.iter().filter(|&&s| s == 409).count(),
+        4,
+        "{answers:?}"
+    );
+    let read: serde_json::Value = app
+        .client
+        .get(app.url(&format!("/api/v1/coupons/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["stock_shards"], 3);
+    assert_eq!(read["pending"], 6);
+    assert_eq!(read["remaining"], 0);
+    // A user admitted in their home shard is not admitted again.
+    let first = (1..=10)
+        .zip(&answers)
+        .find(|(_, &status)| status == 202)
+        .unwrap()
+        .0;
+    assert_error(app.issue(id, first).await, 409, "ALREADY_ISSUED").await;
+}
+
+#[tokio::test]
 async fn an_unknown_policy_is_404_coupon_not_found() {
     let app = spawn_app().await;
 
@@ -95,8 +139,25 @@ async fn policies_breaking_a_rule_are_422_and_store_nothing() {
     typo["totl_quantity"] = json!(5);
     let mut bad_type = serde_json::to_value(testing::open_policy(1)).unwrap();
     bad_type["coupon_type"] = json!("LOTTERY");
+    let mut no_shards = serde_json::to_value(testing::open_policy(10)).unwrap();
+    no_shards["stock_shards"] = json!(0);
+    let mut too_many_shards = serde_json::to_value(testing::open_policy(100)).unwrap();
+    too_many_shards["stock_shards"] = json!(65);
+    let mut more_shards_than_units = serde_json::to_value(testing::open_policy(3)).unwrap();
+    more_shards_than_units["stock_shards"] = json!(4);
+    let mut negative_shards = serde_json::to_value(testing::open_policy(10)).unwrap();
+    negative_shards["stock_shards"] = json!(-2);
 
-    for body in [zero_stock, backwards, typo, bad_type] {
+    for body in [
+        zero_stock,
+        backwards,
+        typo,
+        bad_type,
+        no_shards,
+        too_many_shards,
+        more_shards_than_units,
+        negative_shards,
+    ] {
         let response = app
             .client
             .post(app.url("/api/v1/coupons"))
