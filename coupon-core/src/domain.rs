@@ -171,13 +171,9 @@ pub struct NewCouponPolicy {
     /// Stock shards (count, 1 to 64; default 1): how many Redis hash slots the stock is split
     /// over, so one hot drop's admissions spread over several Redis Cluster masters. More than
     /// 1 needs a `total_quantity` of at least that many. Fixed once the policy exists.
-    #[serde(default = "one_shard")]
+    #[serde(default = "crate::issue::admission::one_shard")]
     #[schema(minimum = 1, maximum = 64)]
     pub stock_shards: u16,
-}
-
-fn one_shard() -> u16 {
-    1
 }
 
 fn default_true() -> bool {
@@ -355,7 +351,7 @@ pub struct CouponPolicy {
     pub version: i64,
     /// Stock shards of its Redis admission state (count, at least 1; see
     /// [`crate::issue::admission::StockShards`]).
-    #[serde(default = "one_shard")]
+    #[serde(default = "crate::issue::admission::one_shard")]
     pub stock_shards: u16,
 }
 

@@ -22,6 +22,14 @@ fn policy(id: i64, total: Option<i64>) -> CouponPolicy {
     testing::policy_row(id, total)
 }
 
+/// Members of `coupon`'s admission set (count).
+async fn set_size(store: &AdmissionStore, coupon: CouponId) -> i64 {
+    store
+        .admitted_count(StockShards::single(coupon))
+        .await
+        .unwrap()
+}
+
 fn user(id: i64) -> UserId {
     UserId::parse(id).unwrap()
 }
@@ -53,13 +61,7 @@ async fn a_user_is_admitted_once_and_then_told_already_issued() {
         admit(&store, p.id, user(7)).await,
         AdmitOutcome::AlreadyIssued
     );
-    assert_eq!(
-        store
-            .admitted_count(StockShards::single(p.id))
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(set_size(&store, p.id).await, 1);
 }
 
 #[tokio::test]
@@ -80,13 +82,7 @@ async fn the_last_unit_goes_to_exactly_one_user_and_then_it_is_sold_out() {
         admit(&store, p.id, user(1)).await,
         AdmitOutcome::AlreadyIssued
     );
-    assert_eq!(
-        store
-            .admitted_count(StockShards::single(p.id))
-            .await
-            .unwrap(),
-        2
-    );
+    assert_eq!(set_size(&store, p.id).await, 2);
 }
 
 #[tokio::test]
@@ -107,13 +103,7 @@ async fn concurrent_admissions_never_exceed_the_stock() {
         .filter(|o| **o == AdmitOutcome::Admitted)
         .count();
     assert_eq!(admitted, 25);
-    assert_eq!(
-        store
-            .admitted_count(StockShards::single(p.id))
-            .await
-            .unwrap(),
-        25
-    );
+    assert_eq!(set_size(&store, p.id).await, 25);
 }
 
 #[tokio::test]
@@ -129,13 +119,7 @@ async fn unlimited_coupons_admit_everyone_once() {
         admit(&store, p.id, user(300)).await,
         AdmitOutcome::AlreadyIssued
     );
-    assert_eq!(
-        store
-            .admitted_count(StockShards::single(p.id))
-            .await
-            .unwrap(),
-        300
-    );
+    assert_eq!(set_size(&store, p.id).await, 300);
 }
 
 #[tokio::test]
@@ -144,10 +128,7 @@ async fn a_coupon_without_redis_state_is_not_admitted() {
     let id = CouponId::parse(5).unwrap();
 
     assert_eq!(admit(&store, id, user(1)).await, AdmitOutcome::NotPrepared);
-    assert_eq!(
-        store.admitted_count(StockShards::single(id)).await.unwrap(),
-        0
-    );
+    assert_eq!(set_size(&store, id).await, 0);
 }
 
 #[tokio::test]
@@ -249,13 +230,7 @@ async fn a_repeat_while_pending_hears_in_progress_and_a_settled_admission_cannot
         .undo(StockShards::single(p.id), user(2), Uuid::now_v7())
         .await
         .unwrap());
-    assert_eq!(
-        store
-            .admitted_count(StockShards::single(p.id))
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(set_size(&store, p.id).await, 1);
 }
 
 #[tokio::test]
@@ -268,13 +243,7 @@ async fn preparing_a_new_coupon_clears_state_left_under_its_id() {
 
     store.prepare(&p).await.unwrap();
 
-    assert_eq!(
-        store
-            .admitted_count(StockShards::single(p.id))
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(set_size(&store, p.id).await, 0);
     assert_eq!(admit(&store, p.id, user(1)).await, AdmitOutcome::Admitted);
     assert_eq!(admit(&store, p.id, user(2)).await, AdmitOutcome::Admitted);
     assert_eq!(admit(&store, p.id, user(3)).await, AdmitOutcome::SoldOut);
@@ -308,24 +277,12 @@ async fn the_same_request_sent_again_hears_admitted_and_holds_one_unit() {
             .unwrap(),
         AdmitOutcome::InProgress
     );
-    assert_eq!(
-        store
-            .admitted_count(StockShards::single(p.id))
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(set_size(&store, p.id).await, 1);
     assert!(store
         .undo(StockShards::single(p.id), user(1), request)
         .await
         .unwrap());
-    assert_eq!(
-        store
-            .admitted_count(StockShards::single(p.id))
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(set_size(&store, p.id).await, 0);
 }
 
 #[tokio::test]
@@ -371,14 +328,7 @@ async fn admissions_no_replica_acknowledged_are_undone_and_reported_as_timeouts(
             .all(|o| o.as_ref().is_err_and(redis::RedisError::is_timeout)),
         "{outcomes:?}"
     );
-    assert_eq!(
-        store
-            .admitted_count(StockShards::single(p.id))
-            .await
-            .unwrap(),
-        0,
-        "every one undone"
-    );
+    assert_eq!(set_size(&store, p.id).await, 0, "every one undone");
 }
 
 #[tokio::test]
@@ -473,13 +423,7 @@ async fn admissions_acknowledged_by_a_replica_survive_the_loss_of_their_master()
         .await
         .unwrap_err();
     assert!(err.is_timeout(), "{err}");
-    assert_eq!(
-        store
-            .admitted_count(StockShards::single(p.id))
-            .await
-            .unwrap(),
-        200
-    );
+    assert_eq!(set_size(&store, p.id).await, 200);
 
     cluster.restart(master).await;
     assert_eq!(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coupon_core::domain::{CouponPolicy, UserId};
-use coupon_core::issue::admission::{AdmissionStore, AdmitOutcome, RedisKeys, StockShards};
+use coupon_core::issue::admission::{AdmissionStore, AdmitOutcome, RedisKeys, Shard, StockShards};
 use coupon_core::store::redis::RedisConnection;
 use coupon_core::testing;
 use futures::StreamExt;
@@ -182,6 +182,22 @@ async fn an_undone_admission_returns_its_unit_to_the_home_shard() {
     assert_eq!(state.iter().map(|(stock, _)| stock).sum::<i64>(), 4);
 }
 
+/// Deletes every key of `shard`, as a Redis that lost its data would.
+async fn lose(store: &AdmissionStore, conn: &RedisConnection, shard: Shard) {
+    let keys = store.keys();
+    let _: () = conn
+        .clone()
+        .del(&[
+            keys.stock(shard),
+            keys.admission_set(shard),
+            keys.pending(shard),
+            keys.lent(shard),
+            keys.borrowed(shard),
+        ])
+        .await
+        .unwrap();
+}
+
 /// Runs the first step of a transfer (the donor's loan) without the second, as a process
 /// killed between the two would leave it.
 async fn lend_only(
@@ -257,19 +273,8 @@ async fn a_rebuild_of_every_shard_keeps_the_holders_and_shares_the_units_left() 
     let admitted = race(std::slice::from_ref(&store), &policy, &first).await;
     assert_eq!(admitted.len(), 60);
     // Redis loses everything (a restart without persistence).
-    let mut raw = conn.clone();
     for shard in shards.all() {
-        let keys = store.keys();
-        let _: () = raw
-            .del(&[
-                keys.stock(shard),
-                keys.admission_set(shard),
-                keys.pending(shard),
-                keys.lent(shard),
-                keys.borrowed(shard),
-            ])
-            .await
-            .unwrap();
+        lose(&store, &conn, shard).await;
     }
     assert!(!store.is_prepared(shards).await.unwrap());
     let rebuilt = Arc::new(admitted);
@@ -300,19 +305,7 @@ async fn a_rebuild_of_one_lost_shard_never_over_issues() {
     let admitted = race(std::slice::from_ref(&store), &policy, &users).await;
     assert_eq!(admitted.len(), 25);
     // Shard 0 comes back empty (its master restarted without data and without a replica).
-    let lost = shards.shard(0);
-    let keys = store.keys();
-    let _: () = conn
-        .clone()
-        .del(&[
-            keys.stock(lost),
-            keys.admission_set(lost),
-            keys.pending(lost),
-            keys.lent(lost),
-            keys.borrowed(lost),
-        ])
-        .await
-        .unwrap();
+    lose(&store, &conn, shards.shard(0)).await;
     assert!(store.restore(&policy, &admitted).await.unwrap());
     assert_eq!(store.admitted_count(shards).await.unwrap(), 25);
     // Everybody races again: the holders are refused, and at most the 15 units nobody held go.

@@ -22,11 +22,7 @@ async fn app_on(redis: &OwnRedis) -> TestApp {
 
 async fn admitted(app: &TestApp, coupon: i64) -> i64 {
     let coupon = CouponId::parse(coupon).unwrap();
-    app.state
-        .admission
-        .admitted_count(StockShards::single(coupon))
-        .await
-        .unwrap()
+    app.admitted_count(coupon).await
 }
 
 #[tokio::test]

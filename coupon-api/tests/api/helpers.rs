@@ -125,6 +125,15 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Members of unsharded `coupon`'s admission set (count).
+    pub async fn admitted_count(&self, coupon: CouponId) -> i64 {
+        self.state
+            .admission
+            .admitted_count(StockShards::single(coupon))
+            .await
+            .unwrap()
+    }
+
     /// Broadcasts that `coupon` sold out, as coupon-consumer does once MySQL holds its stock.
     /// On a cluster PUBLISH counts only the receivers on the node it reached, so the count is
     /// not returned: a caller waits for the mark to show it was heard.

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use coupon_core::domain::CouponId;
-use coupon_core::issue::admission::StockShards;
 use coupon_core::testing;
 use futures::StreamExt;
 use serde_json::Value;
@@ -30,11 +29,7 @@ async fn instances(n: usize) -> Vec<TestApp> {
 /// `SCARD` of `coupon`'s admission set, as `app` reads it.
 async fn admitted(app: &TestApp, coupon: i64) -> i64 {
     let coupon = CouponId::parse(coupon).unwrap();
-    app.state
-        .admission
-        .admitted_count(StockShards::single(coupon))
-        .await
-        .unwrap()
+    app.admitted_count(coupon).await
 }
 
 #[tokio::test]

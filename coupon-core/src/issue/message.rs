@@ -23,16 +23,11 @@ pub struct IssueMessage {
     pub admitted_at: DateTime<Utc>,
     /// The coupon's stock shards (count; absent means 1), so the consumer finds the user's
     /// home shard without reading the policy.
-    #[serde(default = "one_shard", skip_serializing_if = "is_one_shard")]
+    #[serde(
+        default = "crate::issue::admission::one_shard",
+        skip_serializing_if = "crate::issue::admission::is_one_shard"
+    )]
     pub stock_shards: u16,
-}
-
-fn one_shard() -> u16 {
-    1
-}
-
-fn is_one_shard(count: &u16) -> bool {
-    *count == 1
 }
 
 impl IssueMessage {

@@ -209,11 +209,15 @@ pub struct Invalidation {
     pub stock_shards: u16,
 }
 
-fn one_shard() -> u16 {
+/// The serde default of a `stock_shards` field: 1 (unsharded), the count of every policy,
+/// message and broadcast written before stock shards existed.
+pub(crate) fn one_shard() -> u16 {
     1
 }
 
-fn is_one_shard(count: &u16) -> bool {
+/// Whether a `stock_shards` field is left out when serialised (1), so unsharded messages keep
+/// their shape.
+pub(crate) fn is_one_shard(count: &u16) -> bool {
     *count == 1
 }
 
