@@ -5,9 +5,13 @@
 # the broker's produce and consume rates), (b) the issue endpoint with every request admitted,
 # (c) the rejection path (sold out, repeat users), (d) the consumer's drain rate into MySQL,
 # and the exactness of every coupon it touched. See coupon-bench/src/issue/mod.rs.
-# Then `coupon-bench shards` measures one hot coupon on the local Redis Cluster (started here if
-# needed) with its stock in 1 and in 3 shards (coupon-bench/src/shards.rs).
-# Results: bench/results/issue.{json,md} and shards.{json,md}. Takes about 11 minutes on 2 cores.
+# Then, on the local Redis Cluster (started here if needed), `coupon-bench scale` measures figure
+# (b) with 1 and 2 coupon-api processes on one node and on the cluster (and with
+# REDIS_WAIT_REPLICAS=1) and the drain with 1 and 2 consumers, with every process's CPU per
+# request (coupon-bench/src/issue/scale.rs), and `coupon-bench shards` one hot coupon with its
+# stock in 1 and in 3 shards (coupon-bench/src/shards.rs).
+# Results: bench/results/issue.{json,md}, scale.{json,md} and shards.{json,md}. Takes about
+# 18 minutes on 2 cores.
 # Fails (non-zero exit) if a figure errors, a request fails, or a coupon is inexact.
 #
 #   scripts/bench.sh           the full benchmark
@@ -45,10 +49,18 @@ cargo build --release --locked -p coupon-api -p coupon-consumer -p coupon-demo -
 # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
 target/release/coupon-bench issue "${mode_args[@]}" ${BENCH_ARGS:-}
 
-# One hot coupon on the local Redis Cluster with its stock in 1 and in 3 shards, straight at
-# Redis (coupon-bench/src/shards.rs): results in shards.{json,md} beside issue.{json,md}.
+# On the local Redis Cluster: the issue path at scale (coupon-bench/src/issue/scale.rs), then one
+# hot coupon with its stock in 1 and in 3 shards, straight at Redis (coupon-bench/src/shards.rs):
+# results in scale.{json,md} and shards.{json,md} beside issue.{json,md}.
 REDIS_MODE=cluster scripts/stack.sh up
 case "${1:-}" in
-  --smoke) target/release/coupon-bench shards --seconds 1 --out-dir .local/bench/smoke ;;
-  *) target/release/coupon-bench shards ;;
+  --smoke)
+    target/release/coupon-bench scale --runs 1 --seconds 2 --warmup-seconds 1 \
+      --drain-messages 20000 --out-dir .local/bench/smoke
+    target/release/coupon-bench shards --seconds 1 --out-dir .local/bench/smoke
+    ;;
+  *)
+    target/release/coupon-bench scale
+    target/release/coupon-bench shards
+    ;;
 esac

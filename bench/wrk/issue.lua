@@ -10,6 +10,7 @@
 -- COUNT  ids to cycle through (cycle only)
 -- THREADS  wrk's -t (cycle only: thread t sends the ids t, t + THREADS, ... of the range)
 --
+-- BENCH_ADDRS (see setup below) sends each thread to one of several servers.
 -- The environment variable BENCH_TOKEN, when set, is sent as `Authorization: Bearer ...`:
 -- coupon-bench mints one admin token, which acts for the user each body names (wrk cannot
 -- sign a token per user; coupon-api checks either kind with the same HS256 verification).
@@ -21,7 +22,18 @@
 
 local threads = {}
 
+-- BENCH_ADDRS, when set ("host:port,host:port"), spreads the load over several servers (several
+-- coupon-api instances): thread t connects to address t mod N, so run with -t a multiple of N.
+local spread = {}
+for host, port in string.gmatch(os.getenv("BENCH_ADDRS") or "", "([^,:]+):(%d+)") do
+  table.insert(spread, { host = host, port = port })
+end
+
 function setup(thread)
+  if #spread > 0 then
+    local target = spread[(#threads % #spread) + 1]
+    thread.addr = wrk.lookup(target.host, target.port)[1]
+  end
   thread:set("thread_index", #threads)
   table.insert(threads, thread)
 end

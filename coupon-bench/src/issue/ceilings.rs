@@ -65,7 +65,8 @@ async fn axum(bench: &Bench) -> anyhow::Result<Figure> {
     command
         .args(["ceiling-server", "--listen", &format!("127.0.0.1:{port}")])
         .env("JWT_SECRET", &bench.jwt_secret);
-    let server = bench.spawn("ceiling-server", command)?;
+    // Its CPU is sampled as coupon-api's, the server it stands in for.
+    let server = bench.spawn("ceiling-server", crate::cpu::Part::Api, command)?;
     wait_for("the ceiling server", Duration::from_secs(10), || async {
         tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -110,7 +111,7 @@ async fn redis(bench: &Bench) -> anyhow::Result<(Figure, Figure, f64)> {
         .arg(-1)
         .query_async(&mut conn)
         .await?;
-    let commandstats = |conn: redis::aio::MultiplexedConnection| async move {
+    let commandstats = |conn: coupon_core::store::redis::RedisConnection| async move {
         let info: String = redis::cmd("INFO")
             .arg("commandstats")
             .query_async(&mut conn.clone())
@@ -146,6 +147,7 @@ async fn redis(bench: &Bench) -> anyhow::Result<(Figure, Figure, f64)> {
         let mut runs = Vec::new();
         for _ in 0..bench.args.runs {
             let before = commandstats(conn.clone()).await?;
+            let cpu_before = bench.processes.sample();
             let output = Command::new("redis-benchmark")
                 .args(["-h", &bench.args.redis_host])
                 .args(["-p", &bench.args.redis_port.to_string()])
@@ -164,6 +166,7 @@ async fn redis(bench: &Bench) -> anyhow::Result<(Figure, Figure, f64)> {
                 ])
                 .output()
                 .context("running redis-benchmark (apt-get install redis-tools)")?;
+            let cpu_after = bench.processes.sample();
             let after = commandstats(conn.clone()).await?;
             ensure!(
                 output.status.success(),
@@ -193,6 +196,8 @@ async fn redis(bench: &Bench) -> anyhow::Result<(Figure, Figure, f64)> {
                 max_ms: fields[6],
                 // Calls the script refused or failed in (NOSCRIPT, a Lua error).
                 errors: (after.failed - before.failed) as u64,
+                // redis-benchmark is the load generator here.
+                cpu: cpu_before.per_request(&cpu_after, bench.args.redis_calls),
             });
             // UNLINK: the set holds about a million members; Redis frees it off its main
             // thread instead of blocking the next calls.
@@ -251,9 +256,12 @@ pub(super) async fn measure_kafka(bench: &Bench) -> anyhow::Result<(Figure, Figu
         let started = Instant::now();
         let first_user = user + 1;
         user += args.produce_messages as i64;
+        let cpu_before = bench.processes.sample();
         let (failures, latencies) =
             publish_users(&publisher, coupon, first_user..=user, produce_concurrency).await;
         let elapsed = started.elapsed().as_secs_f64();
+        // The producer is this process, not a sampled one: the broker's share is what counts.
+        let cpu = cpu_before.per_request(&bench.processes.sample(), args.produce_messages as u64);
         let summary = latencies.summary();
         let run = Run {
             requests: args.produce_messages as u64,
@@ -263,6 +271,7 @@ pub(super) async fn measure_kafka(bench: &Bench) -> anyhow::Result<(Figure, Figu
             p999_ms: summary.p999_ms,
             max_ms: summary.max_ms,
             errors: failures as u64,
+            cpu,
         };
         eprintln!(
             "[bench] kafka produce: {:.0} msg/s, p99 {:.2} ms",

@@ -3,8 +3,10 @@
 
 use serde::Serialize;
 
-/// One load run: rate, latency (ms) and failures.
-#[derive(Debug, Clone, Copy, Serialize)]
+use crate::cpu::CpuPerRequest;
+
+/// One load run: rate, latency (ms), failures and the CPU it cost.
+#[derive(Debug, Clone, Serialize)]
 pub(super) struct Run {
     pub(super) requests: u64,
     pub(super) rps: f64,
@@ -14,6 +16,9 @@ pub(super) struct Run {
     pub(super) max_ms: f64,
     /// Transport errors, timeouts and answers other than the expected outcome (count).
     pub(super) errors: u64,
+    /// CPU µs per request of each process, over the load generator's run (none for runs
+    /// measured without one).
+    pub(super) cpu: Option<CpuPerRequest>,
 }
 
 impl Run {
@@ -27,6 +32,7 @@ impl Run {
             p999_ms: f64::NAN,
             max_ms: f64::NAN,
             errors: 0,
+            cpu: None,
         }
     }
 }
@@ -43,6 +49,8 @@ pub(super) struct Figure {
     pub(super) p99_ms: f64,
     pub(super) p999_ms: f64,
     pub(super) errors: u64,
+    /// The median run's CPU per request.
+    pub(super) cpu: Option<CpuPerRequest>,
     pub(super) note: String,
 }
 
@@ -50,7 +58,7 @@ impl Figure {
     pub(super) fn new(name: &str, runs: Vec<Run>, note: String) -> Self {
         let mut by_rate = runs.clone();
         by_rate.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-        let median = by_rate[by_rate.len() / 2];
+        let median = by_rate[by_rate.len() / 2].clone();
         Self {
             name: name.to_owned(),
             rps_min: by_rate[0].rps,
@@ -60,6 +68,7 @@ impl Figure {
             p99_ms: median.p99_ms,
             p999_ms: median.p999_ms,
             errors: runs.iter().map(|r| r.errors).sum(),
+            cpu: median.cpu,
             runs,
             note,
         }

@@ -1,9 +1,9 @@
 //! What every figure of the issue benchmark shares: the benchmark's stores and token
-//! ([`Bench`]), the services it starts ([`Service`]), the coupons it creates, the load runs
+//! ([`Bench`]; the services it starts are in [`super::services`]), the coupons it creates, the load runs
 //! it drives with wrk, and the outcome counts it reads from coupon-api's metrics.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
@@ -13,50 +13,17 @@ use coupon_core::domain::{CouponId, UserId};
 use coupon_core::issue::admission::{AdmissionStore, AdmitOutcome, RedisKeys, StockShards};
 use coupon_core::issue::message::IssueMessage;
 use coupon_core::store::kafka::IssuePublisher;
+use coupon_core::store::redis::RedisConnection;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use sqlx::MySqlPool;
 use uuid::Uuid;
 
 use super::figure::Run;
+use super::services::{redis_pids, redis_url};
 use super::wrk::{wrk, UserPlan};
 use super::IssueArgs;
-
-/// A child process stopped (SIGTERM, then waited for) when dropped.
-pub(super) struct Service {
-    name: &'static str,
-    child: Child,
-}
-
-impl Service {
-    pub(super) fn stop(mut self) {
-        self.terminate();
-    }
-
-    fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("[bench] {} ignored SIGTERM; killing it", self.name);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.terminate();
-        }
-    }
-}
+use crate::cpu::{Part, Processes};
 
 /// The benchmark's own stores, names and token, shared by every figure.
 pub(super) struct Bench {
@@ -69,7 +36,14 @@ pub(super) struct Bench {
     /// user, and checking one costs coupon-api the same HS256 verification as a user token.
     pub(super) token: String,
     pub(super) pool: MySqlPool,
-    pub(super) redis: redis::aio::MultiplexedConnection,
+    /// A connection to `--redis-mode` Redis at `--redis-host`:`--redis-port`.
+    pub(super) redis: RedisConnection,
+    /// The processes whose CPU each load run reads: the started services, every Redis node,
+    /// the broker, MariaDB, and (as this process's children) the load generator.
+    pub(super) processes: Processes,
+    /// coupon-api instances running (count): [`Self::outcomes`] sums over them, and a load run
+    /// against [`Self::api_base`] spreads its wrk threads over them.
+    pub(super) instances: AtomicUsize,
     pub(super) prefix: String,
     pub(super) issue_topic: String,
     pub(super) group: String,
@@ -94,13 +68,21 @@ impl Bench {
             .execute(&admin)
             .await?;
         let tag = Uuid::new_v4().simple().to_string();
-        let redis_client =
-            redis::Client::open(format!("redis://{}:{}", args.redis_host, args.redis_port))?;
         // redis-rs bounds every reply by 500 ms unless told otherwise; deleting the
         // redis-benchmark run's set of a million members took longer on 2 busy cores
         // ("Error: timed out"). Nothing measured goes through this connection.
-        let redis_config =
-            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+        let redis = coupon_core::store::redis::connect(
+            args.redis_mode,
+            &redis_url(&args),
+            Duration::from_secs(30),
+        )
+        .await?;
+        let processes = Processes::default();
+        for pid in redis_pids(&redis, &args).await? {
+            processes.add(Part::Redis, pid);
+        }
+        processes.add_named(Part::Broker, &["tansu"]);
+        processes.add_named(Part::Mysql, &["mariadbd", "mysqld"]);
         let jwt_secret = format!("bench-{}", Uuid::new_v4().simple());
         let token = TokenSigner::hs256(&jwt_secret).mint("coupon-bench", Role::Admin, 86_400)?;
         Ok(Self {
@@ -108,9 +90,9 @@ impl Bench {
             jwt_secret,
             token,
             pool: MySqlPool::connect(&args.database_url).await?,
-            redis: redis_client
-                .get_multiplexed_async_connection_with_config(&redis_config)
-                .await?,
+            redis,
+            processes,
+            instances: AtomicUsize::new(0),
             prefix: format!("bench:{}:", &tag[..8]),
             issue_topic: format!("bench-issues-{tag}"),
             group: format!("bench-consumer-{tag}"),
@@ -118,81 +100,9 @@ impl Bench {
         })
     }
 
+    /// The first coupon-api instance's address.
     pub(super) fn api_base(&self) -> String {
         format!("http://127.0.0.1:{}", self.args.api_port)
-    }
-
-    pub(super) fn metrics_port(&self) -> u16 {
-        self.args.api_port + 1000
-    }
-
-    pub(super) fn service_env(&self, command: &mut Command) {
-        command
-            .env("DATABASE_URL", &self.args.database_url)
-            .env(
-                "REDIS_URL",
-                format!("redis://{}:{}", self.args.redis_host, self.args.redis_port),
-            )
-            .env("REDIS_KEY_PREFIX", &self.prefix)
-            .env("KAFKA_BROKERS", &self.args.kafka_brokers)
-            .env("KAFKA_ISSUE_TOPIC", &self.issue_topic)
-            .env("KAFKA_ISSUE_PARTITIONS", self.args.partitions.to_string())
-            .env("JWT_SECRET", &self.jwt_secret)
-            // wrk is one client address: the per-address limit would refuse most requests.
-            .env("RATE_LIMITS", "off")
-            .env("RUST_LOG", "warn,coupon_consumer=info");
-    }
-
-    pub(super) fn spawn(
-        &self,
-        name: &'static str,
-        mut command: Command,
-    ) -> anyhow::Result<Service> {
-        std::fs::create_dir_all(&self.args.log_dir)?;
-        let log = std::fs::File::create(self.args.log_dir.join(format!("{name}.log")))?;
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Service { name, child })
-    }
-
-    pub(super) async fn start_api(&self) -> anyhow::Result<Service> {
-        let mut command = Command::new(&self.args.api_bin);
-        self.service_env(&mut command);
-        command
-            .env("API_LISTEN", format!("127.0.0.1:{}", self.args.api_port))
-            .env(
-                "METRICS_LISTEN",
-                format!("127.0.0.1:{}", self.metrics_port()),
-            );
-        let service = self.spawn("coupon-api", command)?;
-        let ready = format!("{}/ready", self.api_base());
-        wait_for("coupon-api /ready", Duration::from_secs(60), || async {
-            let response = self.http.get(&ready).send().await.ok()?;
-            response.status().is_success().then_some(())
-        })
-        .await?;
-        Ok(service)
-    }
-
-    /// coupon-consumer on `topic` (the issue topic unless given) in `group`.
-    pub(super) fn start_consumer(
-        &self,
-        topic: Option<&str>,
-        group: &str,
-    ) -> anyhow::Result<Service> {
-        let mut command = Command::new(&self.args.consumer_bin);
-        self.service_env(&mut command);
-        command
-            .env("KAFKA_ISSUE_TOPIC", topic.unwrap_or(&self.issue_topic))
-            .env("KAFKA_CONSUMER_GROUP", group)
-            .env(
-                "METRICS_LISTEN",
-                format!("127.0.0.1:{}", self.metrics_port() + 1),
-            );
-        self.spawn("coupon-consumer", command)
     }
 
     /// Waits until the consumer's outbox relay published every event (each persisted issue
@@ -211,20 +121,25 @@ impl Bench {
         .await
     }
 
-    /// `coupon_issue_requests_total` by outcome, from the API's exporter.
+    /// `coupon_issue_requests_total` by outcome, from the exporters of every running API
+    /// instance, summed.
     pub(super) async fn outcomes(&self) -> anyhow::Result<BTreeMap<String, u64>> {
-        let text = self
-            .http
-            .get(format!("http://127.0.0.1:{}/metrics", self.metrics_port()))
-            .send()
-            .await?
-            .text()
-            .await?;
         let mut outcomes = BTreeMap::new();
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("coupon_issue_requests_total{outcome=\"") {
-                if let Some((outcome, value)) = rest.split_once("\"} ") {
-                    outcomes.insert(outcome.to_owned(), value.trim().parse::<f64>()? as u64);
+        for index in 0..self.instances.load(Ordering::Relaxed).max(1) {
+            let port = self.api_port(index) + 1000;
+            let text = self
+                .http
+                .get(format!("http://127.0.0.1:{port}/metrics"))
+                .send()
+                .await?
+                .text()
+                .await?;
+            for line in text.lines() {
+                if let Some(rest) = line.strip_prefix("coupon_issue_requests_total{outcome=\"") {
+                    if let Some((outcome, value)) = rest.split_once("\"} ") {
+                        *outcomes.entry(outcome.to_owned()).or_insert(0) +=
+                            value.trim().parse::<f64>()? as u64;
+                    }
                 }
             }
         }
@@ -233,6 +148,24 @@ impl Bench {
             "no coupon_issue_requests_total in the API's metrics"
         );
         Ok(outcomes)
+    }
+
+    /// Rows coupon-consumer number `index` inserted so far
+    /// (`coupon_consumer_rows_inserted_total` of its exporter).
+    pub(super) async fn consumer_rows(&self, index: usize) -> anyhow::Result<u64> {
+        let port = self.api_port(index) + 1001;
+        let text = self
+            .http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix("coupon_consumer_rows_inserted_total "))
+            .with_context(|| format!("no coupon_consumer_rows_inserted_total on :{port}"))?;
+        Ok(value.trim().parse::<f64>()? as u64)
     }
 
     /// [`Self::outcomes`] once no request is still in flight: wrk stops with requests open,
@@ -308,16 +241,7 @@ impl Bench {
         coupon: CouponId,
         users: std::ops::RangeInclusive<i64>,
     ) -> anyhow::Result<u64> {
-        let redis_url = format!("redis://{}:{}", self.args.redis_host, self.args.redis_port);
-        let store = AdmissionStore::new(
-            coupon_core::store::redis::connect(
-                coupon_core::store::redis::RedisMode::Single,
-                &redis_url,
-                Duration::from_secs(2),
-            )
-            .await?,
-            RedisKeys::new(self.prefix.clone()),
-        );
+        let store = self.admission_store();
         let publisher = IssuePublisher::new(
             &self.args.kafka_brokers,
             &self.issue_topic,
@@ -352,6 +276,11 @@ impl Bench {
             .await
     }
 
+    /// The API's admission calls on the benchmark's Redis connection and key prefix.
+    pub(super) fn admission_store(&self) -> AdmissionStore {
+        AdmissionStore::new(self.redis.clone(), RedisKeys::new(self.prefix.clone()))
+    }
+
     pub(super) async fn issued_quantity(&self, coupon: CouponId) -> anyhow::Result<i64> {
         Ok(
             sqlx::query_scalar("SELECT issued_quantity FROM coupons WHERE id = ?")
@@ -369,8 +298,10 @@ impl Bench {
             .await?)
     }
 
-    /// One wrk run against `base` + `path`; `expected` is the outcome every answer should have
-    /// (None for the ceiling server, which has no outcomes).
+    /// One wrk run against `base` + `path` (against every running API instance when `base` is
+    /// [`Self::api_base`]); `expected` is the outcome every answer should have (None for the
+    /// ceiling server, which has no outcomes). The run's CPU per request is read over wrk's
+    /// run.
     pub(super) async fn load_run(
         &self,
         base: &str,
@@ -383,7 +314,25 @@ impl Bench {
             Some(_) => Some(self.outcomes().await?),
             None => None,
         };
-        let wrk = wrk(&self.args, base, path, users, seconds, &self.token)?;
+        // Several API instances: wrk's threads take them in turn.
+        let instances = self.instances.load(Ordering::Relaxed);
+        let spread = (base == self.api_base() && instances > 1).then(|| {
+            (0..instances)
+                .map(|i| format!("127.0.0.1:{}", self.api_port(i)))
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        let cpu_before = self.processes.sample();
+        let wrk = wrk(
+            &self.args,
+            base,
+            spread.as_deref(),
+            path,
+            users,
+            seconds,
+            &self.token,
+        )?;
+        let cpu = cpu_before.per_request(&self.processes.sample(), wrk.requests);
         let errors_http = match (expected, before) {
             (Some(outcome), Some(before)) => {
                 let after = self.settled_outcomes().await?;
@@ -411,6 +360,7 @@ impl Bench {
                 + wrk.read_errors
                 + wrk.write_errors
                 + wrk.timeouts,
+            cpu,
         })
     }
 

@@ -30,15 +30,19 @@ mod figure;
 mod harness;
 mod rejections;
 mod report;
+mod scale;
+mod services;
 mod wrk;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, ensure};
+use coupon_core::store::redis::RedisMode;
 
 use harness::{wait_for, Bench};
 use report::Report;
+pub use scale::{run as run_scale, ScaleArgs};
 
 /// Stock of the coupons that must never sell out during a run (count).
 const OPEN_STOCK: i64 = 1_000_000_000;
@@ -97,6 +101,10 @@ pub struct IssueArgs {
     /// Redis port.
     #[arg(long, default_value_t = 6379)]
     redis_port: u16,
+    /// What `--redis-host`:`--redis-port` is: one node, or a seed node of a Redis Cluster
+    /// (then every figure but the ceilings can run: redis-benchmark speaks to one node).
+    #[arg(long, value_enum, default_value_t = RedisMode::Single)]
+    redis_mode: RedisMode,
     /// Kafka bootstrap servers.
     #[arg(long, default_value = "127.0.0.1:9092")]
     kafka_brokers: String,
@@ -123,6 +131,11 @@ pub struct IssueArgs {
 /// report is still written first).
 pub async fn run(args: IssueArgs) -> anyhow::Result<()> {
     ensure!(args.runs >= 1, "--runs must be at least 1");
+    ensure!(
+        args.redis_mode == RedisMode::Single || args.only.is_some(),
+        "the whole benchmark needs one Redis node (its ceilings run redis-benchmark); \
+         on a cluster, --only one part"
+    );
     let bench = Bench::connect(args).await?;
     if let Some(part) = bench.args.only.as_deref() {
         return only(&bench, part).await;

@@ -15,6 +15,7 @@ use super::figure::Figure;
 use super::harness::Bench;
 use super::rejections::Rejection;
 use super::IssueArgs;
+use crate::cpu::CpuPerRequest;
 
 /// A coupon a figure issued, for the exactness check.
 #[derive(Debug, Clone, Copy)]
@@ -246,6 +247,24 @@ impl Report {
                 ms(f.p999_ms),
                 f.errors,
                 f.note
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nCPU per request (µs of CPU, per message for the broker ceilings, per row for the \
+             drain) of each kind of process over each figure's median run, read from \
+             `/proc/<pid>/stat`; the load generator (wrk or redis-benchmark) is the benchmark's \
+             waited-for children; the broker ceilings' producer and consumer are this process, \
+             not counted.\n\n| figure | {} |\n| --- |{}",
+            CpuPerRequest::header(),
+            " ---: |".repeat(7)
+        );
+        for f in self.figures.iter().filter(|f| f.cpu.is_some()) {
+            let _ = writeln!(
+                md,
+                "| {} | {} |",
+                f.name,
+                CpuPerRequest::cells(f.cpu.as_ref())
             );
         }
         let _ = writeln!(

@@ -30,9 +30,15 @@ pub(super) struct WrkResult {
     pub(super) max_us: u64,
 }
 
+/// Runs wrk with `bench/wrk/issue.lua` against `base` + `path` for `seconds`; with `spread`
+/// (`host:port,host:port,…`), wrk's threads connect to those servers in turn instead.
+///
+/// # Errors
+/// wrk is missing or printed no result line.
 pub(super) fn wrk(
     args: &IssueArgs,
     base: &str,
+    spread: Option<&str>,
     path: &str,
     users: &UserPlan,
     seconds: u64,
@@ -44,6 +50,7 @@ pub(super) fn wrk(
     };
     let output = Command::new("wrk")
         .env("BENCH_TOKEN", token)
+        .env("BENCH_ADDRS", spread.unwrap_or(""))
         .arg(format!("-t{}", args.threads))
         .arg(format!("-c{}", args.connections))
         .arg(format!("-d{seconds}s"))
