@@ -25,29 +25,24 @@ const PREFILL_CHUNK: i64 = 5_000;
 /// # Errors
 /// A store or the broker failed, or a run did not drain in time.
 pub(super) async fn figure(bench: &Bench) -> anyhow::Result<Figure> {
-    figure_with(bench, 1).await
+    let mut runs = Vec::new();
+    for _ in 0..bench.args.runs {
+        runs.push(run(bench, 1).await?);
+    }
+    Ok(figure_of(bench, 1, runs))
 }
 
-/// `--runs` drain runs with `consumers` coupon-consumer processes in one group, one topic and
-/// group per run.
-///
-/// # Errors
-/// A store or the broker failed, or a run did not drain in time.
-pub(super) async fn figure_with(bench: &Bench, consumers: usize) -> anyhow::Result<Figure> {
-    let mut runs = Vec::new();
-    let mut shares = Vec::new();
-    for _ in 0..bench.args.runs {
-        let (run, by_consumer) = run(bench, consumers).await?;
-        runs.push(run);
-        shares.push(format!("{by_consumer:?}"));
-    }
+/// The figure of drain runs with `consumers` consumers, each with the rows every consumer
+/// inserted.
+pub(super) fn figure_of(bench: &Bench, consumers: usize, runs: Vec<(Run, Vec<u64>)>) -> Figure {
+    let shares: Vec<String> = runs.iter().map(|(_, by)| format!("{by:?}")).collect();
     let name = match consumers {
         1 => "(d) consumer drain into MySQL (rows/s)".to_owned(),
         n => format!("(d) drain into MySQL, {n} consumers (rows/s)"),
     };
-    Ok(Figure::new(
+    Figure::new(
         &name,
-        runs,
+        runs.into_iter().map(|(run, _)| run).collect(),
         format!(
             "up to {} issue messages (5 s of publishing) pre-filled per run while the group's \
              members were stopped; from the first persisted row to the last; rows by consumer, \
@@ -55,14 +50,14 @@ pub(super) async fn figure_with(bench: &Bench, consumers: usize) -> anyhow::Resu
             bench.args.drain_messages,
             shares.join(", ")
         ),
-    ))
+    )
 }
 
 /// One drain run, and the rows each consumer inserted: a new coupon and topic, `consumers` consumers in a new group, stopped once
 /// each holds partitions; up to `--drain-messages` issue messages (at most 5 s of publishing)
 /// published to the topic as the API would, one per user; then the consumers continue. Rows/s
 /// and CPU per row from the first persisted row to the last.
-async fn run(bench: &Bench, consumers: usize) -> anyhow::Result<(Run, Vec<u64>)> {
+pub(super) async fn run(bench: &Bench, consumers: usize) -> anyhow::Result<(Run, Vec<u64>)> {
     let args = &bench.args;
     let wanted = args.drain_messages as i64;
     let coupon = bench.create_coupon(wanted).await?;
@@ -130,10 +125,6 @@ async fn run(bench: &Bench, consumers: usize) -> anyhow::Result<(Run, Vec<u64>)>
     let elapsed = first_at.elapsed().as_secs_f64();
     let drained = (total - first_count) as u64;
     let cpu = cpu_before.per_request(&bench.processes.sample(), drained);
-    let mut by_consumer = Vec::new();
-    for index in 0..consumers {
-        by_consumer.push(bench.consumer_rows(index).await?);
-    }
     let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM coupon_issues WHERE coupon_id = ?")
         .bind(coupon.get())
         .fetch_one(&bench.pool)
@@ -143,13 +134,18 @@ async fn run(bench: &Bench, consumers: usize) -> anyhow::Result<(Run, Vec<u64>)>
         rows == total && issued_quantity == total,
         "drain inexact: {total} messages, {rows} rows, issued_quantity {issued_quantity}"
     );
+    // Let the outbox relay publish this run's ISSUED events, so the next run starts clean.
+    bench.outbox_relayed().await?;
+    // Read after the relay: a consumer counts a batch's rows just after its commit.
+    let mut by_consumer = Vec::new();
+    for index in 0..consumers {
+        by_consumer.push(bench.consumer_rows(index).await?);
+    }
     ensure!(
         by_consumer.iter().all(|&n| n > 0),
         "a consumer of the group persisted nothing (rows by consumer: {by_consumer:?}): \
          the drain did not run on {consumers} consumers"
     );
-    // Let the outbox relay publish this run's ISSUED events, so the next run starts clean.
-    bench.outbox_relayed().await?;
     drop(services);
     let rps = drained as f64 / elapsed;
     eprintln!("[bench] (d) drain, {consumers} consumer(s): {total} rows, {rps:.0} rows/s, rows by consumer {by_consumer:?}");

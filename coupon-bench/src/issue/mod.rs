@@ -113,8 +113,9 @@ pub struct IssueArgs {
     #[arg(long, default_value_t = 3)]
     partitions: i32,
     /// Port of coupon-api (its metrics port is this + 1000, the consumer's this + 1001, the
-    /// ceiling server's this + 9).
-    #[arg(long, default_value_t = 8090)]
+    /// ceiling server's this + 9; further instances and consumers + 10 each). Not 8090: its
+    /// metrics port would be 9090, `make monitor`'s Prometheus.
+    #[arg(long, default_value_t = 8190)]
     api_port: u16,
     /// Where `issue.json` and `issue.md` go.
     #[arg(long, default_value = "bench/results")]

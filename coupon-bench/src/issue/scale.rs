@@ -8,7 +8,9 @@
 //!   waits for a replica's acknowledgement before its 202);
 //! - the consumer drain (d) with 1 and with 2 coupon-consumer processes in one group.
 //!
-//! Each setting gets a fresh database, key prefix and topic. Exactness: per (b) setting the
+//! Each setting gets its own database, key prefix, topic and ports; all settings' services run
+//! side by side and the runs go round-robin over the settings (after one warm-up each), so the
+//! machine's drift over the minutes of the run does not favour one setting. Exactness: per (b) setting the
 //! admitted users in Redis (`SCARD`) equal the 202s counted by the API instances; per drain run
 //! rows = `issued_quantity` = messages, and every consumer of the group persisted some rows.
 //! Writes `scale.json` and `scale.md` into `--out-dir`.
@@ -20,9 +22,13 @@ use chrono::Utc;
 use coupon_core::store::redis::RedisMode;
 use serde::Serialize;
 
-use super::figure::Figure;
+use coupon_core::domain::CouponId;
+
+use super::figure::{Figure, Run};
 use super::harness::Bench;
-use super::{admitted, drain, IssueArgs, OPEN_STOCK};
+use super::services::Service;
+use super::wrk::UserPlan;
+use super::{drain, IssueArgs, OPEN_STOCK};
 use crate::cpu::CpuPerRequest;
 
 /// Flags of `coupon-bench scale`: those of `coupon-bench issue` (Redis, broker, ports, runs,
@@ -63,6 +69,22 @@ impl Setting {
         };
         format!("(b) {}, {apis}{wait}", self.redis)
     }
+}
+
+/// A figure (b) setting with its services running, during the rounds.
+struct Live {
+    setting: Setting,
+    bench: Bench,
+    /// Stopped when dropped.
+    _apis: Vec<Service>,
+    coupon: CouponId,
+    path: String,
+    runs: Vec<Run>,
+}
+
+/// The `issued` outcomes the setting's API instances counted so far.
+async fn issued(bench: &Bench) -> anyhow::Result<u64> {
+    Ok(bench.outcomes().await?.get("issued").copied().unwrap_or(0))
 }
 
 /// One row of the report.
@@ -125,9 +147,16 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
         wait_replicas: 1,
     });
 
-    let mut rows = Vec::new();
-    for setting in settings {
+    // Every setting's services run side by side (own database, key prefix, topic and ports),
+    // and the runs go round-robin: setting 1, 2, ..., then 1, 2, ... again. On a shared
+    // machine the rate drifts (10 % over a few minutes in our runs); taking the settings in
+    // turn spreads the drift over all of them instead of favouring the first.
+    let mut live = Vec::new();
+    for (index, &setting) in settings.iter().enumerate() {
         let mut setting_args = issue.clone();
+        setting_args.api_port = issue.api_port + 100 * index as u16;
+        setting_args.database_url = format!("{}_{index}", issue.database_url);
+        setting_args.log_dir = issue.log_dir.join(format!("scale-{index}"));
         if setting.redis == "cluster" {
             setting_args.redis_mode = RedisMode::Cluster;
             setting_args.redis_host = cluster_host.to_owned();
@@ -140,20 +169,61 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
             _ => vec![("REDIS_WAIT_REPLICAS", wait.as_str())],
         };
         let apis = bench.start_apis(setting.instances, &env).await?;
-        let (mut figure, issued) = admitted::figure(&bench, OPEN_STOCK).await?;
-        drop(apis);
-        let admitted = bench.admitted(issued.coupon).await?;
+        let coupon = bench.create_coupon(OPEN_STOCK).await?;
+        live.push(Live {
+            setting,
+            path: format!("/api/v1/coupons/{coupon}/issues"),
+            runs: Vec::new(),
+            bench,
+            _apis: apis,
+            coupon,
+        });
+    }
+    for round in 0..=issue.runs {
+        for live in &mut live {
+            let bench = &live.bench;
+            // Round 0 is each setting's warm-up; every run sends user ids no run used before.
+            let users = UserPlan::Fresh {
+                start: 1 + round as i64 * 100_000_000,
+            };
+            let (seconds, expected) = match round {
+                0 => (issue.warmup_seconds, None),
+                _ => (issue.seconds, Some("issued")),
+            };
+            let run = bench
+                .load_run(&bench.api_base(), &live.path, &users, seconds, expected)
+                .await?;
+            if round > 0 {
+                eprintln!(
+                    "[scale] {} run {round}: {:.0} req/s, p99 {:.2} ms, {} errors",
+                    live.setting.label(),
+                    run.rps,
+                    run.p99_ms,
+                    run.errors
+                );
+                live.runs.push(run);
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for live in live {
+        // Every admission of the setting, its warm-up's too (the last run waited for the
+        // counts to settle).
+        let accepted = issued(&live.bench).await?;
+        let admitted = live.bench.admitted(live.coupon).await?;
         ensure!(
-            u64::try_from(admitted).ok() == Some(issued.accepted),
-            "{}: {} answered 202 but Redis holds {admitted} admitted users",
-            setting.label(),
-            issued.accepted
+            u64::try_from(admitted).ok() == Some(accepted),
+            "{}: {accepted} answered 202 but Redis holds {admitted} admitted users",
+            live.setting.label()
         );
-        figure.name = setting.label();
-        figure.note = format!("{} admitted = 202s; consumer stopped", issued.accepted);
+        let figure = Figure::new(
+            &live.setting.label(),
+            live.runs,
+            format!("{accepted} admitted in Redis = 202s counted by the instances (warm-up included); consumer stopped"),
+        );
         rows.push(Row {
             cores_busy: cores_busy(&figure),
-            setting: Some(setting),
+            setting: Some(live.setting),
             consumers: None,
             figure,
         });
@@ -161,8 +231,15 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
 
     let bench = Bench::connect(issue.clone()).await?;
     let api = bench.start_api().await?;
-    for &consumers in &args.consumers {
-        let figure = drain::figure_with(&bench, consumers).await?;
+    // Round-robin too: 1 consumer, 2 consumers, 1, 2, ...
+    let mut drains: Vec<Vec<(Run, Vec<u64>)>> = vec![Vec::new(); args.consumers.len()];
+    for _ in 0..issue.runs {
+        for (runs, &consumers) in drains.iter_mut().zip(&args.consumers) {
+            runs.push(drain::run(&bench, consumers).await?);
+        }
+    }
+    for (runs, &consumers) in drains.into_iter().zip(&args.consumers) {
+        let figure = drain::figure_of(&bench, consumers, runs);
         rows.push(Row {
             cores_busy: cores_busy(&figure),
             setting: None,
