@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: up down status demo test chaos fuzz bench bench-smoke load-smoke bench-codes build fmt lint migrate help
+.PHONY: up down status monitor monitor-check demo test chaos fuzz bench bench-smoke load-smoke bench-codes build fmt lint migrate help
 
 # Each target has a `## target: description` line above it, one line, which `make help` prints;
 # more detail goes in plain `#` lines below it. `make` alone runs the first target, `up`.
@@ -13,13 +13,26 @@ CARGO ?= cargo
 up:
 	scripts/stack.sh up
 
-## down: stop what `make up` started
+## down: stop what `make up` and `make monitor` started
 down:
+	scripts/monitor.sh down
 	scripts/stack.sh down
 
 ## status: show whether MariaDB, Redis and the tansu broker are running
 status:
 	scripts/stack.sh status
+
+## monitor: start a Prometheus (127.0.0.1:9090) scraping the local services every second
+# Debian's prometheus package unpacked into ~/.cache; monitoring/'s config and alert rules;
+# see scripts/monitor.sh. `make down` stops it.
+monitor:
+	scripts/monitor.sh up
+
+## monitor-check: run the demo's drop with Prometheus scraping, then evaluate every panel and alert query
+# Starts `make monitor`'s Prometheus where none runs (and stops it after); see
+# scripts/monitor-check.sh and monitoring/check_queries.py.
+monitor-check: up
+	scripts/monitor-check.sh
 
 ## demo: build and start both services, race 10,000 requests for 500 coupons, verify
 demo: up
@@ -40,8 +53,8 @@ chaos: up
 fuzz: up
 	scripts/fuzz.sh
 
-## bench: the issue path against this machine's own limits (about 10 minutes)
-# Writes bench/results/issue.{json,md}.
+## bench: the issue path against this machine's own limits, at scale, and by stock shards (about 18 minutes)
+# Writes bench/results/issue.{json,md}, scale.{json,md} and shards.{json,md}.
 bench: up
 	scripts/bench.sh
 

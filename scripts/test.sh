@@ -12,23 +12,11 @@ for db in $leftovers; do
 done
 redis-cli -h 127.0.0.1 --scan --pattern 'test:*' 2>/dev/null | xargs -r -n 500 redis-cli -h 127.0.0.1 DEL >/dev/null || true
 
-# The Prometheus config and alert rules must load and behave. promtool comes from Debian's prometheus
-# package, unpacked into ~/.cache (not installed: that would also start a Prometheus service).
-promtool=$(command -v promtool || true)
-if [ -z "$promtool" ]; then
-  cache="${XDG_CACHE_HOME:-$HOME/.cache}/couponrush/prometheus"
-  promtool="$cache/usr/bin/promtool"
-  if [ ! -x "$promtool" ]; then
-    echo "[test] fetching promtool (Debian package prometheus) into $cache"
-    # shellcheck source=scripts/apt.sh
-    source scripts/apt.sh
-    work=$(mktemp -d)
-    (cd "$work" && { apt-get download prometheus >/dev/null 2>&1 || { as_root apt-get update -qq && apt-get download prometheus >/dev/null; }; })
-    mkdir -p "$cache"
-    dpkg-deb -x "$work"/prometheus_*.deb "$cache"
-    rm -rf "$work"
-  fi
-fi
+# The Prometheus config and alert rules must load and behave (promtool from Debian's prometheus
+# package, unpacked into ~/.cache: scripts/prometheus.sh).
+# shellcheck source=scripts/prometheus.sh
+source scripts/prometheus.sh
+promtool=$(prometheus_tool promtool)
 "$promtool" check config monitoring/prometheus.yml
 # Each alert has a case that fires it and one that must not (promtool's rule unit tests).
 "$promtool" test rules monitoring/alerts_test.yml
