@@ -26,8 +26,9 @@ cargo test --workspace --locked "$@"
 
 # Again against a Redis Cluster (3 masters, 3 replicas on 127.0.0.1:7000-7005, started here
 # where missing): every Redis-touching test (admission, the issue race, rebuild,
-# reconciliation, invalidation, the breaker) then runs on both engines. Tests that start a
-# redis-server of their own (faults) use a single node either way.
+# reconciliation, invalidation, the breaker) then runs on both engines. Tests that stop or
+# freeze a Redis of their own (testing::OwnRedisDeployment) start one node in the first run
+# and a six-node cluster in the second.
 cluster_port="${REDIS_CLUSTER_PORT:-7000}"
 REDIS_MODE=cluster scripts/stack.sh up
 for port in $(redis-cli -p "$cluster_port" cluster nodes | awk '/master/ && !/fail/ { split($2, a, "[:@]"); print a[2] }'); do

@@ -10,7 +10,9 @@
 use std::time::Duration;
 
 mod cluster;
+mod deployment;
 pub use cluster::OwnRedisCluster;
+pub use deployment::OwnRedisDeployment;
 
 use chrono::{DateTime, Utc};
 use sqlx::mysql::MySqlPool;

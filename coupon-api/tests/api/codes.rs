@@ -7,7 +7,6 @@ use coupon_core::testing;
 use serde_json::{json, Value};
 
 use crate::helpers::{assert_error, spawn_app, spawn_app_with, TestApp};
-use crate::issues::OwnRedis;
 
 /// An unlimited policy and a topic for it; returns the topic id.
 async fn topic(app: &TestApp) -> i64 {
@@ -238,10 +237,11 @@ async fn one_user_racing_with_two_hundred_codes_of_a_topic_gets_exactly_one() {
 
 #[tokio::test]
 async fn redeeming_by_code_works_without_redis() {
-    let mut redis = OwnRedis::start().await;
-    let app = spawn_app_with(|config| {
-        config.stores.redis_url = format!("redis://127.0.0.1:{}", redis.port).into();
-        config.stores.redis_mode = coupon_core::store::redis::RedisMode::Single;
+    let mut redis = testing::OwnRedisDeployment::start(false).await;
+    let (url, mode) = (redis.url(), redis.mode());
+    let app = spawn_app_with(move |config| {
+        config.stores.redis_url = url.into();
+        config.stores.redis_mode = mode;
         config.stores.redis_timeout_ms = 300;
     })
     .await;
@@ -250,8 +250,7 @@ async fn redeeming_by_code_works_without_redis() {
     let limited = topic_of(&app, &testing::open_policy(10)).await;
     let limited_codes = generate(&app, limited, 1).await;
 
-    redis.child.kill().unwrap();
-    redis.child.wait().unwrap();
+    redis.stop();
 
     assert_eq!(redeem(&app, &codes[0], 7).await.status(), 200);
     assert_error(redeem(&app, &codes[0], 8).await, 409, "CODE_ALREADY_USED").await;

@@ -1,18 +1,20 @@
-//! Failure handling against a Redis server of the test's own, stopped and frozen mid-test.
+//! Failure handling against a Redis of the test's own, stopped and frozen mid-test: one node,
+//! or a six-node cluster when the suite runs with `REDIS_MODE=cluster`
+//! ([`testing::OwnRedisDeployment`]).
 
 use std::time::{Duration, Instant};
 
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::issue::admission::StockShards;
-use coupon_core::testing::{self, OwnRedis};
+use coupon_core::testing::{self, OwnRedisDeployment};
 
 use crate::helpers::{assert_error, spawn_app_with, TestApp};
 
-async fn app_on(redis: &OwnRedis) -> TestApp {
-    let url = redis.url();
+async fn app_on(redis: &OwnRedisDeployment) -> TestApp {
+    let (url, mode) = (redis.url(), redis.mode());
     spawn_app_with(move |c| {
         c.stores.redis_url = url.into();
-        c.stores.redis_mode = coupon_core::store::redis::RedisMode::Single;
+        c.stores.redis_mode = mode;
         c.stores.redis_timeout_ms = 300;
         c.breaker.redis_breaker_failures = 2;
         c.breaker.redis_breaker_open_ms = 200;
@@ -27,7 +29,7 @@ async fn admitted(app: &TestApp, coupon: i64) -> i64 {
 
 #[tokio::test]
 async fn a_dead_redis_opens_the_breaker_and_issuing_fails_closed_until_it_answers_again() {
-    let mut redis = OwnRedis::start(true).await;
+    let mut redis = OwnRedisDeployment::start(true).await;
     let app = app_on(&redis).await;
     let coupon = app.open_coupon(10).await;
     assert_eq!(app.issue(coupon, 1).await.status(), 202);
@@ -61,7 +63,7 @@ async fn a_dead_redis_opens_the_breaker_and_issuing_fails_closed_until_it_answer
 
 #[tokio::test]
 async fn a_frozen_redis_answers_503_within_the_timeout_instead_of_hanging() {
-    let redis = OwnRedis::start(false).await;
+    let redis = OwnRedisDeployment::start(false).await;
     let app = app_on(&redis).await;
     let coupon = app.open_coupon(10).await;
     assert_eq!(app.issue(coupon, 1).await.status(), 202);
@@ -96,11 +98,11 @@ async fn a_frozen_redis_answers_503_within_the_timeout_instead_of_hanging() {
 
 #[tokio::test]
 async fn a_request_still_unanswered_at_the_request_timeout_gets_503() {
-    let redis = OwnRedis::start(false).await;
-    let url = redis.url();
+    let redis = OwnRedisDeployment::start(false).await;
+    let (url, mode) = (redis.url(), redis.mode());
     let app = spawn_app_with(move |c| {
         c.stores.redis_url = url.into();
-        c.stores.redis_mode = coupon_core::store::redis::RedisMode::Single;
+        c.stores.redis_mode = mode;
         c.stores.redis_timeout_ms = 20_000;
         c.request_timeout_ms = 300;
     })
@@ -119,11 +121,11 @@ async fn a_request_still_unanswered_at_the_request_timeout_gets_503() {
 
 #[tokio::test]
 async fn after_redis_lost_its_data_the_set_is_rebuilt_from_mysql_and_unpersisted_messages_first() {
-    let mut redis = OwnRedis::start(false).await;
-    let url = redis.url();
+    let mut redis = OwnRedisDeployment::start(false).await;
+    let (url, mode) = (redis.url(), redis.mode());
     let app = spawn_app_with(move |c| {
         c.stores.redis_url = url.into();
-        c.stores.redis_mode = coupon_core::store::redis::RedisMode::Single;
+        c.stores.redis_mode = mode;
         c.stores.kafka_message_timeout_ms = 3_000;
     })
     .await;
@@ -331,7 +333,7 @@ async fn reconciliation_through_the_admin_api_runs_as_a_job_and_reports_its_repa
 async fn a_delete_whose_redis_step_failed_is_completed_by_its_retry() {
     // The soft delete committed in MySQL, then Redis froze: 503. The retry once answered 404
     // and left the Redis policy copy (no TTL) issuable for good.
-    let redis = OwnRedis::start(false).await;
+    let redis = OwnRedisDeployment::start(false).await;
     let app = app_on(&redis).await;
     let coupon = app.open_coupon(10).await;
     assert_eq!(app.issue(coupon, 1).await.status(), 202);
@@ -370,11 +372,11 @@ async fn an_undo_that_failed_is_retried_until_the_admission_is_gone() {
     // meanwhile, so the undo fails too. The slot once stayed held without a message, and
     // reconciliation then gave the coupon to a user who heard 503 (`make chaos`, scenario 1,
     // "row without 202", after undos timed out under load).
-    let mut redis = OwnRedis::start(true).await;
-    let url = redis.url();
+    let mut redis = OwnRedisDeployment::start(true).await;
+    let (url, mode) = (redis.url(), redis.mode());
     let app = spawn_app_with(move |c| {
         c.stores.redis_url = url.into();
-        c.stores.redis_mode = coupon_core::store::redis::RedisMode::Single;
+        c.stores.redis_mode = mode;
         c.stores.redis_timeout_ms = 300;
         c.stores.kafka_create_topics = false;
         c.stores.kafka_brokers = "127.0.0.1:1".into();

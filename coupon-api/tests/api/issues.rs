@@ -273,65 +273,20 @@ async fn readiness_is_503_when_the_broker_is_unreachable() {
     assert_eq!(body["mysql"], true);
 }
 
-/// A Redis server of this test's own on a free port, killed when dropped.
-pub struct OwnRedis {
-    pub child: std::process::Child,
-    pub port: u16,
-}
-
-impl OwnRedis {
-    pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (make up installs it)");
-        testing::eventually("own redis-server", Duration::from_secs(10), || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(drop)
-        })
-        .await;
-        Self { child, port }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn when_redis_is_down_issue_requests_fail_fast_with_503_and_nothing_hangs() {
-    let mut redis = OwnRedis::start().await;
-    let app = spawn_app_with(|config| {
-        config.stores.redis_url = format!("redis://127.0.0.1:{}", redis.port).into();
-        config.stores.redis_mode = coupon_core::store::redis::RedisMode::Single;
+    let mut redis = testing::OwnRedisDeployment::start(false).await;
+    let (url, mode) = (redis.url(), redis.mode());
+    let app = spawn_app_with(move |config| {
+        config.stores.redis_url = url.into();
+        config.stores.redis_mode = mode;
         config.stores.redis_timeout_ms = 300;
     })
     .await;
     let id = app.open_coupon(5).await;
     assert_eq!(app.issue(id, 1).await.status(), 202);
 
-    redis.child.kill().unwrap();
-    redis.child.wait().unwrap();
+    redis.stop();
     let started = std::time::Instant::now();
     let response = app.issue(id, 2).await;
 

@@ -12,14 +12,25 @@ use std::time::Duration;
 pub struct OwnRedisCluster {
     nodes: Vec<(u16, Option<Child>)>,
     dir: PathBuf,
+    persistent: bool,
 }
 
 impl OwnRedisCluster {
-    /// Starts the six nodes, creates the cluster and waits until every slot is served.
+    /// Starts the six nodes without persistence, creates the cluster and waits until every
+    /// slot is served.
     ///
     /// # Panics
     /// `redis-server` or `redis-cli` is missing, or the cluster is not up within 30 s.
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// [`Self::start`]; with `persistent`, every node appends every write to its AOF with
+    /// `appendfsync always`, so [`Self::restart_all`] loses nothing; without, it loses all.
+    ///
+    /// # Panics
+    /// As [`Self::start`].
+    pub async fn start_with(persistent: bool) -> Self {
         let ports: Vec<u16> = (0..6)
             .map(|_| {
                 std::net::TcpListener::bind("127.0.0.1:0")
@@ -32,9 +43,13 @@ impl OwnRedisCluster {
         let _ = std::fs::remove_dir_all(&dir);
         let nodes = ports
             .iter()
-            .map(|&port| (port, Some(spawn_node(&dir, port))))
+            .map(|&port| (port, Some(spawn_node(&dir, port, persistent))))
             .collect();
-        let cluster = Self { nodes, dir };
+        let cluster = Self {
+            nodes,
+            dir,
+            persistent,
+        };
         for &port in &ports {
             super::eventually(
                 "a cluster node answers",
@@ -170,7 +185,7 @@ impl OwnRedisCluster {
         let Some(node) = self.nodes.iter_mut().find(|(p, _)| *p == port) else {
             panic!("no node of this cluster listens on {port}");
         };
-        node.1 = Some(spawn_node(&self.dir, port));
+        node.1 = Some(spawn_node(&self.dir, port, self.persistent));
         super::eventually(
             "the restarted node in sync",
             Duration::from_secs(30),
@@ -181,6 +196,43 @@ impl OwnRedisCluster {
             },
         )
         .await;
+    }
+
+    /// Freezes every node (SIGSTOP): the whole cluster hangs, the way a partitioned or hung
+    /// deployment looks. [`Self::resume_all`] thaws it.
+    pub fn pause_all(&self) {
+        for port in self.live_ports() {
+            self.signal(port, "STOP");
+        }
+    }
+
+    /// Thaws every node frozen by [`Self::pause_all`] (SIGCONT).
+    pub fn resume_all(&self) {
+        for port in self.live_ports() {
+            self.signal(port, "CONT");
+        }
+    }
+
+    /// Kills every node (SIGKILL): the whole deployment is gone, connections refused.
+    pub fn stop_all(&mut self) {
+        let ports: Vec<u16> = self.nodes.iter().map(|(port, _)| *port).collect();
+        for port in ports {
+            self.kill(port);
+        }
+    }
+
+    /// Starts every node again on its directory (after [`Self::stop_all`]): each reads its
+    /// `nodes.conf` and takes its role and slots back, with its data when the cluster is
+    /// persistent and empty when not. Waits until every slot is served again.
+    ///
+    /// # Panics
+    /// The cluster does not serve every slot within 30 s.
+    pub async fn restart_all(&mut self) {
+        self.stop_all();
+        for (port, child) in &mut self.nodes {
+            *child = Some(spawn_node(&self.dir, *port, self.persistent));
+        }
+        self.wait_until_served(Duration::from_secs(30)).await;
     }
 
     /// Waits until every live node reports `cluster_state:ok` and every slot has a live
@@ -231,14 +283,20 @@ impl Drop for OwnRedisCluster {
     }
 }
 
-/// A cluster-mode `redis-server` on `port`, its files in `dir/port` (created where missing).
-fn spawn_node(dir: &std::path::Path, port: u16) -> Child {
+/// A cluster-mode `redis-server` on `port`, its files in `dir/port` (created where missing);
+/// with `persistent`, an AOF fsynced on every write.
+fn spawn_node(dir: &std::path::Path, port: u16, persistent: bool) -> Child {
     let node_dir = dir.join(port.to_string());
     std::fs::create_dir_all(&node_dir).expect("a temporary directory");
+    let appendonly: &[&str] = match persistent {
+        true => &["--appendonly", "yes", "--appendfsync", "always"],
+        false => &["--appendonly", "no"],
+    };
     Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
-        .args(["--save", "", "--appendonly", "no"])
+        .args(["--save", ""])
+        .args(appendonly)
         .arg("--dir")
         .arg(&node_dir)
         .stdout(Stdio::null())
