@@ -34,7 +34,7 @@ monitor:
 monitor-check: up
 	scripts/monitor-check.sh
 
-## demo: build and start both services, race 10,000 requests for 500 coupons, verify
+## demo: build and start both services, race 10,000 requests for 500 coupons, verify, draw the race
 demo: up
 	scripts/demo.sh
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job (`make demo`): builds and starts coupon-api and coupon-consumer against the local
 # stack, races 10,000 issue requests from 5,000 users for a 500-unit coupon through real HTTP,
-# waits for the consumer to drain, and prints the verification. Exits non-zero on any mismatch.
+# waits for the consumer to drain, prints the verification and draws the race into
+# .local/demo/race.svg (coupon-demo's --chart; the last line prints the path). Exits non-zero
+# on any mismatch.
 #
 # Settings (env): API_PORT (8080), DEMO_ARGS (extra coupon-demo flags, e.g. "--stock 1000").
 # Two flags in DEMO_ARGS are the script's own, not coupon-demo's:

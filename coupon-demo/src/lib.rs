@@ -8,6 +8,7 @@
 //! `coupon-demo verify` runs after another load tool's race.
 
 pub mod chaos;
+pub mod chart;
 pub mod exactness;
 
 pub use exactness::{row_count, verify, wait_until_drained, Verification};
@@ -68,6 +69,9 @@ pub struct RaceReport {
     pub elapsed: Duration,
     /// Per-request latencies, sorted ascending.
     pub latencies: Vec<Duration>,
+    /// Every answer's time since the race started, with its `"<status> <code>"` label, in
+    /// answer order (the demo's chart counts them per 100 ms).
+    pub answered: Vec<(Duration, String)>,
 }
 
 impl RaceReport {
@@ -198,44 +202,46 @@ pub async fn race_across(
         .map(|base| format!("{}/api/v1/coupons/{coupon}/issues", base.as_ref()))
         .collect();
     let started = Instant::now();
-    let answers: Vec<(i64, String, Duration)> = futures::stream::iter(ids.into_iter().enumerate())
-        .map(|(i, user)| {
-            let request = client
-                .post(&urls[i % urls.len()])
-                .bearer_auth(&tokens[&user]);
-            async move {
-                let sent = Instant::now();
-                let label = match request.send().await {
-                    Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
-                        "202 ACCEPTED".to_owned()
-                    }
-                    Ok(response) => {
-                        let status = response.status().as_u16();
-                        let code = response
-                            .json::<ErrorBody>()
-                            .await
-                            .map_or_else(|_| "?".to_owned(), |b| b.code);
-                        format!("{status} {code}")
-                    }
-                    Err(_) => "000 TRANSPORT".to_owned(),
-                };
-                (user, label, sent.elapsed())
-            }
-        })
-        .buffer_unordered(plan.concurrency.max(1))
-        .collect()
-        .await;
+    let answers: Vec<(i64, String, Duration, Duration)> =
+        futures::stream::iter(ids.into_iter().enumerate())
+            .map(|(i, user)| {
+                let request = client
+                    .post(&urls[i % urls.len()])
+                    .bearer_auth(&tokens[&user]);
+                async move {
+                    let sent = Instant::now();
+                    let label = match request.send().await {
+                        Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
+                            "202 ACCEPTED".to_owned()
+                        }
+                        Ok(response) => {
+                            let status = response.status().as_u16();
+                            let code = response
+                                .json::<ErrorBody>()
+                                .await
+                                .map_or_else(|_| "?".to_owned(), |b| b.code);
+                            format!("{status} {code}")
+                        }
+                        Err(_) => "000 TRANSPORT".to_owned(),
+                    };
+                    (user, label, sent.elapsed(), started.elapsed())
+                }
+            })
+            .buffer_unordered(plan.concurrency.max(1))
+            .collect()
+            .await;
     let mut report = RaceReport {
         requests: answers.len(),
         elapsed: started.elapsed(),
         ..RaceReport::default()
     };
-    for (user, label, latency) in answers {
+    for (user, label, latency, answered_at) in answers {
         if label == "202 ACCEPTED" {
             report.accepted.insert(user);
         }
-        *report.answers.entry(label).or_default() += 1;
+        *report.answers.entry(label.clone()).or_default() += 1;
         report.latencies.push(latency);
+        report.answered.push((answered_at, label));
     }
     report.latencies.sort_unstable();
     Ok(report)

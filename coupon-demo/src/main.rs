@@ -4,17 +4,18 @@
 //! `coupon-demo verify --coupon N [--accepted M]` runs the verification alone, for a coupon
 //! another load tool raced (load-test/run-k6.sh and run-locust.sh call it after their race).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use coupon_core::auth::{AuthConfig, TokenSigner};
 use coupon_core::config::StoreConfig;
 use coupon_core::domain::CouponId;
-use coupon_core::issue::admission::{AdmissionStore, RedisKeys};
+use coupon_core::issue::admission::{AdmissionStore, RedisKeys, StockShards};
 use coupon_core::store::db;
-use coupon_demo::{exactness, RacePlan};
+use coupon_demo::{chart, exactness, RacePlan};
 use sqlx::MySqlPool;
 
 /// Race a coupon drop through real HTTP and verify the result.
@@ -68,6 +69,10 @@ struct RaceArgs {
     /// Longest wait (s) for the consumer to persist every accepted issue.
     #[arg(long, default_value_t = 180)]
     drain_timeout_secs: u64,
+    /// Where the picture of the race goes (SVG): answers per 100 ms by outcome, admitted and
+    /// persisted over time against the stock.
+    #[arg(long, default_value = ".local/demo/race.svg")]
+    chart: PathBuf,
     /// The coupon-api's token settings; the demo mints an admin token (to create the coupon)
     /// and one token per user with them.
     #[command(flatten)]
@@ -173,6 +178,16 @@ async fn race(cli: RaceArgs) -> anyhow::Result<bool> {
         "coupon {coupon}: {} units{sharded}; firing {} requests from {} users, {} at a time{spread}",
         cli.stock, cli.requests, cli.users, cli.concurrency
     );
+    // The counts over time, for the picture: from the first request until the drain ends.
+    let started = Instant::now();
+    let (stop_sampling, stopped) = tokio::sync::oneshot::channel();
+    let sampler = tokio::spawn(chart::sample_counts(
+        pool.clone(),
+        redis.clone(),
+        StockShards::new(coupon, cli.stock_shards),
+        started,
+        stopped,
+    ));
     let report = coupon_demo::race_across(&client, &cli.base_url, &signer, coupon, plan).await?;
     println!(
         "race: {} requests in {:.2} s ({:.0} req/s), latency p50 {:.1} ms, p99 {:.1} ms",
@@ -193,7 +208,23 @@ async fn race(cli: RaceArgs) -> anyhow::Result<bool> {
         Duration::from_secs(cli.drain_timeout_secs),
     )
     .await?;
+    let _ = stop_sampling.send(());
+    let samples = sampler.await?;
     let verification = coupon_demo::verify(&pool, &redis, coupon, cli.stock, &report).await?;
     println!("{verification}");
+    if let Some(dir) = cli.chart.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let verdict = if verification.holds() {
+        "EXACT"
+    } else {
+        "MISMATCH"
+    };
+    let title = format!(
+        "couponrush demo: {} requests from {} users for {} units of coupon {coupon}{sharded}: {verdict}",
+        cli.requests, cli.users, cli.stock
+    );
+    chart::draw(&cli.chart, &title, cli.stock, &report.answered, &samples)?;
+    println!("chart: {}", cli.chart.display());
     Ok(verification.holds())
 }
