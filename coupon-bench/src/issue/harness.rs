@@ -126,14 +126,7 @@ impl Bench {
     pub(super) async fn outcomes(&self) -> anyhow::Result<BTreeMap<String, u64>> {
         let mut outcomes = BTreeMap::new();
         for index in 0..self.instances.load(Ordering::Relaxed).max(1) {
-            let port = self.api_port(index) + 1000;
-            let text = self
-                .http
-                .get(format!("http://127.0.0.1:{port}/metrics"))
-                .send()
-                .await?
-                .text()
-                .await?;
+            let text = self.metrics_text(self.api_port(index) + 1000).await?;
             for line in text.lines() {
                 if let Some(rest) = line.strip_prefix("coupon_issue_requests_total{outcome=\"") {
                     if let Some((outcome, value)) = rest.split_once("\"} ") {
@@ -154,18 +147,23 @@ impl Bench {
     /// (`coupon_consumer_rows_inserted_total` of its exporter).
     pub(super) async fn consumer_rows(&self, index: usize) -> anyhow::Result<u64> {
         let port = self.api_port(index) + 1001;
-        let text = self
-            .http
-            .get(format!("http://127.0.0.1:{port}/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let text = self.metrics_text(port).await?;
         let value = text
             .lines()
             .find_map(|l| l.strip_prefix("coupon_consumer_rows_inserted_total "))
             .with_context(|| format!("no coupon_consumer_rows_inserted_total on :{port}"))?;
         Ok(value.trim().parse::<f64>()? as u64)
+    }
+
+    /// The Prometheus exposition a service serves on 127.0.0.1:`port`/metrics.
+    async fn metrics_text(&self, port: u16) -> anyhow::Result<String> {
+        Ok(self
+            .http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?)
     }
 
     /// [`Self::outcomes`] once no request is still in flight: wrk stops with requests open,

@@ -10,19 +10,18 @@
 //!
 //! Each setting gets its own database, key prefix, topic and ports; all settings' services run
 //! side by side and the runs go round-robin over the settings (after one warm-up each), so the
-//! machine's drift over the minutes of the run does not favour one setting. Exactness: per (b) setting the
-//! admitted users in Redis (`SCARD`) equal the 202s counted by the API instances; per drain run
-//! rows = `issued_quantity` = messages, and every consumer of the group persisted some rows.
-//! Writes `scale.json` and `scale.md` into `--out-dir`.
+//! machine's drift over the minutes of the run does not favour one setting. Exactness: per (b)
+//! setting the admitted users in Redis (`SCARD`) equal the 202s counted by the API instances;
+//! per drain run rows = `issued_quantity` = messages, and every consumer of the group
+//! persisted some rows. Writes `scale.json` and `scale.md` into `--out-dir`.
 
 use std::fmt::Write as _;
 
 use anyhow::{ensure, Context};
 use chrono::Utc;
+use coupon_core::domain::CouponId;
 use coupon_core::store::redis::RedisMode;
 use serde::Serialize;
-
-use coupon_core::domain::CouponId;
 
 use super::figure::{Figure, Run};
 use super::harness::Bench;
@@ -63,11 +62,7 @@ impl Setting {
             0 => String::new(),
             n => format!(", REDIS_WAIT_REPLICAS={n}"),
         };
-        let apis = match self.instances {
-            1 => "1 coupon-api".to_owned(),
-            n => format!("{n} coupon-api"),
-        };
-        format!("(b) {}, {apis}{wait}", self.redis)
+        format!("(b) {}, {} coupon-api{wait}", self.redis, self.instances)
     }
 }
 
