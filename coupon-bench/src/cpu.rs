@@ -183,6 +183,11 @@ impl Sample {
     }
 }
 
+/// CPU seconds (user + system) this process used so far, its children not included.
+pub fn own_seconds() -> f64 {
+    stat_ticks("self").map_or(0.0, |[user, system, ..]| (user + system) / TICKS_PER_SECOND)
+}
+
 /// `utime`, `stime`, `cutime`, `cstime` (ticks) of `/proc/<pid>/stat`.
 fn stat_ticks(pid: &str) -> Option<[f64; 4]> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -220,23 +220,6 @@ async fn master_cpu(slots: &[(String, Vec<(u16, u16)>)]) -> anyhow::Result<BTree
     Ok(cpu)
 }
 
-/// CPU seconds (user + system) this process used so far (`/proc/self/stat`, clock ticks of
-/// 1/100 s, the Linux default `USER_HZ`).
-fn own_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 async fn measure(
     args: &ShardsArgs,
     store: &AdmissionStore,
@@ -281,13 +264,13 @@ async fn measure(
         });
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (cpu_before, own_before) = (master_cpu(slots).await?, own_cpu());
+    let (cpu_before, own_before) = (master_cpu(slots).await?, crate::cpu::own_seconds());
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
-    let (cpu_after, own_after) = (master_cpu(slots).await?, own_cpu());
+    let (cpu_after, own_after) = (master_cpu(slots).await?, crate::cpu::own_seconds());
     stop.store(true, Ordering::Relaxed);
     let mut admitted = 0;
     while let Some(done) = workers.join_next().await {

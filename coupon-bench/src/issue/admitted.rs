@@ -13,10 +13,7 @@ use super::wrk::UserPlan;
 pub(super) async fn figure(bench: &Bench, stock: i64) -> anyhow::Result<(Figure, Issued)> {
     let coupon = bench.create_coupon(stock).await?;
     let path = format!("/api/v1/coupons/{coupon}/issues");
-    let issued = |outcomes: std::collections::BTreeMap<String, u64>| {
-        outcomes.get("issued").copied().unwrap_or(0)
-    };
-    let before = issued(bench.outcomes().await?);
+    let before = bench.issued().await?;
     let runs = bench
         .figure(
             "(b) issue, all admitted",
@@ -29,7 +26,7 @@ pub(super) async fn figure(bench: &Bench, stock: i64) -> anyhow::Result<(Figure,
         )
         .await?;
     // The last run read the counts once they settled.
-    let accepted = issued(bench.outcomes().await?) - before;
+    let accepted = bench.issued().await? - before;
     Ok((
         Figure::new(
             "(b) issue endpoint, every request admitted",

@@ -143,6 +143,12 @@ impl Bench {
         Ok(outcomes)
     }
 
+    /// The `issued` outcomes (202s, and admissions finished after the client left) the
+    /// running API instances counted so far.
+    pub(super) async fn issued(&self) -> anyhow::Result<u64> {
+        Ok(self.outcomes().await?.get("issued").copied().unwrap_or(0))
+    }
+
     /// Rows coupon-consumer number `index` inserted so far
     /// (`coupon_consumer_rows_inserted_total` of its exporter).
     pub(super) async fn consumer_rows(&self, index: usize) -> anyhow::Result<u64> {

@@ -77,11 +77,6 @@ struct Live {
     runs: Vec<Run>,
 }
 
-/// The `issued` outcomes the setting's API instances counted so far.
-async fn issued(bench: &Bench) -> anyhow::Result<u64> {
-    Ok(bench.outcomes().await?.get("issued").copied().unwrap_or(0))
-}
-
 /// One row of the report.
 #[derive(Debug, Serialize)]
 struct Row {
@@ -204,7 +199,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
     for live in live {
         // Every admission of the setting, its warm-up's too (the last run waited for the
         // counts to settle).
-        let accepted = issued(&live.bench).await?;
+        let accepted = live.bench.issued().await?;
         let admitted = live.bench.admitted(live.coupon).await?;
         ensure!(
             u64::try_from(admitted).ok() == Some(accepted),

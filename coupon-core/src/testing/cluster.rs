@@ -275,10 +275,7 @@ impl OwnRedisCluster {
 
 impl Drop for OwnRedisCluster {
     fn drop(&mut self) {
-        let ports: Vec<u16> = self.nodes.iter().map(|(port, _)| *port).collect();
-        for port in ports {
-            self.kill(port);
-        }
+        self.stop_all();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
