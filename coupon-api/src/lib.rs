@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod public_reads;
 pub mod rate_limit;
 pub mod rebuild;
+pub mod request_id;
 pub mod routes;
 pub mod serve;
 pub mod settle;

@@ -19,6 +19,7 @@ use coupon_core::store::Connections;
 use coupon_core::telemetry::{self, names};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -32,6 +33,7 @@ use crate::idempotency::Idempotency;
 use crate::invalidation;
 use crate::rate_limit::RateLimits;
 use crate::rebuild::Rebuilds;
+use crate::request_id;
 use crate::routes;
 use crate::settle::Settler;
 use crate::state::{AppState, Shared};
@@ -39,7 +41,7 @@ use crate::stats::StatsCache;
 
 /// The whole app with `state`: routes, bearer-token checking, rate limits, `Idempotency-Key`
 /// handling, body limit of `max_body_bytes`, the request timeout, request metrics and error
-/// logging. Tests can drive it with `tower::ServiceExt::oneshot`, no socket needed.
+/// logging, each request in a span named by its `x-request-id` ([`request_id`]). Tests can drive it with `tower::ServiceExt::oneshot`, no socket needed.
 pub fn router(state: AppState, limits: HttpLimits, guards: Guards) -> Router {
     let HttpLimits {
         max_body_bytes,
@@ -69,7 +71,10 @@ pub fn router(state: AppState, limits: HttpLimits, guards: Guards) -> Router {
             bounded(request_timeout, request, next)
         }))
         .layer(middleware::from_fn(observe))
-        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::new(request_id::HEADER))
+        .layer(TraceLayer::new_for_http().make_span_with(request_id::span))
+        .layer(SetRequestIdLayer::new(request_id::HEADER, MakeRequestUuid))
+        .layer(middleware::map_request(request_id::drop_invalid))
         .with_state(state)
 }
 

@@ -26,6 +26,11 @@ use crate::outbox::Backlog;
 use crate::retry::{Retrier, Shutdown};
 use crate::ConsumerStats;
 
+/// The log target of the line written for every persisted row (INFO: `issue persisted` with
+/// `coupon_id`, `user_id`, the issue's `request_id` and the HTTP request's `correlation_id`,
+/// its `x-request-id`). `RUST_LOG=info,coupon_consumer::persisted=warn` turns these lines off.
+pub const PERSISTED_TARGET: &str = "coupon_consumer::persisted";
+
 /// The issue topic's group member and what persisting its batches needs.
 pub struct IssueConsumer {
     /// Member of the consumer group on the issue topic (shared with the lag gauges).
@@ -208,6 +213,17 @@ impl IssueConsumer {
         }
         let persist = || coupon_core::issue::persistence::persist_batch(&self.pool, &issues);
         let report: PersistReport = self.retry.run("persist", persist, shutdown).await?;
+        for &index in &report.persisted {
+            let issue = &issues[index];
+            tracing::info!(
+                target: PERSISTED_TARGET,
+                coupon_id = %issue.coupon_id,
+                user_id = %issue.user_id,
+                request_id = %issue.request_id,
+                correlation_id = %issue.correlation_id.as_deref().unwrap_or(""),
+                "issue persisted"
+            );
+        }
         for (index, rejection) in &report.rejected {
             let issue = &issues[*index];
             let mut detail = format!("coupon {} user {}", issue.coupon_id, issue.user_id);

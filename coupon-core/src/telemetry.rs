@@ -11,15 +11,30 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
+pub mod otlp;
+
 /// Installs the global tracing subscriber, writing to stderr (stdout stays free for what a
 /// command prints): `RUST_LOG` filters (default `info`), and `LOG_FORMAT=json` switches to one
-/// JSON object per line. Safe to call more than once (later
-/// calls are no-ops), which tests rely on.
-pub fn init_tracing() {
+/// JSON object per line. When the environment names an OTLP endpoint
+/// ([`otlp::endpoint_from_env`]), spans are also exported there as `service`
+/// (`coupon-api`, `coupon-consumer`); keep the returned handle until exit, dropping it flushes
+/// the export. Safe to call more than once (later calls install nothing).
+///
+/// # Errors
+/// The OTLP exporter cannot be built from the configured endpoint.
+pub fn init_tracing(service: &'static str) -> anyhow::Result<Option<otlp::OtlpExport>> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let _ = if json {
+    let url = otlp::endpoint_from_env();
+    let (export, otlp_layer) = match &url {
+        Some(url) => {
+            let (export, layer) = otlp::OtlpExport::start(service, url)?;
+            (Some(export), Some(layer))
+        }
+        None => (None, None),
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(otlp_layer);
+    let installed = if json {
         registry
             .with(
                 tracing_subscriber::fmt::layer()
@@ -32,6 +47,13 @@ pub fn init_tracing() {
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .try_init()
     };
+    if installed.is_err() {
+        return Ok(None);
+    }
+    if let Some(url) = url {
+        tracing::info!(%url, "exporting traces over OTLP");
+    }
+    Ok(export)
 }
 
 /// Histogram buckets (seconds) for every `*_duration_seconds` metric: 0.1 ms to 10 s. 15 ms (the

@@ -209,6 +209,7 @@ pub fn issue_message(
         request_id: uuid::Uuid::now_v7(),
         admitted_at: Utc::now(),
         stock_shards: 1,
+        correlation_id: None,
     }
 }
 

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use coupon_core::domain::{CouponId, CouponStatus, IssueState, IssueWindow, UserId};
@@ -15,6 +15,8 @@ use coupon_core::issue::admission::{AdmitOutcome, StockShards};
 use coupon_core::issue::message::IssueMessage;
 use coupon_core::telemetry::names;
 use serde::Serialize;
+use tower_http::request_id::RequestId;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorBody};
@@ -100,9 +102,11 @@ pub struct IssueAccepted {
 async fn issue_coupon(
     State(state): State<AppState>,
     CouponPath(coupon): CouponPath,
+    x_request_id: Option<Extension<RequestId>>,
     caller: Caller,
 ) -> Result<(StatusCode, Json<IssueAccepted>), ApiError> {
     let user = caller.user_id;
+    let correlation_id = crate::request_id::of(x_request_id.as_deref());
     let shards = match check(&state, coupon, user).await {
         Ok(shards) => shards,
         Err(rejected) => {
@@ -113,12 +117,16 @@ async fn issue_coupon(
     // From the admission on, the request must run to its end even if the client goes away
     // (axum drops a handler's future on disconnect): an admitted user must get either a
     // published message or an undone admission, and is counted either way. A spawned task is
-    // not dropped with the handler.
-    let request_id = tokio::spawn(async move {
-        let result = admit_and_publish(state, shards, user).await;
-        record_outcome(result.as_ref());
-        result
-    })
+    // not dropped with the handler. It runs in the request's span, so its log lines name the
+    // request too.
+    let request_id = tokio::spawn(
+        async move {
+            let result = admit_and_publish(state, shards, user, correlation_id).await;
+            record_outcome(result.as_ref());
+            result
+        }
+        .in_current_span(),
+    )
     .await
     .map_err(|join_err| ApiError::Internal(join_err.into()))??;
     Ok((
@@ -192,11 +200,12 @@ async fn check(state: &AppState, coupon: CouponId, user: UserId) -> Result<Stock
 }
 
 /// The admission script, then the publish (undoing the admission when the publish fails, or
-/// when the script's answer was lost).
+/// when the script's answer was lost). `correlation_id` is the request's `x-request-id`.
 async fn admit_and_publish(
     state: AppState,
     shards: StockShards,
     user: UserId,
+    correlation_id: Option<String>,
 ) -> Result<Uuid, ApiError> {
     let coupon = shards.coupon();
     let request_id = Uuid::now_v7();
@@ -213,13 +222,16 @@ async fn admit_and_publish(
                 // is not held up by a Redis that just failed a call. Best effort: a script
                 // still queued in a stalled Redis may run after the undo; reconciliation
                 // finds such an admission (no message, no row) and re-publishes it.
-                tokio::spawn(undo(
-                    state,
-                    shards,
-                    user,
-                    request_id,
-                    "the admission's answer was lost",
-                ));
+                tokio::spawn(
+                    undo(
+                        state,
+                        shards,
+                        user,
+                        request_id,
+                        "the admission's answer was lost",
+                    )
+                    .in_current_span(),
+                );
             }
             return Err(err);
         }
@@ -242,6 +254,7 @@ async fn admit_and_publish(
         request_id,
         admitted_at: Utc::now(),
         stock_shards: shards.count(),
+        correlation_id,
     };
     match state.publisher.publish(&message).await {
         Ok(()) => {
@@ -313,7 +326,7 @@ async fn undo(
                  until the admission set is reconciled"
             );
         }
-    });
+    }.in_current_span());
 }
 
 /// Body of the issue status: `{"coupon_id": 42, "user_id": 7, "status": "ISSUED"}`.

@@ -57,6 +57,7 @@ pub(super) async fn publish_users(
                     request_id: Uuid::now_v7(),
                     admitted_at: Utc::now(),
                     stock_shards: 1,
+                    correlation_id: Some(uuid::Uuid::new_v4().to_string()),
                 };
                 let sent = Instant::now();
                 let result = publisher.publish(&message).await;

@@ -267,6 +267,7 @@ impl Bench {
                         request_id,
                         admitted_at: Utc::now(),
                         stock_shards: 1,
+                        correlation_id: Some(uuid::Uuid::new_v4().to_string()),
                     };
                     publisher.publish(&message).await?;
                     anyhow::Ok(1_u64)

@@ -10,7 +10,8 @@ use crate::issue::admission::StockShards;
 /// One admitted issue request, published as JSON after the admission script said yes.
 ///
 /// Shape: `{"coupon_id": 42, "user_id": 7, "request_id": "0193…", "admitted_at": "2026-…Z"}`,
-/// plus `"stock_shards": 4` when the coupon's stock is split into shards.
+/// plus `"stock_shards": 4` when the coupon's stock is split into shards and
+/// `"correlation_id": "…"` when the HTTP request had an `x-request-id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssueMessage {
     /// The coupon policy.
@@ -28,6 +29,12 @@ pub struct IssueMessage {
         skip_serializing_if = "crate::issue::admission::is_one_shard"
     )]
     pub stock_shards: u16,
+    /// The `x-request-id` of the HTTP request that was admitted (at most 128 bytes of visible
+    /// ASCII, checked by coupon-api), logged by coupon-consumer with the row and stored in
+    /// `coupon_issues.correlation_id`, so one id leads from the HTTP answer to the row. `None`
+    /// for messages re-published by a rebuild or reconciliation, and for older messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
 }
 
 impl IssueMessage {
@@ -73,14 +80,19 @@ mod tests {
             request_id: Uuid::now_v7(),
             admitted_at: Utc::now(),
             stock_shards: 1,
+            correlation_id: None,
         };
         assert_eq!(IssueMessage::from_json(&msg.to_json()).unwrap(), msg);
         assert_eq!(msg.key(), "42:7");
         assert!(!String::from_utf8(msg.to_json())
             .unwrap()
             .contains("stock_shards"));
+        assert!(!String::from_utf8(msg.to_json())
+            .unwrap()
+            .contains("correlation_id"));
         let sharded = IssueMessage {
             stock_shards: 4,
+            correlation_id: Some("req-1".into()),
             ..msg
         };
         assert_eq!(

@@ -76,6 +76,8 @@ pub fn is_refusal(err: &sqlx::Error) -> bool {
 pub struct PersistReport {
     /// Rows actually inserted, per coupon (redelivered messages insert nothing).
     pub inserted: BTreeMap<CouponId, u64>,
+    /// Indexes (into the batch) of the messages whose row was inserted, in ascending order.
+    pub persisted: Vec<usize>,
     /// Messages skipped because their row was already present (count).
     pub duplicates: u64,
     /// Indexes (into the batch) of messages that can never be persisted, with the reason, in
@@ -228,6 +230,7 @@ pub async fn persist_batch(
         .await?;
         savepoint.commit().await?;
         report.inserted.insert(*coupon, count);
+        report.persisted.extend(inserted);
         let now_issued = policy.issued + i64::try_from(count).unwrap_or(i64::MAX);
         if policy.total == Some(now_issued) {
             report.sold_out.push(*coupon);
@@ -235,6 +238,7 @@ pub async fn persist_batch(
     }
     tx.commit().await?;
     report.rejected.sort_by_key(|&(i, _)| i);
+    report.persisted.sort_unstable();
     Ok(report)
 }
 
@@ -279,7 +283,8 @@ async fn insert_rows(
         return Ok(());
     }
     let mut insert = QueryBuilder::<MySql>::new(
-        "INSERT INTO coupon_issues (coupon_id, user_id, issued_at, expires_at, status, request_id) ",
+        "INSERT INTO coupon_issues \
+         (coupon_id, user_id, issued_at, expires_at, status, request_id, correlation_id) ",
     );
     insert.push_values(indexes, |mut row, &i| {
         let msg = &batch[i];
@@ -292,7 +297,8 @@ async fn insert_rows(
                 msg.admitted_at,
             )))
             .push_bind("ISSUED")
-            .push_bind(msg.request_id.to_string());
+            .push_bind(msg.request_id.to_string())
+            .push_bind(msg.correlation_id.as_deref());
     });
     insert.build().execute(conn).await?;
     Ok(())

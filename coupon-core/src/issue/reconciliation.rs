@@ -182,6 +182,7 @@ impl Reconciler<'_> {
                     request_id: Uuid::now_v7(),
                     admitted_at: Utc::now(),
                     stock_shards: shards.count(),
+                    correlation_id: None,
                 };
                 self.publisher
                     .publish(&message)
