@@ -13,6 +13,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    let _traces = coupon_core::telemetry::init_tracing("coupon-api")?;
+    let _telemetry = coupon_core::telemetry::init_tracing("coupon-api")?;
     cli::run(Cli::parse()).await
 }

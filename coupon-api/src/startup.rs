@@ -1,13 +1,14 @@
 //! Building and running the API: a type tests can drive (bind port 0, read the port, stop it).
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
@@ -19,6 +20,7 @@ use coupon_core::store::Connections;
 use coupon_core::telemetry::{self, names};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::util::MapRequestLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -41,7 +43,8 @@ use crate::stats::StatsCache;
 
 /// The whole app with `state`: routes, bearer-token checking, rate limits, `Idempotency-Key`
 /// handling, body limit of `max_body_bytes`, the request timeout, request metrics and error
-/// logging, each request in a span named by its `x-request-id` ([`request_id`]). Tests can drive it with `tower::ServiceExt::oneshot`, no socket needed.
+/// logging, each request in a span named by its `x-request-id` ([`request_id`]). Tests can
+/// drive it with `tower::ServiceExt::oneshot`, no socket needed.
 pub fn router(state: AppState, limits: HttpLimits, guards: Guards) -> Router {
     let HttpLimits {
         max_body_bytes,
@@ -74,7 +77,7 @@ pub fn router(state: AppState, limits: HttpLimits, guards: Guards) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id::HEADER))
         .layer(TraceLayer::new_for_http().make_span_with(request_id::span))
         .layer(SetRequestIdLayer::new(request_id::HEADER, MakeRequestUuid))
-        .layer(middleware::map_request(request_id::drop_invalid))
+        .layer(MapRequestLayer::new(request_id::drop_invalid))
         .with_state(state)
 }
 
@@ -132,11 +135,11 @@ async fn bounded(limit: Duration, request: Request, next: Next) -> Response {
 /// 400, or `OTHER` for an error answered without one (a replayed idempotent response).
 async fn observe(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+        .map_or("unmatched", |p| route_label(p.as_str()));
     let response = next.run(request).await;
     let status = response.status();
     if let Some(ErrorDetail(detail)) = response.extensions().get::<ErrorDetail>() {
@@ -153,9 +156,45 @@ async fn observe(request: Request, next: Next) -> Response {
 
 const STATUS_CLASSES: [&str; 6] = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// The `method` label: the standard methods by name, any other `OTHER` (a client picks the
+/// method, so it may not pick label values; monitoring/METRICS.md, cardinality rule).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// The `route` label: a `'static` copy of the matched route template, made once per template
+/// (the router's fixed set), so recording a request allocates no label.
+fn route_label(template: &str) -> &'static str {
+    static ROUTES: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
+    let routes = ROUTES.get_or_init(RwLock::default);
+    if let Some(known) = routes
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(template)
+    {
+        return known;
+    }
+    let mut routes = routes.write().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = routes.get(template) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(template.to_owned().into_boxed_str());
+    routes.insert(leaked);
+    leaked
+}
+
 fn record_request(
-    method: String,
-    route: String,
+    method: &'static str,
+    route: &'static str,
     status: StatusCode,
     outcome: &'static str,
     elapsed: Duration,
@@ -163,7 +202,7 @@ fn record_request(
     let class = STATUS_CLASSES[usize::from(status.as_u16() / 100).min(5)];
     metrics::histogram!(
         names::HTTP_REQUEST_DURATION,
-        "method" => method.clone(), "route" => route.clone(), "status_class" => class
+        "method" => method, "route" => route, "status_class" => class
     )
     .record(elapsed);
     metrics::counter!(
@@ -365,5 +404,24 @@ impl Application {
         self.background.cancel();
         self.state.publisher.flush(Duration::from_secs(5));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_method_outside_the_standard_ones_is_labelled_other() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "OTHER");
+    }
+
+    #[test]
+    fn a_route_template_is_copied_once() {
+        let first = route_label("/api/v1/coupons/{coupon_id}/issues");
+        let again = route_label(&String::from("/api/v1/coupons/{coupon_id}/issues"));
+        assert_eq!(first, "/api/v1/coupons/{coupon_id}/issues");
+        assert!(std::ptr::eq(first, again));
     }
 }

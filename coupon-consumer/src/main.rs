@@ -21,7 +21,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _traces = coupon_core::telemetry::init_tracing("coupon-consumer")?;
+    let _telemetry = coupon_core::telemetry::init_tracing("coupon-consumer")?;
     let cli = Cli::parse();
     let consumer = Application::build(&cli.config).await?;
     tracing::info!(group = %cli.config.group_id, topic = %cli.config.stores.kafka_issue_topic, "coupon-consumer running");

@@ -1,5 +1,6 @@
 //! Tracing and metrics set-up shared by both services.
 
+use std::io::BufWriter;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -7,53 +8,64 @@ use std::time::Duration;
 use anyhow::Context;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use metrics_util::MetricKindMask;
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 pub mod otlp;
 
+/// What keeps logs and traces flowing: hold it until the process ends. Dropping it writes out
+/// the log lines still queued and flushes the OTLP export.
+pub struct TelemetryGuard {
+    _traces: Option<otlp::OtlpExport>,
+    _logs: WorkerGuard,
+}
+
 /// Installs the global tracing subscriber, writing to stderr (stdout stays free for what a
 /// command prints): `RUST_LOG` filters (default `info`), and `LOG_FORMAT=json` switches to one
-/// JSON object per line. When the environment names an OTLP endpoint
-/// ([`otlp::endpoint_from_env`]), spans are also exported there as `service`
-/// (`coupon-api`, `coupon-consumer`); keep the returned handle until exit, dropping it flushes
-/// the export. Safe to call more than once (later calls install nothing).
+/// JSON object per line. Lines are written by a thread of their own through a buffer
+/// (`tracing-appender`'s non-blocking writer, never dropping a line: a full queue of 128,000
+/// lines makes the logging thread wait), so a burst of lines, such as coupon-consumer's line
+/// per persisted row, costs one `write(2)` per burst rather than one per line. When the
+/// environment names an OTLP endpoint ([`otlp::endpoint_from_env`]), spans are also exported
+/// there as `service` (`coupon-api`, `coupon-consumer`). Safe to call more than once (later
+/// calls install nothing).
 ///
 /// # Errors
 /// The OTLP exporter cannot be built from the configured endpoint.
-pub fn init_tracing(service: &'static str) -> anyhow::Result<Option<otlp::OtlpExport>> {
+pub fn init_tracing(service: &'static str) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let url = otlp::endpoint_from_env();
-    let (export, otlp_layer) = match &url {
+    let (traces, otlp_layer) = match &url {
         Some(url) => {
             let (export, layer) = otlp::OtlpExport::start(service, url)?;
             (Some(export), Some(layer))
         }
         None => (None, None),
     };
+    let (writer, logs) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(BufWriter::new(std::io::stderr()));
     let registry = tracing_subscriber::registry().with(filter).with(otlp_layer);
     let installed = if json {
         registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr),
-            )
+            .with(tracing_subscriber::fmt::layer().json().with_writer(writer))
             .try_init()
     } else {
         registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(tracing_subscriber::fmt::layer().with_writer(writer))
             .try_init()
     };
-    if installed.is_err() {
-        return Ok(None);
-    }
-    if let Some(url) = url {
+    if let (Ok(()), Some(url)) = (installed, url) {
         tracing::info!(%url, "exporting traces over OTLP");
     }
-    Ok(export)
+    Ok(TelemetryGuard {
+        _traces: traces,
+        _logs: logs,
+    })
 }
 
 /// Histogram buckets (seconds) for every `*_duration_seconds` metric: 0.1 ms to 10 s. 15 ms (the

@@ -40,6 +40,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure};
 use coupon_core::store::redis::RedisMode;
 
+use figure::Figure;
 use harness::{wait_for, Bench};
 use report::Report;
 pub use scale::{run as run_scale, ScaleArgs};
@@ -192,23 +193,49 @@ async fn persisted(
     .await
 }
 
-/// `--only`: one part, for tuning, with no report.
+/// `--only`: one part, for tuning, with no report file; prints each figure's CPU per request.
 async fn only(bench: &Bench, part: &str) -> anyhow::Result<()> {
     match part {
         "kafka" => ceilings::measure_kafka(bench).await.map(drop),
         "drain" => {
             let _api = bench.start_api().await?;
-            drain::figure(bench).await.map(drop)
+            print_cpu(&drain::figure(bench).await?);
+            Ok(())
         }
         "issue" => {
             let _api = bench.start_api().await?;
-            admitted::figure(bench, OPEN_STOCK).await.map(drop)
+            print_cpu(&admitted::figure(bench, OPEN_STOCK).await?.0);
+            Ok(())
         }
         "rejection" => {
             let _api = bench.start_api().await?;
             let _consumer = bench.start_consumer(None, &bench.group)?;
-            rejections::figures(bench, OPEN_STOCK).await.map(drop)
+            let rejection = rejections::figures(bench, OPEN_STOCK).await?;
+            for figure in [
+                &rejection.sold_out,
+                &rejection.repeat,
+                &rejection.repeat_here,
+            ] {
+                print_cpu(figure);
+            }
+            Ok(())
         }
         other => bail!("--only takes kafka, drain, issue or rejection, not {other}"),
     }
+}
+
+/// Prints `figure`'s median rate and its CPU µs per request by process, one line.
+fn print_cpu(figure: &Figure) {
+    let parts = figure.cpu.as_ref().map_or_else(String::new, |cpu| {
+        cpu.by_part
+            .iter()
+            .map(|(part, us)| format!("{} {us:.1}", part.label()))
+            .chain([format!("all {:.1}", cpu.total)])
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    eprintln!(
+        "[bench] {}: {:.0}/s; CPU µs per request: {parts}",
+        figure.name, figure.rps_median
+    );
 }
