@@ -53,7 +53,12 @@ pub fn drop_invalid(mut request: Request) -> Request {
 /// The request's id as the set-id layer left it in the extensions: `None` only on a router
 /// built without that layer.
 pub fn of(request_id: Option<&RequestId>) -> Option<String> {
-    request_id.and_then(|id| id.header_value().to_str().ok().map(str::to_owned))
+    request_id.and_then(text).map(str::to_owned)
+}
+
+/// The id's text (always ASCII once [`drop_invalid`] and the set-id layer have run).
+fn text(id: &RequestId) -> Option<&str> {
+    id.header_value().to_str().ok()
 }
 
 /// The span of one request, at INFO: `request{method=POST route=/api/v1/… request_id=…}`.
@@ -66,7 +71,7 @@ pub fn span(request: &Request) -> Span {
     let id = request
         .extensions()
         .get::<RequestId>()
-        .and_then(|id| id.header_value().to_str().ok())
+        .and_then(text)
         .unwrap_or("");
     tracing::info_span!("request", method = %request.method(), route = %route, request_id = %id)
 }
