@@ -10,6 +10,7 @@ mod cpu;
 mod issue;
 mod latency;
 mod shards;
+mod speed;
 
 /// A client for the benchmarks' own API calls that sends `Authorization: Bearer {token}` with
 /// every request and keeps up to `idle` connections.

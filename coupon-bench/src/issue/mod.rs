@@ -43,6 +43,8 @@ use coupon_core::store::redis::RedisMode;
 use figure::Figure;
 use harness::{wait_for, Bench};
 use report::Report;
+
+use crate::speed::Probes;
 pub use scale::{run as run_scale, ScaleArgs};
 
 /// Stock of the coupons that must never sell out during a run (count).
@@ -143,11 +145,15 @@ pub async fn run(args: IssueArgs) -> anyhow::Result<()> {
         return only(&bench, part).await;
     }
 
+    let mut probes = Probes::default();
+    probes.take("at the start").await?;
     let ceilings = ceilings::measure(&bench).await?;
+    probes.take("after the ceilings").await?;
     let api = bench.start_api().await?;
     let drain = drain::figure(&bench).await?;
     // (b) with the consumer stopped.
     let (issue, open) = admitted::figure(&bench, OPEN_STOCK).await?;
+    probes.take("after (d) and (b)").await?;
 
     // From here on the consumer runs: it persists (b)'s messages and relays their events
     // (both waited for, so they do not share the CPU with (c)) and broadcasts the sell-out.
@@ -155,6 +161,7 @@ pub async fn run(args: IssueArgs) -> anyhow::Result<()> {
     persisted(&bench, open.coupon, "(b)'s messages persisted").await?;
     bench.outbox_relayed().await?;
     let rejection = rejections::figures(&bench, OPEN_STOCK).await?;
+    probes.take("after (c)").await?;
 
     // Exactness: persist everything, then compare every count.
     let mut issued = vec![open];
@@ -166,8 +173,17 @@ pub async fn run(args: IssueArgs) -> anyhow::Result<()> {
     consumer.stop();
     api.stop();
     let exactness = report::exactness(&bench, &issued).await?;
+    probes.take("at the end").await?;
 
-    let report = Report::new(&bench.args, ceilings, issue, rejection, drain, exactness);
+    let report = Report::new(
+        &bench.args,
+        probes,
+        ceilings,
+        issue,
+        rejection,
+        drain,
+        exactness,
+    );
     let out_dir = &bench.args.out_dir;
     std::fs::create_dir_all(out_dir)?;
     std::fs::write(
@@ -193,8 +209,10 @@ async fn persisted(
     .await
 }
 
-/// `--only`: one part, for tuning, with no report file; prints each figure's CPU per request.
+/// `--only`: one part, for tuning, with no report file; prints a machine probe, then each
+/// figure's CPU per request.
 async fn only(bench: &Bench, part: &str) -> anyhow::Result<()> {
+    Probes::default().take("before the figure").await?;
     match part {
         "kafka" => ceilings::measure_kafka(bench).await.map(drop),
         "drain" => {

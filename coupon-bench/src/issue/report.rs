@@ -16,6 +16,7 @@ use super::harness::Bench;
 use super::rejections::Rejection;
 use super::IssueArgs;
 use crate::cpu::CpuPerRequest;
+use crate::speed::Probes;
 
 /// A coupon a figure issued, for the exactness check.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +73,8 @@ pub(super) async fn exactness(bench: &Bench, issued: &[Issued]) -> anyhow::Resul
 pub(super) struct Report {
     date: String,
     cores: usize,
+    /// How fast the cores were between the parts of the run.
+    machine_probe: Probes,
     load_generator: String,
     figures: Vec<Figure>,
     redis_cpu_us_per_admission: f64,
@@ -86,6 +89,7 @@ impl Report {
     /// exactness rows.
     pub(super) fn new(
         args: &IssueArgs,
+        machine_probe: Probes,
         ceilings: Ceilings,
         issue: Figure,
         rejection: Rejection,
@@ -187,6 +191,7 @@ impl Report {
         Self {
             date: Utc::now().to_rfc3339(),
             cores: std::thread::available_parallelism().map_or(0, usize::from),
+            machine_probe,
             load_generator: format!(
                 "wrk 4.1 -t{} -c{} -d{}s, {} runs after a {} s warm-up",
                 args.threads, args.connections, args.seconds, args.runs, args.warmup_seconds
@@ -217,10 +222,11 @@ impl Report {
         let _ = writeln!(
             md,
             "# Issue-path benchmark\n\n{} · {} cores · {} · everything (load generator, services, \
-             Redis, broker, MariaDB) on the same machine\n",
+             Redis, broker, MariaDB) on the same machine · {}\n",
             &self.date[..10],
             self.cores,
-            self.load_generator
+            self.load_generator,
+            self.machine_probe.describe()
         );
         let _ = writeln!(
             md,
