@@ -2,8 +2,8 @@
 //!
 //! On a shared VM the host's other guests can halve the speed of a core without the guest
 //! seeing it (no steal time in `/proc/stat`, no hardware counters), so two runs of the same
-//! binary can differ by 2x. A report that carries this probe, taken before and after its
-//! figures, says whether its run was on a fast or a slow machine; its figures are comparable
+//! binary can differ by 2x. A report that carries this probe, taken between the parts of its
+//! run, says whether its run was on a fast or a slow machine; its figures are comparable
 //! only with runs whose probe is close.
 
 use std::hint::black_box;
@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-/// Iterations of the workload per round (about 40 ms on the development machine on a fast day).
+/// Iterations of the workload per round (about 60 ms on the 2-core development machine when its
+/// cores were steady, 2026-12-06).
 const ITERATIONS: u64 = 50_000_000;
 
 /// Rounds per probe; the median is reported.
@@ -71,8 +72,8 @@ pub async fn probe_ms() -> anyhow::Result<f64> {
 }
 
 /// One round: `ITERATIONS` steps of splitmix64 (Steele, Lea and Flood, "Fast splittable
-/// pseudorandom number generators", OOPSLA 2014), a chain of dependent multiplies and shifts
-/// that neither memory nor the compiler can shorten.
+/// pseudorandom number generators", OOPSLA 2014): multiplies and shifts in registers, no memory
+/// traffic, kept from being folded away by `black_box` on the seed and on the result.
 fn round_ms() -> f64 {
     let started = Instant::now();
     let mut state = black_box(0x9e37_79b9_7f4a_7c15_u64);
