@@ -18,11 +18,11 @@ echo "[bench] building (release)"
 cargo build --release --locked -p coupon-api -p coupon-bench
 
 echo "[bench] fresh database $database"
-mariadb -h127.0.0.1 -uroot -e "DROP DATABASE IF EXISTS \`$database\`"
+mariadb -h127.0.0.1 -ucoupon -pcoupon -e "DROP DATABASE IF EXISTS \`$database\`"
 
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
-export DATABASE_URL="mysql://root@127.0.0.1:3306/$database" REDIS_KEY_PREFIX="bench:"
+export DATABASE_URL="mysql://coupon:coupon@127.0.0.1:3306/$database" REDIS_KEY_PREFIX="bench:"
 start_service coupon-api API_LISTEN="127.0.0.1:$API_PORT" METRICS_LISTEN=off RATE_LIMITS=off RUST_LOG="${RUST_LOG:-warn}"
 wait_ready api_ready
 

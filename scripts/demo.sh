@@ -62,7 +62,7 @@ fi
 # (a one-consumer run after a two-consumer run in the same group consumed nothing for 180 s).
 if [ "${REDIS_MODE:-single}" = cluster ] || [ "$consumers" -gt 1 ]; then
   ns="scale-${REDIS_MODE:-single}-c$consumers"
-  export DATABASE_URL="${DATABASE_URL:-mysql://root@127.0.0.1:3306/coupon_${ns//-/_}}" \
+  export DATABASE_URL="${DATABASE_URL:-mysql://coupon:coupon@127.0.0.1:3306/coupon_${ns//-/_}}" \
     KAFKA_ISSUE_TOPIC="${KAFKA_ISSUE_TOPIC:-coupon-issues-$ns}" \
     KAFKA_DEAD_LETTER_TOPIC="${KAFKA_DEAD_LETTER_TOPIC:-coupon-issues-dlq-$ns}" \
     KAFKA_PAYMENTS_TOPIC="${KAFKA_PAYMENTS_TOPIC:-payments-$ns}" \
@@ -111,6 +111,6 @@ if [ "$api_instances" -gt 1 ] || [ "$consumers" -gt 1 ]; then
 fi
 echo "[demo] ran $api_instances coupon-api instance(s) on ports ${api_ports[*]} and $consumers" \
   "coupon-consumer(s) in group ${KAFKA_CONSUMER_GROUP:-coupon-consumer} on Redis ${REDIS_MODE:-single}" \
-  "(${REDIS_URL:-redis://127.0.0.1:6379}), database ${DATABASE_URL:-mysql://root@127.0.0.1:3306/coupon}; logs in $logs/"
+  "(${REDIS_URL:-redis://127.0.0.1:6379}), database ${DATABASE_URL:-mysql://coupon:coupon@127.0.0.1:3306/coupon}; logs in $logs/"
 [ "$hold" = 0 ] || { echo "[demo] holding ${hold} s after the verification (DEMO_HOLD_SECONDS)"; sleep "$hold"; }
 exit "$status"

@@ -82,7 +82,7 @@ run="$PWD/.local/fuzz/run"
 rm -rf "$run"
 mkdir -p "$run"
 db=coupon_fuzz
-mariadb -h127.0.0.1 -uroot -e "DROP DATABASE IF EXISTS \`$db\`" # coupon-api creates and migrates it
+mariadb -h127.0.0.1 -ucoupon -pcoupon -e "DROP DATABASE IF EXISTS \`$db\`" # coupon-api creates and migrates it
 redis_prefix="fuzz:"
 redis-cli -h 127.0.0.1 --scan --pattern "$redis_prefix*" | xargs -r -n 500 redis-cli -h 127.0.0.1 DEL >/dev/null
 # Topics cannot be emptied here, and an issue message left from an earlier run would name a
@@ -110,7 +110,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 # One client address sends everything: the per-address rate limit would answer most of it 429.
 env API_LISTEN="127.0.0.1:$API_PORT" METRICS_LISTEN="127.0.0.1:$METRICS_PORT" \
-  DATABASE_URL="mysql://root@127.0.0.1:3306/$db" REDIS_KEY_PREFIX="$redis_prefix" \
+  DATABASE_URL="mysql://coupon:coupon@127.0.0.1:3306/$db" REDIS_KEY_PREFIX="$redis_prefix" \
   KAFKA_ISSUE_TOPIC="$topics-issues" KAFKA_DEAD_LETTER_TOPIC="$topics-issues-dlq" \
   KAFKA_PAYMENTS_TOPIC="$topics-payments" KAFKA_EVENTS_TOPIC="$topics-events" \
   KAFKA_CONSUMER_GROUP="$topics-consumer" RATE_LIMITS=off RUST_LOG="${RUST_LOG:-info}" \

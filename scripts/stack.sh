@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The local stack without Docker: MariaDB, Redis and a Kafka-protocol broker (tansu) on
-# 127.0.0.1. Idempotent: safe to run twice, and safe where the services already run.
+# The local stack without Docker: MariaDB, Redis and an Apache Kafka broker on 127.0.0.1.
+# Idempotent: safe to run twice, and safe where the services already run.
 #
-#   scripts/stack.sh up     install what is missing (Debian packages, tansu), start, create the DB
+#   scripts/stack.sh up     install what is missing (Debian packages; Kafka's jars from Maven
+#                           Central), start, create the database, its user and the topics
 #   scripts/stack.sh down   stop what `up` started (services found already running are left alone)
 #   scripts/stack.sh status
 #
-# Settings (env): DB_NAME (coupon), KAFKA_PORT (9092), STACK_DIR (.local/ in the repo),
+# Settings (env): DB_NAME (coupon), DB_USER (coupon) and DB_PASSWORD (coupon): the services'
+# own database account, with rights on `coupon` and the `coupon_*` databases of tests, demos
+# and benchmarks only; KAFKA_PORT (9092; its controller listens on KAFKA_PORT+1), STACK_DIR
+# (.local/ in the repo),
 # REDIS_MODE (single; `cluster` also starts a local Redis Cluster: 3 masters and 3 replicas on
 # 127.0.0.1:7000-7005, REDIS_CLUSTER_PORT the first port; see docs/scale.md).
 set -euo pipefail
@@ -36,7 +40,9 @@ wait_port() { # port name seconds
 # shellcheck source=scripts/apt.sh
 source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
-mysql_tcp() { mariadb -h127.0.0.1 -P3306 -uroot --connect-timeout=2 "$@"; }
+DB_USER="${DB_USER:-coupon}"
+DB_PASSWORD="${DB_PASSWORD:-coupon}"
+mysql_tcp() { mariadb -h127.0.0.1 -P3306 -u"$DB_USER" -p"$DB_PASSWORD" --connect-timeout=2 "$@"; }
 
 mariadb_up() {
   if ! port_open 3306; then
@@ -46,14 +52,27 @@ mariadb_up() {
     as_root chown mysql:mysql /run/mysqld 2>/dev/null || true
     as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql
     wait_port 3306 MariaDB 60
+    # The socket comes a moment after the port.
+    for _ in $(seq 100); do as_root mariadb -e 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.1; done
     echo mariadb >>"$STACK_DIR/started"
   fi
-  # A fresh Debian install lets root in through the Unix socket only; the services connect over
-  # TCP as root without a password, as the README's default DATABASE_URL says.
+  # The services' own account, made through the Unix socket (a fresh Debian install lets root
+  # in there only). It exists for each host name a TCP connection from this machine can carry:
+  # the server names a client on 127.0.0.1 `localhost` when /etc/hosts says so (and then
+  # matches `coupon'@'localhost`), `127.0.0.1` otherwise, `::1` over IPv6, so the login never
+  # depends on name resolution. Rights: its database and the `coupon_*` databases the tests,
+  # demos and benchmarks create and drop, nothing else.
   if ! mysql_tcp -e 'SELECT 1' >/dev/null 2>&1; then
-    log "allowing root@127.0.0.1 without a password (local development only)"
-    as_root mariadb -e "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY '';
-      GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION; FLUSH PRIVILEGES;"
+    log "creating the database user '$DB_USER' (rights on \`$DB_NAME\` and \`coupon\\_%\` only)"
+    local host sql=""
+    for host in localhost 127.0.0.1 ::1; do
+      sql+="CREATE USER IF NOT EXISTS '$DB_USER'@'$host' IDENTIFIED BY '$DB_PASSWORD';
+        ALTER USER '$DB_USER'@'$host' IDENTIFIED BY '$DB_PASSWORD';
+        GRANT ALL PRIVILEGES ON \`$DB_NAME\`.* TO '$DB_USER'@'$host';
+        GRANT ALL PRIVILEGES ON \`coupon\\_%\`.* TO '$DB_USER'@'$host';"
+    done
+    as_root mariadb -e "$sql FLUSH PRIVILEGES;"
+    mysql_tcp -e 'SELECT 1' >/dev/null || { log "'$DB_USER' still cannot log in over TCP"; return 1; }
   fi
   mysql_tcp -e "CREATE DATABASE IF NOT EXISTS \`$DB_NAME\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
 }
@@ -128,33 +147,63 @@ cluster_down() {
   return 0
 }
 
+# The topics of the default settings: the issue topic with 12 partitions
+# (KAFKA_ISSUE_PARTITIONS), its dead-letter topic, payments and events (docs/configuration.md).
+# One broker, so one replica each: docs/scale.md says what production needs.
+KAFKA_TOPICS="coupon-issues:12 coupon-issues-dlq:1 payments:3 coupon.events:3"
+
+# kafka_pid: the pid of the process listening on KAFKA_PORT, empty when none.
+kafka_listener() { ss -Hltnp "sport = :$KAFKA_PORT" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2; }
+
+# kafka_ours: what listens on KAFKA_PORT is the broker this script started (its pid file), not
+# merely some process with the port open.
+kafka_ours() {
+  local pidfile="$STACK_DIR/kafka/broker.pid"
+  [ -f "$pidfile" ] && [ "$(kafka_listener)" = "$(cat "$pidfile")" ]
+}
+
+kafka_topics() { java -cp "$KAFKA_ROOT/libs/*" org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" "$@"; }
+
 kafka_up() {
-  if port_open "$KAFKA_PORT"; then
-    return 0
+  KAFKA_ROOT="$("$here/scripts/install-kafka.sh")"
+  export KAFKA_ROOT
+  if port_open "$KAFKA_PORT" && ! kafka_ours; then
+    local pid
+    pid="$(kafka_listener)"
+    log "127.0.0.1:$KAFKA_PORT is held by another process (pid ${pid:-unknown}: $(ps -o args= -p "${pid:-0}" 2>/dev/null | cut -c1-120)), not the broker this stack started; stop it or set KAFKA_PORT"
+    return 1
   fi
-  local tansu
-  tansu="$("$here/scripts/install-tansu.sh")"
-  mkdir -p "$STACK_DIR/kafka"
-  log "starting tansu (Kafka protocol) on 127.0.0.1:$KAFKA_PORT"
-  # SQLite storage: tansu's default in-memory storage does not serve fetches past offset 0.
-  # tansu reads the path of a sqlite:// URL relative to its working directory.
-  (cd "$STACK_DIR/kafka" && exec nohup "$tansu" broker \
-    --storage-engine "sqlite://tansu.db" \
-    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    >"$STACK_DIR/kafka/tansu.log" 2>&1) &
-  echo $! >"$STACK_DIR/kafka/tansu.pid"
-  wait_port "$KAFKA_PORT" tansu 60 || { tail -20 "$STACK_DIR/kafka/tansu.log" >&2; return 1; }
+  if ! kafka_ours; then
+    mkdir -p "$STACK_DIR/kafka"
+    log "starting Apache Kafka $(cat "$KAFKA_ROOT/installed") (KRaft, broker and controller) on 127.0.0.1:$KAFKA_PORT"
+    nohup "$here/scripts/kafka-broker.sh" "$STACK_DIR/kafka" "$KAFKA_PORT" $((KAFKA_PORT + 1)) \
+      >"$STACK_DIR/kafka/broker.log" 2>&1 &
+    echo $! >"$STACK_DIR/kafka/broker.pid"
+    wait_port "$KAFKA_PORT" "Kafka" 90 || { tail -20 "$STACK_DIR/kafka/broker.log" >&2; return 1; }
+    kafka_ours || { log "the process on 127.0.0.1:$KAFKA_PORT is not the broker started here"; return 1; }
+  fi
+  local existing missing=() topic
+  existing="$(kafka_topics --list)"
+  for topic in $KAFKA_TOPICS; do
+    grep -qx "${topic%%:*}" <<<"$existing" || missing+=("$topic")
+  done
+  for topic in "${missing[@]}"; do
+    log "creating topic ${topic%%:*} (${topic##*:} partitions)"
+    kafka_topics --create --if-not-exists --topic "${topic%%:*}" --partitions "${topic##*:}" \
+      --replication-factor 1 >/dev/null
+  done
 }
 
 kafka_down() {
-  local pidfile="$STACK_DIR/kafka/tansu.pid"
+  local pidfile="$STACK_DIR/kafka/broker.pid"
   if [ -f "$pidfile" ]; then
     local pid
     pid="$(cat "$pidfile")"
+    # SIGTERM: the broker's controlled shutdown flushes its logs and closes them cleanly.
     if kill "$pid" 2>/dev/null; then
-      log "stopping tansu ($pid)"
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      log "stopping the Kafka broker ($pid)"
+      for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -0 "$pid" 2>/dev/null && { log "the broker did not stop within 30 s; killing it"; kill -9 "$pid" 2>/dev/null || true; }
     fi
     rm -f "$pidfile"
   fi
@@ -167,7 +216,7 @@ case "${1:-}" in
     redis_up
     [ "$REDIS_MODE" = cluster ] && cluster_up
     kafka_up
-    log "up: MariaDB 127.0.0.1:3306 (database $DB_NAME), Redis 127.0.0.1:6379, Kafka 127.0.0.1:$KAFKA_PORT"
+    log "up: MariaDB 127.0.0.1:3306 (database $DB_NAME, user $DB_USER), Redis 127.0.0.1:6379, Kafka 127.0.0.1:$KAFKA_PORT"
     [ "$REDIS_MODE" = cluster ] && log "up: Redis Cluster 127.0.0.1:$REDIS_CLUSTER_PORT-$((REDIS_CLUSTER_PORT + 5)) (REDIS_MODE=cluster REDIS_URL=redis://127.0.0.1:$REDIS_CLUSTER_PORT)"
     true
     ;;
@@ -182,9 +231,16 @@ case "${1:-}" in
     log "down"
     ;;
   status)
-    for p in 3306 6379 "$KAFKA_PORT" $(cluster_ports); do
+    for p in 3306 6379 $(cluster_ports); do
       if port_open "$p"; then echo "127.0.0.1:$p open"; else echo "127.0.0.1:$p closed"; fi
     done
+    if kafka_ours; then
+      echo "127.0.0.1:$KAFKA_PORT open: the Kafka broker of this stack (pid $(cat "$STACK_DIR/kafka/broker.pid"))"
+    elif port_open "$KAFKA_PORT"; then
+      echo "127.0.0.1:$KAFKA_PORT open: another process (pid $(kafka_listener)), not this stack's broker"
+    else
+      echo "127.0.0.1:$KAFKA_PORT closed"
+    fi
     ;;
   *)
     echo "usage: $0 up|down|status" >&2

@@ -19,7 +19,7 @@ pub struct StoreConfig {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "mysql://root@127.0.0.1:3306/coupon"
+        default_value = "mysql://coupon:coupon@127.0.0.1:3306/coupon"
     )]
     pub database_url: SecretString,
 
@@ -167,7 +167,7 @@ mod tests {
         assert_eq!(cli.stores.kafka_brokers, "127.0.0.1:9092");
         assert_eq!(
             cli.stores.database_url(),
-            "mysql://root@127.0.0.1:3306/coupon"
+            "mysql://coupon:coupon@127.0.0.1:3306/coupon"
         );
     }
 

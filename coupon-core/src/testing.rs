@@ -62,7 +62,7 @@ pub fn isolated_stores() -> StoreConfig {
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let env =
         |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
-    let server = env("DATABASE_URL", "mysql://root@127.0.0.1:3306/coupon");
+    let server = env("DATABASE_URL", "mysql://coupon:coupon@127.0.0.1:3306/coupon");
     let server = server
         .rsplit_once('/')
         .map_or(server.as_str(), |(head, _)| head)

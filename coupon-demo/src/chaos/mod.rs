@@ -275,7 +275,7 @@ pub async fn run(
     let database = tag.replace('-', "_");
     let database_url = match &own_mysql {
         Some(own) => own.url(&database),
-        None => format!("mysql://root@127.0.0.1:3306/{database}"),
+        None => format!("mysql://coupon:coupon@127.0.0.1:3306/{database}"),
     };
     let broker_port = match fault {
         Fault::BrokerStopped => free_port()?,
@@ -505,7 +505,7 @@ pub async fn run(
     pool.close().await;
     if own_mysql.is_none() {
         // The scenario's database on the shared server; an own server goes with its directory.
-        let admin = coupon_core::store::db::connect("mysql://root@127.0.0.1:3306/mysql", 1).await?;
+        let admin = coupon_core::store::db::connect("mysql://coupon:coupon@127.0.0.1:3306/mysql", 1).await?;
         sqlx::query(&format!("DROP DATABASE IF EXISTS `{database}`"))
             .execute(&admin)
             .await?;
