@@ -55,13 +55,11 @@ export RUST_LOG="${RUST_LOG:-info}"
 if [ "${REDIS_MODE:-single}" = cluster ]; then
   export REDIS_MODE REDIS_URL="${REDIS_URL:-redis://127.0.0.1:${REDIS_CLUSTER_PORT:-7000}}"
 fi
-# A run on the cluster or with several consumers keeps to a database, topics and consumer group
-# of its own (unless set), named by its Redis mode and consumer count: one database must
-# always be paired with one Redis (reconciliation repairs the one against the other), and
-# tansu 0.6 stopped assigning partitions to a group whose member count changed between runs
-# (a one-consumer run after a two-consumer run in the same group consumed nothing for 180 s).
-if [ "${REDIS_MODE:-single}" = cluster ] || [ "$consumers" -gt 1 ]; then
-  ns="scale-${REDIS_MODE:-single}-c$consumers"
+# A run on the cluster keeps to a database, topics and consumer group of its own (unless set):
+# one database must always be paired with one Redis (reconciliation repairs the one against
+# the other), and the issue messages in a topic name the coupons of one database.
+if [ "${REDIS_MODE:-single}" = cluster ]; then
+  ns="scale-cluster"
   export DATABASE_URL="${DATABASE_URL:-mysql://coupon:coupon@127.0.0.1:3306/coupon_${ns//-/_}}" \
     KAFKA_ISSUE_TOPIC="${KAFKA_ISSUE_TOPIC:-coupon-issues-$ns}" \
     KAFKA_DEAD_LETTER_TOPIC="${KAFKA_DEAD_LETTER_TOPIC:-coupon-issues-dlq-$ns}" \
@@ -80,10 +78,6 @@ for ((i = 0; i < api_instances; i++)); do
   api_ports+=("$port")
   base_urls+=("http://127.0.0.1:$port")
 done
-# The consumers join once the APIs are ready, so the topics exist when the group first
-# assigns partitions (tansu 0.6 gave every partition to the first member of a group that
-# joined before its topic existed).
-wait_ready "api_ready ${api_ports[*]}"
 for ((j = 0; j < consumers; j++)); do
   start_service "coupon-consumer$(tag "$consumers" "$j")" METRICS_LISTEN="127.0.0.1:$((9465 + 2 * j))"
   consumer_tags+=("$(tag "$consumers" "$j" | tr -d :)")

@@ -1,15 +1,29 @@
 #!/usr/bin/env bash
 # The whole test suite (`make test`): unit tests plus black-box tests against the real
-# MariaDB/MySQL, Redis and Kafka-protocol broker that `make up` started, run twice: on the
+# MariaDB/MySQL, Redis and Apache Kafka broker that `make up` started, run twice: on the
 # single Redis node, then on a local Redis Cluster (docs/scale.md).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# docker-compose.yml's broker is the version `make up` runs (pinned in scripts/kafka/pom.xml).
+kafka_version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' scripts/kafka/pom.xml)"
+compose_images="$(grep -o 'apache/kafka:[^ ]*' docker-compose.yml | sort -u)"
+if [ "$compose_images" != "apache/kafka:$kafka_version" ]; then
+  echo "[test] docker-compose.yml runs ${compose_images//$'\n'/ }, make up runs Apache Kafka $kafka_version" >&2
+  exit 1
+fi
 
 # Each test creates its own database named coupon_test_<uuid>; drop what earlier runs left.
 leftovers="$(mariadb -h127.0.0.1 -ucoupon -pcoupon -N -e "SHOW DATABASES LIKE 'coupon\\_test\\_%'" 2>/dev/null || true)"
 for db in $leftovers; do
   mariadb -h127.0.0.1 -ucoupon -pcoupon -e "DROP DATABASE \`$db\`"
 done
+# And its own topics (issues-<uuid>, dlq-<uuid>, payments-<uuid>, events-<uuid>): a broker
+# keeping every earlier run's thousands of partitions would start and answer ever slower.
+KAFKA_ROOT="$(scripts/install-kafka.sh)"
+java -cp "$KAFKA_ROOT/libs/*" org.apache.kafka.tools.TopicCommand \
+  --bootstrap-server "${KAFKA_BROKERS:-127.0.0.1:9092}" --delete --if-exists \
+  --topic '(issues|dlq|payments|events)-[0-9a-f]{32}' >/dev/null
 redis-cli -h 127.0.0.1 --scan --pattern 'test:*' 2>/dev/null | xargs -r -n 500 redis-cli -h 127.0.0.1 DEL >/dev/null || true
 
 # The Prometheus config and alert rules must load and behave (promtool from Debian's prometheus

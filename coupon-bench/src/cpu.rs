@@ -26,7 +26,7 @@ pub enum Part {
     Consumer,
     /// redis-server processes (every node of a cluster, replicas included).
     Redis,
-    /// The Kafka-protocol broker (tansu).
+    /// The Kafka broker (a JVM), found by the port it listens on.
     Broker,
     /// MariaDB or MySQL.
     Mysql,
@@ -132,6 +132,43 @@ impl Processes {
         }
     }
 
+    /// Adds every process listening on TCP `port` (of any local address, IPv4 or IPv6), found
+    /// by the socket's inode: `/proc/net/tcp{,6}` names the listening socket (state `0A`,
+    /// `proc(5)`), `/proc/<pid>/fd/*` links to `socket:[inode]` in the process holding it. A
+    /// process is found whatever its command name: a JVM's is `java`. Returns how many.
+    pub fn add_listening(&self, part: Part, port: u16) -> usize {
+        let inodes = listening_inodes(port);
+        if inodes.is_empty() {
+            return 0;
+        }
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        let mut found = 0;
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+                continue;
+            };
+            let holds = fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|target| {
+                    let target = target.to_string_lossy();
+                    target
+                        .strip_prefix("socket:[")
+                        .and_then(|rest| rest.strip_suffix(']'))
+                        .is_some_and(|inode| inodes.iter().any(|i| i == inode))
+                })
+            });
+            if holds {
+                self.add(part, pid);
+                found += 1;
+            }
+        }
+        found
+    }
+
     /// Reads the CPU time of every process now; a process that has ended is left out.
     pub fn sample(&self) -> Sample {
         let pids = self.pids.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -188,6 +225,30 @@ pub fn own_seconds() -> f64 {
     stat_ticks("self").map_or(0.0, |[user, system, ..]| (user + system) / TICKS_PER_SECOND)
 }
 
+/// Inodes of the sockets listening on TCP `port`, from `/proc/net/tcp` and `/proc/net/tcp6`:
+/// each line's second field is `address:port` with the port in hex, the fourth the state
+/// (`0A` is LISTEN), the tenth the inode.
+fn listening_inodes(port: u16) -> Vec<String> {
+    let wanted = format!("{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local_port = fields.get(1)?.rsplit_once(':')?.1;
+                    (local_port == wanted && *fields.get(3)? == "0A")
+                        .then(|| fields.get(9).map(|inode| (*inode).to_owned()))
+                        .flatten()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// `utime`, `stime`, `cutime`, `cstime` (ticks) of `/proc/<pid>/stat`.
 fn stat_ticks(pid: &str) -> Option<[f64; 4]> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -227,6 +288,21 @@ mod tests {
         let per = before.per_request(&after, 10).expect("requests > 0");
         assert!(per.total >= 2_000.0, "{per:?}");
         assert!(before.per_request(&after, 0).is_none());
+    }
+
+    #[test]
+    fn a_listener_is_found_by_its_port_whatever_its_name() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("bound").port();
+        let processes = Processes::default();
+        assert_eq!(processes.add_listening(Part::Broker, port), 1);
+        let sample = processes.sample();
+        assert_eq!(
+            sample.by_pid.get(&std::process::id()).map(|(part, _)| *part),
+            Some(Part::Broker)
+        );
+        drop(listener);
+        assert_eq!(Processes::default().add_listening(Part::Broker, port), 0);
     }
 
     #[test]

@@ -72,8 +72,8 @@ pub(super) async fn run(bench: &Bench, consumers: usize) -> anyhow::Result<(Run,
     create_topic(&args.kafka_brokers, &topic, args.partitions).await?;
     // The consumers join the group first and are stopped (SIGSTOP) once each holds partitions:
     // a group that settles while the messages are there lets its first member take them all
-    // before the others join (tansu 0.6 gave the second member nothing during a 100,000-row
-    // drain).
+    // before the others join (seen on tansu 0.6, the earlier local broker, during a 100,000-row
+    // drain; stopping the members until the drain starts keeps the split even on any broker).
     let group = format!("{}-{coupon}", bench.group);
     let services = (0..consumers)
         .map(|i| bench.start_consumer_at(i, Some(&topic), &group))

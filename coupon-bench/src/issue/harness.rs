@@ -60,7 +60,8 @@ impl Bench {
             .database_url
             .rsplit_once('/')
             .context("DATABASE_URL must name a database")?;
-        let admin = MySqlPool::connect(&format!("{server}/mysql")).await?;
+        // No database named: the services' account has rights on its own databases only.
+        let admin = MySqlPool::connect(server).await?;
         sqlx::query(&format!("DROP DATABASE IF EXISTS `{database}`"))
             .execute(&admin)
             .await?;
@@ -81,7 +82,20 @@ impl Bench {
         for pid in redis_pids(&redis, &args).await? {
             processes.add(Part::Redis, pid);
         }
-        processes.add_named(Part::Broker, &["tansu"]);
+        // The broker is a JVM (`java`): found by the port of the first bootstrap server.
+        let broker_port = args
+            .kafka_brokers
+            .split(',')
+            .next()
+            .and_then(|first| first.rsplit_once(':'))
+            .and_then(|(_, port)| port.parse().ok())
+            .context("--kafka-brokers must start with host:port")?;
+        if processes.add_listening(Part::Broker, broker_port) == 0 {
+            eprintln!(
+                "[bench] no local process listens on the broker's port {broker_port}: \
+                 its CPU is not counted"
+            );
+        }
         processes.add_named(Part::Mysql, &["mariadbd", "mysqld"]);
         let jwt_secret = format!("bench-{}", Uuid::new_v4().simple());
         let token = TokenSigner::hs256(&jwt_secret).mint("coupon-bench", Role::Admin, 86_400)?;

@@ -111,8 +111,10 @@ pub struct IssueArgs {
     /// Kafka bootstrap servers.
     #[arg(long, default_value = "127.0.0.1:9092")]
     kafka_brokers: String,
-    /// Partitions of the benchmark's topics. tansu's cost is per partition batch: with 64
-    /// publishes in flight it acknowledged about 6,500 msg/s on 12 partitions and 11,300 on 3.
+    /// Partitions of the benchmark's topics. Chosen on tansu 0.6, the earlier local broker,
+    /// whose cost was per partition batch (with 64 publishes in flight it acknowledged about
+    /// 6,500 msg/s on 12 partitions and 11,300 on 3); kept so figures stay comparable until
+    /// the tables are re-measured on Apache Kafka.
     #[arg(long, default_value_t = 3)]
     partitions: i32,
     /// Port of coupon-api (its metrics port is this + 1000, the consumer's this + 1001, the
