@@ -214,7 +214,7 @@ fn record_request(
 
 /// Registers the API's series before the first request: the HTTP series of the issue route for
 /// every answer it can give, the issue outcomes, the policy cache and Redis series (the Kafka
-/// producer's are registered by [`IssuePublisher::sample_queue_depth`]).
+/// producer's are registered by [`IssuePublisher::sample_gauges`]).
 fn register_metrics() {
     coupon_core::issue::admission::register_metrics();
     crate::routes::issues::register_metrics();
@@ -266,7 +266,11 @@ impl Application {
         );
         telemetry::install_metrics(config.metrics_listen)?;
         register_metrics();
-        let Connections { pool, redis } = coupon_core::store::connect(stores).await?;
+        let Connections {
+            pool,
+            redis,
+            issue_topic,
+        } = coupon_core::store::connect(stores).await?;
         let publisher = IssuePublisher::new(
             &stores.kafka_brokers,
             &stores.kafka_issue_topic,
@@ -302,7 +306,11 @@ impl Application {
         let background = CancellationToken::new();
         let code_jobs = CodeJobs::new(pool.clone(), config.code_job_lease(), background.clone());
         tokio::spawn(code_jobs.clone().resume_abandoned());
-        tokio::spawn(publisher.clone().sample_queue_depth(background.clone()));
+        tokio::spawn(
+            publisher
+                .clone()
+                .sample_gauges(issue_topic, background.clone()),
+        );
         let breaker = RedisBreaker::new(&config.breaker);
         tokio::spawn(breaker.clone().probe(admission.clone(), background.clone()));
         let rate_limits = RateLimits::new(&config.rate_limits);

@@ -25,9 +25,14 @@ pub struct ConsumerConfig {
     pub group_id: String,
 
     /// Static group membership (KIP-345): this instance's stable id in the group, e.g. the
-    /// pod or host name. A restarted instance with the same id takes its partitions back at
-    /// once instead of waiting for the dead member's session timeout (10 s) and a rebalance.
-    /// Two instances must never share an id. Unset: dynamic membership.
+    /// pod or host name. A restarted instance with the same id takes its partitions back as
+    /// soon as it rejoins, without waiting for the session timeout and without a rebalance of
+    /// the other members. Without it, an instance killed without leaving the group (SIGKILL,
+    /// a lost host) keeps its partitions, unconsumed, until its session expires, and only
+    /// then does a rebalance hand them out: `session.timeout.ms`, 10 s here
+    /// ([`crate::consumer_config`]; librdkafka's default is 45 s). Two instances must never
+    /// share an id: the later one fences the earlier out of the group. Unset: dynamic
+    /// membership.
     #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID")]
     pub group_instance_id: Option<String>,
 
@@ -40,11 +45,10 @@ pub struct ConsumerConfig {
     pub batch_max_wait_ms: u64,
 
     /// Longest time (ms) the broker holds a fetch open waiting for data (librdkafka
-    /// `fetch.wait.max.ms`), for both group members (issue messages and payment results).
-    /// Kafka answers as soon as data arrives; tansu 0.6 answers after the whole wait even then,
-    /// so this is also the added delay from publish to persist there. Each idle fetch costs
-    /// the broker a query per partition: with 15 partitions an idle consumer cost tansu 21 %
-    /// of a core at 100 ms and 7 % at 500 ms (2 cores, `top`), and the drain rate was the same.
+    /// `fetch.wait.max.ms`, whose default is the same 500), for both group members (issue
+    /// messages and payment results). Kafka answers as soon as there is data
+    /// (`fetch.min.bytes`, 1 byte), so this bounds how long an idle fetch is held, not the
+    /// delay from publish to persist; a shorter wait only sends idle fetches more often.
     #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = 500)]
     pub kafka_fetch_wait_ms: u32,
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use coupon_core::issue::admission::AdmissionStore;
 use coupon_core::queries;
+use coupon_core::store::kafka::IssueTopicVerdict;
 use coupon_core::telemetry::names;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
@@ -72,6 +73,9 @@ pub struct GaugeSampler {
     pub(crate) interval: Duration,
     /// Most coupons given gauges at once (count).
     pub(crate) coupon_limit: u32,
+    /// The start-up verdict on the issue topic, recorded again at every sample so the
+    /// exporter keeps `coupon_kafka_issue_topic_durable`.
+    pub(crate) issue_topic: IssueTopicVerdict,
 }
 
 impl GaugeSampler {
@@ -114,8 +118,8 @@ impl GaugeSampler {
     }
 
     /// Sets the `coupon_policy_*` gauges every `METRICS_SAMPLE_INTERVAL_MS` until `shutdown`
-    /// stops it,
-    /// and the lag gauges ([`Self::sample_lag`]) at the same pace:
+    /// stops it, and the lag gauges ([`Self::sample_lag`]) and
+    /// `coupon_kafka_issue_topic_durable` (the start-up verdict) at the same pace:
     /// stock and `issued_quantity` from MySQL, admitted from the Redis set's `SCARD`, for the
     /// coupons of [`queries::live_stocks`]. A failed sample is logged and skipped (the gauges
     /// keep their last value until the exporter's idle timeout).
@@ -126,6 +130,7 @@ impl GaugeSampler {
                 () = shutdown.stopping() => return,
                 _ = tick.tick() => {}
             }
+            self.issue_topic.record();
             self.sample_lag().await;
             if let Err(err) = self.sample_stock_gauges_once().await {
                 tracing::warn!(error = %err, "sampling the per-coupon gauges failed");

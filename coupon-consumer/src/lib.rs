@@ -74,7 +74,10 @@ pub struct ConsumerStats {
 
 /// Client settings of the group member: offsets are committed by hand, only after the batch is
 /// durable (`enable.auto.commit=false`), and a new group starts from the earliest offset so no
-/// message published before the first consumer joined is skipped. A fetch waits at most
+/// message published before the first consumer joined is skipped. `session.timeout.ms=10000`:
+/// a member that died without leaving the group is given up, and its partitions handed to the
+/// others, after 10 s (librdkafka's default is 45 s; the broker accepts 6 s to 30 min,
+/// `group.min.session.timeout.ms` and `group.max.session.timeout.ms`). A fetch waits at most
 /// `fetch_wait_ms` for data ([`ConsumerConfig::kafka_fetch_wait_ms`]). With `instance_id`, the
 /// member is static (`group.instance.id`, [`ConsumerConfig::group_instance_id`]).
 pub fn consumer_config(
@@ -127,7 +130,11 @@ impl Application {
         gauges::register_metrics();
         reconcile::register_metrics();
         purge::register_metrics();
-        let Connections { pool, redis } = coupon_core::store::connect(stores).await?;
+        let Connections {
+            pool,
+            redis,
+            issue_topic,
+        } = coupon_core::store::connect(stores).await?;
         let admission = AdmissionStore::new(redis, RedisKeys::new(stores.redis_key_prefix.clone()));
         let member = |group: &str, topic: &str, what: &str| -> anyhow::Result<_> {
             let consumer: StreamConsumer<GroupContext> = consumer_config(
@@ -174,6 +181,7 @@ impl Application {
                 admission: admission.clone(),
                 interval: config.metrics_sample_interval(),
                 coupon_limit: config.metrics_coupon_limit,
+                issue_topic,
             },
             issues: IssueConsumer {
                 consumer: issue_member,

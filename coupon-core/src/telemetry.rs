@@ -107,6 +107,10 @@ pub mod names {
     pub const KAFKA_PRODUCE_ERRORS: &str = "coupon_kafka_produce_errors_total";
     /// Gauge (messages): librdkafka's queue plus in-flight requests.
     pub const KAFKA_PRODUCER_QUEUE: &str = "coupon_kafka_producer_queue_messages";
+    /// Gauge, 1 or 0: whether the issue topic keeps acknowledged messages across the loss of
+    /// one broker (at least 2 replicas, `min.insync.replicas` at least 2, no unclean leader
+    /// election), as checked at start-up; absent when the check could not run.
+    pub const KAFKA_ISSUE_TOPIC_DURABLE: &str = "coupon_kafka_issue_topic_durable";
     /// Counter, label `result` (`hit`, `miss`): local policy cache lookups.
     pub const POLICY_CACHE_REQUESTS: &str = "coupon_policy_cache_requests_total";
     /// Counter: issue messages in persisted batches.

@@ -57,12 +57,16 @@ pub fn redis_mode() -> crate::store::redis::RedisMode {
 }
 
 /// Store settings isolated for one test: a fresh database name, Redis prefix and topic names
-/// (3 partitions for the issue topic).
+/// (3 partitions for the issue topic), the topics created with the broker's replication
+/// factor and `min.insync.replicas` (one replica each on the local single broker).
 pub fn isolated_stores() -> StoreConfig {
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let env =
         |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
-    let server = env("DATABASE_URL", "mysql://coupon:coupon@127.0.0.1:3306/coupon");
+    let server = env(
+        "DATABASE_URL",
+        "mysql://coupon:coupon@127.0.0.1:3306/coupon",
+    );
     let server = server
         .rsplit_once('/')
         .map_or(server.as_str(), |(head, _)| head)
@@ -84,6 +88,8 @@ pub fn isolated_stores() -> StoreConfig {
         kafka_issue_partitions: 3,
         kafka_message_timeout_ms: 10_000,
         kafka_create_topics: true,
+        kafka_topic_replication_factor: crate::config::ReplicationFactor::BrokerDefault,
+        kafka_topic_min_insync_replicas: None,
     }
 }
 

@@ -11,29 +11,44 @@ use sqlx::MySqlPool;
 
 use crate::config::StoreConfig;
 
-/// Open connections to MySQL and Redis.
+/// Open connections to MySQL and Redis, and what the start-up check found about the issue
+/// topic.
 pub struct Connections {
     /// MySQL pool, migrations applied.
     pub pool: MySqlPool,
     /// Multiplexed Redis connection (one node or a cluster) with bounded commands.
     pub redis: redis::RedisConnection,
+    /// Whether the issue topic survives the loss of one broker ([`kafka::check_issue_topic`]);
+    /// the service records it again periodically ([`kafka::IssueTopicVerdict::record`]).
+    pub issue_topic: kafka::IssueTopicVerdict,
 }
 
-/// What every service does first: create the database when missing and apply migrations,
-/// connect to Redis, and create the Kafka topics when `kafka_create_topics` is set.
+/// What every service does first: check the topic settings, create the database when missing
+/// and apply migrations, connect to Redis, create the Kafka topics when `kafka_create_topics`
+/// is set, then check whether the issue topic survives the loss of one broker (a warning
+/// when not, or when the check cannot run: it never stops the start-up, and delays it by at
+/// most [`kafka::ISSUE_TOPIC_CHECK_TIMEOUT`]).
 ///
 /// # Errors
-/// A store is unreachable; the error says which.
+/// The topic settings contradict each other, or a store is unreachable; the error says which.
 pub async fn connect(stores: &StoreConfig) -> anyhow::Result<Connections> {
+    let replication = stores
+        .new_topic_replication()
+        .context("checking the Kafka topic settings")?;
     let pool = db::prepare(stores.database_url(), stores.database_max_connections).await?;
     let redis = stores
         .connect_redis(stores.redis_timeout())
         .await
         .context("connecting to Redis")?;
     if stores.kafka_create_topics {
-        kafka::ensure_topics(stores)
+        kafka::ensure_topics(stores, replication)
             .await
             .context("creating Kafka topics")?;
     }
-    Ok(Connections { pool, redis })
+    let issue_topic = kafka::check_issue_topic(stores).await;
+    Ok(Connections {
+        pool,
+        redis,
+        issue_topic,
+    })
 }
