@@ -298,7 +298,10 @@ mod tests {
         assert_eq!(processes.add_listening(Part::Broker, port), 1);
         let sample = processes.sample();
         assert_eq!(
-            sample.by_pid.get(&std::process::id()).map(|(part, _)| *part),
+            sample
+                .by_pid
+                .get(&std::process::id())
+                .map(|(part, _)| *part),
             Some(Part::Broker)
         );
         drop(listener);

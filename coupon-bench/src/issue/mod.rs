@@ -96,7 +96,10 @@ pub struct IssueArgs {
     #[arg(long)]
     only: Option<String>,
     /// The benchmark's own database (dropped and recreated).
-    #[arg(long, default_value = "mysql://coupon:coupon@127.0.0.1:3306/coupon_bench_issue")]
+    #[arg(
+        long,
+        default_value = "mysql://coupon:coupon@127.0.0.1:3306/coupon_bench_issue"
+    )]
     database_url: String,
     /// Redis host for redis-benchmark and the services.
     #[arg(long, default_value = "127.0.0.1")]
