@@ -306,11 +306,15 @@ pub(super) async fn measure_kafka(bench: &Bench) -> anyhow::Result<(Figure, Figu
         let mut stream = consumer.stream();
         let mut read = 0_u64;
         let mut first = None;
+        // From the first message: the group's join and first fetch are not the broker's
+        // reading cost.
+        let mut cpu_before = None;
         while read < total {
             let next = tokio::time::timeout(Duration::from_secs(60), stream.next()).await;
             match next {
                 Ok(Some(Ok(_))) => {
                     first.get_or_insert_with(Instant::now);
+                    cpu_before.get_or_insert_with(|| bench.processes.sample());
                     read += 1;
                 }
                 Ok(Some(Err(err))) => bail!("reading back: {err}"),
@@ -320,7 +324,10 @@ pub(super) async fn measure_kafka(bench: &Bench) -> anyhow::Result<(Figure, Figu
         let elapsed = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
         let rps = total as f64 / elapsed;
         eprintln!("[bench] kafka consume: {rps:.0} msg/s");
-        consume_runs.push(Run::rate_only(total, rps));
+        let mut run = Run::rate_only(total, rps);
+        run.cpu =
+            cpu_before.and_then(|before| before.per_request(&bench.processes.sample(), total));
+        consume_runs.push(run);
     }
     let consume = Figure::new(
         "broker consume (plain consumer)",

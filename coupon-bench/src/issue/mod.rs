@@ -219,7 +219,12 @@ async fn persisted(
 async fn only(bench: &Bench, part: &str) -> anyhow::Result<()> {
     Probes::default().take("before the figure").await?;
     match part {
-        "kafka" => ceilings::measure_kafka(bench).await.map(drop),
+        "kafka" => {
+            let (produce, consume) = ceilings::measure_kafka(bench).await?;
+            print_cpu(&produce);
+            print_cpu(&consume);
+            Ok(())
+        }
         "drain" => {
             let _api = bench.start_api().await?;
             print_cpu(&drain::figure(bench).await?);
