@@ -18,13 +18,18 @@ use crate::RacePlan;
 
 use super::*;
 
-/// What the race was answered, by user.
-#[derive(Default)]
+/// What the race was answered, by user, and when.
 pub(super) struct Answers {
     pub(super) labels: BTreeMap<String, usize>,
     pub(super) accepted: HashSet<i64>,
     pub(super) already_issued: HashSet<i64>,
     pub(super) in_doubt: HashSet<i64>,
+    /// When each request answered 202 was sent, and when the answer came.
+    pub(super) accepted_at: Vec<(Instant, Instant)>,
+    /// When the first request was due.
+    pub(super) started: Instant,
+    /// When the last answer came.
+    pub(super) ended: Instant,
 }
 
 /// Sends one issue request for `user`, to `bases[first]` or, when that refuses the connection
@@ -64,6 +69,11 @@ pub(super) async fn send(
     "000 UNREACHABLE".to_owned()
 }
 
+/// Fires `plan`'s requests at `bases` (request i to base i mod n), paced at `plan.rate`;
+/// counts the 202s in `accepted_so_far` as they come, so the fault can start on a count.
+///
+/// # Errors
+/// The plan is inconsistent or a token could not be signed; transport failures are answers.
 pub(super) async fn race(
     client: &reqwest::Client,
     bases: &[String],
@@ -71,7 +81,7 @@ pub(super) async fn race(
     coupon: CouponId,
     plan: &ChaosPlan,
     accepted_so_far: &AtomicUsize,
-) -> anyhow::Result<(Answers, Duration)> {
+) -> anyhow::Result<Answers> {
     let ids = RacePlan {
         requests: plan.requests,
         users: plan.users,
@@ -84,27 +94,38 @@ pub(super) async fn race(
         .map(|u| Ok((*u, signer.mint(&u.to_string(), Role::User, 3_600)?)))
         .collect::<anyhow::Result<BTreeMap<i64, String>>>()?;
     let started = tokio::time::Instant::now();
-    let answers: Vec<(i64, String)> = futures::stream::iter(ids.into_iter().enumerate())
-        .map(|(i, user)| {
-            let token = &tokens[&user];
-            async move {
-                let at = started + Duration::from_secs_f64(i as f64 / plan.rate);
-                tokio::time::sleep_until(at).await;
-                let label = send(client, bases, i, coupon, token).await;
-                if label == "202 ACCEPTED" {
-                    accepted_so_far.fetch_add(1, Ordering::Relaxed);
+    let answers: Vec<(i64, String, (Instant, Instant))> =
+        futures::stream::iter(ids.into_iter().enumerate())
+            .map(|(i, user)| {
+                let token = &tokens[&user];
+                async move {
+                    let at = started + Duration::from_secs_f64(i as f64 / plan.rate);
+                    tokio::time::sleep_until(at).await;
+                    let sent = Instant::now();
+                    let label = send(client, bases, i, coupon, token).await;
+                    if label == "202 ACCEPTED" {
+                        accepted_so_far.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (user, label, (sent, Instant::now()))
                 }
-                (user, label)
-            }
-        })
-        .buffer_unordered(plan.concurrency.max(1))
-        .collect()
-        .await;
-    let mut out = Answers::default();
-    for (user, label) in answers {
+            })
+            .buffer_unordered(plan.concurrency.max(1))
+            .collect()
+            .await;
+    let mut out = Answers {
+        labels: BTreeMap::new(),
+        accepted: HashSet::new(),
+        already_issued: HashSet::new(),
+        in_doubt: HashSet::new(),
+        accepted_at: Vec::new(),
+        started: started.into_std(),
+        ended: Instant::now(),
+    };
+    for (user, label, at) in answers {
         match label.as_str() {
             "202 ACCEPTED" => {
                 out.accepted.insert(user);
+                out.accepted_at.push(at);
             }
             "409 ALREADY_ISSUED" => {
                 out.already_issued.insert(user);
@@ -116,15 +137,15 @@ pub(super) async fn race(
         }
         *out.labels.entry(label).or_default() += 1;
     }
-    Ok((out, started.elapsed()))
+    Ok(out)
 }
 
-/// (rows, distinct users, issued_quantity, SCARD) of `coupon`.
+/// The store counts of `coupon`.
 pub(super) async fn read_counts(
     pool: &MySqlPool,
     redis: &AdmissionStore,
     coupon: CouponId,
-) -> anyhow::Result<(i64, i64, i64, i64)> {
+) -> anyhow::Result<StoreCounts> {
     let (rows, distinct): (i64, i64) = sqlx::query_as(
         "SELECT COUNT(*), COUNT(DISTINCT user_id) FROM coupon_issues WHERE coupon_id = ?",
     )
@@ -136,7 +157,45 @@ pub(super) async fn read_counts(
         .fetch_one(pool)
         .await?;
     let shards = StockShards::single(coupon); // the chaos drops are unsharded
-    Ok((rows, distinct, issued, redis.admitted_count(shards).await?))
+    Ok(StoreCounts {
+        rows,
+        distinct_users: distinct,
+        admitted: redis.admitted_count(shards).await?,
+        issued_quantity: issued,
+    })
+}
+
+/// The stores of `coupon` at one moment: the counts, the users with a row and the members of
+/// the admission set.
+pub(super) struct StoreState {
+    pub(super) counts: StoreCounts,
+    pub(super) with_row: HashSet<i64>,
+    pub(super) members: HashSet<i64>,
+}
+
+/// Reads [`StoreState`]: the members first, then the rows, then the counts (the stores are
+/// expected to be still: the consumer drained).
+pub(super) async fn read_state(
+    pool: &MySqlPool,
+    redis: &AdmissionStore,
+    coupon: CouponId,
+) -> anyhow::Result<StoreState> {
+    let members = redis
+        .members(StockShards::single(coupon))
+        .await?
+        .into_iter()
+        .collect();
+    let with_row = sqlx::query_scalar("SELECT user_id FROM coupon_issues WHERE coupon_id = ?")
+        .bind(coupon.get())
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(StoreState {
+        counts: read_counts(pool, redis, coupon).await?,
+        with_row,
+        members,
+    })
 }
 
 /// Waits until rows = `issued_quantity` = SCARD and the counts held still for 3 s, or they
@@ -154,7 +213,7 @@ pub(super) async fn settle(
     let mut still_since = Instant::now();
     while Instant::now() < deadline {
         if let Ok(now) = read_counts(pool, redis, coupon).await {
-            let consistent = now.0 == now.2 && now.0 == now.3;
+            let consistent = now.rows == now.issued_quantity && now.rows == now.admitted;
             if last != Some(now) {
                 last = Some(now);
                 still_since = Instant::now();
@@ -167,25 +226,20 @@ pub(super) async fn settle(
     }
 }
 
-/// Users of `coupon`'s issue messages that one of `groups` has not consumed yet, once every
-/// group caught up or after `timeout` (count).
+/// Users of `coupon`'s issue messages that one of `logs`' groups has not consumed yet, once
+/// every group caught up or after `timeout` (count).
+///
+/// # Errors
+/// The broker did not answer.
 pub(super) async fn unconsumed(
-    brokers: &str,
-    topic: &str,
-    groups: &[String],
+    logs: &[IssueLog],
     coupon: CouponId,
     timeout: Duration,
 ) -> anyhow::Result<usize> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut behind = 0;
-        for group in groups {
-            let log = IssueLog {
-                brokers: brokers.to_owned(),
-                topic: topic.to_owned(),
-                group: group.clone(),
-                timeout: Duration::from_secs(10),
-            };
+        for log in logs {
             behind += log.unpersisted_users(coupon).await?.len();
         }
         if behind == 0 || Instant::now() > deadline {
@@ -195,13 +249,15 @@ pub(super) async fn unconsumed(
     }
 }
 
-/// Runs `coupon-api reconcile --coupon ID` once; returns (re-published, re-admitted,
-/// issued_quantity before, after).
+/// Runs `coupon-api reconcile --coupon ID` once and returns its report.
+///
+/// # Errors
+/// The pass could not run, failed, or printed no report.
 pub(super) fn reconcile(
     bins: &Binaries,
     env: &[(String, String)],
     coupon: CouponId,
-) -> anyhow::Result<(usize, usize, i64, i64)> {
+) -> anyhow::Result<Reconciled> {
     let output = Command::new(&bins.api)
         .args([
             "reconcile",
@@ -219,11 +275,20 @@ pub(super) fn reconcile(
     }
     let report: serde_json::Value =
         serde_json::from_slice(&output.stdout).context("reading the reconcile report")?;
-    let len = |key: &str| report[key].as_array().map_or(0, Vec::len);
-    Ok((
-        len("republished"),
-        len("readmitted"),
-        report["issued_quantity_before"].as_i64().unwrap_or(-1),
-        report["issued_quantity_after"].as_i64().unwrap_or(-1),
-    ))
+    let users = |key: &str| -> Vec<i64> {
+        report[key]
+            .as_array()
+            .map(|users| users.iter().filter_map(serde_json::Value::as_i64).collect())
+            .unwrap_or_default()
+    };
+    Ok(Reconciled {
+        republished: users("republished"),
+        readmitted: users("readmitted"),
+        issued_quantity_before: report["issued_quantity_before"].as_i64().unwrap_or(-1),
+        issued_quantity_after: report["issued_quantity_after"].as_i64().unwrap_or(-1),
+        pending_cleared: report["pending_cleared"]
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0),
+    })
 }
