@@ -9,7 +9,7 @@ CARGO ?= cargo
 # Each target has a `## target: description` line above it, one line, which `make help` prints;
 # more detail goes in plain `#` lines below it. `make` alone runs the first target, `up`.
 
-## up: install (where missing) and start MariaDB, Redis and the tansu Kafka broker
+## up: install (where missing) and start MariaDB, Redis and an Apache Kafka broker (Maven Central)
 up:
 	scripts/stack.sh up
 
@@ -18,7 +18,7 @@ down:
 	scripts/monitor.sh down
 	scripts/stack.sh down
 
-## status: show whether MariaDB, Redis and the tansu broker are running
+## status: show whether MariaDB, Redis and the stack's Kafka broker are running
 status:
 	scripts/stack.sh status
 
@@ -42,7 +42,7 @@ demo: up
 test: up
 	scripts/test.sh
 
-## chaos: the fault-injection suite: seven faults, each in a race for 500 units (about 9 minutes)
+## chaos: the fault-injection suite: seven faults, each in a race for 500 units (about 5 minutes)
 # Each race is 10,000 requests from 5,000 users; prints the counts; see scripts/chaos.sh.
 chaos: up
 	scripts/chaos.sh
