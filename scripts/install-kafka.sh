@@ -26,8 +26,9 @@ if [ ! -f "$KAFKA_ROOT/installed" ]; then
   log "installing Apache Kafka $KAFKA_VERSION's broker from Maven Central into $KAFKA_ROOT"
   rm -rf "$KAFKA_ROOT"
   mkdir -p "$KAFKA_ROOT"
-  mvn -q -B -Dstyle.color=never -f "$here/kafka/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$KAFKA_ROOT/libs" >&2
+  mvn -B -f "$here/kafka/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$KAFKA_ROOT/libs" >"$KAFKA_ROOT/mvn.log" 2>&1 ||
+    { tail -30 "$KAFKA_ROOT/mvn.log" >&2; log "Maven failed; its log: $KAFKA_ROOT/mvn.log"; exit 1; }
   ls "$KAFKA_ROOT"/libs/kafka_2.13-"$KAFKA_VERSION".jar >/dev/null
   echo "$KAFKA_VERSION" >"$KAFKA_ROOT/installed"
 fi
