@@ -152,7 +152,7 @@ cluster_down() {
 # One broker, so one replica each: docs/scale.md says what production needs.
 KAFKA_TOPICS="coupon-issues:12 coupon-issues-dlq:1 payments:3 coupon.events:3"
 
-# kafka_pid: the pid of the process listening on KAFKA_PORT, empty when none.
+# kafka_listener: the pid of the process listening on KAFKA_PORT (iproute2's ss), empty when none.
 kafka_listener() { ss -Hltnp "sport = :$KAFKA_PORT" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2; }
 
 # kafka_ours: what listens on KAFKA_PORT is the broker this script started (its pid file), not
@@ -167,6 +167,7 @@ kafka_topics() { java -cp "$KAFKA_ROOT/libs/*" org.apache.kafka.tools.TopicComma
 kafka_up() {
   KAFKA_ROOT="$("$here/scripts/install-kafka.sh")"
   export KAFKA_ROOT
+  command -v ss >/dev/null || { log "installing iproute2 (ss)"; apt_install iproute2; }
   if port_open "$KAFKA_PORT" && ! kafka_ours; then
     local pid
     pid="$(kafka_listener)"
