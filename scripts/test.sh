@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# docker-compose.yml's broker is the version `make up` runs (pinned in scripts/kafka/pom.xml).
-kafka_version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' scripts/kafka/pom.xml)"
+# docker-compose.yml's broker is the version `make up` runs (pinned in scripts/kafka/pom.xml;
+# the install records it).
+KAFKA_ROOT="$(scripts/install-kafka.sh)"
+kafka_version="$(cat "$KAFKA_ROOT/installed")"
 compose_images="$(grep -o 'apache/kafka:[^ ]*' docker-compose.yml | sort -u)"
 if [ "$compose_images" != "apache/kafka:$kafka_version" ]; then
   echo "[test] docker-compose.yml runs ${compose_images//$'\n'/ }, make up runs Apache Kafka $kafka_version" >&2
@@ -20,7 +22,6 @@ for db in $leftovers; do
 done
 # And its own topics (issues-<uuid>, dlq-<uuid>, payments-<uuid>, events-<uuid>): a broker
 # keeping every earlier run's thousands of partitions would start and answer ever slower.
-KAFKA_ROOT="$(scripts/install-kafka.sh)"
 java -cp "$KAFKA_ROOT/libs/*" org.apache.kafka.tools.TopicCommand \
   --bootstrap-server "${KAFKA_BROKERS:-127.0.0.1:9092}" --delete --if-exists \
   --topic '(issues|dlq|payments|events)-[0-9a-f]{32}' >/dev/null
