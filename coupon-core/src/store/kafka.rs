@@ -133,14 +133,29 @@ pub struct TopicDurability {
 }
 
 impl TopicDurability {
-    /// Why an acknowledged message of this topic may not survive the loss of one broker
-    /// ([`durability_risks`]); empty when it does.
+    /// Why an acknowledged message of this topic may not survive the loss of one broker;
+    /// empty when it does. That takes at least 2 replicas, `min.insync.replicas` of at least
+    /// 2 (so an acknowledged message is on two brokers) and no unclean leader election;
+    /// docs/scale.md asks for 3 replicas and 2, so that writes also go on while one broker is
+    /// missing. (2 replicas with `min.insync.replicas=2` keep every acknowledged message, but
+    /// refuse writes while one broker is down: that is availability, not durability, and not
+    /// reported.)
     pub fn risks(&self) -> Vec<DurabilityRisk> {
-        durability_risks(
-            self.replicas,
-            self.min_insync_replicas,
-            self.unclean_leader_election,
-        )
+        let mut risks = Vec::new();
+        if self.replicas < 2 {
+            risks.push(DurabilityRisk::TooFewReplicas {
+                replicas: self.replicas,
+            });
+        }
+        if self.min_insync_replicas < 2 {
+            risks.push(DurabilityRisk::MinInsyncReplicasBelowTwo {
+                min_insync_replicas: self.min_insync_replicas,
+            });
+        }
+        if self.unclean_leader_election {
+            risks.push(DurabilityRisk::UncleanLeaderElection);
+        }
+        risks
     }
 
     /// Whether every message acknowledged with `acks=all` survives the loss of one broker.
@@ -192,34 +207,6 @@ impl std::fmt::Display for DurabilityRisk {
             ),
         }
     }
-}
-
-/// Whether a topic with `replicas` replicas per partition (its least replicated partition),
-/// `min_insync_replicas` and `unclean_leader_election` keeps every message acknowledged with
-/// `acks=all` when one broker is lost: it does when the list is empty. That takes at least 2
-/// replicas, `min.insync.replicas` of at least 2 (so an acknowledged message is on two
-/// brokers) and no unclean leader election; docs/scale.md asks for 3 replicas and 2, so that
-/// writes also go on while one broker is missing. (2 replicas with `min.insync.replicas=2`
-/// keep every acknowledged message, but refuse writes while one broker is down: that is
-/// availability, not durability, and not reported.)
-pub fn durability_risks(
-    replicas: usize,
-    min_insync_replicas: i32,
-    unclean_leader_election: bool,
-) -> Vec<DurabilityRisk> {
-    let mut risks = Vec::new();
-    if replicas < 2 {
-        risks.push(DurabilityRisk::TooFewReplicas { replicas });
-    }
-    if min_insync_replicas < 2 {
-        risks.push(DurabilityRisk::MinInsyncReplicasBelowTwo {
-            min_insync_replicas,
-        });
-    }
-    if unclean_leader_election {
-        risks.push(DurabilityRisk::UncleanLeaderElection);
-    }
-    risks
 }
 
 /// Why [`topic_durability`] could not tell.
@@ -550,6 +537,20 @@ impl IssuePublisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The risks of a topic with these readings.
+    fn durability_risks(
+        replicas: usize,
+        min_insync_replicas: i32,
+        unclean_leader_election: bool,
+    ) -> Vec<DurabilityRisk> {
+        TopicDurability {
+            replicas,
+            min_insync_replicas,
+            unclean_leader_election,
+        }
+        .risks()
+    }
 
     #[test]
     fn three_replicas_with_two_in_sync_and_no_unclean_election_are_durable() {
