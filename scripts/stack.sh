@@ -10,7 +10,9 @@
 # Settings (env): DB_NAME (coupon), DB_USER (coupon) and DB_PASSWORD (coupon): the services'
 # own database account, with rights on `coupon` and the `coupon_*` databases of tests, demos
 # and benchmarks only; KAFKA_PORT (9092; its controller listens on KAFKA_PORT+1), STACK_DIR
-# (.local/ in the repo),
+# (.local/ in the repo), KAFKA_MODE (single; `cluster` also starts a three-broker Kafka cluster
+# on 127.0.0.1:19092-19094, controllers 19095-19097, KAFKA_CLUSTER_PORT the first port, its
+# topics with 3 replicas and min.insync.replicas=2; see docs/scale.md),
 # REDIS_MODE (single; `cluster` also starts a local Redis Cluster: 3 masters and 3 replicas on
 # 127.0.0.1:7000-7005, REDIS_CLUSTER_PORT the first port; see docs/scale.md).
 set -euo pipefail
@@ -19,6 +21,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STACK_DIR="${STACK_DIR:-$here/.local}"
 DB_NAME="${DB_NAME:-coupon}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
+KAFKA_MODE="${KAFKA_MODE:-single}"
+KAFKA_CLUSTER_PORT="${KAFKA_CLUSTER_PORT:-19092}"
 REDIS_MODE="${REDIS_MODE:-single}"
 REDIS_CLUSTER_PORT="${REDIS_CLUSTER_PORT:-7000}"
 mkdir -p "$STACK_DIR"
@@ -149,64 +153,152 @@ cluster_down() {
 
 # The topics of the default settings: the issue topic with 12 partitions
 # (KAFKA_ISSUE_PARTITIONS), its dead-letter topic, payments and events (docs/configuration.md).
-# One broker, so one replica each: docs/scale.md says what production needs.
 KAFKA_TOPICS="coupon-issues:12 coupon-issues-dlq:1 payments:3 coupon.events:3"
 
-# kafka_listener: the pid of the process listening on KAFKA_PORT (iproute2's ss), empty when none.
-kafka_listener() { ss -Hltnp "sport = :$KAFKA_PORT" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2; }
-
-# kafka_ours: what listens on KAFKA_PORT is the broker this script started (its pid file), not
-# merely some process with the port open.
-kafka_ours() {
-  local pidfile="$STACK_DIR/kafka/broker.pid"
-  [ -f "$pidfile" ] && [ "$(kafka_listener)" = "$(cat "$pidfile")" ]
+# The three nodes of KAFKA_MODE=cluster: node i (1-3) listens on KAFKA_CLUSTER_PORT+i-1 and its
+# controller on KAFKA_CLUSTER_PORT+i+2, so 19092-19094 and 19095-19097 by default, none of
+# them the single broker's.
+cluster_nodes() { seq 1 3; }
+cluster_port() { echo $((KAFKA_CLUSTER_PORT + $1 - 1)); }
+cluster_controller() { echo $((KAFKA_CLUSTER_PORT + $1 + 2)); }
+cluster_bootstrap() {
+  local i list=()
+  for i in $(cluster_nodes); do list+=("127.0.0.1:$(cluster_port "$i")"); done
+  (IFS=,; echo "${list[*]}")
 }
 
-kafka_topics() { java -cp "$KAFKA_ROOT/libs/*" org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" "$@"; }
+# listener PORT: the pid of the process listening on PORT (iproute2's ss), empty when none.
+listener() { ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2; }
 
-kafka_up() {
-  KAFKA_ROOT="$("$here/scripts/install-kafka.sh")"
-  export KAFKA_ROOT
-  command -v ss >/dev/null || { log "installing iproute2 (ss)"; apt_install iproute2; }
-  if port_open "$KAFKA_PORT" && ! kafka_ours; then
-    local pid
-    pid="$(kafka_listener)"
-    log "127.0.0.1:$KAFKA_PORT is held by another process (pid ${pid:-unknown}: $(ps -o args= -p "${pid:-0}" 2>/dev/null | cut -c1-120)), not the broker this stack started; stop it or set KAFKA_PORT"
+# ours PORT PIDFILE: what listens on PORT is the broker this script started (its pid file), not
+# merely some process with the port open.
+ours() { [ -f "$2" ] && [ "$(listener "$1")" = "$(cat "$2")" ]; }
+
+kafka_topics() { # BOOTSTRAP TopicCommand-args...
+  local bootstrap=$1
+  shift
+  java -cp "$KAFKA_ROOT/libs/*" org.apache.kafka.tools.TopicCommand --bootstrap-server "$bootstrap" "$@"
+}
+
+# start_broker NAME DIR PORT CONTROLLER_PORT [NODE_ID VOTERS CLUSTER_ID]: starts
+# scripts/kafka-broker.sh in the background (pid file DIR/broker.pid, log DIR/broker.log)
+# unless the broker started here already listens; refuses a port held by anything else.
+start_broker() {
+  local name=$1 dir=$2 port=$3 pid
+  shift 2
+  if port_open "$port" && ! ours "$port" "$dir/broker.pid"; then
+    pid="$(listener "$port")"
+    log "127.0.0.1:$port is held by another process (pid ${pid:-unknown}: $(ps -o args= -p "${pid:-0}" 2>/dev/null | cut -c1-120)), not the $name this stack started; stop it or change its port"
     return 1
   fi
-  if ! kafka_ours; then
-    mkdir -p "$STACK_DIR/kafka"
-    log "starting Apache Kafka $(cat "$KAFKA_ROOT/installed") (KRaft, broker and controller) on 127.0.0.1:$KAFKA_PORT"
-    nohup "$here/scripts/kafka-broker.sh" "$STACK_DIR/kafka" "$KAFKA_PORT" $((KAFKA_PORT + 1)) \
-      >"$STACK_DIR/kafka/broker.log" 2>&1 &
-    echo $! >"$STACK_DIR/kafka/broker.pid"
-    wait_port "$KAFKA_PORT" "Kafka" 90 || { tail -20 "$STACK_DIR/kafka/broker.log" >&2; return 1; }
-    kafka_ours || { log "the process on 127.0.0.1:$KAFKA_PORT is not the broker started here"; return 1; }
-  fi
-  local existing missing=() topic
-  existing="$(kafka_topics --list)"
-  for topic in $KAFKA_TOPICS; do
-    grep -qx "${topic%%:*}" <<<"$existing" || missing+=("$topic")
+  ours "$port" "$dir/broker.pid" && return 0
+  mkdir -p "$dir"
+  log "starting Apache Kafka $(cat "$KAFKA_ROOT/installed") (KRaft, broker and controller) as the $name on 127.0.0.1:$port"
+  nohup "$here/scripts/kafka-broker.sh" "$dir" "$@" >"$dir/broker.log" 2>&1 &
+  echo $! >"$dir/broker.pid"
+}
+
+# wait_broker NAME DIR PORT: the broker started here listens on PORT (90 s at most; fails at
+# once when it exited).
+wait_broker() {
+  local i pid
+  pid="$(cat "$2/broker.pid")"
+  for ((i = 0; i < 900; i++)); do
+    ours "$3" "$2/broker.pid" && return 0
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
   done
-  for topic in "${missing[@]}"; do
-    log "creating topic ${topic%%:*} (${topic##*:} partitions)"
-    kafka_topics --create --if-not-exists --topic "${topic%%:*}" --partitions "${topic##*:}" \
-      --replication-factor 1 >/dev/null
+  log "the $1 (pid $pid) does not listen on 127.0.0.1:$3; the end of $2/broker.log:"
+  tail -20 "$2/broker.log" >&2
+  return 1
+}
+
+# create_topics BOOTSTRAP REPLICAS [MIN_INSYNC_REPLICAS]: the topics of KAFKA_TOPICS that are
+# missing.
+create_topics() {
+  local bootstrap=$1 replicas=$2 existing topic config=()
+  [ -n "${3:-}" ] && config=(--config "min.insync.replicas=$3")
+  existing="$(kafka_topics "$bootstrap" --list)"
+  for topic in $KAFKA_TOPICS; do
+    grep -qx "${topic%%:*}" <<<"$existing" && continue
+    log "creating topic ${topic%%:*} (${topic##*:} partitions, $replicas replica(s)${3:+, min.insync.replicas=$3})"
+    kafka_topics "$bootstrap" --create --if-not-exists --topic "${topic%%:*}" \
+      --partitions "${topic##*:}" --replication-factor "$replicas" "${config[@]}" >/dev/null
   done
 }
 
-kafka_down() {
-  local pidfile="$STACK_DIR/kafka/broker.pid"
-  if [ -f "$pidfile" ]; then
-    local pid
-    pid="$(cat "$pidfile")"
-    # SIGTERM: the broker's controlled shutdown flushes its logs and closes them cleanly.
-    if kill "$pid" 2>/dev/null; then
-      log "stopping the Kafka broker ($pid)"
-      for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -0 "$pid" 2>/dev/null && { log "the broker did not stop within 30 s; killing it"; kill -9 "$pid" 2>/dev/null || true; }
-    fi
-    rm -f "$pidfile"
+kafka_up() {
+  start_broker broker "$STACK_DIR/kafka" "$KAFKA_PORT" $((KAFKA_PORT + 1))
+  wait_broker broker "$STACK_DIR/kafka" "$KAFKA_PORT"
+  # One broker, so one replica each: docs/scale.md says what production needs.
+  create_topics "127.0.0.1:$KAFKA_PORT" 1
+}
+
+# The three-node cluster: every node is broker and controller (a quorum of three voters, so
+# the cluster's metadata survives one node lost, not two), formatted with one cluster id kept
+# in $STACK_DIR/kafka-cluster/cluster-id. Heap per node KAFKA_CLUSTER_HEAP_OPTS
+# (-Xms256m -Xmx512m: three JVMs beside the single broker on this machine's 24 GiB). Topics
+# with 3 replicas and min.insync.replicas=2; up returns once every partition of every topic
+# has its three replicas in sync.
+kafka_cluster_up() {
+  local base="$STACK_DIR/kafka-cluster" i voters=() id
+  mkdir -p "$base"
+  for i in $(cluster_nodes); do voters+=("$i@127.0.0.1:$(cluster_controller "$i")"); done
+  [ -s "$base/cluster-id" ] || java -cp "$KAFKA_ROOT/libs/*" kafka.tools.StorageTool random-uuid >"$base/cluster-id"
+  id="$(cat "$base/cluster-id")"
+  for i in $(cluster_nodes); do
+    KAFKA_HEAP_OPTS="${KAFKA_CLUSTER_HEAP_OPTS:--Xms256m -Xmx512m}" \
+      start_broker "cluster's node $i" "$base/$i" "$(cluster_port "$i")" \
+      "$(cluster_controller "$i")" "$i" "$(IFS=,; echo "${voters[*]}")" "$id"
+  done
+  for i in $(cluster_nodes); do wait_broker "cluster's node $i" "$base/$i" "$(cluster_port "$i")"; done
+  local bootstrap
+  bootstrap="$(cluster_bootstrap)"
+  # The port opens before the quorum has elected a leader; the first listing waits for it.
+  for ((i = 0; i < 60; i++)); do kafka_topics "$bootstrap" --list >/dev/null 2>&1 && break; sleep 1; done
+  create_topics "$bootstrap" 3 2
+  local lagging
+  for ((i = 0; i < 120; i++)); do
+    lagging="$(kafka_topics "$bootstrap" --describe --under-replicated-partitions 2>&1)" &&
+      [ -z "$lagging" ] && return 0
+    sleep 1
+  done
+  log "partitions of the cluster still lack in-sync replicas after 120 s:"
+  printf '%s\n' "$lagging" >&2
+  return 1
+}
+
+# stop_broker NAME DIR...: SIGTERM to each broker started here (the controlled shutdown flushes
+# its logs and closes them cleanly), all at once, then waits for them: 30 s, then SIGKILL.
+stop_brokers() {
+  local name=$1 dir pids=() pid
+  shift
+  for dir in "$@"; do
+    [ -f "$dir/broker.pid" ] || continue
+    pid="$(cat "$dir/broker.pid")"
+    kill "$pid" 2>/dev/null && pids+=("$pid")
+    rm -f "$dir/broker.pid"
+  done
+  [ ${#pids[@]} -gt 0 ] || return 0
+  log "stopping the $name (${pids[*]})"
+  for _ in $(seq 300); do
+    kill -0 "${pids[@]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null && { log "broker $pid did not stop within 30 s; killing it"; kill -9 "$pid" 2>/dev/null || true; }
+  done
+  return 0
+}
+
+# kafka_status NAME PORT DIR: one line on what listens on PORT.
+kafka_status() {
+  if ours "$2" "$3/broker.pid"; then
+    echo "127.0.0.1:$2 open: $1 (pid $(cat "$3/broker.pid"))"
+  elif port_open "$2"; then
+    echo "127.0.0.1:$2 open: another process (pid $(listener "$2")), not $1"
+  else
+    echo "127.0.0.1:$2 closed"
   fi
 }
 
@@ -216,13 +308,19 @@ case "${1:-}" in
     mariadb_up
     redis_up
     [ "$REDIS_MODE" = cluster ] && cluster_up
+    KAFKA_ROOT="$("$here/scripts/install-kafka.sh")"
+    export KAFKA_ROOT
+    command -v ss >/dev/null || { log "installing iproute2 (ss)"; apt_install iproute2; }
     kafka_up
+    [ "$KAFKA_MODE" = cluster ] && kafka_cluster_up
     log "up: MariaDB 127.0.0.1:3306 (database $DB_NAME, user $DB_USER), Redis 127.0.0.1:6379, Kafka 127.0.0.1:$KAFKA_PORT"
+    [ "$KAFKA_MODE" = cluster ] && log "up: Kafka cluster of 3 brokers $(cluster_bootstrap) (KAFKA_MODE=cluster KAFKA_BROKERS=$(cluster_bootstrap)), 3 replicas, min.insync.replicas=2"
     [ "$REDIS_MODE" = cluster ] && log "up: Redis Cluster 127.0.0.1:$REDIS_CLUSTER_PORT-$((REDIS_CLUSTER_PORT + 5)) (REDIS_MODE=cluster REDIS_URL=redis://127.0.0.1:$REDIS_CLUSTER_PORT)"
     true
     ;;
   down)
-    kafka_down
+    stop_brokers "Kafka cluster" "$STACK_DIR"/kafka-cluster/[0-9]
+    stop_brokers "Kafka broker" "$STACK_DIR/kafka"
     cluster_down
     if [ -f "$STACK_DIR/started" ]; then
       if grep -qx redis "$STACK_DIR/started"; then log "stopping Redis"; redis-cli -p 6379 shutdown nosave >/dev/null 2>&1 || true; fi
@@ -235,13 +333,10 @@ case "${1:-}" in
     for p in 3306 6379 $(cluster_ports); do
       if port_open "$p"; then echo "127.0.0.1:$p open"; else echo "127.0.0.1:$p closed"; fi
     done
-    if kafka_ours; then
-      echo "127.0.0.1:$KAFKA_PORT open: the Kafka broker of this stack (pid $(cat "$STACK_DIR/kafka/broker.pid"))"
-    elif port_open "$KAFKA_PORT"; then
-      echo "127.0.0.1:$KAFKA_PORT open: another process (pid $(kafka_listener)), not this stack's broker"
-    else
-      echo "127.0.0.1:$KAFKA_PORT closed"
-    fi
+    kafka_status "the Kafka broker of this stack" "$KAFKA_PORT" "$STACK_DIR/kafka"
+    for i in $(cluster_nodes); do
+      kafka_status "node $i of this stack's Kafka cluster" "$(cluster_port "$i")" "$STACK_DIR/kafka-cluster/$i"
+    done
     ;;
   *)
     echo "usage: $0 up|down|status" >&2
