@@ -110,14 +110,18 @@ impl IssueConsumer {
         batch
     }
 
-    /// Indexes of `issues` whose user is not in the coupon's admission set although the set
-    /// exists: their admission was undone. That happens when the API's publish timed out
-    /// after the broker had written the message but before it acknowledged it (a broker
-    /// killed mid-request; librdkafka calls such a message "possibly persisted"): the user
-    /// heard 503, and persisting the message would give them a coupon, and with it a unit
-    /// that belongs to a user who heard 202. One `SMISMEMBER` per coupon in the batch. A
-    /// coupon without Redis state (no stock key: Redis lost it and the API has not rebuilt it
-    /// yet) cannot be checked and is persisted as before.
+    /// Claims the admissions of `issues` ([`AdmissionStore::claim`], one script per coupon and
+    /// home shard, atomic with the API's undo) and returns the indexes of those that are not
+    /// theirs: the user is no member, or is pending under another request, so the message's
+    /// admission was undone. That happens when the API's publish failed after the broker had
+    /// written the message but before it acknowledged it (a broker killed or cut off
+    /// mid-request, the in-sync replicas waited for past the message timeout; librdkafka calls
+    /// such a message "possibly persisted"): the user heard 503, and persisting the message
+    /// would give them a coupon, and with it a unit that belongs to a user who heard 202. A
+    /// claim clears the admission's pending mark before the row is written, so the API's undo
+    /// of that request finds nothing to undo and answers 202 instead: a message and the undo
+    /// of its admission never both win. A coupon without Redis state (no stock key: Redis lost
+    /// it and the API has not rebuilt it yet) cannot be checked and is persisted as before.
     async fn undone_admissions(&self, issues: &[IssueMessage]) -> anyhow::Result<HashSet<usize>> {
         // The messages of one coupon carry the same shard count: it is fixed with the policy.
         let mut by_coupon: BTreeMap<CouponId, Vec<usize>> = BTreeMap::new();
@@ -130,41 +134,20 @@ impl IssueConsumer {
             if !self.admission.is_prepared(shards).await? {
                 continue;
             }
-            let users: Vec<i64> = indexes.iter().map(|&i| issues[i].user_id.get()).collect();
-            let admitted = self.admission.admitted_among(shards, &users).await?;
+            let messages: Vec<(i64, _)> = indexes
+                .iter()
+                .map(|&i| (issues[i].user_id.get(), issues[i].request_id))
+                .collect();
+            let claimed = self.admission.claim(shards, &messages).await?;
             undone.extend(
                 indexes
                     .iter()
-                    .zip(admitted)
-                    .filter(|(_, admitted)| !admitted)
+                    .zip(claimed)
+                    .filter(|(_, claimed)| !claimed)
                     .map(|(&i, _)| i),
             );
         }
         Ok(undone)
-    }
-
-    /// Clears the pending marks of the users this batch gave a row (inserted now or found
-    /// present), one `HDEL` per coupon: their admissions are durable, so a repeat request hears
-    /// `ALREADY_ISSUED` from now on ([`coupon_core::issue::admission`], pending admissions).
-    /// Best effort: a mark left behind only keeps answering `ISSUE_IN_PROGRESS`, and
-    /// reconciliation clears it.
-    async fn settle(&self, issues: &[IssueMessage], report: &PersistReport) {
-        let rejected: HashSet<usize> = report.rejected.iter().map(|&(i, _)| i).collect();
-        let mut by_coupon: BTreeMap<StockShards, Vec<i64>> = BTreeMap::new();
-        for (i, issue) in issues.iter().enumerate() {
-            if !rejected.contains(&i) {
-                by_coupon
-                    .entry(issue.shards())
-                    .or_default()
-                    .push(issue.user_id.get());
-            }
-        }
-        for (shards, users) in by_coupon {
-            if let Err(err) = self.admission.settle(shards, &users).await {
-                let coupon_id = shards.coupon();
-                tracing::warn!(%err, %coupon_id, "clearing pending marks failed; reconciliation clears them");
-            }
-        }
     }
 
     /// Persists, dead-letters, broadcasts and commits one batch. `None` when the grace period
@@ -205,7 +188,9 @@ impl IssueConsumer {
                     dead.push(DeadLetter {
                         message: source,
                         reason: "admission_undone",
-                        detail: "the user is not in the coupon's admission set".into(),
+                        detail: "the admission of this message was undone (its user is not in the \
+                                 coupon's admission set, or is pending under another request)"
+                            .into(),
                     });
                 }
             }
@@ -240,8 +225,6 @@ impl IssueConsumer {
             let send = || self.dead_letters.send(&dead);
             self.retry.run("dead_letter", send, shutdown).await?;
         }
-
-        self.settle(&issues, &report).await;
 
         for &coupon_id in &report.sold_out {
             let shards = issues

@@ -434,3 +434,58 @@ async fn admissions_acknowledged_by_a_replica_survive_the_loss_of_their_master()
         AdmitOutcome::Admitted
     );
 }
+
+/// The consumer's claim and the API's undo of one admission are atomic with each other: the
+/// first one wins and the other learns it. A claimed admission cannot be undone (the API then
+/// answers 202, the message being durable); an undone one cannot be claimed (the message is
+/// dead-lettered); and a message whose admission was undone cannot claim the user's later
+/// admission by another request.
+#[tokio::test]
+async fn a_claim_and_an_undo_of_one_admission_never_both_win() {
+    let store = store().await;
+    let p = policy(1, Some(10));
+    store.prepare(&p).await.unwrap();
+    let shards = StockShards::single(p.id);
+    let (claimed_first, undone_first, readmitted) =
+        (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    for (u, request) in [(1, claimed_first), (2, undone_first)] {
+        assert_eq!(
+            store.admit(shards, user(u), request).await.unwrap(),
+            AdmitOutcome::Admitted
+        );
+    }
+
+    // User 1: the consumer claims first; the undo then finds nothing, and a redelivery of the
+    // message claims again (a durable admission).
+    assert_eq!(
+        store.claim(shards, &[(1, claimed_first)]).await.unwrap(),
+        [true]
+    );
+    assert!(!store.undo(shards, user(1), claimed_first).await.unwrap());
+    assert_eq!(
+        store.claim(shards, &[(1, claimed_first)]).await.unwrap(),
+        [true]
+    );
+
+    // User 2: the undo comes first; the message can no longer claim. Admitted again by a later
+    // request, the old message still cannot claim that admission, which stays undoable.
+    assert!(store.undo(shards, user(2), undone_first).await.unwrap());
+    assert_eq!(
+        store.claim(shards, &[(2, undone_first)]).await.unwrap(),
+        [false]
+    );
+    assert_eq!(
+        store.admit(shards, user(2), readmitted).await.unwrap(),
+        AdmitOutcome::Admitted
+    );
+    assert_eq!(
+        store
+            .claim(shards, &[(2, undone_first), (3, Uuid::now_v7())])
+            .await
+            .unwrap(),
+        [false, false],
+        "an undone admission's message, and a user never admitted"
+    );
+    assert!(store.undo(shards, user(2), readmitted).await.unwrap());
+    assert_eq!(set_size(&store, p.id).await, 1);
+}

@@ -265,13 +265,43 @@ async fn admit_and_publish(
             Ok(request_id)
         }
         Err(publish_err) => {
-            metrics::counter!(names::ISSUE_ADMISSION_ROLLBACKS).increment(1);
-            undo(state, shards, user, request_id, "publish failed").await;
-            Err(ApiError::unavailable(
-                anyhow::Error::new(publish_err).context("publishing the issue message failed"),
-            ))
+            match undo(state.clone(), shards, user, request_id, "publish failed").await {
+                Undo::Removed | Undo::Deferred => {
+                    metrics::counter!(names::ISSUE_ADMISSION_ROLLBACKS).increment(1);
+                    Err(ApiError::unavailable(
+                        anyhow::Error::new(publish_err)
+                            .context("publishing the issue message failed"),
+                    ))
+                }
+                Undo::AlreadyDurable => {
+                    // The broker wrote the message and the consumer claimed it before the
+                    // acknowledgement came (librdkafka reports such a send failed, "possibly
+                    // persisted"): the coupon is the user's, and a 503 would be untrue.
+                    tracing::warn!(
+                        error = %publish_err, %request_id,
+                        "the publish reported a failure, but the consumer had already claimed \
+                         the message: answering 202"
+                    );
+                    state.admitted_here.note(coupon, user).await;
+                    Ok(request_id)
+                }
+            }
         }
     }
+}
+
+/// What [`undo`] did with an admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Undo {
+    /// Removed: the unit is back in stock, the user holds nothing.
+    Removed,
+    /// Nothing pending under the request id: the consumer claimed the admission's message
+    /// (`claim.lua`), which is durable and becomes the user's row. (Or the admission never
+    /// ran; [`admit_and_publish`] only asks after an admission that did.)
+    AlreadyDurable,
+    /// Redis did not answer the undo: it is retried in the background, and the caller answers
+    /// as if it was removed.
+    Deferred,
 }
 
 /// Whether a failed admission call may have run in Redis with its answer lost (a timeout, a
@@ -300,10 +330,12 @@ async fn undo(
     user: UserId,
     request_id: Uuid,
     why: &'static str,
-) {
+) -> Undo {
     let coupon = shards.coupon();
-    if state.admission.undo(shards, user, request_id).await.is_ok() {
-        return;
+    match state.admission.undo(shards, user, request_id).await {
+        Ok(true) => return Undo::Removed,
+        Ok(false) => return Undo::AlreadyDurable,
+        Err(_) => {}
     }
     tokio::spawn(async move {
         let attempt = || state.admission.undo(shards, user, request_id);
@@ -327,6 +359,7 @@ async fn undo(
             );
         }
     }.in_current_span());
+    Undo::Deferred
 }
 
 /// Body of the issue status: `{"coupon_id": 42, "user_id": 7, "status": "ISSUED"}`.

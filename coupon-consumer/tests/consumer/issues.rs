@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use coupon_core::domain::CouponId;
+use coupon_core::domain::{CouponId, UserId};
 use coupon_core::issue::admission::{Invalidation, RedisKeys, StockShards};
 use coupon_core::testing;
 use futures::StreamExt;
@@ -189,5 +189,36 @@ async fn a_message_whose_admission_was_undone_is_dead_lettered_not_persisted() {
     assert_eq!(
         letters,
         [("admission_undone".to_owned(), messages[2].to_json())]
+    );
+}
+
+/// The same race when the user was admitted again: the first request's publish failed after
+/// the broker wrote its message (the user heard 503, the admission was undone), and a later
+/// request admitted the user again and is still publishing. The old message must not take that
+/// admission: it is dead-lettered, and the later request keeps its own outcome (its undo
+/// still removes it; its own message would become the row).
+#[tokio::test]
+async fn a_message_of_an_undone_admission_does_not_claim_the_users_later_admission() {
+    let consumer = start().await;
+    let (policy, store) = consumer.prepared_coupon(10).await;
+    let shards = StockShards::single(policy.id);
+    let old = issue(policy.id, 1);
+    let later = Uuid::now_v7();
+    store
+        .admit(shards, UserId::parse(1).unwrap(), later)
+        .await
+        .unwrap();
+    consumer.send(&old).await;
+    consumer.wait_committed(1).await;
+
+    let letters = consumer.dead_letters(1).await;
+    assert_eq!(letters, [("admission_undone".to_owned(), old.to_json())]);
+    assert_eq!(consumer.issued_quantity(policy.id).await, 0);
+    assert!(
+        store
+            .undo(shards, UserId::parse(1).unwrap(), later)
+            .await
+            .unwrap(),
+        "the later admission is still pending under its own request"
     );
 }

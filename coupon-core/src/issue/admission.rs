@@ -97,6 +97,7 @@ pub struct AdmissionStore {
     // Behind `Arc`: a `Script` owns its source and hash, which a clone would copy.
     admit: Arc<Script>,
     undo: Arc<Script>,
+    claim: Arc<Script>,
     transfers: TransferScripts,
     replica_acks: Option<ReplicaAcks>,
 }
@@ -109,6 +110,7 @@ impl AdmissionStore {
             keys,
             admit: Arc::new(Script::new(ADMIT_SCRIPT)),
             undo: Arc::new(Script::new(include_str!("admission/undo.lua"))),
+            claim: Arc::new(Script::new(include_str!("admission/claim.lua"))),
             transfers: TransferScripts::default(),
             replica_acks: None,
         }
@@ -243,6 +245,62 @@ impl AdmissionStore {
             .arg(request.as_hyphenated().to_string());
         let removed: i64 = timed_script("undo", invocation.invoke_async(&mut conn)).await?;
         Ok(removed == 1)
+    }
+
+    /// Claims the admissions of issue messages for the consumer, before it writes their rows
+    /// (`admission/claim.lua`, one script per home shard, atomic with [`Self::undo`]): for
+    /// each `(user, request id)` pair, in order, whether the message may become a row. Yes
+    /// when the user's admission is pending under the message's request id (the mark is
+    /// cleared: from then on the admission is durable, and an undo of that request removes
+    /// nothing and returns `false`), or when the user is a member without a pending mark (a
+    /// durable admission, a redelivery). No when the user is no member (the admission was
+    /// undone: its client heard 503) or is pending under another request (this message's
+    /// admission was undone and the user admitted again since). Safe to retry after a lost
+    /// answer: a claim that ran leaves a member without a mark, which claims again. An empty
+    /// slice asks nothing.
+    ///
+    /// # Errors
+    /// Redis is unreachable or timed out.
+    pub async fn claim(
+        &self,
+        shards: StockShards,
+        messages: &[(i64, Uuid)],
+    ) -> redis::RedisResult<Vec<bool>> {
+        let mut by_home: std::collections::BTreeMap<u16, (Shard, Vec<usize>)> =
+            std::collections::BTreeMap::new();
+        for (i, &(user, _)) in messages.iter().enumerate() {
+            let home = shards.home(user);
+            by_home
+                .entry(home.index)
+                .or_insert((home, Vec::new()))
+                .1
+                .push(i);
+        }
+        let mut claimed = vec![false; messages.len()];
+        let mut conn = self.conn.clone();
+        for (home, indexes) in by_home.into_values() {
+            let mut invocation = self.claim.key(self.keys.admission_set(home));
+            invocation.key(self.keys.pending(home));
+            for &i in &indexes {
+                let (user, request) = messages[i];
+                invocation
+                    .arg(user)
+                    .arg(request.as_hyphenated().to_string());
+            }
+            let answers: Vec<i64> =
+                timed_script("claim", invocation.invoke_async(&mut conn)).await?;
+            if answers.len() != indexes.len() {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "claim script returned the wrong number of answers",
+                    format!("{} for {}", answers.len(), indexes.len()),
+                )));
+            }
+            for (i, answer) in indexes.into_iter().zip(answers) {
+                claimed[i] = answer != 0;
+            }
+        }
+        Ok(claimed)
     }
 
     /// Marks the admissions of `users` durable (each holds a row): clears their pending marks,

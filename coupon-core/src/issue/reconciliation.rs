@@ -175,11 +175,14 @@ impl Reconciler<'_> {
         report.issued_quantity_before = self.issued_quantity(coupon).await?;
         report.issued_quantity_after = report.issued_quantity_before;
         if !self.dry_run {
-            for &user in &lost {
+            // Under the request id the admission is still pending under, when it is: the
+            // consumer claims a message only for its own admission (`claim.lua`).
+            let requests = self.admission.pending_requests(shards, &lost).await?;
+            for (&user, request) in lost.iter().zip(requests) {
                 let message = IssueMessage {
                     coupon_id: coupon,
                     user_id: UserId::parse(user).map_err(|e| anyhow::anyhow!(e.0))?,
-                    request_id: Uuid::now_v7(),
+                    request_id: request.unwrap_or_else(Uuid::now_v7),
                     admitted_at: Utc::now(),
                     stock_shards: shards.count(),
                     correlation_id: None,

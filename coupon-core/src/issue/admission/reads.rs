@@ -95,6 +95,39 @@ impl AdmissionStore {
         Ok(users)
     }
 
+    /// The request ids `users`' admissions are pending under, in order (`None`: no pending
+    /// mark, or one that is not a request id). One `HMGET` per home shard concerned; an empty
+    /// slice asks nothing. Reconciliation re-publishes a lost admission under its own request
+    /// id, so the consumer's claim ([`AdmissionStore::claim`]) recognises it.
+    ///
+    /// # Errors
+    /// Redis is unreachable or timed out.
+    pub async fn pending_requests(
+        &self,
+        shards: StockShards,
+        users: &[i64],
+    ) -> redis::RedisResult<Vec<Option<uuid::Uuid>>> {
+        let mut marks = std::collections::HashMap::with_capacity(users.len());
+        for (shard, group) in shards.by_home(users) {
+            let answers: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(self.keys.pending(shard))
+                .arg(&group)
+                .query_async(&mut self.conn.clone())
+                .await
+                .inspect_err(|_| count_error("pending_requests"))?;
+            marks.extend(group.into_iter().zip(answers));
+        }
+        Ok(users
+            .iter()
+            .map(|user| {
+                marks
+                    .get(user)
+                    .and_then(Option::as_deref)
+                    .and_then(|mark| uuid::Uuid::parse_str(mark).ok())
+            })
+            .collect())
+    }
+
     /// Whether every shard's stock key exists (false: some shard's state was never prepared
     /// or was lost).
     ///
