@@ -15,6 +15,10 @@
 # REDIS_MODE=cluster runs everything on the local Redis Cluster that `make up` then starts
 # (REDIS_URL defaults to its first node), e.g.
 #   REDIS_MODE=cluster DEMO_ARGS="--api-instances 3 --consumers 2" make demo
+# KAFKA_MODE=cluster runs the services on the three-broker Kafka cluster that `make up` then
+# starts (KAFKA_BROKERS defaults to its three brokers), topics created with 3 replicas and
+# min.insync.replicas=2, e.g. CI's scale demo:
+#   REDIS_MODE=cluster KAFKA_MODE=cluster DEMO_ARGS="--api-instances 3 --consumers 2 --stock-shards 4" make demo
 # With several instances of one binary each logs to its own file, $logs/NAME-i.log; with one,
 # to $logs/NAME.log as before.
 # DEMO_HOLD_SECONDS (0): keep the services running that long before the race and after the
@@ -54,6 +58,12 @@ source scripts/services.sh
 export RUST_LOG="${RUST_LOG:-info}"
 if [ "${REDIS_MODE:-single}" = cluster ]; then
   export REDIS_MODE REDIS_URL="${REDIS_URL:-redis://127.0.0.1:${REDIS_CLUSTER_PORT:-7000}}"
+fi
+if [ "${KAFKA_MODE:-single}" = cluster ]; then
+  first=${KAFKA_CLUSTER_PORT:-19092}
+  export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:$first,127.0.0.1:$((first + 1)),127.0.0.1:$((first + 2))}" \
+    KAFKA_TOPIC_REPLICATION_FACTOR="${KAFKA_TOPIC_REPLICATION_FACTOR:-3}" \
+    KAFKA_TOPIC_MIN_INSYNC_REPLICAS="${KAFKA_TOPIC_MIN_INSYNC_REPLICAS:-2}"
 fi
 # A run on the cluster keeps to a database, topics and consumer group of its own (unless set):
 # one database must always be paired with one Redis (reconciliation repairs the one against
@@ -105,6 +115,6 @@ if [ "$api_instances" -gt 1 ] || [ "$consumers" -gt 1 ]; then
 fi
 echo "[demo] ran $api_instances coupon-api instance(s) on ports ${api_ports[*]} and $consumers" \
   "coupon-consumer(s) in group ${KAFKA_CONSUMER_GROUP:-coupon-consumer} on Redis ${REDIS_MODE:-single}" \
-  "(${REDIS_URL:-redis://127.0.0.1:6379}), database ${DATABASE_URL:-mysql://coupon:coupon@127.0.0.1:3306/coupon}; logs in $logs/"
+  "(${REDIS_URL:-redis://127.0.0.1:6379}), Kafka ${KAFKA_BROKERS:-127.0.0.1:9092}, database ${DATABASE_URL:-mysql://coupon:coupon@127.0.0.1:3306/coupon}; logs in $logs/"
 [ "$hold" = 0 ] || { echo "[demo] holding ${hold} s after the verification (DEMO_HOLD_SECONDS)"; sleep "$hold"; }
 exit "$status"

@@ -13,28 +13,29 @@ use coupon_demo::chaos::{self, Binaries, ChaosPlan, Counts, Fault};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Scenarios to run (repeatable; default: all seven).
+    /// Scenarios to run (repeatable; default: all ten).
     #[arg(long, value_enum)]
     fault: Vec<Fault>,
     /// The CI size: 4,000 requests from 2,000 users for 200 units, the fault after 60
     /// accepted, at 200 requests per second (the race lasts 20 s, so the longest fault still
     /// ends inside it). `--stock`, `--requests`, `--users`, `--trigger` and `--rate` override it.
+    /// The cluster scenarios run one size either way (see `Cli::plan`).
     #[arg(long)]
     ci: bool,
-    /// Units in stock (count; 500, 200 with --ci).
+    /// Units in stock (count; 500, 200 with --ci, 1,000 in the cluster scenarios).
     #[arg(long)]
     stock: Option<i64>,
-    /// Requests per race (count; 10,000, 4,000 with --ci).
+    /// Requests per race (count; 10,000, 4,000 with --ci and in the cluster scenarios).
     #[arg(long)]
     requests: Option<usize>,
-    /// Distinct users per race (count; 5,000, 2,000 with --ci).
+    /// Distinct users per race (count; 5,000, 2,000 with --ci and in the cluster scenarios).
     #[arg(long)]
     users: Option<usize>,
     /// Requests in flight at most (count).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Requests started per second at most: paces the race so the fault lands mid-race (400,
-    /// 200 with --ci).
+    /// 200 with --ci, 100 in the cluster scenarios).
     #[arg(long)]
     rate: Option<f64>,
     /// 202 answers after which the fault starts (count; 150, 60 with --ci).
@@ -53,7 +54,8 @@ struct Cli {
     /// coupon-consumer executable.
     #[arg(long, default_value = "target/debug/coupon-consumer")]
     consumer_bin: PathBuf,
-    /// The broker launcher (`DIR PORT CONTROLLER_PORT`; it execs the JVM), for broker-stopped.
+    /// The broker launcher (`DIR PORT CONTROLLER_PORT [NODE_ID VOTERS CLUSTER_ID]`; it execs
+    /// the JVM), for broker-stopped and the cluster scenarios.
     #[arg(long, default_value = "scripts/kafka-broker.sh")]
     broker_launcher: PathBuf,
     /// The installed Apache Kafka, as scripts/install-kafka.sh prints it.
@@ -68,10 +70,17 @@ struct Cli {
 }
 
 impl Cli {
-    /// The race of every scenario: the full size, or the CI size, with explicit flags on top.
-    fn plan(&self) -> ChaosPlan {
+    /// The race of `fault`'s scenario: the full size, or the CI size, with explicit flags on
+    /// top. The cluster scenarios race slower for more units, 4,000 requests from 2,000 users
+    /// for 1,000 units at 100 per second (40 s), so the drop is still selling when their
+    /// brokers are down: a broker's controlled shutdown (SIGTERM) takes about 5 s, two of
+    /// them 8 s, by when the full-size race has sold out; and the race outlasts the 20-30 s
+    /// until the stopped brokers are back in sync.
+    fn plan(&self, fault: Fault) -> ChaosPlan {
         // (stock, requests, users, trigger, rate)
-        let (stock, requests, users, trigger, rate) = if self.ci {
+        let (stock, requests, users, trigger, rate) = if fault.is_cluster() {
+            (1_000, 4_000, 2_000, 150, 100.0)
+        } else if self.ci {
             (200, 4_000, 2_000, 60, 200.0)
         } else {
             (500, 10_000, 5_000, 150, 400.0)
@@ -90,8 +99,8 @@ impl Cli {
 }
 
 const TABLE_HEAD: [&str; 2] = [
-    "| scenario | time (s) | requests | 202 | 202 to requests sent after the fault | 409 duplicate | 409 sold out | 503 | in doubt (bound) | before the pass: rows / distinct / SCARD / issued_quantity | 202 without row | row without 202 | 409 duplicate without row | unconsumed | pass: re-published / re-admitted / issued_quantity | after the pass: rows / SCARD / issued_quantity | consumer exit on SIGTERM (s) | verdict |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | --- | ---: | --- |",
+    "| scenario | time (s) | requests | 202 | 202 to requests sent after the fault | 409 duplicate | 409 sold out | 503 | in doubt (bound) | before the pass: rows / distinct / SCARD / issued_quantity | 202 without row | row without 202 | 409 duplicate without row | unconsumed | pass: re-published / re-admitted / issued_quantity | after the pass: rows / SCARD / issued_quantity | consumer exit on SIGTERM (s) | brokers down: units left / answered / 202 | verdict |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- |",
 ];
 
 /// One row of the summary table.
@@ -105,7 +114,7 @@ fn table_row(
     let n = |label: &str| counts.answers.get(label).copied().unwrap_or(0);
     let (b, a, r) = (counts.before, counts.after, &counts.reconciled);
     format!(
-        "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} ({}) | {} / {} / {} / {} | {} | {} | {} | {} | {} / {} / {} → {} | {} / {} / {} | {:.1} | {} |",
+        "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} ({}) | {} / {} / {} / {} | {} | {} | {} | {} | {} / {} / {} → {} | {} / {} / {} | {:.1} | {} | {} |",
         fault.name(),
         took.as_secs_f64(),
         counts.requests,
@@ -132,6 +141,10 @@ fn table_row(
         a.admitted,
         a.issued_quantity,
         counts.consumer_shutdown.as_secs_f64(),
+        counts.fault.outage.map_or_else(
+            || "–".to_owned(),
+            |o| format!("{} / {} / {}", o.units_left, o.answered, o.accepted)
+        ),
         verdict,
     )
 }
@@ -145,7 +158,6 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         broker: cli.broker_launcher.clone(),
         kafka_root: cli.kafka_root.clone(),
     };
-    let plan = cli.plan();
     let faults = if cli.fault.is_empty() {
         Fault::ALL.to_vec()
     } else {
@@ -155,6 +167,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     let mut failed = 0;
     let suite = Instant::now();
     for fault in faults {
+        let plan = cli.plan(fault);
         println!(
             "[chaos] {}: {} requests from {} users for {} units, fault after {} accepted",
             fault.name(),
@@ -177,7 +190,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
                 );
                 failed += 1;
                 table.push(format!(
-                    "| {} | {:.0} | could not finish: {} ||||||||||||||| FAILED |",
+                    "| {} | {:.0} | could not finish: {} |||||||||||||||| FAILED |",
                     fault.name(),
                     took.as_secs_f64(),
                     format!("{err:#}").replace('|', "\\|")

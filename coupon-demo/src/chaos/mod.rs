@@ -27,7 +27,7 @@ mod process;
 mod race;
 mod verdict;
 
-pub use verdict::{Counts, Failure, FaultWindow, Reconciled, Rule, StoreCounts};
+pub use verdict::{Counts, Failure, FaultWindow, Outage, Reconciled, Rule, StoreCounts};
 
 use process::*;
 use race::*;
@@ -86,11 +86,36 @@ pub enum Fault {
     ///    (1 by default, see [`ChaosPlan::wait_replicas`]): an admission is answered only once
     ///    a replica holds it. In doubt: none.
     RedisMasterKilled,
+    /// 8. On a Kafka cluster of three brokers (topics with 3 replicas and
+    ///    `min.insync.replicas=2`), the leader of the issue topic's busiest partition (the
+    ///    most messages so far) killed with SIGKILL mid-race, and started again on its data
+    ///    5 s after. Its partitions have no leader until the controllers fence it
+    ///    (`broker.session.timeout.ms`, 9 s) or it comes back; publishes to them are retried
+    ///    by the idempotent producer (same producer id and sequence numbers, so a retried
+    ///    batch is written once) until they succeed or `KAFKA_MESSAGE_TIMEOUT_MS` passes (then
+    ///    undone and answered 503). Every 202 was on two brokers (`acks=all`, two in sync at
+    ///    least), so the new leader holds it. The fault ends when the node is back in every
+    ///    issue partition's in-sync replicas. In doubt: none.
+    ClusterLeaderKilled,
+    /// 9. On the cluster of 8, the leader of the busiest issue partition stopped with SIGTERM
+    ///    (a controlled shutdown: leadership moves to another in-sync replica first) for
+    ///    longer than the producer's message timeout (`KAFKA_MESSAGE_TIMEOUT_MS` + 3 s), then
+    ///    started again. Two replicas stay in sync, so `min.insync.replicas=2` still holds and
+    ///    publishes go on. The fault ends as in 8. In doubt: none.
+    ClusterBrokerStopped,
+    /// 10. On the cluster of 8, two of the three brokers stopped with SIGTERM (the busiest
+    ///     partition's leader, then the next node) for `KAFKA_MESSAGE_TIMEOUT_MS` + 3 s, then
+    ///     both started again. One broker is left: fewer in-sync replicas than
+    ///     `min.insync.replicas`, and one controller of three, so no quorum. Every publish
+    ///     fails (refused `NOT_ENOUGH_REPLICAS`, or no leader) until the message timeout; its
+    ///     admission is undone and the client hears 503. The fault ends as in 8. In doubt:
+    ///     none.
+    ClusterBelowMinInsync,
 }
 
 impl Fault {
     /// Every fault of `make chaos`, in the issues' order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 10] = [
         Self::BrokerStopped,
         Self::ConsumerKilled,
         Self::MysqlStopped,
@@ -98,6 +123,9 @@ impl Fault {
         Self::ApiKilled,
         Self::DeliveredTwice,
         Self::RedisMasterKilled,
+        Self::ClusterLeaderKilled,
+        Self::ClusterBrokerStopped,
+        Self::ClusterBelowMinInsync,
     ];
 
     /// Kebab-case name (as on the command line).
@@ -110,6 +138,9 @@ impl Fault {
             Self::ApiKilled => "api-killed",
             Self::DeliveredTwice => "delivered-twice",
             Self::RedisMasterKilled => "redis-master-killed",
+            Self::ClusterLeaderKilled => "cluster-leader-killed",
+            Self::ClusterBrokerStopped => "cluster-broker-stopped",
+            Self::ClusterBelowMinInsync => "cluster-below-min-insync",
         }
     }
 
@@ -124,6 +155,34 @@ impl Fault {
             | Self::MysqlStopped
             | Self::RedisRestarted
             | Self::DeliveredTwice
+            | Self::RedisMasterKilled
+            | Self::ClusterLeaderKilled
+            | Self::ClusterBrokerStopped
+            | Self::ClusterBelowMinInsync => 0,
+        }
+    }
+}
+
+impl Fault {
+    /// Whether the scenario runs on a Kafka cluster of three brokers of its own.
+    pub fn is_cluster(self) -> bool {
+        self.own_brokers() >= 3
+    }
+
+    /// Kafka brokers the scenario runs of its own: one for the fault that stops the broker, a
+    /// cluster of three for the cluster faults, none for the others (their topics are on the
+    /// shared broker of `make up`).
+    fn own_brokers(self) -> usize {
+        match self {
+            Self::BrokerStopped => 1,
+            Self::ClusterLeaderKilled
+            | Self::ClusterBrokerStopped
+            | Self::ClusterBelowMinInsync => 3,
+            Self::ConsumerKilled
+            | Self::MysqlStopped
+            | Self::RedisRestarted
+            | Self::ApiKilled
+            | Self::DeliveredTwice
             | Self::RedisMasterKilled => 0,
         }
     }
@@ -136,8 +195,9 @@ pub struct Binaries {
     pub api: PathBuf,
     /// coupon-consumer.
     pub consumer: PathBuf,
-    /// The broker launcher, `scripts/kafka-broker.sh DIR PORT CONTROLLER_PORT` (for the
-    /// scenario that stops the broker): it execs the JVM, so its pid is the broker's.
+    /// The broker launcher, `scripts/kafka-broker.sh DIR PORT CONTROLLER_PORT [NODE_ID VOTERS
+    /// CLUSTER_ID]` (for the scenarios with brokers of their own): it execs the JVM, so its
+    /// pid is the broker's.
     pub broker: PathBuf,
     /// The installed Apache Kafka (`scripts/install-kafka.sh` prints it), the launcher's
     /// `KAFKA_ROOT`.
@@ -166,9 +226,13 @@ pub struct ChaosPlan {
     pub wait_replicas: u32,
 }
 
-/// The shared broker of `make up`, where every scenario but [`Fault::BrokerStopped`] has its
-/// topics.
+/// The shared broker of `make up`, where every scenario without brokers of its own
+/// ([`Fault::own_brokers`]) has its topics.
 const SHARED_BROKER: &str = "127.0.0.1:9092";
+
+/// The services' `KAFKA_MESSAGE_TIMEOUT_MS` (their default): the longest a publish may wait
+/// for its acknowledgement, retries included, before the admission is undone (503).
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs one scenario: fresh stores and services, the race with `fault` injected, the drain,
 /// the counts, one reconciliation pass, the counts again. Logs go to `log_dir`.
@@ -203,13 +267,14 @@ pub async fn run(
         Some(own) => own.url(&database),
         None => format!("mysql://coupon:coupon@127.0.0.1:3306/{database}"),
     };
-    let mut own_broker = match fault {
-        Fault::BrokerStopped => Some(OwnBroker::start(bins, log_dir).await?),
-        _ => None,
+    let mut own_kafka = match fault.own_brokers() {
+        0 => None,
+        nodes => Some(OwnKafka::start(bins, log_dir, nodes).await?),
     };
-    let brokers = own_broker
+    let brokers = own_kafka
         .as_ref()
-        .map_or_else(|| SHARED_BROKER.to_owned(), OwnBroker::address);
+        .map_or_else(|| SHARED_BROKER.to_owned(), OwnKafka::address);
+    let replicated = fault.is_cluster();
     let issue_topic = format!("{tag}-issues");
     let env: Vec<(String, String)> = [
         ("DATABASE_URL", database_url.clone()),
@@ -239,6 +304,10 @@ pub async fn run(
         ("KAFKA_PAYMENTS_TOPIC", format!("{tag}-payments")),
         ("KAFKA_EVENTS_TOPIC", format!("{tag}-events")),
         ("KAFKA_CONSUMER_GROUP", tag.clone()),
+        (
+            "KAFKA_MESSAGE_TIMEOUT_MS",
+            MESSAGE_TIMEOUT.as_millis().to_string(),
+        ),
         // No periodic reconciliation: the verdict reads the stores as the fault left them,
         // and the suite's own pass afterwards must find nothing to repair.
         ("RECONCILE_INTERVAL_MS", "0".to_owned()),
@@ -252,6 +321,15 @@ pub async fn run(
         ("RUST_LIB_BACKTRACE", "0".to_owned()),
     ]
     .into_iter()
+    // On the cluster, the topics the services create as a shop must run them.
+    .chain(
+        [
+            ("KAFKA_TOPIC_REPLICATION_FACTOR", "3".to_owned()),
+            ("KAFKA_TOPIC_MIN_INSYNC_REPLICAS", "2".to_owned()),
+        ]
+        .into_iter()
+        .filter(|_| replicated),
+    )
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
 
@@ -306,8 +384,10 @@ pub async fn run(
         }
     };
     let race_over = AtomicBool::new(false);
-    // Returns when the fault started and when it ended (the failed part serves again).
+    // Returns when the fault started and when it ended (the failed part serves again), and
+    // for the cluster faults when the stopped brokers were all down.
     let inject = async {
+        let mut outage = None;
         while accepted_so_far.load(Ordering::Relaxed) < plan.trigger {
             if race_over.load(Ordering::Relaxed) {
                 bail!(
@@ -321,16 +401,57 @@ pub async fn run(
         note(&format!("fault {} starts", fault.name()));
         match fault {
             Fault::BrokerStopped => {
-                let broker = own_broker.as_mut().context("own broker")?;
+                let broker = own_kafka.as_mut().context("own broker")?;
                 let stopped = broker
-                    .stop(Duration::from_secs(60))
-                    .await
+                    .stop(1, "TERM", Duration::from_secs(60))
+                    .await?
                     .context("the broker was not running")?;
                 note(&format!("the broker (SIGTERM) {stopped}"));
                 tokio::time::sleep(Duration::from_secs(7)).await;
                 note("starting the broker again on its data");
                 broker.restart(&issue_log(&tag), coupon).await?;
                 note("the broker serves the issue topic again");
+            }
+            Fault::ClusterLeaderKilled
+            | Fault::ClusterBrokerStopped
+            | Fault::ClusterBelowMinInsync => {
+                let kafka = own_kafka.as_mut().context("own Kafka cluster")?;
+                let partitions = kafka.partitions(&issue_topic).await?;
+                let busiest = partitions
+                    .iter()
+                    .max_by_key(|p| p.high_watermark)
+                    .context("the issue topic has no partition")?;
+                let mut victims = vec![busiest.leader];
+                let (signal, down) = match fault {
+                    Fault::ClusterLeaderKilled => ("KILL", Duration::from_secs(5)),
+                    _ => ("TERM", MESSAGE_TIMEOUT + Duration::from_secs(3)),
+                };
+                if fault == Fault::ClusterBelowMinInsync {
+                    let next = kafka.ids().into_iter().find(|id| *id != busiest.leader);
+                    victims.extend(next);
+                }
+                note(&format!(
+                    "partition {} is the busiest ({} messages), led by node {}",
+                    busiest.partition, busiest.high_watermark, busiest.leader
+                ));
+                for &node in &victims {
+                    let stopped = kafka
+                        .stop(node, signal, Duration::from_secs(60))
+                        .await?
+                        .with_context(|| format!("node {node} was not running"))?;
+                    note(&format!("node {node} (SIG{signal}) {stopped}"));
+                }
+                let down_since = Instant::now();
+                tokio::time::sleep(down).await;
+                outage = Some((down_since, Instant::now()));
+                for &node in &victims {
+                    note(&format!("starting node {node} again on its data"));
+                    kafka.start_again(node)?;
+                }
+                kafka
+                    .wait_until_in_sync(&issue_topic, &issue_log(&tag), coupon)
+                    .await?;
+                note("every issue partition has its three replicas in sync again");
             }
             Fault::ConsumerKilled => {
                 let _ = consumer.stop_within("KILL", Duration::from_secs(15)).await;
@@ -379,7 +500,7 @@ pub async fn run(
             }
         }
         note(&format!("fault {} ends", fault.name()));
-        anyhow::Ok((started, Instant::now()))
+        anyhow::Ok((started, Instant::now(), outage))
     };
     let (raced, injected) = tokio::join!(
         async {
@@ -390,7 +511,8 @@ pub async fn run(
         inject
     );
     let answers = raced?;
-    let (fault_started, fault_ended) = injected?;
+    write_answers(&answers, &log_dir.join("answers.csv"))?;
+    let (fault_started, fault_ended, outage) = injected?;
     note("race ends");
 
     // The drain: every group past every message, then the stores holding still.
@@ -414,12 +536,43 @@ pub async fn run(
     let since_start = |at: Instant| at.saturating_duration_since(answers.started);
     // Issuing recovered when requests sent after the fault's end were answered 202; the units
     // left then are those not taken by the 202s of requests sent before it, nor in doubt.
-    let (accepted_after, accepted_before): (Vec<_>, Vec<_>) = answers
+    let accepted_after: Vec<_> = answers
         .accepted_at
         .iter()
-        .partition(|&&(sent, _)| sent > fault_ended);
-    let units_left = plan.stock
-        - i64::try_from(accepted_before.len() + answers.in_doubt.len()).unwrap_or(i64::MAX);
+        .filter(|&&(sent, _)| sent > fault_ended)
+        .collect();
+    let units_left_at = |at: Instant| {
+        let taken = answers
+            .accepted_at
+            .iter()
+            .filter(|&&(sent, _)| sent <= at)
+            .count();
+        (plan.stock - i64::try_from(taken + answers.in_doubt.len()).unwrap_or(i64::MAX)).max(0)
+    };
+    let units_left = units_left_at(fault_ended);
+    let within = |times: &[(Instant, Instant)], from: Instant, until: Instant| {
+        times
+            .iter()
+            .filter(|&&(sent, answered)| sent >= from && answered <= until)
+            .count()
+    };
+    for (what, users) in [
+        (
+            "rows of users neither answered 202 nor in doubt",
+            without_accept
+                .difference(&answers.in_doubt)
+                .copied()
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "users answered 202 without a row",
+            answers.accepted.difference(with_row).copied().collect(),
+        ),
+    ] {
+        if !users.is_empty() {
+            note(&format!("{what}: {users:?} (see answers.csv)"));
+        }
+    }
     let mut counts = Counts {
         requests: plan.requests,
         accepted: answers.accepted.len(),
@@ -444,12 +597,19 @@ pub async fn run(
             started: since_start(fault_started),
             ended: since_start(fault_ended),
             race_ended: since_start(answers.ended),
-            units_left: units_left.max(0),
+            units_left,
             accepted_after: accepted_after.len(),
             first_accept_after: accepted_after
                 .iter()
                 .map(|&&(_, answered)| answered - fault_ended)
                 .min(),
+            outage: outage.map(|(from, until)| Outage {
+                from: since_start(from),
+                until: since_start(until),
+                units_left: units_left_at(from),
+                answered: within(&answers.answered_at, from, until),
+                accepted: within(&answers.accepted_at, from, until),
+            }),
         },
         race: answers.ended - answers.started,
         answers: answers.labels,
@@ -461,7 +621,7 @@ pub async fn run(
     drop(apis);
     drop(consumer);
     drop(replay);
-    drop(own_broker);
+    drop(own_kafka);
     if own_mysql.is_none() {
         // The scenario's database on the shared server, dropped through the scenario's own
         // connection (the account may not use the `mysql` database); an own server goes with

@@ -1,4 +1,4 @@
-//! The suite's child processes: coupon-api, coupon-consumer and an Apache Kafka broker started,
+//! The suite's child processes: coupon-api, coupon-consumer and Apache Kafka brokers started,
 //! signalled, stopped and started again, each waited for until it serves.
 
 use std::fmt;
@@ -10,6 +10,8 @@ use anyhow::{bail, Context};
 use coupon_core::domain::CouponId;
 use coupon_core::issue::recovery::IssueLog;
 use coupon_core::store::kafka::IssuePublisher;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
 
 use super::*;
 
@@ -146,120 +148,336 @@ pub(super) fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// An Apache Kafka broker of the scenario's own (KRaft, broker and controller in one JVM),
-/// run by the broker launcher (`scripts/kafka-broker.sh DIR PORT CONTROLLER_PORT`, which execs
-/// the JVM, so a signal to the child reaches the broker) on a data directory under the
-/// scenario's log directory. Stopping and starting it again keeps its topics, the committed
-/// offsets and the cluster id (the launcher formats `DIR/data` only on the first start).
-pub(super) struct OwnBroker {
+/// Apache Kafka of the scenario's own: one broker, or a cluster of three (KRaft, each node
+/// broker and controller in one JVM), run by the broker launcher
+/// (`scripts/kafka-broker.sh DIR PORT CONTROLLER_PORT [NODE_ID VOTERS CLUSTER_ID]`, which execs
+/// the JVM, so a signal to the child reaches the broker) on data directories under the
+/// scenario's log directory. Stopping and starting a node again keeps its topics, the committed
+/// offsets and the cluster id (the launcher formats `DIR/data` only on the first start). A
+/// cluster of three gives every topic created without a replication factor 3 replicas and
+/// `min.insync.replicas=2` (the launcher's defaults for a quorum of three).
+pub(super) struct OwnKafka {
+    nodes: Vec<KafkaNode>,
+}
+
+/// One node of [`OwnKafka`].
+struct KafkaNode {
+    /// Its `node.id` (1..).
+    id: i32,
     process: Process,
     /// Its client listener (127.0.0.1).
     port: u16,
 }
 
-impl OwnBroker {
-    /// Longest wait for a broker to serve after its start: the JVM, the KRaft controller's
-    /// election and the log recovery on 2 busy cores.
+/// A partition of a topic and where it lives, from the cluster's metadata.
+#[derive(Debug, Clone)]
+pub(super) struct PartitionState {
+    pub(super) partition: i32,
+    /// The leader's node id (-1 while it has none).
+    pub(super) leader: i32,
+    pub(super) replicas: Vec<i32>,
+    pub(super) in_sync: Vec<i32>,
+    /// The high watermark: messages acknowledged to `acks=all` producers (count).
+    pub(super) high_watermark: i64,
+}
+
+impl OwnKafka {
+    /// Longest wait for a broker to serve after its start: the JVM, the KRaft controllers'
+    /// election and the log recovery on 2 busy cores (three JVMs at once for a cluster).
     const START_TIMEOUT: Duration = Duration::from_secs(120);
 
-    /// Starts a broker on two free ports (listener and controller) and a fresh data directory
-    /// `log_dir/kafka`, and waits until it answers a metadata request.
+    /// Starts `nodes` brokers (1, or 3 for a cluster) on free ports, on fresh data
+    /// directories `log_dir/kafka` (`log_dir/kafka-N` for node N of a cluster), and waits until
+    /// every one of them is in the cluster's metadata.
     ///
     /// # Errors
-    /// The launcher could not be started, exited, or the broker did not serve in time.
-    pub(super) async fn start(bins: &Binaries, log_dir: &Path) -> anyhow::Result<Self> {
-        let dir = log_dir.join("kafka");
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("removing the old broker data in {}", dir.display()))?;
-        }
-        std::fs::create_dir_all(&dir)?;
-        let port = free_port()?;
-        let controller = loop {
-            let candidate = free_port()?;
-            if candidate != port {
-                break candidate;
+    /// The launcher could not be started or exited, or the brokers did not serve in time.
+    pub(super) async fn start(
+        bins: &Binaries,
+        log_dir: &Path,
+        nodes: usize,
+    ) -> anyhow::Result<Self> {
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 2 * nodes {
+            let port = free_port()?;
+            if !ports.contains(&port) {
+                ports.push(port);
             }
+        }
+        let (listeners, controllers) = ports.split_at(nodes);
+        let ids: Vec<i32> = (1..=i32::try_from(nodes)?).collect();
+        let voters: Vec<String> = ids
+            .iter()
+            .zip(controllers)
+            .map(|(id, port)| format!("{id}@127.0.0.1:{port}"))
+            .collect();
+        let cluster_id = if nodes > 1 {
+            Some(random_cluster_id(&bins.kafka_root)?)
+        } else {
+            None
         };
-        let env = vec![(
+        let mut env = vec![(
             "KAFKA_ROOT".to_owned(),
             bins.kafka_root.display().to_string(),
         )];
-        let mut process = Process::new("kafka", &bins.broker, env, log_dir);
-        process.command.extend([
-            dir.display().to_string(),
-            port.to_string(),
-            controller.to_string(),
-        ]);
-        let mut broker = Self { process, port };
-        broker.process.start()?;
-        broker.wait_until_serving(None).await?;
-        Ok(broker)
+        if nodes > 1 {
+            // Three JVMs beside the services on 2 cores (as `KAFKA_MODE=cluster make up`).
+            env.push(("KAFKA_HEAP_OPTS".to_owned(), "-Xms256m -Xmx512m".to_owned()));
+        }
+        let mut kafka = Self { nodes: Vec::new() };
+        for (i, &id) in ids.iter().enumerate() {
+            let name = if nodes == 1 {
+                "kafka".to_owned()
+            } else {
+                format!("kafka-{id}")
+            };
+            let dir = log_dir.join(&name);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing old broker data in {}", dir.display()))?;
+            }
+            std::fs::create_dir_all(&dir)?;
+            let mut process = Process::new(&name, &bins.broker, env.clone(), log_dir);
+            process.command.extend([
+                dir.display().to_string(),
+                listeners[i].to_string(),
+                controllers[i].to_string(),
+            ]);
+            if let Some(cluster_id) = &cluster_id {
+                process
+                    .command
+                    .extend([id.to_string(), voters.join(","), cluster_id.clone()]);
+            }
+            process.start()?;
+            kafka.nodes.push(KafkaNode {
+                id,
+                process,
+                port: listeners[i],
+            });
+        }
+        kafka.wait_until_registered(&ids).await?;
+        Ok(kafka)
     }
 
-    /// `127.0.0.1:PORT`, for `KAFKA_BROKERS`.
+    /// The bootstrap servers, `127.0.0.1:PORT[,…]`, for `KAFKA_BROKERS`.
     pub(super) fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
-    /// SIGTERM: Kafka's controlled shutdown (leadership given up, logs flushed and closed
-    /// cleanly). Waits `grace` for the exit, then SIGKILL.
-    pub(super) async fn stop(&mut self, grace: Duration) -> Option<Stopped> {
-        self.process.stop_within("TERM", grace).await
+    /// Node ids (1..).
+    pub(super) fn ids(&self) -> Vec<i32> {
+        self.nodes.iter().map(|node| node.id).collect()
     }
 
-    /// Starts the broker again on the same data and ports, and waits until `log` can be read
-    /// up to its group's committed offsets: the metadata, the group coordinator and every
-    /// partition's leader all answer.
+    fn node(&mut self, id: i32) -> anyhow::Result<&mut KafkaNode> {
+        self.nodes
+            .iter_mut()
+            .find(|node| node.id == id)
+            .with_context(|| format!("no broker with node id {id}"))
+    }
+
+    /// Sends `signal` to node `id`: `TERM` is Kafka's controlled shutdown (leadership given
+    /// up, logs flushed and closed cleanly), `KILL` a crash. Waits `grace` for the exit, then
+    /// SIGKILL. `None` when it was not running.
+    ///
+    /// # Errors
+    /// No node has that id.
+    pub(super) async fn stop(
+        &mut self,
+        id: i32,
+        signal: &str,
+        grace: Duration,
+    ) -> anyhow::Result<Option<Stopped>> {
+        Ok(self.node(id)?.process.stop_within(signal, grace).await)
+    }
+
+    /// Starts node `id` again on the same data and ports (without waiting).
+    ///
+    /// # Errors
+    /// No node has that id, or it could not be started.
+    pub(super) fn start_again(&mut self, id: i32) -> anyhow::Result<()> {
+        self.node(id)?.process.start()
+    }
+
+    /// Starts the single broker again and waits until `log` can be read up to its group's
+    /// committed offsets: the metadata, the group coordinator and every partition's leader all
+    /// answer.
     ///
     /// # Errors
     /// As [`Self::start`].
     pub(super) async fn restart(&mut self, log: &IssueLog, coupon: CouponId) -> anyhow::Result<()> {
-        self.process.start()?;
-        self.wait_until_serving(Some((log, coupon))).await
+        for node in &mut self.nodes {
+            node.process.start()?;
+        }
+        self.wait_until(|| async { log.unpersisted_users(coupon).await.map(drop) })
+            .await
     }
 
-    /// Waits until the broker serves: a metadata request answered, and with `topic` also the
-    /// issue topic read (see [`Self::restart`]). An open port is not enough: the JVM listens
-    /// before its metadata is loaded and its partitions have a leader.
-    async fn wait_until_serving(
+    /// The partitions of `topic`: leaders, replicas, in-sync replicas and high watermarks.
+    ///
+    /// # Errors
+    /// No broker answered within 5 s, or the topic is unknown.
+    pub(super) async fn partitions(&self, topic: &str) -> anyhow::Result<Vec<PartitionState>> {
+        partitions_of(self.address(), topic).await
+    }
+
+    /// Waits until every partition of `topic` has a leader and all its replicas in sync (after
+    /// a node came back), and `log` can be read up to its group's committed offsets.
+    ///
+    /// # Errors
+    /// Not so within [`Self::START_TIMEOUT`], or a node exited.
+    pub(super) async fn wait_until_in_sync(
         &mut self,
-        topic: Option<(&IssueLog, CouponId)>,
+        topic: &str,
+        log: &IssueLog,
+        coupon: CouponId,
     ) -> anyhow::Result<()> {
-        let address = self.address();
+        let brokers = self.address();
+        self.wait_until(|| async {
+            let lagging: Vec<String> = partitions_of(brokers.clone(), topic)
+                .await?
+                .into_iter()
+                .filter(|p| p.leader < 0 || p.in_sync.len() < p.replicas.len())
+                .map(|p| {
+                    format!(
+                        "{}: leader {} in sync {:?}",
+                        p.partition, p.leader, p.in_sync
+                    )
+                })
+                .collect();
+            if !lagging.is_empty() {
+                bail!("partitions not yet in sync: {}", lagging.join("; "));
+            }
+            log.unpersisted_users(coupon).await.map(drop)
+        })
+        .await
+    }
+
+    /// Waits until the metadata names every node of `ids` as a live broker.
+    async fn wait_until_registered(&mut self, ids: &[i32]) -> anyhow::Result<()> {
+        let brokers = self.address();
+        let ids = ids.to_vec();
+        self.wait_until(|| async {
+            let listed = brokers.clone();
+            let live = tokio::task::spawn_blocking(move || live_brokers(&listed)).await??;
+            let missing: Vec<i32> = ids
+                .iter()
+                .filter(|id| !live.contains(id))
+                .copied()
+                .collect();
+            if !missing.is_empty() {
+                bail!("brokers {missing:?} not in the metadata yet");
+            }
+            // The internal topics are created on first use; a group's first join needs them.
+            let probe = IssuePublisher::new(&brokers, "chaos-probe", Duration::from_secs(5))?;
+            probe.check_broker(Duration::from_secs(2)).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Retries `check` every 500 ms until it succeeds, a node that should run has exited, or
+    /// [`Self::START_TIMEOUT`] passed.
+    async fn wait_until<F, Fut>(&mut self, mut check: F) -> anyhow::Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>>,
+    {
         let deadline = Instant::now() + Self::START_TIMEOUT;
         loop {
-            if !self.process.alive() {
-                bail!(
-                    "the Kafka broker exited; see {}",
-                    self.process.log.display()
-                );
-            }
-            let served = match topic {
-                None => {
-                    match IssuePublisher::new(&address, "chaos-probe", Duration::from_secs(5)) {
-                        Ok(probe) => probe
-                            .check_broker(Duration::from_secs(2))
-                            .await
-                            .map_err(anyhow::Error::from),
-                        Err(err) => Err(err.into()),
-                    }
+            for node in &mut self.nodes {
+                if node.process.child.is_some() && !node.process.alive() {
+                    bail!(
+                        "Kafka node {} exited; see {}",
+                        node.id,
+                        node.process.log.display()
+                    );
                 }
-                Some((log, coupon)) => log.unpersisted_users(coupon).await.map(drop),
-            };
-            match served {
+            }
+            match check().await {
                 Ok(()) => return Ok(()),
                 Err(err) if Instant::now() > deadline => {
                     return Err(err.context(format!(
-                        "the Kafka broker on {address} did not serve within {:?}; see {}",
+                        "Kafka ({}) did not serve within {:?}; see {}",
+                        self.address(),
                         Self::START_TIMEOUT,
-                        self.process.log.display()
+                        self.nodes[0].process.log.display()
                     )))
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
             }
         }
     }
+}
+
+/// A new cluster id, as `kafka-storage.sh random-uuid` prints it (the id every node of one
+/// cluster is formatted with).
+fn random_cluster_id(kafka_root: &Path) -> anyhow::Result<String> {
+    let output = Command::new("java")
+        .arg("-cp")
+        .arg(format!("{}/libs/*", kafka_root.display()))
+        .args(["kafka.tools.StorageTool", "random-uuid"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running Kafka's StorageTool random-uuid")?;
+    let id = String::from_utf8(output.stdout)?.trim().to_owned();
+    if !output.status.success() || id.is_empty() {
+        bail!("Kafka's StorageTool random-uuid failed ({})", output.status);
+    }
+    Ok(id)
+}
+
+/// A metadata client of the suite's own (not a consumer group member).
+fn metadata_client(brokers: &str) -> anyhow::Result<BaseConsumer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("socket.connection.setup.timeout.ms", "2000")
+        .create()?)
+}
+
+/// The node ids of the brokers the metadata names (blocking, 5 s at most).
+fn live_brokers(brokers: &str) -> anyhow::Result<Vec<i32>> {
+    let metadata = metadata_client(brokers)?.fetch_metadata(None, Duration::from_secs(5))?;
+    Ok(metadata.brokers().iter().map(|b| b.id()).collect())
+}
+
+/// [`OwnKafka::partitions`] of the cluster at `brokers`.
+async fn partitions_of(brokers: String, topic: &str) -> anyhow::Result<Vec<PartitionState>> {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || partition_states(&brokers, &topic)).await?
+}
+
+/// [`OwnKafka::partitions`], blocking.
+fn partition_states(brokers: &str, topic: &str) -> anyhow::Result<Vec<PartitionState>> {
+    let client = metadata_client(brokers)?;
+    let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    let found = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .with_context(|| format!("topic {topic} not in the metadata"))?;
+    if let Some(err) = found.error() {
+        bail!("topic {topic}: {:?}", err);
+    }
+    found
+        .partitions()
+        .iter()
+        .map(|p| {
+            let (_, high_watermark) =
+                client.fetch_watermarks(topic, p.id(), Duration::from_secs(5))?;
+            Ok(PartitionState {
+                partition: p.id(),
+                leader: p.leader(),
+                replicas: p.replicas().to_vec(),
+                in_sync: p.isr().to_vec(),
+                high_watermark,
+            })
+        })
+        .collect()
 }
 
 pub(super) async fn start_api(

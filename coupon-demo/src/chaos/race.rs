@@ -26,6 +26,11 @@ pub(super) struct Answers {
     pub(super) in_doubt: HashSet<i64>,
     /// When each request answered 202 was sent, and when the answer came.
     pub(super) accepted_at: Vec<(Instant, Instant)>,
+    /// When each request answered at all (any status) was sent, and when the answer came.
+    pub(super) answered_at: Vec<(Instant, Instant)>,
+    /// Every request: user, answer, when it was sent and answered, in the order they were
+    /// answered (written to the scenario's `answers.csv`).
+    pub(super) all: Vec<(i64, String, (Instant, Instant))>,
     /// When the first request was due.
     pub(super) started: Instant,
     /// When the last answer came.
@@ -118,10 +123,12 @@ pub(super) async fn race(
         already_issued: HashSet::new(),
         in_doubt: HashSet::new(),
         accepted_at: Vec::new(),
+        answered_at: Vec::new(),
+        all: Vec::new(),
         started: started.into_std(),
         ended: Instant::now(),
     };
-    for (user, label, at) in answers {
+    for (user, label, at) in answers.iter().cloned() {
         match label.as_str() {
             "202 ACCEPTED" => {
                 out.accepted.insert(user);
@@ -135,9 +142,25 @@ pub(super) async fn race(
             }
             _ => {}
         }
+        if !label.starts_with("000") {
+            out.answered_at.push(at);
+        }
         *out.labels.entry(label).or_default() += 1;
     }
+    out.all = answers;
     Ok(out)
+}
+
+/// Writes every request of `answers` to `path` as CSV: user, answer, sent and answered (ms
+/// from the race's start), for tracing one user's requests after a failed scenario.
+pub(super) fn write_answers(answers: &Answers, path: &std::path::Path) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    let ms = |at: Instant| at.saturating_duration_since(answers.started).as_millis();
+    let mut csv = String::from("user,answer,sent_ms,answered_ms\n");
+    for (user, label, (sent, answered)) in &answers.all {
+        let _ = writeln!(csv, "{user},{label},{},{}", ms(*sent), ms(*answered));
+    }
+    std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The store counts of `coupon`.

@@ -60,6 +60,26 @@ pub struct FaultWindow {
     pub accepted_after: usize,
     /// How long after the fault's end the first of those 202s came, when one did.
     pub first_accept_after: Option<Duration>,
+    /// For the cluster faults, the time the stopped brokers were all down.
+    pub outage: Option<Outage>,
+}
+
+/// The time the brokers a cluster fault stopped were all down: from the last one's exit to
+/// the command that started the first one again (it serves some seconds later, so the window
+/// is on the safe side), and the requests sent and answered within it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outage {
+    /// When the last stopped broker had exited, from the race's start.
+    pub from: Duration,
+    /// When the first was started again, from the race's start.
+    pub until: Duration,
+    /// Units left when it began: stock − 202s of requests sent before it − requests in doubt
+    /// (count; 0 when none).
+    pub units_left: i64,
+    /// Requests sent and answered within it (count).
+    pub answered: usize,
+    /// Of those, the ones answered 202 (count).
+    pub accepted: usize,
 }
 
 /// What one scenario counted. [`Counts::failures`] is the verdict.
@@ -139,6 +159,16 @@ pub enum Rule {
     /// When units were left at the fault's end, some request sent after it was answered 202:
     /// issuing recovers.
     IssuingRecovers,
+    /// [`Fault::ClusterBrokerStopped`]: with one broker of three down, two replicas are in
+    /// sync and `min.insync.replicas=2` holds, so issuing goes on: some request sent and
+    /// answered while it was down was answered 202 (units were left when it went down, and
+    /// requests were answered then; else the scenario tested nothing and fails too).
+    IssuingWithOneBrokerDown,
+    /// [`Fault::ClusterBelowMinInsync`]: with two brokers of three down, no write can reach two
+    /// in-sync replicas, so no request sent and answered while they were down was answered
+    /// 202 (`acks=all` with `min.insync.replicas=2` refuses them; the admissions are undone
+    /// and answered 503); and there were such requests, with units left.
+    RefusedBelowMinInsync,
     /// The reconciliation pass repaired nothing: no user re-admitted, `issued_quantity`
     /// unchanged, nobody re-published except users in doubt where the scenario allows them.
     ReconcileRepairsNothing,
@@ -146,7 +176,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in the order they are reported.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 14] = [
         Self::NobodyTwice,
         Self::SetMatchesRows,
         Self::CountMatchesRows,
@@ -158,6 +188,8 @@ impl Rule {
         Self::ExpectedAnswers,
         Self::InDoubtBound,
         Self::IssuingRecovers,
+        Self::IssuingWithOneBrokerDown,
+        Self::RefusedBelowMinInsync,
         Self::ReconcileRepairsNothing,
     ];
 
@@ -175,6 +207,8 @@ impl Rule {
             Self::ExpectedAnswers => "expected-answers",
             Self::InDoubtBound => "in-doubt-bound",
             Self::IssuingRecovers => "issuing-recovers",
+            Self::IssuingWithOneBrokerDown => "issuing-with-one-broker-down",
+            Self::RefusedBelowMinInsync => "refused-below-min-insync",
             Self::ReconcileRepairsNothing => "reconcile-repairs-nothing",
         }
     }
@@ -348,6 +382,28 @@ impl Counts {
                 ),
             );
         }
+        let outage = self.fault.outage.unwrap_or_default();
+        let outage_detail = || {
+            format!(
+                "{} requests sent and answered while the brokers were down ({:.1} s to {:.1} s), \
+                 {} of them 202, with {} units left when they went down",
+                outage.answered,
+                outage.from.as_secs_f64(),
+                outage.until.as_secs_f64(),
+                outage.accepted,
+                outage.units_left
+            )
+        };
+        if fault == Fault::ClusterBrokerStopped
+            && (outage.units_left == 0 || outage.answered == 0 || outage.accepted == 0)
+        {
+            fail(Rule::IssuingWithOneBrokerDown, outage_detail());
+        }
+        if fault == Fault::ClusterBelowMinInsync
+            && (outage.units_left == 0 || outage.answered == 0 || outage.accepted > 0)
+        {
+            fail(Rule::RefusedBelowMinInsync, outage_detail());
+        }
         let reconciled = &self.reconciled;
         let republished_allowed = if in_doubt_bound > 0 {
             reconciled
@@ -416,6 +472,18 @@ impl fmt::Display for Counts {
                 .map(|d| format!(" (the first {:.1} s after)", d.as_secs_f64()))
                 .unwrap_or_default()
         )?;
+        if let Some(outage) = window.outage {
+            writeln!(
+                f,
+                "  brokers down: {:.1} s to {:.1} s of the race, {} units left then; {} requests \
+                 sent and answered within it, {} of them 202",
+                outage.from.as_secs_f64(),
+                outage.until.as_secs_f64(),
+                outage.units_left,
+                outage.answered,
+                outage.accepted
+            )?;
+        }
         for (when, counts) in [
             ("before the pass", self.before),
             ("after the pass", self.after),
@@ -510,6 +578,7 @@ mod tests {
                 units_left: 200,
                 accepted_after: 200,
                 first_accept_after: Some(Duration::from_millis(300)),
+                outage: None,
             },
             ..Counts::default()
         }
@@ -754,6 +823,61 @@ mod tests {
         assert_eq!(
             rules(&counts, Fault::ApiKilled),
             vec![Rule::SetMatchesRows, Rule::ReconcileRepairsNothing]
+        );
+    }
+
+    /// `passing()` with the brokers down from 2 s to 10 s, `units_left` left then, `answered`
+    /// requests sent and answered within it, `accepted` of them 202.
+    fn with_outage(units_left: i64, answered: usize, accepted: usize) -> Counts {
+        let mut counts = passing();
+        counts.fault.outage = Some(Outage {
+            from: Duration::from_secs(2),
+            until: Duration::from_secs(10),
+            units_left,
+            answered,
+            accepted,
+        });
+        counts
+    }
+
+    #[test]
+    fn one_broker_down_must_not_stop_issuing() {
+        let fault = Fault::ClusterBrokerStopped;
+        assert_eq!(rules(&with_outage(300, 800, 300), fault), vec![]);
+        for (units_left, answered) in [(300, 800), (0, 800), (300, 0)] {
+            // No 202 while one broker was down, or nothing that could have been one.
+            assert_eq!(
+                rules(&with_outage(units_left, answered, 0), fault),
+                vec![Rule::IssuingWithOneBrokerDown]
+            );
+        }
+        assert_eq!(
+            rules(&passing(), fault),
+            vec![Rule::IssuingWithOneBrokerDown],
+            "a run without an outage tested nothing"
+        );
+    }
+
+    #[test]
+    fn below_min_insync_nothing_may_be_accepted() {
+        let fault = Fault::ClusterBelowMinInsync;
+        assert_eq!(rules(&with_outage(400, 20, 0), fault), vec![]);
+        assert_eq!(
+            rules(&with_outage(400, 20, 1), fault),
+            vec![Rule::RefusedBelowMinInsync],
+            "a 202 with one in-sync replica"
+        );
+        for (units_left, answered) in [(0, 20), (400, 0)] {
+            assert_eq!(
+                rules(&with_outage(units_left, answered, 0), fault),
+                vec![Rule::RefusedBelowMinInsync],
+                "the outage came after the sell-out, or nothing was answered within it"
+            );
+        }
+        // The other faults do not judge an outage.
+        assert_eq!(
+            rules(&with_outage(400, 20, 1), Fault::BrokerStopped),
+            vec![]
         );
     }
 
