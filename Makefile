@@ -42,8 +42,9 @@ demo: up
 test: up
 	scripts/test.sh
 
-## chaos: the fault-injection suite: seven faults, each in a race for 500 units (about 5 minutes)
-# Each race is 10,000 requests from 5,000 users; prints the counts; see scripts/chaos.sh.
+## chaos: the fault-injection suite: ten faults, each in a race of real processes (about 8 minutes)
+# Seven races of 10,000 requests from 5,000 users for 500 units, three on a Kafka cluster of
+# three brokers (4,000 requests for 1,000 units); prints the counts; see scripts/chaos.sh.
 chaos: up
 	scripts/chaos.sh
 

@@ -16,22 +16,27 @@ use uuid::Uuid;
 
 use crate::latency::Latencies;
 
-/// Creates topic `name` with `partitions` partitions (replication 1).
+/// Creates topic `name` with `partitions` partitions, `replication` replicas each and, when
+/// given, `min.insync.replicas=min_insync`.
 ///
 /// # Errors
 /// The broker is unreachable or refused the topic.
-pub(super) async fn create_topic(brokers: &str, name: &str, partitions: i32) -> anyhow::Result<()> {
+pub(super) async fn create_topic(
+    brokers: &str,
+    name: &str,
+    partitions: i32,
+    (replication, min_insync): (i32, Option<i32>),
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin
-        .create_topics(
-            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
-            &options,
-        )
-        .await?
-    {
+    let min_insync = min_insync.map(|n| n.to_string());
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+    if let Some(min_insync) = &min_insync {
+        topic = topic.set("min.insync.replicas", min_insync);
+    }
+    for result in admin.create_topics(&[topic], &options).await? {
         result.map_err(|(topic, code)| anyhow::anyhow!("creating {topic}: {code:?}"))?;
     }
     Ok(())

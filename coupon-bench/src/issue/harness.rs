@@ -82,19 +82,18 @@ impl Bench {
         for pid in redis_pids(&redis, &args).await? {
             processes.add(Part::Redis, pid);
         }
-        // The broker is a JVM (`java`): found by the port of the first bootstrap server.
-        let broker_port = args
-            .kafka_brokers
-            .split(',')
-            .next()
-            .and_then(|first| first.rsplit_once(':'))
-            .and_then(|(_, port)| port.parse().ok())
-            .context("--kafka-brokers must start with host:port")?;
-        if processes.add_listening(Part::Broker, broker_port) == 0 {
-            eprintln!(
-                "[bench] no local process listens on the broker's port {broker_port}: \
-                 its CPU is not counted"
-            );
+        // A broker is a JVM (`java`): found by the port of each bootstrap server.
+        for address in args.kafka_brokers.split(',') {
+            let port: u16 = address
+                .rsplit_once(':')
+                .and_then(|(_, port)| port.parse().ok())
+                .with_context(|| format!("--kafka-brokers: {address} is not host:port"))?;
+            if processes.add_listening(Part::Broker, port) == 0 {
+                eprintln!(
+                    "[bench] no local process listens on the broker port {port}: its CPU is not \
+                     counted"
+                );
+            }
         }
         processes.add_named(Part::Mysql, &["mariadbd", "mysqld"]);
         let jwt_secret = format!("bench-{}", Uuid::new_v4().simple());

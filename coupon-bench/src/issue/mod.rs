@@ -111,9 +111,19 @@ pub struct IssueArgs {
     /// (then every figure but the ceilings can run: redis-benchmark speaks to one node).
     #[arg(long, value_enum, default_value_t = RedisMode::Single)]
     redis_mode: RedisMode,
-    /// Kafka bootstrap servers.
+    /// Kafka bootstrap servers (every one's process is sampled as the broker's CPU, e.g.
+    /// the three of `KAFKA_MODE=cluster make up`:
+    /// `127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094`).
     #[arg(long, default_value = "127.0.0.1:9092")]
     kafka_brokers: String,
+    /// Replicas of every topic the benchmark creates (count; 1, or 3 on the three-broker
+    /// cluster to measure what replication costs).
+    #[arg(long, default_value_t = 1)]
+    replication_factor: i32,
+    /// `min.insync.replicas` of those topics (count; the broker's default when unset, 2 for a
+    /// cluster run as a shop must).
+    #[arg(long)]
+    min_insync_replicas: Option<i32>,
     /// Partitions of the benchmark's topics. Chosen on tansu 0.6, the earlier local broker,
     /// whose cost was per partition batch (with 64 publishes in flight it acknowledged about
     /// 6,500 msg/s on 12 partitions and 11,300 on 3); kept so figures stay comparable until
@@ -131,6 +141,13 @@ pub struct IssueArgs {
     /// Where the services' logs go.
     #[arg(long, default_value = ".local/bench")]
     log_dir: PathBuf,
+}
+
+impl IssueArgs {
+    /// Replicas and `min.insync.replicas` of the topics the benchmark creates.
+    fn replication(&self) -> (i32, Option<i32>) {
+        (self.replication_factor, self.min_insync_replicas)
+    }
 }
 
 /// Runs the whole benchmark (or the part `--only` names) and writes the report.

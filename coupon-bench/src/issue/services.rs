@@ -87,10 +87,17 @@ impl Bench {
             .env("KAFKA_BROKERS", &self.args.kafka_brokers)
             .env("KAFKA_ISSUE_TOPIC", &self.issue_topic)
             .env("KAFKA_ISSUE_PARTITIONS", self.args.partitions.to_string())
+            .env(
+                "KAFKA_TOPIC_REPLICATION_FACTOR",
+                self.args.replication_factor.to_string(),
+            )
             .env("JWT_SECRET", &self.jwt_secret)
             // wrk is one client address: the per-address limit would refuse most requests.
             .env("RATE_LIMITS", "off")
             .env("RUST_LOG", "warn,coupon_consumer=info");
+        if let Some(min_insync) = self.args.min_insync_replicas {
+            command.env("KAFKA_TOPIC_MIN_INSYNC_REPLICAS", min_insync.to_string());
+        }
     }
 
     /// Starts `command` as service `name` (its log: `--log-dir`/`name`.log) and samples its
