@@ -8,8 +8,8 @@
 //! database `coupon_chaos_<fault>_<pid>` (on a `mariadbd` of its own, [`testing::OwnMariaDb`],
 //! when the fault stops MySQL), its own topics (on a Kafka broker of its own when the fault
 //! stops the broker, on a Kafka cluster of three of its own, `OwnKafka`, when it kills or
-//! stops brokers of a cluster). The race fires [`ChaosPlan::requests`] requests from [`ChaosPlan::users`]
-//! users at [`ChaosPlan::rate`] per second; the fault starts once [`ChaosPlan::trigger`]
+//! stops brokers of a cluster). The race fires [`ChaosPlan::requests`] requests from
+//! [`ChaosPlan::users`] users at [`ChaosPlan::rate`] per second; the fault starts once [`ChaosPlan::trigger`]
 //! requests were answered 202, so admissions happen before, during and after it. The
 //! consumer's periodic reconciliation is off (`RECONCILE_INTERVAL_MS=0`): nothing repairs the
 //! stores behind the judge's back.
@@ -162,9 +162,7 @@ impl Fault {
             | Self::ClusterBelowMinInsync => 0,
         }
     }
-}
 
-impl Fault {
     /// Whether the scenario runs on a Kafka cluster of three brokers of its own.
     pub fn is_cluster(self) -> bool {
         self.own_brokers() >= 3
