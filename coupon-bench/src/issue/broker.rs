@@ -16,17 +16,16 @@ use uuid::Uuid;
 
 use crate::latency::Latencies;
 
-/// Creates topic `name` with `partitions` partitions, `replication` replicas each and, when
-/// given, `min.insync.replicas=min_insync`.
+use super::IssueArgs;
+
+/// Creates topic `name` as `args` asks: `--partitions` partitions, `--replication-factor`
+/// replicas each and, when given, `--min-insync-replicas`, on `--kafka-brokers`.
 ///
 /// # Errors
 /// The broker is unreachable or refused the topic.
-pub(super) async fn create_topic(
-    brokers: &str,
-    name: &str,
-    partitions: i32,
-    (replication, min_insync): (i32, Option<i32>),
-) -> anyhow::Result<()> {
+pub(super) async fn create_topic(args: &IssueArgs, name: &str) -> anyhow::Result<()> {
+    let (brokers, partitions) = (&args.kafka_brokers, args.partitions);
+    let (replication, min_insync) = (args.replication_factor, args.min_insync_replicas);
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;

@@ -244,13 +244,7 @@ struct CallStats {
 pub(super) async fn measure_kafka(bench: &Bench) -> anyhow::Result<(Figure, Figure)> {
     let args = &bench.args;
     let topic = format!("bench-produce-{}", Uuid::new_v4().simple());
-    create_topic(
-        &args.kafka_brokers,
-        &topic,
-        args.partitions,
-        args.replication(),
-    )
-    .await?;
+    create_topic(args, &topic).await?;
     let publisher = IssuePublisher::new(&args.kafka_brokers, &topic, Duration::from_secs(30))?;
     let coupon = CouponId::parse(1)?;
     let produce_concurrency = args

@@ -69,13 +69,7 @@ pub(super) async fn run(bench: &Bench, consumers: usize) -> anyhow::Result<(Run,
         .add_members(StockShards::single(coupon), &users)
         .await?;
     let topic = format!("{}-drain-{coupon}", bench.issue_topic);
-    create_topic(
-        &args.kafka_brokers,
-        &topic,
-        args.partitions,
-        args.replication(),
-    )
-    .await?;
+    create_topic(args, &topic).await?;
     // The consumers join the group first and are stopped (SIGSTOP) once each holds partitions:
     // a group that settles while the messages are there lets its first member take them all
     // before the others join (seen on tansu 0.6, the earlier local broker, during a 100,000-row

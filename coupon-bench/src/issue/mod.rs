@@ -143,13 +143,6 @@ pub struct IssueArgs {
     log_dir: PathBuf,
 }
 
-impl IssueArgs {
-    /// Replicas and `min.insync.replicas` of the topics the benchmark creates.
-    fn replication(&self) -> (i32, Option<i32>) {
-        (self.replication_factor, self.min_insync_replicas)
-    }
-}
-
 /// Runs the whole benchmark (or the part `--only` names) and writes the report.
 ///
 /// # Errors
