@@ -323,7 +323,8 @@ fn answer_lost(err: &ApiError) -> bool {
 /// admission only while it is pending under this request's id, and it must land before
 /// reconciliation (whose grace is twice the producer's message timeout) takes the slot for a
 /// lost message and gives the coupon to a user who heard 503. Only when every attempt failed
-/// is the slot left to reconciliation, which re-publishes it.
+/// is the slot left to reconciliation, which re-publishes it. Returns what the first attempt
+/// did ([`Undo`]).
 async fn undo(
     state: AppState,
     shards: StockShards,
@@ -351,12 +352,22 @@ async fn undo(
                 tracing::warn!(%err, ?pause, coupon_id = %coupon, user_id = %user, %request_id, "{why}; undoing the admission failed, retrying");
             })
             .await;
-        if let Err(undo_err) = retried {
-            tracing::error!(
+        match retried {
+            Err(undo_err) => tracing::error!(
                 %undo_err, coupon_id = %coupon, user_id = %user, %request_id,
                 "{why} AND the admission could not be undone: the slot is held without a message \
                  until the admission set is reconciled"
-            );
+            ),
+            // Nothing pending under this request by then: after a failed publish, the consumer
+            // claimed the message while the undo was retried, so a client told 503 holds the
+            // coupon; after a lost script answer, the script may never have run.
+            Ok(false) => tracing::warn!(
+                coupon_id = %coupon, user_id = %user, %request_id,
+                "{why}; the retried undo found nothing pending under this request (after a \
+                 failed publish: the consumer claimed its message, and the client told 503 \
+                 holds the coupon)"
+            ),
+            Ok(true) => {}
         }
     }.in_current_span());
     Undo::Deferred
