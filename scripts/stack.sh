@@ -268,11 +268,15 @@ kafka_cluster_up() {
   return 1
 }
 
-# stop_broker NAME DIR...: SIGTERM to each broker started here (the controlled shutdown flushes
-# its logs and closes them cleanly), all at once, then waits for them: 30 s, then SIGKILL.
+# stop_brokers NAME GRACE DIR...: SIGTERM to each broker started here (the controlled shutdown
+# flushes its logs and closes them cleanly), all at once, then waits GRACE seconds for them and
+# SIGKILLs what is left. The last node of a cluster cannot finish its controlled shutdown once
+# the other two controllers are gone (no quorum to acknowledge it), so it is killed after the
+# grace; its log is recovered at its next start, and nothing it acknowledged is lost (the
+# data is in the files, a killed process loses no page cache).
 stop_brokers() {
-  local name=$1 dir pids=() pid
-  shift
+  local name=$1 grace=$2 dir pids=() pid alive
+  shift 2
   for dir in "$@"; do
     [ -f "$dir/broker.pid" ] || continue
     pid="$(cat "$dir/broker.pid")"
@@ -281,12 +285,14 @@ stop_brokers() {
   done
   [ ${#pids[@]} -gt 0 ] || return 0
   log "stopping the $name (${pids[*]})"
-  for _ in $(seq 300); do
-    kill -0 "${pids[@]}" 2>/dev/null || break
+  for _ in $(seq $((grace * 10))); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 1 ] || break
     sleep 0.1
   done
   for pid in "${pids[@]}"; do
-    kill -0 "$pid" 2>/dev/null && { log "broker $pid did not stop within 30 s; killing it"; kill -9 "$pid" 2>/dev/null || true; }
+    kill -0 "$pid" 2>/dev/null && { log "broker $pid did not stop within $grace s; killing it"; kill -9 "$pid" 2>/dev/null || true; }
   done
   return 0
 }
@@ -319,8 +325,8 @@ case "${1:-}" in
     true
     ;;
   down)
-    stop_brokers "Kafka cluster" "$STACK_DIR"/kafka-cluster/[0-9]
-    stop_brokers "Kafka broker" "$STACK_DIR/kafka"
+    stop_brokers "Kafka cluster" 10 "$STACK_DIR"/kafka-cluster/[0-9]
+    stop_brokers "Kafka broker" 30 "$STACK_DIR/kafka"
     cluster_down
     if [ -f "$STACK_DIR/started" ]; then
       if grep -qx redis "$STACK_DIR/started"; then log "stopping Redis"; redis-cli -p 6379 shutdown nosave >/dev/null 2>&1 || true; fi
