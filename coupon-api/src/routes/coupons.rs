@@ -156,7 +156,11 @@ async fn announce(
     }?;
     let invalidation = Invalidation::policy_changed(id);
     state.admission.publish_invalidation(invalidation).await?;
-    // This instance's public read shows the change at once; the others' within a second.
+    // This instance's issue path and public read see the change at once, without waiting for
+    // its own broadcast (after a gap in the subscription, as when Redis froze, the broadcast
+    // may never reach it; the invalidate-all on resubscribing may come later than the next
+    // request); the others' within a second.
+    state.policies.invalidate(id).await;
     state.public_reads.policies.invalidate(&id).await;
     Ok(())
 }
