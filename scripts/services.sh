@@ -3,8 +3,10 @@
 # The sourcing script sets `logs` (a directory) and API_PORT.
 
 # Bearer tokens on the local stack: a development secret unless JWT_SECRET is set. Anyone who
-# knows it can mint tokens, so a real deployment sets its own (at least 32 bytes).
+# knows it can mint tokens, so a real deployment sets its own (at least 32 bytes), and the
+# services refuse the published one unless ALLOW_DEVELOPMENT_SECRET is true, as it is here.
 export JWT_SECRET="${JWT_SECRET:-couponrush-local-development-secret}"
+export ALLOW_DEVELOPMENT_SECRET="${ALLOW_DEVELOPMENT_SECRET:-true}"
 
 pids=()
 stop_services() {

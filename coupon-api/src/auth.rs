@@ -165,6 +165,7 @@ mod tests {
                 role,
                 exp: 0,
                 iat: 0,
+                nbf: None,
                 iss: None,
                 aud: None,
             },

@@ -74,6 +74,7 @@ async fn both_services_start_side_by_side_with_their_default_addresses() {
     let mut config = ApiCli::parse_from(["coupon-api"]).api;
     config.stores = stores;
     config.auth.jwt_secret = Some(testing::JWT_SECRET.into());
+    config.auth.allow_development_secret = true;
     let app = Application::build(config)
         .await
         .expect("coupon-api starts beside coupon-consumer with its defaults");

@@ -1,10 +1,15 @@
 //! Bearer tokens (JWT, RFC 7519): who a request acts for, and whether it may administer.
 //!
 //! A token's claims are [`Claims`]: `sub` (the user id, a positive integer, for user tokens;
-//! any text for admin tokens), `role` (`user` or `admin`), `exp` and `iat` (Unix seconds), and
-//! `iss`/`aud` when the deployment sets them. Signing and checking use the `jsonwebtoken`
-//! crate. HS256 with a shared secret is the default; RS256 or ES256 with a public key let
-//! coupon-api check tokens it cannot mint.
+//! any text for admin tokens), `role` (`user` or `admin`), `exp` and `iat` (Unix seconds),
+//! `nbf` when the minter sets it, and `iss`/`aud` when the deployment sets them. Signing and
+//! checking use the `jsonwebtoken` crate. HS256 with a shared secret is the default; RS256 or
+//! ES256 with a public key let coupon-api check tokens it cannot mint.
+//!
+//! Checks fail closed: a token naming an audience is refused unless it is the configured one
+//! (RFC 7519 §4.1.3: a recipient that does not identify itself with the `aud` must reject
+//! it), a token not yet valid (`nbf`) or issued in the future is refused, and a token whose
+//! lifetime (`exp - iat`) exceeds [`AuthConfig::jwt_max_lifetime_secs`] is refused.
 
 use std::path::PathBuf;
 
@@ -17,8 +22,22 @@ use serde::{Deserialize, Serialize};
 /// the hash output, 256 bits.
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
 
-/// Clock skew (seconds) tolerated on `exp` between the minting host and coupon-api.
+/// Clock skew (seconds) tolerated on `exp`, `nbf` and `iat` between the minting host and
+/// coupon-api.
 pub const LEEWAY_SECS: u64 = 5;
+
+/// The secret the local scripts, the README quickstart and the examples use when
+/// `JWT_SECRET` is unset. It is public, so a service refuses it unless
+/// [`AuthConfig::allow_development_secret`] is set.
+pub const LOCAL_DEVELOPMENT_SECRET: &str = "couponrush-local-development-secret";
+
+/// The secret of the test suites (`coupon_core::testing::JWT_SECRET`); public like
+/// [`LOCAL_DEVELOPMENT_SECRET`] and refused the same way.
+pub const TEST_SECRET: &str = "couponrush-test-secret-32-bytes!";
+
+/// Secrets published in this repository: a service refuses each of them unless
+/// [`AuthConfig::allow_development_secret`] is set.
+pub const DEVELOPMENT_SECRETS: [&str; 2] = [LOCAL_DEVELOPMENT_SECRET, TEST_SECRET];
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -48,10 +67,13 @@ pub struct Claims {
     pub exp: u64,
     /// Issued at, Unix seconds.
     pub iat: u64,
+    /// Not before, Unix seconds: refused until then (RFC 7519 §4.1.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     /// Issuer, checked when [`AuthConfig::jwt_issuer`] is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
-    /// Audience, checked when [`AuthConfig::jwt_audience`] is set.
+    /// Audience: must be [`AuthConfig::jwt_audience`] when that is set, and absent when not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
 }
@@ -96,13 +118,25 @@ pub struct AuthConfig {
     #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
 
-    /// Expected `iss` claim; unset accepts any issuer.
+    /// Expected `iss` claim; unset accepts any issuer (HS256 only: required with RS256/ES256).
     #[arg(long, env = "JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
 
-    /// Expected `aud` claim; unset accepts tokens without an audience only.
+    /// Expected `aud` claim; unset accepts tokens without an audience only (HS256 only:
+    /// required with RS256/ES256, whose keys belong to a party that also mints for others).
     #[arg(long, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+
+    /// Longest lifetime (seconds) a token may claim, `exp - iat`; a longer-lived token is
+    /// refused, so a leaked token is worth a bounded time.
+    #[arg(long, env = "JWT_MAX_LIFETIME_SECS", default_value_t = 86_400)]
+    pub jwt_max_lifetime_secs: u64,
+
+    /// Accept a secret published in this repository ([`DEVELOPMENT_SECRETS`]) as
+    /// `JWT_SECRET`. For local development, tests and benchmarks only: anyone can mint tokens
+    /// with such a secret. Without it, a service refuses to start with one.
+    #[arg(long, env = "ALLOW_DEVELOPMENT_SECRET", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_development_secret: bool,
 }
 
 /// Why a token was refused. Every case is a 401 at the HTTP boundary.
@@ -115,6 +149,7 @@ pub struct TokenError(pub String);
 pub struct TokenVerifier {
     key: DecodingKey,
     validation: Validation,
+    max_lifetime_secs: u64,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -129,18 +164,44 @@ impl TokenVerifier {
     /// The verifier `config` describes.
     ///
     /// # Errors
-    /// HS256 without a secret or with one shorter than [`MIN_HS256_SECRET_BYTES`]; RS256/ES256
-    /// without a readable PEM public key.
+    /// HS256 without a secret, with one shorter than [`MIN_HS256_SECRET_BYTES`], or with one
+    /// of [`DEVELOPMENT_SECRETS`] while [`AuthConfig::allow_development_secret`] is off;
+    /// RS256/ES256 without a readable PEM public key, an issuer or an audience.
     pub fn from_config(config: &AuthConfig) -> anyhow::Result<Self> {
         let key = match config.jwt_algorithm {
-            JwtAlgorithm::Hs256 => DecodingKey::from_secret(hs256_secret(config)?),
-            JwtAlgorithm::Rs256 => DecodingKey::from_rsa_pem(&public_key_pem(config)?)
-                .context("JWT_PUBLIC_KEY_FILE is not an RSA public key in PEM")?,
-            JwtAlgorithm::Es256 => DecodingKey::from_ec_pem(&public_key_pem(config)?)
-                .context("JWT_PUBLIC_KEY_FILE is not an EC public key in PEM")?,
+            JwtAlgorithm::Hs256 => {
+                let secret = hs256_secret(config)?;
+                let published = DEVELOPMENT_SECRETS
+                    .iter()
+                    .any(|known| known.as_bytes() == secret);
+                anyhow::ensure!(
+                    !published || config.allow_development_secret,
+                    "JWT_SECRET is a development secret published with couponrush: anyone can \
+                     mint tokens with it. Set a secret of your own (at least \
+                     {MIN_HS256_SECRET_BYTES} bytes), or ALLOW_DEVELOPMENT_SECRET=true on a \
+                     development machine"
+                );
+                DecodingKey::from_secret(secret)
+            }
+            JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
+                anyhow::ensure!(
+                    config.jwt_issuer.is_some() && config.jwt_audience.is_some(),
+                    "JWT_ISSUER and JWT_AUDIENCE must be set with RS256/ES256: the key \
+                     belongs to a party that also mints tokens for other applications"
+                );
+                let pem = public_key_pem(config)?;
+                if config.jwt_algorithm == JwtAlgorithm::Rs256 {
+                    DecodingKey::from_rsa_pem(&pem)
+                        .context("JWT_PUBLIC_KEY_FILE is not an RSA public key in PEM")?
+                } else {
+                    DecodingKey::from_ec_pem(&pem)
+                        .context("JWT_PUBLIC_KEY_FILE is not an EC public key in PEM")?
+                }
+            }
         };
         let mut validation = Validation::new(config.jwt_algorithm.jsonwebtoken());
         validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         match &config.jwt_issuer {
             Some(issuer) => {
@@ -150,18 +211,44 @@ impl TokenVerifier {
             None => validation.iss = None,
         }
         match &config.jwt_audience {
-            Some(audience) => validation.set_audience(&[audience]),
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                validation.required_spec_claims.insert("aud".into());
+            }
+            // Checked in `verify`: a token naming any audience is refused.
             None => validation.validate_aud = false,
         }
-        Ok(Self { key, validation })
+        Ok(Self {
+            key,
+            validation,
+            max_lifetime_secs: config.jwt_max_lifetime_secs,
+        })
     }
 
     /// The claims of a valid `token` (the text after `Bearer `).
     ///
     /// # Errors
-    /// [`TokenError`] with a message safe to show: malformed, wrongly signed, expired, or
-    /// for another issuer or audience.
+    /// [`TokenError`] with a message safe to show: malformed, wrongly signed, expired, not yet
+    /// valid, issued in the future, living longer than the configured maximum, or for another
+    /// issuer or audience.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let claims = self.decode(token)?;
+        let refuse = |message: &str| Err(TokenError(message.to_owned()));
+        if self.validation.aud.is_none() && claims.aud.is_some() {
+            return refuse(
+                "the bearer token has an audience and this service accepts tokens without one",
+            );
+        }
+        if claims.iat > unix_now() + LEEWAY_SECS {
+            return refuse("the bearer token is issued in the future (iat)");
+        }
+        if claims.exp.saturating_sub(claims.iat) > self.max_lifetime_secs {
+            return refuse("the bearer token lives longer than this service accepts (exp - iat)");
+        }
+        Ok(claims)
+    }
+
+    fn decode(&self, token: &str) -> Result<Claims, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
         jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map(|data| data.claims)
@@ -169,6 +256,7 @@ impl TokenVerifier {
                 TokenError(
                     match e.kind() {
                         ErrorKind::ExpiredSignature => "the bearer token has expired",
+                        ErrorKind::ImmatureSignature => "the bearer token is not valid yet (nbf)",
                         ErrorKind::InvalidSignature => "the bearer token's signature is invalid",
                         ErrorKind::InvalidAlgorithm => {
                             "the bearer token is signed with an algorithm this service does not accept"
@@ -176,7 +264,7 @@ impl TokenVerifier {
                         ErrorKind::InvalidIssuer => "the bearer token has the wrong issuer",
                         ErrorKind::InvalidAudience => "the bearer token has the wrong audience",
                         ErrorKind::MissingRequiredClaim(_) => {
-                            "the bearer token lacks a required claim (sub, exp)"
+                            "the bearer token lacks a required claim (sub, exp, iss or aud)"
                         }
                         _ => "the bearer token is malformed",
                     }
@@ -254,6 +342,7 @@ impl TokenSigner {
             role,
             exp: now + ttl_secs,
             iat: now,
+            nbf: None,
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
         };
@@ -312,6 +401,8 @@ mod tests {
             jwt_public_key_file: None,
             jwt_issuer: None,
             jwt_audience: None,
+            jwt_max_lifetime_secs: 86_400,
+            allow_development_secret: false,
         }
     }
 
@@ -335,6 +426,7 @@ mod tests {
             role: Role::User,
             exp: now - LEEWAY_SECS - 10,
             iat: now - 100,
+            nbf: None,
             iss: None,
             aud: None,
         };
@@ -388,8 +480,10 @@ mod tests {
                 jwt_algorithm: algorithm,
                 jwt_secret: None,
                 jwt_public_key_file: Some(dir.join(format!("{name}-public.pem"))),
-                jwt_issuer: None,
-                jwt_audience: None,
+                jwt_issuer: Some("https://login.example".into()),
+                jwt_audience: Some("couponrush".into()),
+                jwt_max_lifetime_secs: 86_400,
+                allow_development_secret: false,
             };
             let private = dir.join(format!("{name}-private.pem"));
             let token = TokenSigner::from_config(&config, Some(&private))
@@ -409,6 +503,66 @@ mod tests {
                 verifier.verify(&hs).is_err(),
                 "{name} accepted an HS256 token"
             );
+            let mut open = config.clone();
+            open.jwt_audience = None;
+            let err = TokenVerifier::from_config(&open).unwrap_err().to_string();
+            assert!(err.contains("JWT_AUDIENCE"), "{name}: {err}");
+            open.jwt_audience = config.jwt_audience.clone();
+            open.jwt_issuer = None;
+            assert!(TokenVerifier::from_config(&open).is_err(), "{name}");
         }
+    }
+
+    #[test]
+    fn a_published_secret_is_refused_unless_development_is_allowed() {
+        for secret in DEVELOPMENT_SECRETS {
+            let mut published = config(secret);
+            let err = TokenVerifier::from_config(&published)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("ALLOW_DEVELOPMENT_SECRET"), "{err}");
+            published.allow_development_secret = true;
+            assert!(TokenVerifier::from_config(&published).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_token_with_an_audience_is_refused_when_none_is_configured() {
+        let verifier = TokenVerifier::from_config(&config(SECRET)).unwrap();
+        let mut for_other = config(SECRET);
+        for_other.jwt_audience = Some("another-app".into());
+        let token = TokenSigner::from_config(&for_other, None)
+            .unwrap()
+            .mint("ops", Role::Admin, 60)
+            .unwrap();
+        let err = verifier.verify(&token).unwrap_err();
+        assert!(err.0.contains("audience"), "{err}");
+    }
+
+    #[test]
+    fn not_yet_valid_future_and_long_lived_tokens_are_refused() {
+        let verifier = TokenVerifier::from_config(&config(SECRET)).unwrap();
+        let signer = TokenSigner::hs256(SECRET);
+        let now = unix_now();
+        let claims = |iat: u64, exp: u64, nbf: Option<u64>| Claims {
+            sub: "7".into(),
+            role: Role::User,
+            exp,
+            iat,
+            nbf,
+            iss: None,
+            aud: None,
+        };
+        let cases = [
+            ("nbf", claims(now, now + 7_200, Some(now + 3_600))),
+            ("iat", claims(now + 3_600, now + 7_200, None)),
+            ("exp - iat", claims(now, now + 86_401, None)),
+        ];
+        for (says, claims) in cases {
+            let err = verifier.verify(&signer.sign(&claims).unwrap()).unwrap_err();
+            assert!(err.0.contains(says), "{says}: {err}");
+        }
+        let fine = claims(now, now + 86_400, Some(now - 1));
+        assert!(verifier.verify(&signer.sign(&fine).unwrap()).is_ok());
     }
 }

@@ -24,7 +24,7 @@ use crate::domain::{CouponType, DiscountType, NewCouponPolicy};
 pub const TEST_DATABASE_PREFIX: &str = "coupon_test_";
 
 /// HS256 secret of every test's coupon-api (32 bytes, the shortest accepted).
-pub const JWT_SECRET: &str = "couponrush-test-secret-32-bytes!";
+pub const JWT_SECRET: &str = crate::auth::TEST_SECRET;
 
 /// An admin token for the test secret, valid for an hour.
 pub fn admin_token() -> String {

@@ -351,6 +351,7 @@ async fn every_metric_a_dashboard_or_alert_queries_is_exported() {
     .api;
     api.stores = stores.clone();
     api.auth.jwt_secret = Some(testing::JWT_SECRET.into());
+    api.auth.allow_development_secret = true;
     let app = Application::build(api)
         .await
         .expect("coupon-api (is `make up` running?)");

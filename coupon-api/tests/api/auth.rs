@@ -20,6 +20,7 @@ async fn an_issue_without_a_valid_token_is_401_with_a_bearer_challenge() {
             role: Role::User,
             exp: now - 60,
             iat: now - 120,
+            nbf: None,
             iss: None,
             aud: None,
         })
@@ -240,4 +241,55 @@ async fn one_idempotency_key_from_two_users_is_two_requests() {
             .await
             .unwrap());
     }
+}
+
+#[tokio::test]
+async fn tokens_for_another_audience_not_yet_valid_or_too_long_lived_are_refused() {
+    let app = spawn_app().await;
+    let now = unix_now();
+    let admin = |aud: Option<&str>, iat: u64, exp: u64, nbf: Option<u64>| {
+        TokenSigner::hs256(testing::JWT_SECRET)
+            .sign(&Claims {
+                sub: "ops".into(),
+                role: Role::Admin,
+                exp,
+                iat,
+                nbf,
+                iss: None,
+                aud: aud.map(str::to_owned),
+            })
+            .unwrap()
+    };
+    let cases = [
+        ("audience", admin(Some("another-app"), now, now + 600, None)),
+        ("nbf", admin(None, now, now + 7_200, Some(now + 3_600))),
+        ("iat", admin(None, now + 3_600, now + 7_200, None)),
+        ("exp - iat", admin(None, now, now + 86_400 * 30, None)),
+    ];
+    for (says, token) in cases {
+        let response = app
+            .client
+            .post(app.url("/api/v1/coupons"))
+            .bearer_auth(token)
+            .json(&testing::open_policy(5))
+            .send()
+            .await
+            .unwrap();
+        let message = assert_error(response, 401, "UNAUTHORIZED").await;
+        assert!(message.contains(says), "{says}: {message}");
+    }
+    let listed: serde_json::Value = app
+        .anonymous
+        .get(app.url("/api/v1/coupons"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(0),
+        "{listed}"
+    );
 }

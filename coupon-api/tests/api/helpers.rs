@@ -54,6 +54,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut ApiConfig)) -> TestApp {
     .api;
     config.stores = testing::isolated_stores();
     config.auth.jwt_secret = Some(testing::JWT_SECRET.into());
+    config.auth.allow_development_secret = true;
     // Many tests send bursts from one address and user; tests/api/rate_limits.rs turns the
     // limits on.
     config.rate_limits.rate_limits = false;

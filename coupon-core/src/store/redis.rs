@@ -47,6 +47,27 @@ pub fn node_urls(urls: &str) -> Vec<&str> {
         .collect()
 }
 
+/// `urls` (comma-separated Redis URLs) fit for a log or an error: each URL's credentials
+/// (`user:password@`) become `***@`, so a message never carries the password of `REDIS_URL`.
+pub fn redact(urls: &str) -> String {
+    node_urls(urls)
+        .into_iter()
+        .map(|url| {
+            let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+            let Some((_credentials, address)) = rest.rsplit_once('@') else {
+                return url.to_owned();
+            };
+            let scheme = if scheme.is_empty() {
+                String::new()
+            } else {
+                format!("{scheme}://")
+            };
+            format!("{scheme}***@{address}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Opens a connection to the `mode` deployment at `urls` (see [`RedisMode`]) whose every
 /// command is bounded by `timeout`, so an unreachable Redis fails requests quickly instead of
 /// hanging them.
@@ -70,7 +91,7 @@ pub async fn connect(
                 return Err(redis::RedisError::from((
                     redis::ErrorKind::InvalidClientConfig,
                     "REDIS_MODE=single takes exactly one URL in REDIS_URL",
-                    urls.to_owned(),
+                    redact(urls),
                 )));
             };
             let client = redis::Client::open(url)?;
@@ -186,6 +207,28 @@ impl ConnectionLike for RedisConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_start_up_error_never_carries_the_redis_password() {
+        assert_eq!(
+            redact("redis://:hunter2@10.0.0.1:6379/0, rediss://app:hunter2@b:6380,redis://c:1"),
+            "redis://***@10.0.0.1:6379/0,rediss://***@b:6380,redis://c:1"
+        );
+        let timeout = Duration::from_millis(200);
+        for (mode, urls) in [
+            (
+                RedisMode::Single,
+                "redis://:hunter2@127.0.0.1:1,redis://:hunter2@127.0.0.1:2",
+            ),
+            (RedisMode::Single, "redis://app:hunter2@127.0.0.1:1"),
+            (RedisMode::Single, "redis://app:hunter2@[not a host"),
+            (RedisMode::Cluster, "redis://app:hunter2@127.0.0.1:1"),
+        ] {
+            let err = connect(mode, urls, timeout).await.err().expect(urls);
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains("hunter2"), "{mode:?} {urls}: {shown}");
+        }
+    }
 
     #[test]
     fn seed_urls_are_comma_separated() {

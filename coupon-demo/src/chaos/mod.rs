@@ -311,6 +311,7 @@ pub async fn run(
         // and the suite's own pass afterwards must find nothing to repair.
         ("RECONCILE_INTERVAL_MS", "0".to_owned()),
         ("JWT_SECRET", testing::JWT_SECRET.to_owned()),
+        ("ALLOW_DEVELOPMENT_SECRET", "true".to_owned()),
         ("RATE_LIMITS", "off".to_owned()),
         ("METRICS_LISTEN", "off".to_owned()),
         ("RUST_LOG", "info".to_owned()),

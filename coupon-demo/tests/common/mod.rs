@@ -58,6 +58,7 @@ impl Stack {
         .api;
         api.stores = stores.clone();
         api.auth.jwt_secret = Some(testing::JWT_SECRET.into());
+        api.auth.allow_development_secret = true;
         api.rate_limits.rate_limits = rate_limits;
         let mut consumer =
             ConsumerCli::parse_from(["coupon-consumer", "--metrics-listen", "off"]).consumer;
