@@ -98,8 +98,9 @@ pub struct ConsumerConfig {
     #[arg(long, env = "OUTBOX_RETENTION_SECS", default_value_t = 604_800)]
     pub outbox_retention_secs: u64,
 
-    /// How long (s) a finished reconciliation job (DONE, FAILED) or code generation job (DONE)
-    /// is kept after it finished (30 days by default); running jobs are never purged.
+    /// How long (s) a finished reconciliation job (DONE, FAILED), code generation job (DONE)
+    /// or ended checkout hold is kept after it finished (30 days by default); running jobs and
+    /// open holds are never purged.
     #[arg(long, env = "JOB_RETENTION_SECS", default_value_t = 2_592_000)]
     pub job_retention_secs: u64,
 

@@ -8,14 +8,17 @@ use rdkafka::util::Timeout;
 use rdkafka::Message;
 
 /// Every reason a message is dead-lettered for: the issue consumer's `malformed` and `admission_undone`, the
-/// [`coupon_core::issue::persistence::Rejection`]s, and the payment consumer's `malformed_payment`.
-pub const REASONS: [&str; 6] = [
+/// [`coupon_core::issue::persistence::Rejection`]s, and the payment consumer's
+/// `malformed_payment` and `payment_after_release` (a `COMPLETED` for a hold released before
+/// it arrived, whose coupon is no longer free: the order was paid without its discount).
+pub const REASONS: [&str; 7] = [
     "malformed",
     "admission_undone",
     "unknown_coupon",
     "stock_exceeded",
     "refused_by_database",
     "malformed_payment",
+    "payment_after_release",
 ];
 
 /// A message that can never succeed, and why.

@@ -169,6 +169,7 @@ pub fn register_metrics() {
         names::EVENTS_PUBLISHED,
         names::ISSUES_EXPIRED,
         names::CODES_ARCHIVED,
+        names::PAYMENTS_CONFIRMED_AFTER_RELEASE,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -176,6 +177,10 @@ pub fn register_metrics() {
     let _ = metrics::histogram!(names::CONSUMER_PERSIST_DURATION);
     for status in ["completed", "failed"] {
         metrics::counter!(names::PAYMENT_RESULTS, "status" => status).increment(0);
+    }
+    for reason in coupon_core::redemption::Unchanged::ALL {
+        metrics::counter!(names::PAYMENT_RESULTS_UNCHANGED, "reason" => reason.as_str())
+            .increment(0);
     }
     for reason in crate::dead_letter::REASONS {
         metrics::counter!(names::CONSUMER_DEAD_LETTERS, "reason" => reason).increment(0);

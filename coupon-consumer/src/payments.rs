@@ -1,15 +1,20 @@
 //! Payment results from the payments topic confirm or release checkout holds.
 //!
 //! Message: `{"order_id": "o-1", "status": "COMPLETED" | "FAILED"}` (other fields are ignored).
-//! `COMPLETED` turns the order's held coupons into used ones, `FAILED` releases them. Applying a
-//! result is idempotent (a repeat finds no hold left), so at-least-once delivery is enough; the
-//! offset is committed only after the result is applied or dead-lettered.
+//! `COMPLETED` turns the order's held coupons into used ones, `FAILED` releases them. A
+//! `COMPLETED` that arrives after a hold was released (the sweeper, a `FAILED` first) confirms
+//! the coupon if it is still free; if it is not, the result is dead-lettered as
+//! `payment_after_release` (alert `CouponPaymentAfterRelease`). Applying a result is idempotent
+//! (a repeat finds every hold settled), so at-least-once delivery is enough; the offset is
+//! committed only after the result is applied or dead-lettered. A malformed result is
+//! dead-lettered as `malformed_payment`; a result that changed nothing is counted by reason
+//! (`coupon_consumer_payment_results_unchanged_total`), never dropped silently.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use chrono::Utc;
-use coupon_core::redemption::{self, OrderId};
+use coupon_core::redemption::{self, OrderId, Unchanged};
 use coupon_core::telemetry::names;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
@@ -114,16 +119,50 @@ impl PaymentConsumer {
         };
         let paid = matches!(status, PaymentStatus::Completed);
         let apply = || redemption::settle_order(&self.pool, &order_id, paid, Utc::now());
-        let changed = self.retry.run("payment_apply", apply, shutdown).await?;
+        let settlement = self.retry.run("payment_apply", apply, shutdown).await?;
         metrics::counter!(names::PAYMENT_RESULTS, "status" => if paid { "completed" } else { "failed" })
             .increment(1);
-        tracing::info!(
-            order_id = order_id.as_str(),
-            paid,
-            changed,
-            "payment result applied"
-        );
-        Some(())
+        if !settlement.confirmed_after_release.is_empty() {
+            metrics::counter!(names::PAYMENTS_CONFIRMED_AFTER_RELEASE)
+                .increment(settlement.confirmed_after_release.len() as u64);
+            tracing::warn!(
+                order_id = order_id.as_str(),
+                coupon_issue_ids = ?settlement.confirmed_after_release,
+                "a payment arrived after its hold was released; the coupons were still free and are now used"
+            );
+        }
+        let Some(unchanged) = settlement.unchanged() else {
+            tracing::info!(
+                order_id = order_id.as_str(),
+                paid,
+                settled = settlement.settled,
+                "payment result applied"
+            );
+            return Some(());
+        };
+        metrics::counter!(names::PAYMENT_RESULTS_UNCHANGED, "reason" => unchanged.as_str())
+            .increment(1);
+        if unchanged != Unchanged::AfterRelease {
+            tracing::info!(
+                order_id = order_id.as_str(),
+                paid,
+                reason = unchanged.as_str(),
+                "payment result changed nothing"
+            );
+            return Some(());
+        }
+        let letter = [DeadLetter {
+            message,
+            reason: "payment_after_release",
+            detail: format!(
+                "order {} was paid after its hold of coupon issues {:?} was released, and they \
+                 are no longer free: the order was paid without its discount",
+                order_id.as_str(),
+                settlement.after_release
+            ),
+        }];
+        let send = || self.dead_letters.send(&letter);
+        self.retry.run("payment_dead_letter", send, shutdown).await
     }
 }
 

@@ -67,7 +67,9 @@ impl PurgeJobs {
             let retention = match target {
                 Target::IdempotencyKeys => Duration::ZERO,
                 Target::PublishedEvents => self.outbox_retention,
-                Target::ReconciliationJobs | Target::CodeGenerationJobs => self.job_retention,
+                Target::ReconciliationJobs | Target::CodeGenerationJobs | Target::EndedHolds => {
+                    self.job_retention
+                }
             };
             let Some(cutoff) = cutoff(now, retention) else {
                 continue;

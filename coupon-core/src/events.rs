@@ -136,7 +136,7 @@ pub(crate) async fn record_rows(
             coupon_id: row.try_get("coupon_id")?,
             coupon_issue_id: issue_id,
             user_id: row.try_get("user_id")?,
-            order_id: row.try_get("order_id")?,
+            order_id: crate::store::db::binary_text(row, "order_id")?,
             expires_at: row.try_get("expires_at")?,
         });
     }

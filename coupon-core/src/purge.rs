@@ -1,6 +1,6 @@
 //! Deleting rows that have served their purpose, so no table grows without bound: expired
 //! idempotency keys, published outbox events past their retention, and finished reconciliation
-//! and code generation jobs past theirs.
+//! and code generation jobs and ended checkout holds past theirs.
 //!
 //! Each call is one `DELETE … ORDER BY … LIMIT` statement of at most `batch` rows, oldest
 //! first, along an index (`idempotency_keys (expires_at)`, `coupon_events (published_at, id)`,
@@ -26,15 +26,19 @@ pub enum Target {
     /// `code_generation_jobs` `DONE` whose last change (`updated_at`, the last batch) is at or
     /// before the cutoff.
     CodeGenerationJobs,
+    /// `coupon_holds` that ended (confirmed, released or expired) at or before the cutoff: a
+    /// payment result older than the retention finds no record of the hold.
+    EndedHolds,
 }
 
 impl Target {
     /// Every target, in the order a purge run takes them.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::IdempotencyKeys,
         Self::PublishedEvents,
         Self::ReconciliationJobs,
         Self::CodeGenerationJobs,
+        Self::EndedHolds,
     ];
 
     /// The table's name.
@@ -44,6 +48,7 @@ impl Target {
             Self::PublishedEvents => "coupon_events",
             Self::ReconciliationJobs => "reconciliation_jobs",
             Self::CodeGenerationJobs => "code_generation_jobs",
+            Self::EndedHolds => "coupon_holds",
         }
     }
 
@@ -67,6 +72,10 @@ impl Target {
             Self::CodeGenerationJobs => {
                 "DELETE FROM code_generation_jobs WHERE status = 'DONE' AND updated_at <= ? \
                  ORDER BY updated_at, id LIMIT ?"
+            }
+            Self::EndedHolds => {
+                "DELETE FROM coupon_holds WHERE ended_at IS NOT NULL AND ended_at <= ? \
+                 ORDER BY ended_at LIMIT ?"
             }
         }
     }

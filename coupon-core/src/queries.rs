@@ -103,7 +103,7 @@ fn user_coupon(row: &MySqlRow) -> Result<UserCoupon, sqlx::Error> {
         issued_at: row.try_get("issued_at")?,
         expires_at: row.try_get("expires_at")?,
         used_at: row.try_get("used_at")?,
-        order_id: row.try_get("order_id")?,
+        order_id: crate::store::db::binary_text(row, "order_id")?,
         title: row.try_get("title")?,
         discount_type: row.try_get("discount_type")?,
         discount_value: row.try_get("discount_value")?,

@@ -141,6 +141,13 @@ pub mod names {
     pub const POLICY_REMAINING: &str = "coupon_policy_remaining";
     /// Counter, label `status` (`completed`, `failed`): payment results applied.
     pub const PAYMENT_RESULTS: &str = "coupon_consumer_payment_results_total";
+    /// Counter, label `reason` (`no_hold`, `already_settled`, `after_release`): payment results
+    /// that changed nothing (`coupon_core::redemption::Unchanged`).
+    pub const PAYMENT_RESULTS_UNCHANGED: &str = "coupon_consumer_payment_results_unchanged_total";
+    /// Counter: coupons confirmed by a `COMPLETED` that arrived after their hold was released,
+    /// the coupon being still free.
+    pub const PAYMENTS_CONFIRMED_AFTER_RELEASE: &str =
+        "coupon_consumer_payments_confirmed_after_release_total";
     /// Counter: reservation holds released by the sweeper.
     pub const RESERVATIONS_RELEASED: &str = "coupon_reservations_released_total";
     /// Counter: events published from the outbox.

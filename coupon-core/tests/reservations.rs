@@ -141,26 +141,30 @@ async fn a_payment_result_applied_twice_changes_nothing_the_second_time() {
     assert_eq!(
         redemption::settle_order(&pool, &paid, true, now)
             .await
-            .unwrap(),
+            .unwrap()
+            .settled,
         1
     );
     assert_eq!(
         redemption::settle_order(&pool, &paid, true, now)
             .await
-            .unwrap(),
-        0
+            .unwrap()
+            .unchanged(),
+        Some(redemption::Unchanged::AlreadySettled)
     );
     assert_eq!(
         redemption::settle_order(&pool, &failed, false, now)
             .await
-            .unwrap(),
+            .unwrap()
+            .settled,
         1
     );
     assert_eq!(
         redemption::settle_order(&pool, &failed, false, now)
             .await
-            .unwrap(),
-        0
+            .unwrap()
+            .unchanged(),
+        Some(redemption::Unchanged::AlreadySettled)
     );
 
     assert_eq!(count(&pool, "USED").await, 1);

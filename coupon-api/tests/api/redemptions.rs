@@ -433,7 +433,10 @@ async fn an_order_belongs_to_the_user_it_was_first_used_for() {
         coupon_core::redemption::settle_order(&app.state.pool, &order_id, true, Utc::now())
             .await
             .unwrap();
-    assert_eq!(settled, 0);
+    assert_eq!(
+        settled.unchanged(),
+        Some(coupon_core::redemption::Unchanged::NoHold)
+    );
     assert_eq!(issue_status(&app, eights).await, "ISSUED");
     assert_eq!(issue_status(&app, sevens).await, "USED");
 
@@ -441,4 +444,60 @@ async fn an_order_belongs_to_the_user_it_was_first_used_for() {
     let another = issued(&app, &policy, 7).await;
     let again = post_as(&app, &service, &redeem_path(7, another), order).await;
     assert_eq!(again.status(), 200);
+}
+
+#[tokio::test]
+async fn a_redeem_repeated_for_the_same_order_returns_the_same_redemption() {
+    let app = spawn_app().await;
+    let issue = issued(&app, &testing::open_policy(10), 7).await;
+
+    let first = redeem(&app, 7, issue, "order-1", 30_000).await;
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    // Its answer was lost; the order service sends it again, once more at the same time.
+    let (again, racing) = tokio::join!(
+        redeem(&app, 7, issue, "order-1", 30_000),
+        redeem(&app, 7, issue, "order-1", 30_000)
+    );
+    for repeat in [again, racing] {
+        assert_eq!(repeat.status(), 200);
+        let repeat: Value = repeat.json().await.unwrap();
+        assert_eq!(repeat, first, "a repeat answers the first redemption");
+    }
+    let other = redeem(&app, 7, issue, "order-2", 30_000).await;
+    assert_error(other, 409, "ALREADY_USED").await;
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM coupon_redemptions")
+        .fetch_one(&app.state.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1, "one coupon, one discount");
+}
+
+#[tokio::test]
+async fn order_ids_differing_only_in_case_are_different_orders() {
+    let app = spawn_app().await;
+    let policy = testing::open_policy(10);
+    let sevens = issued(&app, &policy, 7).await;
+    let eights = issued(&app, &policy, 8).await;
+    let sevens_hold = issued(&app, &policy, 7).await;
+    let service = testing::service_token();
+    let path = |user: i64, issue: i64, action: &str| {
+        format!("/api/v1/users/{user}/coupons/{issue}/{action}")
+    };
+
+    let upper = json!({"order_id": "order-AbC", "order_amount": 30_000});
+    let lower = json!({"order_id": "order-abc", "order_amount": 30_000});
+    let first = post_as(&app, &service, &path(7, sevens, "redeem"), upper.clone()).await;
+    assert_eq!(first.status(), 200);
+    let second = post_as(&app, &service, &path(8, eights, "redeem"), lower).await;
+    assert_eq!(second.status(), 200, "{}", second.text().await.unwrap());
+
+    // A payment result for order-abc settles nothing of order-AbC's.
+    let hold = post_as(&app, &service, &path(7, sevens_hold, "reserve"), upper).await;
+    assert_eq!(hold.status(), 200, "{}", hold.text().await.unwrap());
+    let lower_id = coupon_core::redemption::OrderId::parse("order-abc").unwrap();
+    coupon_core::redemption::settle_order(&app.state.pool, &lower_id, false, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(issue_status(&app, sevens_hold).await, "RESERVED");
 }

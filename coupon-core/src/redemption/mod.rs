@@ -12,7 +12,7 @@ mod reservation;
 
 pub use reservation::*;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 use sqlx::{MySqlPool, Row};
 
@@ -194,9 +194,69 @@ async fn usable(
 /// conditional `UPDATE` to `USED` decides among concurrent requests, and a
 /// `coupon_redemptions` row records the amounts.
 ///
+/// Repeatable per order: a redeem of a coupon already used for this same `order_id` (a retry
+/// whose first answer was lost, or two copies racing) returns that redemption as stored,
+/// whatever `order_amount` the repeat names; another order gets [`RedeemError::AlreadyUsed`].
+///
 /// # Errors
 /// A [`RedeemError`] naming the rule the request broke, or [`RedeemError::Database`].
 pub async fn redeem(
+    pool: &MySqlPool,
+    issue_id: i64,
+    user: UserId,
+    order_id: &OrderId,
+    order_amount: i64,
+    now: DateTime<Utc>,
+) -> Result<Redemption, RedeemError> {
+    // Stored with microseconds (DATETIME(6)): the first answer and a repeat's must agree.
+    let now = now.trunc_subsecs(6);
+    match redeem_once(pool, issue_id, user, order_id, order_amount, now).await {
+        Err(refusal @ (RedeemError::AlreadyUsed | RedeemError::Suspended)) => {
+            match redemption_for(pool, issue_id, user, order_id).await? {
+                Some(redemption) => Ok(redemption),
+                None => Err(refusal),
+            }
+        }
+        outcome => outcome,
+    }
+}
+
+/// The live redemption of `user`'s coupon `issue_id` for `order_id`, if the coupon is used for
+/// that order.
+async fn redemption_for(
+    pool: &MySqlPool,
+    issue_id: i64,
+    user: UserId,
+    order_id: &OrderId,
+) -> Result<Option<Redemption>, RedeemError> {
+    let Some(row) = sqlx::query(
+        "SELECT r.coupon_id, r.order_amount, r.discount_amount, r.final_amount, r.redeemed_at \
+         FROM coupon_redemptions r JOIN coupon_issues i ON i.id = r.coupon_issue_id \
+         WHERE r.coupon_issue_id = ? AND r.order_id = ? AND r.user_id = ? AND r.status = 'USED' \
+         AND i.status = 'USED' AND i.order_id = r.order_id",
+    )
+    .bind(issue_id)
+    .bind(order_id.as_str())
+    .bind(user.get())
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Redemption {
+        coupon_issue_id: issue_id,
+        coupon_id: CouponId::parse(row.try_get("coupon_id")?).map_err(|_| RedeemError::NotFound)?,
+        user_id: user,
+        order_id: order_id.clone(),
+        order_amount: row.try_get("order_amount")?,
+        discount_amount: row.try_get("discount_amount")?,
+        final_amount: row.try_get("final_amount")?,
+        status: "USED",
+        redeemed_at: row.try_get("redeemed_at")?,
+    }))
+}
+
+async fn redeem_once(
     pool: &MySqlPool,
     issue_id: i64,
     user: UserId,

@@ -1,6 +1,12 @@
 //! Checkout holds: reserve a coupon for an order, then confirm it (the order was paid) or
 //! release it (the order failed or the hold expired); the payment results coupon-consumer
 //! reads settle holds by order.
+//!
+//! Every hold is also recorded in `coupon_holds` with how it ended ([`HoldOutcome`]), because
+//! a payment result may arrive after its hold was released (a payment slower than the hold, or
+//! a `FAILED` followed by a retried `COMPLETED`): [`settle_order`] then confirms the coupon if
+//! it is still free, and otherwise reports it ([`Settlement::after_release`]) so the payment is
+//! dead-lettered and alerted on, never dropped.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -76,6 +82,21 @@ pub async fn reserve(
         let now_state = issue_of(pool, issue_id, user).await?;
         return Err(state_refusal(&now_state, now).unwrap_or(RedeemError::Reserved));
     }
+    sqlx::query(
+        "INSERT INTO coupon_holds (order_id, coupon_issue_id, user_id, order_amount, \
+         reserved_at, reserved_until, outcome, ended_at) VALUES (?, ?, ?, ?, ?, ?, 'HELD', NULL) \
+         ON DUPLICATE KEY UPDATE user_id = VALUES(user_id), order_amount = VALUES(order_amount), \
+         reserved_at = VALUES(reserved_at), reserved_until = VALUES(reserved_until), \
+         outcome = 'HELD', ended_at = NULL",
+    )
+    .bind(order_id.as_str())
+    .bind(issue_id)
+    .bind(user.get())
+    .bind(order_amount)
+    .bind(crate::store::db::datetime(now))
+    .bind(crate::store::db::datetime(reserved_until))
+    .execute(&mut *tx)
+    .await?;
     events::record(&mut tx, EventType::Reserved, &[issue_id], now).await?;
     tx.commit().await?;
     let discount = policy.discount_for(order_amount);
@@ -129,6 +150,13 @@ async fn confirm_in(
     .bind(crate::store::db::datetime(now))
     .bind(issue_id)
     .execute(&mut **tx)
+    .await?;
+    end_holds(
+        tx,
+        &[(issue_id, order_id.as_str().to_owned())],
+        HoldOutcome::Confirmed,
+        now,
+    )
     .await?;
     let redemption = Redemption {
         coupon_issue_id: issue_id,
@@ -197,19 +225,81 @@ pub async fn release_reservation(
     if held.is_empty() {
         return Err(RedeemError::ReservationNotFound);
     }
-    release_ids(&mut tx, &held, now).await?;
+    release_ids(
+        &mut tx,
+        &of_order(&held, order_id),
+        HoldOutcome::Released,
+        now,
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }
 
-/// Records `RELEASED` for `ids` (while the rows still name their order), then makes them
-/// usable again, inside `tx`.
-async fn release_ids(
+/// How a checkout hold ended (`coupon_holds.outcome`; `HELD` while it lasts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldOutcome {
+    /// Turned into a use: the order was paid (a confirm or a `COMPLETED` payment result).
+    Confirmed,
+    /// Given back: the checkout was abandoned or the payment `FAILED`.
+    Released,
+    /// Given back by the sweeper when the hold's time ran out.
+    Expired,
+}
+
+impl HoldOutcome {
+    /// The stored value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Confirmed => "CONFIRMED",
+            Self::Released => "RELEASED",
+            Self::Expired => "EXPIRED",
+        }
+    }
+}
+
+/// `(coupon_issue_id, order)` of each of `ids`, all held by `order_id`.
+fn of_order(ids: &[i64], order_id: &OrderId) -> Vec<(i64, String)> {
+    ids.iter()
+        .map(|id| (*id, order_id.as_str().to_owned()))
+        .collect()
+}
+
+/// Records in `coupon_holds` that the open holds `(coupon_issue_id, order)` ended with
+/// `outcome`, inside `tx`. The rows are found by primary key, so concurrent sweepers lock
+/// only their own rows (a secondary-index range would take gap locks and deadlock them).
+async fn end_holds(
     tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
-    ids: &[i64],
+    holds: &[(i64, String)],
+    outcome: HoldOutcome,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    events::record(tx, EventType::Released, ids, now).await?;
+    for chunk in holds.chunks(500) {
+        let mut end = sqlx::QueryBuilder::<sqlx::MySql>::new("UPDATE coupon_holds SET outcome = ");
+        end.push_bind(outcome.as_str())
+            .push(", ended_at = ")
+            .push_bind(crate::store::db::datetime(now))
+            .push(" WHERE outcome = 'HELD' AND (order_id, coupon_issue_id) IN ");
+        end.push_tuples(chunk, |mut tuple, (id, order)| {
+            tuple.push_bind(order.clone()).push_bind(*id);
+        });
+        end.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Records `RELEASED` for the held coupons of `holds` (`(coupon_issue_id, order)`, while the
+/// rows still name their order) and how their holds ended, then makes them usable again,
+/// inside `tx`.
+async fn release_ids(
+    tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+    holds: &[(i64, String)],
+    outcome: HoldOutcome,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<i64> = holds.iter().map(|(id, _)| *id).collect();
+    events::record(tx, EventType::Released, &ids, now).await?;
+    end_holds(tx, holds, outcome, now).await?;
     for chunk in ids.chunks(500) {
         let mut release = sqlx::QueryBuilder::<sqlx::MySql>::new(RELEASE);
         release.push("id IN ");
@@ -219,18 +309,80 @@ async fn release_ids(
     Ok(())
 }
 
-/// Applies a payment result to every coupon held by `order_id`: `paid` confirms them (used),
-/// otherwise releases them. Idempotent: a repeated result finds no hold left and changes
-/// nothing. Returns how many coupons changed.
+/// Why a payment result changed nothing (the `reason` label of
+/// `coupon_consumer_payment_results_unchanged_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unchanged {
+    /// The order never held a coupon here (or its hold records were purged).
+    NoHold,
+    /// Every hold of the order was already settled (a repeated result).
+    AlreadySettled,
+    /// A `COMPLETED` for holds released before it arrived whose coupons are no longer free
+    /// (used for another order, held again, expired): the payment is dead-lettered.
+    AfterRelease,
+}
+
+impl Unchanged {
+    /// Every reason, for registering the metric's series.
+    pub const ALL: [Self; 3] = [Self::NoHold, Self::AlreadySettled, Self::AfterRelease];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoHold => "no_hold",
+            Self::AlreadySettled => "already_settled",
+            Self::AfterRelease => "after_release",
+        }
+    }
+}
+
+/// What one payment result did ([`settle_order`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settlement {
+    /// Coupons confirmed (`COMPLETED`) or released (`FAILED`) from a live hold (count).
+    pub settled: u64,
+    /// Coupons whose hold had been released or had expired, confirmed because they were still
+    /// free (`COMPLETED` only): `coupon_issues.id`s.
+    pub confirmed_after_release: Vec<i64>,
+    /// Coupons whose hold had been released and that are no longer free, so a `COMPLETED`
+    /// could not confirm them: `coupon_issues.id`s. The payment went through without its
+    /// discount; the caller dead-letters the result for an operator.
+    pub after_release: Vec<i64>,
+    /// Holds the order ever had (count), live or ended.
+    pub holds: u64,
+}
+
+impl Settlement {
+    /// Why this result changed nothing, or `None` when it changed something.
+    pub fn unchanged(&self) -> Option<Unchanged> {
+        if !self.after_release.is_empty() {
+            Some(Unchanged::AfterRelease)
+        } else if self.settled > 0 || !self.confirmed_after_release.is_empty() {
+            None
+        } else if self.holds == 0 {
+            Some(Unchanged::NoHold)
+        } else {
+            Some(Unchanged::AlreadySettled)
+        }
+    }
+}
+
+/// Applies a payment result to `order_id`'s checkout holds in one transaction: `paid`
+/// confirms every coupon it holds (used), otherwise releases them. A `paid` result also
+/// looks at the order's ended holds (`coupon_holds` `RELEASED` or `EXPIRED`): a coupon
+/// still `ISSUED` and within its validity is confirmed for the order on the held amount; one
+/// that is not is reported in [`Settlement::after_release`]. Idempotent: a repeated result
+/// finds every hold settled and changes nothing (a repeated `COMPLETED` reports the same
+/// unfree coupons again, so its dead letter is at least once).
 ///
 /// # Errors
-/// Any database error.
+/// Any database error (nothing is changed then).
 pub async fn settle_order(
     pool: &MySqlPool,
     order_id: &OrderId,
     paid: bool,
     now: DateTime<Utc>,
-) -> Result<u64, RedeemError> {
+) -> Result<Settlement, RedeemError> {
     let mut tx = pool.begin().await?;
     let held: Vec<i64> = sqlx::query_scalar(
         "SELECT id FROM coupon_issues WHERE order_id = ? AND status = 'RESERVED' FOR UPDATE",
@@ -238,22 +390,85 @@ pub async fn settle_order(
     .bind(order_id.as_str())
     .fetch_all(&mut *tx)
     .await?;
+    let ended: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT coupon_issue_id, order_amount FROM coupon_holds \
+         WHERE order_id = ? AND outcome IN ('RELEASED', 'EXPIRED') FOR UPDATE",
+    )
+    .bind(order_id.as_str())
+    .fetch_all(&mut *tx)
+    .await?;
+    let holds: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM coupon_holds WHERE order_id = ?")
+        .bind(order_id.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+    let mut settlement = Settlement {
+        holds: u64::try_from(holds).unwrap_or(0).max(held.len() as u64),
+        ..Settlement::default()
+    };
     if !paid {
-        release_ids(&mut tx, &held, now).await?;
+        release_ids(
+            &mut tx,
+            &of_order(&held, order_id),
+            HoldOutcome::Released,
+            now,
+        )
+        .await?;
         tx.commit().await?;
-        return Ok(held.len() as u64);
+        settlement.settled = held.len() as u64;
+        return Ok(settlement);
     }
-    let mut confirmed = 0;
     for issue_id in held {
         if confirm_in(&mut tx, issue_id, order_id, now)
             .await?
             .is_some()
         {
-            confirmed += 1;
+            settlement.settled += 1;
+        }
+    }
+    for (issue_id, order_amount) in ended {
+        // Take the coupon back for the order if nobody else has it, then confirm as usual.
+        let retaken = sqlx::query(
+            "UPDATE coupon_issues SET status = 'RESERVED', order_id = ?, order_amount = ?, \
+             reserved_until = NULL WHERE id = ? AND status = 'ISSUED' \
+             AND (expires_at IS NULL OR expires_at > ?)",
+        )
+        .bind(order_id.as_str())
+        .bind(order_amount)
+        .bind(issue_id)
+        .bind(crate::store::db::datetime(now))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if retaken == 0 {
+            let used_by_this_order: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM coupon_issues WHERE id = ? AND status = 'USED' AND order_id = ?",
+            )
+            .bind(issue_id)
+            .bind(order_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if used_by_this_order.is_none() {
+                settlement.after_release.push(issue_id);
+            }
+            continue;
+        }
+        sqlx::query(
+            "UPDATE coupon_holds SET outcome = 'HELD', ended_at = NULL \
+             WHERE order_id = ? AND coupon_issue_id = ?",
+        )
+        .bind(order_id.as_str())
+        .bind(issue_id)
+        .execute(&mut *tx)
+        .await?;
+        if confirm_in(&mut tx, issue_id, order_id, now)
+            .await?
+            .is_some()
+        {
+            settlement.confirmed_after_release.push(issue_id);
         }
     }
     tx.commit().await?;
-    Ok(confirmed)
+    Ok(settlement)
 }
 
 /// Releases up to `batch` holds that ended at or before `now`, oldest first, and returns their
@@ -269,15 +484,21 @@ pub async fn release_expired_holds(
     batch: u32,
 ) -> Result<Vec<i64>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "SELECT id FROM coupon_issues WHERE status = 'RESERVED' AND reserved_until <= ? \
+    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT id, order_id FROM coupon_issues WHERE status = 'RESERVED' AND reserved_until <= ? \
          ORDER BY reserved_until LIMIT ? FOR UPDATE SKIP LOCKED",
     )
     .bind(crate::store::db::datetime(now))
     .bind(batch)
     .fetch_all(&mut *tx)
     .await?;
-    release_ids(&mut tx, &ids, now).await?;
+    // `order_id` has a binary collation, read as bytes (see `store::db::binary_text`).
+    let holds: Vec<(i64, String)> = rows
+        .into_iter()
+        .map(|(id, order)| (id, String::from_utf8_lossy(&order).into_owned()))
+        .collect();
+    release_ids(&mut tx, &holds, HoldOutcome::Expired, now).await?;
+    let ids = holds.into_iter().map(|(id, _)| id).collect();
     tx.commit().await?;
     Ok(ids)
 }

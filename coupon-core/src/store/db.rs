@@ -129,3 +129,25 @@ impl DatetimeParam for Option<chrono::DateTime<chrono::Utc>> {
         self.map(|t| t.naive_utc())
     }
 }
+
+/// Reads a text column with a binary collation (`order_id`, `utf8mb4_bin`): MySQL flags such
+/// a column `BINARY`, and sqlx then refuses to decode it as a `String`
+/// (<https://github.com/launchbadge/sqlx/issues/3387>), so it is read as bytes and checked
+/// to be UTF-8 here.
+///
+/// # Errors
+/// The column is missing, or its bytes are not UTF-8 ([`sqlx::Error::ColumnDecode`]).
+pub fn binary_text(
+    row: &sqlx::mysql::MySqlRow,
+    column: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    use sqlx::Row;
+    row.try_get::<Option<Vec<u8>>, _>(column)?
+        .map(|bytes| {
+            String::from_utf8(bytes).map_err(|e| sqlx::Error::ColumnDecode {
+                index: column.to_owned(),
+                source: Box::new(e),
+            })
+        })
+        .transpose()
+}
