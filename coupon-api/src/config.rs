@@ -42,6 +42,12 @@ pub struct ApiConfig {
     #[arg(long, env = "KAFKA_CONSUMER_GROUP", default_value = "coupon-consumer")]
     pub kafka_consumer_group: String,
 
+    /// MySQL connections (count) of the order routes' own pool (redeem, cancel, reserve,
+    /// confirm, release), apart from `DATABASE_MAX_CONNECTIONS`: a flood of reads or of admin
+    /// calls cannot make the shop's checkout wait for a connection.
+    #[arg(long, env = "DATABASE_ORDER_MAX_CONNECTIONS", default_value_t = 8)]
+    pub database_order_max_connections: u32,
+
     /// Most policies kept in the local cache (count).
     #[arg(long, env = "POLICY_CACHE_CAPACITY", default_value_t = 10_000)]
     pub policy_cache_capacity: u64,

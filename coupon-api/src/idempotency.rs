@@ -12,33 +12,31 @@
 //! (the caller was not let in, and once it is, the same key must act). The claim is released
 //! instead, so a retry acts again.
 //!
-//! A caller refused at the door writes nothing to MySQL: the key is claimed only after the
-//! bearer token was verified (401 before any write) and, on the rate-limited routes, after the
-//! rate limit let the request through (429 before any write). The rate limit is a
-//! `route_layer` of those routes' routers, so it runs inside every layer `startup::router` adds,
-//! this one included: no order of those layers puts it first. So on the routes of
-//! [`RATE_LIMITED_ROUTES`] this middleware runs the rate limit itself
-//! ([`rate_limit::middleware`]) and claims behind it, and takes the limiters out of the request,
-//! so the route's own rate-limit layer further in lets it through uncounted (each request is
-//! counted once). A 403 comes from the handler, after the claim, and is released.
+//! A caller refused at the door writes nothing to MySQL: the rate limit runs outside this layer
+//! (429 before any write), and the key is claimed only after the bearer token was verified
+//! (401 before any write) and its role may call the route at all ([`may_write`]: 403 before
+//! any write, so a user token with fresh keys on an admin route costs no database work). A 403
+//! the handler decides later (a user naming another user) comes after the claim, and is
+//! released.
+//!
+//! The order routes ([`ORDER_ROUTES`]) keep their keys through the order side's own pool
+//! (`DATABASE_ORDER_MAX_CONNECTIONS`), so a flood on the other routes cannot starve them.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::{from_fn, Next};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use coupon_core::auth::Role;
 use coupon_core::idempotency::{self, Claim};
 use sha2::{Digest, Sha256};
 use sqlx::MySqlPool;
-use tower::{Layer, ServiceExt};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::rate_limit::{self, RateLimits};
 
 /// The request header carrying the key.
 pub const HEADER: &str = "idempotency-key";
@@ -46,15 +44,18 @@ pub const HEADER: &str = "idempotency-key";
 /// How long a repeat waits for the first request of its key to finish.
 const WAIT_FOR_FIRST: Duration = Duration::from_secs(5);
 
-/// The routes behind the rate limit (the `route_layer(rate_limit::middleware)` of
-/// `routes/issues.rs`, `routes/redemptions.rs` and `routes/codes/mod.rs`), as matched paths;
-/// POST is their only state-changing method. On these the limit runs before the key is
-/// claimed. A limited route missing here would still answer 429 and release its claim, but
-/// only after writing it; `tests/api/idempotency.rs` checks this list against the routes the
-/// limit covers.
-pub const RATE_LIMITED_ROUTES: [&str; 7] = [
+/// The state-changing routes a `user` token may call (matched paths): an issue request and a
+/// redeem by code. Every other state-changing route needs an `admin` token, or for
+/// [`ORDER_ROUTES`] a `service` one. `tests/api/idempotency.rs` checks both lists against the
+/// handlers' own answers.
+pub const USER_WRITES: [&str; 2] = [
     "/api/v1/coupons/{coupon_id}/issues",
     "/api/v1/codes/{code}/redeem",
+];
+
+/// The order routes (matched paths; POST): the shop's order service applies and settles
+/// coupons with a `service` (or `admin`) token.
+pub const ORDER_ROUTES: [&str; 5] = [
     "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/redeem",
     "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/redeem/cancel",
     "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/reserve",
@@ -62,11 +63,24 @@ pub const RATE_LIMITED_ROUTES: [&str; 7] = [
     "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/reserve/cancel",
 ];
 
+/// Whether `role` may call the state-changing route `route` (a matched path) at all; the
+/// handler then decides for whom. An admin may call every route, a user only [`USER_WRITES`],
+/// a service only [`ORDER_ROUTES`].
+pub fn may_write(role: Role, route: &str) -> bool {
+    match role {
+        Role::Admin => true,
+        Role::User => USER_WRITES.contains(&route),
+        Role::Service => ORDER_ROUTES.contains(&route),
+    }
+}
+
 /// Settings of the middleware.
 #[derive(Clone)]
 pub struct Idempotency {
     /// Where keys are stored.
     pub pool: MySqlPool,
+    /// Where the keys of [`ORDER_ROUTES`] are stored: the order side's own pool.
+    pub order_pool: MySqlPool,
     /// How long a key is remembered.
     pub ttl: chrono::Duration,
     /// Largest body buffered (bytes); the same bound as the JSON extractors.
@@ -96,8 +110,8 @@ fn worth_replaying(status: StatusCode) -> bool {
 }
 
 /// The middleware; requests without the header, or with a safe method, pass straight through.
-/// A request with a key must carry a valid bearer token (401 otherwise): the key is scoped to
-/// the caller. On a rate-limited route the limit is applied first (module doc).
+/// A request with a key must carry a valid bearer token (401 otherwise) whose role may call
+/// the route (403 otherwise): the key is scoped to the caller.
 pub async fn middleware(
     State(settings): State<Idempotency>,
     request: Request,
@@ -123,34 +137,11 @@ pub async fn middleware(
             .into_response()
         }
     };
-    let limited = request
-        .extensions()
-        .get::<MatchedPath>()
-        .is_some_and(|route| RATE_LIMITED_ROUTES.contains(&route.as_str()));
-    if !limited {
-        return claimed(settings, key, request, next).await;
-    }
-    let behind_the_limit = tower::service_fn(move |mut request: Request| {
-        let (settings, key, next) = (settings.clone(), key.clone(), next.clone());
-        async move {
-            // Counted once: the route's own rate-limit layer lets a request without limiters
-            // through.
-            request.extensions_mut().remove::<RateLimits>();
-            Ok::<_, Infallible>(claimed(settings, key, request, next).await)
-        }
-    });
-    match from_fn(rate_limit::middleware)
-        .layer(behind_the_limit)
-        .oneshot(request)
-        .await
-    {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
+    claimed(settings, key, request, next).await
 }
 
-/// Authenticates, claims `key` for the caller, runs the request and stores its answer (or
-/// replays the stored one).
+/// Authenticates, checks the caller's role, claims `key` for the caller, runs the request and
+/// stores its answer (or replays the stored one).
 async fn claimed(settings: Idempotency, key: String, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
     // Keys are per caller: the same key from two users (whose bodies may be identical, even
@@ -158,6 +149,26 @@ async fn claimed(settings: Idempotency, key: String, request: Request, next: Nex
     let principal = match Principal::from_request_parts(&mut parts, &()).await {
         Ok(principal) => principal,
         Err(refused) => return refused.into_response(),
+    };
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map(|route| route.as_str().to_owned());
+    let Some(route) = route else {
+        // No route matched: the fallback answers 404 or 405, with nothing to claim.
+        return next.run(Request::from_parts(parts, body)).await;
+    };
+    if !may_write(principal.claims.role, &route) {
+        return ApiError::Forbidden(format!(
+            "a {} token may not call this route",
+            principal.claims.role.as_str()
+        ))
+        .into_response();
+    }
+    let pool = if ORDER_ROUTES.contains(&route.as_str()) {
+        &settings.order_pool
+    } else {
+        &settings.pool
     };
     let key = scoped_key(&principal, &key);
     let Ok(bytes) = to_bytes(body, settings.max_body_bytes).await else {
@@ -173,8 +184,7 @@ async fn claimed(settings: Idempotency, key: String, request: Request, next: Nex
 
     let deadline = tokio::time::Instant::now() + WAIT_FOR_FIRST;
     loop {
-        let claim =
-            idempotency::claim(&settings.pool, &key, &fingerprint, Utc::now(), settings.ttl).await;
+        let claim = idempotency::claim(pool, &key, &fingerprint, Utc::now(), settings.ttl).await;
         match claim {
             Err(err) => return ApiError::unavailable(err).into_response(),
             Ok(Claim::Mismatch) => return ApiError::IdempotencyKeyReused.into_response(),
@@ -202,13 +212,13 @@ async fn claimed(settings: Idempotency, key: String, request: Request, next: Nex
         .await;
     let (parts, body) = response.into_parts();
     let Ok(bytes) = to_bytes(body, usize::MAX).await else {
-        let _ = idempotency::release(&settings.pool, &key).await;
+        let _ = idempotency::release(pool, &key).await;
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     let stored = if worth_replaying(parts.status) {
-        idempotency::complete(&settings.pool, &key, parts.status.as_u16(), &bytes).await
+        idempotency::complete(pool, &key, parts.status.as_u16(), &bytes).await
     } else {
-        idempotency::release(&settings.pool, &key).await
+        idempotency::release(pool, &key).await
     };
     if let Err(err) = stored {
         tracing::error!(%err, "could not store the idempotent response; a repeat will act again");

@@ -1,5 +1,5 @@
-//! Rate limits on the issue and redeem endpoints: per user and per client address, 429
-//! `RATE_LIMITED` with `Retry-After` past either.
+//! Rate limits on every route but the probes, per caller and per client address: 429
+//! `RATE_LIMITED` with `Retry-After` past any of them.
 //!
 //! The limits are GCRA buckets of the `governor` crate, kept in this instance's memory, not in
 //! Redis. During a drop Redis is the one shared resource every issue request already needs
@@ -9,10 +9,21 @@
 //! because a limit here only protects capacity: exactness does not depend on it (the admission
 //! script admits each user at most once whatever the rate).
 //!
-//! Per user, the key is the token's subject; admin and service tokens (trusted back ends
-//! acting for many users: a support tool, the order service) are limited per address only. Per address, the key is the TCP peer's IP: behind a
-//! proxy that is the proxy's address, so set the address limit for the proxy or turn it off
-//! (`RATE_LIMIT_IP_PER_SEC=0`).
+//! Each request meets one per-caller limit: a `service` or `admin` token (a back end acting
+//! for many users, often from few addresses) by its role and subject
+//! (`RATE_LIMIT_SERVICE_*`) and nothing else; any other request first the per-address limit
+//! (`RATE_LIMIT_IP_*`), then a `user` token by its subject (`RATE_LIMIT_USER_*`) and a request
+//! without a valid token by its address (`RATE_LIMIT_PUBLIC_*`, lower: the public reads of
+//! policies cost MySQL reads). A token is checked once per request (the handler reuses it),
+//! and a token that does not verify costs only its parse.
+//!
+//! It runs outside the `Idempotency-Key` layer, so a refused request writes nothing.
+//!
+//! The client's address is the TCP peer's, unless the peer is one of `TRUSTED_PROXIES` (a
+//! load balancer): then it is taken from `X-Forwarded-For`, read from the right, the first
+//! address that is not itself a trusted proxy ([`client_address`]). A client can append
+//! anything to that header, but only the addresses added by trusted proxies are believed, so a
+//! client cannot choose its bucket; and a peer that is not a trusted proxy is never believed.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -20,11 +31,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use coupon_core::telemetry::names;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use ipnet::IpNet;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
@@ -35,15 +48,19 @@ use coupon_core::auth::Role;
 /// the last interval or so.
 const RETAIN_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The routes no limit applies to: the load balancer's probes, which come often and from few
+/// addresses.
+const PROBES: [&str; 3] = ["/health", "/ready", "/ready/full"];
+
 /// Rate limit settings (flags or environment variables).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RateLimitConfig {
-    /// Rate limits on the issue and redeem endpoints: `on`, or `off` (benchmarks, the demo).
+    /// Rate limits: `on`, or `off` (benchmarks, the demo).
     #[arg(long, env = "RATE_LIMITS", default_value = "on", value_parser = parse_switch)]
     pub rate_limits: bool,
 
-    /// Sustained requests per second allowed to one user on the limited endpoints; 0 turns
-    /// the per-user limit off.
+    /// Sustained requests per second allowed to one user token (by subject), on every route;
+    /// 0 turns the per-user limit off.
     #[arg(long, env = "RATE_LIMIT_USER_PER_SEC", default_value_t = 5)]
     pub rate_limit_user_per_sec: u32,
 
@@ -51,15 +68,51 @@ pub struct RateLimitConfig {
     #[arg(long, env = "RATE_LIMIT_USER_BURST", default_value_t = 10)]
     pub rate_limit_user_burst: u32,
 
-    /// Sustained requests per second allowed to one client IP on the limited endpoints; 0
+    /// Sustained requests per second allowed to one `service` or `admin` token (by role and
+    /// subject): the order service's and operators' tools; 0 turns it off.
+    #[arg(long, env = "RATE_LIMIT_SERVICE_PER_SEC", default_value_t = 1_000)]
+    pub rate_limit_service_per_sec: u32,
+
+    /// Requests one `service` or `admin` token may send at once (count).
+    #[arg(long, env = "RATE_LIMIT_SERVICE_BURST", default_value_t = 2_000)]
+    pub rate_limit_service_burst: u32,
+
+    /// Sustained requests per second allowed to one client address without a valid token
+    /// (the public policy reads); 0 turns it off.
+    #[arg(long, env = "RATE_LIMIT_PUBLIC_PER_SEC", default_value_t = 20)]
+    pub rate_limit_public_per_sec: u32,
+
+    /// Requests one address may send at once without a valid token (count).
+    #[arg(long, env = "RATE_LIMIT_PUBLIC_BURST", default_value_t = 40)]
+    pub rate_limit_public_burst: u32,
+
+    /// Sustained requests per second allowed to one client address, whatever its token; 0
     /// turns the per-address limit off. High by default: many users can share one address
     /// (carrier-grade NAT, an office).
     #[arg(long, env = "RATE_LIMIT_IP_PER_SEC", default_value_t = 500)]
     pub rate_limit_ip_per_sec: u32,
 
-    /// Requests one client IP may send at once before the per-second rate applies (count).
+    /// Requests one client address may send at once before the per-second rate applies
+    /// (count).
     #[arg(long, env = "RATE_LIMIT_IP_BURST", default_value_t = 1_000)]
     pub rate_limit_ip_burst: u32,
+
+    /// Load balancers and proxies whose `X-Forwarded-For` is believed: comma-separated
+    /// addresses or networks (`10.0.0.0/8,192.168.1.7`). Empty (the default): the client is
+    /// the TCP peer, and the header is ignored.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_network)]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Parses an address (`10.1.2.3`, a single host) or a network (`10.0.0.0/8`).
+///
+/// # Errors
+/// Neither.
+pub fn parse_network(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text}: expected an IP address or a network such as 10.0.0.0/8"))
 }
 
 /// Parses `on`/`off` (also `true`/`false`).
@@ -78,15 +131,49 @@ pub fn parse_switch(text: &str) -> Result<bool, String> {
 #[derive(Clone, Default)]
 pub struct RateLimits {
     user: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    service: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    public: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
     ip: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    trusted_proxies: Arc<[IpNet]>,
 }
 
 impl std::fmt::Debug for RateLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimits")
             .field("user", &self.user.is_some())
+            .field("service", &self.service.is_some())
+            .field("public", &self.public.is_some())
             .field("ip", &self.ip.is_some())
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
+    }
+}
+
+/// Which limit refused a request (the `scope` label of `coupon_rate_limited_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// A user token's subject.
+    User,
+    /// A service or admin token's role and subject.
+    Service,
+    /// A client address without a valid token.
+    Public,
+    /// A client address, whatever its token.
+    Ip,
+}
+
+impl Scope {
+    /// Every scope, for registering the metric's series.
+    pub const ALL: [Self; 4] = [Self::User, Self::Service, Self::Public, Self::Ip];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Service => "service",
+            Self::Public => "public",
+            Self::Ip => "ip",
+        }
     }
 }
 
@@ -98,15 +185,34 @@ fn quota(per_sec: u32, burst: u32) -> Option<Quota> {
 impl RateLimits {
     /// The limiters `config` asks for (none when switched off).
     pub fn new(config: &RateLimitConfig) -> Self {
+        let trusted_proxies: Arc<[IpNet]> = config.trusted_proxies.clone().into();
         if !config.rate_limits {
-            return Self::default();
+            return Self {
+                trusted_proxies,
+                ..Self::default()
+            };
         }
         Self {
             user: quota(config.rate_limit_user_per_sec, config.rate_limit_user_burst)
                 .map(|q| Arc::new(RateLimiter::keyed(q))),
+            service: quota(
+                config.rate_limit_service_per_sec,
+                config.rate_limit_service_burst,
+            )
+            .map(|q| Arc::new(RateLimiter::keyed(q))),
+            public: quota(
+                config.rate_limit_public_per_sec,
+                config.rate_limit_public_burst,
+            )
+            .map(|q| Arc::new(RateLimiter::keyed(q))),
             ip: quota(config.rate_limit_ip_per_sec, config.rate_limit_ip_burst)
                 .map(|q| Arc::new(RateLimiter::keyed(q))),
+            trusted_proxies,
         }
+    }
+
+    fn any(&self) -> bool {
+        self.user.is_some() || self.service.is_some() || self.public.is_some() || self.ip.is_some()
     }
 
     /// Drops idle buckets every minute until `stop` is cancelled.
@@ -116,13 +222,13 @@ impl RateLimits {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = every.tick() => {
-                    if let Some(user) = &self.user {
-                        user.retain_recent();
-                        user.shrink_to_fit();
+                    for by_name in [&self.user, &self.service].into_iter().flatten() {
+                        by_name.retain_recent();
+                        by_name.shrink_to_fit();
                     }
-                    if let Some(ip) = &self.ip {
-                        ip.retain_recent();
-                        ip.shrink_to_fit();
+                    for by_address in [&self.public, &self.ip].into_iter().flatten() {
+                        by_address.retain_recent();
+                        by_address.shrink_to_fit();
                     }
                 }
             }
@@ -130,55 +236,107 @@ impl RateLimits {
     }
 }
 
-/// Registers the refusal counter at 0 for both scopes.
+/// Registers the refusal counter at 0 for every scope.
 pub(crate) fn register_metrics() {
-    for scope in ["user", "ip"] {
-        metrics::counter!(names::RATE_LIMITED, "scope" => scope).increment(0);
+    for scope in Scope::ALL {
+        metrics::counter!(names::RATE_LIMITED, "scope" => scope.as_str()).increment(0);
     }
 }
 
-fn refuse(scope: &'static str, wait: Duration) -> Response {
-    metrics::counter!(names::RATE_LIMITED, "scope" => scope).increment(1);
-    let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    ApiError::RateLimited { retry_after_secs }.into_response()
+/// The client a request comes from: `peer` (the TCP peer), unless it is one of `trusted`
+/// proxies; then the right-most address of `X-Forwarded-For` (every occurrence, in order)
+/// that is not itself trusted, or the left-most when all are. An entry that is not an address
+/// ends the walk at the last address believed: what lies left of it came from the client.
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .collect();
+    let mut client = peer;
+    for entry in forwarded.into_iter().rev() {
+        let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    client
 }
 
-/// Middleware of the limited routes: the address limit first (before any token is checked,
-/// so a flood of bad tokens is cut cheaply), then the token (401/403 as usual), then the
-/// user limit.
+/// The client's address as [`client_address`] found it, a request extension set by
+/// [`middleware`] (for logs and handlers).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub IpAddr);
+
+fn check<K: std::hash::Hash + Eq + Clone>(
+    limiter: Option<&Arc<DefaultKeyedRateLimiter<K>>>,
+    key: &K,
+    scope: Scope,
+) -> Result<(), Duration> {
+    let Some(limiter) = limiter else {
+        return Ok(());
+    };
+    limiter.check_key(key).map_err(|not_until| {
+        metrics::counter!(names::RATE_LIMITED, "scope" => scope.as_str()).increment(1);
+        not_until.wait_time_from(DefaultClock::default().now())
+    })
+}
+
+/// Middleware of every route but the probes (module doc). A request whose token does not
+/// verify is limited as an anonymous one and goes on: the route decides whether it needed a
+/// token (401).
 pub async fn middleware(request: Request, next: Next) -> Response {
     let Some(limits) = request.extensions().get::<RateLimits>().cloned() else {
         return next.run(request).await;
     };
-    if let Some(ip_limiter) = &limits.ip {
-        let peer = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip());
-        if let Some(ip) = peer {
-            if let Err(not_until) = ip_limiter.check_key(&ip) {
-                return refuse(
-                    "ip",
-                    not_until.wait_time_from(DefaultClock::default().now()),
-                );
-            }
-        }
-    }
-    let Some(user_limiter) = &limits.user else {
+    if !limits.any() || PROBES.contains(&request.uri().path()) {
         return next.run(request).await;
-    };
+    }
     let (mut parts, body) = request.into_parts();
-    let principal = match Principal::from_request_parts(&mut parts, &()).await {
-        Ok(principal) => principal,
-        Err(refused) => return refused.into_response(),
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let client = peer.map(|peer| client_address(peer, &parts.headers, &limits.trusted_proxies));
+    if let Some(client) = client {
+        parts.extensions.insert(ClientAddress(client));
+    }
+    let principal = if parts
+        .headers
+        .contains_key(axum::http::header::AUTHORIZATION)
+    {
+        Principal::from_request_parts(&mut parts, &()).await.ok()
+    } else {
+        None
     };
-    if principal.claims.role == Role::User {
-        if let Err(not_until) = user_limiter.check_key(&principal.claims.sub) {
-            return refuse(
-                "user",
-                not_until.wait_time_from(DefaultClock::default().now()),
-            );
+    let checked = match principal.map(|p| p.claims) {
+        Some(claims) if claims.role != Role::User => {
+            let caller = format!("{}:{}", claims.role.as_str(), claims.sub);
+            check(limits.service.as_ref(), &caller, Scope::Service)
         }
+        user => {
+            let by_address = match client {
+                Some(client) => check(limits.ip.as_ref(), &client, Scope::Ip),
+                None => Ok(()),
+            };
+            by_address.and_then(|()| match (user, client) {
+                (Some(claims), _) => check(limits.user.as_ref(), &claims.sub, Scope::User),
+                (None, Some(client)) => check(limits.public.as_ref(), &client, Scope::Public),
+                (None, None) => Ok(()),
+            })
+        }
+    };
+    if let Err(wait) = checked {
+        let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        return ApiError::RateLimited { retry_after_secs }.into_response();
     }
     next.run(Request::from_parts(parts, body)).await
 }
@@ -200,9 +358,62 @@ mod tests {
             rate_limits: true,
             rate_limit_user_per_sec: 0,
             rate_limit_user_burst: 10,
+            rate_limit_service_per_sec: 0,
+            rate_limit_service_burst: 10,
+            rate_limit_public_per_sec: 0,
+            rate_limit_public_burst: 10,
             rate_limit_ip_per_sec: 1,
             rate_limit_ip_burst: 1,
+            trusted_proxies: Vec::new(),
         });
-        assert!(limits.user.is_none() && limits.ip.is_some());
+        assert!(limits.user.is_none() && limits.service.is_none() && limits.public.is_none());
+        assert!(limits.ip.is_some());
+    }
+
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append("x-forwarded-for", value.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn only_a_trusted_proxy_is_believed_and_only_for_what_it_added() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let trusted = [
+            parse_network("10.0.0.0/8").unwrap(),
+            parse_network("192.168.1.7").unwrap(),
+        ];
+        let spoofed = forwarded(&["6.6.6.6"]);
+        // An untrusted peer is the client, whatever it claims.
+        assert_eq!(
+            client_address(ip("203.0.113.9"), &spoofed, &trusted),
+            ip("203.0.113.9")
+        );
+        // A trusted balancer appended the client's address to what the client sent.
+        let through = forwarded(&["6.6.6.6, 203.0.113.9"]);
+        assert_eq!(
+            client_address(ip("10.1.2.3"), &through, &trusted),
+            ip("203.0.113.9")
+        );
+        // Two trusted hops, the header repeated.
+        let two = forwarded(&["6.6.6.6", "198.51.100.4, 192.168.1.7"]);
+        assert_eq!(
+            client_address(ip("10.1.2.3"), &two, &trusted),
+            ip("198.51.100.4")
+        );
+        // Garbage left of a believed address ends the walk there.
+        let junk = forwarded(&["not-an-ip, 203.0.113.9"]);
+        assert_eq!(
+            client_address(ip("10.1.2.3"), &junk, &trusted),
+            ip("203.0.113.9")
+        );
+        // No header from a trusted peer: the peer.
+        assert_eq!(
+            client_address(ip("10.1.2.3"), &HeaderMap::new(), &trusted),
+            ip("10.1.2.3")
+        );
+        assert!(parse_network("10.0.0.0/33").is_err());
     }
 }

@@ -54,6 +54,7 @@ pub fn router(state: AppState, limits: HttpLimits, guards: Guards) -> Router {
     } = limits;
     let idempotency = Idempotency {
         pool: state.pool.clone(),
+        order_pool: state.order_pool.clone(),
         ttl: idempotency_ttl,
         max_body_bytes,
     };
@@ -66,6 +67,7 @@ pub fn router(state: AppState, limits: HttpLimits, guards: Guards) -> Router {
             idempotency,
             crate::idempotency::middleware,
         ))
+        .layer(middleware::from_fn(crate::rate_limit::middleware))
         .layer(Extension(Authenticator(verifier)))
         .layer(Extension(rate_limits))
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -271,6 +273,12 @@ impl Application {
             redis,
             issue_topic,
         } = coupon_core::store::connect(stores).await?;
+        let order_pool = coupon_core::store::db::connect(
+            stores.database_url(),
+            config.database_order_max_connections,
+        )
+        .await
+        .context("connecting the order routes' MySQL pool")?;
         let publisher = IssuePublisher::new(
             &stores.kafka_brokers,
             &stores.kafka_issue_topic,
@@ -325,6 +333,7 @@ impl Application {
         let settler = Settler::start(admission.clone(), background.clone());
         let state = AppState::new(Shared {
             pool,
+            order_pool,
             admission,
             publisher,
             policies: policies.clone(),

@@ -35,8 +35,12 @@ impl std::ops::Deref for AppState {
 
 /// The handles shared by every handler: pools, connections, caches and settings.
 pub struct Shared {
-    /// MySQL pool (policies, issue rows).
+    /// MySQL pool (policies, issue rows, reads).
     pub pool: MySqlPool,
+    /// MySQL pool of the order routes alone (redeem, cancel, reserve, confirm, release, and
+    /// their idempotency keys), `DATABASE_ORDER_MAX_CONNECTIONS` connections: the shop's
+    /// checkout never waits behind the public and user reads.
+    pub order_pool: MySqlPool,
     /// Redis admission state and policy copies.
     pub admission: AdmissionStore,
     /// Kafka producer of issue messages (`acks=all`).

@@ -55,6 +55,17 @@ pub enum Role {
     Service,
 }
 
+impl Role {
+    /// The claim's value: `user`, `admin` or `service`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Admin => "admin",
+            Self::Service => "service",
+        }
+    }
+}
+
 /// The claims couponrush reads from a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::middleware;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use backon::{ExponentialBuilder, Retryable};
@@ -21,14 +20,12 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Caller, CouponPath, CouponUserPath, IssueRequestBody};
-use crate::rate_limit;
 use crate::state::AppState;
 
-/// Routes of this module; the issue request is rate-limited ([`rate_limit`]).
+/// Routes of this module.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/coupons/{coupon_id}/issues", post(issue_coupon))
-        .route_layer(middleware::from_fn(rate_limit::middleware))
         .route(
             "/api/v1/coupons/{coupon_id}/issues/{user_id}",
             get(issue_status),

@@ -3,7 +3,6 @@
 //! `…/reserve/cancel`.
 
 use axum::extract::State;
-use axum::middleware;
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
@@ -12,10 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, OrderIssuePath};
-use crate::rate_limit;
 use crate::state::AppState;
 
-/// Routes of this module, all rate-limited ([`rate_limit`]).
+/// Routes of this module.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route(
@@ -38,7 +36,6 @@ pub fn router() -> Router<AppState> {
             "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/reserve/cancel",
             post(release_reservation),
         )
-        .route_layer(middleware::from_fn(rate_limit::middleware))
 }
 
 /// Body of a redeem: `{"order_id": "order-1", "order_amount": 30000}` (smallest currency unit).
@@ -85,7 +82,7 @@ async fn redeem(
         ));
     }
     let redemption = redemption::redeem(
-        &state.pool,
+        &state.order_pool,
         issue,
         user,
         &order_id,
@@ -138,7 +135,7 @@ async fn cancel(
     ApiJson(body): ApiJson<OrderBody>,
 ) -> Result<Json<Restored>, ApiError> {
     let order_id = OrderId::parse(&body.order_id)?;
-    redemption::cancel_redemption(&state.pool, issue, user, &order_id, Utc::now()).await?;
+    redemption::cancel_redemption(&state.order_pool, issue, user, &order_id, Utc::now()).await?;
     Ok(Json(Restored {
         coupon_issue_id: issue,
         status: "ISSUED",
@@ -201,7 +198,7 @@ async fn reserve(
         }
     };
     let reservation = redemption::reserve(
-        &state.pool,
+        &state.order_pool,
         issue,
         user,
         &order_id,
@@ -240,7 +237,8 @@ async fn confirm_reservation(
 ) -> Result<Json<Redemption>, ApiError> {
     let order_id = OrderId::parse(&body.order_id)?;
     let redemption =
-        redemption::confirm_reservation(&state.pool, issue, user, &order_id, Utc::now()).await?;
+        redemption::confirm_reservation(&state.order_pool, issue, user, &order_id, Utc::now())
+            .await?;
     Ok(Json(redemption))
 }
 
@@ -269,7 +267,7 @@ async fn release_reservation(
     ApiJson(body): ApiJson<OrderBody>,
 ) -> Result<Json<Restored>, ApiError> {
     let order_id = OrderId::parse(&body.order_id)?;
-    redemption::release_reservation(&state.pool, issue, user, &order_id, Utc::now()).await?;
+    redemption::release_reservation(&state.order_pool, issue, user, &order_id, Utc::now()).await?;
     Ok(Json(Restored {
         coupon_issue_id: issue,
         status: "ISSUED",

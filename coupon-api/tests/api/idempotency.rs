@@ -3,7 +3,6 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use coupon_api::idempotency::RATE_LIMITED_ROUTES;
 use coupon_core::testing;
 use serde_json::{json, Value};
 
@@ -291,13 +290,15 @@ async fn a_forbidden_request_stores_no_answer_and_its_repeat_is_answered_afresh(
     assert_eq!(policy_rows(&app).await, 0);
 }
 
-/// The routes of `RATE_LIMITED_ROUTES` are exactly those the rate limit covers: every
-/// state-changing operation of the OpenAPI document is called twice by a fresh user whose
-/// limit is one request, with no key and ids that name nothing (nothing acts); the second
-/// call answers 429 only on a limited route.
+/// The role check made before a key is claimed (`idempotency::may_write`) agrees with every
+/// handler: each state-changing operation of the OpenAPI document is called by a user token
+/// and by a service token, once without a key (the handler decides) and once with a fresh key
+/// (the middleware decides first), on ids that name nothing; the two answers are 403 together
+/// or not at all, and a 403 before the claim writes no key.
 #[tokio::test]
-async fn the_routes_claimed_behind_the_rate_limit_are_the_rate_limited_ones() {
-    let app = one_request_per_second().await;
+async fn the_role_check_before_a_claim_agrees_with_every_handler() {
+    let app = spawn_app().await;
+    count_claims(&app).await;
     let doc: Value = app
         .anonymous
         .get(app.url("/openapi.json"))
@@ -308,33 +309,56 @@ async fn the_routes_claimed_behind_the_rate_limit_are_the_rate_limited_ones() {
         .await
         .unwrap();
 
-    let mut limited = BTreeSet::new();
-    let mut operations: usize = 0;
+    let mut refused_early = 0;
+    let mut operations = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         let url = app.url(&fill_parameters(path));
         for method in ["POST", "PUT", "PATCH", "DELETE"] {
             if item.get(method.to_lowercase()).is_none() {
                 continue;
             }
-            operations += 1;
-            let user = 10_000 + i64::try_from(operations).unwrap();
-            let call = || {
-                app.anonymous
-                    .request(method.parse().unwrap(), &url)
-                    .bearer_auth(testing::user_token(user))
-                    .send()
-            };
-            let first = call().await.unwrap().status();
-            assert_ne!(first.as_u16(), 429, "{method} {path}: the first call");
-            if call().await.unwrap().status() == 429 {
-                assert_eq!(method, "POST", "{path}");
-                limited.insert(path.as_str());
+            operations.insert(format!("{method} {path}"));
+            for (caller, token) in [
+                ("user", testing::user_token(7)),
+                ("service", testing::service_token()),
+            ] {
+                let call = |key: Option<String>| {
+                    let mut request = app
+                        .anonymous
+                        .request(method.parse().unwrap(), &url)
+                        .bearer_auth(&token);
+                    if let Some(key) = key {
+                        request = request.header("Idempotency-Key", key);
+                    }
+                    request.send()
+                };
+                let handler = call(None).await.unwrap().status().as_u16();
+                let before = claims_written(&app).await;
+                let early = call(Some(format!("{caller}-{method}-{path}")))
+                    .await
+                    .unwrap();
+                let early = early.status().as_u16();
+                assert_eq!(
+                    handler == 403,
+                    early == 403,
+                    "{caller} {method} {path}: {handler} without a key, {early} with one"
+                );
+                if early == 403 {
+                    refused_early += 1;
+                    assert_eq!(
+                        claims_written(&app).await,
+                        before,
+                        "{caller} {method} {path} wrote a key"
+                    );
+                }
             }
         }
     }
-
-    assert!(operations > RATE_LIMITED_ROUTES.len());
-    assert_eq!(limited, RATE_LIMITED_ROUTES.into_iter().collect());
+    assert!(operations.len() > 10, "{operations:?}");
+    assert!(
+        refused_early > operations.len(),
+        "most operations refuse one of the two callers"
+    );
 }
 
 /// `path` with every `{parameter}` replaced by `1`.

@@ -8,20 +8,17 @@ mod manage;
 mod redeem;
 mod topics;
 
-use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 use coupon_core::codes::{self, Topic};
 
 use crate::error::ApiError;
-use crate::rate_limit;
 use crate::state::AppState;
 
-/// Routes of this module; the redeem by code is rate-limited ([`rate_limit`]).
+/// Routes of this module.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/codes/{code}/redeem", post(redeem::redeem_code))
-        .route_layer(middleware::from_fn(rate_limit::middleware))
         .route(
             "/api/v1/topics",
             post(topics::create_topic).get(topics::list_topics),
