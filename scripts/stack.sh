@@ -47,6 +47,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 DB_USER="${DB_USER:-coupon}"
 DB_PASSWORD="${DB_PASSWORD:-coupon}"
 mysql_tcp() { mariadb -h127.0.0.1 -P3306 -u"$DB_USER" -p"$DB_PASSWORD" --connect-timeout=2 "$@"; }
+# The runtime account of services started with MIGRATE_ON_START=false: data rights only, no DDL
+# (docs/operations.md, "Database privileges"); the tests start coupon-api with it.
+APP_DB_USER="${APP_DB_USER:-coupon_app}"
+APP_DB_PASSWORD="${APP_DB_PASSWORD:-coupon_app}"
 
 mariadb_up() {
   if ! port_open 3306; then
@@ -77,6 +81,18 @@ mariadb_up() {
     done
     as_root mariadb -e "$sql FLUSH PRIVILEGES;"
     mysql_tcp -e 'SELECT 1' >/dev/null || { log "'$DB_USER' still cannot log in over TCP"; return 1; }
+  fi
+  if ! mariadb -h127.0.0.1 -P3306 -u"$APP_DB_USER" -p"$APP_DB_PASSWORD" --connect-timeout=2 \
+      -e 'SELECT 1' >/dev/null 2>&1; then
+    log "creating the runtime database user '$APP_DB_USER' (SELECT, INSERT, UPDATE, DELETE only)"
+    local host sql=""
+    for host in localhost 127.0.0.1 ::1; do
+      sql+="CREATE USER IF NOT EXISTS '$APP_DB_USER'@'$host' IDENTIFIED BY '$APP_DB_PASSWORD';
+        ALTER USER '$APP_DB_USER'@'$host' IDENTIFIED BY '$APP_DB_PASSWORD';
+        GRANT SELECT, INSERT, UPDATE, DELETE ON \`$DB_NAME\`.* TO '$APP_DB_USER'@'$host';
+        GRANT SELECT, INSERT, UPDATE, DELETE ON \`coupon\\_%\`.* TO '$APP_DB_USER'@'$host';"
+    done
+    as_root mariadb -e "$sql FLUSH PRIVILEGES;"
   fi
   mysql_tcp -e "CREATE DATABASE IF NOT EXISTS \`$DB_NAME\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
 }

@@ -15,14 +15,22 @@ use crate::store::redis::RedisMode;
 /// Connections to the three stores every service talks to.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreConfig {
-    /// MySQL/MariaDB URL, e.g. `mysql://user:password@host:3306/coupon`. The database is created
-    /// on start-up when it does not exist. Kept secret: it may hold a password.
+    /// MySQL/MariaDB URL, e.g. `mysql://user:password@host:3306/coupon`. With
+    /// `MIGRATE_ON_START`, the database is created on start-up when it does not exist. Kept
+    /// secret: it may hold a password.
     #[arg(
         long,
         env = "DATABASE_URL",
         default_value = "mysql://coupon:coupon@127.0.0.1:3306/coupon"
     )]
     pub database_url: SecretString,
+
+    /// Create the database when missing and apply the migrations at start-up (the user of
+    /// `DATABASE_URL` then needs DDL rights). `false`: only check that every migration of this
+    /// build was applied (by `coupon-api migrate`, run with a DDL-capable user), and refuse
+    /// to start otherwise, so the runtime user needs only `SELECT, INSERT, UPDATE, DELETE`.
+    #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
 
     /// Largest number of pooled MySQL connections.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]

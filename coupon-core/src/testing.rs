@@ -10,8 +10,10 @@
 use std::time::Duration;
 
 mod cluster;
+mod cut;
 mod deployment;
 pub use cluster::OwnRedisCluster;
+pub use cut::TcpCut;
 pub use deployment::OwnRedisDeployment;
 
 use chrono::{DateTime, Utc};
@@ -74,6 +76,7 @@ pub fn isolated_stores() -> StoreConfig {
     StoreConfig {
         database_url: format!("{server}/{TEST_DATABASE_PREFIX}{tag}").into(),
         database_max_connections: 8,
+        migrate_on_start: true,
         redis_url: env("REDIS_URL", "redis://127.0.0.1:6379").into(),
         redis_mode: redis_mode(),
         redis_wait_replicas: 0,

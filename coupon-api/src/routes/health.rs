@@ -1,4 +1,11 @@
-//! `GET /health` (the process is up) and `GET /ready` (MySQL, Redis and Kafka answer).
+//! The probes: `GET /health` (liveness: the process serves), `GET /ready` (the issue path can
+//! answer: Redis and Kafka answer) and `GET /ready/full` (every store answers, MySQL too).
+//!
+//! A load balancer routes by `/ready`: issuing needs no MySQL per request (policies come from
+//! the local cache and Redis copies, admissions go to Redis and Kafka), and MySQL is shared by
+//! every instance, so taking every instance out of rotation when only MySQL is down would stop
+//! issuing and help nobody; the order routes and reads answer 503 meanwhile. `/ready/full` is
+//! the gate for a deployment or a drop's preflight.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +26,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/ready/full", get(ready_full))
 }
 
 /// Liveness
@@ -48,34 +56,60 @@ pub struct Readiness {
 }
 
 impl Readiness {
+    fn issue_path_up(&self) -> bool {
+        self.redis && self.kafka
+    }
+
     fn all_up(&self) -> bool {
-        self.mysql && self.redis && self.kafka
+        self.mysql && self.issue_path_up()
     }
 }
 
-/// Readiness
+/// Readiness of the issue path (the load balancer's probe)
 ///
-/// Answers 200 when MySQL, Redis and Kafka all answered within 2 seconds, else 503; both carry
-/// the report per dependency. Send traffic only to an instance that answers 200. The report is
-/// at most one second old: each instance probes at most once a second, however often it is
-/// asked.
+/// Answers 200 when Redis and Kafka answered within 2 seconds, else 503; both carry the report
+/// per dependency, MySQL included (not required here: see `/ready/full`). Send traffic only to
+/// an instance that answers 200. The report is at most one second old: each instance probes at
+/// most once a second, however often it is asked.
 #[utoipa::path(
     get,
     path = "/ready",
     tag = "health",
     responses(
         (status = 200, body = Readiness),
-        (status = 503, description = "a dependency did not answer", body = Readiness)
+        (status = 503, description = "Redis or Kafka did not answer", body = Readiness)
     )
 )]
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    answer(&state, Readiness::issue_path_up).await
+}
+
+/// Readiness of every route
+///
+/// Answers 200 when MySQL, Redis and Kafka all answered within 2 seconds, else 503, with the
+/// same report as `/ready`: the gate before a deployment or a drop, not a load balancer's
+/// probe.
+#[utoipa::path(
+    get,
+    path = "/ready/full",
+    tag = "health",
+    responses(
+        (status = 200, body = Readiness),
+        (status = 503, description = "a dependency did not answer", body = Readiness)
+    )
+)]
+async fn ready_full(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    answer(&state, Readiness::all_up).await
+}
+
+async fn answer(state: &AppState, up: fn(&Readiness) -> bool) -> (StatusCode, Json<Readiness>) {
     // One probe per second and instance, shared by concurrent callers (crate::public_reads).
     let report = state
         .public_reads
         .readiness
-        .get_with((), probe(&state))
+        .get_with((), probe(state))
         .await;
-    let status = if report.all_up() {
+    let status = if up(&report) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -106,5 +140,5 @@ async fn probe(state: &AppState) -> Arc<Readiness> {
 
 /// The OpenAPI description of this module's routes.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(health, ready))]
+#[openapi(paths(health, ready, ready_full))]
 pub(crate) struct Doc;

@@ -306,3 +306,65 @@ async fn when_redis_is_down_issue_requests_fail_fast_with_503_and_nothing_hangs(
     let ready = app.client.get(app.url("/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
 }
+
+#[tokio::test]
+async fn with_only_mysql_cut_off_the_issue_path_stays_ready_and_issues() {
+    // The MySQL server the tests use, reached through a path the test can cut.
+    let url = testing::isolated_stores().database_url().to_owned();
+    let server = url
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let target = tokio::net::lookup_host(&server)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let mysql = testing::TcpCut::start(target).await;
+    let through = mysql.addr().to_string();
+    let app = spawn_app_with(move |config| {
+        let url = config.stores.database_url().replace(&server, &through);
+        config.stores.database_url = url.into();
+    })
+    .await;
+    let id = app.open_coupon(5).await;
+    assert_eq!(app.issue(id, 1).await.status(), 202, "the policy is cached");
+
+    mysql.cut();
+    let ready = eventually_ready(&app, "/ready/full", 503).await;
+    assert_eq!(ready["mysql"], false);
+    let ready = app.client.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "the load balancer's probe");
+    assert_eq!(
+        app.issue(id, 2).await.status(),
+        202,
+        "issuing needs no MySQL"
+    );
+
+    mysql.restore();
+    eventually_ready(&app, "/ready/full", 200).await;
+}
+
+/// Polls `path` until it answers `status` (the report is cached for a second); its body.
+async fn eventually_ready(
+    app: &crate::helpers::TestApp,
+    path: &str,
+    status: u16,
+) -> serde_json::Value {
+    testing::eventually(
+        &format!("{path} answering {status}"),
+        Duration::from_secs(15),
+        || async {
+            let response = app.client.get(app.url(path)).send().await.ok()?;
+            if response.status() != status {
+                return None;
+            }
+            response.json().await.ok()
+        },
+    )
+    .await
+}

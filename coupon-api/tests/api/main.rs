@@ -14,6 +14,7 @@ mod idempotency;
 mod instances;
 mod issues;
 mod openapi;
+mod privileges;
 mod queries;
 mod rate_limits;
 mod redemptions;

@@ -93,6 +93,37 @@ pub async fn prepare(url: &str, max_connections: u32) -> anyhow::Result<MySqlPoo
     Ok(pool)
 }
 
+/// Checks that every migration of this build was applied to the database of `pool`, for a
+/// service started without `MIGRATE_ON_START` (its user may lack DDL rights).
+///
+/// # Errors
+/// The migration table cannot be read (never migrated), or migrations are missing or failed:
+/// the error names them and says to run `coupon-api migrate`.
+pub async fn check_migrated(pool: &MySqlPool) -> anyhow::Result<()> {
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = 1")
+            .fetch_all(pool)
+            .await
+            .context(
+                "reading _sqlx_migrations: the database was never migrated; run `coupon-api \
+                 migrate` with a user allowed DDL, or set MIGRATE_ON_START=true",
+            )?;
+    let missing: Vec<String> = MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+        .map(|m| format!("{} {}", m.version, m.description))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the database lacks {} migration(s) of this build ({}): run `coupon-api migrate` \
+             with a user allowed DDL, or set MIGRATE_ON_START=true",
+            missing.len(),
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// A UTC instant as a MySQL `DATETIME` query parameter: `datetime(t)` for a
 /// `DateTime<Utc>`, or for an `Option<DateTime<Utc>>` (NULL stays NULL).
 ///

@@ -24,7 +24,8 @@ pub struct Connections {
 }
 
 /// What every service does first: check the topic settings, create the database when missing
-/// and apply migrations, connect to Redis, create the Kafka topics when `kafka_create_topics`
+/// and apply migrations (or, without `MIGRATE_ON_START`, check that they were applied),
+/// connect to Redis, create the Kafka topics when `kafka_create_topics`
 /// is set, then check whether the issue topic survives the loss of one broker (a warning
 /// when not, or when the check cannot run: it never stops the start-up, and delays it by at
 /// most [`kafka::ISSUE_TOPIC_CHECK_TIMEOUT`]).
@@ -35,7 +36,13 @@ pub async fn connect(stores: &StoreConfig) -> anyhow::Result<Connections> {
     let replication = stores
         .new_topic_replication()
         .context("checking the Kafka topic settings")?;
-    let pool = db::prepare(stores.database_url(), stores.database_max_connections).await?;
+    let pool = if stores.migrate_on_start {
+        db::prepare(stores.database_url(), stores.database_max_connections).await?
+    } else {
+        let pool = db::connect(stores.database_url(), stores.database_max_connections).await?;
+        db::check_migrated(&pool).await?;
+        pool
+    };
     let redis = stores
         .connect_redis(stores.redis_timeout())
         .await
