@@ -135,6 +135,31 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
     }
 }
 
+/// Who reads a public route: an operator (a valid `admin` token) sees every live policy; anyone
+/// else (no token, a user or service token, a token that does not verify) sees only what the
+/// public may ([`Viewer::Public`]). Never a refusal: the public routes need no token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Viewer {
+    /// A valid admin token.
+    Operator,
+    /// Anyone else.
+    Public,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Viewer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if !parts.headers.contains_key(AUTHORIZATION) {
+            return Ok(Self::Public);
+        }
+        Ok(match Principal::from_request_parts(parts, state).await {
+            Ok(principal) if principal.is_admin() => Self::Operator,
+            _ => Self::Public,
+        })
+    }
+}
+
 /// A caller that may apply and settle coupons on orders: the `service` role (the shop's order
 /// or checkout backend) or `admin`; 403 `FORBIDDEN` for a user token.
 #[derive(Debug, Clone)]

@@ -157,6 +157,9 @@ pub struct PolicyFilter {
     /// Only policies whose title contains this text (case-insensitive under the default
     /// collation).
     pub title_contains: Option<String>,
+    /// Only policies whose issue window opened at or before this instant (what the public may
+    /// see).
+    pub opened_by: Option<DateTime<Utc>>,
 }
 
 /// Live (not deleted) policies matching `filter`, newest first.
@@ -174,6 +177,11 @@ pub async fn search_policies(
     ));
     if let Some(status) = filter.status {
         query.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(at) = filter.opened_by {
+        query
+            .push(" AND issue_starts_at <= ")
+            .push_bind(crate::store::db::datetime(at));
     }
     if let Some(at) = filter.active_at {
         query

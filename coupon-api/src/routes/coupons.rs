@@ -16,7 +16,7 @@ use coupon_core::queries::{self, Page, PageOf, PolicyFilter};
 use serde::Deserialize;
 use serde::Serialize;
 
-use crate::auth::Admin;
+use crate::auth::{Admin, Viewer};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, CouponPath};
 use crate::state::AppState;
@@ -91,7 +91,9 @@ pub struct PolicyView {
 ///
 /// Public: no token needed. Answers 200 with the policy and how many coupons are `issued`
 /// (stored), `pending` (granted, being stored) and `remaining` (still to be had; `null` for an
-/// unlimited coupon). 404 `COUPON_NOT_FOUND` for an unknown or deleted policy. The answer is at
+/// unlimited coupon). 404 `COUPON_NOT_FOUND` for an unknown or deleted policy, and, unless the
+/// caller has an admin token, for a suspended one or one whose issue window has not opened yet
+/// (a drop is not shown before it opens, so nobody can prepare for its id). The answer is at
 /// most one second old (each instance reads the stores at most once a second per coupon), so
 /// shoppers refreshing the page during a drop do not load MySQL and Redis.
 // The policy from MySQL, `issued` from MySQL, `pending` and `remaining` from the Redis
@@ -109,6 +111,7 @@ pub struct PolicyView {
 )]
 async fn get_policy(
     State(state): State<AppState>,
+    viewer: Viewer,
     CouponPath(coupon): CouponPath,
 ) -> Result<Json<PolicyView>, ApiError> {
     let view = state
@@ -117,8 +120,15 @@ async fn get_policy(
         .try_get_with(coupon, read_policy(&state, coupon))
         .await
         .map_err(|err| ApiError::unavailable(anyhow::anyhow!("reading the policy: {err}")))?;
-    let view = view.ok_or(ApiError::CouponNotFound)?;
+    let view = view
+        .filter(|view| viewer == Viewer::Operator || public(&view.policy, Utc::now()))
+        .ok_or(ApiError::CouponNotFound)?;
     Ok(Json((*view).clone()))
+}
+
+/// Whether the public may see `policy` at `now`: active, and its issue window opened.
+fn public(policy: &CouponPolicy, now: chrono::DateTime<Utc>) -> bool {
+    policy.status == CouponStatus::Active && policy.issue_starts_at <= now
 }
 
 /// The policy's view from the stores; `None` for an unknown or deleted policy.
@@ -354,7 +364,8 @@ struct SearchParams {
 /// pass the answer's `next_cursor` as `cursor` for the next page (`null` on the last). Filters:
 /// `status` (`ACTIVE` or `SUSPENDED`), `active_at` (an RFC 3339 time inside the issue window)
 /// and `q` (text in the title, at most 100 characters; longer is 422 `VALIDATION_FAILED`).
-/// Deleted policies are never listed.
+/// Deleted policies are never listed; unless the caller has an admin token, neither are
+/// suspended ones nor those whose issue window has not opened yet.
 #[tracing::instrument(name = "search_policies", skip_all)]
 #[utoipa::path(
     get,
@@ -367,6 +378,7 @@ struct SearchParams {
 )]
 async fn search_policies(
     State(state): State<AppState>,
+    viewer: Viewer,
     ApiQuery(params): ApiQuery<SearchParams>,
 ) -> Result<Json<PageOf<CouponPolicy>>, ApiError> {
     let page = Page::parse(params.limit, params.cursor.as_deref())?;
@@ -379,11 +391,25 @@ async fn search_policies(
             "q must be at most {MAX_QUERY_CHARS} characters"
         )));
     }
-    let filter = PolicyFilter {
+    let mut filter = PolicyFilter {
         status: params.status,
         active_at: params.active_at,
         title_contains: params.q.filter(|q| !q.trim().is_empty()),
+        opened_by: None,
     };
+    if viewer == Viewer::Public {
+        if filter
+            .status
+            .is_some_and(|status| status != CouponStatus::Active)
+        {
+            return Ok(Json(PageOf {
+                items: Vec::new(),
+                next_cursor: None,
+            }));
+        }
+        filter.status = Some(CouponStatus::Active);
+        filter.opened_by = Some(Utc::now());
+    }
     Ok(Json(
         queries::search_policies(&state.pool, &filter, page).await?,
     ))

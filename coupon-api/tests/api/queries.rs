@@ -268,3 +268,65 @@ async fn the_search_text_is_bounded() {
     let message = assert_error(too_long, 422, "VALIDATION_FAILED").await;
     assert!(message.contains("100"), "{message}");
 }
+
+#[tokio::test]
+async fn the_public_sees_no_suspended_policy_and_no_drop_before_it_opens() {
+    let app = spawn_app().await;
+    let open = app.open_coupon(5).await;
+    let now = chrono::Utc::now();
+    let upcoming = testing::policy_with_window(
+        Some(5),
+        now + chrono::Duration::hours(1),
+        now + chrono::Duration::hours(2),
+    );
+    let upcoming = app.create_policy(&upcoming).await["id"].as_i64().unwrap();
+    let suspended = app.open_coupon(5).await;
+    let response = app
+        .client
+        .post(app.url(&format!("/api/v1/coupons/{suspended}/suspend")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let user = testing::user_token(7);
+    for (who, token) in [("anonymous", None), ("a user", Some(user.as_str()))] {
+        let request = |path: String| {
+            let request = app.anonymous.get(app.url(&path));
+            match token {
+                Some(token) => request.bearer_auth(token),
+                None => request,
+            }
+        };
+        let listed: Value = request("/api/v1/coupons".into())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(ids(&listed, "id"), [open], "{who}: {listed}");
+        let asked: Value = request("/api/v1/coupons?status=SUSPENDED".into())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(ids(&asked, "id"), Vec::<i64>::new(), "{who}: {asked}");
+        for hidden in [upcoming, suspended] {
+            let read = request(format!("/api/v1/coupons/{hidden}"))
+                .send()
+                .await
+                .unwrap();
+            assert_error(read, 404, "COUPON_NOT_FOUND").await;
+        }
+    }
+    // An operator sees all three.
+    let listed = get(&app, "/api/v1/coupons").await;
+    assert_eq!(ids(&listed, "id"), [suspended, upcoming, open]);
+    assert_eq!(
+        get(&app, &format!("/api/v1/coupons/{upcoming}")).await["id"],
+        upcoming
+    );
+}
