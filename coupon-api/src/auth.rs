@@ -10,6 +10,8 @@
 //!   the `admin` role: the routes that apply or settle a coupon on an order. A user token is
 //!   403 there: the amount of an order and whether it was paid or cancelled are the order
 //!   service's facts, not the shopper's;
+//! - [`Viewer`]: on a public read, whether the caller is an operator (admin token) who may see
+//!   policies the public may not (suspended, not yet open); never a refusal;
 //! - [`Principal::act_for`]: the user a user route acts on. A `user` token acts only for its
 //!   own subject: a different user id in the path or body is 403 `FORBIDDEN`. An `admin` token
 //!   acts for the user the request names. A `service` token acts for nobody there (403).

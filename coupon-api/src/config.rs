@@ -24,7 +24,7 @@ pub struct ApiConfig {
     #[command(flatten)]
     pub breaker: BreakerConfig,
 
-    /// Rate limits of the issue and redeem endpoints.
+    /// Rate limits of every route but the probes, and the trusted proxies.
     #[command(flatten)]
     pub rate_limits: RateLimitConfig,
 

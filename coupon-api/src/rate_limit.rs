@@ -211,7 +211,8 @@ impl RateLimits {
         }
     }
 
-    fn any(&self) -> bool {
+    /// Whether any limit is on.
+    pub fn any(&self) -> bool {
         self.user.is_some() || self.service.is_some() || self.public.is_some() || self.ip.is_some()
     }
 
