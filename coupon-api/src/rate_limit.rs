@@ -14,8 +14,8 @@
 //! (`RATE_LIMIT_SERVICE_*`) and nothing else; any other request first the per-address limit
 //! (`RATE_LIMIT_IP_*`), then a `user` token by its subject (`RATE_LIMIT_USER_*`) and a request
 //! without a valid token by its address (`RATE_LIMIT_PUBLIC_*`, lower: the public reads of
-//! policies cost MySQL reads). A token is checked once per request (the handler reuses it),
-//! and a token that does not verify costs only its parse.
+//! policies cost MySQL reads). A token is checked once per request (the handler reuses the
+//! verified claims); one that does not verify costs a parse and at most a signature check.
 //!
 //! It runs outside the `Idempotency-Key` layer, so a refused request writes nothing.
 //!
@@ -272,11 +272,6 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> I
     client
 }
 
-/// The client's address as [`client_address`] found it, a request extension set by
-/// [`middleware`] (for logs and handlers).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddress(pub IpAddr);
-
 fn check<K: std::hash::Hash + Eq + Clone>(
     limiter: Option<&Arc<DefaultKeyedRateLimiter<K>>>,
     key: &K,
@@ -307,9 +302,6 @@ pub async fn middleware(request: Request, next: Next) -> Response {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip());
     let client = peer.map(|peer| client_address(peer, &parts.headers, &limits.trusted_proxies));
-    if let Some(client) = client {
-        parts.extensions.insert(ClientAddress(client));
-    }
     let principal = if parts
         .headers
         .contains_key(axum::http::header::AUTHORIZATION)
