@@ -32,22 +32,79 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-/// Every `outcome` of `coupon_issue_requests_total` (monitoring/METRICS.md).
-const OUTCOMES: [&str; 8] = [
-    "issued",
-    "duplicate",
-    "sold_out",
-    "window_closed",
-    "suspended",
-    "not_found",
-    "unavailable",
-    "error",
-];
+/// The `outcome` label of `coupon_issue_requests_total` (monitoring/METRICS.md): how an issue
+/// request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssueOutcome {
+    /// 202: admitted and published.
+    Issued,
+    /// 409 `ALREADY_ISSUED`.
+    Duplicate,
+    /// 409 `ISSUE_IN_PROGRESS`: the user's first request still waits for the broker.
+    InProgress,
+    /// 409 `SOLD_OUT`.
+    SoldOut,
+    /// 409 `ISSUE_WINDOW_CLOSED`.
+    WindowClosed,
+    /// 409 `COUPON_SUSPENDED`.
+    Suspended,
+    /// 404 `COUPON_NOT_FOUND`.
+    NotFound,
+    /// 503 `UNAVAILABLE`.
+    Unavailable,
+    /// Any other answer (a 4xx of the request's own, a 500).
+    Error,
+}
+
+impl IssueOutcome {
+    /// Every outcome, each pre-registered at 0 so every series exists from the start.
+    pub const ALL: [Self; 9] = [
+        Self::Issued,
+        Self::Duplicate,
+        Self::InProgress,
+        Self::SoldOut,
+        Self::WindowClosed,
+        Self::Suspended,
+        Self::NotFound,
+        Self::Unavailable,
+        Self::Error,
+    ];
+
+    /// The outcome of an issue request's answer.
+    pub fn of(result: Result<&Uuid, &ApiError>) -> Self {
+        match result {
+            Ok(_) => Self::Issued,
+            Err(ApiError::AlreadyIssued) => Self::Duplicate,
+            Err(ApiError::IssueInProgress) => Self::InProgress,
+            Err(ApiError::SoldOut) => Self::SoldOut,
+            Err(ApiError::IssueWindowClosed(_)) => Self::WindowClosed,
+            Err(ApiError::CouponSuspended) => Self::Suspended,
+            Err(ApiError::CouponNotFound) => Self::NotFound,
+            Err(ApiError::Unavailable(_)) => Self::Unavailable,
+            Err(_) => Self::Error,
+        }
+    }
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Issued => "issued",
+            Self::Duplicate => "duplicate",
+            Self::InProgress => "in_progress",
+            Self::SoldOut => "sold_out",
+            Self::WindowClosed => "window_closed",
+            Self::Suspended => "suspended",
+            Self::NotFound => "not_found",
+            Self::Unavailable => "unavailable",
+            Self::Error => "error",
+        }
+    }
+}
 
 /// Registers `coupon_issue_requests_total` for every outcome and the rollback counter at 0.
 pub(crate) fn register_metrics() {
-    for outcome in OUTCOMES {
-        metrics::counter!(names::ISSUE_REQUESTS, "outcome" => outcome).increment(0);
+    for outcome in IssueOutcome::ALL {
+        metrics::counter!(names::ISSUE_REQUESTS, "outcome" => outcome.as_str()).increment(0);
     }
     metrics::counter!(names::ISSUE_ADMISSION_ROLLBACKS).increment(0);
 }
@@ -137,17 +194,7 @@ async fn issue_coupon(
 
 /// Counts one answer in `coupon_issue_requests_total`.
 fn record_outcome(result: Result<&Uuid, &ApiError>) {
-    let outcome = match result {
-        Ok(_) => "issued",
-        Err(ApiError::AlreadyIssued) => "duplicate",
-        Err(ApiError::IssueInProgress) => "in_progress",
-        Err(ApiError::SoldOut) => "sold_out",
-        Err(ApiError::IssueWindowClosed(_)) => "window_closed",
-        Err(ApiError::CouponSuspended) => "suspended",
-        Err(ApiError::CouponNotFound) => "not_found",
-        Err(ApiError::Unavailable(_)) => "unavailable",
-        Err(_) => "error",
-    };
+    let outcome = IssueOutcome::of(result).as_str();
     metrics::counter!(names::ISSUE_REQUESTS, "outcome" => outcome).increment(1);
 }
 
@@ -428,3 +475,33 @@ async fn issue_status(
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(issue_coupon, issue_status))]
 pub(crate) struct Doc;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_answer_has_a_pre_registered_outcome_with_its_own_label() {
+        let id = Uuid::nil();
+        let answers = [
+            Ok(&id),
+            Err(&ApiError::AlreadyIssued),
+            Err(&ApiError::IssueInProgress),
+            Err(&ApiError::SoldOut),
+            Err(&ApiError::CouponSuspended),
+            Err(&ApiError::CouponNotFound),
+            Err(&ApiError::RouteNotFound),
+        ];
+        for answer in answers {
+            let outcome = IssueOutcome::of(answer);
+            assert!(
+                IssueOutcome::ALL.contains(&outcome),
+                "{outcome:?} is not registered"
+            );
+        }
+        let mut labels: Vec<&str> = IssueOutcome::ALL.iter().map(|o| o.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), IssueOutcome::ALL.len());
+    }
+}
