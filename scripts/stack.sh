@@ -52,6 +52,26 @@ mysql_tcp() { mariadb -h127.0.0.1 -P3306 -u"$DB_USER" -p"$DB_PASSWORD" --connect
 APP_DB_USER="${APP_DB_USER:-coupon_app}"
 APP_DB_PASSWORD="${APP_DB_PASSWORD:-coupon_app}"
 
+# db_account USER PASSWORD PRIVILEGES: makes USER (with PRIVILEGES on `$DB_NAME` and the
+# `coupon_*` databases) unless it can already log in over TCP. Made through the Unix socket (a
+# fresh Debian install lets root in there only), for each host name a TCP connection from this
+# machine can carry: the server names a client on 127.0.0.1 `localhost` when /etc/hosts says
+# so, `127.0.0.1` otherwise, `::1` over IPv6, so the login never depends on name resolution.
+db_account() {
+  local user=$1 password=$2 privileges=$3 host sql=""
+  account_login() { mariadb -h127.0.0.1 -P3306 -u"$user" -p"$password" --connect-timeout=2 -e 'SELECT 1' >/dev/null 2>&1; }
+  account_login && return 0
+  log "creating the database user '$user' ($privileges on \`$DB_NAME\` and \`coupon\\_%\` only)"
+  for host in localhost 127.0.0.1 ::1; do
+    sql+="CREATE USER IF NOT EXISTS '$user'@'$host' IDENTIFIED BY '$password';
+      ALTER USER '$user'@'$host' IDENTIFIED BY '$password';
+      GRANT $privileges ON \`$DB_NAME\`.* TO '$user'@'$host';
+      GRANT $privileges ON \`coupon\\_%\`.* TO '$user'@'$host';"
+  done
+  as_root mariadb -e "$sql FLUSH PRIVILEGES;"
+  account_login || { log "'$user' still cannot log in over TCP"; return 1; }
+}
+
 mariadb_up() {
   if ! port_open 3306; then
     command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || { log "installing MariaDB"; apt_install mariadb-server mariadb-client; }
@@ -64,36 +84,11 @@ mariadb_up() {
     for _ in $(seq 100); do as_root mariadb -e 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.1; done
     echo mariadb >>"$STACK_DIR/started"
   fi
-  # The services' own account, made through the Unix socket (a fresh Debian install lets root
-  # in there only). It exists for each host name a TCP connection from this machine can carry:
-  # the server names a client on 127.0.0.1 `localhost` when /etc/hosts says so (and then
-  # matches `coupon'@'localhost`), `127.0.0.1` otherwise, `::1` over IPv6, so the login never
-  # depends on name resolution. Rights: its database and the `coupon_*` databases the tests,
-  # demos and benchmarks create and drop, nothing else.
-  if ! mysql_tcp -e 'SELECT 1' >/dev/null 2>&1; then
-    log "creating the database user '$DB_USER' (rights on \`$DB_NAME\` and \`coupon\\_%\` only)"
-    local host sql=""
-    for host in localhost 127.0.0.1 ::1; do
-      sql+="CREATE USER IF NOT EXISTS '$DB_USER'@'$host' IDENTIFIED BY '$DB_PASSWORD';
-        ALTER USER '$DB_USER'@'$host' IDENTIFIED BY '$DB_PASSWORD';
-        GRANT ALL PRIVILEGES ON \`$DB_NAME\`.* TO '$DB_USER'@'$host';
-        GRANT ALL PRIVILEGES ON \`coupon\\_%\`.* TO '$DB_USER'@'$host';"
-    done
-    as_root mariadb -e "$sql FLUSH PRIVILEGES;"
-    mysql_tcp -e 'SELECT 1' >/dev/null || { log "'$DB_USER' still cannot log in over TCP"; return 1; }
-  fi
-  if ! mariadb -h127.0.0.1 -P3306 -u"$APP_DB_USER" -p"$APP_DB_PASSWORD" --connect-timeout=2 \
-      -e 'SELECT 1' >/dev/null 2>&1; then
-    log "creating the runtime database user '$APP_DB_USER' (SELECT, INSERT, UPDATE, DELETE only)"
-    local host sql=""
-    for host in localhost 127.0.0.1 ::1; do
-      sql+="CREATE USER IF NOT EXISTS '$APP_DB_USER'@'$host' IDENTIFIED BY '$APP_DB_PASSWORD';
-        ALTER USER '$APP_DB_USER'@'$host' IDENTIFIED BY '$APP_DB_PASSWORD';
-        GRANT SELECT, INSERT, UPDATE, DELETE ON \`$DB_NAME\`.* TO '$APP_DB_USER'@'$host';
-        GRANT SELECT, INSERT, UPDATE, DELETE ON \`coupon\\_%\`.* TO '$APP_DB_USER'@'$host';"
-    done
-    as_root mariadb -e "$sql FLUSH PRIVILEGES;"
-  fi
+  # The services' own account: its database and the `coupon_*` databases the tests, demos and
+  # benchmarks create and drop, nothing else.
+  db_account "$DB_USER" "$DB_PASSWORD" "ALL PRIVILEGES" || return 1
+  # The runtime account of MIGRATE_ON_START=false: data rights only, no DDL.
+  db_account "$APP_DB_USER" "$APP_DB_PASSWORD" "SELECT, INSERT, UPDATE, DELETE" || return 1
   mysql_tcp -e "CREATE DATABASE IF NOT EXISTS \`$DB_NAME\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
 }
 

@@ -42,8 +42,9 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
-/// An API on fresh stores, after `adjust` changed its configuration.
-pub async fn spawn_app_with(adjust: impl FnOnce(&mut ApiConfig)) -> TestApp {
+/// The configuration of a test API: port 0, no metrics endpoint, fresh stores, tokens signed
+/// with [`testing::JWT_SECRET`], rate limits off.
+pub fn test_config() -> ApiConfig {
     let mut config = Cli::parse_from([
         "coupon-api",
         "--listen",
@@ -58,6 +59,12 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut ApiConfig)) -> TestApp {
     // Many tests send bursts from one address and user; tests/api/rate_limits.rs turns the
     // limits on.
     config.rate_limits.rate_limits = false;
+    config
+}
+
+/// An API on fresh stores, after `adjust` changed its configuration.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut ApiConfig)) -> TestApp {
+    let mut config = test_config();
     adjust(&mut config);
     let stores = config.stores.clone();
     let app = Application::build(config)

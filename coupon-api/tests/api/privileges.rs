@@ -2,12 +2,11 @@
 //! has only `SELECT, INSERT, UPDATE, DELETE` (`coupon_app`, made by `make up`), and refuses to
 //! start on a database this build's migrations were not applied to.
 
-use coupon_api::config::ApiConfig;
 use coupon_api::startup::Application;
 use coupon_core::testing;
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{spawn_app, spawn_app_with, test_config};
 
 /// `url` with the runtime user's credentials (`APP_DB_USER`/`APP_DB_PASSWORD` of
 /// scripts/stack.sh, `coupon_app` by default).
@@ -69,19 +68,10 @@ async fn the_runtime_user_cannot_migrate_and_an_unmigrated_database_is_refused()
     let runtime_url = as_runtime_user(&url);
 
     let build = |migrate_on_start: bool| {
-        let mut config = <crate::privileges::Cli as clap::Parser>::parse_from([
-            "coupon-api",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "off",
-        ])
-        .api;
+        let mut config = test_config();
         config.stores = stores.clone();
         config.stores.database_url = runtime_url.clone().into();
         config.stores.migrate_on_start = migrate_on_start;
-        config.auth.jwt_secret = Some(testing::JWT_SECRET.into());
-        config.auth.allow_development_secret = true;
         Application::build(config)
     };
     let unmigrated = build(false)
@@ -100,10 +90,4 @@ async fn the_runtime_user_cannot_migrate_and_an_unmigrated_database_is_refused()
         format!("{no_ddl:#}").to_lowercase().contains("denied"),
         "{no_ddl:#}"
     );
-}
-
-#[derive(clap::Parser)]
-struct Cli {
-    #[command(flatten)]
-    api: ApiConfig,
 }

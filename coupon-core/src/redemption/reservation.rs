@@ -390,19 +390,18 @@ pub async fn settle_order(
     .bind(order_id.as_str())
     .fetch_all(&mut *tx)
     .await?;
-    let ended: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT coupon_issue_id, order_amount FROM coupon_holds \
-         WHERE order_id = ? AND outcome IN ('RELEASED', 'EXPIRED') FOR UPDATE",
+    // Every hold the order had, with whether its coupon is now used by this very order.
+    let holds: Vec<(i64, i64, String, i64)> = sqlx::query_as(
+        "SELECT h.coupon_issue_id, h.order_amount, h.outcome, \
+         CAST(COALESCE(i.status = 'USED' AND i.order_id = h.order_id, 0) AS SIGNED) \
+         FROM coupon_holds h JOIN coupon_issues i ON i.id = h.coupon_issue_id \
+         WHERE h.order_id = ? FOR UPDATE",
     )
     .bind(order_id.as_str())
     .fetch_all(&mut *tx)
     .await?;
-    let holds: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM coupon_holds WHERE order_id = ?")
-        .bind(order_id.as_str())
-        .fetch_one(&mut *tx)
-        .await?;
     let mut settlement = Settlement {
-        holds: u64::try_from(holds).unwrap_or(0).max(held.len() as u64),
+        holds: (holds.len() as u64).max(held.len() as u64),
         ..Settlement::default()
     };
     if !paid {
@@ -425,7 +424,13 @@ pub async fn settle_order(
             settlement.settled += 1;
         }
     }
-    for (issue_id, order_amount) in ended {
+    let ended = holds.into_iter().filter(|(_, _, outcome, used_here)| {
+        *used_here == 0
+            && [HoldOutcome::Released, HoldOutcome::Expired]
+                .iter()
+                .any(|ended| ended.as_str() == outcome)
+    });
+    for (issue_id, order_amount, _, _) in ended {
         // Take the coupon back for the order if nobody else has it, then confirm as usual.
         let retaken = sqlx::query(
             "UPDATE coupon_issues SET status = 'RESERVED', order_id = ?, order_amount = ?, \
@@ -440,16 +445,7 @@ pub async fn settle_order(
         .await?
         .rows_affected();
         if retaken == 0 {
-            let used_by_this_order: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM coupon_issues WHERE id = ? AND status = 'USED' AND order_id = ?",
-            )
-            .bind(issue_id)
-            .bind(order_id.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            if used_by_this_order.is_none() {
-                settlement.after_release.push(issue_id);
-            }
+            settlement.after_release.push(issue_id);
             continue;
         }
         sqlx::query(

@@ -2,7 +2,6 @@
 //! sockets, without touching the store itself (which other tests share).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
@@ -28,10 +27,9 @@ impl TcpCut {
             .expect("binding a port");
         let addr = listener.local_addr().expect("a bound address");
         let (open, watch_open) = watch::channel(true);
-        let watch_open = Arc::new(watch_open);
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let mut open_now = (*watch_open).clone();
+                let mut open_now = watch_open.clone();
                 if !*open_now.borrow() {
                     drop(client);
                     continue;
