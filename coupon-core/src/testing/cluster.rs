@@ -31,14 +31,7 @@ impl OwnRedisCluster {
     /// # Panics
     /// As [`Self::start`].
     pub async fn start_with(persistent: bool) -> Self {
-        let ports: Vec<u16> = (0..6)
-            .map(|_| {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .and_then(|l| l.local_addr())
-                    .expect("a free port")
-                    .port()
-            })
-            .collect();
+        let ports = free_node_ports(6);
         let dir = std::env::temp_dir().join(format!("couponrush-redis-cluster-{}", ports[0]));
         let _ = std::fs::remove_dir_all(&dir);
         let nodes = ports
@@ -282,6 +275,24 @@ impl Drop for OwnRedisCluster {
 
 /// A cluster-mode `redis-server` on `port`, its files in `dir/port` (created where missing);
 /// with `persistent`, an AOF fsynced on every write.
+/// Highest port a cluster node can take: its cluster bus listens on the port + 10000, and Redis
+/// refuses to start above this ("Your Redis port number must be 55535 or less"), while the
+/// kernel's ephemeral range goes up to 60999.
+const MAX_NODE_PORT: u16 = 55_535;
+
+/// `count` distinct free ports at most [`MAX_NODE_PORT`], each held until all are found.
+fn free_node_ports(count: usize) -> Vec<u16> {
+    let mut held = Vec::with_capacity(count);
+    while held.len() < count {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("a bound address").port();
+        if port <= MAX_NODE_PORT {
+            held.push((port, listener));
+        }
+    }
+    held.into_iter().map(|(port, _)| port).collect()
+}
+
 fn spawn_node(dir: &std::path::Path, port: u16, persistent: bool) -> Child {
     let node_dir = dir.join(port.to_string());
     std::fs::create_dir_all(&node_dir).expect("a temporary directory");
