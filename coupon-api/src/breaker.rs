@@ -3,7 +3,7 @@
 //! Every Redis call already has a timeout (`REDIS_TIMEOUT_MS`), so no request hangs. The
 //! breaker adds what a timeout cannot: once `REDIS_BREAKER_FAILURES` calls in a row have
 //! failed, issue requests are refused at once with 503 `UNAVAILABLE` and `Retry-After`,
-//! without queuing behind a dead connection, and never admitted without the script (INVARIANTS
+//! without queuing behind a dead connection, and never admitted without the script (docs/invariants.md
 //! 7). After a back-off (`REDIS_BREAKER_OPEN_MS`, doubling up to ten times that while failures
 //! continue) the breaker lets one call through as a probe; a background task also probes with
 //! `PING` while it is open, so it closes again without waiting for traffic.

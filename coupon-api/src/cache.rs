@@ -38,7 +38,7 @@ pub(crate) fn register_metrics() {
 /// The users holding a sold-out coupon (sorted, distinct user ids).
 ///
 /// Exact once the consumer has announced the sell-out: MySQL then holds `total_quantity`
-/// rows, every row has an admission (INVARIANTS.md 4) and the set holds at most
+/// rows, every row has an admission (docs/invariants.md 4) and the set holds at most
 /// `total_quantity` members (1), so the set equals the rows, and a full set admits nobody
 /// more. It only changes if Redis loses it, and the rebuild restores the same members.
 #[derive(Debug)]
@@ -232,7 +232,7 @@ impl SoldOutMarks {
 
 /// The users this instance admitted and whose issue message the broker acknowledged, per
 /// coupon. Such an admission is never undone (undo only follows a failed publish), so the user
-/// holds the coupon for good (INVARIANTS.md 2, 3) and a repeat click is answered from here.
+/// holds the coupon for good (docs/invariants.md 2, 3) and a repeat click is answered from here.
 #[derive(Clone)]
 pub struct AdmittedHere {
     admitted: Cache<(CouponId, UserId), ()>,

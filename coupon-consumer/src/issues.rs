@@ -2,7 +2,7 @@
 //! persisted, broadcasts sold-out coupons, and only then commits the batch's offsets.
 //!
 //! At-least-once delivery plus the unique key `(coupon_id, user_id)` make every acknowledged
-//! issue message end as exactly one row (INVARIANTS.md 2, 3, 6).
+//! issue message end as exactly one row (docs/invariants.md 2, 3, 6).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;

@@ -255,7 +255,7 @@ async fn redeeming_by_code_works_without_redis() {
     assert_eq!(redeem(&app, &codes[0], 7).await.status(), 200);
     assert_error(redeem(&app, &codes[0], 8).await, 409, "CODE_ALREADY_USED").await;
     // A limited drop's unit is taken through the Redis admission: without Redis, nothing is
-    // issued and the code stays unused (fail closed, INVARIANTS 7).
+    // issued and the code stays unused (fail closed, docs/invariants.md 7).
     assert_error(redeem(&app, &limited_codes[0], 7).await, 503, "UNAVAILABLE").await;
     let unused: Option<i64> =
         sqlx::query_scalar("SELECT redeemed_by FROM coupon_codes WHERE code = ?")

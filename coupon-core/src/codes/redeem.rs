@@ -106,7 +106,7 @@ pub trait CodeAdmission: Sync {
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
 
     /// Adds the holder of an unlimited policy's coupon to its admission set after the commit,
-    /// so the issue endpoint answers `ALREADY_ISSUED` to them (INVARIANTS 4). Best effort: a
+    /// so the issue endpoint answers `ALREADY_ISSUED` to them (docs/invariants.md 4). Best effort: a
     /// failure is left to reconciliation, which adds a row's missing user back.
     fn note_holder(
         &self,
@@ -150,7 +150,7 @@ pub(super) fn is_deadlock(err: &sqlx::Error) -> bool {
 /// Redeems `code` for `user`: marks the code used and issues the topic's coupon, in one
 /// transaction. For a policy with a stock (`total_quantity`), the unit is taken through
 /// `admission` (the issue endpoint's script) after the MySQL checks and before the writes, so
-/// code redeems and issue requests share one pool: rows = `SCARD` <= stock (INVARIANTS 1). A
+/// code redeems and issue requests share one pool: rows = `SCARD` <= stock (docs/invariants.md 1). A
 /// transaction that then rolls back undoes that admission; a commit whose outcome is unknown
 /// keeps it, since the row may exist (reconciliation re-publishes an admission that has no
 /// row, so its unit is never handed out twice). A deadlock between concurrent redeems (InnoDB

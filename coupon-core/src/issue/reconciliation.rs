@@ -3,9 +3,9 @@
 //!
 //! | found | meaning | repair |
 //! | --- | --- | --- |
-//! | admitted, no row, no message, in two reads `grace` apart | an admission whose message never reached the broker (a Redis call that timed out but ran, an undo that failed) | re-publish its issue message: the consumer persists it (INVARIANTS 3) |
-//! | a row whose user is not in the set | the set lost members (Redis restarted with `appendfsync everysec`) | add the user back (INVARIANTS 4) |
-//! | `issued_quantity` ≠ rows | a count drifted | set it to the row count, under the coupon row's lock (INVARIANTS 5) |
+//! | admitted, no row, no message, in two reads `grace` apart | an admission whose message never reached the broker (a Redis call that timed out but ran, an undo that failed) | re-publish its issue message: the consumer persists it (docs/invariants.md 3) |
+//! | a row whose user is not in the set | the set lost members (Redis restarted with `appendfsync everysec`) | add the user back (docs/invariants.md 4) |
+//! | `issued_quantity` ≠ rows | a count drifted | set it to the row count, under the coupon row's lock (docs/invariants.md 5) |
 //! | a transfer of units between stock shards whose second step never ran | the admission that moved them stopped in between ([`crate::issue::admission`], stock shards) | complete it: the units reach their shard |
 //! | a pending mark of a user with a row | the mark's clearing failed (Redis failed at that moment) | clear it, so a repeat request hears `ALREADY_ISSUED` ([pending admissions](crate::issue::admission#pending-admissions)) |
 //!

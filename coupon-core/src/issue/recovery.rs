@@ -1,4 +1,4 @@
-//! Rebuilding a coupon's Redis admission state after Redis lost it (INVARIANTS 4).
+//! Rebuilding a coupon's Redis admission state after Redis lost it (docs/invariants.md 4).
 //!
 //! Redis restarted without persistence, or failed over to a replica that missed writes: the
 //! coupon's stock key is gone, so the admission script answers "not prepared" and nobody is

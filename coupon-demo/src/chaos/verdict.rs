@@ -133,26 +133,26 @@ pub struct Counts {
 /// except [`Rule::SoldOut`] and [`Rule::ReconcileRepairsNothing`], which compare both readings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Rule {
-    /// Every user holds at most one row: rows = distinct users (INVARIANTS 2).
+    /// Every user holds at most one row: rows = distinct users (docs/invariants.md 2).
     NobodyTwice,
     /// The admission set and the rows hold the same users: no row whose user is missing from
-    /// the set, no member without a row, except members in doubt (INVARIANTS 1, 4).
+    /// the set, no member without a row, except members in doubt (docs/invariants.md 1, 4).
     SetMatchesRows,
-    /// `issued_quantity` = rows (INVARIANTS 5).
+    /// `issued_quantity` = rows (docs/invariants.md 5).
     CountMatchesRows,
-    /// The drop sells out, exactly: rows = stock after the pass (INVARIANTS 1; more users than
+    /// The drop sells out, exactly: rows = stock after the pass (docs/invariants.md 1; more users than
     /// units, so anything less lost a unit).
     SoldOut,
-    /// Every user answered 202 has a row (INVARIANTS 3).
+    /// Every user answered 202 has a row (docs/invariants.md 3).
     AcceptedHasRow,
     /// Every row belongs to a user answered 202 or in doubt: a 503 promised nothing.
     RowHasAccept,
     /// Every user answered 409 `ALREADY_ISSUED` has a row: that answer is a promise.
     AlreadyIssuedHasRow,
-    /// Every consumer group consumed every issue message (INVARIANTS 6).
+    /// Every consumer group consumed every issue message (docs/invariants.md 6).
     AllConsumed,
     /// Only the answers of the issue path's contract: 202, 409 `ALREADY_ISSUED`,
-    /// `ISSUE_IN_PROGRESS`, `SOLD_OUT`, 503 `UNAVAILABLE`, or no answer (INVARIANTS 7).
+    /// `ISSUE_IN_PROGRESS`, `SOLD_OUT`, 503 `UNAVAILABLE`, or no answer (docs/invariants.md 7).
     ExpectedAnswers,
     /// Requests without an answer stay within the scenario's bound ([`Fault::in_doubt_bound`]).
     InDoubtBound,

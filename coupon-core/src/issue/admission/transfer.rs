@@ -18,7 +18,7 @@
 //! Step 1 takes the units from the donor before step 2 gives them to the recipient, so a
 //! transfer cut in between (a process killed, Redis unreachable) leaves them unused, never
 //! counted twice: for every shard `stock + Σ lent − Σ borrowed` is its allotment, whatever ran,
-//! and so `Σ stock ≤ total` and `Σ SCARD ≤ total` (INVARIANTS 1). Step 2 takes a running
+//! and so `Σ stock ≤ total` and `Σ SCARD ≤ total` (docs/invariants.md 1). Step 2 takes a running
 //! count, not an increment, so it can be re-run any time: a later transfer from the same donor
 //! completes an earlier cut one, and reconciliation completes every one
 //! ([`AdmissionStore::complete_transfers`]).
