@@ -101,6 +101,23 @@ impl Instrument for Gauge {
     }
 }
 
+/// A call through [`RedisBreaker::call`] that did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum BreakerError<E> {
+    /// The breaker is open: the call was refused and never made.
+    #[error("the Redis circuit breaker is open")]
+    Open,
+    /// The call was made and failed with `E`.
+    #[error(transparent)]
+    Failed(E),
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<BreakerError<E>> for ApiError {
+    fn from(err: BreakerError<E>) -> Self {
+        ApiError::unavailable(err)
+    }
+}
+
 /// The breaker; cheap to clone.
 #[derive(Clone)]
 pub struct RedisBreaker {
@@ -145,21 +162,20 @@ impl RedisBreaker {
         self.state.load(Ordering::Relaxed) != CLOSED
     }
 
-    /// Runs one Redis call through the breaker: refused at once (503) while open; a failure
-    /// counts towards opening it.
+    /// Runs one Redis call through the breaker: refused at once while open; a failure counts
+    /// towards opening it.
     ///
     /// # Errors
-    /// 503 `UNAVAILABLE` when refused or when the call failed.
-    pub async fn call<T>(
+    /// [`BreakerError::Open`] when refused (the call was never made), or the call's own error
+    /// in [`BreakerError::Failed`]; both become 503 `UNAVAILABLE` ([`ApiError`]'s `From`).
+    pub async fn call<T, E>(
         &self,
-        call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, ApiError> {
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, BreakerError<E>> {
         match self.machine.call(call).await {
             Ok(value) => Ok(value),
-            Err(failsafe::Error::Inner(err)) => Err(ApiError::unavailable(err)),
-            Err(failsafe::Error::Rejected) => Err(ApiError::unavailable(anyhow::anyhow!(
-                "the Redis circuit breaker is open"
-            ))),
+            Err(failsafe::Error::Inner(err)) => Err(BreakerError::Failed(err)),
+            Err(failsafe::Error::Rejected) => Err(BreakerError::Open),
         }
     }
 

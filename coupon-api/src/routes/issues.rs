@@ -18,6 +18,7 @@ use tower_http::request_id::RequestId;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::breaker::BreakerError;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Caller, CouponPath, CouponUserPath, IssueRequestBody};
 use crate::state::AppState;
@@ -260,24 +261,27 @@ async fn admit_and_publish(
     {
         Ok(outcome) => outcome,
         Err(err) => {
-            if answer_lost(&err) {
-                // The script may have run: undo under this request's id, which removes its
-                // admission if it ran and nothing otherwise. In the background, so the 503
-                // is not held up by a Redis that just failed a call. Best effort: a script
-                // still queued in a stalled Redis may run after the undo; reconciliation
-                // finds such an admission (no message, no row) and re-publishes it.
-                tokio::spawn(
-                    undo(
-                        state,
-                        shards,
-                        user,
-                        request_id,
-                        "the admission's answer was lost",
-                    )
-                    .in_current_span(),
-                );
+            if let BreakerError::Failed(admit_err) = &err {
+                if admit_err.may_have_admitted() {
+                    // The script may have run: undo under this request's id, which removes
+                    // its admission if it ran and nothing otherwise. In the background, so
+                    // the 503 is not held up by a Redis that just failed a call. Best effort:
+                    // a script still queued in a stalled Redis may run after the undo;
+                    // reconciliation finds such an admission (no message, no row) and
+                    // re-publishes it.
+                    tokio::spawn(
+                        undo(
+                            state,
+                            shards,
+                            user,
+                            request_id,
+                            "the admission's answer was lost",
+                        )
+                        .in_current_span(),
+                    );
+                }
             }
-            return Err(err);
+            return Err(err.into());
         }
     };
     match outcome {
@@ -346,18 +350,6 @@ enum Undo {
     /// Redis did not answer the undo: it is retried in the background, and the caller answers
     /// as if it was removed.
     Deferred,
-}
-
-/// Whether a failed admission call may have run in Redis with its answer lost (a timeout, a
-/// connection dropped after the command was sent), rather than never having been sent (the
-/// breaker refused it, the connection was refused).
-fn answer_lost(err: &ApiError) -> bool {
-    let ApiError::Unavailable(source) = err else {
-        return false;
-    };
-    source
-        .downcast_ref::<redis::RedisError>()
-        .is_some_and(|e| e.is_timeout() || e.is_connection_dropped())
 }
 
 /// Undoes `request_id`'s admission of `user` (a no-op unless it is still pending under that

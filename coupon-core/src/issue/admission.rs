@@ -60,6 +60,7 @@ mod reads;
 mod replicas;
 mod transfer;
 pub use keys::*;
+pub use replicas::NotReplicated;
 use replicas::ReplicaAcks;
 use transfer::{TransferScripts, MAX_TRANSFERS_PER_ADMISSION};
 
@@ -83,6 +84,60 @@ pub enum AdmitOutcome {
     SoldOut,
     /// The coupon has no stock key in Redis: its state was never prepared or was lost.
     NotPrepared,
+}
+
+/// Why [`AdmissionStore::admit`] failed, and so whether the request's admission may be in
+/// Redis. A caller decides its compensation (an undo under the same request id) from
+/// [`AdmitError::may_have_admitted`], which the store answers where it knows what it sent.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    /// Nothing of this request was admitted: Redis answered the script with an error, refused
+    /// the connection or was not reached, or a transfer between stock shards before the
+    /// admission failed.
+    #[error("the admission did not run: {0}")]
+    NotRun(#[source] redis::RedisError),
+    /// The script was sent but its answer was lost (the call timed out, or the connection
+    /// dropped after sending): it may have admitted the user.
+    #[error("the admission's answer was lost: {0}")]
+    AnswerLost(#[source] redis::RedisError),
+    /// The script admitted the user, but too few replicas acknowledged it in time
+    /// ([`AdmissionStore::with_replica_acks`]); it was undone here once, best effort, so it
+    /// may still be there.
+    #[error(transparent)]
+    ReplicasLagging(NotReplicated),
+    /// Units lent to the user's home shard by another were not acknowledged by the donor's
+    /// replicas in time: nothing of this request was admitted (the units wait for
+    /// reconciliation, if the loan survived).
+    #[error("a transfer between stock shards: {0}")]
+    TransferNotReplicated(#[source] NotReplicated),
+    /// Every unit moved to the user's home shard was taken by others first,
+    /// [`MAX_TRANSFERS_PER_ADMISSION`] times: nothing was admitted; asking again may succeed.
+    #[error("every unit moved to this shard was taken by others first; try again")]
+    Contended,
+    /// The script answered a code it never returns (after it ran).
+    #[error("the admission script returned an unknown code: {0}")]
+    UnknownAnswer(i64),
+}
+
+impl AdmitError {
+    /// Whether the request's admission may be in Redis, so that an undo under its request id
+    /// must follow (the undo removes it if it is there and nothing otherwise).
+    pub fn may_have_admitted(&self) -> bool {
+        match self {
+            Self::AnswerLost(_) | Self::ReplicasLagging(_) | Self::UnknownAnswer(_) => true,
+            Self::NotRun(_) | Self::TransferNotReplicated(_) | Self::Contended => false,
+        }
+    }
+
+    /// Classifies a failed script call: a timeout or a connection dropped after sending lost
+    /// the answer; any other error means the script did not run.
+    fn of_script(err: redis::RedisError) -> Self {
+        if err.is_timeout() || err.is_connection_dropped() {
+            Self::AnswerLost(err)
+        } else {
+            Self::NotRun(err)
+        }
+    }
 }
 
 /// Handle on the Redis admission state; cheap to clone (one multiplexed connection).
@@ -150,18 +205,16 @@ impl AdmissionStore {
     /// acknowledged it.
     ///
     /// # Errors
-    /// Redis is unreachable, timed out, or answered something the script never returns. After
-    /// a timeout the script may still have run: [`Self::undo`] with the same `request` removes
-    /// the admission if it did, and nothing if it did not. Too few replica acknowledgements
-    /// count as a timeout (an [`std::io::ErrorKind::TimedOut`] error), after one undo here, and
-    /// so do [`MAX_TRANSFERS_PER_ADMISSION`] transfers that each brought units other users
-    /// took first.
+    /// An [`AdmitError`], which says whether the admission may be in Redis
+    /// ([`AdmitError::may_have_admitted`]): after a lost answer the script may still have run,
+    /// and [`Self::undo`] with the same `request` removes the admission if it did and nothing
+    /// if it did not.
     pub async fn admit(
         &self,
         shards: StockShards,
         user: UserId,
         request: Uuid,
-    ) -> redis::RedisResult<AdmitOutcome> {
+    ) -> Result<AdmitOutcome, AdmitError> {
         let home = shards.home(user.get());
         for _ in 0..MAX_TRANSFERS_PER_ADMISSION {
             let outcome = self.admit_in(home, user, request).await?;
@@ -174,10 +227,7 @@ impl AdmissionStore {
                 return self.admit_in(home, user, request).await;
             }
         }
-        Err(redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "every unit moved to this shard was taken by others first; try again",
-        )))
+        Err(AdmitError::Contended)
     }
 
     /// One run of the admission script on `home`.
@@ -186,7 +236,7 @@ impl AdmissionStore {
         home: Shard,
         user: UserId,
         request: Uuid,
-    ) -> redis::RedisResult<AdmitOutcome> {
+    ) -> Result<AdmitOutcome, AdmitError> {
         let mut conn = self.conn.clone();
         let mut invocation = self.admit.key(self.keys.admission_set(home));
         invocation
@@ -194,16 +244,18 @@ impl AdmissionStore {
             .key(self.keys.pending(home))
             .arg(user.get())
             .arg(request.as_hyphenated().to_string());
-        let code: i64 = timed_script("admit", invocation.invoke_async(&mut conn)).await?;
+        let code: i64 = timed_script("admit", invocation.invoke_async(&mut conn))
+            .await
+            .map_err(AdmitError::of_script)?;
         match code {
             1 => {
                 if let Some(acks) = &self.replica_acks {
-                    if let Err(err) = acks.wait(home, Some((user, request))).await {
+                    if let Err(why) = acks.wait(home, Some((user, request))).await {
                         count_error("wait");
-                        // Best effort: the caller undoes again under the same request id on a
-                        // timeout.
+                        // Best effort: the caller undoes again under the same request id
+                        // (`AdmitError::may_have_admitted`).
                         let _ = self.undo_in(home, user, request).await;
-                        return Err(err);
+                        return Err(AdmitError::ReplicasLagging(why));
                     }
                 }
                 Ok(AdmitOutcome::Admitted)
@@ -212,11 +264,7 @@ impl AdmissionStore {
             -2 => Ok(AdmitOutcome::SoldOut),
             -3 => Ok(AdmitOutcome::NotPrepared),
             -4 => Ok(AdmitOutcome::InProgress),
-            other => Err(redis::RedisError::from((
-                redis::ErrorKind::UnexpectedReturnType,
-                "admission script returned an unknown code",
-                other.to_string(),
-            ))),
+            other => Err(AdmitError::UnknownAnswer(other)),
         }
     }
 

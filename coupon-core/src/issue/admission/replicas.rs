@@ -71,13 +71,13 @@ impl ReplicaAcks {
     /// timeout plus the wait for the round in flight.
     ///
     /// # Errors
-    /// A [`std::io::ErrorKind::TimedOut`] error when too few replicas acknowledged in time,
-    /// the admission was not found (lost in a failover), or Redis failed the round.
+    /// [`NotReplicated`] when too few replicas acknowledged in time, the admission was not
+    /// found (lost in a failover), or Redis failed the round.
     pub(super) async fn wait(
         &self,
         shard: Shard,
         admission: Option<(UserId, Uuid)>,
-    ) -> redis::RedisResult<()> {
+    ) -> Result<(), NotReplicated> {
         let (answer, answered) = oneshot::channel();
         let waiting = Waiting {
             shard,
@@ -90,17 +90,26 @@ impl ReplicaAcks {
                 .unwrap_or_else(|_| Err("the replica acknowledgement task stopped".into())),
             Err(_) => Err("the replica acknowledgement task stopped".into()),
         };
-        outcome.map_err(|why| {
-            redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "the admission is not known to be on {} replica(s) within {} ms: {why}",
-                    self.replicas,
-                    self.timeout.as_millis()
-                ),
-            ))
+        outcome.map_err(|why| NotReplicated {
+            replicas: self.replicas,
+            timeout: self.timeout,
+            why,
         })
     }
+}
+
+/// A write not known to be on enough replicas in time: too few acknowledged within the `WAIT`
+/// timeout, the admission was not found on the slot's master (lost in a failover), or Redis
+/// failed the round.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the admission is not known to be on {replicas} replica(s) within {} ms: {why}",
+    timeout.as_millis()
+)]
+pub struct NotReplicated {
+    replicas: u32,
+    timeout: Duration,
+    why: String,
 }
 
 /// Takes every admission queued since the last round and fences and waits for each shard of

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use redis::{AsyncCommands, Script};
 
-use super::{AdmissionStore, RedisKeys, Shard, StockShards};
+use super::{AdmissionStore, AdmitError, RedisKeys, Shard, StockShards};
 use crate::domain::CouponPolicy;
 
 /// Most transfers one admission makes before it gives up with an error (503, try again)
@@ -66,25 +66,32 @@ impl AdmissionStore {
     /// `home` sold out knows that every unit lent to it before was there.
     ///
     /// # Errors
-    /// Redis failed, or the donor's replicas did not acknowledge the loan in time (its units
-    /// then wait for reconciliation, if the loan survived).
+    /// [`AdmitError::NotRun`] when Redis failed, [`AdmitError::TransferNotReplicated`] when
+    /// the donor's replicas did not acknowledge the loan in time (its units then wait for
+    /// reconciliation, if the loan survived). Either way the admission that asked for units
+    /// had answered sold out, so nothing of it is admitted.
     pub(super) async fn take_units(
         &self,
         shards: StockShards,
         home: Shard,
-    ) -> redis::RedisResult<bool> {
+    ) -> Result<bool, AdmitError> {
         for offset in 1..shards.count() {
             let donor = shards.shard(home.index + offset);
-            let (lent_now, lent) = self.lend(donor, home).await?;
+            let (lent_now, lent) = self.lend(donor, home).await.map_err(AdmitError::NotRun)?;
             if lent <= 0 {
                 continue;
             }
             if lent_now > 0 {
                 if let Some(acks) = &self.replica_acks {
-                    acks.wait(donor, None).await?;
+                    acks.wait(donor, None)
+                        .await
+                        .map_err(AdmitError::TransferNotReplicated)?;
                 }
             }
-            let added = self.borrow(home, donor, lent).await?;
+            let added = self
+                .borrow(home, donor, lent)
+                .await
+                .map_err(AdmitError::NotRun)?;
             if lent_now > 0 || added > 0 {
                 tracing::debug!(coupon_id = %shards.coupon(), donor = donor.index,
                     recipient = home.index, lent_now, added, "stock units moved between shards");
