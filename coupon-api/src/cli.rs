@@ -139,7 +139,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dry_run,
         } => return reconcile(&cli.config, coupon, grace_secs, dry_run).await,
         Command::Openapi => {
-            println!("{}", crate::openapi::document().to_pretty_json()?);
+            println!("{}", crate::http::openapi::document().to_pretty_json()?);
         }
         Command::Archive { action } => {
             return archive(cli.config.stores.database_url(), action).await;

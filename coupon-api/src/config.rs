@@ -6,8 +6,8 @@ use std::time::Duration;
 use coupon_core::auth::AuthConfig;
 use coupon_core::config::{parse_optional_addr, OptionalAddr, StoreConfig};
 
-use crate::breaker::BreakerConfig;
-use crate::rate_limit::RateLimitConfig;
+use crate::http::rate_limit::RateLimitConfig;
+use crate::issue::breaker::BreakerConfig;
 
 /// Everything coupon-api reads at start-up (flags or environment variables).
 #[derive(Debug, Clone, clap::Args)]

@@ -1,14 +1,13 @@
 //! Building and running the API: a type tests can drive (bind port 0, read the port, stop it).
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{Method, StatusCode};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
@@ -25,21 +24,30 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::auth::Authenticator;
-use crate::breaker::RedisBreaker;
-use crate::cache::{AdmittedHere, PolicyCache, SoldOutMarks};
-use crate::code_jobs::CodeJobs;
+use crate::codes::jobs::CodeJobs;
+use crate::codes::CodeState;
 use crate::config::ApiConfig;
-use crate::error::{ApiError, ErrorCode, ErrorDetail};
-use crate::idempotency::Idempotency;
-use crate::invalidation;
-use crate::rate_limit::RateLimits;
-use crate::rebuild::Rebuilds;
-use crate::request_id;
-use crate::routes;
-use crate::settle::Settler;
-use crate::state::{AppState, Shared};
-use crate::stats::StatsCache;
+use crate::http::auth::Authenticator;
+use crate::http::error::ApiError;
+use crate::http::idempotency::Idempotency;
+use crate::http::rate_limit::RateLimits;
+use crate::http::{observe, request_id};
+use crate::issue::admitted_here::AdmittedHere;
+use crate::issue::breaker::RedisBreaker;
+use crate::issue::rebuild::Rebuilds;
+use crate::issue::settle::Settler;
+use crate::issue::sold_out::SoldOutMarks;
+use crate::issue::IssuingState;
+use crate::operations::health::ReadinessCache;
+use crate::operations::OperationsState;
+use crate::orders::OrderState;
+use crate::policies::cache::PolicyCache;
+use crate::policies::invalidation;
+use crate::policies::public_reads::PolicyReads;
+use crate::policies::stats::StatsCache;
+use crate::policies::PolicyState;
+use crate::state::{AppState, Features};
+use crate::users::UserState;
 
 /// The whole app with `state`: routes, bearer-token checking, rate limits, `Idempotency-Key`
 /// handling, body limit of `max_body_bytes`, the request timeout, request metrics and error
@@ -62,14 +70,14 @@ pub fn router(state: AppState, limits: HttpLimits, guards: Guards) -> Router {
         verifier,
         rate_limits,
     } = guards;
-    let routes = routes::router().layer(middleware::from_fn_with_state(
+    let routes = routes().layer(middleware::from_fn_with_state(
         idempotency,
-        crate::idempotency::middleware,
+        crate::http::idempotency::middleware,
     ));
     // With every limit off (`RATE_LIMITS=off`) the layer would only pass requests on: it is
     // left out, so the issue path pays nothing for it.
     let routes = if rate_limits.any() {
-        routes.layer(middleware::from_fn(crate::rate_limit::middleware))
+        routes.layer(middleware::from_fn(crate::http::rate_limit::middleware))
     } else {
         routes
     };
@@ -81,7 +89,7 @@ pub fn router(state: AppState, limits: HttpLimits, guards: Guards) -> Router {
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             bounded(request_timeout, request, next)
         }))
-        .layer(middleware::from_fn(observe))
+        .layer(middleware::from_fn(observe::observe))
         .layer(PropagateRequestIdLayer::new(request_id::HEADER))
         .layer(TraceLayer::new_for_http().make_span_with(request_id::span))
         .layer(SetRequestIdLayer::new(request_id::HEADER, MakeRequestUuid))
@@ -89,9 +97,23 @@ pub fn router(state: AppState, limits: HttpLimits, guards: Guards) -> Router {
         .with_state(state)
 }
 
+/// Every feature's routes and the OpenAPI document, with a JSON 404 for anything else.
+fn routes() -> Router<AppState> {
+    Router::new()
+        .merge(crate::policies::router())
+        .merge(crate::codes::router())
+        .merge(crate::issue::router())
+        .merge(crate::orders::router())
+        .merge(crate::users::router())
+        .merge(crate::operations::router())
+        .merge(crate::http::openapi::router())
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+}
+
 /// Who may call, and how often: the token verifier the extractors find as an
-/// [`Authenticator`] request extension ([`crate::auth`]), and the limits the rate-limit layer
-/// finds as a [`RateLimits`] extension ([`crate::rate_limit`]). Request extensions are their
+/// [`Authenticator`] request extension ([`crate::http::auth`]), and the limits the rate-limit layer
+/// finds as a [`RateLimits`] extension ([`crate::http::rate_limit`]). Request extensions are their
 /// only home, so a router without them refuses every request that needs them.
 #[derive(Clone)]
 pub struct Guards {
@@ -136,98 +158,14 @@ async fn bounded(limit: Duration, request: Request, next: Next) -> Response {
     }
 }
 
-/// Records `http_requests_total` (labels `method`, `route`, `status_class`, `outcome`) and
-/// `http_request_duration_seconds` (`method`, `route`, `status_class`), and logs the detail of
-/// every 5xx (never sent to the client). `route` is the matched route template, never the URL
-/// (monitoring/METRICS.md, cardinality rule); `outcome` is the error body's code, `OK` below
-/// 400, or `OTHER` for an error answered without one (a replayed idempotent response).
-async fn observe(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = method_label(request.method());
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| route_label(p.as_str()));
-    let response = next.run(request).await;
-    let status = response.status();
-    if let Some(ErrorDetail(detail)) = response.extensions().get::<ErrorDetail>() {
-        tracing::error!(%method, %route, status = status.as_u16(), error = %detail, "request failed");
-    }
-    let outcome = match response.extensions().get::<ErrorCode>() {
-        Some(ErrorCode(code)) => code,
-        None if status.as_u16() < 400 => "OK",
-        None => "OTHER",
-    };
-    record_request(method, route, status, outcome, started.elapsed());
-    response
-}
-
-const STATUS_CLASSES: [&str; 6] = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/// The `method` label: the standard methods by name, any other `OTHER` (a client picks the
-/// method, so it may not pick label values; monitoring/METRICS.md, cardinality rule).
-fn method_label(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
-    }
-}
-
-/// The `route` label: a `'static` copy of the matched route template, made once per template
-/// (the router's fixed set), so recording a request allocates no label.
-fn route_label(template: &str) -> &'static str {
-    static ROUTES: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
-    let routes = ROUTES.get_or_init(RwLock::default);
-    if let Some(known) = routes
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(template)
-    {
-        return known;
-    }
-    let mut routes = routes.write().unwrap_or_else(PoisonError::into_inner);
-    if let Some(known) = routes.get(template) {
-        return known;
-    }
-    let leaked: &'static str = Box::leak(template.to_owned().into_boxed_str());
-    routes.insert(leaked);
-    leaked
-}
-
-fn record_request(
-    method: &'static str,
-    route: &'static str,
-    status: StatusCode,
-    outcome: &'static str,
-    elapsed: Duration,
-) {
-    let class = STATUS_CLASSES[usize::from(status.as_u16() / 100).min(5)];
-    metrics::histogram!(
-        names::HTTP_REQUEST_DURATION,
-        "method" => method, "route" => route, "status_class" => class
-    )
-    .record(elapsed);
-    metrics::counter!(
-        names::HTTP_REQUESTS,
-        "method" => method, "route" => route, "status_class" => class, "outcome" => outcome
-    )
-    .increment(1);
-}
-
 /// Registers the API's series before the first request: the HTTP series of the issue route for
 /// every answer it can give, the issue outcomes, the policy cache and Redis series (the Kafka
 /// producer's are registered by [`IssuePublisher::sample_gauges`]).
 fn register_metrics() {
     coupon_core::issue::admission::register_metrics();
-    crate::routes::issues::register_metrics();
-    crate::cache::register_metrics();
-    crate::rate_limit::register_metrics();
+    crate::issue::routes::register_metrics();
+    crate::policies::cache::register_metrics();
+    crate::http::rate_limit::register_metrics();
     metrics::counter!(names::CODES_GENERATED).increment(0);
     let issue_route = "/api/v1/coupons/{coupon_id}/issues";
     for (status, outcome) in [
@@ -236,7 +174,7 @@ fn register_metrics() {
         (StatusCode::CONFLICT, "SOLD_OUT"),
         (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
     ] {
-        let class = STATUS_CLASSES[usize::from(status.as_u16() / 100)];
+        let class = observe::STATUS_CLASSES[usize::from(status.as_u16() / 100)];
         let _ = metrics::histogram!(
             names::HTTP_REQUEST_DURATION,
             "method" => "POST", "route" => issue_route, "status_class" => class
@@ -337,21 +275,49 @@ impl Application {
             stores.kafka_message_timeout(),
         );
         let settler = Settler::start(admission.clone(), background.clone());
-        let state = AppState::new(Shared {
-            pool,
-            order_pool,
-            admission,
-            publisher,
+        let issue = Arc::new(IssuingState {
+            pool: pool.clone(),
+            admission: admission.clone(),
+            publisher: publisher.clone(),
             policies: policies.clone(),
             sold_out: sold_out.clone(),
             admitted_here: AdmittedHere::new(config.admitted_cache_capacity),
-            reservation_hold: chrono::Duration::seconds(i64::from(config.reservation_hold_secs)),
-            stats: StatsCache::default(),
-            public_reads: crate::public_reads::PublicReads::default(),
-            code_jobs,
-            breaker,
-            rebuilds,
             settler,
+            breaker: breaker.clone(),
+            rebuilds: rebuilds.clone(),
+        });
+        let state = AppState::new(Features {
+            policies: Arc::new(PolicyState {
+                pool: pool.clone(),
+                admission: admission.clone(),
+                policies: policies.clone(),
+                stats: StatsCache::default(),
+                public_reads: PolicyReads::default(),
+            }),
+            codes: Arc::new(CodeState {
+                pool: pool.clone(),
+                code_jobs,
+                admission: admission.clone(),
+                breaker,
+                rebuilds: rebuilds.clone(),
+            }),
+            orders: Arc::new(OrderState {
+                order_pool: order_pool.clone(),
+                reservation_hold: chrono::Duration::seconds(i64::from(
+                    config.reservation_hold_secs,
+                )),
+            }),
+            users: Arc::new(UserState { pool: pool.clone() }),
+            operations: Arc::new(OperationsState {
+                pool: pool.clone(),
+                admission,
+                publisher,
+                rebuilds,
+                readiness: ReadinessCache::default(),
+            }),
+            issue,
+            pool,
+            order_pool,
         });
 
         let invalidations_ready = CancellationToken::new();
@@ -425,26 +391,7 @@ impl Application {
         )
         .await?;
         self.background.cancel();
-        self.state.publisher.flush(Duration::from_secs(5));
+        self.state.issue.publisher.flush(Duration::from_secs(5));
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_method_outside_the_standard_ones_is_labelled_other() {
-        assert_eq!(method_label(&Method::POST), "POST");
-        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "OTHER");
-    }
-
-    #[test]
-    fn a_route_template_is_copied_once() {
-        let first = route_label("/api/v1/coupons/{coupon_id}/issues");
-        let again = route_label(&String::from("/api/v1/coupons/{coupon_id}/issues"));
-        assert_eq!(first, "/api/v1/coupons/{coupon_id}/issues");
-        assert!(std::ptr::eq(first, again));
     }
 }

@@ -1,68 +1,74 @@
-//! State shared by every handler.
-
-use coupon_core::issue::admission::AdmissionStore;
-use coupon_core::store::kafka::IssuePublisher;
-use sqlx::MySqlPool;
+//! The router's state: each feature's own state, which its handlers reach through `FromRef`
+//! (`State<Arc<IssuingState>>`, …), so a handler sees only what its feature uses.
 
 use std::sync::Arc;
 
-use crate::cache::{AdmittedHere, PolicyCache, SoldOutMarks};
-use crate::code_jobs::CodeJobs;
-use crate::rebuild::Rebuilds;
-use crate::stats::StatsCache;
+use axum::extract::FromRef;
+use sqlx::MySqlPool;
 
-/// The state every handler sees: one shared [`Shared`] behind an `Arc`, so the per-request
-/// clone axum's `State` extractor makes is one reference-count increment (cloning the handles
-/// themselves cost several allocations per request on the issue path). Fields are reached
-/// through `Deref`: `state.pool`, `state.policies`, ….
+use crate::codes::CodeState;
+use crate::issue::IssuingState;
+use crate::operations::OperationsState;
+use crate::orders::OrderState;
+use crate::policies::PolicyState;
+use crate::users::UserState;
+
+/// The router's state: one [`Features`] behind an `Arc`, so the per-request clone axum makes is
+/// one reference-count increment, and the feature state a handler extracts one more. Fields are
+/// reached through `Deref`: `state.issue.admission`, ….
 #[derive(Clone)]
-pub struct AppState(Arc<Shared>);
+pub struct AppState(Arc<Features>);
 
 impl AppState {
-    /// Wraps the shared handles.
-    pub fn new(shared: Shared) -> Self {
-        Self(Arc::new(shared))
+    /// Wraps the features' states.
+    pub fn new(features: Features) -> Self {
+        Self(Arc::new(features))
     }
 }
 
 impl std::ops::Deref for AppState {
-    type Target = Shared;
+    type Target = Features;
 
-    fn deref(&self) -> &Shared {
+    fn deref(&self) -> &Features {
         &self.0
     }
 }
 
-/// The handles shared by every handler: pools, connections, caches and settings.
-pub struct Shared {
-    /// MySQL pool (policies, issue rows, reads).
+/// Each feature's state, and the pools the `Idempotency-Key` layer uses.
+pub struct Features {
+    /// The issue path.
+    pub issue: Arc<IssuingState>,
+    /// Coupon policies.
+    pub policies: Arc<PolicyState>,
+    /// Code coupons.
+    pub codes: Arc<CodeState>,
+    /// The order side (redeem, cancel, holds).
+    pub orders: Arc<OrderState>,
+    /// A user's own coupons.
+    pub users: Arc<UserState>,
+    /// Probes and reconciliation.
+    pub operations: Arc<OperationsState>,
+    /// MySQL pool of the idempotency records of every route but the order routes.
     pub pool: MySqlPool,
-    /// MySQL pool of the order routes alone (redeem, cancel, reserve, confirm, release, and
-    /// their idempotency keys), `DATABASE_ORDER_MAX_CONNECTIONS` connections: the shop's
-    /// checkout never waits behind the public and user reads.
+    /// MySQL pool of the order routes' idempotency records.
     pub order_pool: MySqlPool,
-    /// Redis admission state and policy copies.
-    pub admission: AdmissionStore,
-    /// Kafka producer of issue messages (`acks=all`).
-    pub publisher: IssuePublisher,
-    /// Local policy cache.
-    pub policies: PolicyCache,
-    /// The sell-outs the consumer announced, with their holders.
-    pub sold_out: SoldOutMarks,
-    /// The admissions this instance made and published.
-    pub admitted_here: AdmittedHere,
-    /// Default length of a checkout hold.
-    pub reservation_hold: chrono::Duration,
-    /// Per-coupon stats, each kept for one second.
-    pub stats: StatsCache,
-    /// The public policy reads and the readiness report, each kept for one second.
-    pub public_reads: crate::public_reads::PublicReads,
-    /// Runner of code generation jobs.
-    pub code_jobs: CodeJobs,
-    /// Rebuilds of lost admission state started here.
-    pub rebuilds: Rebuilds,
-    /// Clears the pending marks of acknowledged admissions, in batches.
-    pub settler: crate::settle::Settler,
-    /// Circuit breaker of the issue path's Redis calls.
-    pub breaker: crate::breaker::RedisBreaker,
 }
+
+macro_rules! feature_state {
+    ($($field:ident: $state:ty),* $(,)?) => {$(
+        impl FromRef<AppState> for Arc<$state> {
+            fn from_ref(state: &AppState) -> Self {
+                Arc::clone(&state.$field)
+            }
+        }
+    )*};
+}
+
+feature_state!(
+    issue: IssuingState,
+    policies: PolicyState,
+    codes: CodeState,
+    orders: OrderState,
+    users: UserState,
+    operations: OperationsState,
+);

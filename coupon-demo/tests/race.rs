@@ -56,9 +56,10 @@ async fn race_for_exactly_the_stock(name: &str, stock: i64, shards: u16, plan: R
     coupon_demo::wait_until_drained(&state.pool, coupon, stock, Duration::from_secs(180))
         .await
         .unwrap();
-    let verification = coupon_demo::verify(&state.pool, &state.admission, coupon, stock, &report)
-        .await
-        .unwrap();
+    let verification =
+        coupon_demo::verify(&state.pool, &state.issue.admission, coupon, stock, &report)
+            .await
+            .unwrap();
 
     println!("{verification}");
     assert_eq!(report.requests, plan.requests);
@@ -91,7 +92,7 @@ async fn race_for_exactly_the_stock(name: &str, stock: i64, shards: u16, plan: R
         .connect_redis(Duration::from_secs(5))
         .await
         .unwrap();
-    let keys = state.admission.keys();
+    let keys = state.issue.admission.keys();
     for shard in StockShards::new(coupon, shards).all() {
         let (bound, members): (i64, i64) = redis::pipe()
             .get(keys.stock(shard))
@@ -228,9 +229,10 @@ async fn code_redeems_and_issue_requests_share_one_stock() {
     coupon_demo::wait_until_drained(&state.pool, coupon, STOCK, Duration::from_secs(60))
         .await
         .unwrap();
-    let holdings = coupon_demo::exactness::Holdings::read(&state.pool, &state.admission, coupon)
-        .await
-        .unwrap();
+    let holdings =
+        coupon_demo::exactness::Holdings::read(&state.pool, &state.issue.admission, coupon)
+            .await
+            .unwrap();
     let owners: std::collections::BTreeSet<i64> = holdings.row_users.iter().copied().collect();
     assert_eq!(holdings.rows(), STOCK, "rows");
     assert_eq!(holdings.issued_quantity, STOCK, "issued_quantity");
@@ -250,9 +252,9 @@ async fn code_redeems_and_issue_requests_share_one_stock() {
     let log = coupon_core::issue::recovery::IssueLog::new(&stack.stores, &stack.group);
     let report = coupon_core::issue::reconciliation::Reconciler {
         pool: &state.pool,
-        admission: &state.admission,
+        admission: &state.issue.admission,
         log: &log,
-        publisher: &state.publisher,
+        publisher: &state.issue.publisher,
         grace: Duration::from_millis(200),
         dry_run: true,
     }

@@ -179,6 +179,7 @@ async fn one_request_id_leads_from_the_http_answer_to_the_persisted_row() {
         .arg(
             stack
                 .state
+                .issue
                 .admission
                 .keys()
                 .stock(StockShards::single(coupon).all().next().unwrap()),

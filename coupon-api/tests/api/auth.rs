@@ -87,6 +87,7 @@ async fn a_user_token_issues_for_its_own_subject_and_never_for_another_user() {
     for user in [7, 9] {
         assert!(app
             .state
+            .issue
             .admission
             .is_admitted(StockShards::single(coupon_id(coupon)), user_id(user))
             .await
@@ -94,6 +95,7 @@ async fn a_user_token_issues_for_its_own_subject_and_never_for_another_user() {
     }
     assert!(!app
         .state
+        .issue
         .admission
         .is_admitted(StockShards::single(coupon_id(coupon)), user_id(8))
         .await
@@ -119,6 +121,7 @@ async fn an_admin_token_issues_for_the_user_its_body_names() {
     assert_eq!(response.status(), 202);
     assert!(app
         .state
+        .issue
         .admission
         .is_admitted(StockShards::single(coupon_id(coupon)), user_id(31))
         .await
@@ -236,6 +239,7 @@ async fn one_idempotency_key_from_two_users_is_two_requests() {
     for user in [7, 8] {
         assert!(app
             .state
+            .issue
             .admission
             .is_admitted(StockShards::single(coupon_id(coupon)), user_id(user))
             .await

@@ -17,6 +17,7 @@ async fn creating_a_policy_answers_201_and_prepares_its_redis_state() {
     let id = CouponId::parse(body["id"].as_i64().unwrap()).unwrap();
     let copy = app
         .state
+        .issue
         .admission
         .policy(id)
         .await

@@ -328,6 +328,7 @@ async fn a_json_null_issue_body_is_no_body() {
     assert_eq!(response.status(), 202);
     let admitted = app
         .state
+        .issue
         .admission
         .is_admitted(
             StockShards::single(coupon_core::domain::CouponId::parse(id).unwrap()),

@@ -44,13 +44,13 @@ async fn a_dead_redis_opens_the_breaker_and_issuing_fails_closed_until_it_answer
         assert_error(response, 503, "UNAVAILABLE").await;
     }
     assert!(
-        app.state.breaker.is_open(),
+        app.state.issue.breaker.is_open(),
         "5 failures in a row left the breaker closed"
     );
 
     redis.restart().await;
     testing::eventually("the breaker closes", Duration::from_secs(10), || async {
-        (!app.state.breaker.is_open()).then_some(())
+        (!app.state.issue.breaker.is_open()).then_some(())
     })
     .await;
     assert_eq!(app.issue(coupon, 2).await.status(), 202);
@@ -85,7 +85,7 @@ async fn a_frozen_redis_answers_503_within_the_timeout_instead_of_hanging() {
         "a request hung for {slowest:?}"
     );
     testing::eventually("the breaker closes", Duration::from_secs(10), || async {
-        (!app.state.breaker.is_open()).then_some(())
+        (!app.state.issue.breaker.is_open()).then_some(())
     })
     .await;
     // The scripts sent while Redis was frozen may still run once it thaws: those admissions
@@ -143,6 +143,7 @@ async fn after_redis_lost_its_data_the_set_is_rebuilt_from_mysql_and_unpersisted
         Duration::from_secs(10),
         || async {
             app.state
+                .issue
                 .admission
                 .is_prepared(StockShards::single(id))
                 .await
@@ -166,6 +167,7 @@ async fn after_redis_lost_its_data_the_set_is_rebuilt_from_mysql_and_unpersisted
     assert!(refused >= 1, "a request was admitted before the rebuild");
     let mut members = app
         .state
+        .issue
         .admission
         .members(StockShards::single(id))
         .await
@@ -190,6 +192,7 @@ async fn reconciliation_republishes_lost_admissions_readmits_rows_and_fixes_the_
     assert_eq!(app.issue(coupon, 2).await.status(), 202);
     // User 3: admitted, but the message never reached the broker.
     app.state
+        .issue
         .admission
         .add_members(StockShards::single(id), &[3])
         .await
@@ -210,9 +213,9 @@ async fn reconciliation_republishes_lost_admissions_readmits_rows_and_fixes_the_
     };
     let reconciler = Reconciler {
         pool: &app.state.pool,
-        admission: &app.state.admission,
+        admission: &app.state.issue.admission,
         log: &log,
-        publisher: &app.state.publisher,
+        publisher: &app.state.issue.publisher,
         grace: Duration::from_millis(200),
         dry_run: false,
     };
@@ -229,6 +232,7 @@ async fn reconciliation_republishes_lost_admissions_readmits_rows_and_fixes_the_
     assert!(log.unpersisted_users(id).await.unwrap().contains(&3));
     assert!(app
         .state
+        .issue
         .admission
         .is_admitted(StockShards::single(id), UserId::parse(4).unwrap())
         .await
@@ -254,6 +258,7 @@ async fn reconciliation_through_the_admin_api_runs_as_a_job_and_reports_its_repa
     assert_eq!(app.issue(coupon, 1).await.status(), 202);
     // User 3: admitted, but the message never reached the broker.
     app.state
+        .issue
         .admission
         .add_members(StockShards::single(id), &[3])
         .await
@@ -338,7 +343,14 @@ async fn a_delete_whose_redis_step_failed_is_completed_by_its_retry() {
     let coupon = app.open_coupon(10).await;
     assert_eq!(app.issue(coupon, 1).await.status(), 202);
     let id = CouponId::parse(coupon).unwrap();
-    assert!(app.state.admission.policy(id).await.unwrap().is_some());
+    assert!(app
+        .state
+        .issue
+        .admission
+        .policy(id)
+        .await
+        .unwrap()
+        .is_some());
 
     redis.pause();
     let url = app.url(&format!("/api/v1/coupons/{coupon}"));
@@ -346,14 +358,20 @@ async fn a_delete_whose_redis_step_failed_is_completed_by_its_retry() {
     assert_error(first, 503, "UNAVAILABLE").await;
     redis.resume();
     testing::eventually("the breaker closes", Duration::from_secs(10), || async {
-        (!app.state.breaker.is_open()).then_some(())
+        (!app.state.issue.breaker.is_open()).then_some(())
     })
     .await;
 
     let retry = app.client.delete(&url).send().await.unwrap();
     assert_eq!(retry.status(), 204, "the retry completes the delete");
     assert!(
-        app.state.admission.policy(id).await.unwrap().is_none(),
+        app.state
+            .issue
+            .admission
+            .policy(id)
+            .await
+            .unwrap()
+            .is_none(),
         "the Redis policy copy is gone"
     );
     assert_error(app.issue(coupon, 2).await, 404, "COUPON_NOT_FOUND").await;
@@ -410,6 +428,7 @@ async fn an_undo_that_failed_is_retried_until_the_admission_is_gone() {
         Duration::from_secs(15),
         || async {
             (app.state
+                .issue
                 .admission
                 .admitted_count(StockShards::single(CouponId::parse(coupon).unwrap()))
                 .await

@@ -136,6 +136,7 @@ impl TestApp {
     /// Members of unsharded `coupon`'s admission set (count).
     pub async fn admitted_count(&self, coupon: CouponId) -> i64 {
         self.state
+            .issue
             .admission
             .admitted_count(StockShards::single(coupon))
             .await
@@ -147,6 +148,7 @@ impl TestApp {
     /// not returned: a caller waits for the mark to show it was heard.
     pub async fn announce_sold_out(&self, coupon: CouponId) {
         self.state
+            .issue
             .admission
             .publish_invalidation(Invalidation::sold_out(StockShards::single(coupon)))
             .await
@@ -156,7 +158,7 @@ impl TestApp {
     /// Removes `user` from `coupon`'s Redis admission set behind the API's back (asserting it
     /// was there), so only what the instance holds locally still knows the user.
     pub async fn forget_in_redis(&self, coupon: i64, user: i64) {
-        let keys = self.state.admission.keys();
+        let keys = self.state.issue.admission.keys();
         let coupon = CouponId::parse(coupon).unwrap();
         let mut redis = self
             .stores

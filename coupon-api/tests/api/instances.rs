@@ -4,6 +4,7 @@
 //! in `admin.rs`. Under `REDIS_MODE=cluster` (the second run of `make test`) the instances share
 //! a Redis Cluster.
 
+use coupon_api::issue::sold_out::SoldOut;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -124,7 +125,14 @@ async fn a_sell_out_broadcast_reaches_every_instance_and_each_answers_from_its_c
         let holders = testing::eventually(
             "the holders copied on every instance",
             Duration::from_secs(5),
-            || async { app.state.sold_out.get(coupon).await.flatten() },
+            || async {
+                app.state
+                    .issue
+                    .sold_out
+                    .get(coupon)
+                    .await
+                    .and_then(SoldOut::holders)
+            },
         )
         .await;
         assert_eq!(

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use chrono::{Duration as Span, Utc};
+use coupon_api::issue::sold_out::SoldOut;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::issue::admission::StockShards;
 use coupon_core::issue::message::IssueMessage;
@@ -149,6 +150,7 @@ async fn when_the_broker_is_down_the_answer_is_503_and_the_admission_is_undone()
     let coupon = CouponId::parse(id).unwrap();
     assert!(!app
         .state
+        .issue
         .admission
         .is_admitted(StockShards::single(coupon), UserId::parse(5).unwrap())
         .await
@@ -180,6 +182,7 @@ async fn a_repeat_click_while_the_first_publish_is_failing_never_hears_already_i
     let coupon = CouponId::parse(id).unwrap();
     assert!(!app
         .state
+        .issue
         .admission
         .is_admitted(StockShards::single(coupon), UserId::parse(5).unwrap())
         .await
@@ -197,7 +200,7 @@ async fn sold_out_coupon(app: &TestApp, users: std::ops::RangeInclusive<i64>) ->
     }
     app.announce_sold_out(coupon).await;
     testing::eventually("the sold-out mark", Duration::from_secs(5), || async {
-        app.state.sold_out.get(coupon).await.map(drop)
+        app.state.issue.sold_out.get(coupon).await.map(drop)
     })
     .await;
     coupon
@@ -215,7 +218,10 @@ async fn a_sold_out_broadcast_is_applied_by_the_api() {
 
     // Stock is left in Redis, but the API trusts the consumer's broadcast and admits nobody;
     // a holder asking again is still told ALREADY_ISSUED (by SISMEMBER: no copy was made).
-    assert!(app.state.sold_out.get(coupon).await.unwrap().is_none());
+    assert!(matches!(
+        app.state.issue.sold_out.get(coupon).await,
+        Some(SoldOut::Marked)
+    ));
     assert_error(app.issue(id, 2).await, 409, "SOLD_OUT").await;
     assert_error(app.issue(id, 1).await, 409, "ALREADY_ISSUED").await;
     assert_eq!(app.admitted_count(coupon).await, 1);
@@ -227,7 +233,12 @@ async fn a_sold_out_coupon_is_answered_from_the_copied_holders_without_asking_re
     let coupon = sold_out_coupon(&app, 1..=3).await;
     let id = coupon.get();
     let holders = testing::eventually("the holders copied", Duration::from_secs(5), || async {
-        app.state.sold_out.get(coupon).await.flatten()
+        app.state
+            .issue
+            .sold_out
+            .get(coupon)
+            .await
+            .and_then(SoldOut::holders)
     })
     .await;
     assert_eq!(holders.len(), 3);

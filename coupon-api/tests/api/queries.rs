@@ -226,7 +226,7 @@ async fn a_poll_flood_of_a_public_policy_read_reaches_the_stores_once_a_second()
         .unwrap();
 
     let polls = futures::future::join_all((0..50).map(|_| get(&app, &path))).await;
-    if started.elapsed() < coupon_api::public_reads::PUBLIC_READ_TTL {
+    if started.elapsed() < coupon_api::policies::public_reads::PUBLIC_READ_TTL {
         for poll in &polls {
             assert_eq!(
                 poll["title"], first["title"],
@@ -234,7 +234,7 @@ async fn a_poll_flood_of_a_public_policy_read_reaches_the_stores_once_a_second()
             );
         }
     }
-    tokio::time::sleep(coupon_api::public_reads::PUBLIC_READ_TTL).await;
+    tokio::time::sleep(coupon_api::policies::public_reads::PUBLIC_READ_TTL).await;
     assert_eq!(get(&app, &path).await["title"], "changed behind the API");
     // An admin change through the API shows at once on the instance that made it.
     let patched = app

@@ -43,6 +43,7 @@ async fn a_user_past_their_burst_is_told_429_with_retry_after_and_is_not_admitte
     let refused = coupon_core::domain::CouponId::parse(coupons[limited[0]]).unwrap();
     assert_eq!(
         app.state
+            .issue
             .admission
             .admitted_count(coupon_core::issue::admission::StockShards::single(refused))
             .await
@@ -130,7 +131,7 @@ async fn the_clients_of_a_trusted_proxy_are_limited_one_by_one() {
     let app = spawn_app_with(|c| {
         two_per_address(c);
         c.rate_limits.trusted_proxies =
-            vec![coupon_api::rate_limit::parse_network("127.0.0.1").unwrap()];
+            vec![coupon_api::http::rate_limit::parse_network("127.0.0.1").unwrap()];
     })
     .await;
     let coupon = app.open_coupon(5).await;
@@ -193,7 +194,7 @@ async fn a_flood_from_one_user_does_not_fail_or_slow_the_order_services_redeems(
     let app = spawn_app_with(|c| {
         c.rate_limits.rate_limits = true;
         c.rate_limits.trusted_proxies =
-            vec![coupon_api::rate_limit::parse_network("127.0.0.1").unwrap()];
+            vec![coupon_api::http::rate_limit::parse_network("127.0.0.1").unwrap()];
         c.stores.database_max_connections = 2;
         c.database_order_max_connections = 2;
     })

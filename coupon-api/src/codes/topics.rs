@@ -9,10 +9,12 @@ use coupon_core::queries::{Page, PageOf};
 use serde::Deserialize;
 
 use super::topic_of;
-use crate::auth::Admin;
-use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::state::AppState;
+use crate::http::auth::Admin;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
+use std::sync::Arc;
+
+use crate::codes::CodeState;
 
 /// Body of a topic: `{"coupon_id": 1, "name": "Influencer A"}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -39,7 +41,7 @@ pub(super) struct NewTopic {
     security(("bearer" = ["admin"]))
 )]
 pub(super) async fn create_topic(
-    State(state): State<AppState>,
+    State(state): State<Arc<CodeState>>,
     _admin: Admin,
     ApiJson(body): ApiJson<NewTopic>,
 ) -> Result<(StatusCode, Json<Topic>), ApiError> {
@@ -81,7 +83,7 @@ pub(super) struct ListParams {
     security(("bearer" = ["admin"]))
 )]
 pub(super) async fn list_topics(
-    State(state): State<AppState>,
+    State(state): State<Arc<CodeState>>,
     _admin: Admin,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<PageOf<Topic>>, ApiError> {
@@ -110,7 +112,7 @@ pub(super) async fn list_topics(
     security(("bearer" = ["admin"]))
 )]
 pub(super) async fn get_topic(
-    State(state): State<AppState>,
+    State(state): State<Arc<CodeState>>,
     _admin: Admin,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<Topic>, ApiError> {

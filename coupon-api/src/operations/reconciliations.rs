@@ -15,16 +15,24 @@ use coupon_core::issue::reconciliation::{self, Reconciler, ReconciliationJob};
 use coupon_core::policies;
 use serde::Deserialize;
 
-use crate::auth::Admin;
-use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiPath};
-use crate::state::AppState;
+use crate::http::auth::Admin;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{ApiJson, ApiPath};
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+
+use crate::operations::OperationsState;
 
 /// Longest grace period a job may ask for (s).
 const MAX_GRACE_SECS: u64 = 3_600;
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
+pub fn router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<OperationsState>: FromRef<S>,
+{
     Router::new()
         .route("/api/v1/admin/reconciliations", post(start_reconciliation))
         .route(
@@ -71,7 +79,7 @@ pub struct ReconciliationRequest {
     security(("bearer" = ["admin"]))
 )]
 async fn start_reconciliation(
-    State(state): State<AppState>,
+    State(state): State<Arc<OperationsState>>,
     _admin: Admin,
     ApiJson(body): ApiJson<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -144,7 +152,7 @@ async fn start_reconciliation(
     security(("bearer" = ["admin"]))
 )]
 async fn reconciliation_job(
-    State(state): State<AppState>,
+    State(state): State<Arc<OperationsState>>,
     _admin: Admin,
     ApiPath(job_id): ApiPath<i64>,
 ) -> Result<Json<ReconciliationJob>, ApiError> {

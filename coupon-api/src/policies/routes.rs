@@ -16,14 +16,20 @@ use coupon_core::queries::{self, Page, PageOf, PolicyFilter};
 use serde::Deserialize;
 use serde::Serialize;
 
-use crate::auth::{Admin, Viewer};
-use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery, CouponPath};
-use crate::state::AppState;
-use crate::stats::StatsView;
+use crate::http::auth::{Admin, Viewer};
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{ApiJson, ApiQuery, CouponPath};
+use axum::extract::FromRef;
+
+use crate::policies::stats::StatsView;
+use crate::policies::PolicyState;
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
+pub fn router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<PolicyState>: FromRef<S>,
+{
     Router::new()
         .route("/api/v1/coupons", get(search_policies).post(create_policy))
         .route("/api/v1/coupons/{coupon_id}/stats", get(policy_stats))
@@ -60,7 +66,7 @@ pub fn router() -> Router<AppState> {
     security(("bearer" = ["admin"]))
 )]
 async fn create_policy(
-    State(state): State<AppState>,
+    State(state): State<Arc<PolicyState>>,
     _admin: Admin,
     ApiJson(new): ApiJson<NewCouponPolicy>,
 ) -> Result<(StatusCode, Json<CouponPolicy>), ApiError> {
@@ -97,7 +103,7 @@ pub struct PolicyView {
 /// most one second old (each instance reads the stores at most once a second per coupon), so
 /// shoppers refreshing the page during a drop do not load MySQL and Redis.
 // The policy from MySQL, `issued` from MySQL, `pending` and `remaining` from the Redis
-// admission set, cached by crate::public_reads.
+// admission set, cached by crate::policies::public_reads.
 #[tracing::instrument(name = "get_policy", skip_all, fields(coupon_id = %coupon))]
 #[utoipa::path(
     get,
@@ -110,7 +116,7 @@ pub struct PolicyView {
     )
 )]
 async fn get_policy(
-    State(state): State<AppState>,
+    State(state): State<Arc<PolicyState>>,
     viewer: Viewer,
     CouponPath(coupon): CouponPath,
 ) -> Result<Json<PolicyView>, ApiError> {
@@ -133,7 +139,7 @@ fn public(policy: &CouponPolicy, now: chrono::DateTime<Utc>) -> bool {
 
 /// The policy's view from the stores; `None` for an unknown or deleted policy.
 async fn read_policy(
-    state: &AppState,
+    state: &PolicyState,
     coupon: CouponId,
 ) -> Result<Option<Arc<PolicyView>>, anyhow::Error> {
     let Some(policy) = policies::find_policy(&state.pool, coupon).await? else {
@@ -156,7 +162,7 @@ async fn read_policy(
 /// `POLICY_CHANGED`, so every API instance reloads the policy within the broadcast's latency.
 /// A Redis failure is a 503: the MySQL change is kept, and repeating the request re-announces.
 async fn announce(
-    state: &AppState,
+    state: &PolicyState,
     id: CouponId,
     policy: Option<&CouponPolicy>,
 ) -> Result<(), ApiError> {
@@ -181,7 +187,7 @@ async fn announce(
 /// policy back to `ACTIVE`. A change that changes nothing writes nothing and re-announces, so a
 /// repeat after a failed Redis step repairs the copy.
 async fn change(
-    state: &AppState,
+    state: &PolicyState,
     id: CouponId,
     edit: impl FnOnce(&CouponPolicy) -> Result<CouponPolicy, ApiError>,
 ) -> Result<Json<CouponPolicy>, ApiError> {
@@ -232,7 +238,7 @@ async fn change(
     security(("bearer" = ["admin"]))
 )]
 async fn update_policy(
-    State(state): State<AppState>,
+    State(state): State<Arc<PolicyState>>,
     _admin: Admin,
     CouponPath(id): CouponPath,
     ApiJson(update): ApiJson<PolicyUpdate>,
@@ -259,7 +265,7 @@ async fn update_policy(
     security(("bearer" = ["admin"]))
 )]
 async fn suspend_policy(
-    State(state): State<AppState>,
+    State(state): State<Arc<PolicyState>>,
     _admin: Admin,
     CouponPath(id): CouponPath,
 ) -> Result<Json<CouponPolicy>, ApiError> {
@@ -290,7 +296,7 @@ async fn suspend_policy(
     security(("bearer" = ["admin"]))
 )]
 async fn resume_policy(
-    State(state): State<AppState>,
+    State(state): State<Arc<PolicyState>>,
     _admin: Admin,
     CouponPath(id): CouponPath,
 ) -> Result<Json<CouponPolicy>, ApiError> {
@@ -322,7 +328,7 @@ async fn resume_policy(
     security(("bearer" = ["admin"]))
 )]
 async fn delete_policy(
-    State(state): State<AppState>,
+    State(state): State<Arc<PolicyState>>,
     _admin: Admin,
     CouponPath(id): CouponPath,
 ) -> Result<StatusCode, ApiError> {
@@ -377,7 +383,7 @@ struct SearchParams {
     )
 )]
 async fn search_policies(
-    State(state): State<AppState>,
+    State(state): State<Arc<PolicyState>>,
     viewer: Viewer,
     ApiQuery(params): ApiQuery<SearchParams>,
 ) -> Result<Json<PageOf<CouponPolicy>>, ApiError> {
@@ -434,7 +440,7 @@ async fn search_policies(
     security(("bearer" = ["admin"]))
 )]
 async fn policy_stats(
-    State(state): State<AppState>,
+    State(state): State<Arc<PolicyState>>,
     _admin: Admin,
     CouponPath(id): CouponPath,
 ) -> Result<Json<StatsView>, ApiError> {

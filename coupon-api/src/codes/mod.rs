@@ -4,6 +4,7 @@
 //! archive) and the user's redeem by code (`redeem`).
 
 mod generation;
+pub mod jobs;
 mod manage;
 mod redeem;
 mod topics;
@@ -12,11 +13,31 @@ use axum::routing::{get, post};
 use axum::Router;
 use coupon_core::codes::{self, Topic};
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+
+/// What the code routes use (`State<Arc<CodeState>>`).
+pub struct CodeState {
+    /// MySQL pool (topics, codes, jobs, the redeem's transaction).
+    pub pool: sqlx::MySqlPool,
+    /// Runner of code generation jobs.
+    pub code_jobs: jobs::CodeJobs,
+    /// Redis admission state (a redeem of a limited policy admits through it).
+    pub admission: coupon_core::issue::admission::AdmissionStore,
+    /// The issue path's circuit breaker, which a redeem's admission goes through too.
+    pub breaker: crate::issue::breaker::RedisBreaker,
+    /// Rebuilds of lost admission state (a redeem may find it lost).
+    pub rebuilds: crate::issue::rebuild::Rebuilds,
+}
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
+pub fn router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<CodeState>: FromRef<S>,
+{
     Router::new()
         .route("/api/v1/codes/{code}/redeem", post(redeem::redeem_code))
         .route(
@@ -58,7 +79,7 @@ fn topic_id(raw: &str) -> Result<i64, ApiError> {
 }
 
 /// The topic a path names, or 404 `TOPIC_NOT_FOUND`.
-async fn topic_of(state: &AppState, raw: &str) -> Result<Topic, ApiError> {
+async fn topic_of(state: &CodeState, raw: &str) -> Result<Topic, ApiError> {
     codes::find_topic(&state.pool, topic_id(raw)?)
         .await?
         .ok_or(ApiError::TopicNotFound)

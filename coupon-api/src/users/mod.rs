@@ -6,12 +6,24 @@ use axum::{Json, Router};
 use coupon_core::queries::{self, Page, PageOf, UserCoupon, ISSUE_STATES};
 use serde::Deserialize;
 
-use crate::error::ApiError;
-use crate::extract::{ApiQuery, UserPath};
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::{ApiQuery, UserPath};
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+
+/// What the user routes use (`State<Arc<UserState>>`).
+pub struct UserState {
+    /// MySQL pool.
+    pub pool: sqlx::MySqlPool,
+}
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
+pub fn router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<UserState>: FromRef<S>,
+{
     Router::new().route("/api/v1/users/{user_id}/coupons", get(list_user_coupons))
 }
 
@@ -46,7 +58,7 @@ struct ListParams {
     security(("bearer" = ["user", "admin"]))
 )]
 async fn list_user_coupons(
-    State(state): State<AppState>,
+    State(state): State<Arc<UserState>>,
     UserPath(user): UserPath,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<PageOf<UserCoupon>>, ApiError> {

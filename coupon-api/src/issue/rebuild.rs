@@ -13,7 +13,7 @@ use coupon_core::issue::admission::AdmissionStore;
 use coupon_core::issue::recovery::{self, IssueLog};
 use sqlx::MySqlPool;
 
-use crate::cache::PolicyCache;
+use crate::policies::cache::PolicyCache;
 
 /// Starts rebuilds and remembers which are running here; cheap to clone (clones share the
 /// running set).

@@ -18,13 +18,22 @@ use tower_http::request_id::RequestId;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::breaker::BreakerError;
-use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Caller, CouponPath, CouponUserPath, IssueRequestBody};
-use crate::state::AppState;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{Caller, CouponPath, CouponUserPath, IssueRequestBody};
+use crate::issue::breaker::BreakerError;
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+
+use crate::issue::sold_out::SoldOut;
+use crate::issue::IssuingState;
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
+pub fn router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<IssuingState>: FromRef<S>,
+{
     Router::new()
         .route("/api/v1/coupons/{coupon_id}/issues", post(issue_coupon))
         .route(
@@ -138,7 +147,7 @@ pub struct IssueAccepted {
 // (202), then the mark cleared. A failed publish, or a lost script answer, undoes the admission
 // under that id only (503). Lost Redis
 // state (no stock key) is a 503 while it is rebuilt (coupon_core::issue::recovery). Redis calls
-// go through the circuit breaker (crate::breaker): while it is open, 503 at once.
+// go through the circuit breaker (crate::issue::breaker): while it is open, 503 at once.
 #[tracing::instrument(name = "issue_coupon", skip_all, fields(coupon_id = %coupon, user_id = %caller.user_id))]
 #[utoipa::path(
     post,
@@ -155,13 +164,13 @@ pub struct IssueAccepted {
     security(("bearer" = ["user", "admin"]))
 )]
 async fn issue_coupon(
-    State(state): State<AppState>,
+    State(state): State<Arc<IssuingState>>,
     CouponPath(coupon): CouponPath,
     x_request_id: Option<Extension<RequestId>>,
     caller: Caller,
 ) -> Result<(StatusCode, Json<IssueAccepted>), ApiError> {
     let user = caller.user_id;
-    let correlation_id = crate::request_id::of(x_request_id.as_deref());
+    let correlation_id = crate::http::request_id::of(x_request_id.as_deref());
     let shards = match check(&state, coupon, user).await {
         Ok(shards) => shards,
         Err(rejected) => {
@@ -202,7 +211,11 @@ fn record_outcome(result: Result<&Uuid, &ApiError>) {
 /// The checks before the admission: the policy exists, is active and in its issue window, the
 /// user is not one this instance already admitted, and the coupon is not sold out. Returns
 /// where the coupon's admission state lives.
-async fn check(state: &AppState, coupon: CouponId, user: UserId) -> Result<StockShards, ApiError> {
+async fn check(
+    state: &IssuingState,
+    coupon: CouponId,
+    user: UserId,
+) -> Result<StockShards, ApiError> {
     let policy = state.policies.get(coupon).await?;
     let shards = policy.stock_shards();
     if policy.status != CouponStatus::Active {
@@ -228,8 +241,8 @@ async fn check(state: &AppState, coupon: CouponId, user: UserId) -> Result<Stock
         // replaces the script: in the local copy of the holders when there is one, else a
         // read-only SISMEMBER. A holder asking again still hears ALREADY_ISSUED.
         let holder = match sold_out {
-            Some(holders) => holders.contains(user),
-            None => {
+            SoldOut::WithHolders(holders) => holders.contains(user),
+            SoldOut::Marked => {
                 state
                     .breaker
                     .call(state.admission.is_admitted(shards, user))
@@ -247,7 +260,7 @@ async fn check(state: &AppState, coupon: CouponId, user: UserId) -> Result<Stock
 /// The admission script, then the publish (undoing the admission when the publish fails, or
 /// when the script's answer was lost). `correlation_id` is the request's `x-request-id`.
 async fn admit_and_publish(
-    state: AppState,
+    state: Arc<IssuingState>,
     shards: StockShards,
     user: UserId,
     correlation_id: Option<String>,
@@ -308,7 +321,7 @@ async fn admit_and_publish(
         Ok(()) => {
             state.admitted_here.note(coupon, user).await;
             // Durable now: the pending mark goes (batched, in the background; see
-            // `crate::settle`), so a repeat on any instance hears ALREADY_ISSUED.
+            // `crate::issue::settle`), so a repeat on any instance hears ALREADY_ISSUED.
             state.settler.settle(shards, user);
             Ok(request_id)
         }
@@ -362,7 +375,7 @@ enum Undo {
 /// is the slot left to reconciliation, which re-publishes it. Returns what the first attempt
 /// did ([`Undo`]).
 async fn undo(
-    state: AppState,
+    state: Arc<IssuingState>,
     shards: StockShards,
     user: UserId,
     request_id: Uuid,
@@ -440,7 +453,7 @@ pub struct IssueStatusView {
     security(("bearer" = ["user", "admin"]))
 )]
 async fn issue_status(
-    State(state): State<AppState>,
+    State(state): State<Arc<IssuingState>>,
     CouponUserPath(coupon, user): CouponUserPath,
 ) -> Result<Json<IssueStatusView>, ApiError> {
     let policy = state.policies.get(coupon).await?;

@@ -24,7 +24,7 @@ use axum::http::request::Parts;
 use coupon_core::auth::{Claims, Role, TokenVerifier};
 use coupon_core::domain::UserId;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// The verifier every request sees, as a request extension.
 #[derive(Debug, Clone)]

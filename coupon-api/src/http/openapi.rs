@@ -13,9 +13,6 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::tag::TagBuilder;
 use utoipa::OpenApi;
 
-use crate::routes;
-use crate::state::AppState;
-
 /// The document's tags, in the order an API user meets them, with their descriptions.
 const TAGS: [(&str, &str); 7] = [
     (
@@ -65,13 +62,13 @@ pub fn document() -> utoipa::openapi::OpenApi {
         )
         .build();
     for part in [
-        routes::coupons::Doc::openapi(),
-        routes::issues::Doc::openapi(),
-        routes::users::Doc::openapi(),
-        routes::redemptions::Doc::openapi(),
-        routes::codes::Doc::openapi(),
-        routes::reconciliations::Doc::openapi(),
-        routes::health::Doc::openapi(),
+        crate::policies::routes::Doc::openapi(),
+        crate::issue::routes::Doc::openapi(),
+        crate::users::Doc::openapi(),
+        crate::orders::Doc::openapi(),
+        crate::codes::Doc::openapi(),
+        crate::operations::reconciliations::Doc::openapi(),
+        crate::operations::health::Doc::openapi(),
     ] {
         doc.merge(part);
     }
@@ -221,7 +218,7 @@ fn document_json() -> &'static str {
 }
 
 /// `/openapi.json`, `/docs` and the UI's two assets.
-pub fn router() -> Router<AppState> {
+pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route(
             "/openapi.json",
@@ -241,9 +238,9 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-const INDEX: &[u8] = include_bytes!("../assets/swagger-ui/index.html");
-const BUNDLE: &[u8] = include_bytes!("../assets/swagger-ui/swagger-ui-bundle.js");
-const CSS: &[u8] = include_bytes!("../assets/swagger-ui/swagger-ui.css");
+const INDEX: &[u8] = include_bytes!("../../assets/swagger-ui/index.html");
+const BUNDLE: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui-bundle.js");
+const CSS: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui.css");
 
 fn asset(content_type: &'static str, body: &'static [u8]) -> impl IntoResponse {
     (

@@ -9,10 +9,12 @@ use coupon_core::queries::{Page, PageOf};
 use serde::{Deserialize, Serialize};
 
 use super::topic_of;
-use crate::auth::Admin;
-use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiPath, ApiQuery};
-use crate::state::AppState;
+use crate::http::auth::Admin;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{ApiPath, ApiQuery};
+use std::sync::Arc;
+
+use crate::codes::CodeState;
 
 /// Answer of a bulk change: `{"topic_id": 3, "changed": 1000000}`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -22,7 +24,7 @@ pub(super) struct BulkChanged {
 }
 
 async fn bulk(
-    state: &AppState,
+    state: &CodeState,
     raw: &str,
     action: BulkAction,
 ) -> Result<Json<BulkChanged>, ApiError> {
@@ -58,7 +60,7 @@ async fn bulk(
     security(("bearer" = ["admin"]))
 )]
 pub(super) async fn suspend_codes(
-    State(state): State<AppState>,
+    State(state): State<Arc<CodeState>>,
     _admin: Admin,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<BulkChanged>, ApiError> {
@@ -81,7 +83,7 @@ pub(super) async fn suspend_codes(
     security(("bearer" = ["admin"]))
 )]
 pub(super) async fn activate_codes(
-    State(state): State<AppState>,
+    State(state): State<Arc<CodeState>>,
     _admin: Admin,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<BulkChanged>, ApiError> {
@@ -106,7 +108,7 @@ pub(super) async fn activate_codes(
     security(("bearer" = ["admin"]))
 )]
 pub(super) async fn delete_codes(
-    State(state): State<AppState>,
+    State(state): State<Arc<CodeState>>,
     _admin: Admin,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<BulkChanged>, ApiError> {
@@ -152,7 +154,7 @@ pub(super) struct SearchParams {
     security(("bearer" = ["admin"]))
 )]
 pub(super) async fn search_codes(
-    State(state): State<AppState>,
+    State(state): State<Arc<CodeState>>,
     _admin: Admin,
     ApiPath(raw): ApiPath<String>,
     ApiQuery(params): ApiQuery<SearchParams>,
@@ -209,7 +211,7 @@ pub(super) async fn search_codes(
     security(("bearer" = ["admin"]))
 )]
 pub(super) async fn archived_code(
-    State(state): State<AppState>,
+    State(state): State<Arc<CodeState>>,
     _admin: Admin,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<ArchivedCode>, ApiError> {

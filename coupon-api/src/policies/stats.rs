@@ -12,7 +12,7 @@ use coupon_core::{policies, queries};
 use serde::Serialize;
 use sqlx::MySqlPool;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// One coupon's stats: `{"coupon_id": 1, "total": 500, "admitted": 500,
 /// "issued": 500, "pending": 0, "available": 480, "reserved": 5, "used": 10, "expired": 5,

@@ -13,10 +13,12 @@ use serde::Deserialize;
 use sqlx::Row;
 
 use super::{topic_id, topic_of};
-use crate::auth::Admin;
-use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiPath};
-use crate::state::AppState;
+use crate::http::auth::Admin;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{ApiJson, ApiPath};
+use std::sync::Arc;
+
+use crate::codes::CodeState;
 
 /// Most codes one generation request may ask for (count).
 pub const MAX_CODES_PER_REQUEST: i64 = 10_000_000;
@@ -35,7 +37,7 @@ pub(super) struct GenerateBody {
 /// reports (`generated` of `requested`, then `DONE`). It carries on if this instance stops. 404
 /// `TOPIC_NOT_FOUND` for an unknown topic.
 // The job commits 1,000 codes per transaction, so memory stays flat whatever the count; the
-// lease lets another instance take it over (crate::code_jobs).
+// lease lets another instance take it over (crate::codes::jobs).
 #[utoipa::path(
     post,
     path = "/api/v1/topics/{topic_id}/codes",
@@ -49,7 +51,7 @@ pub(super) struct GenerateBody {
     security(("bearer" = ["admin"]))
 )]
 pub(super) async fn generate_codes(
-    State(state): State<AppState>,
+    State(state): State<Arc<CodeState>>,
     _admin: Admin,
     ApiPath(raw): ApiPath<String>,
     ApiJson(body): ApiJson<GenerateBody>,
@@ -88,7 +90,7 @@ pub(super) async fn generate_codes(
     security(("bearer" = ["admin"]))
 )]
 pub(super) async fn generation_job(
-    State(state): State<AppState>,
+    State(state): State<Arc<CodeState>>,
     _admin: Admin,
     ApiPath((raw_topic, job_id)): ApiPath<(String, i64)>,
 ) -> Result<Json<GenerationJob>, ApiError> {
@@ -117,7 +119,7 @@ pub(super) async fn generation_job(
     security(("bearer" = ["admin"]))
 )]
 pub(super) async fn export_codes(
-    State(state): State<AppState>,
+    State(state): State<Arc<CodeState>>,
     _admin: Admin,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Response, ApiError> {

@@ -7,9 +7,10 @@
 //!   [`PUBLIC_READ_TTL`] old (an unknown id's 404 too); concurrent misses for one coupon share
 //!   one read (moka's `try_get_with`), so each instance reads MySQL and Redis at most once a
 //!   second per coupon;
-//! - `GET /ready`: the dependency probes, at most [`PUBLIC_READ_TTL`] old, one probe at a time;
+//! - `GET /ready`: the dependency probes, at most [`PUBLIC_READ_TTL`] old, one probe at a time
+//!   ([`crate::operations::health::ReadinessCache`]);
 //! - `GET /api/v1/coupons` (the search) has bounded input instead: `q` is at most
-//!   [`crate::routes::coupons::MAX_QUERY_CHARS`] characters and a page at most 100 items, each
+//!   [`crate::policies::routes::MAX_QUERY_CHARS`] characters and a page at most 100 items, each
 //!   page one indexed query.
 //!
 //! The issue path never reads these caches: its answers come from the admission script.
@@ -20,8 +21,7 @@ use std::time::Duration;
 use coupon_core::domain::CouponId;
 use moka::future::Cache;
 
-use crate::routes::coupons::PolicyView;
-use crate::routes::health::Readiness;
+use crate::policies::routes::PolicyView;
 
 /// Longest age of a cached public read (1 s).
 pub const PUBLIC_READ_TTL: Duration = Duration::from_secs(1);
@@ -29,24 +29,18 @@ pub const PUBLIC_READ_TTL: Duration = Duration::from_secs(1);
 /// Most coupons whose public read is cached at once (count).
 const POLICY_READS_MAX: u64 = 10_000;
 
-/// The caches of the public reads; cheap to clone (clones share the caches).
+/// The cache of the public policy reads; cheap to clone (clones share the cache).
 #[derive(Clone)]
-pub struct PublicReads {
+pub struct PolicyReads {
     /// `GET /api/v1/coupons/{id}`: the view, or `None` for a 404.
     pub policies: Cache<CouponId, Option<Arc<PolicyView>>>,
-    /// `GET /ready`: the last probe's report.
-    pub readiness: Cache<(), Arc<Readiness>>,
 }
 
-impl Default for PublicReads {
+impl Default for PolicyReads {
     fn default() -> Self {
         Self {
             policies: Cache::builder()
                 .max_capacity(POLICY_READS_MAX)
-                .time_to_live(PUBLIC_READ_TTL)
-                .build(),
-            readiness: Cache::builder()
-                .max_capacity(1)
                 .time_to_live(PUBLIC_READ_TTL)
                 .build(),
         }

@@ -9,12 +9,27 @@ use chrono::Utc;
 use coupon_core::redemption::{self, OrderId, Redemption, Reservation};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, OrderIssuePath};
-use crate::state::AppState;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{ApiJson, OrderIssuePath};
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+
+/// What the order routes use (`State<Arc<OrderState>>`).
+pub struct OrderState {
+    /// MySQL pool of the order routes alone (`DATABASE_ORDER_MAX_CONNECTIONS` connections):
+    /// the shop's checkout never waits behind the public and user reads.
+    pub order_pool: sqlx::MySqlPool,
+    /// Default length of a checkout hold (`RESERVATION_HOLD_SECS`).
+    pub reservation_hold: chrono::Duration,
+}
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
+pub fn router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<OrderState>: FromRef<S>,
+{
     Router::new()
         .route(
             "/api/v1/users/{user_id}/coupons/{coupon_issue_id}/redeem",
@@ -71,7 +86,7 @@ struct RedeemBody {
     security(("bearer" = ["service", "admin"]))
 )]
 async fn redeem(
-    State(state): State<AppState>,
+    State(state): State<Arc<OrderState>>,
     OrderIssuePath(user, issue): OrderIssuePath,
     ApiJson(body): ApiJson<RedeemBody>,
 ) -> Result<Json<Redemption>, ApiError> {
@@ -130,7 +145,7 @@ struct Restored {
     security(("bearer" = ["service", "admin"]))
 )]
 async fn cancel(
-    State(state): State<AppState>,
+    State(state): State<Arc<OrderState>>,
     OrderIssuePath(user, issue): OrderIssuePath,
     ApiJson(body): ApiJson<OrderBody>,
 ) -> Result<Json<Restored>, ApiError> {
@@ -178,7 +193,7 @@ struct ReserveBody {
     security(("bearer" = ["service", "admin"]))
 )]
 async fn reserve(
-    State(state): State<AppState>,
+    State(state): State<Arc<OrderState>>,
     OrderIssuePath(user, issue): OrderIssuePath,
     ApiJson(body): ApiJson<ReserveBody>,
 ) -> Result<Json<Reservation>, ApiError> {
@@ -231,7 +246,7 @@ async fn reserve(
     security(("bearer" = ["service", "admin"]))
 )]
 async fn confirm_reservation(
-    State(state): State<AppState>,
+    State(state): State<Arc<OrderState>>,
     OrderIssuePath(user, issue): OrderIssuePath,
     ApiJson(body): ApiJson<OrderBody>,
 ) -> Result<Json<Redemption>, ApiError> {
@@ -262,7 +277,7 @@ async fn confirm_reservation(
     security(("bearer" = ["service", "admin"]))
 )]
 async fn release_reservation(
-    State(state): State<AppState>,
+    State(state): State<Arc<OrderState>>,
     OrderIssuePath(user, issue): OrderIssuePath,
     ApiJson(body): ApiJson<OrderBody>,
 ) -> Result<Json<Restored>, ApiError> {

@@ -40,8 +40,8 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Principal;
-use crate::error::ApiError;
+use crate::http::auth::Principal;
+use crate::http::error::ApiError;
 use coupon_core::auth::Role;
 
 /// How often idle buckets are dropped, bounding the limiters' memory to the callers seen in

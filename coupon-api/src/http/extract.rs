@@ -1,6 +1,6 @@
 //! Extractors whose rejections are [`ApiError`]s, so malformed input gets the API's JSON error
 //! format, and the extractors that name the user a request acts for (authorised by
-//! [`crate::auth`]).
+//! [`crate::http::auth`]).
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
@@ -11,8 +11,8 @@ use coupon_core::domain::{CouponId, UserId};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::auth::{OrderSide, Principal};
-use crate::error::ApiError;
+use crate::http::auth::{OrderSide, Principal};
+use crate::http::error::ApiError;
 
 /// `axum::Json` with [`ApiError`] rejections:
 /// - malformed JSON, a missing `Content-Type: application/json`, or a body over the size limit

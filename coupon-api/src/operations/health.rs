@@ -16,13 +16,20 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use crate::state::AppState;
+use axum::extract::FromRef;
+
+use crate::operations::OperationsState;
+use crate::policies::public_reads::PUBLIC_READ_TTL;
 
 /// How long each dependency gets to answer a readiness probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
+pub fn router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<OperationsState>: FromRef<S>,
+{
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -42,6 +49,22 @@ pub fn router() -> Router<AppState> {
 )]
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "UP"}))
+}
+
+/// The last readiness report, at most [`PUBLIC_READ_TTL`] old, so a load balancer probing
+/// every instance often lands on memory, not on the stores (one probe at a time).
+#[derive(Clone)]
+pub struct ReadinessCache(moka::future::Cache<(), Arc<Readiness>>);
+
+impl Default for ReadinessCache {
+    fn default() -> Self {
+        Self(
+            moka::future::Cache::builder()
+                .max_capacity(1)
+                .time_to_live(PUBLIC_READ_TTL)
+                .build(),
+        )
+    }
 }
 
 /// Readiness report: each dependency `true` when it answered in time.
@@ -80,7 +103,7 @@ impl Readiness {
         (status = 503, description = "Redis or Kafka did not answer", body = Readiness)
     )
 )]
-async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+async fn ready(State(state): State<Arc<OperationsState>>) -> (StatusCode, Json<Readiness>) {
     answer(&state, Readiness::issue_path_up).await
 }
 
@@ -98,17 +121,16 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
         (status = 503, description = "a dependency did not answer", body = Readiness)
     )
 )]
-async fn ready_full(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+async fn ready_full(State(state): State<Arc<OperationsState>>) -> (StatusCode, Json<Readiness>) {
     answer(&state, Readiness::all_up).await
 }
 
-async fn answer(state: &AppState, up: fn(&Readiness) -> bool) -> (StatusCode, Json<Readiness>) {
-    // One probe per second and instance, shared by concurrent callers (crate::public_reads).
-    let report = state
-        .public_reads
-        .readiness
-        .get_with((), probe(state))
-        .await;
+async fn answer(
+    state: &OperationsState,
+    up: fn(&Readiness) -> bool,
+) -> (StatusCode, Json<Readiness>) {
+    // One probe per second and instance, shared by concurrent callers.
+    let report = state.readiness.0.get_with((), probe(state)).await;
     let status = if up(&report) {
         StatusCode::OK
     } else {
@@ -118,7 +140,7 @@ async fn answer(state: &AppState, up: fn(&Readiness) -> bool) -> (StatusCode, Js
 }
 
 /// Probes the three stores at once, each bounded by the probe timeout.
-async fn probe(state: &AppState) -> Arc<Readiness> {
+async fn probe(state: &OperationsState) -> Arc<Readiness> {
     let mysql = async {
         tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&state.pool))
             .await

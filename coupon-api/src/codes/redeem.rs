@@ -5,10 +5,12 @@ use axum::Json;
 use chrono::Utc;
 use coupon_core::codes::{self, Code, CodeError, CodeRedemption};
 
-use crate::breaker::GuardedAdmission;
-use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiPath, Caller, IssueRequestBody};
-use crate::state::AppState;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{ApiPath, Caller, IssueRequestBody};
+use crate::issue::breaker::GuardedAdmission;
+use std::sync::Arc;
+
+use crate::codes::CodeState;
 
 /// Redeem a code
 ///
@@ -40,7 +42,7 @@ use crate::state::AppState;
     security(("bearer" = ["user", "admin"]))
 )]
 pub(super) async fn redeem_code(
-    State(state): State<AppState>,
+    State(state): State<Arc<CodeState>>,
     ApiPath(raw): ApiPath<String>,
     caller: Caller,
 ) -> Result<Json<CodeRedemption>, ApiError> {

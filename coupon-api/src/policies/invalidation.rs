@@ -12,7 +12,8 @@ use coupon_core::store::redis::{subscriber_urls, RedisConnection};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{PolicyCache, SoldOutMarks};
+use crate::issue::sold_out::SoldOutMarks;
+use crate::policies::cache::PolicyCache;
 
 /// Pause before resubscribing after the connection dropped.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);

@@ -35,8 +35,8 @@ use coupon_core::idempotency::{self, Claim};
 use sha2::{Digest, Sha256};
 use sqlx::MySqlPool;
 
-use crate::auth::Principal;
-use crate::error::ApiError;
+use crate::http::auth::Principal;
+use crate::http::error::ApiError;
 
 /// The request header carrying the key.
 pub const HEADER: &str = "idempotency-key";

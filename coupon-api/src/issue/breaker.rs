@@ -29,7 +29,7 @@ use failsafe::{Config, Instrument, StateMachine};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// Breaker state as exported: 0 closed, 1 half-open, 2 open.
 const CLOSED: u8 = 0;
