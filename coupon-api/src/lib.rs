@@ -23,4 +23,5 @@ pub mod policies;
 pub mod serve;
 pub mod startup;
 pub mod state;
+pub mod tasks;
 pub mod users;

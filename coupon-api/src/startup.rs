@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -47,6 +47,7 @@ use crate::policies::public_reads::PolicyReads;
 use crate::policies::stats::StatsCache;
 use crate::policies::PolicyState;
 use crate::state::{AppState, Features};
+use crate::tasks::Tasks;
 use crate::users::UserState;
 
 /// The whole app with `state`: routes, bearer-token checking, rate limits, `Idempotency-Key`
@@ -192,7 +193,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     state: AppState,
-    background: CancellationToken,
+    tasks: Tasks,
     invalidations_ready: CancellationToken,
     grace: Duration,
     header_read_timeout: Duration,
@@ -250,31 +251,33 @@ impl Application {
             admission.clone(),
             pool.clone(),
         );
+        let tasks = Tasks::default();
         let sold_out = SoldOutMarks::new(
             config.policy_cache_capacity,
             config.sold_out_holders_max,
             admission.clone(),
+            tasks.clone(),
         );
-        let background = CancellationToken::new();
-        let code_jobs = CodeJobs::new(pool.clone(), config.code_job_lease(), background.clone());
-        tokio::spawn(code_jobs.clone().resume_abandoned());
-        tokio::spawn(
+        let code_jobs = CodeJobs::new(pool.clone(), config.code_job_lease(), tasks.clone());
+        tasks.spawn(code_jobs.clone().resume_abandoned());
+        tasks.spawn(
             publisher
                 .clone()
-                .sample_gauges(issue_topic, background.clone()),
+                .sample_gauges(issue_topic, tasks.stopping()),
         );
         let breaker = RedisBreaker::new(&config.breaker);
-        tokio::spawn(breaker.clone().probe(admission.clone(), background.clone()));
+        tasks.spawn(breaker.clone().probe(admission.clone(), tasks.stopping()));
         let rate_limits = RateLimits::new(&config.rate_limits);
-        tokio::spawn(rate_limits.clone().retain_recent(background.clone()));
+        tasks.spawn(rate_limits.clone().retain_recent(tasks.stopping()));
         let rebuilds = Rebuilds::new(
             pool.clone(),
             admission.clone(),
             policies.clone(),
             IssueLog::new(stores, &config.kafka_consumer_group),
             stores.kafka_message_timeout(),
+            tasks.clone(),
         );
-        let settler = Settler::start(admission.clone(), background.clone());
+        let settler = Settler::start(admission.clone(), &tasks);
         let issue = Arc::new(IssuingState {
             pool: pool.clone(),
             admission: admission.clone(),
@@ -285,6 +288,7 @@ impl Application {
             settler,
             breaker: breaker.clone(),
             rebuilds: rebuilds.clone(),
+            tasks: tasks.clone(),
         });
         let state = AppState::new(Features {
             policies: Arc::new(PolicyState {
@@ -300,6 +304,7 @@ impl Application {
                 admission: admission.clone(),
                 breaker,
                 rebuilds: rebuilds.clone(),
+                tasks: tasks.clone(),
             }),
             orders: Arc::new(OrderState {
                 order_pool: order_pool.clone(),
@@ -314,6 +319,7 @@ impl Application {
                 publisher,
                 rebuilds,
                 readiness: ReadinessCache::default(),
+                tasks: tasks.clone(),
             }),
             issue,
             pool,
@@ -321,12 +327,12 @@ impl Application {
         });
 
         let invalidations_ready = CancellationToken::new();
-        tokio::spawn(invalidation::run(
+        tasks.spawn(invalidation::run(
             redis_for_subscriber,
             stores.redis_url().to_owned(),
             keys.invalidation_channel(),
             invalidation::Invalidated { policies, sold_out },
-            background.clone(),
+            tasks.stopping(),
             invalidations_ready.clone(),
         ));
 
@@ -345,7 +351,7 @@ impl Application {
             ),
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
             state,
-            background,
+            tasks,
             invalidations_ready,
             grace: config.shutdown_grace(),
         })
@@ -369,8 +375,10 @@ impl Application {
         self.invalidations_ready.cancelled().await;
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, drains in-flight requests for at
-    /// most the configured grace, stops the subscriber and flushes the producer.
+    /// Serves until `shutdown` resolves, then stops accepting and drains in-flight requests,
+    /// stops the background loops and waits for every task it spawned ([`Tasks`]: the
+    /// settler's final drain, undos being retried, rebuilds, jobs), all within the configured
+    /// grace counted from the signal, and flushes the producer (at most 5 s more).
     ///
     /// # Errors
     /// The server failed while serving.
@@ -378,8 +386,10 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let (signalled, signalled_at) = tokio::sync::oneshot::channel();
         let signal = async move {
             shutdown.await;
+            let _ = signalled.send(Instant::now());
             tracing::info!("shutting down: draining in-flight requests");
         };
         crate::serve::serve(
@@ -390,7 +400,15 @@ impl Application {
             signal,
         )
         .await?;
-        self.background.cancel();
+        let deadline = signalled_at.await.unwrap_or_else(|_| Instant::now()) + self.grace;
+        let left = self.tasks.shutdown(deadline).await;
+        if left > 0 {
+            tracing::warn!(
+                tasks = left,
+                grace = ?self.grace,
+                "background tasks did not end within the grace; stopping anyway"
+            );
+        }
         self.state.issue.publisher.flush(Duration::from_secs(5));
         Ok(())
     }

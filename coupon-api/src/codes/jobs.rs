@@ -10,6 +10,8 @@ use coupon_core::codes::jobs::{self, Lease, Step};
 use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::tasks::Tasks;
+
 /// Codes committed per transaction by a generation job (count).
 pub const GENERATION_BATCH: i64 = 1_000;
 
@@ -22,18 +24,21 @@ pub struct CodeJobs {
     pool: MySqlPool,
     lease: Lease,
     shutdown: CancellationToken,
+    tasks: Tasks,
 }
 
 impl CodeJobs {
-    /// A runner leasing jobs for `lease` at a time under a fresh owner id; stops at `shutdown`.
-    pub fn new(pool: MySqlPool, lease: Duration, shutdown: CancellationToken) -> Self {
+    /// A runner leasing jobs for `lease` at a time under a fresh owner id; its jobs run as
+    /// tasks of `tasks` and stop when the service stops.
+    pub fn new(pool: MySqlPool, lease: Duration, tasks: Tasks) -> Self {
         Self {
             pool,
             lease: Lease {
                 owner: uuid::Uuid::new_v4().to_string(),
                 length: chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX),
             },
-            shutdown,
+            shutdown: tasks.stopping(),
+            tasks,
         }
     }
 
@@ -46,7 +51,7 @@ impl CodeJobs {
     /// lost, or shutdown.
     pub fn spawn(&self, job: i64) {
         let this = self.clone();
-        tokio::spawn(async move { this.run(job).await });
+        self.tasks.spawn(async move { this.run(job).await });
     }
 
     async fn run(&self, job: i64) {

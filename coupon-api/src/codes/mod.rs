@@ -30,6 +30,8 @@ pub struct CodeState {
     pub breaker: crate::issue::breaker::RedisBreaker,
     /// Rebuilds of lost admission state (a redeem may find it lost).
     pub rebuilds: crate::issue::rebuild::Rebuilds,
+    /// Owner of the redeem's task (it runs to its end when the client goes away).
+    pub tasks: crate::tasks::Tasks,
 }
 
 /// Routes of this module.

@@ -50,18 +50,21 @@ pub(super) async fn redeem_code(
     let user = caller.user_id;
     // Spawned, as the issue path's admission is: an admission made must end committed or
     // undone even if the client goes away (axum drops a handler's future on disconnect).
-    let redeemed = tokio::spawn(async move {
-        let admission = GuardedAdmission {
-            breaker: &state.breaker,
-            admission: &state.admission,
-        };
-        let redeemed = codes::redeem_code(&state.pool, &admission, &code, user, Utc::now()).await;
-        if let Err(CodeError::NotPrepared(coupon)) = &redeemed {
-            state.rebuilds.start(*coupon);
-        }
-        redeemed
-    })
-    .await
-    .map_err(|join_err| ApiError::Internal(join_err.into()))?;
+    let tasks = state.tasks.clone();
+    let redeemed = tasks
+        .spawn(async move {
+            let admission = GuardedAdmission {
+                breaker: &state.breaker,
+                admission: &state.admission,
+            };
+            let redeemed =
+                codes::redeem_code(&state.pool, &admission, &code, user, Utc::now()).await;
+            if let Err(CodeError::NotPrepared(coupon)) = &redeemed {
+                state.rebuilds.start(*coupon);
+            }
+            redeemed
+        })
+        .await
+        .map_err(|join_err| ApiError::Internal(join_err.into()))?;
     Ok(Json(redeemed?))
 }

@@ -39,4 +39,6 @@ pub struct IssuingState {
     pub breaker: breaker::RedisBreaker,
     /// Rebuilds of lost admission state started here.
     pub rebuilds: rebuild::Rebuilds,
+    /// Owner of the tasks a request leaves behind (the admission and publish, an undo).
+    pub tasks: crate::tasks::Tasks,
 }

@@ -14,6 +14,7 @@ use coupon_core::issue::recovery::{self, IssueLog};
 use sqlx::MySqlPool;
 
 use crate::policies::cache::PolicyCache;
+use crate::tasks::Tasks;
 
 /// Starts rebuilds and remembers which are running here; cheap to clone (clones share the
 /// running set).
@@ -25,18 +26,20 @@ pub struct Rebuilds {
     log: IssueLog,
     settle: Duration,
     running: Arc<Mutex<HashSet<CouponId>>>,
+    tasks: Tasks,
 }
 
 impl Rebuilds {
     /// Rebuilds reading the rows from `pool` and the messages in flight from `log`, after
     /// waiting `settle` (the producer's message timeout: a publish still in flight lands or
-    /// fails within it).
+    /// fails within it). Each rebuild runs as a task of `tasks`.
     pub fn new(
         pool: MySqlPool,
         admission: AdmissionStore,
         policies: PolicyCache,
         log: IssueLog,
         settle: Duration,
+        tasks: Tasks,
     ) -> Self {
         Self {
             pool,
@@ -45,6 +48,7 @@ impl Rebuilds {
             log,
             settle,
             running: Arc::default(),
+            tasks,
         }
     }
 
@@ -70,7 +74,7 @@ impl Rebuilds {
             return;
         }
         let this = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let outcome = match this.policies.get(coupon).await {
                 Ok(policy) => {
                     recovery::rebuild(&this.pool, &this.admission, &this.log, &policy, this.settle)

@@ -183,16 +183,18 @@ async fn issue_coupon(
     // published message or an undone admission, and is counted either way. A spawned task is
     // not dropped with the handler. It runs in the request's span, so its log lines name the
     // request too.
-    let request_id = tokio::spawn(
-        async move {
-            let result = admit_and_publish(state, shards, user, correlation_id).await;
-            record_outcome(result.as_ref());
-            result
-        }
-        .in_current_span(),
-    )
-    .await
-    .map_err(|join_err| ApiError::Internal(join_err.into()))??;
+    let tasks = state.tasks.clone();
+    let request_id = tasks
+        .spawn(
+            async move {
+                let result = admit_and_publish(state, shards, user, correlation_id).await;
+                record_outcome(result.as_ref());
+                result
+            }
+            .in_current_span(),
+        )
+        .await
+        .map_err(|join_err| ApiError::Internal(join_err.into()))??;
     Ok((
         StatusCode::ACCEPTED,
         Json(IssueAccepted {
@@ -282,7 +284,7 @@ async fn admit_and_publish(
                     // a script still queued in a stalled Redis may run after the undo;
                     // reconciliation finds such an admission (no message, no row) and
                     // re-publishes it.
-                    tokio::spawn(
+                    state.tasks.clone().spawn(
                         undo(
                             state,
                             shards,
@@ -387,7 +389,8 @@ async fn undo(
         Ok(false) => return Undo::AlreadyDurable,
         Err(_) => {}
     }
-    tokio::spawn(async move {
+    let tasks = state.tasks.clone();
+    tasks.spawn(async move {
         let attempt = || state.admission.undo(shards, user, request_id);
         let retried = attempt
             .retry(

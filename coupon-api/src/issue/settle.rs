@@ -21,6 +21,8 @@ use coupon_core::issue::admission::StockShards;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::tasks::Tasks;
+
 /// Most marks one batch takes off the queue (one `HDEL` per coupon among them).
 const BATCH_MAX: usize = 4_096;
 
@@ -31,11 +33,12 @@ pub struct Settler {
 }
 
 impl Settler {
-    /// Starts the background task clearing marks through `admission`; it stops when `stop`
-    /// is cancelled (after clearing what was already queued) or every handle is dropped.
-    pub fn start(admission: AdmissionStore, stop: CancellationToken) -> Self {
+    /// Starts the background task clearing marks through `admission`, owned by `tasks`; it
+    /// stops when the service stops ([`Tasks::stopping`], after clearing what was already
+    /// queued) or every handle is dropped.
+    pub fn start(admission: AdmissionStore, tasks: &Tasks) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(admission, rx, stop));
+        tasks.spawn(run(admission, rx, tasks.stopping()));
         Self { queue }
     }
 

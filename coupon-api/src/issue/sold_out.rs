@@ -10,6 +10,8 @@ use coupon_core::domain::{CouponId, UserId};
 use coupon_core::issue::admission::{AdmissionStore, StockShards};
 use moka::future::Cache;
 
+use crate::tasks::Tasks;
+
 /// How long a sold-out mark is kept (a sold-out coupon stays sold out; the bound only frees
 /// memory).
 const SOLD_OUT_TTL: Duration = Duration::from_secs(3600);
@@ -74,12 +76,13 @@ pub struct SoldOutMarks {
     marks: Cache<CouponId, SoldOut>,
     holders_max: u64,
     redis: AdmissionStore,
+    tasks: Tasks,
 }
 
 impl SoldOutMarks {
     /// Marks for at most `coupons` coupons (count) holding copies of at most `holders_max`
-    /// holders in all (count; 0 copies none).
-    pub fn new(coupons: u64, holders_max: u64, redis: AdmissionStore) -> Self {
+    /// holders in all (count; 0 copies none); the copies run as tasks of `tasks`.
+    pub fn new(coupons: u64, holders_max: u64, redis: AdmissionStore, tasks: Tasks) -> Self {
         Self {
             marks: Cache::builder()
                 .max_capacity(coupons.saturating_add(holders_max))
@@ -94,6 +97,7 @@ impl SoldOutMarks {
                 .build(),
             holders_max,
             redis,
+            tasks,
         }
     }
 
@@ -115,7 +119,8 @@ impl SoldOutMarks {
         }
         if self.holders_max > 0 {
             let marks = self.clone();
-            tokio::spawn(async move { marks.copy_holders(shards).await });
+            self.tasks
+                .spawn(async move { marks.copy_holders(shards).await });
         }
     }
 

@@ -26,6 +26,8 @@ pub struct OperationsState {
     pub rebuilds: Rebuilds,
     /// The last readiness report, kept for one second ([`health`]).
     pub readiness: health::ReadinessCache,
+    /// Owner of the reconciliation jobs' tasks.
+    pub tasks: crate::tasks::Tasks,
 }
 
 /// Routes of this feature.

@@ -111,7 +111,8 @@ async fn start_reconciliation(
         .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("job {job_id} vanished")))?;
     let (coupon, dry_run) = (request.coupon_id, request.dry_run);
-    tokio::spawn(async move {
+    let tasks = state.tasks.clone();
+    tasks.spawn(async move {
         let reconciler = Reconciler {
             pool: &state.pool,
             admission: &state.admission,
