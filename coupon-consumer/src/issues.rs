@@ -3,6 +3,12 @@
 //!
 //! At-least-once delivery plus the unique key `(coupon_id, user_id)` make every acknowledged
 //! issue message end as exactly one row (docs/invariants.md 2, 3, 6).
+//!
+//! A batch is a list of items, each Kafka message with its parsed issue and its fate (pending,
+//! persisted, duplicate, or dead with its reason and detail); each step of [`IssueConsumer`]
+//! reads and sets fates (the `batch` module).
+
+mod batch;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -12,7 +18,7 @@ use std::time::{Duration, Instant};
 use coupon_core::domain::CouponId;
 use coupon_core::issue::admission::{AdmissionStore, Invalidation, StockShards};
 use coupon_core::issue::message::IssueMessage;
-use coupon_core::issue::persistence::{PersistReport, Rejection};
+use coupon_core::issue::persistence::{self, PersistReport};
 use coupon_core::telemetry::names;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
@@ -20,11 +26,12 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use sqlx::MySqlPool;
 use tracing::Instrument;
 
-use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::dead_letter::DeadLetters;
 use crate::gauges::GroupContext;
 use crate::outbox::Backlog;
 use crate::retry::{Retrier, Shutdown};
 use crate::ConsumerStats;
+use batch::{Item, Tally};
 
 /// The log target of the line written for every persisted row (INFO: `issue persisted` with
 /// `coupon_id`, `user_id`, the issue's `request_id` and the HTTP request's `correlation_id`,
@@ -110,41 +117,50 @@ impl IssueConsumer {
         batch
     }
 
-    /// Claims the admissions of `issues` ([`AdmissionStore::claim`], one script per coupon and
-    /// home shard, atomic with the API's undo) and returns the indexes of those that are not
-    /// theirs: the user is no member, or is pending under another request, so the message's
-    /// admission was undone. That happens when the API's publish failed after the broker had
-    /// written the message but before it acknowledged it (a broker killed or cut off
-    /// mid-request, the in-sync replicas waited for past the message timeout; librdkafka calls
-    /// such a message "possibly persisted"): the user heard 503, and persisting the message
-    /// would give them a coupon, and with it a unit that belongs to a user who heard 202. A
-    /// claim clears the admission's pending mark before the row is written, so the API's undo
-    /// of that request finds nothing to undo and answers 202 instead: a message and the undo
-    /// of its admission never both win. A coupon without Redis state (no stock key: Redis lost
-    /// it and the API has not rebuilt it yet) cannot be checked and is persisted as before.
-    async fn undone_admissions(&self, issues: &[IssueMessage]) -> anyhow::Result<HashSet<usize>> {
+    /// Claims the admissions of the pending `items` ([`AdmissionStore::claim`], one script per
+    /// coupon and home shard, atomic with the API's undo) and returns the positions in `items`
+    /// of those that are not theirs: the user is no member, or is pending under another
+    /// request, so the message's admission was undone. That happens when the API's publish
+    /// failed after the broker had written the message but before it acknowledged it (a broker
+    /// killed or cut off mid-request, the in-sync replicas waited for past the message timeout;
+    /// librdkafka calls such a message "possibly persisted"): the user heard 503, and
+    /// persisting the message would give them a coupon, and with it a unit that belongs to a
+    /// user who heard 202. A claim clears the admission's pending mark before the row is
+    /// written, so the API's undo of that request finds nothing to undo and answers 202
+    /// instead: a message and the undo of its admission never both win. A coupon without Redis
+    /// state (no stock key: Redis lost it and the API has not rebuilt it yet) cannot be checked
+    /// and is persisted as before.
+    async fn undone_admissions(&self, items: &[Item<'_>]) -> anyhow::Result<HashSet<usize>> {
         // The messages of one coupon carry the same shard count: it is fixed with the policy.
-        let mut by_coupon: BTreeMap<CouponId, Vec<usize>> = BTreeMap::new();
-        for (i, issue) in issues.iter().enumerate() {
-            by_coupon.entry(issue.coupon_id).or_default().push(i);
+        let mut by_coupon: BTreeMap<CouponId, Vec<(usize, &IssueMessage)>> = BTreeMap::new();
+        for (position, item) in items.iter().enumerate() {
+            if let Some(issue) = item.pending() {
+                by_coupon
+                    .entry(issue.coupon_id)
+                    .or_default()
+                    .push((position, issue));
+            }
         }
         let mut undone = HashSet::new();
-        for indexes in by_coupon.into_values() {
-            let shards = issues[indexes[0]].shards();
+        for group in by_coupon.into_values() {
+            let Some(&(_, first)) = group.first() else {
+                continue;
+            };
+            let shards = first.shards();
             if !self.admission.is_prepared(shards).await? {
                 continue;
             }
-            let messages: Vec<(i64, _)> = indexes
+            let messages: Vec<(i64, _)> = group
                 .iter()
-                .map(|&i| (issues[i].user_id.get(), issues[i].request_id))
+                .map(|(_, issue)| (issue.user_id.get(), issue.request_id))
                 .collect();
             let claimed = self.admission.claim(shards, &messages).await?;
             undone.extend(
-                indexes
+                group
                     .iter()
                     .zip(claimed)
                     .filter(|(_, claimed)| !claimed)
-                    .map(|(&i, _)| i),
+                    .map(|(&(position, _), _)| position),
             );
         }
         Ok(undone)
@@ -154,52 +170,58 @@ impl IssueConsumer {
     /// of a stop ended while a step was still failing (nothing committed).
     async fn handle(&self, batch: &[OwnedMessage], shutdown: &Shutdown) -> Option<()> {
         let started = Instant::now();
-        let mut issues = Vec::with_capacity(batch.len());
-        let mut sources = Vec::with_capacity(batch.len());
-        let mut dead = Vec::new();
-        for message in batch {
-            match IssueMessage::from_json(message.payload().unwrap_or_default()) {
-                Ok(issue) => {
-                    issues.push(issue);
-                    sources.push(message);
-                }
-                Err(err) => dead.push(DeadLetter {
-                    message,
-                    reason: "malformed",
-                    detail: err.to_string(),
-                }),
-            }
-        }
-
+        let mut items: Vec<Item<'_>> = batch.iter().map(Item::parse).collect();
         if batch.len() >= self.batch_max_messages {
             self.backlog.note_full_batch();
         }
-        let check = || self.undone_admissions(&issues);
-        let undone = self.retry.run("admission_check", check, shutdown).await?;
-        if !undone.is_empty() {
-            let kept: Vec<bool> = (0..issues.len()).map(|i| !undone.contains(&i)).collect();
-            let mut keep = kept.iter();
-            issues.retain(|_| keep.next().copied().unwrap_or(true));
-            let mut kept_sources = Vec::with_capacity(issues.len());
-            for (source, kept) in sources.into_iter().zip(kept) {
-                if kept {
-                    kept_sources.push(source);
-                } else {
-                    dead.push(DeadLetter {
-                        message: source,
-                        reason: "admission_undone",
-                        detail: "the admission of this message was undone (its user is not in the \
-                                 coupon's admission set, or is pending under another request)"
-                            .into(),
-                    });
-                }
-            }
-            sources = kept_sources;
+        self.check_admissions(&mut items, shutdown).await?;
+        let sold_out = self.persist(&mut items, shutdown).await?;
+        let letters = batch::dead_letters(&items);
+        if !letters.is_empty() {
+            let send = || self.dead_letters.send(&letters);
+            self.retry.run("dead_letter", send, shutdown).await?;
         }
-        let persist = || coupon_core::issue::persistence::persist_batch(&self.pool, &issues);
+        self.broadcast_sold_out(&items, &sold_out).await;
+
+        // The batch is durable: a commit that cannot even be queued only means redelivery,
+        // which the unique key absorbs.
+        if let Err(err) = self.commit(batch) {
+            tracing::warn!(%err, "offset commit failed; the batch will be redelivered and skipped");
+        }
+        self.record_batch(&items, started);
+        Some(())
+    }
+
+    /// The admission check: marks the pending items whose admission was undone
+    /// ([`Self::undone_admissions`]) dead, `admission_undone`. `None` when the grace period of
+    /// a stop ended while the check was still failing.
+    async fn check_admissions(&self, items: &mut [Item<'_>], shutdown: &Shutdown) -> Option<()> {
+        let pending: &[Item<'_>] = items;
+        let check = || self.undone_admissions(pending);
+        let undone = self.retry.run("admission_check", check, shutdown).await?;
+        for (position, item) in items.iter_mut().enumerate() {
+            if undone.contains(&position) {
+                item.undo_admission();
+            }
+        }
+        Some(())
+    }
+
+    /// The persist step: persists the pending items in one transaction
+    /// ([`persistence::persist_batch`], retried whole), settles each one's fate from its
+    /// outcome, logs each persisted row (INFO, [`PERSISTED_TARGET`]) and returns the coupons
+    /// that sold out. `None` when the grace period of a stop ended while persisting was still
+    /// failing (nothing persisted).
+    async fn persist(&self, items: &mut [Item<'_>], shutdown: &Shutdown) -> Option<Vec<CouponId>> {
+        let issues: Vec<IssueMessage> = items.iter().filter_map(Item::pending).cloned().collect();
+        let persist = || persistence::persist_batch(&self.pool, &issues);
         let report: PersistReport = self.retry.run("persist", persist, shutdown).await?;
-        for &index in &report.persisted {
-            let issue = &issues[index];
+        // The report has one outcome per issue handed over, in their order: the pending items'.
+        let pending = items.iter_mut().filter(|item| item.pending().is_some());
+        for (item, outcome) in pending.zip(&report.outcomes) {
+            item.settle(outcome);
+        }
+        for issue in items.iter().filter_map(Item::persisted) {
             tracing::info!(
                 target: PERSISTED_TARGET,
                 coupon_id = %issue.coupon_id,
@@ -209,26 +231,17 @@ impl IssueConsumer {
                 "issue persisted"
             );
         }
-        for (index, rejection) in &report.rejected {
-            let issue = &issues[*index];
-            let mut detail = format!("coupon {} user {}", issue.coupon_id, issue.user_id);
-            if let Rejection::RefusedByDatabase(error) = rejection {
-                detail = format!("{detail}: {error}");
-            }
-            dead.push(DeadLetter {
-                message: sources[*index],
-                reason: rejection.as_str(),
-                detail,
-            });
-        }
-        if !dead.is_empty() {
-            let send = || self.dead_letters.send(&dead);
-            self.retry.run("dead_letter", send, shutdown).await?;
-        }
+        Some(report.sold_out)
+    }
 
-        for &coupon_id in &report.sold_out {
-            let shards = issues
+    /// Tells the API instances that the `sold_out` coupons have no stock left (best effort: a
+    /// failed broadcast is logged, and their caches expire by TTL). A coupon's shards are read
+    /// from one of its persisted messages.
+    async fn broadcast_sold_out(&self, items: &[Item<'_>], sold_out: &[CouponId]) {
+        for &coupon_id in sold_out {
+            let shards = items
                 .iter()
+                .filter_map(Item::persisted)
                 .find(|issue| issue.coupon_id == coupon_id)
                 .map_or(StockShards::single(coupon_id), IssueMessage::shards);
             let invalidation = Invalidation::sold_out(shards);
@@ -236,34 +249,29 @@ impl IssueConsumer {
                 tracing::warn!(%err, %coupon_id, "sold-out broadcast failed; caches expire by TTL");
             }
         }
+    }
 
-        // The batch is durable: a commit that cannot even be queued only means redelivery,
-        // which the unique key absorbs.
-        if let Err(err) = self.commit(batch) {
-            tracing::warn!(%err, "offset commit failed; the batch will be redelivered and skipped");
-        }
-
-        let inserted: u64 = report.inserted.values().sum();
+    /// Counts a committed batch in the metrics and [`ConsumerStats`], from its items' fates,
+    /// and logs it (DEBUG).
+    fn record_batch(&self, items: &[Item<'_>], started: Instant) {
+        let messages = items.len() as u64;
+        let Tally {
+            persisted: inserted,
+            duplicates,
+            dead,
+        } = Tally::of(items);
         metrics::counter!(names::CONSUMER_BATCHES).increment(1);
-        metrics::counter!(names::CONSUMER_MESSAGES).increment(batch.len() as u64);
+        metrics::counter!(names::CONSUMER_MESSAGES).increment(messages);
         metrics::counter!(names::CONSUMER_ROWS_INSERTED).increment(inserted);
-        metrics::counter!(names::CONSUMER_DUPLICATES_SKIPPED).increment(report.duplicates);
-        metrics::histogram!(names::CONSUMER_BATCH_SIZE).record(batch.len() as f64);
+        metrics::counter!(names::CONSUMER_DUPLICATES_SKIPPED).increment(duplicates);
+        metrics::histogram!(names::CONSUMER_BATCH_SIZE).record(items.len() as f64);
         metrics::histogram!(names::CONSUMER_PERSIST_DURATION).record(started.elapsed());
-        self.stats
-            .dead_lettered
-            .fetch_add(dead.len() as u64, Ordering::Relaxed);
+        self.stats.dead_lettered.fetch_add(dead, Ordering::Relaxed);
         self.stats
             .messages_committed
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            .fetch_add(messages, Ordering::Relaxed);
         self.stats.batches_committed.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(
-            inserted,
-            duplicates = report.duplicates,
-            dead = dead.len(),
-            "batch committed"
-        );
-        Some(())
+        tracing::debug!(inserted, duplicates, dead, "batch committed");
     }
 
     /// Commits, per partition, the offset after the batch's last message there. Offsets inside

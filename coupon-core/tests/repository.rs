@@ -5,7 +5,7 @@
 use chrono::Utc;
 use coupon_core::domain::{CouponId, CouponPolicy};
 use coupon_core::issue::message::IssueMessage;
-use coupon_core::issue::persistence::Rejection;
+use coupon_core::issue::persistence::{Outcome, PersistReport, Rejection};
 use coupon_core::policies;
 use coupon_core::{store::db, testing};
 use sqlx::MySqlPool;
@@ -33,6 +33,17 @@ async fn create(pool: &MySqlPool, total: Option<i64>) -> CouponPolicy {
 
 fn issue(coupon: CouponId, user: i64) -> IssueMessage {
     testing::issue_message(coupon, user)
+}
+
+/// The messages `report` rejected, by position in the batch, with the reason, in batch order.
+fn rejected(report: &PersistReport) -> Vec<(usize, Rejection)> {
+    let outcomes = report.outcomes.iter().enumerate();
+    outcomes
+        .filter_map(|(position, outcome)| match outcome {
+            Outcome::Rejected(rejection) => Some((position, rejection.clone())),
+            Outcome::Persisted | Outcome::Duplicate => None,
+        })
+        .collect()
 }
 
 async fn issued_quantity(pool: &MySqlPool, coupon: CouponId) -> i64 {
@@ -94,7 +105,7 @@ async fn messages_of_an_unknown_coupon_are_rejected_and_the_rest_persist() {
         .await
         .unwrap();
 
-    assert_eq!(report.rejected, vec![(1, Rejection::UnknownCoupon)]);
+    assert_eq!(rejected(&report), vec![(1, Rejection::UnknownCoupon)]);
     assert_eq!(report.inserted.get(&coupon.id), Some(&2));
 }
 
@@ -114,7 +125,7 @@ async fn a_group_that_would_exceed_the_stock_loses_only_its_excess() {
         .unwrap();
 
     assert_eq!(
-        report.rejected,
+        rejected(&report),
         vec![(4, Rejection::StockExceeded), (5, Rejection::StockExceeded)],
         "only the messages beyond the units left are refused, the latest of the batch"
     );
@@ -150,8 +161,9 @@ async fn a_row_mysql_refuses_is_dead_lettered_with_its_reason_not_counted_a_dupl
         .unwrap();
 
     assert_eq!(report.duplicates, 0, "a refused row is no duplicate");
-    assert_eq!(report.rejected.len(), 1, "{:?}", report.rejected);
-    let (index, rejection) = &report.rejected[0];
+    let rejected = rejected(&report);
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    let (index, rejection) = &rejected[0];
     assert_eq!(*index, 1);
     assert_eq!(rejection.as_str(), "refused_by_database");
     assert!(
@@ -165,6 +177,45 @@ async fn a_row_mysql_refuses_is_dead_lettered_with_its_reason_not_counted_a_dupl
     );
     assert_eq!(testing::count_rows(&pool, coupon.id.get()).await, 2);
     assert_eq!(issued_quantity(&pool, coupon.id).await, 2);
+}
+
+#[tokio::test]
+async fn each_message_gets_its_outcome_in_the_batch_order_whatever_its_coupon() {
+    let pool = pool().await;
+    let small = create(&pool, Some(1)).await;
+    let large = create(&pool, Some(10)).await;
+    let unknown = CouponId::parse(large.id.get() + 1000).unwrap();
+    coupon_core::issue::persistence::persist_batch(&pool, &[issue(large.id, 1)])
+        .await
+        .unwrap();
+    let batch = vec![
+        issue(large.id, 1),
+        issue(small.id, 1),
+        issue(unknown, 1),
+        issue(large.id, 2),
+        issue(small.id, 2),
+        issue(large.id, 2),
+    ];
+
+    let report = coupon_core::issue::persistence::persist_batch(&pool, &batch)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        report.outcomes,
+        [
+            Outcome::Duplicate,
+            Outcome::Persisted,
+            Outcome::Rejected(Rejection::UnknownCoupon),
+            Outcome::Persisted,
+            Outcome::Rejected(Rejection::StockExceeded),
+            Outcome::Duplicate,
+        ]
+    );
+    assert_eq!(report.duplicates, 2);
+    assert_eq!(report.inserted.get(&small.id), Some(&1));
+    assert_eq!(report.inserted.get(&large.id), Some(&1));
+    assert_eq!(report.sold_out, vec![small.id]);
 }
 
 #[tokio::test]
