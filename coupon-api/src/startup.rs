@@ -28,7 +28,7 @@ use crate::codes::jobs::CodeJobs;
 use crate::codes::CodeState;
 use crate::config::ApiConfig;
 use crate::http::auth::Authenticator;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorCode};
 use crate::http::idempotency::Idempotency;
 use crate::http::rate_limit::RateLimits;
 use crate::http::{observe, request_id};
@@ -171,9 +171,12 @@ fn register_metrics() {
     let issue_route = "/api/v1/coupons/{coupon_id}/issues";
     for (status, outcome) in [
         (StatusCode::ACCEPTED, "OK"),
-        (StatusCode::CONFLICT, "ALREADY_ISSUED"),
-        (StatusCode::CONFLICT, "SOLD_OUT"),
-        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        (StatusCode::CONFLICT, ErrorCode::AlreadyIssued.as_str()),
+        (StatusCode::CONFLICT, ErrorCode::SoldOut.as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable.as_str(),
+        ),
     ] {
         let class = observe::STATUS_CLASSES[usize::from(status.as_u16() / 100)];
         let _ = metrics::histogram!(

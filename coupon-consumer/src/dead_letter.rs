@@ -1,33 +1,61 @@
 //! The dead-letter topic: where messages that can never succeed go, with their reason, so the
 //! partition behind them keeps moving and an operator can inspect or replay them.
 
+use coupon_core::issue::persistence::Rejection;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::Message;
 
-/// Every reason a message is dead-lettered for: the issue consumer's `malformed` and `admission_undone`, the
-/// [`coupon_core::issue::persistence::Rejection`]s, and the payment consumer's
-/// `malformed_payment` and `payment_after_release` (a `COMPLETED` for a hold released before
-/// it arrived, whose coupon is no longer free: the order was paid without its discount).
-pub const REASONS: [&str; 7] = [
-    "malformed",
-    "admission_undone",
-    "unknown_coupon",
-    "stock_exceeded",
-    "refused_by_database",
-    "malformed_payment",
-    "payment_after_release",
-];
+/// Why a message is dead-lettered: the `x-dead-letter-reason` header and the `reason` label of
+/// `coupon_consumer_dead_letters_total` (monitoring/METRICS.md), as its snake-case name
+/// ([`Self::as_str`]); every value is pre-registered ([`Self::ALL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub enum DeadLetterReason {
+    /// An issue message that does not parse.
+    Malformed,
+    /// An issue message whose admission was undone (its client heard 503).
+    AdmissionUndone,
+    /// [`Rejection::UnknownCoupon`].
+    UnknownCoupon,
+    /// [`Rejection::StockExceeded`].
+    StockExceeded,
+    /// [`Rejection::RefusedByDatabase`].
+    RefusedByDatabase,
+    /// A payment result that does not parse.
+    MalformedPayment,
+    /// A `COMPLETED` for a hold released before it arrived, whose coupon is no longer free:
+    /// the order was paid without its discount.
+    PaymentAfterRelease,
+}
+
+impl DeadLetterReason {
+    /// Every reason.
+    pub const ALL: &'static [Self] = <Self as strum::VariantArray>::VARIANTS;
+
+    /// The header value and metric label.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    /// The reason of a message persistence can never store.
+    pub fn of(rejection: &Rejection) -> Self {
+        match rejection {
+            Rejection::UnknownCoupon => Self::UnknownCoupon,
+            Rejection::StockExceeded => Self::StockExceeded,
+            Rejection::RefusedByDatabase(_) => Self::RefusedByDatabase,
+        }
+    }
+}
 
 /// A message that can never succeed, and why.
 pub struct DeadLetter<'a> {
     /// The original message; its key and payload are forwarded unchanged.
     pub message: &'a OwnedMessage,
-    /// Stable reason (`malformed`, `unknown_coupon`, `stock_exceeded`, …): the
-    /// `x-dead-letter-reason` header and the metrics label.
-    pub reason: &'static str,
+    /// Why: the `x-dead-letter-reason` header and the metrics label.
+    pub reason: DeadLetterReason,
     /// Human-readable detail: the `x-dead-letter-detail` header.
     pub detail: String,
 }
@@ -53,7 +81,7 @@ impl DeadLetters {
             let partition = letter.message.partition().to_string();
             let offset = letter.message.offset().to_string();
             let headers = OwnedHeaders::new()
-                .insert(Header { key: "x-dead-letter-reason", value: Some(letter.reason) })
+                .insert(Header { key: "x-dead-letter-reason", value: Some(letter.reason.as_str()) })
                 .insert(Header { key: "x-dead-letter-detail", value: Some(&letter.detail) })
                 .insert(Header { key: "x-source-topic", value: Some(letter.message.topic()) })
                 .insert(Header { key: "x-source-partition", value: Some(&partition) })
@@ -64,9 +92,9 @@ impl DeadLetters {
             if let Some(key) = letter.message.key() {
                 record = record.key(key);
             }
-            metrics::counter!(coupon_core::telemetry::names::CONSUMER_DEAD_LETTERS, "reason" => letter.reason)
+            metrics::counter!(coupon_core::telemetry::names::CONSUMER_DEAD_LETTERS, "reason" => letter.reason.as_str())
                 .increment(1);
-            tracing::warn!(reason = letter.reason, detail = %letter.detail, "dead-lettering a message");
+            tracing::warn!(reason = letter.reason.as_str(), detail = %letter.detail, "dead-lettering a message");
             self.producer.send(record, Timeout::Never)
         });
         for result in futures::future::join_all(sends).await {

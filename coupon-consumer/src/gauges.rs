@@ -182,10 +182,10 @@ pub fn register_metrics() {
         metrics::counter!(names::PAYMENT_RESULTS_UNCHANGED, "reason" => reason.as_str())
             .increment(0);
     }
-    for reason in crate::dead_letter::REASONS {
-        metrics::counter!(names::CONSUMER_DEAD_LETTERS, "reason" => reason).increment(0);
+    for reason in crate::dead_letter::DeadLetterReason::ALL {
+        metrics::counter!(names::CONSUMER_DEAD_LETTERS, "reason" => reason.as_str()).increment(0);
     }
-    for step in crate::retry::RETRY_STEPS {
-        metrics::counter!(names::CONSUMER_RETRIES, "step" => step).increment(0);
+    for step in crate::retry::RetryStep::ALL {
+        metrics::counter!(names::CONSUMER_RETRIES, "step" => step.as_str()).increment(0);
     }
 }

@@ -29,7 +29,7 @@ use tracing::Instrument;
 use crate::dead_letter::DeadLetters;
 use crate::gauges::GroupContext;
 use crate::outbox::Backlog;
-use crate::retry::{Retrier, Shutdown};
+use crate::retry::{Retrier, RetryStep, Shutdown};
 use crate::ConsumerStats;
 use batch::{Item, Tally};
 
@@ -179,7 +179,9 @@ impl IssueConsumer {
         let letters = batch::dead_letters(&items);
         if !letters.is_empty() {
             let send = || self.dead_letters.send(&letters);
-            self.retry.run("dead_letter", send, shutdown).await?;
+            self.retry
+                .run(RetryStep::DeadLetter, send, shutdown)
+                .await?;
         }
         self.broadcast_sold_out(&items, &sold_out).await;
 
@@ -198,7 +200,10 @@ impl IssueConsumer {
     async fn check_admissions(&self, items: &mut [Item<'_>], shutdown: &Shutdown) -> Option<()> {
         let pending: &[Item<'_>] = items;
         let check = || self.undone_admissions(pending);
-        let undone = self.retry.run("admission_check", check, shutdown).await?;
+        let undone = self
+            .retry
+            .run(RetryStep::AdmissionCheck, check, shutdown)
+            .await?;
         for (position, item) in items.iter_mut().enumerate() {
             if undone.contains(&position) {
                 item.undo_admission();
@@ -215,7 +220,10 @@ impl IssueConsumer {
     async fn persist(&self, items: &mut [Item<'_>], shutdown: &Shutdown) -> Option<Vec<CouponId>> {
         let issues: Vec<IssueMessage> = items.iter().filter_map(Item::pending).cloned().collect();
         let persist = || persistence::persist_batch(&self.pool, &issues);
-        let report: PersistReport = self.retry.run("persist", persist, shutdown).await?;
+        let report: PersistReport = self
+            .retry
+            .run(RetryStep::Persist, persist, shutdown)
+            .await?;
         // The report has one outcome per issue handed over, in their order: the pending items'.
         let pending = items.iter_mut().filter(|item| item.pending().is_some());
         for (item, outcome) in pending.zip(&report.outcomes) {

@@ -23,9 +23,9 @@ use serde::Deserialize;
 use sqlx::MySqlPool;
 use tracing::Instrument;
 
-use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
 use crate::gauges::GroupContext;
-use crate::retry::{Retrier, Shutdown};
+use crate::retry::{Retrier, RetryStep, Shutdown};
 use crate::ConsumerStats;
 
 /// What a payment service reports.
@@ -110,16 +110,22 @@ impl PaymentConsumer {
             Err(detail) => {
                 let letter = [DeadLetter {
                     message,
-                    reason: "malformed_payment",
+                    reason: DeadLetterReason::MalformedPayment,
                     detail,
                 }];
                 let send = || self.dead_letters.send(&letter);
-                return self.retry.run("payment_dead_letter", send, shutdown).await;
+                return self
+                    .retry
+                    .run(RetryStep::PaymentDeadLetter, send, shutdown)
+                    .await;
             }
         };
         let paid = matches!(status, PaymentStatus::Completed);
         let apply = || redemption::settle_order(&self.pool, &order_id, paid, Utc::now());
-        let settlement = self.retry.run("payment_apply", apply, shutdown).await?;
+        let settlement = self
+            .retry
+            .run(RetryStep::PaymentApply, apply, shutdown)
+            .await?;
         metrics::counter!(names::PAYMENT_RESULTS, "status" => if paid { "completed" } else { "failed" })
             .increment(1);
         if !settlement.confirmed_after_release.is_empty() {
@@ -153,7 +159,7 @@ impl PaymentConsumer {
         }
         let letter = [DeadLetter {
             message,
-            reason: "payment_after_release",
+            reason: DeadLetterReason::PaymentAfterRelease,
             detail: format!(
                 "order {} was paid after its hold of coupon issues {:?} was released, and they \
                  are no longer free: the order was paid without its discount",
@@ -162,7 +168,9 @@ impl PaymentConsumer {
             ),
         }];
         let send = || self.dead_letters.send(&letter);
-        self.retry.run("payment_dead_letter", send, shutdown).await
+        self.retry
+            .run(RetryStep::PaymentDeadLetter, send, shutdown)
+            .await
     }
 }
 

@@ -23,7 +23,7 @@ use crate::retry::Shutdown;
 /// Registers `coupon_purged_rows_total` at 0 for every table, so dashboards see it before the
 /// first purge.
 pub(crate) fn register_metrics() {
-    for target in Target::ALL {
+    for &target in Target::ALL {
         metrics::counter!(names::PURGED, "table" => target.table()).increment(0);
     }
 }
@@ -63,7 +63,7 @@ impl PurgeJobs {
     /// and the others are still purged.
     async fn run_once(&self, shutdown: &Shutdown) {
         let now = Utc::now();
-        for target in Target::ALL {
+        for &target in Target::ALL {
             let retention = match target {
                 Target::IdempotencyKeys => Duration::ZERO,
                 Target::PublishedEvents => self.outbox_retention,

@@ -41,20 +41,42 @@ pub const LOCK_PREFIX: &str = "coupon_reconcile:";
 /// SQL taking the lock of the current database without waiting: 1 when taken.
 pub const TAKE_LOCK: &str = "SELECT GET_LOCK(CONCAT(?, DATABASE()), 0)";
 
-/// Every `kind` label of `coupon_reconciliation_repairs_total`.
-pub const REPAIR_KINDS: [&str; 3] = ["republished", "readmitted", "issued_quantity"];
+/// What a pass repaired: the `kind` label of `coupon_reconciliation_repairs_total`, as its
+/// snake-case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub enum RepairKind {
+    /// A lost issue message re-published.
+    Republished,
+    /// A user with a row added back to the admission set.
+    Readmitted,
+    /// A drifted `issued_quantity` set to the row count.
+    IssuedQuantity,
+}
 
-/// Every `outcome` label of `coupon_reconciliation_passes_total`.
-pub const PASS_OUTCOMES: [&str; 3] = ["done", "skipped", "failed"];
+/// How a pass ended: the `outcome` label of `coupon_reconciliation_passes_total`, as its
+/// snake-case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub enum PassOutcome {
+    /// The pass ran.
+    Done,
+    /// Another process held the lock.
+    Skipped,
+    /// The pass failed; the next one retries.
+    Failed,
+}
 
 /// Registers the reconciliation counters at 0, so dashboards and alerts see them before the
 /// first repair.
 pub(crate) fn register_metrics() {
-    for kind in REPAIR_KINDS {
-        metrics::counter!(names::RECONCILIATION_REPAIRS, "kind" => kind).increment(0);
+    use strum::VariantArray;
+    for &kind in RepairKind::VARIANTS {
+        metrics::counter!(names::RECONCILIATION_REPAIRS, "kind" => <&str>::from(kind)).increment(0);
     }
-    for outcome in PASS_OUTCOMES {
-        metrics::counter!(names::RECONCILIATION_PASSES, "outcome" => outcome).increment(0);
+    for &outcome in PassOutcome::VARIANTS {
+        metrics::counter!(names::RECONCILIATION_PASSES, "outcome" => <&str>::from(outcome))
+            .increment(0);
     }
 }
 
@@ -101,15 +123,16 @@ impl PeriodicReconciliation {
             let label = match outcome {
                 Ok(Some(reports)) => {
                     self.count(&reports);
-                    "done"
+                    PassOutcome::Done
                 }
-                Ok(None) => "skipped",
+                Ok(None) => PassOutcome::Skipped,
                 Err(err) => {
                     tracing::warn!(err = %format!("{err:#}"), "reconciliation pass failed; the next one retries");
-                    "failed"
+                    PassOutcome::Failed
                 }
             };
-            metrics::counter!(names::RECONCILIATION_PASSES, "outcome" => label).increment(1);
+            metrics::counter!(names::RECONCILIATION_PASSES, "outcome" => <&str>::from(label))
+                .increment(1);
         }
     }
 
@@ -175,12 +198,13 @@ impl PeriodicReconciliation {
         for report in reports.iter().filter(|r| r.needed_repair()) {
             let counted = report.issued_quantity_after != report.issued_quantity_before;
             let repairs = [
-                ("republished", report.republished.len() as u64),
-                ("readmitted", report.readmitted.len() as u64),
-                ("issued_quantity", u64::from(counted)),
+                (RepairKind::Republished, report.republished.len() as u64),
+                (RepairKind::Readmitted, report.readmitted.len() as u64),
+                (RepairKind::IssuedQuantity, u64::from(counted)),
             ];
             for (kind, n) in repairs {
-                metrics::counter!(names::RECONCILIATION_REPAIRS, "kind" => kind).increment(n);
+                metrics::counter!(names::RECONCILIATION_REPAIRS, "kind" => <&str>::from(kind))
+                    .increment(n);
             }
             let total: u64 = repairs.iter().map(|(_, n)| n).sum();
             self.stats

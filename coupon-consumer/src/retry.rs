@@ -67,14 +67,32 @@ impl Shutdown {
     }
 }
 
-/// Every `step` label of `coupon_consumer_retries_total` (monitoring/METRICS.md).
-pub const RETRY_STEPS: [&str; 5] = [
-    "admission_check",
-    "persist",
-    "dead_letter",
-    "payment_apply",
-    "payment_dead_letter",
-];
+/// A step the consumer retries: the `step` label of `coupon_consumer_retries_total`
+/// (monitoring/METRICS.md), as its snake-case name; every value is pre-registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub enum RetryStep {
+    /// The issue loop's claim of a batch's admissions.
+    AdmissionCheck,
+    /// The issue loop's write of a batch.
+    Persist,
+    /// The issue loop's dead letters.
+    DeadLetter,
+    /// The payment loop's write of a result.
+    PaymentApply,
+    /// The payment loop's dead letters.
+    PaymentDeadLetter,
+}
+
+impl RetryStep {
+    /// Every step.
+    pub const ALL: &'static [Self] = <Self as strum::VariantArray>::VARIANTS;
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
 
 /// Retries a failing step with exponential back-off (100 ms doubling up to
 /// `RETRY_MAX_DELAY_MS`, with jitter, without a limit on attempts) and counts each failure.
@@ -98,12 +116,12 @@ impl Retrier {
     }
 
     /// Runs `attempt` until it succeeds, counting each failure in
-    /// `coupon_consumer_retries_total{step}` (`step` one of [`RETRY_STEPS`]) and in
+    /// `coupon_consumer_retries_total{step}` and in
     /// [`ConsumerStats::failed_attempts`]. `None` when `shutdown` reached its second stage
     /// first: the attempt in flight is dropped and the caller commits nothing.
     pub async fn run<T, E, F, Fut>(
         &self,
-        step: &'static str,
+        step: RetryStep,
         attempt: F,
         shutdown: &Shutdown,
     ) -> Option<T>
@@ -121,13 +139,13 @@ impl Retrier {
             })
             .notify(|err: &E, pause: Duration| {
                 self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(names::CONSUMER_RETRIES, "step" => step).increment(1);
-                tracing::warn!(error = %err, ?pause, step, "failed; retrying");
+                metrics::counter!(names::CONSUMER_RETRIES, "step" => step.as_str()).increment(1);
+                tracing::warn!(error = %err, ?pause, step = step.as_str(), "failed; retrying");
             });
         tokio::select! {
             result = retried => result.ok(),
             () = shutdown.abandoned() => {
-                tracing::warn!(step, "shutdown grace period over; giving up the work in hand");
+                tracing::warn!(step = step.as_str(), "shutdown grace period over; giving up the work in hand");
                 None
             }
         }
@@ -155,7 +173,7 @@ mod tests {
             Ok::<_, String>(7)
         };
 
-        let result = retrier().run("persist", attempt, &shutdown).await;
+        let result = retrier().run(RetryStep::Persist, attempt, &shutdown).await;
 
         assert_eq!(result, Some(7));
     }
@@ -179,7 +197,7 @@ mod tests {
         });
         let started = Instant::now();
 
-        let result = retrier.run("persist", attempt, &shutdown).await;
+        let result = retrier.run(RetryStep::Persist, attempt, &shutdown).await;
 
         assert_eq!(result, Some(()));
         assert!(
@@ -201,7 +219,7 @@ mod tests {
             abandoner.abandon();
         });
 
-        let result = retrier.run("persist", attempt, &shutdown).await;
+        let result = retrier.run(RetryStep::Persist, attempt, &shutdown).await;
 
         assert_eq!(result, None);
         let failed = stats.failed_attempts.load(Ordering::Relaxed);
@@ -220,7 +238,7 @@ mod tests {
         };
 
         let result = retrier()
-            .run("persist", attempt, &Shutdown::default())
+            .run(RetryStep::Persist, attempt, &Shutdown::default())
             .await;
 
         assert_eq!(result, Some("done"));

@@ -14,7 +14,7 @@ use sqlx::MySqlPool;
 
 /// A purged table; [`Target::table`] is also the `table` label of
 /// `coupon_purged_rows_total` (`telemetry::names::PURGED`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::VariantArray)]
 pub enum Target {
     /// `idempotency_keys` whose `expires_at` has passed (a request with such a key acts anew
     /// anyway, [`crate::idempotency::claim`]).
@@ -33,13 +33,7 @@ pub enum Target {
 
 impl Target {
     /// Every target, in the order a purge run takes them.
-    pub const ALL: [Self; 5] = [
-        Self::IdempotencyKeys,
-        Self::PublishedEvents,
-        Self::ReconciliationJobs,
-        Self::CodeGenerationJobs,
-        Self::EndedHolds,
-    ];
+    pub const ALL: &'static [Self] = <Self as strum::VariantArray>::VARIANTS;
 
     /// The table's name.
     pub fn table(self) -> &'static str {

@@ -15,6 +15,103 @@ use serde::Serialize;
 /// Seconds a client is asked to wait (`Retry-After`) after a 503.
 pub const RETRY_AFTER_SECS: u32 = 1;
 
+/// The stable `code` of every error body, its JSON string the variant's name in
+/// SCREAMING_SNAKE_CASE (`ErrorCode::as_str`); the OpenAPI document lists every value
+/// (`ErrorBody`'s `code`), and it is the `outcome` label of `http_requests_total`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// `ALREADY_ISSUED`.
+    AlreadyIssued,
+    /// `ISSUE_IN_PROGRESS`.
+    IssueInProgress,
+    /// `SOLD_OUT`.
+    SoldOut,
+    /// `ISSUE_WINDOW_CLOSED`.
+    IssueWindowClosed,
+    /// `COUPON_SUSPENDED`.
+    CouponSuspended,
+    /// `COUPON_NOT_FOUND`.
+    CouponNotFound,
+    /// `ISSUE_NOT_FOUND`.
+    IssueNotFound,
+    /// `NOT_FOUND`.
+    NotFound,
+    /// `IDEMPOTENCY_KEY_REUSED`.
+    IdempotencyKeyReused,
+    /// `IDEMPOTENCY_KEY_IN_PROGRESS`.
+    IdempotencyKeyInProgress,
+    /// `VALIDATION_FAILED`.
+    ValidationFailed,
+    /// `UNAVAILABLE`.
+    Unavailable,
+    /// `INTERNAL`.
+    Internal,
+    /// `INVALID_CODE`.
+    InvalidCode,
+    /// `TOPIC_NOT_FOUND`.
+    TopicNotFound,
+    /// `UNAUTHORIZED`.
+    Unauthorized,
+    /// `FORBIDDEN`.
+    Forbidden,
+    /// `METHOD_NOT_ALLOWED`.
+    MethodNotAllowed,
+    /// `REQUEST_TIMEOUT`.
+    RequestTimeout,
+    /// `RATE_LIMITED`.
+    RateLimited,
+    /// `POLICY_CHANGED`.
+    PolicyChanged,
+    /// `CODE_NOT_FOUND`.
+    CodeNotFound,
+    /// `CODE_ALREADY_USED`.
+    CodeAlreadyUsed,
+    /// `CODE_SUSPENDED`.
+    CodeSuspended,
+    /// `REDEMPTION_NOT_FOUND`.
+    RedemptionNotFound,
+    /// `RESERVATION_NOT_FOUND`.
+    ReservationNotFound,
+    /// `ALREADY_USED`.
+    AlreadyUsed,
+    /// `COUPON_RESERVED`.
+    CouponReserved,
+    /// `COUPON_EXPIRED`.
+    CouponExpired,
+    /// `COUPON_NOT_YET_VALID`.
+    CouponNotYetValid,
+    /// `ALREADY_CANCELLED`.
+    AlreadyCancelled,
+    /// `RESTORE_NOT_ALLOWED`.
+    RestoreNotAllowed,
+    /// `ORDER_OF_ANOTHER_USER`.
+    OrderOfAnotherUser,
+    /// `MIN_ORDER_AMOUNT_NOT_MET`.
+    MinOrderAmountNotMet,
+}
+
+impl ErrorCode {
+    /// Every code.
+    pub const ALL: &'static [Self] = <Self as strum::VariantArray>::VARIANTS;
+
+    /// The code as sent (`SOLD_OUT`).
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
 /// Why a request failed. Each variant names its status and code.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -80,7 +177,7 @@ pub enum ApiError {
         /// 404, 409 or 422.
         status: StatusCode,
         /// The refusal's stable code, e.g. `ALREADY_USED`, `CODE_NOT_FOUND`.
-        code: &'static str,
+        code: ErrorCode,
         /// What the rule says.
         message: String,
     },
@@ -113,7 +210,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub(crate) fn refused(status: StatusCode, code: &'static str, message: String) -> Self {
+    pub(crate) fn refused(status: StatusCode, code: ErrorCode, message: String) -> Self {
         Self::Refused {
             status,
             code,
@@ -132,13 +229,13 @@ impl From<CodeError> for ApiError {
         let refused = |status, code| Self::refused(status, code, message);
         match err {
             CodeError::Database(db) => db.into(),
-            CodeError::NotFound => refused(StatusCode::NOT_FOUND, "CODE_NOT_FOUND"),
-            CodeError::AlreadyUsed => refused(StatusCode::CONFLICT, "CODE_ALREADY_USED"),
-            CodeError::Suspended => refused(StatusCode::CONFLICT, "CODE_SUSPENDED"),
-            CodeError::AlreadyIssued => refused(StatusCode::CONFLICT, "ALREADY_ISSUED"),
+            CodeError::NotFound => refused(StatusCode::NOT_FOUND, ErrorCode::CodeNotFound),
+            CodeError::AlreadyUsed => refused(StatusCode::CONFLICT, ErrorCode::CodeAlreadyUsed),
+            CodeError::Suspended => refused(StatusCode::CONFLICT, ErrorCode::CodeSuspended),
+            CodeError::AlreadyIssued => refused(StatusCode::CONFLICT, ErrorCode::AlreadyIssued),
             CodeError::InProgress => Self::IssueInProgress,
-            CodeError::PolicySuspended => refused(StatusCode::CONFLICT, "COUPON_SUSPENDED"),
-            CodeError::SoldOut => refused(StatusCode::CONFLICT, "SOLD_OUT"),
+            CodeError::PolicySuspended => refused(StatusCode::CONFLICT, ErrorCode::CouponSuspended),
+            CodeError::SoldOut => refused(StatusCode::CONFLICT, ErrorCode::SoldOut),
             CodeError::AdmissionUnavailable(err) => Self::unavailable(err),
             err @ CodeError::NotPrepared(_) => Self::unavailable(err),
         }
@@ -156,26 +253,31 @@ impl From<RedeemError> for ApiError {
         let refused = |status, code| Self::refused(status, code, message);
         match err {
             RedeemError::Database(db) => db.into(),
-            RedeemError::NotFound => refused(StatusCode::NOT_FOUND, "COUPON_NOT_FOUND"),
+            RedeemError::NotFound => refused(StatusCode::NOT_FOUND, ErrorCode::CouponNotFound),
             RedeemError::RedemptionNotFound => {
-                refused(StatusCode::NOT_FOUND, "REDEMPTION_NOT_FOUND")
+                refused(StatusCode::NOT_FOUND, ErrorCode::RedemptionNotFound)
             }
             RedeemError::ReservationNotFound => {
-                refused(StatusCode::NOT_FOUND, "RESERVATION_NOT_FOUND")
+                refused(StatusCode::NOT_FOUND, ErrorCode::ReservationNotFound)
             }
-            RedeemError::AlreadyUsed => refused(StatusCode::CONFLICT, "ALREADY_USED"),
-            RedeemError::Reserved => refused(StatusCode::CONFLICT, "COUPON_RESERVED"),
-            RedeemError::Expired => refused(StatusCode::CONFLICT, "COUPON_EXPIRED"),
-            RedeemError::NotYetValid => refused(StatusCode::CONFLICT, "COUPON_NOT_YET_VALID"),
-            RedeemError::Suspended => refused(StatusCode::CONFLICT, "COUPON_SUSPENDED"),
-            RedeemError::AlreadyCancelled => refused(StatusCode::CONFLICT, "ALREADY_CANCELLED"),
-            RedeemError::RestoreNotAllowed => refused(StatusCode::CONFLICT, "RESTORE_NOT_ALLOWED"),
+            RedeemError::AlreadyUsed => refused(StatusCode::CONFLICT, ErrorCode::AlreadyUsed),
+            RedeemError::Reserved => refused(StatusCode::CONFLICT, ErrorCode::CouponReserved),
+            RedeemError::Expired => refused(StatusCode::CONFLICT, ErrorCode::CouponExpired),
+            RedeemError::NotYetValid => refused(StatusCode::CONFLICT, ErrorCode::CouponNotYetValid),
+            RedeemError::Suspended => refused(StatusCode::CONFLICT, ErrorCode::CouponSuspended),
+            RedeemError::AlreadyCancelled => {
+                refused(StatusCode::CONFLICT, ErrorCode::AlreadyCancelled)
+            }
+            RedeemError::RestoreNotAllowed => {
+                refused(StatusCode::CONFLICT, ErrorCode::RestoreNotAllowed)
+            }
             RedeemError::OrderOfAnotherUser => {
-                refused(StatusCode::CONFLICT, "ORDER_OF_ANOTHER_USER")
+                refused(StatusCode::CONFLICT, ErrorCode::OrderOfAnotherUser)
             }
-            RedeemError::MinOrderNotMet { .. } => {
-                refused(StatusCode::UNPROCESSABLE_ENTITY, "MIN_ORDER_AMOUNT_NOT_MET")
-            }
+            RedeemError::MinOrderNotMet { .. } => refused(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::MinOrderAmountNotMet,
+            ),
         }
     }
 }
@@ -216,29 +318,29 @@ impl ApiError {
     }
 
     /// The stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::AlreadyIssued => "ALREADY_ISSUED",
-            Self::IssueInProgress => "ISSUE_IN_PROGRESS",
-            Self::SoldOut => "SOLD_OUT",
-            Self::IssueWindowClosed(_) => "ISSUE_WINDOW_CLOSED",
-            Self::CouponSuspended => "COUPON_SUSPENDED",
-            Self::CouponNotFound => "COUPON_NOT_FOUND",
-            Self::IssueNotFound => "ISSUE_NOT_FOUND",
-            Self::RouteNotFound | Self::JobNotFound => "NOT_FOUND",
-            Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
-            Self::IdempotencyKeyInProgress => "IDEMPOTENCY_KEY_IN_PROGRESS",
-            Self::BadRequest(_) | Self::Validation(_) => "VALIDATION_FAILED",
-            Self::Unavailable(_) => "UNAVAILABLE",
-            Self::Internal(_) => "INTERNAL",
-            Self::Refused { code, .. } => code,
-            Self::InvalidCode(_) => "INVALID_CODE",
-            Self::TopicNotFound => "TOPIC_NOT_FOUND",
-            Self::Unauthorized(_) => "UNAUTHORIZED",
-            Self::Forbidden(_) => "FORBIDDEN",
-            Self::RateLimited { .. } => "RATE_LIMITED",
-            Self::RequestTimeout => "REQUEST_TIMEOUT",
-            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::AlreadyIssued => ErrorCode::AlreadyIssued,
+            Self::IssueInProgress => ErrorCode::IssueInProgress,
+            Self::SoldOut => ErrorCode::SoldOut,
+            Self::IssueWindowClosed(_) => ErrorCode::IssueWindowClosed,
+            Self::CouponSuspended => ErrorCode::CouponSuspended,
+            Self::CouponNotFound => ErrorCode::CouponNotFound,
+            Self::IssueNotFound => ErrorCode::IssueNotFound,
+            Self::RouteNotFound | Self::JobNotFound => ErrorCode::NotFound,
+            Self::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
+            Self::IdempotencyKeyInProgress => ErrorCode::IdempotencyKeyInProgress,
+            Self::BadRequest(_) | Self::Validation(_) => ErrorCode::ValidationFailed,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Internal(_) => ErrorCode::Internal,
+            Self::Refused { code, .. } => *code,
+            Self::InvalidCode(_) => ErrorCode::InvalidCode,
+            Self::TopicNotFound => ErrorCode::TopicNotFound,
+            Self::Unauthorized(_) => ErrorCode::Unauthorized,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::RequestTimeout => ErrorCode::RequestTimeout,
+            Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
         }
     }
 }
@@ -274,15 +376,10 @@ impl From<redis::RedisError> for ApiError {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Stable code.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// Human-readable explanation, safe to show.
     pub message: String,
 }
-
-/// The stable code of an error response, carried to the metrics middleware as a response
-/// extension (the `outcome` label of `http_requests_total`).
-#[derive(Debug, Clone, Copy)]
-pub struct ErrorCode(pub &'static str);
 
 /// The logged detail of a 5xx, carried from [`ApiError::into_response`] to the logging
 /// middleware as a response extension.
@@ -298,7 +395,8 @@ impl IntoResponse for ApiError {
             message: self.to_string(),
         };
         let mut response = (status, Json(body)).into_response();
-        response.extensions_mut().insert(ErrorCode(code));
+        // The metrics middleware's `outcome` label of `http_requests_total`.
+        response.extensions_mut().insert(code);
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
@@ -325,5 +423,31 @@ impl IntoResponse for ApiError {
                 .insert(ErrorDetail(format!("{cause:?}")));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_sent_as_its_own_string() {
+        let mut sent = Vec::new();
+        for &code in ErrorCode::ALL {
+            let json = serde_json::to_value(code).unwrap();
+            assert_eq!(json, code.as_str(), "serde and the label agree");
+            sent.push(code.as_str());
+        }
+        sent.sort_unstable();
+        sent.dedup();
+        assert_eq!(
+            sent.len(),
+            ErrorCode::ALL.len(),
+            "no two codes share a string"
+        );
+        assert_eq!(
+            ErrorCode::MinOrderAmountNotMet.as_str(),
+            "MIN_ORDER_AMOUNT_NOT_MET"
+        );
     }
 }

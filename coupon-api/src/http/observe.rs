@@ -31,7 +31,7 @@ pub async fn observe(request: Request, next: Next) -> Response {
         tracing::error!(%method, %route, status = status.as_u16(), error = %detail, "request failed");
     }
     let outcome = match response.extensions().get::<ErrorCode>() {
-        Some(ErrorCode(code)) => code,
+        Some(code) => code.as_str(),
         None if status.as_u16() < 400 => "OK",
         None => "OTHER",
     };

@@ -150,7 +150,8 @@ impl std::fmt::Debug for RateLimits {
 }
 
 /// Which limit refused a request (the `scope` label of `coupon_rate_limited_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum Scope {
     /// A user token's subject.
     User,
@@ -164,16 +165,11 @@ pub enum Scope {
 
 impl Scope {
     /// Every scope, for registering the metric's series.
-    pub const ALL: [Self; 4] = [Self::User, Self::Service, Self::Public, Self::Ip];
+    pub const ALL: &'static [Self] = <Self as strum::VariantArray>::VARIANTS;
 
     /// The metric label.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::User => "user",
-            Self::Service => "service",
-            Self::Public => "public",
-            Self::Ip => "ip",
-        }
+        self.into()
     }
 }
 

@@ -44,7 +44,8 @@ where
 
 /// The `outcome` label of `coupon_issue_requests_total` (monitoring/METRICS.md): how an issue
 /// request was answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum IssueOutcome {
     /// 202: admitted and published.
     Issued,
@@ -68,17 +69,7 @@ pub enum IssueOutcome {
 
 impl IssueOutcome {
     /// Every outcome, each pre-registered at 0 so every series exists from the start.
-    pub const ALL: [Self; 9] = [
-        Self::Issued,
-        Self::Duplicate,
-        Self::InProgress,
-        Self::SoldOut,
-        Self::WindowClosed,
-        Self::Suspended,
-        Self::NotFound,
-        Self::Unavailable,
-        Self::Error,
-    ];
+    pub const ALL: &'static [Self] = <Self as strum::VariantArray>::VARIANTS;
 
     /// The outcome of an issue request's answer.
     pub fn of(result: Result<&Uuid, &ApiError>) -> Self {
@@ -97,17 +88,7 @@ impl IssueOutcome {
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Issued => "issued",
-            Self::Duplicate => "duplicate",
-            Self::InProgress => "in_progress",
-            Self::SoldOut => "sold_out",
-            Self::WindowClosed => "window_closed",
-            Self::Suspended => "suspended",
-            Self::NotFound => "not_found",
-            Self::Unavailable => "unavailable",
-            Self::Error => "error",
-        }
+        self.into()
     }
 }
 

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::http::auth::{Admin, Viewer};
-use crate::http::error::{ApiError, ErrorBody};
+use crate::http::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::extract::{ApiJson, ApiQuery, CouponPath};
 use axum::extract::FromRef;
 
@@ -204,7 +204,7 @@ async fn change(
             Saved::Conflict => {
                 return Err(ApiError::refused(
                     StatusCode::CONFLICT,
-                    "POLICY_CHANGED",
+                    ErrorCode::PolicyChanged,
                     "the policy was changed by another request meanwhile; read it and retry".into(),
                 ))
             }

@@ -311,7 +311,8 @@ async fn release_ids(
 
 /// Why a payment result changed nothing (the `reason` label of
 /// `coupon_consumer_payment_results_unchanged_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum Unchanged {
     /// The order never held a coupon here (or its hold records were purged).
     NoHold,
@@ -324,15 +325,11 @@ pub enum Unchanged {
 
 impl Unchanged {
     /// Every reason, for registering the metric's series.
-    pub const ALL: [Self; 3] = [Self::NoHold, Self::AlreadySettled, Self::AfterRelease];
+    pub const ALL: &'static [Self] = <Self as strum::VariantArray>::VARIANTS;
 
     /// The metric label.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NoHold => "no_hold",
-            Self::AlreadySettled => "already_settled",
-            Self::AfterRelease => "after_release",
-        }
+        self.into()
     }
 }
 
