@@ -12,8 +12,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use coupon_core::auth::TokenVerifier;
-use coupon_core::issue::admission::{AdmissionStore, RedisKeys};
-use coupon_core::issue::recovery::IssueLog;
+use coupon_core::issue::admission::{
+    AdmissionStore, InvalidationBroadcast, PolicyCopies, RedisKeys,
+};
+use coupon_core::issue::recovery::{IssueLog, RebuildLock};
 use coupon_core::store::kafka::IssuePublisher;
 use coupon_core::store::Connections;
 use coupon_core::telemetry::{self, names};
@@ -235,6 +237,9 @@ impl Application {
         .context("creating the Kafka producer")?;
         let keys = RedisKeys::new(stores.redis_key_prefix.clone());
         let redis_for_subscriber = redis.clone();
+        let copies = PolicyCopies::new(redis.clone(), keys.clone());
+        let broadcast = InvalidationBroadcast::new(redis.clone(), keys.clone());
+        let rebuild_lock = RebuildLock::new(redis.clone(), keys.clone());
         let mut admission = AdmissionStore::new(redis, keys.clone());
         if stores.redis_wait_replicas > 0 {
             // A connection of its own: each WAIT blocks the connection it is sent on.
@@ -251,7 +256,7 @@ impl Application {
         let policies = PolicyCache::new(
             config.policy_cache_capacity,
             config.policy_cache_ttl(),
-            admission.clone(),
+            copies.clone(),
             pool.clone(),
         );
         let tasks = Tasks::default();
@@ -275,6 +280,7 @@ impl Application {
         let rebuilds = Rebuilds::new(
             pool.clone(),
             admission.clone(),
+            rebuild_lock,
             policies.clone(),
             IssueLog::new(stores, &config.kafka_consumer_group),
             stores.kafka_message_timeout(),
@@ -297,6 +303,8 @@ impl Application {
             policies: Arc::new(PolicyState {
                 pool: pool.clone(),
                 admission: admission.clone(),
+                copies,
+                broadcast,
                 policies: policies.clone(),
                 stats: StatsCache::default(),
                 public_reads: PolicyReads::default(),

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coupon_core::domain::CouponId;
-use coupon_core::issue::admission::{AdmissionStore, Invalidation, StockShards};
+use coupon_core::issue::admission::{
+    AdmissionStore, Invalidation, InvalidationBroadcast, StockShards,
+};
 use coupon_core::issue::message::IssueMessage;
 use coupon_core::issue::persistence::{self, PersistReport};
 use coupon_core::telemetry::names;
@@ -44,8 +46,10 @@ pub struct IssueConsumer {
     pub(crate) consumer: Arc<StreamConsumer<GroupContext>>,
     /// Where rows go.
     pub(crate) pool: MySqlPool,
-    /// The admission sets, checked before persisting, and the invalidation channel.
+    /// The admission sets, checked before persisting.
     pub(crate) admission: AdmissionStore,
+    /// The invalidation channel, which announces a sell-out.
+    pub(crate) broadcast: InvalidationBroadcast,
     /// Where messages that can never be persisted go.
     pub(crate) dead_letters: DeadLetters,
     /// Most messages per batch (count, at least 1).
@@ -253,7 +257,7 @@ impl IssueConsumer {
                 .find(|issue| issue.coupon_id == coupon_id)
                 .map_or(StockShards::single(coupon_id), IssueMessage::shards);
             let invalidation = Invalidation::sold_out(shards);
-            if let Err(err) = self.admission.publish_invalidation(invalidation).await {
+            if let Err(err) = self.broadcast.publish(invalidation).await {
                 tracing::warn!(%err, %coupon_id, "sold-out broadcast failed; caches expire by TTL");
             }
         }

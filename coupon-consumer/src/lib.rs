@@ -30,7 +30,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use anyhow::Context;
-use coupon_core::issue::admission::{AdmissionStore, RedisKeys};
+use coupon_core::issue::admission::{AdmissionStore, InvalidationBroadcast, RedisKeys};
 use coupon_core::issue::recovery::IssueLog;
 use coupon_core::store::kafka::{producer_config, IssuePublisher};
 use coupon_core::store::Connections;
@@ -135,7 +135,9 @@ impl Application {
             redis,
             issue_topic,
         } = coupon_core::store::connect(stores).await?;
-        let admission = AdmissionStore::new(redis, RedisKeys::new(stores.redis_key_prefix.clone()));
+        let keys = RedisKeys::new(stores.redis_key_prefix.clone());
+        let broadcast = InvalidationBroadcast::new(redis.clone(), keys.clone());
+        let admission = AdmissionStore::new(redis, keys);
         let member = |group: &str, topic: &str, what: &str| -> anyhow::Result<_> {
             let consumer: StreamConsumer<GroupContext> = consumer_config(
                 &stores.kafka_brokers,
@@ -187,6 +189,7 @@ impl Application {
                 consumer: issue_member,
                 pool: pool.clone(),
                 admission: admission.clone(),
+                broadcast,
                 dead_letters: dead_letters.clone(),
                 batch_max_messages: config.batch_max_messages.max(1),
                 batch_max_wait: config.batch_max_wait(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use coupon_core::domain::{CouponId, CouponPolicy, UserId};
 use coupon_core::issue::admission::{
-    AdmissionStore, AdmitError, AdmitOutcome, RedisKeys, StockShards,
+    AdmissionStore, AdmitError, AdmitOutcome, PolicyCopies, RedisKeys, StockShards,
 };
 use coupon_core::testing;
 use uuid::Uuid;
@@ -237,7 +237,11 @@ async fn a_repeat_while_pending_hears_in_progress_and_a_settled_admission_cannot
 
 #[tokio::test]
 async fn preparing_a_new_coupon_clears_state_left_under_its_id() {
-    let store = store().await;
+    let stores = testing::isolated_stores();
+    let conn = stores.connect_redis(Duration::from_secs(2)).await.unwrap();
+    let keys = RedisKeys::new(stores.redis_key_prefix);
+    let store = AdmissionStore::new(conn.clone(), keys.clone());
+    let copies = PolicyCopies::new(conn, keys);
     let mut p = policy(7, Some(1));
     store.prepare(&p).await.unwrap();
     admit(&store, p.id, user(1)).await;
@@ -250,7 +254,7 @@ async fn preparing_a_new_coupon_clears_state_left_under_its_id() {
     assert_eq!(admit(&store, p.id, user(2)).await, AdmitOutcome::Admitted);
     assert_eq!(admit(&store, p.id, user(3)).await, AdmitOutcome::SoldOut);
     assert_eq!(
-        store.policy(p.id).await.unwrap().unwrap().total_quantity,
+        copies.get(p.id).await.unwrap().unwrap().total_quantity,
         Some(2)
     );
 }

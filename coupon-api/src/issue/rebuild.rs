@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use coupon_core::domain::CouponId;
 use coupon_core::issue::admission::AdmissionStore;
-use coupon_core::issue::recovery::{self, IssueLog};
+use coupon_core::issue::recovery::{self, IssueLog, RebuildLock};
 use sqlx::MySqlPool;
 
 use crate::policies::cache::PolicyCache;
@@ -22,6 +22,7 @@ use crate::tasks::Tasks;
 pub struct Rebuilds {
     pool: MySqlPool,
     admission: AdmissionStore,
+    lock: RebuildLock,
     policies: PolicyCache,
     log: IssueLog,
     settle: Duration,
@@ -36,6 +37,7 @@ impl Rebuilds {
     pub fn new(
         pool: MySqlPool,
         admission: AdmissionStore,
+        lock: RebuildLock,
         policies: PolicyCache,
         log: IssueLog,
         settle: Duration,
@@ -44,6 +46,7 @@ impl Rebuilds {
         Self {
             pool,
             admission,
+            lock,
             policies,
             log,
             settle,
@@ -77,7 +80,14 @@ impl Rebuilds {
         self.tasks.spawn(async move {
             let outcome = match this.policies.get(coupon).await {
                 Ok(policy) => {
-                    recovery::rebuild(&this.pool, &this.admission, &this.log, &policy, this.settle)
+                    recovery::rebuild(
+                        &this.pool,
+                        &this.admission,
+                        &this.lock,
+                        &this.log,
+                        &policy,
+                        this.settle,
+                    )
                         .await
                         .map(drop)
                 }

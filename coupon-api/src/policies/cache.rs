@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coupon_core::domain::{CouponId, CouponPolicy};
-use coupon_core::issue::admission::AdmissionStore;
+use coupon_core::issue::admission::PolicyCopies;
 use coupon_core::policies;
 use coupon_core::telemetry::names;
 use moka::future::Cache;
@@ -25,13 +25,13 @@ pub(crate) fn register_metrics() {
 #[derive(Clone)]
 pub struct PolicyCache {
     policies: Cache<CouponId, Arc<CouponPolicy>>,
-    redis: AdmissionStore,
+    redis: PolicyCopies,
     pool: MySqlPool,
 }
 
 impl PolicyCache {
     /// A cache of at most `capacity` policies (count), each trusted for `ttl`.
-    pub fn new(capacity: u64, ttl: Duration, redis: AdmissionStore, pool: MySqlPool) -> Self {
+    pub fn new(capacity: u64, ttl: Duration, redis: PolicyCopies, pool: MySqlPool) -> Self {
         Self {
             policies: Cache::builder()
                 .max_capacity(capacity)
@@ -69,7 +69,7 @@ impl PolicyCache {
     }
 
     async fn load(&self, coupon: CouponId) -> Result<Arc<CouponPolicy>, ApiError> {
-        match self.redis.policy(coupon).await {
+        match self.redis.get(coupon).await {
             Ok(Some(policy)) => return Ok(Arc::new(policy)),
             Ok(None) => {}
             Err(err) => {
@@ -79,7 +79,7 @@ impl PolicyCache {
         let policy = policies::find_policy(&self.pool, coupon)
             .await?
             .ok_or(ApiError::CouponNotFound)?;
-        if let Err(err) = self.redis.store_policy(&policy).await {
+        if let Err(err) = self.redis.store(&policy).await {
             tracing::warn!(%err, coupon_id = %coupon, "could not refill the Redis policy copy");
         }
         Ok(Arc::new(policy))

@@ -9,7 +9,7 @@ pub mod public_reads;
 pub mod routes;
 pub mod stats;
 
-use coupon_core::issue::admission::AdmissionStore;
+use coupon_core::issue::admission::{AdmissionStore, InvalidationBroadcast, PolicyCopies};
 use sqlx::MySqlPool;
 
 pub use routes::router;
@@ -18,8 +18,12 @@ pub use routes::router;
 pub struct PolicyState {
     /// MySQL pool (policies, counts).
     pub pool: MySqlPool,
-    /// Redis admission state and policy copies.
+    /// Redis admission state (a new policy's is prepared; stats read it).
     pub admission: AdmissionStore,
+    /// The policy copies kept in Redis.
+    pub copies: PolicyCopies,
+    /// The invalidation channel that tells every instance of a change.
+    pub broadcast: InvalidationBroadcast,
     /// This instance's policy cache.
     pub policies: cache::PolicyCache,
     /// Per-coupon stats, each kept for one second.

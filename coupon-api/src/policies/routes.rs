@@ -167,11 +167,11 @@ async fn announce(
     policy: Option<&CouponPolicy>,
 ) -> Result<(), ApiError> {
     match policy {
-        Some(policy) => state.admission.store_policy(policy).await,
-        None => state.admission.remove_policy(id).await,
+        Some(policy) => state.copies.store(policy).await,
+        None => state.copies.remove(id).await,
     }?;
     let invalidation = Invalidation::policy_changed(id);
-    state.admission.publish_invalidation(invalidation).await?;
+    state.broadcast.publish(invalidation).await?;
     // This instance's issue path and public read see the change at once, without waiting for
     // its own broadcast (after a gap in the subscription, as when Redis froze, the broadcast
     // may never reach it; the invalidate-all on resubscribing may come later than the next

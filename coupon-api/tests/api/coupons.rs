@@ -17,9 +17,9 @@ async fn creating_a_policy_answers_201_and_prepares_its_redis_state() {
     let id = CouponId::parse(body["id"].as_i64().unwrap()).unwrap();
     let copy = app
         .state
-        .issue
-        .admission
-        .policy(id)
+        .policies
+        .copies
+        .get(id)
         .await
         .unwrap()
         .expect("policy copy in Redis");

@@ -343,14 +343,7 @@ async fn a_delete_whose_redis_step_failed_is_completed_by_its_retry() {
     let coupon = app.open_coupon(10).await;
     assert_eq!(app.issue(coupon, 1).await.status(), 202);
     let id = CouponId::parse(coupon).unwrap();
-    assert!(app
-        .state
-        .issue
-        .admission
-        .policy(id)
-        .await
-        .unwrap()
-        .is_some());
+    assert!(app.state.policies.copies.get(id).await.unwrap().is_some());
 
     redis.pause();
     let url = app.url(&format!("/api/v1/coupons/{coupon}"));
@@ -365,13 +358,7 @@ async fn a_delete_whose_redis_step_failed_is_completed_by_its_retry() {
     let retry = app.client.delete(&url).send().await.unwrap();
     assert_eq!(retry.status(), 204, "the retry completes the delete");
     assert!(
-        app.state
-            .issue
-            .admission
-            .policy(id)
-            .await
-            .unwrap()
-            .is_none(),
+        app.state.policies.copies.get(id).await.unwrap().is_none(),
         "the Redis policy copy is gone"
     );
     assert_error(app.issue(coupon, 2).await, 404, "COUPON_NOT_FOUND").await;

@@ -148,9 +148,9 @@ impl TestApp {
     /// not returned: a caller waits for the mark to show it was heard.
     pub async fn announce_sold_out(&self, coupon: CouponId) {
         self.state
-            .issue
-            .admission
-            .publish_invalidation(Invalidation::sold_out(StockShards::single(coupon)))
+            .policies
+            .broadcast
+            .publish(Invalidation::sold_out(StockShards::single(coupon)))
             .await
             .unwrap();
     }

@@ -1,5 +1,7 @@
-//! Redis side of issuance: the atomic admission script, its undo, the per-coupon keys, the policy
-//! copy kept in Redis and the cache-invalidation channel.
+//! Redis side of issuance: the atomic admission script, its undo, the per-coupon keys, and,
+//! each a handle of its own, the policy copy kept in Redis ([`PolicyCopies`]) and the
+//! cache-invalidation channel ([`InvalidationBroadcast`]). The rebuild lock is
+//! [`crate::issue::recovery::RebuildLock`].
 //!
 //! Key layout (`P` is [`crate::config::StoreConfig::redis_key_prefix`]):
 //! - `P coupon:{id}:issued` — set of admitted user ids (the admission set);
@@ -40,25 +42,24 @@
 
 use std::future::Future;
 
-/// Longest life (s) of a coupon's Redis policy copy. A deleted or suspended policy is
-/// unissuable on every instance within this bound plus the local cache's `POLICY_CACHE_TTL_MS`
-/// even when its announcement was lost; while it lives, each instance's local cache misses
-/// read the copy instead of MySQL (one MySQL read per coupon and instance per bound).
-pub const POLICY_COPY_TTL_SECS: u64 = 60;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
-use crate::domain::{CouponId, CouponPolicy, UserId};
+use crate::domain::{CouponPolicy, UserId};
 use crate::store::redis::RedisConnection;
 use crate::telemetry::names;
 
+mod broadcast;
+mod copies;
 mod keys;
 mod reads;
 mod replicas;
 mod transfer;
+pub use broadcast::InvalidationBroadcast;
+pub use copies::{PolicyCopies, POLICY_COPY_TTL_SECS};
 pub use keys::*;
 pub use replicas::NotReplicated;
 use replicas::ReplicaAcks;
@@ -395,93 +396,6 @@ impl AdmissionStore {
         Ok(())
     }
 
-    /// The policy copy kept in Redis, if any (a copy that no longer parses counts as absent).
-    ///
-    /// # Errors
-    /// Redis is unreachable or timed out.
-    pub async fn policy(&self, coupon: CouponId) -> redis::RedisResult<Option<CouponPolicy>> {
-        let json: Option<String> = self
-            .conn
-            .clone()
-            .get(self.keys.policy(coupon))
-            .await
-            .inspect_err(|_| count_error("policy"))?;
-        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
-    }
-
-    /// Stores the policy copy (after a MySQL read filled the gap, or a change), for
-    /// [`POLICY_COPY_TTL_SECS`].
-    ///
-    /// # Errors
-    /// Redis is unreachable, timed out, or the policy does not serialise.
-    pub async fn store_policy(&self, policy: &CouponPolicy) -> redis::RedisResult<()> {
-        let json = serde_json::to_string(policy).map_err(|e| {
-            redis::RedisError::from((redis::ErrorKind::Client, "policy JSON", e.to_string()))
-        })?;
-        self.conn
-            .clone()
-            .set_ex(self.keys.policy(policy.id), json, POLICY_COPY_TTL_SECS)
-            .await
-    }
-
-    /// Drops the policy copy (after a soft delete), so loaders fall through to MySQL.
-    ///
-    /// # Errors
-    /// Redis is unreachable or timed out.
-    pub async fn remove_policy(&self, coupon: CouponId) -> redis::RedisResult<()> {
-        self.conn.clone().del(self.keys.policy(coupon)).await
-    }
-
-    /// Broadcasts `invalidation` to every subscribed API instance (classic `PUBLISH`); returns
-    /// how many subscribers the receiving node delivered it to. On a Redis Cluster the message
-    /// reaches the subscribers of every node through the cluster bus, but the count is only
-    /// that of the node the command went to, so 0 there does not mean nobody heard it
-    /// (<https://redis.io/docs/latest/commands/publish/>).
-    ///
-    /// # Errors
-    /// Redis is unreachable or timed out.
-    pub async fn publish_invalidation(
-        &self,
-        invalidation: Invalidation,
-    ) -> redis::RedisResult<i64> {
-        let json = serde_json::to_string(&invalidation).map_err(|e| {
-            redis::RedisError::from((redis::ErrorKind::Client, "invalidation JSON", e.to_string()))
-        })?;
-        self.conn
-            .clone()
-            .publish(self.keys.invalidation_channel(), json)
-            .await
-    }
-
-    /// Takes `coupon`'s rebuild lock for `lease` (`SET NX PX`); false when another instance
-    /// holds it.
-    ///
-    /// # Errors
-    /// Redis is unreachable or timed out.
-    pub async fn lock_rebuild(
-        &self,
-        coupon: CouponId,
-        lease: Duration,
-    ) -> redis::RedisResult<bool> {
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.keys.rebuild_lock(coupon))
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(set.is_some())
-    }
-
-    /// Releases `coupon`'s rebuild lock.
-    ///
-    /// # Errors
-    /// Redis is unreachable or timed out.
-    pub async fn unlock_rebuild(&self, coupon: CouponId) -> redis::RedisResult<()> {
-        self.conn.clone().del(self.keys.rebuild_lock(coupon)).await
-    }
-
     /// Restores a lost admission state: adds `members` to the set (10,000 per `SADD`), then
     /// writes the stock bound only if no stock key exists (`SET NX`) and the policy copy.
     /// Never deletes: while the stock key is absent nobody can be admitted, so adding members
@@ -496,7 +410,9 @@ impl AdmissionStore {
         policy: &CouponPolicy,
         members: &[i64],
     ) -> redis::RedisResult<bool> {
-        self.store_policy(policy).await?;
+        PolicyCopies::new(self.conn.clone(), self.keys.clone())
+            .store(policy)
+            .await?;
         if policy.stock_shards().count() > 1 {
             return self.restore_shards(policy, members).await;
         }

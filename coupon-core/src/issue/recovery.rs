@@ -26,8 +26,9 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sqlx::MySqlPool;
 
 use crate::domain::{CouponId, CouponPolicy};
-use crate::issue::admission::AdmissionStore;
+use crate::issue::admission::{AdmissionStore, RedisKeys};
 use crate::issue::message::IssueMessage;
+use crate::store::redis::RedisConnection;
 
 /// Where the issue messages are, and how long to wait for the broker.
 #[derive(Debug, Clone)]
@@ -154,6 +155,45 @@ impl IssueLog {
     }
 }
 
+/// The per-coupon rebuild lock (`P coupon:{id}:rebuild`, `SET NX PX`), so one instance at a
+/// time rebuilds a coupon; cheap to clone (one multiplexed connection).
+#[derive(Clone)]
+pub struct RebuildLock {
+    conn: RedisConnection,
+    keys: RedisKeys,
+}
+
+impl RebuildLock {
+    /// Wraps a connection; `keys` names this deployment's keys.
+    pub fn new(conn: RedisConnection, keys: RedisKeys) -> Self {
+        Self { conn, keys }
+    }
+
+    /// Takes `coupon`'s lock for `lease`; false when another instance holds it.
+    ///
+    /// # Errors
+    /// Redis is unreachable or timed out.
+    pub async fn acquire(&self, coupon: CouponId, lease: Duration) -> redis::RedisResult<bool> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.keys.rebuild_lock(coupon))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Releases `coupon`'s lock.
+    ///
+    /// # Errors
+    /// Redis is unreachable or timed out.
+    pub async fn release(&self, coupon: CouponId) -> redis::RedisResult<()> {
+        redis::AsyncCommands::del(&mut self.conn.clone(), self.keys.rebuild_lock(coupon)).await
+    }
+}
+
 /// Rebuilds `policy`'s admission state from MySQL and `log`, unless another instance holds the
 /// rebuild lock (then `Ok(None)`). Waits `settle` first (the producer's message timeout).
 ///
@@ -163,13 +203,14 @@ impl IssueLog {
 pub async fn rebuild(
     pool: &MySqlPool,
     admission: &AdmissionStore,
+    lock: &RebuildLock,
     log: &IssueLog,
     policy: &CouponPolicy,
     settle: Duration,
 ) -> anyhow::Result<Option<Rebuilt>> {
     let coupon = policy.id;
     let lease = settle + log.timeout * 10 + Duration::from_secs(30);
-    if !admission.lock_rebuild(coupon, lease).await? {
+    if !lock.acquire(coupon, lease).await? {
         return Ok(None);
     }
     let result = async {
@@ -199,6 +240,6 @@ pub async fn rebuild(
         anyhow::Ok(rebuilt)
     }
     .await;
-    let _ = admission.unlock_rebuild(coupon).await;
+    let _ = lock.release(coupon).await;
     result.map(Some)
 }
