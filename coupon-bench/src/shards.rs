@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use coupon_core::domain::ShardCount;
 use coupon_core::domain::{CouponId, CouponPolicy, UserId};
 use coupon_core::issue::admission::{AdmissionStore, AdmitOutcome, RedisKeys, StockShards};
 use coupon_core::store::redis::{connect, node_urls, RedisMode};
@@ -163,7 +164,7 @@ async fn placed_coupon(
 ) -> anyhow::Result<(StockShards, Vec<String>)> {
     let wanted = usize::from(count).min(slots.len());
     for id in 1_000_000..1_001_000 {
-        let shards = StockShards::new(CouponId::parse(id)?, count);
+        let shards = StockShards::new(CouponId::parse(id)?, ShardCount::parse(count)?);
         let mut placement = Vec::new();
         for shard in shards.all() {
             placement.push(master_of(meta, slots, &store.keys().stock(shard)).await?);

@@ -186,7 +186,10 @@ impl PeriodicReconciliation {
             let coupon = CouponId::parse(id).map_err(|e| anyhow::anyhow!(e.0))?;
             reports.push(
                 reconciler
-                    .reconcile(StockShards::new(coupon, shards))
+                    .reconcile(StockShards::new(
+                        coupon,
+                        coupon_core::store::db::shard_count(shards)?,
+                    ))
                     .await?,
             );
         }

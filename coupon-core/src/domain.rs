@@ -11,6 +11,9 @@ use std::fmt;
 use chrono::{DateTime, Datelike, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
+pub mod stock;
+pub use stock::{Shard, ShardCount, StockShards, MAX_STOCK_SHARDS};
+
 /// Why a value was refused; the text is safe to show to a client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -171,9 +174,13 @@ pub struct NewCouponPolicy {
     /// Stock shards (count, 1 to 64; default 1): how many Redis hash slots the stock is split
     /// over, so one hot drop's admissions spread over several Redis Cluster masters. More than
     /// 1 needs a `total_quantity` of at least that many. Fixed once the policy exists.
-    #[serde(default = "crate::issue::admission::one_shard")]
+    #[serde(default = "one_shard")]
     #[schema(minimum = 1, maximum = 64)]
     pub stock_shards: u16,
+}
+
+fn one_shard() -> u16 {
+    1
 }
 
 fn default_true() -> bool {
@@ -257,10 +264,7 @@ impl NewCouponPolicy {
         if self.min_order_amount < 0 {
             return fail("min_order_amount must not be negative");
         }
-        let max_shards = crate::issue::admission::MAX_STOCK_SHARDS;
-        if !(1..=max_shards).contains(&self.stock_shards) {
-            return fail("stock_shards must be from 1 to 64");
-        }
+        ShardCount::parse(self.stock_shards)?;
         if self.stock_shards > 1
             && self
                 .total_quantity
@@ -349,10 +353,9 @@ pub struct CouponPolicy {
     /// version it read ([`crate::policies::save_policy_admin_fields`]).
     #[serde(default = "first_version")]
     pub version: i64,
-    /// Stock shards of its Redis admission state (count, at least 1; see
-    /// [`crate::issue::admission::StockShards`]).
-    #[serde(default = "crate::issue::admission::one_shard")]
-    pub stock_shards: u16,
+    /// Stock shards of its Redis admission state ([`StockShards`]).
+    #[serde(default)]
+    pub stock_shards: ShardCount,
 }
 
 fn first_version() -> i64 {
@@ -382,14 +385,9 @@ impl CouponPolicy {
         }
     }
 
-    /// Stock bound used by the admission script: the total, or `-1` for unlimited.
-    pub fn stock_bound(&self) -> i64 {
-        self.total_quantity.unwrap_or(-1)
-    }
-
     /// Where its admission state lives in Redis: `stock_shards` shards.
-    pub fn stock_shards(&self) -> crate::issue::admission::StockShards {
-        crate::issue::admission::StockShards::new(self.id, self.stock_shards)
+    pub fn stock_shards(&self) -> StockShards {
+        StockShards::new(self.id, self.stock_shards)
     }
 
     /// The discount (smallest currency unit) this policy grants on an order of `order_amount`:
@@ -482,7 +480,7 @@ mod tests {
             created_at: p.issue_starts_at,
             updated_at: p.issue_starts_at,
             version: 1,
-            stock_shards: p.stock_shards,
+            stock_shards: ShardCount::parse(p.stock_shards).unwrap(),
         }
     }
 

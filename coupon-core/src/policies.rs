@@ -41,7 +41,7 @@ pub(crate) fn policy_from_row(row: &MySqlRow) -> Result<CouponPolicy, sqlx::Erro
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         version: row.try_get("version")?,
-        stock_shards: row.try_get("stock_shards")?,
+        stock_shards: crate::store::db::shard_count(row.try_get("stock_shards")?)?,
     })
 }
 

@@ -299,7 +299,7 @@ pub async fn live_stocks(
                 coupon_id,
                 shards: crate::issue::admission::StockShards::new(
                     coupon_id,
-                    row.try_get("stock_shards")?,
+                    crate::store::db::shard_count(row.try_get("stock_shards")?)?,
                 ),
                 total: row.try_get("total_quantity")?,
                 issued: row.try_get("issued_quantity")?,

@@ -138,7 +138,7 @@ pub fn policy_row(id: i64, total: Option<i64>) -> crate::domain::CouponPolicy {
         created_at: new.issue_starts_at,
         updated_at: new.issue_starts_at,
         version: 1,
-        stock_shards: 1,
+        stock_shards: crate::domain::ShardCount::ONE,
     }
 }
 
@@ -217,7 +217,7 @@ pub fn issue_message(
         user_id: crate::domain::UserId::parse(user).expect("positive user id"),
         request_id: uuid::Uuid::now_v7(),
         admitted_at: Utc::now(),
-        stock_shards: 1,
+        stock_shards: crate::domain::ShardCount::ONE,
         correlation_id: None,
     }
 }

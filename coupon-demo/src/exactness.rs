@@ -62,7 +62,7 @@ impl Holdings {
         let Some((stock, issued_quantity, shards)) = counts else {
             bail!("coupon {coupon} does not exist");
         };
-        let shards = StockShards::new(coupon, shards);
+        let shards = StockShards::new(coupon, coupon_core::store::db::shard_count(shards)?);
         let row_users = sqlx::query_scalar("SELECT user_id FROM coupon_issues WHERE coupon_id = ?")
             .bind(coupon.get())
             .fetch_all(pool)

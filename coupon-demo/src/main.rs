@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use coupon_core::auth::{AuthConfig, TokenSigner};
 use coupon_core::config::StoreConfig;
 use coupon_core::domain::CouponId;
+use coupon_core::domain::ShardCount;
 use coupon_core::issue::admission::{AdmissionStore, RedisKeys, StockShards};
 use coupon_core::store::db;
 use coupon_demo::{chart, exactness, RacePlan};
@@ -184,7 +185,7 @@ async fn race(cli: RaceArgs) -> anyhow::Result<bool> {
     let sampler = tokio::spawn(chart::sample_counts(
         pool.clone(),
         redis.clone(),
-        StockShards::new(coupon, cli.stock_shards),
+        StockShards::new(coupon, ShardCount::parse(cli.stock_shards)?),
         started,
         stopped,
     ));

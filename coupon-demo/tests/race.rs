@@ -9,6 +9,7 @@ mod common;
 
 use common::Stack;
 use coupon_core::auth::TokenSigner;
+use coupon_core::domain::ShardCount;
 use coupon_core::issue::admission::StockShards;
 use coupon_core::testing;
 use coupon_demo::RacePlan;
@@ -93,7 +94,7 @@ async fn race_for_exactly_the_stock(name: &str, stock: i64, shards: u16, plan: R
         .await
         .unwrap();
     let keys = state.issue.admission.keys();
-    for shard in StockShards::new(coupon, shards).all() {
+    for shard in StockShards::new(coupon, ShardCount::parse(shards).unwrap()).all() {
         let (bound, members): (i64, i64) = redis::pipe()
             .get(keys.stock(shard))
             .scard(keys.admission_set(shard))

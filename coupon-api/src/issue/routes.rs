@@ -297,7 +297,7 @@ async fn admit_and_publish(
         user_id: user,
         request_id,
         admitted_at: Utc::now(),
-        stock_shards: shards.count(),
+        stock_shards: shards.shard_count(),
         correlation_id,
     };
     match state.publisher.publish(&message).await {

@@ -60,7 +60,7 @@ pub(super) async fn publish_users(
                     user_id: UserId::parse(user).ok()?,
                     request_id: Uuid::now_v7(),
                     admitted_at: Utc::now(),
-                    stock_shards: 1,
+                    stock_shards: coupon_core::domain::ShardCount::ONE,
                     correlation_id: Some(uuid::Uuid::new_v4().to_string()),
                 };
                 let sent = Instant::now();

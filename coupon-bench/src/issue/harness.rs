@@ -279,7 +279,7 @@ impl Bench {
                         user_id: user,
                         request_id,
                         admitted_at: Utc::now(),
-                        stock_shards: 1,
+                        stock_shards: coupon_core::domain::ShardCount::ONE,
                         correlation_id: Some(uuid::Uuid::new_v4().to_string()),
                     };
                     publisher.publish(&message).await?;

@@ -214,7 +214,7 @@ mod tests {
             user_id: UserId::parse(7).unwrap(),
             request_id: uuid::Uuid::now_v7(),
             admitted_at: chrono::Utc::now(),
-            stock_shards: 1,
+            stock_shards: coupon_core::domain::ShardCount::ONE,
             correlation_id: None,
         }
     }

@@ -385,7 +385,11 @@ impl AdmissionStore {
         })?;
         let shards = policy.stock_shards();
         for shard in shards.all() {
-            let stock = shards.allotment(policy.stock_bound(), shard.index);
+            let stock = stock_value(
+                policy
+                    .total_quantity
+                    .map(|total| shards.allotment(total, shard.index)),
+            );
             let mut pipe = transfer::reset_shard(&self.keys, shard, stock);
             if shard.index == 0 {
                 pipe.set_ex(self.keys.policy(policy.id), &json, POLICY_COPY_TTL_SECS)
@@ -420,7 +424,7 @@ impl AdmissionStore {
         self.add_shard_members(shard, members).await?;
         let set: Option<String> = redis::cmd("SET")
             .arg(self.keys.stock(shard))
-            .arg(policy.stock_bound())
+            .arg(stock_value(policy.total_quantity))
             .arg("NX")
             .query_async(&mut self.conn.clone())
             .await?;
@@ -462,6 +466,12 @@ impl AdmissionStore {
             .await
             .map(drop)
     }
+}
+
+/// The stock key's value for a stock of `units` (count), `None` meaning unlimited: the admission
+/// script reads `-1` as no bound (`admission/admit.lua`). The only place the encoding lives.
+pub(crate) fn stock_value(units: Option<i64>) -> i64 {
+    units.unwrap_or(-1)
 }
 
 /// Runs one script call, recording its round trip in `coupon_redis_script_duration_seconds`

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::{CouponId, UserId};
+use crate::domain::{CouponId, ShardCount, UserId};
 use crate::issue::admission::StockShards;
 
 /// One admitted issue request, published as JSON after the admission script said yes.
@@ -24,11 +24,8 @@ pub struct IssueMessage {
     pub admitted_at: DateTime<Utc>,
     /// The coupon's stock shards (count; absent means 1), so the consumer finds the user's
     /// home shard without reading the policy.
-    #[serde(
-        default = "crate::issue::admission::one_shard",
-        skip_serializing_if = "crate::issue::admission::is_one_shard"
-    )]
-    pub stock_shards: u16,
+    #[serde(default, skip_serializing_if = "ShardCount::is_one")]
+    pub stock_shards: ShardCount,
     /// The `x-request-id` of the HTTP request that was admitted (at most 128 bytes of visible
     /// ASCII, checked by coupon-api), logged by coupon-consumer with the row and stored in
     /// `coupon_issues.correlation_id`, so one id leads from the HTTP answer to the row. `None`
@@ -79,7 +76,7 @@ mod tests {
             user_id: UserId::parse(7).unwrap(),
             request_id: Uuid::now_v7(),
             admitted_at: Utc::now(),
-            stock_shards: 1,
+            stock_shards: ShardCount::ONE,
             correlation_id: None,
         };
         assert_eq!(IssueMessage::from_json(&msg.to_json()).unwrap(), msg);
@@ -91,7 +88,7 @@ mod tests {
             .unwrap()
             .contains("correlation_id"));
         let sharded = IssueMessage {
-            stock_shards: 4,
+            stock_shards: ShardCount::parse(4).unwrap(),
             correlation_id: Some("req-1".into()),
             ..msg
         };

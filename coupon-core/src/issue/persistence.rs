@@ -494,7 +494,7 @@ mod tests {
             user_id: UserId::parse(user).unwrap(),
             request_id: uuid::Uuid::now_v7(),
             admitted_at: Utc::now(),
-            stock_shards: 1,
+            stock_shards: crate::domain::ShardCount::ONE,
             correlation_id: None,
         }
     }

@@ -107,7 +107,7 @@ impl Reconciler<'_> {
         rows.into_iter()
             .map(|(id, shards)| {
                 let id = CouponId::parse(id).map_err(|e| anyhow::anyhow!(e.0))?;
-                Ok(StockShards::new(id, shards))
+                Ok(StockShards::new(id, crate::store::db::shard_count(shards)?))
             })
             .collect()
     }
@@ -123,7 +123,8 @@ impl Reconciler<'_> {
                 .fetch_optional(self.pool)
                 .await
                 .context("reading the coupon's stock shards")?;
-        Ok(StockShards::new(coupon, count.unwrap_or(1)))
+        let count = count.map(crate::store::db::shard_count).transpose()?;
+        Ok(StockShards::new(coupon, count.unwrap_or_default()))
     }
 
     /// One pass over `coupon`, or over every coupon not soft-deleted when `None`.
@@ -184,7 +185,7 @@ impl Reconciler<'_> {
                     user_id: UserId::parse(user).map_err(|e| anyhow::anyhow!(e.0))?,
                     request_id: request.unwrap_or_else(Uuid::now_v7),
                     admitted_at: Utc::now(),
-                    stock_shards: shards.count(),
+                    stock_shards: shards.shard_count(),
                     correlation_id: None,
                 };
                 self.publisher

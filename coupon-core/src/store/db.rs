@@ -182,3 +182,15 @@ pub fn binary_text(
         })
         .transpose()
 }
+
+/// A `coupons.stock_shards` value as the domain's [`ShardCount`].
+///
+/// # Errors
+/// [`sqlx::Error::ColumnDecode`] when the stored count is not 1 to 64 (the table's `CHECK`
+/// refuses such a row).
+pub fn shard_count(stored: u16) -> Result<crate::domain::ShardCount, sqlx::Error> {
+    crate::domain::ShardCount::parse(stored).map_err(|err| sqlx::Error::ColumnDecode {
+        index: "stock_shards".to_owned(),
+        source: Box::new(err),
+    })
+}
