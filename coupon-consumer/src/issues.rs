@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coupon_core::domain::CouponId;
+use coupon_core::domain::{CouponId, UserId};
 use coupon_core::issue::admission::{
     AdmissionStore, Invalidation, InvalidationBroadcast, StockShards,
 };
@@ -154,9 +154,9 @@ impl IssueConsumer {
             if !self.admission.is_prepared(shards).await? {
                 continue;
             }
-            let messages: Vec<(i64, _)> = group
+            let messages: Vec<(UserId, _)> = group
                 .iter()
-                .map(|(_, issue)| (issue.user_id.get(), issue.request_id))
+                .map(|(_, issue)| (issue.user_id, issue.request_id))
                 .collect();
             let claimed = self.admission.claim(shards, &messages).await?;
             undone.extend(

@@ -45,7 +45,7 @@ async fn admit(store: &AdmissionStore, coupon: CouponId, user: UserId) -> AdmitO
         .unwrap();
     if outcome == AdmitOutcome::Admitted {
         store
-            .settle(StockShards::single(coupon), &[user.get()])
+            .settle(StockShards::single(coupon), &[user])
             .await
             .unwrap();
     }
@@ -202,13 +202,16 @@ async fn a_repeat_while_pending_hears_in_progress_and_a_settled_admission_cannot
             .pending_users(StockShards::single(p.id))
             .await
             .unwrap(),
-        [1]
+        [user(1)]
     );
 
     // Settled (the row is persisted): a repeat hears AlreadyIssued, and the first request's
     // undo, arriving late, removes nothing.
     assert_eq!(
-        store.settle(StockShards::single(p.id), &[1]).await.unwrap(),
+        store
+            .settle(StockShards::single(p.id), &[user(1)])
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(
@@ -462,12 +465,18 @@ async fn a_claim_and_an_undo_of_one_admission_never_both_win() {
     // User 1: the consumer claims first; the undo then finds nothing, and a redelivery of the
     // message claims again (a durable admission).
     assert_eq!(
-        store.claim(shards, &[(1, claimed_first)]).await.unwrap(),
+        store
+            .claim(shards, &[(user(1), claimed_first)])
+            .await
+            .unwrap(),
         [true]
     );
     assert!(!store.undo(shards, user(1), claimed_first).await.unwrap());
     assert_eq!(
-        store.claim(shards, &[(1, claimed_first)]).await.unwrap(),
+        store
+            .claim(shards, &[(user(1), claimed_first)])
+            .await
+            .unwrap(),
         [true]
     );
 
@@ -475,7 +484,10 @@ async fn a_claim_and_an_undo_of_one_admission_never_both_win() {
     // request, the old message still cannot claim that admission, which stays undoable.
     assert!(store.undo(shards, user(2), undone_first).await.unwrap());
     assert_eq!(
-        store.claim(shards, &[(2, undone_first)]).await.unwrap(),
+        store
+            .claim(shards, &[(user(2), undone_first)])
+            .await
+            .unwrap(),
         [false]
     );
     assert_eq!(
@@ -484,7 +496,10 @@ async fn a_claim_and_an_undo_of_one_admission_never_both_win() {
     );
     assert_eq!(
         store
-            .claim(shards, &[(2, undone_first), (3, Uuid::now_v7())])
+            .claim(
+                shards,
+                &[(user(2), undone_first), (user(3), Uuid::now_v7())]
+            )
             .await
             .unwrap(),
         [false, false],

@@ -102,7 +102,13 @@ async fn four_shards_1000_units_10000_users_admit_exactly_1000_once_each_using_e
     let distinct: BTreeSet<i64> = admitted.iter().copied().collect();
     assert_eq!(admitted.len(), 1_000, "answers Admitted");
     assert_eq!(distinct.len(), 1_000, "nobody admitted twice");
-    let members: BTreeSet<i64> = store.members(shards).await.unwrap().into_iter().collect();
+    let members: BTreeSet<i64> = store
+        .members(shards)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(UserId::get)
+        .collect();
     assert_eq!(
         members, distinct,
         "the sets hold exactly the users told Admitted"
@@ -114,7 +120,7 @@ async fn four_shards_1000_units_10000_users_admit_exactly_1000_once_each_using_e
         assert!(count > 0, "shard {index} admitted nobody: {state:?}");
     }
     for user in &distinct {
-        let home = shards.home(*user);
+        let home = shards.home(UserId::parse(*user).unwrap());
         assert!(
             conn.clone()
                 .sismember::<_, _, bool>(store.keys().admission_set(home), user)
@@ -174,7 +180,7 @@ async fn an_undone_admission_returns_its_unit_to_the_home_shard() {
         AdmitOutcome::Admitted
     );
     assert!(store.is_admitted(shards, user).await.unwrap());
-    assert_eq!(store.pending_users(shards).await.unwrap(), [5]);
+    assert_eq!(store.pending_users(shards).await.unwrap(), [user]);
     assert!(store.undo(shards, user, request).await.unwrap());
     assert!(!store.is_admitted(shards, user).await.unwrap());
     assert_eq!(store.admitted_count(shards).await.unwrap(), 0);
@@ -221,7 +227,7 @@ async fn lend_only(
 /// `count` users whose home is shard `index`, from user id `from` on.
 fn users_of(shards: StockShards, index: u16, from: i64, count: usize) -> Vec<i64> {
     (from..)
-        .filter(|&u| shards.home(u).index == index)
+        .filter(|&u| shards.home(UserId::parse(u).unwrap()).index == index)
         .take(count)
         .collect()
 }
@@ -278,7 +284,7 @@ async fn a_rebuild_of_every_shard_keeps_the_holders_and_shares_the_units_left() 
     }
     assert!(!store.is_prepared(shards).await.unwrap());
     let rebuilt = Arc::new(admitted);
-    assert!(store.restore(&policy, &rebuilt).await.unwrap());
+    assert!(store.restore(&policy, &ids(&rebuilt)).await.unwrap());
     assert!(store.is_prepared(shards).await.unwrap());
     let state = shard_state(&store, &conn, shards).await;
     assert_eq!(
@@ -306,7 +312,7 @@ async fn a_rebuild_of_one_lost_shard_never_over_issues() {
     assert_eq!(admitted.len(), 25);
     // Shard 0 comes back empty (its master restarted without data and without a replica).
     lose(&store, &conn, shards.shard(0)).await;
-    assert!(store.restore(&policy, &admitted).await.unwrap());
+    assert!(store.restore(&policy, &ids(&admitted)).await.unwrap());
     assert_eq!(store.admitted_count(shards).await.unwrap(), 25);
     // Everybody races again: the holders are refused, and at most the 15 units nobody held go.
     let everyone: Vec<i64> = (1..=400).collect();
@@ -322,4 +328,9 @@ async fn a_rebuild_of_one_lost_shard_never_over_issues() {
     store.complete_transfers(shards).await.unwrap();
     let last = race(std::slice::from_ref(&store), &policy, &everyone).await;
     assert!(more.len() + last.len() <= 15);
+}
+
+/// User ids from integers (test data).
+fn ids(raw: &[i64]) -> Vec<UserId> {
+    raw.iter().map(|&id| UserId::parse(id).unwrap()).collect()
 }

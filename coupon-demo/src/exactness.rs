@@ -18,7 +18,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use coupon_core::domain::CouponId;
+use coupon_core::domain::{CouponId, UserId};
 use coupon_core::issue::admission::{AdmissionStore, StockShards};
 use sqlx::MySqlPool;
 
@@ -73,7 +73,12 @@ impl Holdings {
             issued_quantity,
             row_users,
             admitted: redis.admitted_count(shards).await?,
-            members: redis.members(shards).await?.into_iter().collect(),
+            members: redis
+                .members(shards)
+                .await?
+                .into_iter()
+                .map(UserId::get)
+                .collect(),
         })
     }
 

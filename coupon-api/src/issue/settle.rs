@@ -77,9 +77,9 @@ async fn run(
 
 /// Clears `batch` (emptied), one `HDEL` per coupon.
 async fn clear(admission: &AdmissionStore, batch: &mut Vec<(StockShards, UserId)>) {
-    let mut by_coupon: HashMap<StockShards, Vec<i64>> = HashMap::new();
+    let mut by_coupon: HashMap<StockShards, Vec<UserId>> = HashMap::new();
     for (coupon, user) in batch.drain(..) {
-        by_coupon.entry(coupon).or_default().push(user.get());
+        by_coupon.entry(coupon).or_default().push(user);
     }
     for (coupon, users) in by_coupon {
         if let Err(err) = admission.settle(coupon, &users).await {

@@ -23,11 +23,11 @@ const SOLD_OUT_TTL: Duration = Duration::from_secs(3600);
 /// `total_quantity` members (1), so the set equals the rows, and a full set admits nobody
 /// more. It only changes if Redis loses it, and the rebuild restores the same members.
 #[derive(Debug)]
-pub struct Holders(Vec<i64>);
+pub struct Holders(Vec<UserId>);
 
 impl Holders {
     /// Sorts and de-duplicates `members` (SSCAN may return one twice).
-    pub fn new(mut members: Vec<i64>) -> Self {
+    pub fn new(mut members: Vec<UserId>) -> Self {
         members.sort_unstable();
         members.dedup();
         Self(members)
@@ -35,7 +35,7 @@ impl Holders {
 
     /// Whether `user` holds the coupon.
     pub fn contains(&self, user: UserId) -> bool {
-        self.0.binary_search(&user.get()).is_ok()
+        self.0.binary_search(&user).is_ok()
     }
 
     /// Number of holders (count).

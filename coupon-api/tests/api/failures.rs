@@ -173,7 +173,7 @@ async fn after_redis_lost_its_data_the_set_is_rebuilt_from_mysql_and_unpersisted
         .await
         .unwrap();
     members.sort_unstable();
-    assert_eq!(members, [1, 2, 3, 4]);
+    assert_eq!(members, ids(&[1, 2, 3, 4]));
     assert_error(app.issue(coupon, 3).await, 409, "ALREADY_ISSUED").await;
     assert_eq!(app.issue(coupon, 5).await.status(), 202);
     assert_error(app.issue(coupon, 6).await, 409, "SOLD_OUT").await;
@@ -194,7 +194,7 @@ async fn reconciliation_republishes_lost_admissions_readmits_rows_and_fixes_the_
     app.state
         .issue
         .admission
-        .add_members(StockShards::single(id), &[3])
+        .add_members(StockShards::single(id), &ids(&[3]))
         .await
         .unwrap();
     // User 4: a row whose admission the set lost.
@@ -260,7 +260,7 @@ async fn reconciliation_through_the_admin_api_runs_as_a_job_and_reports_its_repa
     app.state
         .issue
         .admission
-        .add_members(StockShards::single(id), &[3])
+        .add_members(StockShards::single(id), &ids(&[3]))
         .await
         .unwrap();
     let start = |body: serde_json::Value| {
@@ -426,4 +426,9 @@ async fn an_undo_that_failed_is_retried_until_the_admission_is_gone() {
     )
     .await;
     assert_eq!(testing::count_rows(&app.state.pool, coupon).await, 0);
+}
+
+/// User ids from integers (test data).
+fn ids(raw: &[i64]) -> Vec<UserId> {
+    raw.iter().map(|&id| UserId::parse(id).unwrap()).collect()
 }

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
+use coupon_core::domain::UserId;
 use coupon_core::issue::admission::StockShards;
 
 use coupon_core::store::kafka::IssuePublisher;
@@ -64,7 +65,9 @@ pub(super) async fn run(bench: &Bench, consumers: usize) -> anyhow::Result<(Run,
     // The consumer persists only users in the admission set (an undone admission's message
     // is dead-lettered): admit every user first, as the API would have.
     let store = bench.admission_store();
-    let users: Vec<i64> = (1..=wanted).collect();
+    let users = (1..=wanted)
+        .map(UserId::parse)
+        .collect::<Result<Vec<_>, _>>()?;
     store
         .add_members(StockShards::single(coupon), &users)
         .await?;

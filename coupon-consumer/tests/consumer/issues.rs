@@ -165,7 +165,7 @@ async fn a_message_whose_admission_was_undone_is_dead_lettered_not_persisted() {
     let (policy, store) = consumer.prepared_coupon(10).await;
     // Users 1 and 2 are admitted; user 3's admission was undone after its message was written.
     store
-        .add_members(StockShards::single(policy.id), &[1, 2])
+        .add_members(StockShards::single(policy.id), &ids(&[1, 2]))
         .await
         .unwrap();
     let messages: Vec<_> = (1..=3).map(|user| issue(policy.id, user)).collect();
@@ -221,4 +221,9 @@ async fn a_message_of_an_undone_admission_does_not_claim_the_users_later_admissi
             .unwrap(),
         "the later admission is still pending under its own request"
     );
+}
+
+/// User ids from integers (test data).
+fn ids(raw: &[i64]) -> Vec<UserId> {
+    raw.iter().map(|&id| UserId::parse(id).unwrap()).collect()
 }

@@ -130,12 +130,12 @@ impl CodeAdmission for AdmissionStore {
     }
 
     async fn settle(&self, coupon: StockShards, user: UserId) -> anyhow::Result<()> {
-        AdmissionStore::settle(self, coupon, &[user.get()]).await?;
+        AdmissionStore::settle(self, coupon, &[user]).await?;
         Ok(())
     }
 
     async fn note_holder(&self, coupon: StockShards, user: UserId) -> anyhow::Result<()> {
-        Ok(self.add_members(coupon, &[user.get()]).await?)
+        Ok(self.add_members(coupon, &[user]).await?)
     }
 }
 

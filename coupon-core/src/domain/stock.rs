@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{CouponId, ValidationError};
+use super::{CouponId, UserId, ValidationError};
 
 /// One stock shard of a coupon: its keys share one hash tag, so one Redis Cluster slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -153,8 +153,8 @@ impl StockShards {
     /// (<https://prng.di.unimi.it/splitmix64.c>) modulo the count. A pure function of the two,
     /// the same in every process and release; it must never change while a sharded coupon has
     /// admissions, or a user could be admitted once in each of two shards.
-    pub fn home(self, user: i64) -> Shard {
-        let mut z = (user as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    pub fn home(self, user: UserId) -> Shard {
+        let mut z = (user.get() as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
@@ -162,8 +162,8 @@ impl StockShards {
     }
 
     /// `users` grouped by home shard, in shard order; shards with none are left out.
-    pub fn by_home(self, users: &[i64]) -> Vec<(Shard, Vec<i64>)> {
-        let mut groups: Vec<Vec<i64>> = vec![Vec::new(); usize::from(self.count)];
+    pub fn by_home(self, users: &[UserId]) -> Vec<(Shard, Vec<UserId>)> {
+        let mut groups: Vec<Vec<UserId>> = vec![Vec::new(); usize::from(self.count)];
         for &user in users {
             groups[usize::from(self.home(user).index)].push(user);
         }
@@ -187,21 +187,30 @@ mod tests {
 
     const HOMES_OF_USERS_1_TO_8: [u16; 8] = [1, 2, 1, 2, 2, 0, 3, 2];
 
+    fn user(id: i64) -> UserId {
+        UserId::parse(id).unwrap()
+    }
+
     #[test]
     fn home_shards_are_stable_and_spread() {
         let shards = StockShards::new(CouponId::parse(42).unwrap(), ShardCount::parse(4).unwrap());
         // Fixed values: changing the hash would move admitted users to another shard.
-        let homes: Vec<u16> = (1..=8).map(|u| shards.home(u).index).collect();
+        let homes: Vec<u16> = (1..=8).map(|u| shards.home(user(u)).index).collect();
         assert_eq!(homes, HOMES_OF_USERS_1_TO_8);
         let mut per_shard = [0_u32; 4];
-        for user in 1..=10_000 {
-            per_shard[usize::from(shards.home(user).index)] += 1;
+        for u in 1..=10_000 {
+            per_shard[usize::from(shards.home(user(u)).index)] += 1;
         }
         assert!(
             per_shard.iter().all(|&n| (2_300..=2_700).contains(&n)),
             "{per_shard:?}"
         );
-        assert_eq!(StockShards::single(shards.coupon()).home(12_345).index, 0);
+        assert_eq!(
+            StockShards::single(shards.coupon())
+                .home(user(12_345))
+                .index,
+            0
+        );
     }
 
     #[test]

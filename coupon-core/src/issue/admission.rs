@@ -216,7 +216,7 @@ impl AdmissionStore {
         user: UserId,
         request: Uuid,
     ) -> Result<AdmitOutcome, AdmitError> {
-        let home = shards.home(user.get());
+        let home = shards.home(user);
         for _ in 0..MAX_TRANSFERS_PER_ADMISSION {
             let outcome = self.admit_in(home, user, request).await?;
             if outcome != AdmitOutcome::SoldOut || shards.count() == 1 {
@@ -282,7 +282,7 @@ impl AdmissionStore {
         user: UserId,
         request: Uuid,
     ) -> redis::RedisResult<bool> {
-        self.undo_in(shards.home(user.get()), user, request).await
+        self.undo_in(shards.home(user), user, request).await
     }
 
     async fn undo_in(&self, home: Shard, user: UserId, request: Uuid) -> redis::RedisResult<bool> {
@@ -313,7 +313,7 @@ impl AdmissionStore {
     pub async fn claim(
         &self,
         shards: StockShards,
-        messages: &[(i64, Uuid)],
+        messages: &[(UserId, Uuid)],
     ) -> redis::RedisResult<Vec<bool>> {
         let mut by_home: std::collections::BTreeMap<u16, (Shard, Vec<usize>)> =
             std::collections::BTreeMap::new();
@@ -358,7 +358,7 @@ impl AdmissionStore {
     ///
     /// # Errors
     /// Redis is unreachable or timed out.
-    pub async fn settle(&self, shards: StockShards, users: &[i64]) -> redis::RedisResult<usize> {
+    pub async fn settle(&self, shards: StockShards, users: &[UserId]) -> redis::RedisResult<usize> {
         let mut conn = self.conn.clone();
         let mut cleared = 0;
         for (shard, users) in shards.by_home(users) {
@@ -412,7 +412,7 @@ impl AdmissionStore {
     pub async fn restore(
         &self,
         policy: &CouponPolicy,
-        members: &[i64],
+        members: &[UserId],
     ) -> redis::RedisResult<bool> {
         PolicyCopies::new(self.conn.clone(), self.keys.clone())
             .store(policy)
@@ -439,7 +439,7 @@ impl AdmissionStore {
     pub async fn add_members(
         &self,
         shards: StockShards,
-        members: &[i64],
+        members: &[UserId],
     ) -> redis::RedisResult<()> {
         for (shard, users) in shards.by_home(members) {
             self.add_shard_members(shard, &users).await?;
@@ -447,7 +447,7 @@ impl AdmissionStore {
         Ok(())
     }
 
-    async fn add_shard_members(&self, shard: Shard, members: &[i64]) -> redis::RedisResult<()> {
+    async fn add_shard_members(&self, shard: Shard, members: &[UserId]) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
         for chunk in members.chunks(10_000) {
             conn.sadd::<_, _, ()>(self.keys.admission_set(shard), chunk)

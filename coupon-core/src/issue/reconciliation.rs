@@ -178,11 +178,12 @@ impl Reconciler<'_> {
         if !self.dry_run {
             // Under the request id the admission is still pending under, when it is: the
             // consumer claims a message only for its own admission (`claim.lua`).
-            let requests = self.admission.pending_requests(shards, &lost).await?;
-            for (&user, request) in lost.iter().zip(requests) {
+            let lost_users = user_ids(&lost)?;
+            let requests = self.admission.pending_requests(shards, &lost_users).await?;
+            for (&user, request) in lost_users.iter().zip(requests) {
                 let message = IssueMessage {
                     coupon_id: coupon,
-                    user_id: UserId::parse(user).map_err(|e| anyhow::anyhow!(e.0))?,
+                    user_id: user,
                     request_id: request.unwrap_or_else(Uuid::now_v7),
                     admitted_at: Utc::now(),
                     stock_shards: shards.shard_count(),
@@ -194,14 +195,16 @@ impl Reconciler<'_> {
                     .with_context(|| format!("re-publishing user {user}'s issue"))?;
             }
             if !readmit.is_empty() {
-                self.admission.add_members(shards, &readmit).await?;
+                self.admission
+                    .add_members(shards, &user_ids(&readmit)?)
+                    .await?;
             }
-            let settled: Vec<i64> = self
+            let settled: Vec<UserId> = self
                 .admission
                 .pending_users(shards)
                 .await?
                 .into_iter()
-                .filter(|user| rows.contains(user))
+                .filter(|user| rows.contains(&user.get()))
                 .collect();
             report.pending_cleared = self.admission.settle(shards, &settled).await?;
             if shards.count() > 1 {
@@ -228,7 +231,13 @@ impl Reconciler<'_> {
         shards: StockShards,
     ) -> anyhow::Result<(BTreeSet<i64>, BTreeSet<i64>, BTreeSet<i64>)> {
         let coupon = shards.coupon();
-        let admitted: BTreeSet<i64> = self.admission.members(shards).await?.into_iter().collect();
+        let admitted: BTreeSet<i64> = self
+            .admission
+            .members(shards)
+            .await?
+            .into_iter()
+            .map(UserId::get)
+            .collect();
         let in_flight = self.log.unpersisted_users(coupon).await?;
         let rows: Vec<i64> =
             sqlx::query_scalar("SELECT user_id FROM coupon_issues WHERE coupon_id = ?")
@@ -422,6 +431,16 @@ pub async fn find_job(pool: &MySqlPool, id: i64) -> Result<Option<Reconciliation
         created_at: row.try_get("created_at")?,
         finished_at: row.try_get("finished_at")?,
     }))
+}
+
+/// User ids read as integers (rows, the issue log) as [`UserId`]s, for the admission store.
+///
+/// # Errors
+/// An id that is not positive (no row or message holds one).
+fn user_ids(raw: &[i64]) -> anyhow::Result<Vec<UserId>> {
+    raw.iter()
+        .map(|&id| UserId::parse(id).map_err(|e| anyhow::anyhow!(e.0)))
+        .collect()
 }
 
 #[cfg(test)]

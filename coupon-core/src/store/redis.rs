@@ -204,6 +204,29 @@ impl ConnectionLike for RedisConnection {
     }
 }
 
+/// A user id is sent to Redis as its integer (a set member, a hash field).
+impl redis::ToRedisArgs for crate::domain::UserId {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + redis::RedisWrite,
+    {
+        self.get().write_redis_args(out);
+    }
+
+    fn describe_numeric_behavior(&self) -> redis::NumericBehavior {
+        redis::NumericBehavior::NumberIsInteger
+    }
+}
+
+/// A user id read from Redis: an integer that must be positive (a member that is not one is a
+/// parsing error, never a user).
+impl redis::FromRedisValue for crate::domain::UserId {
+    fn from_redis_value(value: redis::Value) -> Result<Self, redis::ParsingError> {
+        let raw = i64::from_redis_value(value)?;
+        Self::parse(raw).map_err(|err| err.0.into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use coupon_core::auth::{Role, TokenSigner};
-use coupon_core::domain::CouponId;
+use coupon_core::domain::{CouponId, UserId};
 use coupon_core::issue::admission::{AdmissionStore, StockShards};
 use coupon_core::issue::recovery::IssueLog;
 use futures::StreamExt;
@@ -207,6 +207,7 @@ pub(super) async fn read_state(
         .members(StockShards::single(coupon))
         .await?
         .into_iter()
+        .map(UserId::get)
         .collect();
     let with_row = sqlx::query_scalar("SELECT user_id FROM coupon_issues WHERE coupon_id = ?")
         .bind(coupon.get())

@@ -13,7 +13,7 @@ impl AdmissionStore {
     pub async fn is_admitted(&self, shards: StockShards, user: UserId) -> redis::RedisResult<bool> {
         self.conn
             .clone()
-            .sismember(self.keys.admission_set(shards.home(user.get())), user.get())
+            .sismember(self.keys.admission_set(shards.home(user)), user.get())
             .await
             .inspect_err(|_| count_error("is_admitted"))
     }
@@ -26,7 +26,7 @@ impl AdmissionStore {
     pub async fn admitted_among(
         &self,
         shards: StockShards,
-        users: &[i64],
+        users: &[UserId],
     ) -> redis::RedisResult<Vec<bool>> {
         let mut admitted = std::collections::HashMap::with_capacity(users.len());
         for (shard, group) in shards.by_home(users) {
@@ -64,7 +64,7 @@ impl AdmissionStore {
     ///
     /// # Errors
     /// Redis is unreachable, timed out, or a member is not an integer.
-    pub async fn members(&self, shards: StockShards) -> redis::RedisResult<Vec<i64>> {
+    pub async fn members(&self, shards: StockShards) -> redis::RedisResult<Vec<UserId>> {
         let mut conn = self.conn.clone();
         let mut members = Vec::new();
         for shard in shards.all() {
@@ -73,7 +73,7 @@ impl AdmissionStore {
                 .cursor_arg(0)
                 .arg("COUNT")
                 .arg(1000);
-            let mut iter = scan.iter_async::<i64>(&mut conn).await?;
+            let mut iter = scan.iter_async::<UserId>(&mut conn).await?;
             while let Some(member) = iter.next_item().await {
                 members.push(member?);
             }
@@ -86,11 +86,14 @@ impl AdmissionStore {
     ///
     /// # Errors
     /// Redis is unreachable, timed out, or a field is not an integer.
-    pub async fn pending_users(&self, shards: StockShards) -> redis::RedisResult<Vec<i64>> {
+    pub async fn pending_users(&self, shards: StockShards) -> redis::RedisResult<Vec<UserId>> {
         let mut conn = self.conn.clone();
         let mut users = Vec::new();
         for shard in shards.all() {
-            users.extend(conn.hkeys::<_, Vec<i64>>(self.keys.pending(shard)).await?);
+            users.extend(
+                conn.hkeys::<_, Vec<UserId>>(self.keys.pending(shard))
+                    .await?,
+            );
         }
         Ok(users)
     }
@@ -105,7 +108,7 @@ impl AdmissionStore {
     pub async fn pending_requests(
         &self,
         shards: StockShards,
-        users: &[i64],
+        users: &[UserId],
     ) -> redis::RedisResult<Vec<Option<uuid::Uuid>>> {
         let mut marks = std::collections::HashMap::with_capacity(users.len());
         for (shard, group) in shards.by_home(users) {

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use redis::{AsyncCommands, Script};
 
 use super::{AdmissionStore, AdmitError, RedisKeys, Shard, StockShards};
-use crate::domain::CouponPolicy;
+use crate::domain::{CouponPolicy, UserId};
 
 /// Most transfers one admission makes before it gives up with an error (503, try again)
 /// rather than an answer: each transfer brings units that other users of the shard may take
@@ -164,7 +164,7 @@ impl AdmissionStore {
     pub(super) async fn restore_shards(
         &self,
         policy: &CouponPolicy,
-        members: &[i64],
+        members: &[UserId],
     ) -> redis::RedisResult<bool> {
         let shards = policy.stock_shards();
         let mut conn = self.conn.clone();
@@ -176,7 +176,7 @@ impl AdmissionStore {
         }
         let every_shard_lost = lost.len() == usize::from(shards.count());
         let unheld = (super::stock_value(policy.total_quantity) - members.len() as i64).max(0);
-        let mut homes: Vec<Vec<i64>> = vec![Vec::new(); usize::from(shards.count())];
+        let mut homes: Vec<Vec<UserId>> = vec![Vec::new(); usize::from(shards.count())];
         for (shard, users) in shards.by_home(members) {
             homes[usize::from(shard.index)] = users;
         }
