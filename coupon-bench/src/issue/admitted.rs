@@ -1,9 +1,8 @@
 //! (b) The issue endpoint with every request admitted: coupon-api (release) with the consumer
 //! stopped, wrk sending a fresh user id per request to a coupon whose stock never runs out.
 
-use super::figure::Figure;
+use super::figure::{Figure, Issued};
 use super::harness::Bench;
-use super::report::Issued;
 use super::wrk::UserPlan;
 
 /// Measures (b) on a new coupon of `stock` units; the consumer must not be running.

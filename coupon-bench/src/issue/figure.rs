@@ -1,6 +1,7 @@
 //! One figure of the report: its load runs, each a rate with latencies and failures, and
 //! their min/median/max.
 
+use coupon_core::domain::CouponId;
 use serde::Serialize;
 
 use crate::cpu::CpuPerRequest;
@@ -73,4 +74,15 @@ impl Figure {
             note,
         }
     }
+}
+
+/// A coupon a figure issued, for the exactness check.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Issued {
+    pub(super) coupon: CouponId,
+    /// Units on offer (count).
+    pub(super) stock: i64,
+    /// Admissions counted while issuing it (count): 202 answers, or admitted and published
+    /// after wrk closed the connection at the end of a run.
+    pub(super) accepted: u64,
 }

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use coupon_core::domain::CouponId;
 
-use super::figure::Figure;
+use super::figure::{Figure, Issued};
 use super::harness::{wait_for, Bench};
-use super::report::Issued;
 use super::wrk::UserPlan;
 
 /// Stock of the sold-out coupon (count).

@@ -6,28 +6,16 @@ use std::fmt::Write as _;
 
 use anyhow::bail;
 use chrono::Utc;
-use coupon_core::domain::CouponId;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::ceilings::Ceilings;
-use super::figure::Figure;
+use super::figure::{Figure, Issued};
 use super::harness::Bench;
 use super::rejections::Rejection;
 use super::IssueArgs;
 use crate::cpu::CpuPerRequest;
 use crate::speed::Probes;
-
-/// A coupon a figure issued, for the exactness check.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Issued {
-    pub(super) coupon: CouponId,
-    /// Units on offer (count).
-    pub(super) stock: i64,
-    /// Admissions counted while issuing it (count): 202 answers, or admitted and published
-    /// after wrk closed the connection at the end of a run.
-    pub(super) accepted: u64,
-}
 
 /// One exactness row per coupon: rows in MySQL = distinct users = `issued_quantity` = Redis
 /// `SCARD` = admissions ≤ stock. Call once the consumer persisted every admission.
