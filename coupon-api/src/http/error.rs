@@ -2,7 +2,7 @@
 //!
 //! Every error reaches the client as `{"code": "...", "message": "..."}` with a stable `code`.
 //! Internal detail (SQL, Redis, Kafka text) is never sent: it travels in a response extension
-//! to the logging middleware ([`crate::startup`]), which logs it with its cause chain.
+//! to the logging middleware ([`crate::http::observe`]), which logs it with its cause chain.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
