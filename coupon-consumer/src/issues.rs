@@ -239,7 +239,7 @@ impl IssueConsumer {
                 coupon_id = %issue.coupon_id,
                 user_id = %issue.user_id,
                 request_id = %issue.request_id,
-                correlation_id = %issue.correlation_id.as_deref().unwrap_or(""),
+                correlation_id = %issue.correlation_id.as_ref().map_or("", |id| id.as_str()),
                 "issue persisted"
             );
         }

@@ -78,6 +78,67 @@ positive_id!(
     "user_id"
 );
 
+/// The `x-request-id` of the HTTP request behind an issue: 1 to [`CorrelationId::MAX_LEN`]
+/// bytes of visible ASCII (`!` to `~`), so it goes into log lines, a Kafka message and the
+/// `VARCHAR(128)` column `coupon_issues.correlation_id` unchanged. Built by
+/// [`CorrelationId::parse`]; JSON: the string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CorrelationId(String);
+
+impl CorrelationId {
+    /// Longest id (bytes).
+    pub const MAX_LEN: usize = 128;
+
+    /// Accepts 1 to [`Self::MAX_LEN`] bytes of visible ASCII.
+    ///
+    /// # Errors
+    /// [`ValidationError`] for anything else.
+    pub fn parse(raw: impl Into<String>) -> Result<Self, ValidationError> {
+        let raw = raw.into();
+        if Self::is_valid(raw.as_bytes()) {
+            Ok(Self(raw))
+        } else {
+            Err(ValidationError(format!(
+                "a correlation id is 1 to {} bytes of visible ASCII",
+                Self::MAX_LEN
+            )))
+        }
+    }
+
+    /// Whether `bytes` make a correlation id.
+    pub fn is_valid(bytes: &[u8]) -> bool {
+        !bytes.is_empty()
+            && bytes.len() <= Self::MAX_LEN
+            && bytes.iter().all(|b| (b'!'..=b'~').contains(b))
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for CorrelationId {
+    type Error = ValidationError;
+
+    fn try_from(raw: String) -> Result<Self, ValidationError> {
+        Self::parse(raw)
+    }
+}
+
+impl From<CorrelationId> for String {
+    fn from(id: CorrelationId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for CorrelationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// How a policy's stock is bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -482,6 +543,19 @@ mod tests {
             version: 1,
             stock_shards: ShardCount::parse(p.stock_shards).unwrap(),
         }
+    }
+
+    #[test]
+    fn a_correlation_id_is_1_to_128_bytes_of_visible_ascii() {
+        assert!(CorrelationId::parse("req-1").is_ok());
+        assert!(CorrelationId::parse("a".repeat(128)).is_ok());
+        assert!(CorrelationId::parse("a".repeat(129)).is_err());
+        assert!(CorrelationId::parse("").is_err());
+        assert!(CorrelationId::parse("has space").is_err());
+        assert!(CorrelationId::parse("naïve").is_err());
+        assert!(serde_json::from_str::<CorrelationId>("\"\"").is_err());
+        let id: CorrelationId = serde_json::from_str("\"req-2\"").unwrap();
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"req-2\"");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue};
+use coupon_core::domain::CorrelationId;
 use tower_http::request_id::RequestId;
 use tracing::Span;
 
@@ -23,14 +24,13 @@ use tracing::Span;
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest id taken from a request (bytes); a longer one is replaced.
-pub const MAX_LEN: usize = 128;
+pub const MAX_LEN: usize = CorrelationId::MAX_LEN;
 
-/// Whether `value` may be kept as the request's id: 1 to [`MAX_LEN`] bytes of visible ASCII
-/// (`!` to `~`, no spaces or control characters), so it can go into log lines, a Kafka message
-/// and a `VARCHAR(128)` column unchanged.
+/// Whether `value` may be kept as the request's id: a [`CorrelationId`], 1 to [`MAX_LEN`]
+/// bytes of visible ASCII (`!` to `~`, no spaces or control characters), so it can go into log
+/// lines, a Kafka message and a `VARCHAR(128)` column unchanged.
 pub fn is_valid(value: &HeaderValue) -> bool {
-    let bytes = value.as_bytes();
-    !bytes.is_empty() && bytes.len() <= MAX_LEN && bytes.iter().all(|b| (b'!'..=b'~').contains(b))
+    CorrelationId::is_valid(value.as_bytes())
 }
 
 /// Drops every `x-request-id` of `request` unless there is exactly one and it [`is_valid`], so
@@ -52,8 +52,10 @@ pub fn drop_invalid(mut request: Request) -> Request {
 
 /// The request's id as the set-id layer left it in the extensions: `None` only on a router
 /// built without that layer.
-pub fn of(request_id: Option<&RequestId>) -> Option<String> {
-    request_id.and_then(text).map(str::to_owned)
+pub fn of(request_id: Option<&RequestId>) -> Option<CorrelationId> {
+    request_id
+        .and_then(text)
+        .and_then(|id| CorrelationId::parse(id).ok())
 }
 
 /// The id's text (always ASCII once [`drop_invalid`] and the set-id layer have run).

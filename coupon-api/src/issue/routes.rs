@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
-use coupon_core::domain::{CouponId, CouponStatus, IssueState, IssueWindow, UserId};
+use coupon_core::domain::{CorrelationId, CouponId, CouponStatus, IssueState, IssueWindow, UserId};
 use coupon_core::issue::admission::{AdmitOutcome, StockShards};
 use coupon_core::issue::message::IssueMessage;
 use coupon_core::telemetry::names;
@@ -246,7 +246,7 @@ async fn admit_and_publish(
     state: Arc<IssuingState>,
     shards: StockShards,
     user: UserId,
-    correlation_id: Option<String>,
+    correlation_id: Option<CorrelationId>,
 ) -> Result<Uuid, ApiError> {
     let coupon = shards.coupon();
     let request_id = Uuid::now_v7();

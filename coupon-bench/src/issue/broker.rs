@@ -61,7 +61,10 @@ pub(super) async fn publish_users(
                     request_id: Uuid::now_v7(),
                     admitted_at: Utc::now(),
                     stock_shards: coupon_core::domain::ShardCount::ONE,
-                    correlation_id: Some(uuid::Uuid::new_v4().to_string()),
+                    correlation_id: coupon_core::domain::CorrelationId::parse(
+                        uuid::Uuid::new_v4().to_string(),
+                    )
+                    .ok(),
                 };
                 let sent = Instant::now();
                 let result = publisher.publish(&message).await;

@@ -280,7 +280,10 @@ impl Bench {
                         request_id,
                         admitted_at: Utc::now(),
                         stock_shards: coupon_core::domain::ShardCount::ONE,
-                        correlation_id: Some(uuid::Uuid::new_v4().to_string()),
+                        correlation_id: coupon_core::domain::CorrelationId::parse(
+                            uuid::Uuid::new_v4().to_string(),
+                        )
+                        .ok(),
                     };
                     publisher.publish(&message).await?;
                     anyhow::Ok(1_u64)

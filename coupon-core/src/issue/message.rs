@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::{CouponId, ShardCount, UserId};
+use crate::domain::{CorrelationId, CouponId, ShardCount, UserId};
 use crate::issue::admission::StockShards;
 
 /// One admitted issue request, published as JSON after the admission script said yes.
@@ -31,7 +31,7 @@ pub struct IssueMessage {
     /// `coupon_issues.correlation_id`, so one id leads from the HTTP answer to the row. `None`
     /// for messages re-published by a rebuild or reconciliation, and for older messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub correlation_id: Option<String>,
+    pub correlation_id: Option<CorrelationId>,
 }
 
 impl IssueMessage {
@@ -89,7 +89,7 @@ mod tests {
             .contains("correlation_id"));
         let sharded = IssueMessage {
             stock_shards: ShardCount::parse(4).unwrap(),
-            correlation_id: Some("req-1".into()),
+            correlation_id: Some(CorrelationId::parse("req-1").unwrap()),
             ..msg
         };
         assert_eq!(

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::mysql::{MySqlConnection, MySqlPool};
 use sqlx::{Connection, MySql, QueryBuilder, Row, Transaction};
 
-use crate::domain::{CouponId, UserId};
+use crate::domain::{CorrelationId, CouponId, UserId};
 use crate::issue::message::IssueMessage;
 
 /// Whether `(coupon, user)` has a `coupon_issues` row.
@@ -440,7 +440,7 @@ async fn insert_rows(
             )))
             .push_bind("ISSUED")
             .push_bind(msg.request_id.to_string())
-            .push_bind(msg.correlation_id.as_deref());
+            .push_bind(msg.correlation_id.as_ref().map(CorrelationId::as_str));
     });
     insert.build().execute(conn).await?;
     Ok(())
