@@ -369,9 +369,315 @@ impl NewCouponPolicy {
     }
 }
 
-/// A stored coupon policy (`coupons` row), as cached and served.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// A stored coupon policy (`coupons` row), as cached and served. Its stock, discount and
+/// validity are enums ([`Stock`], [`Discount`], [`Validity`]), so a policy whose parts
+/// contradict each other cannot be built. JSON: [`PolicyRecord`]'s flat shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "PolicyRecord", try_from = "PolicyRecord")]
 pub struct CouponPolicy {
+    /// Primary key.
+    pub id: CouponId,
+    /// Shown to users.
+    pub title: String,
+    /// How many units it hands out, over how many stock shards.
+    pub stock: Stock,
+    /// Rows persisted so far (count), as of the read.
+    pub issued_quantity: i64,
+    /// What it takes off an order.
+    pub discount: Discount,
+    /// Smallest order the coupon applies to (smallest currency unit).
+    pub min_order_amount: i64,
+    /// Issue window start (inclusive).
+    pub issue_starts_at: DateTime<Utc>,
+    /// Issue window end (exclusive).
+    pub issue_ends_at: DateTime<Utc>,
+    /// How long an issued coupon stays usable.
+    pub validity: Validity,
+    /// Absolute start of use (absent: from the issue).
+    pub valid_from: Option<DateTime<Utc>>,
+    /// Lifecycle state.
+    pub status: CouponStatus,
+    /// Whether cancelling a redeemed order gives the coupon back.
+    pub restore_on_cancel: bool,
+    /// Row creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last row change.
+    pub updated_at: DateTime<Utc>,
+    /// Raised by every admin change (count, from 1); a change is written only under the
+    /// version it read ([`crate::policies::save_policy_admin_fields`]).
+    pub version: i64,
+}
+
+/// How many units a policy hands out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stock {
+    /// `total` units (count, at least 1 and at least `shards`), first come first served, the
+    /// admission state split into `shards` stock shards.
+    Limited {
+        /// Units (count).
+        total: i64,
+        /// Stock shards of the admission state.
+        shards: ShardCount,
+    },
+    /// No bound; each user may still hold one (one stock shard).
+    Unlimited,
+}
+
+impl Stock {
+    /// The units, `None` for unlimited.
+    pub fn total(self) -> Option<i64> {
+        match self {
+            Self::Limited { total, .. } => Some(total),
+            Self::Unlimited => None,
+        }
+    }
+
+    /// The stock shards (one for unlimited).
+    pub fn shards(self) -> ShardCount {
+        match self {
+            Self::Limited { shards, .. } => shards,
+            Self::Unlimited => ShardCount::ONE,
+        }
+    }
+
+    /// The stored `coupon_type`.
+    pub fn coupon_type(self) -> CouponType {
+        match self {
+            Self::Limited { .. } => CouponType::FirstComeFirstServed,
+            Self::Unlimited => CouponType::Unlimited,
+        }
+    }
+}
+
+/// What a policy takes off an order (amounts in the smallest currency unit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discount {
+    /// A fixed amount.
+    Fixed {
+        /// The amount (> 0).
+        amount: i64,
+    },
+    /// A percentage of the order, optionally capped.
+    Percentage {
+        /// Percent (1 to 100).
+        percent: i64,
+        /// Most it takes off (> 0), if capped.
+        cap: Option<i64>,
+    },
+}
+
+impl Discount {
+    /// The stored `discount_type`.
+    pub fn discount_type(self) -> DiscountType {
+        match self {
+            Self::Fixed { .. } => DiscountType::Fixed,
+            Self::Percentage { .. } => DiscountType::Percentage,
+        }
+    }
+
+    /// The stored `discount_value`: the amount, or the percent.
+    pub fn value(self) -> i64 {
+        match self {
+            Self::Fixed { amount } => amount,
+            Self::Percentage { percent, .. } => percent,
+        }
+    }
+
+    /// The stored `max_discount_amount`: a percentage's cap.
+    pub fn cap(self) -> Option<i64> {
+        match self {
+            Self::Fixed { .. } => None,
+            Self::Percentage { cap, .. } => cap,
+        }
+    }
+
+    /// What it takes off an order of `order_amount`: the amount, or
+    /// `floor(order_amount × percent / 100)` capped; never more than the order amount, never
+    /// negative.
+    pub fn for_order(self, order_amount: i64) -> i64 {
+        let raw = match self {
+            Self::Fixed { amount } => amount,
+            Self::Percentage { percent, cap } => {
+                let pct = i128::from(order_amount.max(0)) * i128::from(percent) / 100;
+                let pct = i64::try_from(pct).unwrap_or(i64::MAX);
+                cap.map_or(pct, |cap| pct.min(cap))
+            }
+        };
+        raw.clamp(0, order_amount.max(0))
+    }
+}
+
+/// How long an issued coupon stays usable: some days after its issue, until an instant, or
+/// whichever of the two comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    /// `days` days (> 0) after the issue.
+    Days(i32),
+    /// Until an instant.
+    Until(DateTime<Utc>),
+    /// `days` days after the issue, but never past `until`.
+    DaysUntil {
+        /// Days after the issue (> 0).
+        days: i32,
+        /// The latest end.
+        until: DateTime<Utc>,
+    },
+}
+
+impl Validity {
+    /// From the stored `valid_days` and `valid_until`; `None` when neither is set.
+    pub fn from_parts(days: Option<i32>, until: Option<DateTime<Utc>>) -> Option<Self> {
+        match (days, until) {
+            (Some(days), None) => Some(Self::Days(days)),
+            (None, Some(until)) => Some(Self::Until(until)),
+            (Some(days), Some(until)) => Some(Self::DaysUntil { days, until }),
+            (None, None) => None,
+        }
+    }
+
+    /// The stored `valid_days`.
+    pub fn days(self) -> Option<i32> {
+        match self {
+            Self::Days(days) | Self::DaysUntil { days, .. } => Some(days),
+            Self::Until(_) => None,
+        }
+    }
+
+    /// The stored `valid_until`.
+    pub fn until(self) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Until(until) | Self::DaysUntil { until, .. } => Some(until),
+            Self::Days(_) => None,
+        }
+    }
+
+    /// With the days set to `days` (the end, if any, kept).
+    #[must_use]
+    pub fn with_days(self, days: i32) -> Self {
+        Self::from_parts(Some(days), self.until()).unwrap_or(Self::Days(days))
+    }
+
+    /// With the end set to `until` (the days, if any, kept).
+    #[must_use]
+    pub fn with_until(self, until: DateTime<Utc>) -> Self {
+        Self::from_parts(self.days(), Some(until)).unwrap_or(Self::Until(until))
+    }
+
+    /// When a coupon issued at `issued_at` stops being usable: the earlier of
+    /// `issued_at + days` and `until`.
+    pub fn expires_at(self, issued_at: DateTime<Utc>) -> DateTime<Utc> {
+        let by_days = |days: i32| issued_at + Duration::days(i64::from(days));
+        match self {
+            Self::Days(days) => by_days(days),
+            Self::Until(until) => until,
+            Self::DaysUntil { days, until } => by_days(days).min(until),
+        }
+    }
+}
+
+impl From<CouponPolicy> for PolicyRecord {
+    fn from(p: CouponPolicy) -> Self {
+        Self {
+            id: p.id,
+            title: p.title,
+            coupon_type: p.stock.coupon_type(),
+            total_quantity: p.stock.total(),
+            issued_quantity: p.issued_quantity,
+            discount_type: p.discount.discount_type(),
+            discount_value: p.discount.value(),
+            max_discount_amount: p.discount.cap(),
+            min_order_amount: p.min_order_amount,
+            issue_starts_at: p.issue_starts_at,
+            issue_ends_at: p.issue_ends_at,
+            valid_days: p.validity.days(),
+            valid_until: p.validity.until(),
+            valid_from: p.valid_from,
+            status: p.status,
+            restore_on_cancel: p.restore_on_cancel,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+            version: p.version,
+            stock_shards: p.stock.shards(),
+        }
+    }
+}
+
+impl TryFrom<PolicyRecord> for CouponPolicy {
+    type Error = ValidationError;
+
+    /// # Errors
+    /// A record whose parts contradict each other: a stock total for an unlimited coupon or
+    /// none for a limited one, shards on an unlimited one, a cap on a fixed discount, neither
+    /// `valid_days` nor `valid_until`.
+    fn try_from(r: PolicyRecord) -> Result<Self, ValidationError> {
+        let fail = |msg: &str| ValidationError(format!("stored policy {}: {msg}", r.id));
+        let stock = match (r.coupon_type, r.total_quantity) {
+            (CouponType::FirstComeFirstServed, Some(total)) => Stock::Limited {
+                total,
+                shards: r.stock_shards,
+            },
+            (CouponType::Unlimited, None) if r.stock_shards.is_one() => Stock::Unlimited,
+            _ => return Err(fail("the stock contradicts its type")),
+        };
+        let discount = match (r.discount_type, r.max_discount_amount) {
+            (DiscountType::Fixed, None) => Discount::Fixed {
+                amount: r.discount_value,
+            },
+            (DiscountType::Percentage, cap) => Discount::Percentage {
+                percent: r.discount_value,
+                cap,
+            },
+            (DiscountType::Fixed, Some(_)) => return Err(fail("a fixed discount has a cap")),
+        };
+        let validity = Validity::from_parts(r.valid_days, r.valid_until)
+            .ok_or_else(|| fail("neither valid_days nor valid_until"))?;
+        Ok(Self {
+            id: r.id,
+            title: r.title,
+            stock,
+            issued_quantity: r.issued_quantity,
+            discount,
+            min_order_amount: r.min_order_amount,
+            issue_starts_at: r.issue_starts_at,
+            issue_ends_at: r.issue_ends_at,
+            validity,
+            valid_from: r.valid_from,
+            status: r.status,
+            restore_on_cancel: r.restore_on_cancel,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            version: r.version,
+        })
+    }
+}
+
+impl utoipa::PartialSchema for CouponPolicy {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <PolicyRecord as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl utoipa::ToSchema for CouponPolicy {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("CouponPolicy")
+    }
+
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <PolicyRecord as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
+/// A stored coupon policy as JSON (the Redis policy copy, the API's answers and their
+/// OpenAPI schema, named `CouponPolicy`): the flat shape of the `coupons` row.
+/// [`CouponPolicy`] is written as it and read from it ([`TryFrom`]), so the JSON other
+/// processes read is the same whatever the domain type looks like.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyRecord {
     /// Primary key.
     pub id: CouponId,
     /// Shown to users.
@@ -414,7 +720,7 @@ pub struct CouponPolicy {
     /// version it read ([`crate::policies::save_policy_admin_fields`]).
     #[serde(default = "first_version")]
     pub version: i64,
-    /// Stock shards of its Redis admission state ([`StockShards`]).
+    /// Stock shards of its Redis admission state (count, 1 to 64; absent: 1).
     #[serde(default)]
     pub stock_shards: ShardCount,
 }
@@ -446,30 +752,25 @@ impl CouponPolicy {
         }
     }
 
-    /// Where its admission state lives in Redis: `stock_shards` shards.
+    /// Where its admission state lives in Redis: its stock shards.
     pub fn stock_shards(&self) -> StockShards {
-        StockShards::new(self.id, self.stock_shards)
+        StockShards::new(self.id, self.stock.shards())
     }
 
-    /// The discount (smallest currency unit) this policy grants on an order of `order_amount`:
-    /// `discount_value` for `FIXED`; `floor(order_amount × discount_value / 100)` capped by
-    /// `max_discount_amount` for `PERCENTAGE`; never more than the order amount, never negative.
+    /// The stock (count), `None` for unlimited.
+    pub fn total_quantity(&self) -> Option<i64> {
+        self.stock.total()
+    }
+
+    /// The discount (smallest currency unit) this policy grants on an order of `order_amount`
+    /// ([`Discount::for_order`]).
     pub fn discount_for(&self, order_amount: i64) -> i64 {
-        let raw = match self.discount_type {
-            DiscountType::Fixed => self.discount_value,
-            DiscountType::Percentage => {
-                let pct = i128::from(order_amount.max(0)) * i128::from(self.discount_value) / 100;
-                let pct = i64::try_from(pct).unwrap_or(i64::MAX);
-                self.max_discount_amount.map_or(pct, |cap| pct.min(cap))
-            }
-        };
-        raw.clamp(0, order_amount.max(0))
+        self.discount.for_order(order_amount)
     }
 
-    /// When a coupon issued at `issued_at` stops being usable: the earlier of
-    /// `issued_at + valid_days` and `valid_until`, or `None` when neither is set.
-    pub fn expires_at(&self, issued_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        expiry(self.valid_days, self.valid_until, issued_at)
+    /// When a coupon issued at `issued_at` stops being usable ([`Validity::expires_at`]).
+    pub fn expires_at(&self, issued_at: DateTime<Utc>) -> DateTime<Utc> {
+        self.validity.expires_at(issued_at)
     }
 }
 
@@ -521,7 +822,7 @@ mod tests {
     }
 
     fn stored(p: &NewCouponPolicy) -> CouponPolicy {
-        CouponPolicy {
+        CouponPolicy::try_from(PolicyRecord {
             id: CouponId::parse(1).unwrap(),
             title: p.title.clone(),
             coupon_type: p.coupon_type,
@@ -542,7 +843,8 @@ mod tests {
             updated_at: p.issue_starts_at,
             version: 1,
             stock_shards: ShardCount::parse(p.stock_shards).unwrap(),
-        }
+        })
+        .unwrap()
     }
 
     #[test]
@@ -648,10 +950,15 @@ mod tests {
         let mut p = stored(&new_policy());
         assert_eq!(p.discount_for(50_000), 3000);
         assert_eq!(p.discount_for(2000), 2000, "never more than the order");
-        p.discount_type = DiscountType::Percentage;
-        p.discount_value = 15;
+        p.discount = Discount::Percentage {
+            percent: 15,
+            cap: None,
+        };
         assert_eq!(p.discount_for(10_001), 1500, "floored");
-        p.max_discount_amount = Some(1000);
+        p.discount = Discount::Percentage {
+            percent: 15,
+            cap: Some(1000),
+        };
         assert_eq!(p.discount_for(10_001), 1000, "capped");
         assert_eq!(p.discount_for(0), 0);
     }
@@ -667,6 +974,39 @@ mod tests {
         );
         assert_eq!(expiry(None, None, at), None);
         assert_eq!(expiry(None, Some(until), at), Some(until));
+        assert_eq!(Validity::DaysUntil { days: 7, until }.expires_at(at), until);
+        assert_eq!(
+            Validity::DaysUntil { days: 1, until }.expires_at(at),
+            at + Duration::days(1)
+        );
+        assert_eq!(Validity::Until(until).expires_at(at), until);
+    }
+
+    #[test]
+    fn a_stored_policy_round_trips_its_flat_json_and_refuses_contradictions() {
+        let policy = stored(&NewCouponPolicy {
+            stock_shards: 4,
+            ..new_policy()
+        });
+        let json = serde_json::to_value(&policy).unwrap();
+        assert_eq!(json["coupon_type"], "FIRST_COME_FIRST_SERVED");
+        assert_eq!(json["total_quantity"], 500);
+        assert_eq!(json["stock_shards"], 4);
+        assert_eq!(json["discount_type"], "FIXED");
+        assert_eq!(json["discount_value"], 3000);
+        assert_eq!(json["valid_days"], 7);
+        let back: CouponPolicy = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, policy);
+
+        let mut unlimited_with_total = json.clone();
+        unlimited_with_total["coupon_type"] = "UNLIMITED".into();
+        assert!(serde_json::from_value::<CouponPolicy>(unlimited_with_total).is_err());
+        let mut no_validity = json.clone();
+        no_validity["valid_days"] = serde_json::Value::Null;
+        assert!(serde_json::from_value::<CouponPolicy>(no_validity).is_err());
+        let mut capped_fixed = json;
+        capped_fixed["max_discount_amount"] = 100.into();
+        assert!(serde_json::from_value::<CouponPolicy>(capped_fixed).is_err());
     }
 
     #[test]

@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use sqlx::mysql::{MySqlPool, MySqlRow};
 use sqlx::{MySql, QueryBuilder, Row, Transaction};
 
-use crate::domain::{CouponId, CouponPolicy, CouponStatus, CouponType, DiscountType, ValidPolicy};
+use crate::domain::{
+    CouponId, CouponPolicy, CouponStatus, CouponType, DiscountType, PolicyRecord, ValidPolicy,
+};
 
 pub(crate) const POLICY_COLUMNS: &str = "id, title, coupon_type, total_quantity, issued_quantity, \
      discount_type, discount_value, max_discount_amount, min_order_amount, issue_starts_at, \
@@ -19,7 +21,7 @@ pub(crate) fn policy_from_row(row: &MySqlRow) -> Result<CouponPolicy, sqlx::Erro
         index: column.to_owned(),
         source: Box::new(e),
     };
-    Ok(CouponPolicy {
+    let record = PolicyRecord {
         id: CouponId::parse(row.try_get("id")?).map_err(|e| decode("id", e))?,
         title: row.try_get("title")?,
         coupon_type: CouponType::parse(row.try_get("coupon_type")?)
@@ -42,7 +44,8 @@ pub(crate) fn policy_from_row(row: &MySqlRow) -> Result<CouponPolicy, sqlx::Erro
         updated_at: row.try_get("updated_at")?,
         version: row.try_get("version")?,
         stock_shards: crate::store::db::shard_count(row.try_get("stock_shards")?)?,
-    })
+    };
+    CouponPolicy::try_from(record).map_err(|e| decode("coupon_type", e))
 }
 
 /// Appends `(?, ?, …)` with `ids` bound, for `id IN` clauses.
@@ -169,13 +172,13 @@ impl PolicyUpdate {
             if days <= 0 {
                 return fail("valid_days must be a positive number of days");
             }
-            next.valid_days = Some(days);
+            next.validity = next.validity.with_days(days);
         }
         if let Some(until) = self.valid_until {
             if until <= next.issue_starts_at {
                 return fail("valid_until must be after issue_starts_at");
             }
-            next.valid_until = Some(until);
+            next.validity = next.validity.with_until(until);
         }
         Ok(next)
     }
@@ -210,8 +213,8 @@ pub async fn save_policy_admin_fields(
     )
     .bind(&policy.title)
     .bind(crate::store::db::datetime(policy.issue_ends_at))
-    .bind(policy.valid_days)
-    .bind(crate::store::db::datetime(policy.valid_until))
+    .bind(policy.validity.days())
+    .bind(crate::store::db::datetime(policy.validity.until()))
     .bind(policy.status.as_str())
     .bind(policy.id.get())
     .bind(policy.version)

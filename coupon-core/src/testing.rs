@@ -117,28 +117,28 @@ pub fn policy_row(id: i64, total: Option<i64>) -> crate::domain::CouponPolicy {
     crate::domain::CouponPolicy {
         id: crate::domain::CouponId::parse(id).expect("positive coupon id"),
         title: new.title,
-        coupon_type: if total.is_some() {
-            new.coupon_type
-        } else {
-            crate::domain::CouponType::Unlimited
-        },
-        total_quantity: total,
+        stock: total.map_or(crate::domain::Stock::Unlimited, |total| {
+            crate::domain::Stock::Limited {
+                total,
+                shards: crate::domain::ShardCount::ONE,
+            }
+        }),
         issued_quantity: 0,
-        discount_type: new.discount_type,
-        discount_value: new.discount_value,
-        max_discount_amount: None,
+        discount: crate::domain::Discount::Fixed {
+            amount: new.discount_value,
+        },
         min_order_amount: 0,
         issue_starts_at: new.issue_starts_at,
         issue_ends_at: new.issue_ends_at,
-        valid_days: new.valid_days,
-        valid_until: None,
+        validity: crate::domain::Validity::Days(
+            new.valid_days.expect("open_policy has valid_days"),
+        ),
         valid_from: None,
         status: crate::domain::CouponStatus::Active,
         restore_on_cancel: true,
         created_at: new.issue_starts_at,
         updated_at: new.issue_starts_at,
         version: 1,
-        stock_shards: crate::domain::ShardCount::ONE,
     }
 }
 

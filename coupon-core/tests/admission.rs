@@ -248,7 +248,10 @@ async fn preparing_a_new_coupon_clears_state_left_under_its_id() {
     let mut p = policy(7, Some(1));
     store.prepare(&p).await.unwrap();
     admit(&store, p.id, user(1)).await;
-    p.total_quantity = Some(2);
+    p.stock = coupon_core::domain::Stock::Limited {
+        total: 2,
+        shards: coupon_core::domain::ShardCount::ONE,
+    };
 
     store.prepare(&p).await.unwrap();
 
@@ -257,7 +260,7 @@ async fn preparing_a_new_coupon_clears_state_left_under_its_id() {
     assert_eq!(admit(&store, p.id, user(2)).await, AdmitOutcome::Admitted);
     assert_eq!(admit(&store, p.id, user(3)).await, AdmitOutcome::SoldOut);
     assert_eq!(
-        copies.get(p.id).await.unwrap().unwrap().total_quantity,
+        copies.get(p.id).await.unwrap().unwrap().total_quantity(),
         Some(2)
     );
 }

@@ -314,7 +314,7 @@ async fn times_outside_the_timestamp_range_round_trip() {
         .unwrap();
     assert_eq!(stored.issue_starts_at, starts);
     assert_eq!(stored.issue_ends_at, ends);
-    assert_eq!(stored.valid_until, Some(until));
+    assert_eq!(stored.validity.until(), Some(until));
 
     // An issue expires at min(now + 36,500 days, 2100-12-31): after 2038 either way.
     coupon_core::issue::persistence::persist_batch(&pool, &[issue(policy.id, 1)])

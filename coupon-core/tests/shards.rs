@@ -36,7 +36,10 @@ async fn second_handle(store: &AdmissionStore) -> AdmissionStore {
 
 fn sharded(id: i64, total: i64, shards: u16) -> CouponPolicy {
     CouponPolicy {
-        stock_shards: coupon_core::domain::ShardCount::parse(shards).unwrap(),
+        stock: coupon_core::domain::Stock::Limited {
+            total,
+            shards: coupon_core::domain::ShardCount::parse(shards).unwrap(),
+        },
         ..testing::policy_row(id, Some(total))
     }
 }

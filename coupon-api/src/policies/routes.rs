@@ -75,7 +75,7 @@ async fn create_policy(
     let policy = policies::insert_policy(&mut tx, &new).await?;
     state.admission.prepare(&policy).await?;
     tx.commit().await?;
-    tracing::info!(coupon_id = %policy.id, total = ?policy.total_quantity, "coupon policy created");
+    tracing::info!(coupon_id = %policy.id, total = ?policy.total_quantity(), "coupon policy created");
     Ok((StatusCode::CREATED, Json(policy)))
 }
 
@@ -153,7 +153,9 @@ async fn read_policy(
     Ok(Some(Arc::new(PolicyView {
         issued,
         pending: (admitted - issued).max(0),
-        remaining: policy.total_quantity.map(|total| (total - admitted).max(0)),
+        remaining: policy
+            .total_quantity()
+            .map(|total| (total - admitted).max(0)),
         policy,
     })))
 }

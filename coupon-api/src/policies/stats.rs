@@ -80,7 +80,7 @@ impl StatsCache {
             let issued = policy.issued_quantity;
             Ok::<_, ApiError>(Arc::new(StatsView {
                 coupon_id: id,
-                total: policy.total_quantity,
+                total: policy.total_quantity(),
                 admitted,
                 issued,
                 pending: (admitted - issued).max(0),
@@ -88,7 +88,7 @@ impl StatsCache {
                 reserved: counts.reserved,
                 used: counts.used,
                 expired: counts.expired,
-                remaining: policy.total_quantity.map(|t| (t - admitted).max(0)),
+                remaining: policy.total_quantity().map(|t| (t - admitted).max(0)),
                 redemption_rate: if issued > 0 {
                     counts.used as f64 / issued as f64
                 } else {

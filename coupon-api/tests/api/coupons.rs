@@ -23,7 +23,7 @@ async fn creating_a_policy_answers_201_and_prepares_its_redis_state() {
         .await
         .unwrap()
         .expect("policy copy in Redis");
-    assert_eq!(copy.total_quantity, Some(500));
+    assert_eq!(copy.total_quantity(), Some(500));
 }
 
 #[tokio::test]

@@ -216,12 +216,12 @@ async fn redeem_once(
         return Err(CodeError::PolicySuspended);
     }
     if policy
-        .total_quantity
+        .total_quantity()
         .is_some_and(|total| policy.issued_quantity >= total)
     {
         return Err(CodeError::SoldOut);
     }
-    let limited = policy.total_quantity.is_some();
+    let limited = policy.total_quantity().is_some();
     let request = Uuid::now_v7();
     if limited {
         match admission
@@ -236,7 +236,7 @@ async fn redeem_once(
             AdmitOutcome::NotPrepared => return Err(CodeError::NotPrepared(policy.id)),
         }
     }
-    let expires_at = policy.expires_at(now);
+    let expires_at = Some(policy.expires_at(now));
     let issue_id = match write(&mut tx, code_id, coupon_id, user, request, now, expires_at).await {
         Ok(issue_id) => issue_id,
         Err(err) => {

@@ -44,7 +44,10 @@ pub const MAX_STOCK_SHARDS: u16 = 64;
     utoipa::ToSchema,
 )]
 #[serde(try_from = "u16", into = "u16")]
-#[schema(value_type = u16)]
+#[schema(
+    value_type = u16,
+    description = "Stock shards (count, 1 to 64): how many Redis hash slots the stock is split over."
+)]
 pub struct ShardCount(u16);
 
 impl ShardCount {

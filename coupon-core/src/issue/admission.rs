@@ -387,7 +387,7 @@ impl AdmissionStore {
         for shard in shards.all() {
             let stock = stock_value(
                 policy
-                    .total_quantity
+                    .total_quantity()
                     .map(|total| shards.allotment(total, shard.index)),
             );
             let mut pipe = transfer::reset_shard(&self.keys, shard, stock);
@@ -424,7 +424,7 @@ impl AdmissionStore {
         self.add_shard_members(shard, members).await?;
         let set: Option<String> = redis::cmd("SET")
             .arg(self.keys.stock(shard))
-            .arg(stock_value(policy.total_quantity))
+            .arg(stock_value(policy.total_quantity()))
             .arg("NX")
             .query_async(&mut self.conn.clone())
             .await?;

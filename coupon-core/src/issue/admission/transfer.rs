@@ -175,7 +175,7 @@ impl AdmissionStore {
             }
         }
         let every_shard_lost = lost.len() == usize::from(shards.count());
-        let unheld = (super::stock_value(policy.total_quantity) - members.len() as i64).max(0);
+        let unheld = (super::stock_value(policy.total_quantity()) - members.len() as i64).max(0);
         let mut homes: Vec<Vec<UserId>> = vec![Vec::new(); usize::from(shards.count())];
         for (shard, users) in shards.by_home(members) {
             homes[usize::from(shard.index)] = users;
