@@ -73,6 +73,10 @@ async fn race_for_exactly_the_stock(name: &str, stock: i64, shards: u16, plan: R
     assert_eq!(verification.issued_quantity, stock);
     assert_eq!(verification.admitted, stock, "SCARD");
     assert_eq!(
+        verification.rows_without_admission, 0,
+        "every row belongs to a member of the admission set (docs/invariants.md 4)"
+    );
+    assert_eq!(
         verification.accepted_without_row, 0,
         "every accepted user has a row"
     );
