@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Starts coupon-api and coupon-consumer for a load test and keeps them running until Ctrl-C:
-# builds the release binaries and starts them as `make demo` does (scripts/services.sh: the
-# local stack's JWT_SECRET unless set, readiness wait, stop on exit; coupon-api with
-# RATE_LIMITS=off), but leaves them running for load-test/run-k6.sh or load-test/run-locust.sh
-# in another terminal. A load generator sends every request from one address, so the
-# per-address limit (500 req/s, burst 1000) would answer most of a race 429 RATE_LIMITED.
+# builds the release binaries and starts them with `make demo`'s settings (through
+# scripts/services.sh: the local stack's JWT_SECRET unless set, readiness wait, stop on exit;
+# coupon-api with RATE_LIMITS=off), but leaves them running for load-test/run-k6.sh or
+# load-test/run-locust.sh in another terminal. A load generator sends every request from one
+# address, so the per-address limit (500 req/s, burst 1000) would answer most of a race 429
+# RATE_LIMITED.
 # Start the stores first (`make up`).
 #
 #   load-test/serve.sh                    # coupon-api on 127.0.0.1:8080, RATE_LIMITS=off

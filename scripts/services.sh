@@ -1,6 +1,10 @@
-# Sourced by demo.sh and bench-codes.sh: starts release binaries of the services in the
-# background, waits until they are ready, and stops them when the script exits.
-# The sourcing script sets `logs` (a directory) and API_PORT.
+# Sourced by load-smoke.sh, bench-codes.sh, fuzz.sh and load-test/serve.sh: starts release
+# binaries of the services in the background, waits until they are ready, and stops them when
+# the script exits. The sourcing script sets `logs` (a directory) and API_PORT.
+# The demo, the benchmark, the fault suite and the tests start their processes in Rust
+# instead, through coupon-harness (`make demo`: coupon-demo/src/services.rs); these scripts
+# keep this file because each runs shell tools beside the services (k6 and Locust, a fuzzer,
+# coupon-bench with the API's pid).
 
 # Bearer tokens on the local stack: a development secret unless JWT_SECRET is set. Anyone who
 # knows it can mint tokens, so a real deployment sets its own (at least 32 bytes), and the
@@ -46,26 +50,6 @@ consumer_running() {
   for tag in "$@"; do
     grep -q "coupon-consumer running" "$logs/coupon-consumer${tag:+-$tag}.log" || return 1
   done
-}
-
-# consumer_assigned TOPIC [TAG...]: every coupon-consumer started with one of these tags was
-# assigned partitions of TOPIC (its log's "partitions assigned" line names them).
-consumer_assigned() {
-  local topic=$1 tag
-  shift
-  if [ $# = 0 ]; then set -- ""; fi
-  for tag in "$@"; do
-    grep "partitions assigned" "$logs/coupon-consumer${tag:+-$tag}.log" | grep -q "$topic:" || return 1
-  done
-}
-
-# metric_sum PORT NAME: the sum of every series of the counter NAME that the Prometheus
-# endpoint on 127.0.0.1:PORT serves (0 when it serves none), over bash's /dev/tcp.
-metric_sum() {
-  exec 3<>"/dev/tcp/127.0.0.1/$1" || { echo 0; return; }
-  printf 'GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
-  awk -v name="$2" '$1 == name || index($1, name "{") == 1 { sum += $NF } END { printf "%d\n", sum }' <&3
-  exec 3<&-
 }
 
 # wait_ready CHECK...: polls every CHECK (a function, with its arguments in the same word, e.g.

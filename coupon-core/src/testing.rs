@@ -17,6 +17,7 @@ pub use cut::TcpCut;
 pub use deployment::OwnRedisDeployment;
 
 use chrono::{DateTime, Utc};
+use coupon_harness::{Output, Process, Program, Signal, Wait};
 use sqlx::mysql::MySqlPool;
 
 use crate::config::StoreConfig;
@@ -267,15 +268,27 @@ pub async fn issued_to_users(
     (pool, batch, ids)
 }
 
+/// Panics with `err` and its causes: a process of a test's own that cannot start or does not
+/// come up is a broken test machine, and the test says which and why (with the log's end).
+fn process_failed(err: &coupon_harness::Error, hint: &str) -> ! {
+    let mut message = err.to_string();
+    let mut cause = std::error::Error::source(err);
+    while let Some(inner) = cause {
+        message.push_str(&format!(": {inner}"));
+        cause = inner.source();
+    }
+    panic!("{message}{hint}")
+}
+
 /// A Redis server of a test's own (`redis-server` on a free port, in a temporary directory),
-/// so a test can stop and restart it: the Redis failure scenarios. Stopped when dropped.
+/// so a test can stop and restart it: the Redis failure scenarios. Stopped when dropped. It
+/// logs to `redis.log` in its directory, whose end a failure to come up shows.
 #[derive(Debug)]
 pub struct OwnRedis {
     /// The port it listens on (127.0.0.1).
     pub port: u16,
     dir: std::path::PathBuf,
-    persistent: bool,
-    child: Option<std::process::Child>,
+    process: Process,
 }
 
 impl OwnRedis {
@@ -283,20 +296,32 @@ impl OwnRedis {
     /// AOF with `appendfsync always`, so a restart loses nothing; without, a restart loses all.
     ///
     /// # Panics
-    /// `redis-server` is not installed or does not answer within 10 s.
+    /// `redis-server` is not installed, exits, or does not answer within 10 s.
     pub async fn start(persistent: bool) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = coupon_harness::free_port().expect("a free port");
         let dir = std::env::temp_dir().join(format!("couponrush-redis-{port}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let mut program = Program::new("redis-server", "redis-server");
+        program
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--save")
+            .arg("");
+        if persistent {
+            program.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            program.args(["--appendonly", "no"]);
+        }
+        program.output(Output::AppendFile(dir.join("redis.log")));
         let mut redis = Self {
             port,
             dir,
-            persistent,
-            child: None,
+            process: Process::new(program),
         };
         redis.restart().await;
         redis
@@ -309,76 +334,48 @@ impl OwnRedis {
 
     /// Kills the server (SIGKILL: no save on the way out).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Freezes the server (SIGSTOP): connections stay open and nothing answers, the way a
     /// hung host looks. [`Self::resume`] thaws it.
     pub fn pause(&self) {
-        self.signal("STOP");
+        let _ = self.process.signal(Signal::Stop);
     }
 
     /// Thaws a paused server (SIGCONT).
     pub fn resume(&self) {
-        self.signal("CONT");
-    }
-
-    fn signal(&self, name: &str) {
-        if let Some(child) = &self.child {
-            let _ = std::process::Command::new("kill")
-                .arg(format!("-{name}"))
-                .arg(child.id().to_string())
-                .status();
-        }
+        let _ = self.process.signal(Signal::Cont);
     }
 
     /// Starts the server again on the same port and directory, and waits until it answers.
     ///
     /// # Panics
-    /// `redis-server` cannot start or does not answer within 10 s.
+    /// `redis-server` cannot start, exits, or does not answer within 10 s.
     pub async fn restart(&mut self) {
         self.stop();
-        let mut command = std::process::Command::new("redis-server");
-        command
-            .arg("--port")
-            .arg(self.port.to_string())
-            .arg("--bind")
-            .arg("127.0.0.1")
-            .arg("--dir")
-            .arg(&self.dir)
-            .arg("--save")
-            .arg("");
-        if self.persistent {
-            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
-        } else {
-            command.args(["--appendonly", "no"]);
+        if let Err(err) = self.process.start() {
+            process_failed(&err, " (apt-get install redis-server)");
         }
-        let child = command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("starting redis-server (apt-get install redis-server)");
-        self.child = Some(child);
         let url = self.url();
-        eventually(
+        let wait = Wait::new(
             "the test's redis-server answers PING",
             Duration::from_secs(10),
-            || {
+        );
+        let answered = self
+            .process
+            .wait_ready(&wait, || {
                 let url = url.clone();
                 async move {
-                    let client = redis::Client::open(url).ok()?;
-                    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-                    redis::cmd("PING")
-                        .query_async::<String>(&mut conn)
-                        .await
-                        .ok()
+                    let client = redis::Client::open(url)?;
+                    let mut conn = client.get_multiplexed_async_connection().await?;
+                    redis::cmd("PING").query_async::<String>(&mut conn).await
                 }
-            },
-        )
-        .await;
+            })
+            .await;
+        if let Err(err) = answered {
+            process_failed(&err, "");
+        }
     }
 }
 
@@ -391,25 +388,24 @@ impl Drop for OwnRedis {
 
 /// A MariaDB server of a test's own (`mariadbd` on a free port, data in a temporary
 /// directory, no grant tables), so a test can kill and restart it: the MySQL failure
-/// scenarios. Killed when dropped.
+/// scenarios. Killed when dropped. It logs to `mariadbd.log` in its directory, whose end a
+/// failure to come up shows.
 #[derive(Debug)]
 pub struct OwnMariaDb {
     /// The port it listens on (127.0.0.1).
     pub port: u16,
     dir: std::path::PathBuf,
-    child: Option<std::process::Child>,
+    process: Process,
 }
 
 impl OwnMariaDb {
     /// Initialises a data directory (`mariadb-install-db`) and starts `mariadbd` on it.
     ///
     /// # Panics
-    /// The MariaDB server binaries are missing or the server does not answer within 30 s.
+    /// The MariaDB server binaries are missing, or the server exits or does not answer within
+    /// 30 s.
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = coupon_harness::free_port().expect("a free port");
         let dir = std::env::temp_dir().join(format!("couponrush-mariadb-{port}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("a temporary directory");
@@ -426,10 +422,24 @@ impl OwnMariaDb {
             .status()
             .expect("running mariadb-install-db (apt-get install mariadb-server)");
         assert!(installed.success(), "mariadb-install-db failed");
+        let mut program = Program::new("mariadbd", "mariadbd");
+        program
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--socket={}", dir.join("sock").display()))
+            .arg(format!("--port={port}"))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--user=root",
+                "--skip-grant-tables",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=32M",
+            ])
+            .output(Output::AppendFile(dir.join("mariadbd.log")));
         let mut db = Self {
             port,
             dir,
-            child: None,
+            process: Process::new(program),
         };
         db.restart().await;
         db
@@ -442,50 +452,35 @@ impl OwnMariaDb {
 
     /// Kills the server (SIGKILL: InnoDB recovers committed work on restart).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Starts the server again on the same port and data, and waits until it answers.
     ///
     /// # Panics
-    /// `mariadbd` cannot start or does not answer within 30 s.
+    /// `mariadbd` cannot start, exits, or does not answer within 30 s.
     pub async fn restart(&mut self) {
         self.stop();
-        let child = std::process::Command::new("mariadbd")
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", self.dir.join("data").display()))
-            .arg(format!("--socket={}", self.dir.join("sock").display()))
-            .arg(format!("--port={}", self.port))
-            .args([
-                "--bind-address=127.0.0.1",
-                "--user=root",
-                "--skip-grant-tables",
-                "--skip-log-bin",
-                "--innodb-buffer-pool-size=32M",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("starting mariadbd");
-        self.child = Some(child);
+        if let Err(err) = self.process.start() {
+            process_failed(&err, "");
+        }
         let url = self.url("mysql");
-        eventually(
-            "the test's mariadbd answers",
-            Duration::from_secs(30),
-            || {
+        let wait = Wait::new("the test's mariadbd answers", Duration::from_secs(30));
+        let answered = self
+            .process
+            .wait_ready(&wait, || {
                 let url = url.clone();
                 async move {
-                    let pool = MySqlPool::connect(&url).await.ok()?;
-                    sqlx::query("SELECT 1").execute(&pool).await.ok()?;
+                    let pool = MySqlPool::connect(&url).await?;
+                    let answered = sqlx::query("SELECT 1").execute(&pool).await.map(drop);
                     pool.close().await;
-                    Some(())
+                    answered
                 }
-            },
-        )
-        .await;
+            })
+            .await;
+        if let Err(err) = answered {
+            process_failed(&err, "");
+        }
     }
 }
 

@@ -5,11 +5,13 @@
 //! coupon-api instances), [`wait_until_drained`] waits for the consumer, and [`verify`] reads
 //! MySQL and Redis directly and checks that every count equals the stock and that exactly the
 //! users answered 202 hold a row. [`exactness`] holds those checks, and also the one
-//! `coupon-demo verify` runs after another load tool's race.
+//! `coupon-demo verify` runs after another load tool's race. [`services`] starts the
+//! coupon-api and coupon-consumer processes the demo races (through coupon-harness).
 
 pub mod chaos;
 pub mod chart;
 pub mod exactness;
+pub mod services;
 
 pub use exactness::{row_count, verify, wait_until_drained, Verification};
 

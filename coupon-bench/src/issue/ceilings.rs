@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use coupon_core::domain::CouponId;
 use coupon_core::store::kafka::IssuePublisher;
+use coupon_harness::Wait;
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::ClientConfig;
@@ -20,7 +21,7 @@ use uuid::Uuid;
 
 use super::broker::{create_topic, publish_users};
 use super::figure::{Figure, Run};
-use super::harness::{wait_for, Bench};
+use super::harness::Bench;
 use super::wrk::UserPlan;
 
 /// The (a) figures.
@@ -61,19 +62,19 @@ pub(super) async fn measure(bench: &Bench) -> anyhow::Result<Ceilings> {
 /// checking the benchmark's token as coupon-api does, under the same wrk load as (b).
 async fn axum(bench: &Bench) -> anyhow::Result<Figure> {
     let port = bench.args.api_port + 9;
-    let mut command = Command::new(std::env::current_exe()?);
-    command
+    let mut program = bench.program("ceiling-server", &std::env::current_exe()?);
+    program
         .args(["ceiling-server", "--listen", &format!("127.0.0.1:{port}")])
         .env("JWT_SECRET", &bench.jwt_secret);
     // Its CPU is sampled as coupon-api's, the server it stands in for.
-    let server = bench.spawn("ceiling-server", crate::cpu::Part::Api, command)?;
-    wait_for("the ceiling server", Duration::from_secs(10), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-            .map(drop)
-    })
-    .await?;
+    let mut server = bench.spawn(crate::cpu::Part::Api, program)?;
+    let wait =
+        Wait::new("the ceiling server", Duration::from_secs(10)).every(Duration::from_millis(20));
+    server
+        .wait_ready(&wait, || {
+            coupon_harness::probe::tcp(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        })
+        .await?;
     let runs = bench
         .figure(
             "(a) plain axum",

@@ -10,6 +10,7 @@ use coupon_core::domain::UserId;
 use coupon_core::issue::admission::StockShards;
 
 use coupon_core::store::kafka::IssuePublisher;
+use coupon_harness::Signal;
 
 use super::broker::{create_topic, publish_users};
 use super::figure::{Figure, Run};
@@ -95,7 +96,7 @@ pub(super) async fn run(bench: &Bench, consumers: usize) -> anyhow::Result<(Run,
     )
     .await?;
     for service in &services {
-        service.signal("STOP")?;
+        service.signal(Signal::Stop)?;
     }
     // The pre-fill, in chunks, for at most PREFILL_LIMIT: a stopped member sends no heartbeat,
     // and the group evicts it after its session timeout (coupon-consumer: 10 s).
@@ -109,7 +110,7 @@ pub(super) async fn run(bench: &Bench, consumers: usize) -> anyhow::Result<(Run,
         total = last;
     }
     for service in &services {
-        service.signal("CONT")?;
+        service.signal(Signal::Cont)?;
     }
     let (first_at, first_count) = wait_for(
         "the first persisted row",

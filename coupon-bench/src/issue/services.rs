@@ -2,21 +2,24 @@
 //! processes, the ceiling server), their environment and ports, and the Redis servers whose CPU
 //! it samples.
 
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Context;
 use coupon_core::store::redis::{RedisConnection, RedisMode};
+use coupon_harness::{probe, OnDrop, Output, Process, Program, Signal, Wait};
 
-use super::harness::{wait_for, Bench};
+use super::harness::Bench;
 use super::IssueArgs;
 use crate::cpu::Part;
 
-/// A child process stopped (SIGTERM, then waited for) when dropped.
+/// Longest wait for a service to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A service the benchmark started: stopped (SIGTERM, then SIGKILL after [`STOP_GRACE`]) when
+/// dropped.
 pub(super) struct Service {
-    name: String,
-    child: Child,
+    process: Process,
 }
 
 impl Service {
@@ -24,40 +27,46 @@ impl Service {
         self.terminate();
     }
 
-    /// Sends the process signal `name` (`STOP`, `CONT`).
+    /// Sends the process `signal` (SIGSTOP, SIGCONT).
     ///
     /// # Errors
     /// `kill` failed or the process is gone.
-    pub(super) fn signal(&self, name: &str) -> anyhow::Result<()> {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -{name} {} failed", self.name);
-        Ok(())
+    pub(super) fn signal(&self, signal: Signal) -> anyhow::Result<()> {
+        Ok(self.process.signal(signal)?)
+    }
+
+    /// Waits as `wait` says until `check` passes.
+    ///
+    /// # Errors
+    /// The service exited, or `check` did not pass in time.
+    pub(super) async fn wait_ready<F, Fut>(&mut self, wait: &Wait, check: F) -> anyhow::Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        Ok(self.process.wait_ready(wait, check).await?)
     }
 
     fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let stopped = self.process.stop_blocking(Signal::Term, STOP_GRACE);
+        if stopped.is_some_and(|s| s.forced) {
+            eprintln!(
+                "[bench] {} ignored SIGTERM for {STOP_GRACE:?}; killed it",
+                self.process.name()
+            );
         }
-        eprintln!("[bench] {} ignored SIGTERM; killing it", self.name);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    }
+}
+
+impl AsMut<Process> for Service {
+    fn as_mut(&mut self) -> &mut Process {
+        &mut self.process
     }
 }
 
 impl Drop for Service {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.terminate();
-        }
+        self.terminate();
     }
 }
 
@@ -72,8 +81,8 @@ impl Bench {
         redis_url(&self.args)
     }
 
-    pub(super) fn service_env(&self, command: &mut Command) {
-        command
+    pub(super) fn service_env(&self, program: &mut Program) {
+        program
             .env("DATABASE_URL", &self.args.database_url)
             .env("REDIS_URL", self.redis_url())
             .env(
@@ -96,30 +105,28 @@ impl Bench {
             .env("RATE_LIMITS", "off")
             .env("RUST_LOG", "warn,coupon_consumer=info");
         if let Some(min_insync) = self.args.min_insync_replicas {
-            command.env("KAFKA_TOPIC_MIN_INSYNC_REPLICAS", min_insync.to_string());
+            program.env("KAFKA_TOPIC_MIN_INSYNC_REPLICAS", min_insync.to_string());
         }
     }
 
-    /// Starts `command` as service `name` (its log: `--log-dir`/`name`.log) and samples its
-    /// CPU as `part`'s.
-    pub(super) fn spawn(
-        &self,
-        name: &str,
-        part: Part,
-        mut command: Command,
-    ) -> anyhow::Result<Service> {
-        std::fs::create_dir_all(&self.args.log_dir)?;
-        let log = std::fs::File::create(self.args.log_dir.join(format!("{name}.log")))?;
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        self.processes.add(part, child.id());
-        Ok(Service {
-            name: name.to_owned(),
-            child,
-        })
+    /// A service `name` running `executable`, logging (stderr) to `--log-dir`/`name`.log.
+    pub(super) fn program(&self, name: &str, executable: &std::path::Path) -> Program {
+        let mut program = Program::new(name, executable);
+        program
+            .output(Output::StderrFile(
+                self.args.log_dir.join(format!("{name}.log")),
+            ))
+            .on_drop(OnDrop::Terminate { grace: STOP_GRACE });
+        program
+    }
+
+    /// Starts `program` and samples its CPU as `part`'s.
+    pub(super) fn spawn(&self, part: Part, program: Program) -> anyhow::Result<Service> {
+        let process = Process::spawn(program)?;
+        if let Some(pid) = process.pid() {
+            self.processes.add(part, pid);
+        }
+        Ok(Service { process })
     }
 
     /// One coupon-api instance, once it answers `/ready`.
@@ -138,25 +145,24 @@ impl Bench {
         let mut services = Vec::new();
         for index in 0..count {
             let port = self.api_port(index);
-            let mut command = Command::new(&self.args.api_bin);
-            self.service_env(&mut command);
-            command
-                .env("API_LISTEN", format!("127.0.0.1:{port}"))
-                .env("METRICS_LISTEN", format!("127.0.0.1:{}", port + 1000))
-                .envs(env.iter().copied());
             let name = match index {
                 0 => "coupon-api".to_owned(),
                 _ => format!("coupon-api-{index}"),
             };
-            services.push(self.spawn(&name, Part::Api, command)?);
+            let mut program = self.program(&name, &self.args.api_bin);
+            self.service_env(&mut program);
+            program
+                .env("API_LISTEN", format!("127.0.0.1:{port}"))
+                .env("METRICS_LISTEN", format!("127.0.0.1:{}", port + 1000))
+                .envs(env.iter().copied());
+            services.push(self.spawn(Part::Api, program)?);
         }
+        let wait = Wait::new("coupon-api /ready", Duration::from_secs(60))
+            .every(Duration::from_millis(20));
         for index in 0..count {
-            let ready = format!("http://127.0.0.1:{}/ready", self.api_port(index));
-            wait_for("coupon-api /ready", Duration::from_secs(60), || async {
-                let response = self.http.get(&ready).send().await.ok()?;
-                response.status().is_success().then_some(())
-            })
-            .await?;
+            let addr = SocketAddr::from(([127, 0, 0, 1], self.api_port(index)));
+            wait.until(services.as_mut_slice(), || probe::http_ok(addr, "/ready"))
+                .await?;
         }
         self.instances.store(count, Ordering::Relaxed);
         Ok(services)
@@ -179,16 +185,16 @@ impl Bench {
         topic: Option<&str>,
         group: &str,
     ) -> anyhow::Result<Service> {
-        let mut command = Command::new(&self.args.consumer_bin);
-        self.service_env(&mut command);
-        command
+        let mut program = self.program(&consumer_name(index), &self.args.consumer_bin);
+        self.service_env(&mut program);
+        program
             .env("KAFKA_ISSUE_TOPIC", topic.unwrap_or(&self.issue_topic))
             .env("KAFKA_CONSUMER_GROUP", group)
             .env(
                 "METRICS_LISTEN",
                 format!("127.0.0.1:{}", self.api_port(index) + 1001),
             );
-        self.spawn(&consumer_name(index), Part::Consumer, command)
+        self.spawn(Part::Consumer, program)
     }
 
     /// Partitions of `topic` that coupon-consumer `index` holds, from the last "partitions

@@ -1,18 +1,21 @@
 //! A Redis Cluster of a test's own, for the fault scenarios that kill one of its masters.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use coupon_harness::{Output, Process, Program, Signal, Wait};
 
 /// Six `redis-server` processes in cluster mode on free ports (3 masters, 3 replicas, created
 /// with `redis-cli --cluster create … --cluster-replicas 1`), each in a temporary directory,
 /// no persistence, `cluster-node-timeout` 1000 ms: a killed master's replica is promoted about
-/// 2 s later. Every node is killed when this is dropped.
+/// 2 s later. Every node is killed when this is dropped. Each logs to `redis.log` in its
+/// directory, whose end a failure to come up shows.
 #[derive(Debug)]
 pub struct OwnRedisCluster {
-    nodes: Vec<(u16, Option<Child>)>,
+    /// Each node's port and process.
+    nodes: Vec<(u16, Process)>,
     dir: PathBuf,
-    persistent: bool,
 }
 
 impl OwnRedisCluster {
@@ -36,20 +39,20 @@ impl OwnRedisCluster {
         let _ = std::fs::remove_dir_all(&dir);
         let nodes = ports
             .iter()
-            .map(|&port| (port, Some(spawn_node(&dir, port, persistent))))
+            .map(|&port| (port, start_node(&dir, port, persistent)))
             .collect();
-        let cluster = Self {
-            nodes,
-            dir,
-            persistent,
-        };
-        for &port in &ports {
-            super::eventually(
-                "a cluster node answers",
-                Duration::from_secs(10),
-                || async move { cli(port, &["PING"]).filter(|r| r.trim() == "PONG") },
-            )
-            .await;
+        let mut cluster = Self { nodes, dir };
+        for (port, node) in &mut cluster.nodes {
+            let port = *port;
+            let wait = Wait::new("a cluster node answers", Duration::from_secs(10));
+            let answered = node
+                .wait_ready(&wait, || async move {
+                    cli(port, &["PING"]).filter(|r| r.trim() == "PONG")
+                })
+                .await;
+            if let Err(err) = answered {
+                super::process_failed(&err, "");
+            }
         }
         let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let created = Command::new("redis-cli")
@@ -130,7 +133,7 @@ impl OwnRedisCluster {
     /// Freezes the node on `port` (SIGSTOP): it holds its connections and answers nothing,
     /// replication included, until [`Self::resume`].
     pub fn pause(&self, port: u16) {
-        self.signal(port, "STOP");
+        self.signal(port, Signal::Stop);
     }
 
     /// Closes the replication links of the master on `port` (`CLIENT KILL TYPE replica`):
@@ -143,26 +146,20 @@ impl OwnRedisCluster {
 
     /// Thaws a node frozen by [`Self::pause`] (SIGCONT).
     pub fn resume(&self, port: u16) {
-        self.signal(port, "CONT");
+        self.signal(port, Signal::Cont);
     }
 
-    fn signal(&self, port: u16, name: &str) {
-        if let Some((_, Some(child))) = self.nodes.iter().find(|(p, _)| *p == port) {
-            let _ = Command::new("kill")
-                .arg(format!("-{name}"))
-                .arg(child.id().to_string())
-                .status();
+    fn signal(&self, port: u16, signal: Signal) {
+        if let Some((_, node)) = self.nodes.iter().find(|(p, _)| *p == port) {
+            let _ = node.signal(signal);
         }
     }
 
     /// Kills the node on `port` (SIGKILL: it answers nothing more and saves nothing).
     pub fn kill(&mut self, port: u16) {
-        for (p, child) in &mut self.nodes {
+        for (p, node) in &mut self.nodes {
             if *p == port {
-                if let Some(mut child) = child.take() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
+                node.kill();
             }
         }
     }
@@ -175,34 +172,37 @@ impl OwnRedisCluster {
     /// It does not sync within 30 s.
     pub async fn restart(&mut self, port: u16) {
         self.kill(port);
-        let Some(node) = self.nodes.iter_mut().find(|(p, _)| *p == port) else {
+        let Some((_, node)) = self.nodes.iter_mut().find(|(p, _)| *p == port) else {
             panic!("no node of this cluster listens on {port}");
         };
-        node.1 = Some(spawn_node(&self.dir, port, self.persistent));
-        super::eventually(
-            "the restarted node in sync",
-            Duration::from_secs(30),
-            || async move {
+        if let Err(err) = node.start() {
+            super::process_failed(&err, "");
+        }
+        let wait = Wait::new("the restarted node in sync", Duration::from_secs(30));
+        let synced = node
+            .wait_ready(&wait, || async move {
                 let info = cli(port, &["INFO", "replication"])?;
                 (info.contains("role:slave") && info.contains("master_link_status:up"))
                     .then_some(())
-            },
-        )
-        .await;
+            })
+            .await;
+        if let Err(err) = synced {
+            super::process_failed(&err, "");
+        }
     }
 
     /// Freezes every node (SIGSTOP): the whole cluster hangs, the way a partitioned or hung
     /// deployment looks. [`Self::resume_all`] thaws it.
     pub fn pause_all(&self) {
         for port in self.live_ports() {
-            self.signal(port, "STOP");
+            self.signal(port, Signal::Stop);
         }
     }
 
     /// Thaws every node frozen by [`Self::pause_all`] (SIGCONT).
     pub fn resume_all(&self) {
         for port in self.live_ports() {
-            self.signal(port, "CONT");
+            self.signal(port, Signal::Cont);
         }
     }
 
@@ -222,8 +222,10 @@ impl OwnRedisCluster {
     /// The cluster does not serve every slot within 30 s.
     pub async fn restart_all(&mut self) {
         self.stop_all();
-        for (port, child) in &mut self.nodes {
-            *child = Some(spawn_node(&self.dir, *port, self.persistent));
+        for (_, node) in &mut self.nodes {
+            if let Err(err) = node.start() {
+                super::process_failed(&err, "");
+            }
         }
         self.wait_until_served(Duration::from_secs(30)).await;
     }
@@ -261,7 +263,7 @@ impl OwnRedisCluster {
     fn live_ports(&self) -> impl Iterator<Item = u16> + '_ {
         self.nodes
             .iter()
-            .filter(|(_, child)| child.is_some())
+            .filter(|(_, node)| node.pid().is_some())
             .map(|(port, _)| *port)
     }
 }
@@ -273,8 +275,6 @@ impl Drop for OwnRedisCluster {
     }
 }
 
-/// A cluster-mode `redis-server` on `port`, its files in `dir/port` (created where missing);
-/// with `persistent`, an AOF fsynced on every write.
 /// Highest port a cluster node can take: its cluster bus listens on the port + 10000, and Redis
 /// refuses to start above this ("Your Redis port number must be 55535 or less"), while the
 /// kernel's ephemeral range goes up to 60999.
@@ -293,24 +293,26 @@ fn free_node_ports(count: usize) -> Vec<u16> {
     held.into_iter().map(|(port, _)| port).collect()
 }
 
-fn spawn_node(dir: &std::path::Path, port: u16, persistent: bool) -> Child {
+/// Starts a cluster-mode `redis-server` on `port`, its files in `dir/port` (created where
+/// missing); with `persistent`, an AOF fsynced on every write.
+fn start_node(dir: &std::path::Path, port: u16, persistent: bool) -> Process {
     let node_dir = dir.join(port.to_string());
     std::fs::create_dir_all(&node_dir).expect("a temporary directory");
     let appendonly: &[&str] = match persistent {
         true => &["--appendonly", "yes", "--appendfsync", "always"],
         false => &["--appendonly", "no"],
     };
-    Command::new("redis-server")
+    let mut program = Program::new(format!("redis-server {port}"), "redis-server");
+    program
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
         .args(["--save", ""])
         .args(appendonly)
         .arg("--dir")
         .arg(&node_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting redis-server (apt-get install redis-server)")
+        .output(Output::AppendFile(node_dir.join("redis.log")));
+    Process::spawn(program)
+        .unwrap_or_else(|err| super::process_failed(&err, " (apt-get install redis-server)"))
 }
 
 /// `redis-cli -p port args…`'s output, if it ran.

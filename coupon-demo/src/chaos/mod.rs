@@ -341,20 +341,20 @@ pub async fn run(
         let port = free_port()?;
         let mut api_env = env.clone();
         api_env.push(("API_LISTEN".into(), format!("127.0.0.1:{port}")));
-        let mut api = Process::new(&format!("coupon-api-{i}"), &bins.api, api_env, log_dir);
+        let mut api = scenario_process(&format!("coupon-api-{i}"), &bins.api, &api_env, log_dir);
         let base = format!("http://127.0.0.1:{port}");
-        start_api(&mut api, &client, &base).await?;
+        start_api(&mut api, port).await?;
         apis.push(api);
         bases.push(base);
     }
-    let mut consumer = Process::new("coupon-consumer", &bins.consumer, env.clone(), log_dir);
+    let mut consumer = scenario_process("coupon-consumer", &bins.consumer, &env, log_dir);
     start_consumer(&mut consumer, &issue_topic).await?;
     let mut replay_env = env.clone();
     replay_env.push(("KAFKA_CONSUMER_GROUP".into(), format!("{tag}-replay")));
-    let mut replay = Process::new(
+    let mut replay = scenario_process(
         "coupon-consumer-replay",
         &bins.consumer,
-        replay_env,
+        &replay_env,
         log_dir,
     );
 
@@ -403,7 +403,7 @@ pub async fn run(
             Fault::BrokerStopped => {
                 let broker = own_kafka.as_mut().context("own broker")?;
                 let stopped = broker
-                    .stop(1, "TERM", Duration::from_secs(60))
+                    .stop(1, Signal::Term, Duration::from_secs(60))
                     .await?
                     .context("the broker was not running")?;
                 note(&format!("the broker (SIGTERM) {stopped}"));
@@ -423,8 +423,8 @@ pub async fn run(
                     .context("the issue topic has no partition")?;
                 let mut victims = vec![busiest.leader];
                 let (signal, down) = match fault {
-                    Fault::ClusterLeaderKilled => ("KILL", Duration::from_secs(5)),
-                    _ => ("TERM", MESSAGE_TIMEOUT + Duration::from_secs(3)),
+                    Fault::ClusterLeaderKilled => (Signal::Kill, Duration::from_secs(5)),
+                    _ => (Signal::Term, MESSAGE_TIMEOUT + Duration::from_secs(3)),
                 };
                 if fault == Fault::ClusterBelowMinInsync {
                     let next = kafka.ids().into_iter().find(|id| *id != busiest.leader);
@@ -439,7 +439,7 @@ pub async fn run(
                         .stop(node, signal, Duration::from_secs(60))
                         .await?
                         .with_context(|| format!("node {node} was not running"))?;
-                    note(&format!("node {node} (SIG{signal}) {stopped}"));
+                    note(&format!("node {node} ({signal}) {stopped}"));
                 }
                 let down_since = Instant::now();
                 tokio::time::sleep(down).await;
@@ -454,7 +454,7 @@ pub async fn run(
                 note("every issue partition has its three replicas in sync again");
             }
             Fault::ConsumerKilled => {
-                let _ = consumer.stop_within("KILL", Duration::from_secs(15)).await;
+                let _ = consumer.stop(Signal::Kill, Duration::from_secs(15)).await;
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 note("starting coupon-consumer again");
                 start_consumer(&mut consumer, &issue_topic).await?;
@@ -471,7 +471,7 @@ pub async fn run(
                 redis.restart().await;
             }
             Fault::ApiKilled => {
-                let _ = apis[1].stop_within("KILL", Duration::from_secs(15)).await;
+                let _ = apis[1].stop(Signal::Kill, Duration::from_secs(15)).await;
             }
             Fault::DeliveredTwice => start_consumer(&mut replay, &issue_topic).await?,
             Fault::RedisMasterKilled => {
@@ -616,7 +616,7 @@ pub async fn run(
         consumer_shutdown: Duration::ZERO,
     };
     let stopping = Instant::now();
-    consumer.stop("TERM");
+    consumer.stop_blocking(Signal::Term, Duration::from_secs(15));
     counts.consumer_shutdown = stopping.elapsed();
     drop(apis);
     drop(consumer);

@@ -1,151 +1,45 @@
 //! The suite's child processes: coupon-api, coupon-consumer and Apache Kafka brokers started,
 //! signalled, stopped and started again, each waited for until it serves.
 
-use std::fmt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use coupon_core::domain::CouponId;
 use coupon_core::issue::recovery::IssueLog;
 use coupon_core::store::kafka::IssuePublisher;
+pub(super) use coupon_harness::{free_port, Process, Signal, Stopped};
+use coupon_harness::{probe, Output, Program, Wait};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
 use super::*;
 
-/// A child process that can be signalled, stopped and started again with the same command.
-pub(super) struct Process {
-    pub(super) name: String,
-    pub(super) command: Vec<String>,
-    pub(super) env: Vec<(String, String)>,
-    pub(super) cwd: Option<PathBuf>,
-    pub(super) log: PathBuf,
-    pub(super) child: Option<Child>,
+/// A process of the scenario called `name`, running `executable` with `env`, appending its
+/// output to `log_dir/name.log` (a process started again adds to it), killed when dropped.
+pub(super) fn scenario_process(
+    name: &str,
+    executable: &Path,
+    env: &[(String, String)],
+    log_dir: &Path,
+) -> Process {
+    Process::new(scenario_program(name, executable, env, log_dir))
 }
 
-impl Process {
-    pub(super) fn new(
-        name: &str,
-        program: &Path,
-        env: Vec<(String, String)>,
-        log_dir: &Path,
-    ) -> Self {
-        Self {
-            name: name.to_owned(),
-            command: vec![program.display().to_string()],
-            env,
-            cwd: None,
-            log: log_dir.join(format!("{name}.log")),
-            child: None,
-        }
-    }
-
-    pub(super) fn start(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let mut command = Command::new(&self.command[0]);
-        command
-            .args(&self.command[1..])
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        if let Some(cwd) = &self.cwd {
-            command.current_dir(cwd);
-        }
-        self.child = Some(
-            command
-                .spawn()
-                .with_context(|| format!("starting {}", self.command[0]))?,
-        );
-        Ok(())
-    }
-
-    pub(super) fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// Sends `signal` (`TERM`, `KILL`) and waits for the exit without blocking the runtime:
-    /// `grace`, then SIGKILL. `None` when it was not running.
-    pub(super) async fn stop_within(&mut self, signal: &str, grace: Duration) -> Option<Stopped> {
-        let mut child = self.child.take()?;
-        let started = Instant::now();
-        let _ = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(child.id().to_string())
-            .status();
-        while matches!(child.try_wait(), Ok(None)) && started.elapsed() < grace {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let forced = matches!(child.try_wait(), Ok(None));
-        if forced {
-            let _ = child.kill();
-        }
-        let _ = child.wait();
-        Some(Stopped {
-            took: started.elapsed(),
-            forced,
-        })
-    }
-
-    /// Sends `signal` (`TERM`, `KILL`) and waits for the exit: 15 s, then SIGKILL. Blocks the
-    /// thread: for the end of a scenario, not mid-race.
-    pub(super) fn stop(&mut self, signal: &str) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-/// How a stopped process went.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Stopped {
-    /// From the signal to the exit.
-    pub(super) took: Duration,
-    /// Whether it outlasted the grace and was killed.
-    pub(super) forced: bool,
-}
-
-impl fmt::Display for Stopped {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "exited {:.1} s after the signal",
-            self.took.as_secs_f64()
-        )?;
-        if self.forced {
-            f.write_str(", killed (SIGKILL) after the grace")?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.stop("KILL");
-    }
-}
-
-pub(super) fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// The [`Program`] of [`scenario_process`].
+fn scenario_program(
+    name: &str,
+    executable: &Path,
+    env: &[(String, String)],
+    log_dir: &Path,
+) -> Program {
+    let mut program = Program::new(name, executable);
+    program
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output(Output::AppendFile(log_dir.join(format!("{name}.log"))));
+    program
 }
 
 /// Apache Kafka of the scenario's own: one broker, or a cluster of three (KRaft, each node
@@ -167,6 +61,12 @@ struct KafkaNode {
     process: Process,
     /// Its client listener (127.0.0.1).
     port: u16,
+}
+
+impl AsMut<Process> for KafkaNode {
+    fn as_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
 }
 
 /// A partition of a topic and where it lives, from the cluster's metadata.
@@ -237,18 +137,14 @@ impl OwnKafka {
                     .with_context(|| format!("removing old broker data in {}", dir.display()))?;
             }
             std::fs::create_dir_all(&dir)?;
-            let mut process = Process::new(&name, &bins.broker, env.clone(), log_dir);
-            process.command.extend([
-                dir.display().to_string(),
-                listeners[i].to_string(),
-                controllers[i].to_string(),
-            ]);
+            let mut program = scenario_program(&name, &bins.broker, &env, log_dir);
+            program
+                .arg(&dir)
+                .args([listeners[i].to_string(), controllers[i].to_string()]);
             if let Some(cluster_id) = &cluster_id {
-                process
-                    .command
-                    .extend([id.to_string(), voters.join(","), cluster_id.clone()]);
+                program.args([id.to_string(), voters.join(","), cluster_id.clone()]);
             }
-            process.start()?;
+            let process = Process::spawn(program)?;
             kafka.nodes.push(KafkaNode {
                 id,
                 process,
@@ -289,10 +185,10 @@ impl OwnKafka {
     pub(super) async fn stop(
         &mut self,
         id: i32,
-        signal: &str,
+        signal: Signal,
         grace: Duration,
     ) -> anyhow::Result<Option<Stopped>> {
-        Ok(self.node(id)?.process.stop_within(signal, grace).await)
+        Ok(self.node(id)?.process.stop(signal, grace).await)
     }
 
     /// Starts node `id` again on the same data and ports (without waiting).
@@ -300,7 +196,8 @@ impl OwnKafka {
     /// # Errors
     /// No node has that id, or it could not be started.
     pub(super) fn start_again(&mut self, id: i32) -> anyhow::Result<()> {
-        self.node(id)?.process.start()
+        self.node(id)?.process.start()?;
+        Ok(())
     }
 
     /// Starts the single broker again and waits until `log` can be read up to its group's
@@ -382,35 +279,17 @@ impl OwnKafka {
 
     /// Retries `check` every 500 ms until it succeeds, a node that should run has exited, or
     /// [`Self::START_TIMEOUT`] passed.
-    async fn wait_until<F, Fut>(&mut self, mut check: F) -> anyhow::Result<()>
+    async fn wait_until<F, Fut>(&mut self, check: F) -> anyhow::Result<()>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<()>>,
     {
-        let deadline = Instant::now() + Self::START_TIMEOUT;
-        loop {
-            for node in &mut self.nodes {
-                if node.process.child.is_some() && !node.process.alive() {
-                    bail!(
-                        "Kafka node {} exited; see {}",
-                        node.id,
-                        node.process.log.display()
-                    );
-                }
-            }
-            match check().await {
-                Ok(()) => return Ok(()),
-                Err(err) if Instant::now() > deadline => {
-                    return Err(err.context(format!(
-                        "Kafka ({}) did not serve within {:?}; see {}",
-                        self.address(),
-                        Self::START_TIMEOUT,
-                        self.nodes[0].process.log.display()
-                    )))
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-            }
-        }
+        let wait = Wait::new(
+            format!("Kafka ({}) to serve", self.address()),
+            Self::START_TIMEOUT,
+        )
+        .every(Duration::from_millis(500));
+        Ok(wait.until(&mut self.nodes, check).await?)
     }
 }
 
@@ -480,63 +359,47 @@ fn partition_states(brokers: &str, topic: &str) -> anyhow::Result<Vec<PartitionS
         .collect()
 }
 
-pub(super) async fn start_api(
-    process: &mut Process,
-    client: &reqwest::Client,
-    base: &str,
-) -> anyhow::Result<()> {
+/// Starts coupon-api (listening on 127.0.0.1:`port`) and waits until it answers `/ready`.
+pub(super) async fn start_api(process: &mut Process, port: u16) -> anyhow::Result<()> {
     process.start()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if !process.alive() {
-            bail!("{} exited; see {}", process.name, process.log.display());
-        }
-        let ready = client.get(format!("{base}/ready")).send().await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{} not ready in 60 s; see {}",
-                process.name,
-                process.log.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let wait = Wait::new(
+        format!("{} /ready", process.name()),
+        Duration::from_secs(60),
+    )
+    .every(Duration::from_millis(200));
+    process
+        .wait_ready(&wait, || probe::http_ok(addr, "/ready"))
+        .await?;
+    Ok(())
 }
 
 /// Starts coupon-consumer and waits until it holds partitions of `issue_topic`: one more
 /// "partitions assigned" line naming them in its log. A member that merely runs may not have
 /// joined its group yet; one that holds its partitions consumes from then on.
 pub(super) async fn start_consumer(process: &mut Process, issue_topic: &str) -> anyhow::Result<()> {
+    let log = process
+        .log_path()
+        .context("coupon-consumer's output is logged")?
+        .to_owned();
     let partition = format!("\"{issue_topic}:");
-    let assigned = |log: &Path| {
-        std::fs::read_to_string(log)
-            .map(|s| {
-                s.lines()
-                    .filter(|line| {
-                        line.contains("partitions assigned") && line.contains(&partition)
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
+    let assigned = || {
+        probe::log_lines(&log, |line| {
+            line.contains("partitions assigned") && line.contains(&partition)
+        })
     };
-    let before = assigned(&process.log);
+    let before = assigned();
     process.start()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while assigned(&process.log) <= before {
-        if !process.alive() {
-            bail!("{} exited; see {}", process.name, process.log.display());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{} was assigned no partition of {issue_topic} within 60 s; see {}",
-                process.name,
-                process.log.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let wait = Wait::new(
+        format!(
+            "{} to be assigned partitions of {issue_topic}",
+            process.name()
+        ),
+        Duration::from_secs(60),
+    )
+    .every(Duration::from_millis(100));
+    process
+        .wait_ready(&wait, || std::future::ready(assigned() > before))
+        .await?;
     Ok(())
 }
