@@ -13,14 +13,13 @@ use coupon_core::domain::{CouponId, UserId};
 use coupon_core::issue::admission::{AdmissionStore, AdmitOutcome, RedisKeys, StockShards};
 use coupon_core::issue::message::IssueMessage;
 use coupon_core::store::kafka::IssuePublisher;
-use coupon_core::store::redis::RedisConnection;
+use coupon_core::store::redis::{RedisConnection, RedisMode};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use sqlx::MySqlPool;
 use uuid::Uuid;
 
 use super::figure::Run;
-use super::services::{redis_pids, redis_url};
 use super::wrk::{wrk, UserPlan};
 use super::IssueArgs;
 use crate::cpu::{Part, Processes};
@@ -435,4 +434,51 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `redis://host:port` of `--redis-host` and `--redis-port` (a seed node on a cluster).
+pub(super) fn redis_url(args: &IssueArgs) -> String {
+    format!("redis://{}:{}", args.redis_host, args.redis_port)
+}
+
+/// Pids of the Redis servers the benchmark uses (`INFO server`'s `process_id`): the one node,
+/// or every node of the cluster (masters and replicas, from `CLUSTER NODES`). Only local
+/// processes can be sampled; a remote node's pid samples as nothing.
+pub(super) async fn redis_pids(
+    conn: &RedisConnection,
+    args: &IssueArgs,
+) -> anyhow::Result<Vec<u32>> {
+    let nodes = match args.redis_mode {
+        RedisMode::Single => vec![redis_url(args)],
+        RedisMode::Cluster => {
+            let listing: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async(&mut conn.clone())
+                .await?;
+            listing
+                .lines()
+                .filter_map(|line| line.split_whitespace().nth(1))
+                .filter_map(|addr| addr.split('@').next())
+                .map(|addr| format!("redis://{addr}"))
+                .collect()
+        }
+    };
+    let mut pids = Vec::new();
+    for node in nodes {
+        let mut one = redis::Client::open(node.as_str())?
+            .get_multiplexed_async_connection()
+            .await?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut one)
+            .await?;
+        if let Some(pid) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|v| v.trim().parse().ok())
+        {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
 }

@@ -6,11 +6,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use coupon_core::store::redis::{RedisConnection, RedisMode};
+use coupon_core::store::redis::RedisMode;
 use coupon_harness::{probe, OnDrop, Output, Process, Program, Signal, Wait};
 
-use super::harness::Bench;
-use super::IssueArgs;
+use super::harness::{redis_url, Bench};
 use crate::cpu::Part;
 
 /// Longest wait for a service to exit after SIGTERM before it is killed.
@@ -224,51 +223,4 @@ fn consumer_name(index: usize) -> String {
         0 => "coupon-consumer".to_owned(),
         _ => format!("coupon-consumer-{index}"),
     }
-}
-
-/// `redis://host:port` of `--redis-host` and `--redis-port` (a seed node on a cluster).
-pub(super) fn redis_url(args: &IssueArgs) -> String {
-    format!("redis://{}:{}", args.redis_host, args.redis_port)
-}
-
-/// Pids of the Redis servers the benchmark uses (`INFO server`'s `process_id`): the one node,
-/// or every node of the cluster (masters and replicas, from `CLUSTER NODES`). Only local
-/// processes can be sampled; a remote node's pid samples as nothing.
-pub(super) async fn redis_pids(
-    conn: &RedisConnection,
-    args: &IssueArgs,
-) -> anyhow::Result<Vec<u32>> {
-    let nodes = match args.redis_mode {
-        RedisMode::Single => vec![redis_url(args)],
-        RedisMode::Cluster => {
-            let listing: String = redis::cmd("CLUSTER")
-                .arg("NODES")
-                .query_async(&mut conn.clone())
-                .await?;
-            listing
-                .lines()
-                .filter_map(|line| line.split_whitespace().nth(1))
-                .filter_map(|addr| addr.split('@').next())
-                .map(|addr| format!("redis://{addr}"))
-                .collect()
-        }
-    };
-    let mut pids = Vec::new();
-    for node in nodes {
-        let mut one = redis::Client::open(node.as_str())?
-            .get_multiplexed_async_connection()
-            .await?;
-        let info: String = redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut one)
-            .await?;
-        if let Some(pid) = info
-            .lines()
-            .find_map(|l| l.strip_prefix("process_id:"))
-            .and_then(|v| v.trim().parse().ok())
-        {
-            pids.push(pid);
-        }
-    }
-    Ok(pids)
 }
