@@ -19,6 +19,7 @@ use coupon_core::domain::CouponId;
 use coupon_core::domain::ShardCount;
 use coupon_core::issue::admission::{AdmissionStore, RedisKeys, StockShards};
 use coupon_core::store::db;
+use coupon_core::store::redis::redact;
 use coupon_demo::services::{self, ServicePlan, Services};
 use coupon_demo::{chart, exactness, RacePlan};
 use sqlx::MySqlPool;
@@ -262,12 +263,13 @@ async fn race_started(cli: &RaceArgs, services: &Services) -> anyhow::Result<boo
         plan.consumers,
         inherited("KAFKA_CONSUMER_GROUP", "coupon-consumer"),
         inherited("REDIS_MODE", "single"),
-        inherited("REDIS_URL", "redis://127.0.0.1:6379"),
+        redact(&inherited("REDIS_URL", "redis://127.0.0.1:6379")),
         inherited("KAFKA_BROKERS", "127.0.0.1:9092"),
-        inherited(
+        // The URLs' credentials stay out of the output.
+        redact(&inherited(
             "DATABASE_URL",
             "mysql://coupon:coupon@127.0.0.1:3306/coupon"
-        ),
+        )),
         plan.log_dir.display(),
     );
     if !hold.is_zero() {
