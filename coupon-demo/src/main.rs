@@ -105,9 +105,9 @@ fn parse_coupon(text: &str) -> Result<CouponId, String> {
 }
 
 async fn connect(stores: &StoreConfig) -> anyhow::Result<(MySqlPool, AdmissionStore)> {
-    let pool = db::connect(stores.database_url(), 4).await?;
-    let redis = stores.connect_redis(stores.redis_timeout()).await?;
-    let keys = RedisKeys::new(stores.redis_key_prefix.clone());
+    let pool = db::connect(stores.mysql.url(), 4).await?;
+    let redis = stores.connect_redis(stores.redis.timeout).await?;
+    let keys = RedisKeys::new(stores.redis.key_prefix.clone());
     Ok((pool, AdmissionStore::new(redis, keys)))
 }
 
