@@ -121,7 +121,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
             let stores = &cli.config.stores;
-            coupon_core::store::db::prepare(stores.database_url(), 1).await?;
+            coupon_core::store::db::prepare(stores.mysql.url(), 1).await?;
             tracing::info!("migrations applied");
         }
         Command::Token {
@@ -142,7 +142,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", crate::http::openapi::document().to_pretty_json()?);
         }
         Command::Archive { action } => {
-            return archive(cli.config.stores.database_url(), action).await;
+            return archive(cli.config.stores.mysql.url(), action).await;
         }
         Command::Serve => {
             let app = Application::build(cli.config).await?;
@@ -205,17 +205,17 @@ async fn reconcile(
     let coupon = coupon
         .map(|id| CouponId::parse(id).map_err(|e| anyhow::anyhow!(e.0)))
         .transpose()?;
-    let pool = coupon_core::store::db::connect(stores.database_url(), 4).await?;
-    let redis = stores.connect_redis(stores.redis_timeout()).await?;
-    let admission = AdmissionStore::new(redis, RedisKeys::new(stores.redis_key_prefix.clone()));
+    let pool = coupon_core::store::db::connect(stores.mysql.url(), 4).await?;
+    let redis = stores.connect_redis(stores.redis.timeout).await?;
+    let admission = AdmissionStore::new(redis, RedisKeys::new(stores.redis.key_prefix.clone()));
     let publisher = IssuePublisher::new(
-        &stores.kafka_brokers,
-        &stores.kafka_issue_topic,
-        stores.kafka_message_timeout(),
+        &stores.kafka.brokers,
+        &stores.kafka.issue_topic,
+        stores.kafka.message_timeout,
     )?;
     let log = IssueLog::new(stores, &config.kafka_consumer_group);
     let grace = grace_secs.map_or(
-        stores.kafka_message_timeout() * 2,
+        stores.kafka.message_timeout * 2,
         std::time::Duration::from_secs,
     );
     let reconciler = Reconciler {

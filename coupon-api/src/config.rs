@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use coupon_core::auth::AuthConfig;
-use coupon_core::config::{parse_optional_addr, OptionalAddr, StoreConfig};
+use coupon_core::config::{
+    parse_millis, parse_optional_addr, parse_secs, OptionalAddr, StoreConfig,
+};
 
 use crate::http::rate_limit::RateLimitConfig;
 use crate::issue::breaker::BreakerConfig;
@@ -53,8 +55,15 @@ pub struct ApiConfig {
     pub policy_cache_capacity: u64,
 
     /// How long (ms) a cached policy is trusted without an invalidation.
-    #[arg(long, env = "POLICY_CACHE_TTL_MS", default_value_t = 30_000)]
-    pub policy_cache_ttl_ms: u64,
+    #[arg(
+        id = "policy_cache_ttl_ms",
+        long = "policy-cache-ttl-ms",
+        value_name = "POLICY_CACHE_TTL_MS",
+        env = "POLICY_CACHE_TTL_MS",
+        default_value = "30000",
+        value_parser = parse_millis
+    )]
+    pub policy_cache_ttl: Duration,
 
     /// Most admission-set members (user ids, count, 8 bytes each) copied from Redis into this
     /// instance for sold-out coupons, all coupons together. With its copy, a sold-out coupon
@@ -74,59 +83,133 @@ pub struct ApiConfig {
     /// 503 `UNAVAILABLE` with `Retry-After`: every store call has its own, shorter bound, so
     /// this only catches what they miss. An issue request already admitted keeps running to
     /// its publish or undo (see `routes::issues`).
-    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
-    pub request_timeout_ms: u64,
+    #[arg(
+        id = "request_timeout_ms",
+        long = "request-timeout-ms",
+        value_name = "REQUEST_TIMEOUT_MS",
+        env = "REQUEST_TIMEOUT_MS",
+        default_value = "10000",
+        value_parser = parse_millis
+    )]
+    pub request_timeout: Duration,
 
     /// Longest time (ms) a client may take to send a request's headers; past it the
     /// connection is closed (slow clients, "slowloris").
-    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 5_000)]
-    pub header_read_timeout_ms: u64,
+    #[arg(
+        id = "header_read_timeout_ms",
+        long = "header-read-timeout-ms",
+        value_name = "HEADER_READ_TIMEOUT_MS",
+        env = "HEADER_READ_TIMEOUT_MS",
+        default_value = "5000",
+        value_parser = parse_millis
+    )]
+    pub header_read_timeout: Duration,
 
     /// Longest wait (ms) for the next piece of a request body; past it the request is refused
     /// with 408 `REQUEST_TIMEOUT`.
-    #[arg(long, env = "BODY_READ_TIMEOUT_MS", default_value_t = 5_000)]
-    pub body_read_timeout_ms: u64,
+    #[arg(
+        id = "body_read_timeout_ms",
+        long = "body-read-timeout-ms",
+        value_name = "BODY_READ_TIMEOUT_MS",
+        env = "BODY_READ_TIMEOUT_MS",
+        default_value = "5000",
+        value_parser = parse_millis
+    )]
+    pub body_read_timeout: Duration,
 
     /// Largest request body accepted (bytes); a larger one is refused with VALIDATION_FAILED.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
 
     /// Default length of a checkout hold (seconds) when a reserve request names none.
-    #[arg(long, env = "RESERVATION_HOLD_SECS", default_value_t = 600)]
-    pub reservation_hold_secs: u32,
+    #[arg(
+        id = "reservation_hold_secs",
+        long = "reservation-hold-secs",
+        value_name = "RESERVATION_HOLD_SECS",
+        env = "RESERVATION_HOLD_SECS",
+        default_value = "600",
+        value_parser = parse_secs
+    )]
+    pub reservation_hold: Duration,
 
     /// How long an `Idempotency-Key` is remembered (seconds).
-    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
-    pub idempotency_ttl_secs: u32,
+    #[arg(
+        id = "idempotency_ttl_secs",
+        long = "idempotency-ttl-secs",
+        value_name = "IDEMPOTENCY_TTL_SECS",
+        env = "IDEMPOTENCY_TTL_SECS",
+        default_value = "86400",
+        value_parser = parse_secs
+    )]
+    pub idempotency_ttl: Duration,
 
     /// Lease (ms) of a code generation job: renewed by every committed batch; a job whose
     /// lease ran out (its instance died) is resumed by another instance.
-    #[arg(long, env = "CODE_JOB_LEASE_MS", default_value_t = 30_000)]
-    pub code_job_lease_ms: u64,
+    #[arg(
+        id = "code_job_lease_ms",
+        long = "code-job-lease-ms",
+        value_name = "CODE_JOB_LEASE_MS",
+        env = "CODE_JOB_LEASE_MS",
+        default_value = "30000",
+        value_parser = parse_millis
+    )]
+    pub code_job_lease: Duration,
 
     /// Longest wait (ms) for in-flight requests to finish after SIGTERM/Ctrl-C.
-    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
-    pub shutdown_grace_ms: u64,
+    #[arg(
+        id = "shutdown_grace_ms",
+        long = "shutdown-grace-ms",
+        value_name = "SHUTDOWN_GRACE_MS",
+        env = "SHUTDOWN_GRACE_MS",
+        default_value = "10000",
+        value_parser = parse_millis
+    )]
+    pub shutdown_grace: Duration,
 }
 
-impl ApiConfig {
-    /// [`Self::policy_cache_ttl_ms`] as a [`Duration`].
-    pub fn policy_cache_ttl(&self) -> Duration {
-        Duration::from_millis(self.policy_cache_ttl_ms)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        api: ApiConfig,
     }
 
-    /// [`Self::request_timeout_ms`] as a [`Duration`].
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
+    #[test]
+    fn durations_keep_their_defaults() {
+        let api = Cli::parse_from(["coupon-api"]).api;
+        assert_eq!(api.policy_cache_ttl, Duration::from_millis(30_000));
+        assert_eq!(api.request_timeout, Duration::from_millis(10_000));
+        assert_eq!(api.header_read_timeout, Duration::from_millis(5_000));
+        assert_eq!(api.body_read_timeout, Duration::from_millis(5_000));
+        assert_eq!(api.reservation_hold, Duration::from_secs(600));
+        assert_eq!(api.idempotency_ttl, Duration::from_secs(86_400));
+        assert_eq!(api.code_job_lease, Duration::from_millis(30_000));
+        assert_eq!(api.shutdown_grace, Duration::from_millis(10_000));
+        assert_eq!(api.breaker.open_wait, Duration::from_millis(1_000));
+        assert_eq!(api.auth.jwt_max_lifetime, Duration::from_secs(86_400));
     }
 
-    /// [`Self::code_job_lease_ms`] as a [`Duration`].
-    pub fn code_job_lease(&self) -> Duration {
-        Duration::from_millis(self.code_job_lease_ms)
-    }
-
-    /// [`Self::shutdown_grace_ms`] as a [`Duration`].
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_millis(self.shutdown_grace_ms)
+    #[test]
+    fn a_duration_flag_keeps_its_name_and_its_unit() {
+        let api = Cli::parse_from([
+            "coupon-api",
+            "--shutdown-grace-ms",
+            "250",
+            "--reservation-hold-secs",
+            "90",
+            "--redis-breaker-open-ms",
+            "2s",
+            "--idempotency-ttl-secs",
+            "1h",
+        ])
+        .api;
+        assert_eq!(api.shutdown_grace, Duration::from_millis(250));
+        assert_eq!(api.reservation_hold, Duration::from_secs(90));
+        assert_eq!(api.breaker.open_wait, Duration::from_secs(2));
+        assert_eq!(api.idempotency_ttl, Duration::from_secs(3_600));
     }
 }

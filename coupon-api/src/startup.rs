@@ -141,14 +141,29 @@ pub struct HttpLimits {
 
 impl HttpLimits {
     /// The limits `config` sets.
-    pub fn from_config(config: &ApiConfig) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// `IDEMPOTENCY_TTL_SECS` is longer than `u32::MAX` seconds, the range it always had.
+    pub fn from_config(config: &ApiConfig) -> anyhow::Result<Self> {
+        Ok(Self {
             max_body_bytes: config.max_body_bytes,
-            idempotency_ttl: chrono::Duration::seconds(i64::from(config.idempotency_ttl_secs)),
-            request_timeout: config.request_timeout(),
-            body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
-        }
+            idempotency_ttl: date_span("IDEMPOTENCY_TTL_SECS", config.idempotency_ttl)?,
+            request_timeout: config.request_timeout,
+            body_read_timeout: config.body_read_timeout,
+        })
     }
+}
+
+/// A `_SECS` setting as a span of calendar time, in whole seconds. At most `u32::MAX` seconds
+/// (about 136 years), the range these settings always had, so adding one to the present
+/// cannot overflow.
+///
+/// # Errors
+/// `span` is longer than that; `setting` names it.
+fn date_span(setting: &str, span: Duration) -> anyhow::Result<chrono::Duration> {
+    let secs = u32::try_from(span.as_secs())
+        .with_context(|| format!("{setting} may be at most {} seconds", u32::MAX))?;
+    Ok(chrono::Duration::seconds(i64::from(secs)))
 }
 
 /// Answers 503 `UNAVAILABLE` when the response head is not ready within `limit`.
@@ -210,9 +225,12 @@ impl Application {
     /// listener.
     ///
     /// # Errors
-    /// A store is unreachable at start-up or the address cannot be bound.
+    /// A duration setting is out of range ([`HttpLimits::from_config`]), a store is
+    /// unreachable at start-up or the address cannot be bound.
     pub async fn build(config: ApiConfig) -> anyhow::Result<Self> {
         let stores = &config.stores;
+        let limits = HttpLimits::from_config(&config)?;
+        let reservation_hold = date_span("RESERVATION_HOLD_SECS", config.reservation_hold)?;
         let verifier = Arc::new(
             TokenVerifier::from_config(&config.auth).context("configuring bearer tokens")?,
         );
@@ -224,38 +242,38 @@ impl Application {
             issue_topic,
         } = coupon_core::store::connect(stores).await?;
         let order_pool = coupon_core::store::db::connect(
-            stores.database_url(),
+            stores.mysql.url(),
             config.database_order_max_connections,
         )
         .await
         .context("connecting the order routes' MySQL pool")?;
         let publisher = IssuePublisher::new(
-            &stores.kafka_brokers,
-            &stores.kafka_issue_topic,
-            stores.kafka_message_timeout(),
+            &stores.kafka.brokers,
+            &stores.kafka.issue_topic,
+            stores.kafka.message_timeout,
         )
         .context("creating the Kafka producer")?;
-        let keys = RedisKeys::new(stores.redis_key_prefix.clone());
+        let keys = RedisKeys::new(stores.redis.key_prefix.clone());
         let redis_for_subscriber = redis.clone();
         let copies = PolicyCopies::new(redis.clone(), keys.clone());
         let broadcast = InvalidationBroadcast::new(redis.clone(), keys.clone());
         let rebuild_lock = RebuildLock::new(redis.clone(), keys.clone());
         let mut admission = AdmissionStore::new(redis, keys.clone());
-        if stores.redis_wait_replicas > 0 {
+        if stores.redis.wait_replicas > 0 {
             // A connection of its own: each WAIT blocks the connection it is sent on.
             let waits = stores
-                .connect_redis(stores.redis_timeout() + stores.redis_wait_timeout())
+                .connect_redis(stores.redis.timeout + stores.redis.wait_timeout)
                 .await
                 .context("connecting to Redis for the replica acknowledgements")?;
             admission = admission.with_replica_acks(
                 waits,
-                stores.redis_wait_replicas,
-                stores.redis_wait_timeout(),
+                stores.redis.wait_replicas,
+                stores.redis.wait_timeout,
             );
         }
         let policies = PolicyCache::new(
             config.policy_cache_capacity,
-            config.policy_cache_ttl(),
+            config.policy_cache_ttl,
             copies.clone(),
             pool.clone(),
         );
@@ -266,7 +284,7 @@ impl Application {
             admission.clone(),
             tasks.clone(),
         );
-        let code_jobs = CodeJobs::new(pool.clone(), config.code_job_lease(), tasks.clone());
+        let code_jobs = CodeJobs::new(pool.clone(), config.code_job_lease, tasks.clone());
         tasks.spawn(code_jobs.clone().resume_abandoned());
         tasks.spawn(
             publisher
@@ -283,7 +301,7 @@ impl Application {
             rebuild_lock,
             policies.clone(),
             IssueLog::new(stores, &config.kafka_consumer_group),
-            stores.kafka_message_timeout(),
+            stores.kafka.message_timeout,
             tasks.clone(),
         );
         let settler = Settler::start(admission.clone(), &tasks);
@@ -319,9 +337,7 @@ impl Application {
             }),
             orders: Arc::new(OrderState {
                 order_pool: order_pool.clone(),
-                reservation_hold: chrono::Duration::seconds(i64::from(
-                    config.reservation_hold_secs,
-                )),
+                reservation_hold,
             }),
             users: Arc::new(UserState { pool: pool.clone() }),
             operations: Arc::new(OperationsState {
@@ -340,7 +356,7 @@ impl Application {
         let invalidations_ready = CancellationToken::new();
         tasks.spawn(invalidation::run(
             redis_for_subscriber,
-            stores.redis_url().to_owned(),
+            stores.redis.url().to_owned(),
             keys.invalidation_channel(),
             invalidation::Invalidated { policies, sold_out },
             tasks.stopping(),
@@ -354,17 +370,17 @@ impl Application {
             listener,
             router: router(
                 state.clone(),
-                HttpLimits::from_config(&config),
+                limits,
                 Guards {
                     verifier,
                     rate_limits,
                 },
             ),
-            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+            header_read_timeout: config.header_read_timeout,
             state,
             tasks,
             invalidations_ready,
-            grace: config.shutdown_grace(),
+            grace: config.shutdown_grace,
         })
     }
 

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use coupon_core::config::{parse_optional_addr, OptionalAddr, StoreConfig};
+use coupon_core::config::{
+    parse_days, parse_millis, parse_millis_or_off, parse_optional_addr, parse_secs, OptionalAddr,
+    OptionalDuration, StoreConfig,
+};
 
 /// The consumer's default `METRICS_LISTEN`: coupon-api's default (`127.0.0.1:9464`) plus one,
 /// so both services start side by side with their defaults.
@@ -41,52 +44,115 @@ pub struct ConsumerConfig {
     pub batch_max_messages: usize,
 
     /// Longest wait (ms) for a batch to fill once its first message arrived.
-    #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 50)]
-    pub batch_max_wait_ms: u64,
+    #[arg(
+        id = "batch_max_wait_ms",
+        long = "batch-max-wait-ms",
+        value_name = "BATCH_MAX_WAIT_MS",
+        env = "BATCH_MAX_WAIT_MS",
+        default_value = "50",
+        value_parser = parse_millis
+    )]
+    pub batch_max_wait: Duration,
 
     /// Longest time (ms) the broker holds a fetch open waiting for data (librdkafka
     /// `fetch.wait.max.ms`, whose default is the same 500), for both group members (issue
     /// messages and payment results). Kafka answers as soon as there is data
     /// (`fetch.min.bytes`, 1 byte), so this bounds how long an idle fetch is held, not the
     /// delay from publish to persist; a shorter wait only sends idle fetches more often.
-    #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = 500)]
-    pub kafka_fetch_wait_ms: u32,
+    #[arg(
+        id = "kafka_fetch_wait_ms",
+        long = "kafka-fetch-wait-ms",
+        value_name = "KAFKA_FETCH_WAIT_MS",
+        env = "KAFKA_FETCH_WAIT_MS",
+        default_value = "500",
+        value_parser = parse_millis
+    )]
+    pub kafka_fetch_wait: Duration,
 
     /// Pause (ms) between sweeps that release expired checkout holds.
-    #[arg(long, env = "SWEEP_INTERVAL_MS", default_value_t = 1_000)]
-    pub sweep_interval_ms: u64,
+    #[arg(
+        id = "sweep_interval_ms",
+        long = "sweep-interval-ms",
+        value_name = "SWEEP_INTERVAL_MS",
+        env = "SWEEP_INTERVAL_MS",
+        default_value = "1000",
+        value_parser = parse_millis
+    )]
+    pub sweep_interval: Duration,
 
     /// Most holds one sweep transaction releases (count).
     #[arg(long, env = "SWEEP_BATCH", default_value_t = 500)]
     pub sweep_batch: u32,
 
     /// Pause (ms) between polls of the event outbox when it was empty.
-    #[arg(long, env = "RELAY_INTERVAL_MS", default_value_t = 200)]
-    pub relay_interval_ms: u64,
+    #[arg(
+        id = "relay_interval_ms",
+        long = "relay-interval-ms",
+        value_name = "RELAY_INTERVAL_MS",
+        env = "RELAY_INTERVAL_MS",
+        default_value = "200",
+        value_parser = parse_millis
+    )]
+    pub relay_interval: Duration,
 
     /// Longest time (ms) the outbox relay stays paused while the issue consumer has a
     /// backlog (its last full batch came less than a second ago): a drop's issues are persisted
     /// first and their events follow. At least one relay batch runs per this interval, so
     /// events are never starved. 0 never pauses.
-    #[arg(long, env = "RELAY_MAX_DEFER_MS", default_value_t = 5_000)]
-    pub relay_max_defer_ms: u64,
+    #[arg(
+        id = "relay_max_defer_ms",
+        long = "relay-max-defer-ms",
+        value_name = "RELAY_MAX_DEFER_MS",
+        env = "RELAY_MAX_DEFER_MS",
+        default_value = "5000",
+        value_parser = parse_millis
+    )]
+    pub relay_max_defer: Duration,
 
     /// Pause (ms) between runs of the expiry jobs (EXPIRING_SOON notices, EXPIRED marks).
-    #[arg(long, env = "EXPIRY_INTERVAL_MS", default_value_t = 60_000)]
-    pub expiry_interval_ms: u64,
+    #[arg(
+        id = "expiry_interval_ms",
+        long = "expiry-interval-ms",
+        value_name = "EXPIRY_INTERVAL_MS",
+        env = "EXPIRY_INTERVAL_MS",
+        default_value = "60000",
+        value_parser = parse_millis
+    )]
+    pub expiry_interval: Duration,
 
     /// Days before the end of validity that EXPIRING_SOON is sent (each coupon once).
-    #[arg(long, env = "EXPIRING_SOON_DAYS", default_value_t = 7)]
-    pub expiring_soon_days: u32,
+    #[arg(
+        id = "expiring_soon_days",
+        long = "expiring-soon-days",
+        value_name = "EXPIRING_SOON_DAYS",
+        env = "EXPIRING_SOON_DAYS",
+        default_value = "7",
+        value_parser = parse_days
+    )]
+    pub expiring_soon: Duration,
 
     /// Days after its soft delete that a code moves to the archive tables.
-    #[arg(long, env = "ARCHIVE_AFTER_DAYS", default_value_t = 183)]
-    pub archive_after_days: u32,
+    #[arg(
+        id = "archive_after_days",
+        long = "archive-after-days",
+        value_name = "ARCHIVE_AFTER_DAYS",
+        env = "ARCHIVE_AFTER_DAYS",
+        default_value = "183",
+        value_parser = parse_days
+    )]
+    pub archive_after: Duration,
 
     /// Pause (ms) between purges of expired idempotency keys, published outbox events past
     /// `OUTBOX_RETENTION_SECS` and finished jobs past `JOB_RETENTION_SECS`; 0 turns them off.
-    #[arg(long, env = "PURGE_INTERVAL_MS", default_value_t = 60_000)]
-    pub purge_interval_ms: u64,
+    #[arg(
+        id = "purge_interval_ms",
+        long = "purge-interval-ms",
+        value_name = "PURGE_INTERVAL_MS",
+        env = "PURGE_INTERVAL_MS",
+        default_value = "60000",
+        value_parser = parse_millis_or_off
+    )]
+    pub purge_interval: OptionalDuration,
 
     /// Most rows one purge statement deletes (count); each table is purged batch after batch,
     /// each its own short statement, until a batch comes back short.
@@ -95,108 +161,173 @@ pub struct ConsumerConfig {
 
     /// How long (s) a published outbox event is kept after its publication (7 days by
     /// default); unpublished events are never purged.
-    #[arg(long, env = "OUTBOX_RETENTION_SECS", default_value_t = 604_800)]
-    pub outbox_retention_secs: u64,
+    #[arg(
+        id = "outbox_retention_secs",
+        long = "outbox-retention-secs",
+        value_name = "OUTBOX_RETENTION_SECS",
+        env = "OUTBOX_RETENTION_SECS",
+        default_value = "604800",
+        value_parser = parse_secs
+    )]
+    pub outbox_retention: Duration,
 
     /// How long (s) a finished reconciliation job (DONE, FAILED), code generation job (DONE)
     /// or ended checkout hold is kept after it finished (30 days by default); running jobs and
     /// open holds are never purged.
-    #[arg(long, env = "JOB_RETENTION_SECS", default_value_t = 2_592_000)]
-    pub job_retention_secs: u64,
+    #[arg(
+        id = "job_retention_secs",
+        long = "job-retention-secs",
+        value_name = "JOB_RETENTION_SECS",
+        env = "JOB_RETENTION_SECS",
+        default_value = "2592000",
+        value_parser = parse_secs
+    )]
+    pub job_retention: Duration,
 
     /// Longest pause (ms) between retries of a batch that failed on a MySQL or Kafka error.
-    #[arg(long, env = "RETRY_MAX_DELAY_MS", default_value_t = 5_000)]
-    pub retry_max_delay_ms: u64,
+    #[arg(
+        id = "retry_max_delay_ms",
+        long = "retry-max-delay-ms",
+        value_name = "RETRY_MAX_DELAY_MS",
+        env = "RETRY_MAX_DELAY_MS",
+        default_value = "5000",
+        value_parser = parse_millis
+    )]
+    pub retry_max_delay: Duration,
 
     /// Longest time (ms) a stop waits for the work in hand: on SIGTERM each loop takes no new
     /// work and the batch in hand is still persisted and committed (a failing step is retried
     /// at once, then with back-off); whatever still fails this long after the signal is
     /// abandoned uncommitted and redelivered to the next member. Keep it below the
     /// orchestrator's kill timeout (Kubernetes: `terminationGracePeriodSeconds`, 30 s).
-    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
-    pub shutdown_grace_ms: u64,
+    #[arg(
+        id = "shutdown_grace_ms",
+        long = "shutdown-grace-ms",
+        value_name = "SHUTDOWN_GRACE_MS",
+        env = "SHUTDOWN_GRACE_MS",
+        default_value = "10000",
+        value_parser = parse_millis
+    )]
+    pub shutdown_grace: Duration,
 
     /// Pause (ms) between the periodic reconciliation passes (one instance at a time, under a
     /// MySQL named lock); 0 turns them off.
-    #[arg(long, env = "RECONCILE_INTERVAL_MS", default_value_t = 60_000)]
-    pub reconcile_interval_ms: u64,
+    #[arg(
+        id = "reconcile_interval_ms",
+        long = "reconcile-interval-ms",
+        value_name = "RECONCILE_INTERVAL_MS",
+        env = "RECONCILE_INTERVAL_MS",
+        default_value = "60000",
+        value_parser = parse_millis_or_off
+    )]
+    pub reconcile_interval: OptionalDuration,
 
     /// Wait (ms) between the two reads that must both show an admission as lost before a
     /// pass re-publishes it; at least the API's producer message timeout
     /// (`KAFKA_MESSAGE_TIMEOUT_MS`). Default: twice this process's message timeout.
-    #[arg(long, env = "RECONCILE_GRACE_MS")]
-    pub reconcile_grace_ms: Option<u64>,
+    #[arg(
+        id = "reconcile_grace_ms",
+        long = "reconcile-grace-ms",
+        value_name = "RECONCILE_GRACE_MS",
+        env = "RECONCILE_GRACE_MS",
+        value_parser = parse_millis
+    )]
+    pub reconcile_grace: Option<Duration>,
 
     /// How long (s) after its issue window closed a coupon is still reconciled by the
     /// periodic pass.
-    #[arg(long, env = "RECONCILE_LOOKBACK_SECS", default_value_t = 86_400)]
-    pub reconcile_lookback_secs: u64,
+    #[arg(
+        id = "reconcile_lookback_secs",
+        long = "reconcile-lookback-secs",
+        value_name = "RECONCILE_LOOKBACK_SECS",
+        env = "RECONCILE_LOOKBACK_SECS",
+        default_value = "86400",
+        value_parser = parse_secs
+    )]
+    pub reconcile_lookback: Duration,
 
     /// How often the per-coupon gauges are sampled from MySQL and Redis (ms).
-    #[arg(long, env = "METRICS_SAMPLE_INTERVAL_MS", default_value_t = 5_000)]
-    pub metrics_sample_interval_ms: u64,
+    #[arg(
+        id = "metrics_sample_interval_ms",
+        long = "metrics-sample-interval-ms",
+        value_name = "METRICS_SAMPLE_INTERVAL_MS",
+        env = "METRICS_SAMPLE_INTERVAL_MS",
+        default_value = "5000",
+        value_parser = parse_millis
+    )]
+    pub metrics_sample_interval: Duration,
 
     /// Most coupons given per-coupon gauges at once (count; monitoring/METRICS.md).
     #[arg(long, env = "METRICS_COUPON_LIMIT", default_value_t = 20)]
     pub metrics_coupon_limit: u32,
 }
 
-impl ConsumerConfig {
-    /// [`Self::reconcile_interval_ms`] as a [`Duration`]; `None` when off.
-    pub fn reconcile_interval(&self) -> Option<Duration> {
-        (self.reconcile_interval_ms > 0).then(|| Duration::from_millis(self.reconcile_interval_ms))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        consumer: ConsumerConfig,
     }
 
-    /// [`Self::reconcile_grace_ms`], or twice the producer's message timeout.
-    pub fn reconcile_grace(&self) -> Duration {
-        self.reconcile_grace_ms.map_or(
-            self.stores.kafka_message_timeout() * 2,
-            Duration::from_millis,
-        )
+    #[test]
+    fn durations_keep_their_defaults() {
+        let consumer = Cli::parse_from(["coupon-consumer"]).consumer;
+        let ms = Duration::from_millis;
+        let days = |n: u64| Duration::from_secs(n * 86_400);
+        assert_eq!(consumer.batch_max_wait, ms(50));
+        assert_eq!(consumer.kafka_fetch_wait, ms(500));
+        assert_eq!(consumer.sweep_interval, ms(1_000));
+        assert_eq!(consumer.relay_interval, ms(200));
+        assert_eq!(consumer.relay_max_defer, ms(5_000));
+        assert_eq!(consumer.expiry_interval, ms(60_000));
+        assert_eq!(consumer.expiring_soon, days(7));
+        assert_eq!(consumer.archive_after, days(183));
+        assert_eq!(consumer.purge_interval, Some(ms(60_000)));
+        assert_eq!(consumer.outbox_retention, Duration::from_secs(604_800));
+        assert_eq!(consumer.job_retention, Duration::from_secs(2_592_000));
+        assert_eq!(consumer.retry_max_delay, ms(5_000));
+        assert_eq!(consumer.shutdown_grace, ms(10_000));
+        assert_eq!(consumer.reconcile_interval, Some(ms(60_000)));
+        assert_eq!(consumer.reconcile_grace, None);
+        assert_eq!(consumer.reconcile_lookback, Duration::from_secs(86_400));
+        assert_eq!(consumer.metrics_sample_interval, ms(5_000));
     }
 
-    /// [`Self::purge_interval_ms`] as a [`Duration`]; `None` when off.
-    pub fn purge_interval(&self) -> Option<Duration> {
-        (self.purge_interval_ms > 0).then(|| Duration::from_millis(self.purge_interval_ms))
+    #[test]
+    fn a_periodic_job_set_to_zero_is_off() {
+        let consumer = Cli::parse_from([
+            "coupon-consumer",
+            "--purge-interval-ms",
+            "0",
+            "--reconcile-interval-ms",
+            "0s",
+        ])
+        .consumer;
+        assert_eq!(consumer.purge_interval, None);
+        assert_eq!(consumer.reconcile_interval, None);
     }
 
-    /// [`Self::relay_interval_ms`] as a [`Duration`].
-    pub fn relay_interval(&self) -> Duration {
-        Duration::from_millis(self.relay_interval_ms)
-    }
-
-    /// [`Self::relay_max_defer_ms`] as a [`Duration`].
-    pub fn relay_max_defer(&self) -> Duration {
-        Duration::from_millis(self.relay_max_defer_ms)
-    }
-
-    /// [`Self::expiry_interval_ms`] as a [`Duration`].
-    pub fn expiry_interval(&self) -> Duration {
-        Duration::from_millis(self.expiry_interval_ms)
-    }
-
-    /// [`Self::sweep_interval_ms`] as a [`Duration`].
-    pub fn sweep_interval(&self) -> Duration {
-        Duration::from_millis(self.sweep_interval_ms)
-    }
-
-    /// [`Self::batch_max_wait_ms`] as a [`Duration`].
-    pub fn batch_max_wait(&self) -> Duration {
-        Duration::from_millis(self.batch_max_wait_ms)
-    }
-
-    /// [`Self::metrics_sample_interval_ms`] as a [`Duration`].
-    pub fn metrics_sample_interval(&self) -> Duration {
-        Duration::from_millis(self.metrics_sample_interval_ms)
-    }
-
-    /// [`Self::shutdown_grace_ms`] as a [`Duration`].
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_millis(self.shutdown_grace_ms)
-    }
-
-    /// [`Self::retry_max_delay_ms`] as a [`Duration`].
-    pub fn retry_max_delay(&self) -> Duration {
-        Duration::from_millis(self.retry_max_delay_ms)
+    #[test]
+    fn a_duration_flag_keeps_its_name_and_its_unit() {
+        let consumer = Cli::parse_from([
+            "coupon-consumer",
+            "--reconcile-grace-ms",
+            "200",
+            "--outbox-retention-secs",
+            "1h",
+            "--archive-after-days",
+            "30",
+            "--kafka-fetch-wait-ms",
+            "1s",
+        ])
+        .consumer;
+        assert_eq!(consumer.reconcile_grace, Some(Duration::from_millis(200)));
+        assert_eq!(consumer.outbox_retention, Duration::from_secs(3_600));
+        assert_eq!(consumer.archive_after, Duration::from_secs(30 * 86_400));
+        assert_eq!(consumer.kafka_fetch_wait, Duration::from_millis(1_000));
     }
 }

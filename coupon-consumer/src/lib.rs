@@ -28,6 +28,7 @@ pub mod sweeper;
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use coupon_core::issue::admission::{AdmissionStore, InvalidationBroadcast, RedisKeys};
@@ -78,13 +79,13 @@ pub struct ConsumerStats {
 /// a member that died without leaving the group is given up, and its partitions handed to the
 /// others, after 10 s (librdkafka's default is 45 s; the broker accepts 6 s to 30 min,
 /// `group.min.session.timeout.ms` and `group.max.session.timeout.ms`). A fetch waits at most
-/// `fetch_wait_ms` for data ([`ConsumerConfig::kafka_fetch_wait_ms`]). With `instance_id`, the
+/// `fetch_wait` for data ([`ConsumerConfig::kafka_fetch_wait`]). With `instance_id`, the
 /// member is static (`group.instance.id`, [`ConsumerConfig::group_instance_id`]).
 pub fn consumer_config(
     brokers: &str,
     group_id: &str,
     instance_id: Option<&str>,
-    fetch_wait_ms: u32,
+    fetch_wait: Duration,
 ) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -94,7 +95,7 @@ pub fn consumer_config(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
-        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
+        .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string())
         .set("socket.connection.setup.timeout.ms", "3000");
     if let Some(id) = instance_id {
         config.set("group.instance.id", id);
@@ -112,7 +113,7 @@ pub struct Application {
     gauges: GaugeSampler,
     reconciliation: PeriodicReconciliation,
     purge: PurgeJobs,
-    shutdown_grace: std::time::Duration,
+    shutdown_grace: Duration,
     stats: Arc<ConsumerStats>,
 }
 
@@ -126,6 +127,11 @@ impl Application {
     /// taken.
     pub async fn build(config: &ConsumerConfig) -> anyhow::Result<Self> {
         let stores = &config.stores;
+        let calendar_span = |setting: &str, span| {
+            chrono::Duration::from_std(span).with_context(|| format!("{setting} is too long"))
+        };
+        let expiring_soon = calendar_span("EXPIRING_SOON_DAYS", config.expiring_soon)?;
+        let archive_after = calendar_span("ARCHIVE_AFTER_DAYS", config.archive_after)?;
         telemetry::install_metrics(config.metrics_listen)?;
         gauges::register_metrics();
         reconcile::register_metrics();
@@ -135,15 +141,15 @@ impl Application {
             redis,
             issue_topic,
         } = coupon_core::store::connect(stores).await?;
-        let keys = RedisKeys::new(stores.redis_key_prefix.clone());
+        let keys = RedisKeys::new(stores.redis.key_prefix.clone());
         let broadcast = InvalidationBroadcast::new(redis.clone(), keys.clone());
         let admission = AdmissionStore::new(redis, keys);
         let member = |group: &str, topic: &str, what: &str| -> anyhow::Result<_> {
             let consumer: StreamConsumer<GroupContext> = consumer_config(
-                &stores.kafka_brokers,
+                &stores.kafka.brokers,
                 group,
                 config.group_instance_id.as_deref(),
-                config.kafka_fetch_wait_ms,
+                config.kafka_fetch_wait,
             )
             .create_with_context(GroupContext)
             .with_context(|| format!("creating the {what} consumer"))?;
@@ -152,36 +158,36 @@ impl Application {
                 .with_context(|| format!("subscribing to the {what} topic"))?;
             Ok(Arc::new(consumer))
         };
-        let issue_member = member(&config.group_id, &stores.kafka_issue_topic, "issue")?;
+        let issue_member = member(&config.group_id, &stores.kafka.issue_topic, "issue")?;
         let payments_member = member(
             &format!("{}-payments", config.group_id),
-            &stores.kafka_payments_topic,
+            &stores.kafka.payments_topic,
             "payments",
         )?;
         let producer = |what: &str| {
-            producer_config(&stores.kafka_brokers, stores.kafka_message_timeout())
+            producer_config(&stores.kafka.brokers, stores.kafka.message_timeout)
                 .create()
                 .with_context(|| format!("creating the {what} producer"))
         };
         let dead_letters = DeadLetters {
             producer: producer("dead-letter")?,
-            topic: stores.kafka_dead_letter_topic.clone(),
+            topic: stores.kafka.dead_letter_topic.clone(),
         };
         let stats = Arc::new(ConsumerStats::default());
-        let retry = Retrier::new(config.retry_max_delay(), Arc::clone(&stats));
+        let retry = Retrier::new(config.retry_max_delay, Arc::clone(&stats));
         let backlog = Backlog::default();
         Ok(Self {
             gauges: GaugeSampler {
                 members: vec![Arc::clone(&issue_member), Arc::clone(&payments_member)],
                 watermarks: Arc::new(
                     ClientConfig::new()
-                        .set("bootstrap.servers", &stores.kafka_brokers)
+                        .set("bootstrap.servers", &stores.kafka.brokers)
                         .create()
                         .context("creating the watermark client")?,
                 ),
                 pool: pool.clone(),
                 admission: admission.clone(),
-                interval: config.metrics_sample_interval(),
+                interval: config.metrics_sample_interval,
                 coupon_limit: config.metrics_coupon_limit,
                 issue_topic,
             },
@@ -192,7 +198,7 @@ impl Application {
                 broadcast,
                 dead_letters: dead_letters.clone(),
                 batch_max_messages: config.batch_max_messages.max(1),
-                batch_max_wait: config.batch_max_wait(),
+                batch_max_wait: config.batch_max_wait,
                 retry: retry.clone(),
                 backlog: backlog.clone(),
                 stats: Arc::clone(&stats),
@@ -206,48 +212,50 @@ impl Application {
             },
             sweeper: HoldSweeper {
                 pool: pool.clone(),
-                interval: config.sweep_interval(),
+                interval: config.sweep_interval,
                 batch: config.sweep_batch.max(1),
                 stats: Arc::clone(&stats),
             },
             relay: OutboxRelay {
                 pool: pool.clone(),
                 producer: producer("outbox relay")?,
-                topic: stores.kafka_events_topic.clone(),
-                interval: config.relay_interval(),
-                max_defer: config.relay_max_defer(),
+                topic: stores.kafka.events_topic.clone(),
+                interval: config.relay_interval,
+                max_defer: config.relay_max_defer,
                 backlog,
                 stats: Arc::clone(&stats),
             },
             purge: PurgeJobs {
                 pool: pool.clone(),
-                interval: config.purge_interval(),
+                interval: config.purge_interval,
                 batch: config.purge_batch,
-                outbox_retention: std::time::Duration::from_secs(config.outbox_retention_secs),
-                job_retention: std::time::Duration::from_secs(config.job_retention_secs),
+                outbox_retention: config.outbox_retention,
+                job_retention: config.job_retention,
             },
             expiry: ExpiryJobs {
                 pool: pool.clone(),
-                interval: config.expiry_interval(),
-                expiring_soon: chrono::Duration::days(i64::from(config.expiring_soon_days)),
-                archive_after: chrono::Duration::days(i64::from(config.archive_after_days)),
+                interval: config.expiry_interval,
+                expiring_soon,
+                archive_after,
             },
             reconciliation: PeriodicReconciliation {
                 pool,
                 admission,
                 log: IssueLog::new(stores, &config.group_id),
                 publisher: IssuePublisher::new(
-                    &stores.kafka_brokers,
-                    &stores.kafka_issue_topic,
-                    stores.kafka_message_timeout(),
+                    &stores.kafka.brokers,
+                    &stores.kafka.issue_topic,
+                    stores.kafka.message_timeout,
                 )
                 .context("creating the reconciliation's issue producer")?,
-                interval: config.reconcile_interval(),
-                grace: config.reconcile_grace(),
-                lookback: std::time::Duration::from_secs(config.reconcile_lookback_secs),
+                interval: config.reconcile_interval,
+                grace: config
+                    .reconcile_grace
+                    .unwrap_or(stores.kafka.message_timeout * 2),
+                lookback: config.reconcile_lookback,
                 stats: Arc::clone(&stats),
             },
-            shutdown_grace: config.shutdown_grace(),
+            shutdown_grace: config.shutdown_grace,
             stats,
         })
     }

@@ -24,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = coupon_core::telemetry::init_tracing("coupon-consumer")?;
     let cli = Cli::parse();
     let consumer = Application::build(&cli.config).await?;
-    tracing::info!(group = %cli.config.group_id, topic = %cli.config.stores.kafka_issue_topic, "coupon-consumer running");
+    tracing::info!(group = %cli.config.group_id, topic = %cli.config.stores.kafka.issue_topic, "coupon-consumer running");
     consumer
         .run_until_stopped(coupon_core::shutdown::shutdown_signal())
         .await

@@ -2,7 +2,7 @@
 //!
 //! A stop has two stages ([`Shutdown`]): on the signal the loops take no new work and a
 //! back-off pause ends early, so the batch in hand is retried at once; `SHUTDOWN_GRACE_MS`
-//! later ([`crate::config::ConsumerConfig::shutdown_grace_ms`]) whatever is still in hand is
+//! later ([`crate::config::ConsumerConfig::shutdown_grace`]) whatever is still in hand is
 //! abandoned uncommitted (its messages are redelivered to the next member, and the unique key
 //! absorbs whatever part of it had already been persisted). An attempt in flight is never cut
 //! by the signal itself, only by the end of the grace period.

@@ -52,17 +52,17 @@ async fn both_services_start_side_by_side_with_their_default_addresses() {
     }
     let _consumer = ConsumerProcess(
         consumer
-            .env("DATABASE_URL", stores.database_url.expose_secret())
-            .env("REDIS_URL", stores.redis_url.expose_secret())
-            .env("REDIS_KEY_PREFIX", &stores.redis_key_prefix)
-            .env("KAFKA_BROKERS", &stores.kafka_brokers)
-            .env("KAFKA_ISSUE_TOPIC", &stores.kafka_issue_topic)
-            .env("KAFKA_DEAD_LETTER_TOPIC", &stores.kafka_dead_letter_topic)
-            .env("KAFKA_PAYMENTS_TOPIC", &stores.kafka_payments_topic)
-            .env("KAFKA_EVENTS_TOPIC", &stores.kafka_events_topic)
+            .env("DATABASE_URL", stores.mysql.url.expose_secret())
+            .env("REDIS_URL", stores.redis.url.expose_secret())
+            .env("REDIS_KEY_PREFIX", &stores.redis.key_prefix)
+            .env("KAFKA_BROKERS", &stores.kafka.brokers)
+            .env("KAFKA_ISSUE_TOPIC", &stores.kafka.issue_topic)
+            .env("KAFKA_DEAD_LETTER_TOPIC", &stores.kafka.dead_letter_topic)
+            .env("KAFKA_PAYMENTS_TOPIC", &stores.kafka.payments_topic)
+            .env("KAFKA_EVENTS_TOPIC", &stores.kafka.events_topic)
             .env(
                 "KAFKA_CONSUMER_GROUP",
-                format!("defaults-{}", stores.redis_key_prefix),
+                format!("defaults-{}", stores.redis.key_prefix),
             )
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

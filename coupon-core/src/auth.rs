@@ -9,9 +9,10 @@
 //! Checks fail closed: a token naming an audience is refused unless it is the configured one
 //! (RFC 7519 §4.1.3: a recipient that does not identify itself with the `aud` must reject
 //! it), a token not yet valid (`nbf`) or issued in the future is refused, and a token whose
-//! lifetime (`exp - iat`) exceeds [`AuthConfig::jwt_max_lifetime_secs`] is refused.
+//! lifetime (`exp - iat`) exceeds [`AuthConfig::jwt_max_lifetime`] is refused.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -140,8 +141,15 @@ pub struct AuthConfig {
 
     /// Longest lifetime (seconds) a token may claim, `exp - iat`; a longer-lived token is
     /// refused, so a leaked token is worth a bounded time.
-    #[arg(long, env = "JWT_MAX_LIFETIME_SECS", default_value_t = 86_400)]
-    pub jwt_max_lifetime_secs: u64,
+    #[arg(
+        id = "jwt_max_lifetime_secs",
+        long = "jwt-max-lifetime-secs",
+        value_name = "JWT_MAX_LIFETIME_SECS",
+        env = "JWT_MAX_LIFETIME_SECS",
+        default_value = "86400",
+        value_parser = crate::config::parse_secs
+    )]
+    pub jwt_max_lifetime: Duration,
 
     /// Accept a secret published in this repository ([`DEVELOPMENT_SECRETS`]) as
     /// `JWT_SECRET`. For local development, tests and benchmarks only: anyone can mint tokens
@@ -232,7 +240,7 @@ impl TokenVerifier {
         Ok(Self {
             key,
             validation,
-            max_lifetime_secs: config.jwt_max_lifetime_secs,
+            max_lifetime_secs: config.jwt_max_lifetime.as_secs(),
         })
     }
 
@@ -412,7 +420,7 @@ mod tests {
             jwt_public_key_file: None,
             jwt_issuer: None,
             jwt_audience: None,
-            jwt_max_lifetime_secs: 86_400,
+            jwt_max_lifetime: Duration::from_secs(86_400),
             allow_development_secret: false,
         }
     }
@@ -493,7 +501,7 @@ mod tests {
                 jwt_public_key_file: Some(dir.join(format!("{name}-public.pem"))),
                 jwt_issuer: Some("https://login.example".into()),
                 jwt_audience: Some("couponrush".into()),
-                jwt_max_lifetime_secs: 86_400,
+                jwt_max_lifetime: Duration::from_secs(86_400),
                 allow_development_secret: false,
             };
             let private = dir.join(format!("{name}-private.pem"));

@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use coupon_harness::{Output, Process, Program, Signal, Wait};
 use sqlx::mysql::MySqlPool;
 
-use crate::config::StoreConfig;
+use crate::config::{KafkaConfig, MySqlConfig, RedisConfig, StoreConfig};
 use crate::domain::{CouponType, DiscountType, NewCouponPolicy};
 
 /// Prefix of every database a test creates; `make test` drops leftovers before a run.
@@ -75,25 +75,31 @@ pub fn isolated_stores() -> StoreConfig {
         .map_or(server.as_str(), |(head, _)| head)
         .to_owned();
     StoreConfig {
-        database_url: format!("{server}/{TEST_DATABASE_PREFIX}{tag}").into(),
-        database_max_connections: 8,
-        migrate_on_start: true,
-        redis_url: env("REDIS_URL", "redis://127.0.0.1:6379").into(),
-        redis_mode: redis_mode(),
-        redis_wait_replicas: 0,
-        redis_wait_timeout_ms: 200,
-        redis_key_prefix: format!("test:{tag}:"),
-        redis_timeout_ms: 2_000,
-        kafka_brokers: env("KAFKA_BROKERS", "127.0.0.1:9092"),
-        kafka_issue_topic: format!("issues-{tag}"),
-        kafka_dead_letter_topic: format!("dlq-{tag}"),
-        kafka_payments_topic: format!("payments-{tag}"),
-        kafka_events_topic: format!("events-{tag}"),
-        kafka_issue_partitions: 3,
-        kafka_message_timeout_ms: 10_000,
-        kafka_create_topics: true,
-        kafka_topic_replication_factor: crate::config::ReplicationFactor::BrokerDefault,
-        kafka_topic_min_insync_replicas: None,
+        mysql: MySqlConfig {
+            url: format!("{server}/{TEST_DATABASE_PREFIX}{tag}").into(),
+            max_connections: 8,
+            migrate_on_start: true,
+        },
+        redis: RedisConfig {
+            url: env("REDIS_URL", "redis://127.0.0.1:6379").into(),
+            mode: redis_mode(),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(200),
+            key_prefix: format!("test:{tag}:"),
+            timeout: Duration::from_millis(2_000),
+        },
+        kafka: KafkaConfig {
+            brokers: env("KAFKA_BROKERS", "127.0.0.1:9092"),
+            issue_topic: format!("issues-{tag}"),
+            dead_letter_topic: format!("dlq-{tag}"),
+            payments_topic: format!("payments-{tag}"),
+            events_topic: format!("events-{tag}"),
+            issue_partitions: 3,
+            message_timeout: Duration::from_millis(10_000),
+            create_topics: true,
+            topic_replication_factor: crate::config::ReplicationFactor::BrokerDefault,
+            topic_min_insync_replicas: None,
+        },
     }
 }
 
@@ -248,7 +254,7 @@ pub async fn issued_to_users(
     Vec<i64>,
 ) {
     let stores = isolated_stores();
-    let pool = crate::store::db::prepare(stores.database_url(), 8)
+    let pool = crate::store::db::prepare(stores.mysql.url(), 8)
         .await
         .expect("MySQL/MariaDB must run on DATABASE_URL (make up)");
     let mut tx = pool.begin().await.expect("begin");

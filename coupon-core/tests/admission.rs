@@ -17,7 +17,7 @@ async fn store() -> AdmissionStore {
         .connect_redis(Duration::from_secs(2))
         .await
         .expect("Redis must run on REDIS_URL (make up)");
-    AdmissionStore::new(conn, RedisKeys::new(stores.redis_key_prefix))
+    AdmissionStore::new(conn, RedisKeys::new(stores.redis.key_prefix))
 }
 
 fn policy(id: i64, total: Option<i64>) -> CouponPolicy {
@@ -242,7 +242,7 @@ async fn a_repeat_while_pending_hears_in_progress_and_a_settled_admission_cannot
 async fn preparing_a_new_coupon_clears_state_left_under_its_id() {
     let stores = testing::isolated_stores();
     let conn = stores.connect_redis(Duration::from_secs(2)).await.unwrap();
-    let keys = RedisKeys::new(stores.redis_key_prefix);
+    let keys = RedisKeys::new(stores.redis.key_prefix);
     let store = AdmissionStore::new(conn.clone(), keys.clone());
     let copies = PolicyCopies::new(conn, keys);
     let mut p = policy(7, Some(1));
@@ -349,7 +349,7 @@ async fn on_a_cluster_an_admission_waits_for_its_masters_replica() {
     let stores = testing::isolated_stores();
     let conn = stores.connect_redis(Duration::from_secs(2)).await.unwrap();
     let waits = stores.connect_redis(Duration::from_secs(3)).await.unwrap();
-    let store = AdmissionStore::new(conn, RedisKeys::new(stores.redis_key_prefix))
+    let store = AdmissionStore::new(conn, RedisKeys::new(stores.redis.key_prefix))
         .with_replica_acks(waits, u32::from(cluster), Duration::from_secs(1));
     for id in 8_010..8_016 {
         // Six coupons: their keys fall on the slots of different masters.

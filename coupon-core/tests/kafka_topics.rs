@@ -21,19 +21,19 @@ fn count(n: u16) -> NonZeroU16 {
 }
 
 async fn create_topics(stores: &StoreConfig) -> Result<(), KafkaError> {
-    kafka::ensure_topics(stores, stores.new_topic_replication().unwrap()).await
+    kafka::ensure_topics(stores, stores.kafka.new_topic_replication().unwrap()).await
 }
 
 #[tokio::test]
 async fn a_topic_created_with_one_replica_is_reported_not_durable_with_the_reason() {
     let mut stores = testing::isolated_stores();
-    stores.kafka_topic_replication_factor = ReplicationFactor::Fixed(count(1));
+    stores.kafka.topic_replication_factor = ReplicationFactor::Fixed(count(1));
     create_topics(&stores)
         .await
         .expect("the local broker must run on KAFKA_BROKERS (make up)");
 
     let durability =
-        kafka::topic_durability(&stores.kafka_brokers, &stores.kafka_issue_topic, WAIT)
+        kafka::topic_durability(&stores.kafka.brokers, &stores.kafka.issue_topic, WAIT)
             .await
             .unwrap();
     let verdict = kafka::check_issue_topic(&stores).await;
@@ -53,16 +53,16 @@ async fn created_topics_get_the_min_insync_replicas_asked_for() {
     let mut stores = testing::isolated_stores();
     // The broker's replication factor (1 here) with a min.insync.replicas of 2: accepted by
     // the broker, and read back from the topic's own configuration.
-    stores.kafka_topic_min_insync_replicas = Some(count(2));
+    stores.kafka.topic_min_insync_replicas = Some(count(2));
     create_topics(&stores).await.unwrap();
 
     for topic in [
-        &stores.kafka_issue_topic,
-        &stores.kafka_dead_letter_topic,
-        &stores.kafka_payments_topic,
-        &stores.kafka_events_topic,
+        &stores.kafka.issue_topic,
+        &stores.kafka.dead_letter_topic,
+        &stores.kafka.payments_topic,
+        &stores.kafka.events_topic,
     ] {
-        let durability = kafka::topic_durability(&stores.kafka_brokers, topic, WAIT)
+        let durability = kafka::topic_durability(&stores.kafka.brokers, topic, WAIT)
             .await
             .unwrap();
 
@@ -78,7 +78,7 @@ async fn created_topics_get_the_min_insync_replicas_asked_for() {
 #[tokio::test]
 async fn more_replicas_than_brokers_is_refused_by_the_broker() {
     let mut stores = testing::isolated_stores();
-    stores.kafka_topic_replication_factor = ReplicationFactor::Fixed(count(3));
+    stores.kafka.topic_replication_factor = ReplicationFactor::Fixed(count(3));
 
     let created = create_topics(&stores).await;
 
@@ -98,8 +98,8 @@ async fn checking_a_topic_the_broker_does_not_know_says_so() {
     let stores = testing::isolated_stores();
 
     let checked = kafka::topic_durability(
-        &stores.kafka_brokers,
-        &stores.kafka_issue_topic,
+        &stores.kafka.brokers,
+        &stores.kafka.issue_topic,
         Duration::from_secs(1),
     )
     .await;
@@ -113,7 +113,7 @@ async fn checking_a_topic_the_broker_does_not_know_says_so() {
 #[tokio::test]
 async fn an_unreachable_broker_leaves_the_verdict_unknown_within_the_bound() {
     let mut stores = testing::isolated_stores();
-    stores.kafka_brokers = "127.0.0.1:1".into();
+    stores.kafka.brokers = "127.0.0.1:1".into();
     let started = Instant::now();
 
     let verdict = kafka::check_issue_topic(&stores).await;
@@ -138,8 +138,8 @@ async fn a_service_starting_on_the_local_single_broker_learns_its_issue_topic_is
 #[tokio::test]
 async fn start_up_refuses_a_min_insync_replicas_above_the_replication_factor() {
     let mut stores = testing::isolated_stores();
-    stores.kafka_topic_replication_factor = ReplicationFactor::Fixed(count(1));
-    stores.kafka_topic_min_insync_replicas = Some(count(2));
+    stores.kafka.topic_replication_factor = ReplicationFactor::Fixed(count(1));
+    stores.kafka.topic_min_insync_replicas = Some(count(2));
 
     let err = coupon_core::store::connect(&stores).await.err().unwrap();
 

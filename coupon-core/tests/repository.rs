@@ -12,7 +12,7 @@ use sqlx::MySqlPool;
 
 async fn pool() -> MySqlPool {
     let stores = testing::isolated_stores();
-    db::prepare(stores.database_url(), 4)
+    db::prepare(stores.mysql.url(), 4)
         .await
         .expect("MySQL/MariaDB must run on DATABASE_URL (make up)")
 }
@@ -274,7 +274,7 @@ async fn rows_carry_the_request_id_and_expiry() {
 #[tokio::test]
 async fn services_starting_together_migrate_once_without_clashing() {
     let stores = testing::isolated_stores();
-    let url = stores.database_url();
+    let url = stores.mysql.url();
 
     let starts = (0..4).map(|_| db::prepare(url, 2));
     let pools = futures::future::join_all(starts).await;

@@ -21,7 +21,7 @@ async fn store() -> (AdmissionStore, RedisConnection) {
         .connect_redis(Duration::from_secs(5))
         .await
         .expect("Redis must run on REDIS_URL (make up)");
-    let keys = RedisKeys::new(stores.redis_key_prefix);
+    let keys = RedisKeys::new(stores.redis.key_prefix);
     (AdmissionStore::new(conn.clone(), keys), conn)
 }
 

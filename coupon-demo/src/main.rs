@@ -164,9 +164,9 @@ fn parse_coupon(text: &str) -> Result<CouponId, String> {
 }
 
 async fn connect(stores: &StoreConfig) -> anyhow::Result<(MySqlPool, AdmissionStore)> {
-    let pool = db::connect(stores.database_url(), 4).await?;
-    let redis = stores.connect_redis(stores.redis_timeout()).await?;
-    let keys = RedisKeys::new(stores.redis_key_prefix.clone());
+    let pool = db::connect(stores.mysql.url(), 4).await?;
+    let redis = stores.connect_redis(stores.redis.timeout).await?;
+    let keys = RedisKeys::new(stores.redis.key_prefix.clone());
     Ok((pool, AdmissionStore::new(redis, keys)))
 }
 
@@ -217,7 +217,7 @@ async fn demo(cli: RaceArgs) -> anyhow::Result<bool> {
     let interrupted = coupon_core::shutdown::shutdown_signal();
     tokio::pin!(interrupted);
     let mut services = tokio::select! {
-        started = plan.start(&cli.stores.kafka_issue_topic) => started?,
+        started = plan.start(&cli.stores.kafka.issue_topic) => started?,
         () = &mut interrupted => anyhow::bail!("interrupted while the services started"),
     };
     let outcome = tokio::select! {

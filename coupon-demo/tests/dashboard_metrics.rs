@@ -106,21 +106,21 @@ fn consumer_binary() -> PathBuf {
 
 fn start_consumer(binary: &Path, stores: &StoreConfig, metrics_port: u16) -> ConsumerProcess {
     let child = Command::new(binary)
-        .env("DATABASE_URL", stores.database_url.expose_secret())
-        .env("REDIS_URL", stores.redis_url.expose_secret())
-        .env("REDIS_KEY_PREFIX", &stores.redis_key_prefix)
-        .env("KAFKA_BROKERS", &stores.kafka_brokers)
-        .env("KAFKA_ISSUE_TOPIC", &stores.kafka_issue_topic)
-        .env("KAFKA_DEAD_LETTER_TOPIC", &stores.kafka_dead_letter_topic)
-        .env("KAFKA_PAYMENTS_TOPIC", &stores.kafka_payments_topic)
-        .env("KAFKA_EVENTS_TOPIC", &stores.kafka_events_topic)
+        .env("DATABASE_URL", stores.mysql.url.expose_secret())
+        .env("REDIS_URL", stores.redis.url.expose_secret())
+        .env("REDIS_KEY_PREFIX", &stores.redis.key_prefix)
+        .env("KAFKA_BROKERS", &stores.kafka.brokers)
+        .env("KAFKA_ISSUE_TOPIC", &stores.kafka.issue_topic)
+        .env("KAFKA_DEAD_LETTER_TOPIC", &stores.kafka.dead_letter_topic)
+        .env("KAFKA_PAYMENTS_TOPIC", &stores.kafka.payments_topic)
+        .env("KAFKA_EVENTS_TOPIC", &stores.kafka.events_topic)
         .env(
             "KAFKA_ISSUE_PARTITIONS",
-            stores.kafka_issue_partitions.to_string(),
+            stores.kafka.issue_partitions.to_string(),
         )
         .env(
             "KAFKA_CONSUMER_GROUP",
-            format!("metrics-{}", stores.redis_key_prefix),
+            format!("metrics-{}", stores.redis.key_prefix),
         )
         .env("METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
         .env("METRICS_SAMPLE_INTERVAL_MS", "200")
@@ -418,7 +418,7 @@ async fn every_metric_a_dashboard_or_alert_queries_is_exported() {
             && has_series(
                 &text,
                 "coupon_consumer_lag_messages",
-                &stores.kafka_issue_topic,
+                &stores.kafka.issue_topic,
             );
         ready.then_some(text)
     })

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coupon_core::codes::CodeAdmission;
+use coupon_core::config::parse_millis;
 use coupon_core::domain::UserId;
 use coupon_core::issue::admission::{AdmissionStore, AdmitOutcome, StockShards};
 use coupon_core::telemetry::names;
@@ -43,13 +44,26 @@ const PROBE_EVERY: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone, clap::Args)]
 pub struct BreakerConfig {
     /// Consecutive failed Redis calls on the issue path that open the breaker (count).
-    #[arg(long, env = "REDIS_BREAKER_FAILURES", default_value_t = 5)]
-    pub redis_breaker_failures: u32,
+    #[arg(
+        id = "redis_breaker_failures",
+        long = "redis-breaker-failures",
+        value_name = "REDIS_BREAKER_FAILURES",
+        env = "REDIS_BREAKER_FAILURES",
+        default_value_t = 5
+    )]
+    pub failures: u32,
 
     /// First wait (ms) of an open breaker before a probe; doubles while probes fail, up to ten
     /// times this.
-    #[arg(long, env = "REDIS_BREAKER_OPEN_MS", default_value_t = 1_000)]
-    pub redis_breaker_open_ms: u64,
+    #[arg(
+        id = "redis_breaker_open_ms",
+        long = "redis-breaker-open-ms",
+        value_name = "REDIS_BREAKER_OPEN_MS",
+        env = "REDIS_BREAKER_OPEN_MS",
+        default_value = "1000",
+        value_parser = parse_millis
+    )]
+    pub open_wait: Duration,
 }
 
 /// The breaker's waits while open: `first`, doubling on each failed probe, at most `max`.
@@ -136,9 +150,9 @@ impl std::fmt::Debug for RedisBreaker {
 impl RedisBreaker {
     /// A closed breaker with `config`'s thresholds.
     pub fn new(config: &BreakerConfig) -> Self {
-        let open = Duration::from_millis(config.redis_breaker_open_ms.max(1));
+        let open = config.open_wait.max(Duration::from_millis(1));
         let policy = failure_policy::consecutive_failures(
-            config.redis_breaker_failures.max(1),
+            config.failures.max(1),
             Doubling {
                 next: open,
                 max: open * 10,

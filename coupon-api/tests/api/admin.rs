@@ -255,7 +255,7 @@ async fn the_redis_policy_copy_expires_so_a_lost_delete_or_refresh_cannot_outliv
         .connect_redis(Duration::from_secs(2))
         .await
         .unwrap();
-    let key = coupon_core::issue::admission::RedisKeys::new(app.stores.redis_key_prefix.clone())
+    let key = coupon_core::issue::admission::RedisKeys::new(app.stores.redis.key_prefix.clone())
         .policy(coupon);
     let ttl: i64 = redis::cmd("TTL")
         .arg(&key)

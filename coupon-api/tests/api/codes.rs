@@ -240,9 +240,9 @@ async fn redeeming_by_code_works_without_redis() {
     let mut redis = testing::OwnRedisDeployment::start(false).await;
     let (url, mode) = (redis.url(), redis.mode());
     let app = spawn_app_with(move |config| {
-        config.stores.redis_url = url.into();
-        config.stores.redis_mode = mode;
-        config.stores.redis_timeout_ms = 300;
+        config.stores.redis.url = url.into();
+        config.stores.redis.mode = mode;
+        config.stores.redis.timeout = Duration::from_millis(300);
     })
     .await;
     let id = topic(&app).await;
@@ -520,7 +520,7 @@ async fn codes_deleted_long_ago_move_to_the_archive_in_resumable_batches() {
 #[tokio::test]
 async fn a_generation_job_abandoned_by_a_dead_instance_is_resumed_exactly() {
     use coupon_core::codes::jobs::{self, Lease, Step};
-    let app = spawn_app_with(|c| c.code_job_lease_ms = 300).await;
+    let app = spawn_app_with(|c| c.code_job_lease = Duration::from_millis(300)).await;
     let topic = topic(&app).await;
     let pool = &app.state.pool;
     let now = chrono::Utc::now();
@@ -591,7 +591,7 @@ async fn codes_of(pool: &sqlx::MySqlPool, topic: i64) -> i64 {
 fn cli(app: &TestApp, args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_coupon-api"))
         .args(args)
-        .env("DATABASE_URL", app.stores.database_url())
+        .env("DATABASE_URL", app.stores.mysql.url())
         .env("RUST_LOG", "warn")
         .output()
         .expect("running coupon-api");

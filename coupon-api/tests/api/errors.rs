@@ -1,5 +1,7 @@
 //! Malformed input gets a JSON error with a stable code and a 4xx status, never a 500.
 
+use std::time::Duration;
+
 use coupon_core::issue::admission::StockShards;
 use coupon_core::testing;
 
@@ -178,7 +180,7 @@ async fn raw_client(app: &TestApp) -> tokio::net::TcpStream {
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = spawn_app_with(|c| c.header_read_timeout_ms = 300).await;
+    let app = spawn_app_with(|c| c.header_read_timeout = Duration::from_millis(300)).await;
     let mut stream = raw_client(&app).await;
 
     stream
@@ -198,7 +200,7 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
 #[tokio::test]
 async fn a_body_that_stops_arriving_is_a_json_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = spawn_app_with(|c| c.body_read_timeout_ms = 300).await;
+    let app = spawn_app_with(|c| c.body_read_timeout = Duration::from_millis(300)).await;
     let id = app.open_coupon(5).await;
     let mut stream = raw_client(&app).await;
 

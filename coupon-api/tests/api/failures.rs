@@ -13,11 +13,11 @@ use crate::helpers::{assert_error, spawn_app_with, TestApp};
 async fn app_on(redis: &OwnRedisDeployment) -> TestApp {
     let (url, mode) = (redis.url(), redis.mode());
     spawn_app_with(move |c| {
-        c.stores.redis_url = url.into();
-        c.stores.redis_mode = mode;
-        c.stores.redis_timeout_ms = 300;
-        c.breaker.redis_breaker_failures = 2;
-        c.breaker.redis_breaker_open_ms = 200;
+        c.stores.redis.url = url.into();
+        c.stores.redis.mode = mode;
+        c.stores.redis.timeout = Duration::from_millis(300);
+        c.breaker.failures = 2;
+        c.breaker.open_wait = Duration::from_millis(200);
     })
     .await
 }
@@ -101,10 +101,10 @@ async fn a_request_still_unanswered_at_the_request_timeout_gets_503() {
     let redis = OwnRedisDeployment::start(false).await;
     let (url, mode) = (redis.url(), redis.mode());
     let app = spawn_app_with(move |c| {
-        c.stores.redis_url = url.into();
-        c.stores.redis_mode = mode;
-        c.stores.redis_timeout_ms = 20_000;
-        c.request_timeout_ms = 300;
+        c.stores.redis.url = url.into();
+        c.stores.redis.mode = mode;
+        c.stores.redis.timeout = Duration::from_millis(20_000);
+        c.request_timeout = Duration::from_millis(300);
     })
     .await;
     let coupon = app.open_coupon(10).await;
@@ -124,9 +124,9 @@ async fn after_redis_lost_its_data_the_set_is_rebuilt_from_mysql_and_unpersisted
     let mut redis = OwnRedisDeployment::start(false).await;
     let (url, mode) = (redis.url(), redis.mode());
     let app = spawn_app_with(move |c| {
-        c.stores.redis_url = url.into();
-        c.stores.redis_mode = mode;
-        c.stores.kafka_message_timeout_ms = 3_000;
+        c.stores.redis.url = url.into();
+        c.stores.redis.mode = mode;
+        c.stores.kafka.message_timeout = Duration::from_millis(3_000);
     })
     .await;
     let coupon = app.open_coupon(5).await;
@@ -206,8 +206,8 @@ async fn reconciliation_republishes_lost_admissions_readmits_rows_and_fixes_the_
         .await
         .unwrap();
     let log = IssueLog {
-        brokers: app.stores.kafka_brokers.clone(),
-        topic: app.stores.kafka_issue_topic.clone(),
+        brokers: app.stores.kafka.brokers.clone(),
+        topic: app.stores.kafka.issue_topic.clone(),
         group: "coupon-consumer".into(),
         timeout: Duration::from_secs(5),
     };
@@ -252,7 +252,8 @@ async fn reconciliation_republishes_lost_admissions_readmits_rows_and_fixes_the_
 
 #[tokio::test]
 async fn reconciliation_through_the_admin_api_runs_as_a_job_and_reports_its_repairs() {
-    let app = spawn_app_with(|c| c.stores.kafka_message_timeout_ms = 1_000).await;
+    let app =
+        spawn_app_with(|c| c.stores.kafka.message_timeout = Duration::from_millis(1_000)).await;
     let coupon = app.open_coupon(10).await;
     let id = CouponId::parse(coupon).unwrap();
     assert_eq!(app.issue(coupon, 1).await.status(), 202);
@@ -380,12 +381,12 @@ async fn an_undo_that_failed_is_retried_until_the_admission_is_gone() {
     let mut redis = OwnRedisDeployment::start(true).await;
     let (url, mode) = (redis.url(), redis.mode());
     let app = spawn_app_with(move |c| {
-        c.stores.redis_url = url.into();
-        c.stores.redis_mode = mode;
-        c.stores.redis_timeout_ms = 300;
-        c.stores.kafka_create_topics = false;
-        c.stores.kafka_brokers = "127.0.0.1:1".into();
-        c.stores.kafka_message_timeout_ms = 1_000;
+        c.stores.redis.url = url.into();
+        c.stores.redis.mode = mode;
+        c.stores.redis.timeout = Duration::from_millis(300);
+        c.stores.kafka.create_topics = false;
+        c.stores.kafka.brokers = "127.0.0.1:1".into();
+        c.stores.kafka.message_timeout = Duration::from_millis(1_000);
     })
     .await;
     let coupon = app.open_coupon(10).await;

@@ -24,13 +24,13 @@ async fn an_issue_is_answered_202_only_after_its_message_is_on_the_topic() {
     let request_id = body["request_id"].as_str().unwrap().to_owned();
 
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &app.stores.kafka_brokers)
+        .set("bootstrap.servers", &app.stores.kafka.brokers)
         .set("group.id", format!("reader-{request_id}"))
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
     consumer
-        .subscribe(&[&app.stores.kafka_issue_topic])
+        .subscribe(&[&app.stores.kafka.issue_topic])
         .unwrap();
     let received = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
         .await
@@ -121,9 +121,9 @@ async fn the_issue_status_is_pending_until_persisted_then_issued() {
 /// An API whose broker never answers: each publish fails after `message_timeout_ms`.
 async fn app_without_broker(message_timeout_ms: u64) -> TestApp {
     spawn_app_with(|config| {
-        config.stores.kafka_create_topics = false;
-        config.stores.kafka_brokers = "127.0.0.1:1".into();
-        config.stores.kafka_message_timeout_ms = message_timeout_ms;
+        config.stores.kafka.create_topics = false;
+        config.stores.kafka.brokers = "127.0.0.1:1".into();
+        config.stores.kafka.message_timeout = Duration::from_millis(message_timeout_ms);
     })
     .await
 }
@@ -271,8 +271,8 @@ async fn health_and_readiness_answer_200_when_every_store_is_up() {
 #[tokio::test]
 async fn readiness_is_503_when_the_broker_is_unreachable() {
     let app = spawn_app_with(|config| {
-        config.stores.kafka_create_topics = false;
-        config.stores.kafka_brokers = "127.0.0.1:1".into();
+        config.stores.kafka.create_topics = false;
+        config.stores.kafka.brokers = "127.0.0.1:1".into();
     })
     .await;
 
@@ -289,9 +289,9 @@ async fn when_redis_is_down_issue_requests_fail_fast_with_503_and_nothing_hangs(
     let mut redis = testing::OwnRedisDeployment::start(false).await;
     let (url, mode) = (redis.url(), redis.mode());
     let app = spawn_app_with(move |config| {
-        config.stores.redis_url = url.into();
-        config.stores.redis_mode = mode;
-        config.stores.redis_timeout_ms = 300;
+        config.stores.redis.url = url.into();
+        config.stores.redis.mode = mode;
+        config.stores.redis.timeout = Duration::from_millis(300);
     })
     .await;
     let id = app.open_coupon(5).await;
@@ -321,7 +321,7 @@ async fn when_redis_is_down_issue_requests_fail_fast_with_503_and_nothing_hangs(
 #[tokio::test]
 async fn with_only_mysql_cut_off_the_issue_path_stays_ready_and_issues() {
     // The MySQL server the tests use, reached through a path the test can cut.
-    let url = testing::isolated_stores().database_url().to_owned();
+    let url = testing::isolated_stores().mysql.url().to_owned();
     let server = url
         .rsplit('@')
         .next()
@@ -338,8 +338,8 @@ async fn with_only_mysql_cut_off_the_issue_path_stays_ready_and_issues() {
     let mysql = testing::TcpCut::start(target).await;
     let through = mysql.addr().to_string();
     let app = spawn_app_with(move |config| {
-        let url = config.stores.database_url().replace(&server, &through);
-        config.stores.database_url = url.into();
+        let url = config.stores.mysql.url().replace(&server, &through);
+        config.stores.mysql.url = url.into();
     })
     .await;
     let id = app.open_coupon(5).await;

@@ -25,8 +25,8 @@ async fn without_migrating_at_start_the_service_runs_on_data_rights_only() {
     let stores = migrated.stores.clone();
     let app = spawn_app_with(move |config| {
         config.stores = stores;
-        config.stores.database_url = as_runtime_user(config.stores.database_url()).into();
-        config.stores.migrate_on_start = false;
+        config.stores.mysql.url = as_runtime_user(config.stores.mysql.url()).into();
+        config.stores.mysql.migrate_on_start = false;
     })
     .await;
 
@@ -61,7 +61,7 @@ async fn without_migrating_at_start_the_service_runs_on_data_rights_only() {
 async fn the_runtime_user_cannot_migrate_and_an_unmigrated_database_is_refused() {
     let stores = testing::isolated_stores();
     // The database exists (made by the DDL-capable user) but was never migrated.
-    let url = stores.database_url().to_owned();
+    let url = stores.mysql.url().to_owned();
     coupon_core::store::db::create_database_if_missing(&url)
         .await
         .unwrap();
@@ -70,8 +70,8 @@ async fn the_runtime_user_cannot_migrate_and_an_unmigrated_database_is_refused()
     let build = |migrate_on_start: bool| {
         let mut config = test_config();
         config.stores = stores.clone();
-        config.stores.database_url = runtime_url.clone().into();
-        config.stores.migrate_on_start = migrate_on_start;
+        config.stores.mysql.url = runtime_url.clone().into();
+        config.stores.mysql.migrate_on_start = migrate_on_start;
         Application::build(config)
     };
     let unmigrated = build(false)

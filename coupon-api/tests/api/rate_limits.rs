@@ -195,7 +195,7 @@ async fn a_flood_from_one_user_does_not_fail_or_slow_the_order_services_redeems(
         c.rate_limits.rate_limits = true;
         c.rate_limits.trusted_proxies =
             vec![coupon_api::http::rate_limit::parse_network("127.0.0.1").unwrap()];
-        c.stores.database_max_connections = 2;
+        c.stores.mysql.max_connections = 2;
         c.database_order_max_connections = 2;
     })
     .await;

@@ -53,7 +53,7 @@ pub async fn build(configure: impl FnOnce(&mut ConsumerConfig)) -> (Application,
     let mut config = Cli::parse_from(["coupon-consumer", "--metrics-listen", "off"]).consumer;
     config.stores = testing::isolated_stores();
     config.group_id = format!("group-{}", Uuid::new_v4().simple());
-    config.retry_max_delay_ms = 200;
+    config.retry_max_delay = Duration::from_millis(200);
     configure(&mut config);
     let consumer = Application::build(&config)
         .await
@@ -69,8 +69,8 @@ pub async fn run(consumer: Application, config: ConsumerConfig) -> Running {
     let task = tokio::spawn(consumer.run_until_stopped(async move { stopped.cancelled().await }));
     let stores = config.stores.clone();
     Running {
-        pool: db::connect(stores.database_url(), 4).await.unwrap(),
-        producer: producer_config(&stores.kafka_brokers, Duration::from_secs(10))
+        pool: db::connect(stores.mysql.url(), 4).await.unwrap(),
+        producer: producer_config(&stores.kafka.brokers, Duration::from_secs(10))
             .create()
             .unwrap(),
         group: config.group_id,
@@ -113,7 +113,7 @@ impl Running {
                 .connect_redis(Duration::from_secs(2))
                 .await
                 .unwrap(),
-            coupon_core::issue::admission::RedisKeys::new(self.stores.redis_key_prefix.clone()),
+            coupon_core::issue::admission::RedisKeys::new(self.stores.redis.key_prefix.clone()),
         );
         store.prepare(&policy).await.unwrap();
         (policy, store)
@@ -131,7 +131,7 @@ impl Running {
 
     /// Sends raw bytes to the issue topic.
     pub async fn send_raw(&self, key: &str, payload: &[u8]) {
-        self.send_to(&self.stores.kafka_issue_topic, key, payload)
+        self.send_to(&self.stores.kafka.issue_topic, key, payload)
             .await;
     }
 
@@ -151,13 +151,13 @@ impl Running {
 
     /// Offsets the group committed on the issue topic, summed over partitions (0 if none).
     pub fn committed_total(&self) -> i64 {
-        self.committed_on(&self.group, &self.stores.kafka_issue_topic)
+        self.committed_on(&self.group, &self.stores.kafka.issue_topic)
     }
 
     /// Offsets `group` committed on `topic`, summed over its partitions (0 if none).
     pub fn committed_on(&self, group: &str, topic: &str) -> i64 {
         let reader: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.stores.kafka_brokers)
+            .set("bootstrap.servers", &self.stores.kafka.brokers)
             .set("group.id", group)
             .create()
             .unwrap();
@@ -193,7 +193,7 @@ impl Running {
     /// A reader of `topic` from its start, in a group of its own.
     pub fn reader(&self, topic: &str) -> StreamConsumer {
         let reader: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.stores.kafka_brokers)
+            .set("bootstrap.servers", &self.stores.kafka.brokers)
             .set("group.id", format!("reader-{}", Uuid::new_v4().simple()))
             .set("auto.offset.reset", "earliest")
             .create()
@@ -204,7 +204,7 @@ impl Running {
 
     /// The next `count` dead letters: each one's `x-dead-letter-reason` and payload.
     pub async fn dead_letters(&self, count: usize) -> Vec<(String, Vec<u8>)> {
-        let reader = self.reader(&self.stores.kafka_dead_letter_topic);
+        let reader = self.reader(&self.stores.kafka.dead_letter_topic);
         let mut letters = Vec::with_capacity(count);
         for _ in 0..count {
             let message = tokio::time::timeout(WAIT, reader.recv())

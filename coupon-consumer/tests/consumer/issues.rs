@@ -93,7 +93,7 @@ async fn a_killed_mysql_loses_no_message_and_the_backlog_drains_after_it_restart
         testing::TEST_DATABASE_PREFIX,
         Uuid::new_v4().simple()
     ));
-    let (built, config) = build(|c| c.stores.database_url = url.into()).await;
+    let (built, config) = build(|c| c.stores.mysql.url = url.into()).await;
     let consumer = run(built, config).await;
     let coupon = consumer.coupon(500).await;
     for user in 1..=50 {
@@ -133,10 +133,10 @@ async fn selling_out_broadcasts_an_invalidation() {
     let consumer = start().await;
     let coupon = consumer.coupon(3).await;
     // Any node of a cluster hears a classic PUBLISH; the first seed will do.
-    let url = coupon_core::store::redis::node_urls(consumer.stores.redis_url())[0].to_owned();
+    let url = coupon_core::store::redis::node_urls(consumer.stores.redis.url())[0].to_owned();
     let client = redis::Client::open(url).unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
-    let channel = RedisKeys::new(consumer.stores.redis_key_prefix.clone()).invalidation_channel();
+    let channel = RedisKeys::new(consumer.stores.redis.key_prefix.clone()).invalidation_channel();
     pubsub.subscribe(&channel).await.unwrap();
 
     for user in 1..=3 {

@@ -1,6 +1,7 @@
 //! The outbox relay: events reach the events topic, after a drop's backlog.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use coupon_core::store::kafka::producer_config;
 use coupon_core::{policies, store::db, testing};
@@ -26,7 +27,7 @@ async fn issued_coupons_are_announced_on_the_events_topic() {
     .await;
 
     let reader: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &consumer.stores.kafka_brokers)
+        .set("bootstrap.servers", &consumer.stores.kafka.brokers)
         .set(
             "group.id",
             format!("events-reader-{}", Uuid::new_v4().simple()),
@@ -35,7 +36,7 @@ async fn issued_coupons_are_announced_on_the_events_topic() {
         .create()
         .unwrap();
     reader
-        .subscribe(&[&consumer.stores.kafka_events_topic])
+        .subscribe(&[&consumer.stores.kafka.events_topic])
         .unwrap();
     let mut users = Vec::new();
     for _ in 0..3 {
@@ -68,25 +69,25 @@ async fn the_event_relay_waits_until_the_issue_backlog_is_persisted() {
     // 300 issue messages wait in the topic before the consumer starts: 30 full batches of 10.
     let (consumer, config) = build(|config| {
         config.batch_max_messages = 10;
-        config.relay_interval_ms = 20;
-        config.relay_max_defer_ms = 60_000;
+        config.relay_interval = Duration::from_millis(20);
+        config.relay_max_defer = Duration::from_millis(60_000);
     })
     .await;
-    let pool = db::connect(config.stores.database_url(), 2).await.unwrap();
+    let pool = db::connect(config.stores.mysql.url(), 2).await.unwrap();
     let mut tx = pool.begin().await.unwrap();
     let coupon = policies::insert_policy(&mut tx, &testing::open_policy(300).try_into().unwrap())
         .await
         .unwrap()
         .id;
     tx.commit().await.unwrap();
-    let producer: FutureProducer = producer_config(&config.stores.kafka_brokers, WAIT)
+    let producer: FutureProducer = producer_config(&config.stores.kafka.brokers, WAIT)
         .create()
         .unwrap();
     let sends = (1..=300).map(|user| {
         let message = issue(coupon, user);
         let (key, payload) = (message.key(), message.to_json());
         let producer = producer.clone();
-        let topic = config.stores.kafka_issue_topic.clone();
+        let topic = config.stores.kafka.issue_topic.clone();
         async move {
             let record = FutureRecord::to(&topic).key(&key).payload(&payload);
             producer.send(record, Timeout::Never).await.map(drop)

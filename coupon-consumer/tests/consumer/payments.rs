@@ -38,7 +38,7 @@ async fn payment_results_confirm_or_release_holds_once_even_when_repeated() {
         .await
         .unwrap();
     }
-    let topic = consumer.stores.kafka_payments_topic.clone();
+    let topic = consumer.stores.kafka.payments_topic.clone();
     let payments_group = format!("{}-payments", consumer.group);
 
     for payload in [
@@ -136,7 +136,7 @@ async fn a_payment_after_its_hold_was_released_never_becomes_a_second_discount()
         .await
         .unwrap();
 
-    let topic = consumer.stores.kafka_payments_topic.clone();
+    let topic = consumer.stores.kafka.payments_topic.clone();
     for payload in [
         r#"{"order_id": "order-1", "status": "COMPLETED"}"#,
         r#"{"order_id": "order-2", "status": "COMPLETED"}"#,

@@ -100,12 +100,12 @@ async fn keys(pool: &MySqlPool) -> Vec<String> {
 #[tokio::test]
 async fn rows_past_their_retention_are_purged_and_everything_still_needed_is_kept() {
     let (consumer, config) = build(|config| {
-        config.purge_interval_ms = 200;
-        config.outbox_retention_secs = 3_600;
-        config.job_retention_secs = 86_400;
+        config.purge_interval = Some(Duration::from_millis(200));
+        config.outbox_retention = Duration::from_secs(3_600);
+        config.job_retention = Duration::from_secs(86_400);
     })
     .await;
-    let pool = coupon_core::store::db::connect(config.stores.database_url(), 4)
+    let pool = coupon_core::store::db::connect(config.stores.mysql.url(), 4)
         .await
         .unwrap();
     let now = Utc::now();
@@ -167,12 +167,12 @@ async fn rows_past_their_retention_are_purged_and_everything_still_needed_is_kep
 async fn a_backlog_larger_than_a_batch_is_drained_in_one_run() {
     let (consumer, config) = build(|config| {
         // One run at start; the next one would be a minute later.
-        config.purge_interval_ms = 60_000;
+        config.purge_interval = Some(Duration::from_millis(60_000));
         config.purge_batch = 3;
-        config.outbox_retention_secs = 3_600;
+        config.outbox_retention = Duration::from_secs(3_600);
     })
     .await;
-    let pool = coupon_core::store::db::connect(config.stores.database_url(), 4)
+    let pool = coupon_core::store::db::connect(config.stores.mysql.url(), 4)
         .await
         .unwrap();
     let now = Utc::now();

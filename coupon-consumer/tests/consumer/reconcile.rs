@@ -14,8 +14,8 @@ use crate::helpers::{build, run, WAIT};
 #[tokio::test]
 async fn an_admission_whose_message_was_lost_is_republished_by_the_consumer_itself() {
     let (consumer, config) = build(|config| {
-        config.reconcile_interval_ms = 300;
-        config.reconcile_grace_ms = Some(200);
+        config.reconcile_interval = Some(Duration::from_millis(300));
+        config.reconcile_grace = Some(Duration::from_millis(200));
     })
     .await;
     let consumer = run(consumer, config).await;

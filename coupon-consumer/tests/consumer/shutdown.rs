@@ -61,7 +61,7 @@ async fn a_batch_in_hand_when_the_stop_comes_is_still_persisted_and_committed() 
 
     assert!(result.expect("stops within 30 s").expect("task").is_ok());
     assert_eq!(testing::count_rows(&consumer.pool, coupon.get()).await, 1);
-    let committed = consumer.committed_on(&consumer.group, &consumer.stores.kafka_issue_topic);
+    let committed = consumer.committed_on(&consumer.group, &consumer.stores.kafka.issue_topic);
     assert_eq!(
         committed, 1,
         "the batch in hand was committed before the exit"
@@ -70,7 +70,7 @@ async fn a_batch_in_hand_when_the_stop_comes_is_still_persisted_and_committed() 
 
 #[tokio::test]
 async fn a_batch_still_failing_when_the_grace_period_ends_is_left_uncommitted() {
-    let (built, config) = build(|c| c.shutdown_grace_ms = 1_000).await;
+    let (built, config) = build(|c| c.shutdown_grace = Duration::from_millis(1_000)).await;
     let mut consumer = run(built, config).await;
     let coupon = consumer.coupon(10).await;
     take_table_away(&consumer).await;

@@ -3,7 +3,7 @@
 //! cache-invalidation channel ([`InvalidationBroadcast`]). The rebuild lock is
 //! [`crate::issue::recovery::RebuildLock`].
 //!
-//! Key layout (`P` is [`crate::config::StoreConfig::redis_key_prefix`]):
+//! Key layout (`P` is [`crate::config::RedisConfig::key_prefix`]):
 //! - `P coupon:{id}:issued` — set of admitted user ids (the admission set);
 //! - `P coupon:{id}:stock`  — the stock bound, `total_quantity` or `-1` for unlimited;
 //! - `P coupon:{id}:pending` — hash of the admissions not yet durable: user id → the request id

@@ -48,8 +48,8 @@ impl IssueLog {
     /// bounded by 5 s.
     pub fn new(stores: &crate::config::StoreConfig, group: &str) -> Self {
         Self {
-            brokers: stores.kafka_brokers.clone(),
-            topic: stores.kafka_issue_topic.clone(),
+            brokers: stores.kafka.brokers.clone(),
+            topic: stores.kafka.issue_topic.clone(),
             group: group.to_owned(),
             timeout: Duration::from_secs(5),
         }

@@ -78,7 +78,7 @@ pub async fn ensure_topics(
     replication: NewTopicReplication,
 ) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &stores.kafka_brokers)
+        .set("bootstrap.servers", &stores.kafka.brokers)
         .create()?;
     let factor = replication.factor().as_create_topics_value();
     let min_isr = replication.min_insync_replicas().map(|n| n.to_string());
@@ -90,10 +90,10 @@ pub async fn ensure_topics(
         }
     };
     let topics = [
-        topic(&stores.kafka_issue_topic, stores.kafka_issue_partitions),
-        topic(&stores.kafka_dead_letter_topic, 1),
-        topic(&stores.kafka_payments_topic, 3),
-        topic(&stores.kafka_events_topic, 3),
+        topic(&stores.kafka.issue_topic, stores.kafka.issue_partitions),
+        topic(&stores.kafka.dead_letter_topic, 1),
+        topic(&stores.kafka.payments_topic, 3),
+        topic(&stores.kafka.events_topic, 3),
     ];
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&topics, &options).await? {
@@ -383,8 +383,8 @@ impl IssueTopicVerdict {
 /// periodically ([`IssueTopicVerdict::record`]). Never fails: it informs, it does not stop a
 /// start-up.
 pub async fn check_issue_topic(stores: &StoreConfig) -> IssueTopicVerdict {
-    let topic = &stores.kafka_issue_topic;
-    let checked = topic_durability(&stores.kafka_brokers, topic, ISSUE_TOPIC_CHECK_TIMEOUT).await;
+    let topic = &stores.kafka.issue_topic;
+    let checked = topic_durability(&stores.kafka.brokers, topic, ISSUE_TOPIC_CHECK_TIMEOUT).await;
     let verdict = match checked {
         Ok(durability) => {
             let risks = durability.risks();

@@ -25,7 +25,7 @@ pub struct Connections {
 
 /// What every service does first: check the topic settings, create the database when missing
 /// and apply migrations (or, without `MIGRATE_ON_START`, check that they were applied),
-/// connect to Redis, create the Kafka topics when `kafka_create_topics`
+/// connect to Redis, create the Kafka topics when `KAFKA_CREATE_TOPICS`
 /// is set, then check whether the issue topic survives the loss of one broker (a warning
 /// when not, or when the check cannot run: it never stops the start-up, and delays it by at
 /// most [`kafka::ISSUE_TOPIC_CHECK_TIMEOUT`]).
@@ -34,20 +34,21 @@ pub struct Connections {
 /// The topic settings contradict each other, or a store is unreachable; the error says which.
 pub async fn connect(stores: &StoreConfig) -> anyhow::Result<Connections> {
     let replication = stores
+        .kafka
         .new_topic_replication()
         .context("checking the Kafka topic settings")?;
-    let pool = if stores.migrate_on_start {
-        db::prepare(stores.database_url(), stores.database_max_connections).await?
+    let pool = if stores.mysql.migrate_on_start {
+        db::prepare(stores.mysql.url(), stores.mysql.max_connections).await?
     } else {
-        let pool = db::connect(stores.database_url(), stores.database_max_connections).await?;
+        let pool = db::connect(stores.mysql.url(), stores.mysql.max_connections).await?;
         db::check_migrated(&pool).await?;
         pool
     };
     let redis = stores
-        .connect_redis(stores.redis_timeout())
+        .connect_redis(stores.redis.timeout)
         .await
         .context("connecting to Redis")?;
-    if stores.kafka_create_topics {
+    if stores.kafka.create_topics {
         kafka::ensure_topics(stores, replication)
             .await
             .context("creating Kafka topics")?;
