@@ -82,7 +82,7 @@ pub struct ApiConfig {
     /// Longest time (ms) from a request's arrival to its response head. Past it the client gets
     /// 503 `UNAVAILABLE` with `Retry-After`: every store call has its own, shorter bound, so
     /// this only catches what they miss. An issue request already admitted keeps running to
-    /// its publish or undo (see `routes::issues`).
+    /// its publish or undo (see `issue::routes`).
     #[arg(
         id = "request_timeout_ms",
         long = "request-timeout-ms",
