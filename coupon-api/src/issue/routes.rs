@@ -164,8 +164,9 @@ async fn issue_coupon(
     // published message or an undone admission, and is counted either way. A spawned task is
     // not dropped with the handler. It runs in the request's span, so its log lines name the
     // request too.
-    let tasks = state.tasks.clone();
-    let request_id = tasks
+    let owner = Arc::clone(&state);
+    let request_id = owner
+        .tasks
         .spawn(
             async move {
                 let result = admit_and_publish(state, shards, user, correlation_id).await;
@@ -265,7 +266,7 @@ async fn admit_and_publish(
                     // a script still queued in a stalled Redis may run after the undo;
                     // reconciliation finds such an admission (no message, no row) and
                     // re-publishes it.
-                    state.tasks.clone().spawn(
+                    Arc::clone(&state).tasks.spawn(
                         undo(
                             state,
                             shards,
@@ -370,8 +371,8 @@ async fn undo(
         Ok(false) => return Undo::AlreadyDurable,
         Err(_) => {}
     }
-    let tasks = state.tasks.clone();
-    tasks.spawn(async move {
+    let owner = Arc::clone(&state);
+    owner.tasks.spawn(async move {
         let attempt = || state.admission.undo(shards, user, request_id);
         let retried = attempt
             .retry(

@@ -13,3 +13,13 @@ pub mod message;
 pub mod persistence;
 pub mod reconciliation;
 pub mod recovery;
+
+/// User ids read as integers (rows, the issue log) as [`crate::domain::UserId`]s, for the admission store.
+///
+/// # Errors
+/// An id that is not positive (no row or message holds one).
+pub(crate) fn user_ids(raw: &[i64]) -> anyhow::Result<Vec<crate::domain::UserId>> {
+    raw.iter()
+        .map(|&id| crate::domain::UserId::parse(id).map_err(|e| anyhow::anyhow!(e.0)))
+        .collect()
+}

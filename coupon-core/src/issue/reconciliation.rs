@@ -178,7 +178,7 @@ impl Reconciler<'_> {
         if !self.dry_run {
             // Under the request id the admission is still pending under, when it is: the
             // consumer claims a message only for its own admission (`claim.lua`).
-            let lost_users = user_ids(&lost)?;
+            let lost_users = super::user_ids(&lost)?;
             let requests = self.admission.pending_requests(shards, &lost_users).await?;
             for (&user, request) in lost_users.iter().zip(requests) {
                 let message = IssueMessage {
@@ -196,7 +196,7 @@ impl Reconciler<'_> {
             }
             if !readmit.is_empty() {
                 self.admission
-                    .add_members(shards, &user_ids(&readmit)?)
+                    .add_members(shards, &super::user_ids(&readmit)?)
                     .await?;
             }
             let settled: Vec<UserId> = self
@@ -431,16 +431,6 @@ pub async fn find_job(pool: &MySqlPool, id: i64) -> Result<Option<Reconciliation
         created_at: row.try_get("created_at")?,
         finished_at: row.try_get("finished_at")?,
     }))
-}
-
-/// User ids read as integers (rows, the issue log) as [`UserId`]s, for the admission store.
-///
-/// # Errors
-/// An id that is not positive (no row or message holds one).
-fn user_ids(raw: &[i64]) -> anyhow::Result<Vec<UserId>> {
-    raw.iter()
-        .map(|&id| UserId::parse(id).map_err(|e| anyhow::anyhow!(e.0)))
-        .collect()
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sqlx::MySqlPool;
 
-use crate::domain::{CouponId, CouponPolicy, UserId};
+use crate::domain::{CouponId, CouponPolicy};
 use crate::issue::admission::{AdmissionStore, RedisKeys};
 use crate::issue::message::IssueMessage;
 use crate::store::redis::RedisConnection;
@@ -230,10 +230,7 @@ pub async fn rebuild(
             from_mysql,
             from_kafka: members.len() - before,
         };
-        let members = members
-            .into_iter()
-            .map(|id| UserId::parse(id).map_err(|e| anyhow::anyhow!(e.0)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let members = super::user_ids(&members.into_iter().collect::<Vec<_>>())?;
         admission.restore(policy, &members).await?;
         tracing::warn!(
             coupon_id = %coupon, rebuilt.from_mysql, rebuilt.from_kafka,
